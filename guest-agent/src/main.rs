@@ -1,0 +1,3 @@
+//! podvm guest agent: PID 1 inside the microVM.
+
+fn main() {}

@@ -1,0 +1,12 @@
+//! podvm: an rkt-style container runtime where every pod is a KVM microVM.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod cli;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    cli::run(args)
+}
