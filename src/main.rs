@@ -4,7 +4,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod agent_link;
+mod artifacts;
 mod cli;
+mod initramfs;
+mod vmm;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();

@@ -170,9 +170,8 @@ impl Message {
     /// Reads one frame; `Ok(None)` at a clean end of stream before a frame starts.
     pub fn read_from(input: &mut impl Read) -> Result<Option<Message>, ProtocolError> {
         let mut header = [0u8; HEADER_LEN];
-        match read_exact_or_eof(input, &mut header)? {
-            false => return Ok(None),
-            true => {}
+        if !read_exact_or_eof(input, &mut header)? {
+            return Ok(None);
         }
         let (kind, len) = parse_header(&header)?;
         let mut payload = vec![0u8; len];

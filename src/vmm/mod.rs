@@ -1,0 +1,209 @@
+//! The in-process VMM: builds a KVM microVM from a plain [`VmConfig`] and runs it to the end.
+//!
+//! [`run`] is the composition root and reads top to bottom: check the host, create the VM and
+//! its memory, load the kernel, describe the CPUs, attach the devices, start the vCPUs, wait.
+
+pub mod boot;
+pub mod cpu;
+pub mod devices;
+pub mod host;
+pub mod memory;
+pub mod mptable;
+pub mod vcpu;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{mpsc, Arc, Mutex};
+
+use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
+
+use self::vcpu::VcpuEvent;
+
+/// Most vCPUs a podvm guest may have.
+pub const MAX_VCPUS: u8 = 64;
+/// Address KVM needs for the TSS of real-mode emulation on Intel.
+const TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// Everything needed to build and boot one microVM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// The guest kernel (ELF vmlinux with a PVH entry).
+    pub kernel: PathBuf,
+    /// Whether the kernel was chosen by the user (allowed on PVM hosts, where the default is not).
+    pub kernel_chosen_by_user: bool,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// The initramfs, a newc cpio archive.
+    pub initramfs: Vec<u8>,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// Number of vCPUs.
+    pub vcpus: u8,
+}
+
+/// Where the guest's byte streams go.
+pub struct VmOutputs {
+    /// The console (COM1).
+    pub console: Box<dyn Write + Send>,
+    /// The agent channel (COM2).
+    pub agent: Box<dyn Write + Send>,
+}
+
+/// Errors that stop a VM from being built or from running.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// /dev/kvm is unusable.
+    #[error(transparent)]
+    Host(#[from] host::HostError),
+    /// The host's KVM is PVM and the kernel is the stock one.
+    #[error("{}", host::pvm_explanation())]
+    PvmHost,
+    /// Bad memory size.
+    #[error("--memory {mib}: {reason}")]
+    Memory {
+        /// The requested size.
+        mib: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Bad vCPU count.
+    #[error("--cpus {0}: a VM needs between 1 and {max} vCPUs", max = MAX_VCPUS)]
+    Vcpus(u8),
+    /// A KVM VM-level ioctl failed.
+    #[error("KVM could not {what}: {source}")]
+    Kvm {
+        /// What was attempted.
+        what: &'static str,
+        /// Why.
+        source: kvm_ioctls::Error,
+    },
+    /// Guest memory setup failed.
+    #[error(transparent)]
+    GuestMemory(#[from] memory::MemoryError),
+    /// Loading kernel, initramfs or command line failed.
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    /// The MP table could not be written.
+    #[error(transparent)]
+    Mptable(#[from] mptable::MptableError),
+    /// A device could not be created.
+    #[error(transparent)]
+    Device(#[from] devices::DeviceError),
+    /// A vCPU could not be configured.
+    #[error(transparent)]
+    Cpu(#[from] cpu::CpuError),
+    /// A vCPU thread could not be started.
+    #[error("cannot start the thread of vCPU {cpu}: {source}")]
+    Thread {
+        /// The vCPU index.
+        cpu: u8,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The guest could not go on.
+    #[error("vCPU {cpu} stopped the VM: {reason}")]
+    VcpuFailed {
+        /// The vCPU index.
+        cpu: u8,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// Builds the VM described by `config` and runs it until the guest shuts down.
+pub fn run(config: &VmConfig, outputs: VmOutputs) -> Result<(), VmmError> {
+    check_host(config)?;
+    check_resources(config)?;
+    let kvm = Kvm::new().map_err(|source| VmmError::Kvm {
+        what: "open /dev/kvm",
+        source,
+    })?;
+    let vm = create_vm(&kvm)?;
+    let guest_memory = memory::create(config.memory_mib)?;
+    memory::register(&vm, &guest_memory)?;
+    let kernel = boot::load(
+        &guest_memory,
+        &config.kernel,
+        &config.initramfs,
+        &config.cmdline,
+    )?;
+    mptable::write(&guest_memory, config.vcpus)?;
+    let bus = Arc::new(Mutex::new(devices::PioBus::new(
+        &vm,
+        outputs.console,
+        outputs.agent,
+    )?));
+    let cpuid = cpu::supported_cpuid(&kvm)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (events_tx, events_rx) = mpsc::channel();
+    let mut threads = Vec::with_capacity(usize::from(config.vcpus));
+    for index in 0..config.vcpus {
+        let vcpu = vm
+            .create_vcpu(u64::from(index))
+            .map_err(|source| VmmError::Kvm {
+                what: "create a vCPU",
+                source,
+            })?;
+        cpu::configure_common(&vcpu, &cpuid, index, config.vcpus)?;
+        if index == 0 {
+            cpu::configure_boot_cpu(&vcpu, &guest_memory, kernel.entry)?;
+        }
+        let thread = vcpu::spawn(vcpu, index, bus.clone(), stop.clone(), events_tx.clone())
+            .map_err(|source| VmmError::Thread { cpu: index, source })?;
+        threads.push(thread);
+    }
+    drop(events_tx);
+    let ended = events_rx.recv();
+    vcpu::stop_all(threads, &stop);
+    bus.lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .flush();
+    match ended {
+        Ok(VcpuEvent::Failed { cpu, reason }) => Err(VmmError::VcpuFailed { cpu, reason }),
+        Ok(VcpuEvent::Shutdown) | Err(_) => Ok(()),
+    }
+}
+
+fn check_host(config: &VmConfig) -> Result<(), VmmError> {
+    host::check_kvm_access()?;
+    if host::kvm_kind() == host::KvmKind::Pvm && !config.kernel_chosen_by_user {
+        return Err(VmmError::PvmHost);
+    }
+    Ok(())
+}
+
+fn check_resources(config: &VmConfig) -> Result<(), VmmError> {
+    let mib = config.memory_mib;
+    if mib < memory::MIN_MEMORY_MIB {
+        let reason = format!("a VM needs at least {} MiB", memory::MIN_MEMORY_MIB);
+        return Err(VmmError::Memory { mib, reason });
+    }
+    if let Some(host_bytes) = host::host_memory_bytes() {
+        if mib.saturating_mul(1 << 20) > host_bytes {
+            let reason = format!("more than this host has ({} MiB)", host_bytes >> 20);
+            return Err(VmmError::Memory { mib, reason });
+        }
+    }
+    if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
+        return Err(VmmError::Vcpus(config.vcpus));
+    }
+    Ok(())
+}
+
+fn create_vm(kvm: &Kvm) -> Result<VmFd, VmmError> {
+    let kvm_error = |what| move |source| VmmError::Kvm { what, source };
+    let vm = kvm.create_vm().map_err(kvm_error("create a VM"))?;
+    vm.set_tss_address(TSS_ADDRESS)
+        .map_err(kvm_error("set the TSS address"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_error("create the in-kernel interrupt controller"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit)
+        .map_err(kvm_error("create the in-kernel PIT"))?;
+    Ok(vm)
+}
