@@ -64,9 +64,12 @@ pub enum BootCmdError {
     /// The initramfs could not be built.
     #[error(transparent)]
     Initramfs(#[from] initramfs::InitramfsError),
-    /// The VM failed.
+    /// The VM could not be built.
+    #[error(transparent)]
+    Vmm(vmm::VmmError),
+    /// The VM failed while the guest ran.
     #[error("{source}\n(guest console log: {log})")]
-    Vmm {
+    GuestFailed {
         /// Why.
         source: vmm::VmmError,
         /// Where the console log was kept.
@@ -144,10 +147,15 @@ pub fn run(args: BootArgs) -> Result<ExitCode, BootCmdError> {
         console: Box::new(console),
         agent: Box::new(link),
     };
-    let log = log_path.display().to_string();
-    vmm::run(&config, outputs).map_err(|source| BootCmdError::Vmm {
-        source,
-        log: log.clone(),
+    vmm::run(&config, outputs).map_err(|source| match source {
+        vmm::VmmError::VcpuFailed { .. } => BootCmdError::GuestFailed {
+            source,
+            log: log_path.display().to_string(),
+        },
+        other => {
+            let _ = std::fs::remove_file(&log_path);
+            BootCmdError::Vmm(other)
+        }
     })?;
     let report = agent_link::lock(&report).clone();
     let code = exit_code(&report, &log_path)?;

@@ -1,0 +1,49 @@
+# podvm build, test and demo entry points. See README.md.
+#
+#   make            static podvm + guest agent + guest kernel into out/ (an install-prefix layout)
+#   make test       formatting, lints, unit, host and nested E2E tests
+#   make demo       install what is missing, build, run a command in a microVM
+#   make install    copy out/ to $(PREFIX)
+
+TARGET  := x86_64-unknown-linux-gnu
+OUT     := $(CURDIR)/out
+PREFIX  ?= /usr/local
+CARGO   ?= cargo
+STATIC  := RUSTFLAGS="-C target-feature=+crt-static"
+
+.PHONY: all binaries kernel deps test lint unit demo install bench clean
+
+all: binaries kernel
+
+binaries:
+	$(STATIC) $(CARGO) build --release --target $(TARGET) -p podvm -p podvm-agent
+	install -D -m 0755 target/$(TARGET)/release/podvm $(OUT)/bin/podvm
+	install -D -m 0755 target/$(TARGET)/release/podvm-agent $(OUT)/lib/podvm/podvm-agent
+
+kernel:
+	kernel-config/build.sh $(OUT)/lib/podvm/vmlinux
+
+deps:
+	scripts/install-deps.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+test: deps all lint
+	PODVM_OUT_DIR=$(OUT) $(CARGO) test --workspace -- --nocapture
+
+demo: deps all
+	scripts/demo.sh $(OUT)
+
+install: all
+	install -D -m 0755 $(OUT)/bin/podvm $(PREFIX)/bin/podvm
+	install -D -m 0755 $(OUT)/lib/podvm/podvm-agent $(PREFIX)/lib/podvm/podvm-agent
+	install -D -m 0644 $(OUT)/lib/podvm/vmlinux $(PREFIX)/lib/podvm/vmlinux
+
+bench: deps all
+	bench/boot.sh $(OUT)
+
+clean:
+	rm -rf $(OUT)
+	$(CARGO) clean

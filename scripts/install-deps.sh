@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the Debian packages podvm's build, tests and demo need, only those that are missing.
+set -euo pipefail
+packages=(
+  # guest kernel build (kernel-config/build.sh)
+  linux-source-6.1 bc flex bison libelf-dev libssl-dev xz-utils
+  # nested E2E harness: L1 kernel under QEMU, its initramfs and disk image
+  qemu-system-x86 linux-image-cloud-amd64 busybox-static cpio e2fsprogs
+  # image fixtures: a real registry, image tools
+  docker-registry skopeo umoci zstd python3 openssl
+)
+missing=()
+for pkg in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: missing packages: ${missing[*]}; run as root or: sudo apt-get install ${missing[*]}" >&2
+  exit 1
+fi
+echo "install-deps: installing ${missing[*]}"
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
