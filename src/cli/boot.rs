@@ -47,6 +47,9 @@ pub struct BootArgs {
     /// Working directory of the command inside the guest.
     #[arg(long)]
     workdir: Option<String>,
+    /// Print memory figures (process RSS, guest RAM touched, VMM overhead) as JSON on stderr.
+    #[arg(long)]
+    stats: bool,
     /// Extra kernel command line argument (repeatable).
     #[arg(long = "kernel-arg", value_name = "ARG")]
     kernel_args: Vec<String>,
@@ -147,7 +150,7 @@ pub fn run(args: BootArgs) -> Result<ExitCode, BootCmdError> {
         console: Box::new(console),
         agent: Box::new(link),
     };
-    vmm::run(&config, outputs).map_err(|source| match source {
+    let stats = vmm::run(&config, outputs).map_err(|source| match source {
         vmm::VmmError::VcpuFailed { .. } => BootCmdError::GuestFailed {
             source,
             log: log_path.display().to_string(),
@@ -157,6 +160,12 @@ pub fn run(args: BootArgs) -> Result<ExitCode, BootCmdError> {
             BootCmdError::Vmm(other)
         }
     })?;
+    if args.stats {
+        eprintln!(
+            "podvm-stats: {}",
+            serde_json::to_string(&stats).unwrap_or_default()
+        );
+    }
     let report = agent_link::lock(&report).clone();
     let code = exit_code(&report, &log_path)?;
     if !keep_log {

@@ -9,6 +9,7 @@ pub mod devices;
 pub mod host;
 pub mod memory;
 pub mod mptable;
+pub mod stats;
 pub mod vcpu;
 
 use std::io::Write;
@@ -19,6 +20,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 
+pub use self::stats::VmStats;
 use self::vcpu::VcpuEvent;
 
 /// Most vCPUs a podvm guest may have.
@@ -113,7 +115,9 @@ pub enum VmmError {
 }
 
 /// Builds the VM described by `config` and runs it until the guest shuts down.
-pub fn run(config: &VmConfig, outputs: VmOutputs) -> Result<(), VmmError> {
+///
+/// Returns the memory figures measured just before teardown.
+pub fn run(config: &VmConfig, outputs: VmOutputs) -> Result<VmStats, VmmError> {
     check_host(config)?;
     check_resources(config)?;
     let kvm = Kvm::new().map_err(|source| VmmError::Kvm {
@@ -156,13 +160,14 @@ pub fn run(config: &VmConfig, outputs: VmOutputs) -> Result<(), VmmError> {
     }
     drop(events_tx);
     let ended = events_rx.recv();
+    let stats = stats::measure(&guest_memory);
     vcpu::stop_all(threads, &stop);
     bus.lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .flush();
     match ended {
         Ok(VcpuEvent::Failed { cpu, reason }) => Err(VmmError::VcpuFailed { cpu, reason }),
-        Ok(VcpuEvent::Shutdown) | Err(_) => Ok(()),
+        Ok(VcpuEvent::Shutdown) | Err(_) => Ok(stats),
     }
 }
 
