@@ -47,6 +47,10 @@ pub struct BootArgs {
     /// Working directory of the command inside the guest.
     #[arg(long)]
     workdir: Option<String>,
+    /// Write the initramfs podvm would boot to FILE and exit without booting (for comparisons
+    /// with other VMMs and for debugging).
+    #[arg(long, value_name = "FILE")]
+    dump_initramfs: Option<PathBuf>,
     /// Print memory figures (process RSS, guest RAM touched, VMM overhead) as JSON on stderr.
     #[arg(long)]
     stats: bool,
@@ -89,6 +93,14 @@ pub enum BootCmdError {
         /// Why.
         source: std::io::Error,
     },
+    /// The initramfs could not be written out.
+    #[error("cannot write the initramfs to {path}: {source}")]
+    Dump {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The guest ended without an exit status.
     #[error("{reason}\n--- last guest console lines ({log}) ---\n{tail}")]
     NoStatus {
@@ -121,14 +133,15 @@ pub fn run(args: BootArgs) -> Result<ExitCode, BootCmdError> {
         workdir: args.workdir.clone(),
     };
     let initramfs = initramfs::pack(&agent, &spec, args.initrd_dir.as_deref())?;
-    let mut cmdline = BASE_CMDLINE.to_string();
-    if !args.console {
-        cmdline.push_str(" quiet");
+    if let Some(path) = &args.dump_initramfs {
+        std::fs::write(path, &initramfs).map_err(|source| BootCmdError::Dump {
+            path: path.clone(),
+            source,
+        })?;
+        println!("{}", kernel_cmdline(&args));
+        return Ok(ExitCode::SUCCESS);
     }
-    for arg in &args.kernel_args {
-        cmdline.push(' ');
-        cmdline.push_str(arg);
-    }
+    let cmdline = kernel_cmdline(&args);
     let config = VmConfig {
         kernel,
         kernel_chosen_by_user,
@@ -172,6 +185,19 @@ pub fn run(args: BootArgs) -> Result<ExitCode, BootCmdError> {
         let _ = std::fs::remove_file(&log_path);
     }
     Ok(code)
+}
+
+/// The guest kernel command line for these flags.
+fn kernel_cmdline(args: &BootArgs) -> String {
+    let mut cmdline = BASE_CMDLINE.to_string();
+    if !args.console {
+        cmdline.push_str(" quiet");
+    }
+    for arg in &args.kernel_args {
+        cmdline.push(' ');
+        cmdline.push_str(arg);
+    }
+    cmdline
 }
 
 /// Maps the agent's report to podvm's exit code, or explains why there is none.
