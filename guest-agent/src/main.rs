@@ -1,3 +1,129 @@
 //! podvm guest agent: PID 1 inside the microVM.
+//!
+//! Boot order: mount the kernel file systems, attach the console, open the agent channel (the
+//! second serial port), send `Ready`, read the boot spec, run its command while forwarding its
+//! output, send `Exited`, and end the VM.
+//!
+//! Off the VM (any PID but 1) nothing is mounted and nothing reboots, which lets tests run the
+//! real workload and channel code: `PODVM_AGENT_SPEC` names the boot spec (default
+//! `/podvm/boot.json`) and `PODVM_AGENT_CHANNEL` the channel (`stdout`, the default off the VM,
+//! or a path; `/dev/ttyS1` in the VM).
 
-fn main() {}
+#[macro_use]
+mod log;
+mod boot;
+mod channel;
+mod launch;
+mod power;
+mod reaper;
+mod spec;
+mod workload;
+
+use std::path::PathBuf;
+
+use podvm_protocol::{Control, Message, BOOT_SPEC_PATH};
+
+use crate::channel::{ChannelError, FdChannel, Target};
+use crate::power::Role;
+
+/// Environment variable naming the boot spec file.
+const SPEC_ENV: &str = "PODVM_AGENT_SPEC";
+/// Environment variable naming the channel target.
+const CHANNEL_ENV: &str = "PODVM_AGENT_CHANNEL";
+/// Exit code off the VM when the agent itself failed (bad spec, broken channel).
+const EXIT_AGENT_FAILED: i32 = 1;
+/// Exit code off the VM after a panic.
+const EXIT_AGENT_PANICKED: i32 = 101;
+
+/// Errors that end the agent before the workload finished.
+#[derive(Debug, thiserror::Error)]
+enum AgentError {
+    /// Boot preparation failed.
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    /// The channel failed.
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    /// Supervising the workload failed.
+    #[error(transparent)]
+    Workload(#[from] workload::WorkloadError),
+}
+
+fn main() {
+    let role = Role::detect();
+    install_panic_hook(role);
+    let code = match run(role) {
+        Ok(code) => code,
+        Err(err) => {
+            diag!("fatal: {err}");
+            report_error(format!("guest agent failed: {err}"));
+            EXIT_AGENT_FAILED
+        }
+    };
+    power::end(role, code)
+}
+
+/// Logs a panic, tells the host if the channel is free, and ends the VM instead of returning.
+fn install_panic_hook(role: Role) {
+    std::panic::set_hook(Box::new(move |info| {
+        diag!("crashed: {info}");
+        report_error(format!("guest agent crashed: {info}"));
+        power::end(role, EXIT_AGENT_PANICKED)
+    }));
+}
+
+/// Sends an `Error` control message if possible; failures are only logged.
+fn report_error(message: String) {
+    if let Err(err) = channel::try_send(&Message::Control(Control::Error { message })) {
+        diag!("could not report the error to the host: {err}");
+    }
+}
+
+/// The agent's life up to the end of the workload; returns the exit code for [`Role::Process`].
+fn run(role: Role) -> Result<i32, AgentError> {
+    match role {
+        Role::Init => {
+            boot::mount_all()?;
+            boot::attach_console();
+        }
+        Role::Process => {
+            // Orphans of the workload come to us, as they would to PID 1.
+            if let Err(err) = nix::sys::prctl::set_child_subreaper(true) {
+                diag!("cannot become a child subreaper: {err}");
+            }
+        }
+    }
+    let channel_target = std::env::var(CHANNEL_ENV)
+        .map(|text| Target::parse(&text))
+        .unwrap_or(match role {
+            Role::Init => Target::Path(PathBuf::from(channel::SERIAL_PORT)),
+            Role::Process => Target::Stdout,
+        });
+    channel::install(Box::new(FdChannel::open(&channel_target)?));
+    channel::send(&Message::Control(Control::Ready {
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+    }))?;
+    let spec_path = std::env::var_os(SPEC_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(BOOT_SPEC_PATH));
+    let spec = match spec::load(&spec_path) {
+        Ok(spec) => spec,
+        Err(err) => {
+            diag!("{err}");
+            channel::send(&Message::Control(Control::Error {
+                message: err.to_string(),
+            }))?;
+            return Ok(EXIT_AGENT_FAILED);
+        }
+    };
+    let outcome = workload::run(&spec, &mut |message| channel::send(&message))?;
+    if let Some(message) = outcome.launch_error {
+        diag!("{message}");
+        channel::send(&Message::Control(Control::Error { message }))?;
+    }
+    diag!("workload exited: {:?}", outcome.status);
+    channel::send(&Message::Control(Control::Exited {
+        status: outcome.status,
+    }))?;
+    Ok(0)
+}
