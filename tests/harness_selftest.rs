@@ -38,7 +38,7 @@ fn results() -> &'static BatchResults {
             .check("hello", "echo hello")
             .check("oops", "echo oops >&2; exit 3")
             .check("kvm", "test -c /dev/kvm && exec 3<>/dev/kvm && echo kvm-open; ls /sys/module | grep -E '^kvm_(amd|intel)$'")
-            .check("cpus", "grep -c ^processor /proc/cpuinfo; grep -qw svm /proc/cpuinfo && echo svm")
+            .check("cpus", "grep -c ^processor /proc/cpuinfo; if grep -qw svm /proc/cpuinfo; then echo svm; fi")
             .check("blob", "sha256sum data/blob.bin")
             .check("cwd", "pwd; echo \"$PAYLOAD\"; echo \"$PATH\"; payload-tool arg1")
             .check("scratch", "mkdir -p scratch && echo written > scratch/f && cat scratch/f")
@@ -206,4 +206,33 @@ fn static_elf_detection() {
     {
         assert!(support::artifacts::is_static_elf(busybox));
     }
+}
+
+#[test]
+fn l1_timeout_is_reported_and_missing_results_panic_with_console_tail() {
+    if results().mode() != Mode::L1 {
+        eprintln!("skipping: the L1 timeout path only exists in L1 mode");
+        return;
+    }
+    // Too short for L1 to even finish booting: the run must end with no status and no results.
+    let r = Batch::new("harness-timeout")
+        .memory_mib(512)
+        .timeout(Duration::from_secs(4))
+        .check("never", "sleep 600")
+        .mode(Mode::L1)
+        .run();
+    assert_eq!(r.status(), None);
+    assert!(r.try_get("never").is_none());
+    let panic = std::panic::catch_unwind(|| {
+        r.get("never");
+    })
+    .expect_err("get() must panic for a check without result");
+    let msg = panic
+        .downcast_ref::<String>()
+        .expect("panic message is a String");
+    assert!(msg.contains("log tail"), "{msg}");
+    assert!(
+        msg.contains("SeaBIOS"),
+        "console tail must be included: {msg}"
+    );
 }

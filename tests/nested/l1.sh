@@ -136,8 +136,11 @@ fi
 
 # --- disks -----------------------------------------------------------------------------------
 work=$(mktemp -d "${TMPDIR:-/tmp}/podvm-l1.XXXXXX")
-QPID=
-cleanup() { [ -n "$QPID" ] && kill "$QPID" 2>/dev/null; rm -rf "$work"; }
+cleanup() {  # also stops QEMU when l1.sh itself is interrupted or killed with TERM
+  local pid; pid=$(cat "$work/qemu.pid" 2>/dev/null) || true
+  if [ -n "$pid" ] && grep -q qemu "/proc/$pid/comm" 2>/dev/null; then kill "$pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
 trap cleanup EXIT; trap 'exit 130' INT TERM
 
 mib=$(( ($(du -sb "$PAYLOAD" | cut -f1) + 1048575) / 1048576 ))
@@ -173,12 +176,13 @@ flock -n 9 || { echo "l1.sh: waiting for another L1 to finish" >&2; flock 9; }
 start=$(date +%s)
 : > "$LOG"; : > "$LOG.qemu-stderr"
 timeout -k 10 "$TIMEOUT" qemu-system-x86_64 -accel tcg,thread=multi -cpu EPYC,+svm -smp 2 -m "$MEM" \
-  -M pc -nographic -nodefaults -serial stdio -no-reboot -net none \
+  -M pc -nographic -nodefaults -serial stdio -no-reboot -net none -pidfile "$work/qemu.pid" \
   -kernel "$KERNEL" -initrd "$INITRD" \
   -drive "file=$work/payload.img,if=virtio,format=raw,cache=unsafe" \
   -drive "file=$work/ctl.img,if=virtio,format=raw,cache=unsafe,readonly=on" \
   -append "console=ttyS0 panic=-1 quiet loglevel=4 mitigations=off kvm_amd.nested=1" \
-  </dev/null 2>>"$LOG.qemu-stderr" | tee -a "$LOG" | grep -av '^@@L1-EXIT' || true
+  </dev/null 2>>"$LOG.qemu-stderr" | tee -a "$LOG" | grep -av '^@@L1-EXIT' &
+wait $! || true  # in the background so that INT/TERM traps run at once
 exec 9>&-
 elapsed=$(( $(date +%s) - start ))
 code=$(grep -a -o '@@L1-EXIT=[0-9]*@@' "$LOG" | tail -1 | sed 's/[^=]*=\([0-9]*\)@@/\1/' || true)
