@@ -2,7 +2,7 @@
 # l1.sh: run a command inside a throwaway L1 Linux VM (QEMU TCG, AMD-V CPU) so that
 # /dev/kvm inside it is ordinary nested KVM (kvm_amd). See tests/nested/README.md.
 #
-# Usage: l1.sh [-m MiB] [-t SECONDS] [-l CONSOLE_LOG] [-b HOSTPATH]... PAYLOAD_DIR RESULTS_DIR -- CMD...
+# Usage: l1.sh [-m MiB] [-t SECONDS] [-l CONSOLE_LOG] [-i] [-b HOSTPATH]... PAYLOAD_DIR RESULTS_DIR -- CMD...
 #   PAYLOAD_DIR becomes an ext4 disk mounted read-write at /payload in L1; CMD runs there under
 #   busybox sh with cwd /payload and PATH=/payload/bin:/usr/sbin:/usr/bin:/sbin:/bin, PAYLOAD=/payload.
 #   Whatever CMD writes under /payload/results/ is copied to RESULTS_DIR after L1 powers off.
@@ -11,15 +11,19 @@
 #      is symlinked into place. Busybox applets shadow same-named tools: call them by full path.
 #   -m L1 memory (default 4096), -t timeout in seconds for the whole L1 run (default 1200),
 #   -l console log (default RESULTS_DIR/../l1-console.log).
+#   -i interactive: this terminal is L1's console (for `-- sh -i`), no timeout; Ctrl-A X quits.
 # Exit status: CMD's status; 124 if L1 timed out or crashed; 2 on usage/setup errors.
 # Environment: PODVM_CACHE_DIR (default ~/.cache/podvm): initramfs cache under l1/<hash>/.
 #   PODVM_L1_KERNEL: L1 kernel to use (default newest /boot/vmlinuz-*-cloud-amd64).
 set -euo pipefail
-MEM=4096; TIMEOUT=1200; LOG=; HOSTFILES=()
+MEM=4096; TIMEOUT=1200; LOG=; HOSTFILES=(); INTERACTIVE=
 die() { echo "l1.sh: $*" >&2; exit 2; }
-usage() { sed -n '4,5p' "$0" >&2; exit 2; }
-while getopts "m:t:b:l:h" o; do
-  case $o in m) MEM=$OPTARG;; t) TIMEOUT=$OPTARG;; b) HOSTFILES+=("$OPTARG");; l) LOG=$OPTARG;; *) usage;; esac
+usage() { sed -n "/^# Usage/,/^# Exit/p" "$0" >&2; exit 2; }
+while getopts "m:t:b:l:ih" o; do
+  case $o in
+    m) MEM=$OPTARG;; t) TIMEOUT=$OPTARG;; b) HOSTFILES+=("$OPTARG");; l) LOG=$OPTARG;; i) INTERACTIVE=1;;
+    *) usage;;
+  esac
 done
 shift $((OPTIND-1))
 [ $# -ge 3 ] || usage
@@ -175,14 +179,20 @@ mkdir -p "$CACHE"; exec 9>"$CACHE/qemu.lock"
 flock -n 9 || { echo "l1.sh: waiting for another L1 to finish" >&2; flock 9; }
 start=$(date +%s)
 : > "$LOG"; : > "$LOG.qemu-stderr"
-timeout -k 10 "$TIMEOUT" qemu-system-x86_64 -accel tcg,thread=multi -cpu EPYC,+svm -smp 2 -m "$MEM" \
-  -M pc -nographic -nodefaults -serial stdio -no-reboot -net none -pidfile "$work/qemu.pid" \
-  -kernel "$KERNEL" -initrd "$INITRD" \
-  -drive "file=$work/payload.img,if=virtio,format=raw,cache=unsafe" \
-  -drive "file=$work/ctl.img,if=virtio,format=raw,cache=unsafe,readonly=on" \
-  -append "console=ttyS0 panic=-1 quiet loglevel=4 mitigations=off kvm_amd.nested=1" \
-  </dev/null 2>>"$LOG.qemu-stderr" | tee -a "$LOG" | grep -av '^@@L1-EXIT' &
-wait $! || true  # in the background so that INT/TERM traps run at once
+QEMU=(qemu-system-x86_64 -accel "tcg,thread=multi" -cpu "EPYC,+svm" -smp 2 -m "$MEM"
+  -M pc -nographic -nodefaults -no-reboot -net none -pidfile "$work/qemu.pid"
+  -kernel "$KERNEL" -initrd "$INITRD"
+  -drive "file=$work/payload.img,if=virtio,format=raw,cache=unsafe"
+  -drive "file=$work/ctl.img,if=virtio,format=raw,cache=unsafe,readonly=on"
+  -append "console=ttyS0 panic=-1 quiet loglevel=4 mitigations=off kvm_amd.nested=1")
+if [ -n "$INTERACTIVE" ]; then
+  # The terminal is L1's console (Ctrl-A X quits QEMU); no timeout.
+  "${QEMU[@]}" -serial mon:stdio 2>>"$LOG.qemu-stderr" | tee -a "$LOG" || true
+else
+  timeout -k 10 "$TIMEOUT" "${QEMU[@]}" -serial stdio \
+    </dev/null 2>>"$LOG.qemu-stderr" | tee -a "$LOG" | grep -av '^@@L1-EXIT' &
+  wait $! || true  # in the background so that INT/TERM traps run at once
+fi
 exec 9>&-
 elapsed=$(( $(date +%s) - start ))
 code=$(grep -a -o '@@L1-EXIT=[0-9]*@@' "$LOG" | tail -1 | sed 's/[^=]*=\([0-9]*\)@@/\1/' || true)
