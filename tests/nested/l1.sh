@@ -95,7 +95,7 @@ INIT
 )
 
 # Modules an L1 host for microVMs wants (those built in are skipped), with deps, in load order.
-MODS="virtio_pci virtio_blk crc32c-intel kvm-amd tun tap overlay bridge veth vhost_vsock vhost_net
+MODS="virtio_pci virtio_blk crc32c_generic crc32c-intel ext4 kvm-amd tun tap overlay bridge veth vhost_vsock vhost_net
   fuse nf_tables nft_chain_nat nft_nat nft_masq nft_ct br_netfilter"
 declare -A SEEN; ORDER=()
 add_mod() {
@@ -112,7 +112,7 @@ for m in $MODS; do
 done
 
 # --- initramfs, cached by hash ---------------------------------------------------------------
-CACHE=${PODVM_CACHE_DIR:-$HOME/.cache/podvm}/l1
+CACHE=${PODVM_CACHE_DIR:-${HOME:-/root}/.cache/podvm}/l1
 KEY=$( { echo "$KVER"; printf '%s\n' "${ORDER[@]}"; echo "$INIT"; sha256sum "$BUSYBOX" "$KERNEL"; } \
   | sha256sum | cut -c1-16)
 INITRD=$CACHE/$KEY/initrd.gz
@@ -150,7 +150,7 @@ trap cleanup EXIT; trap 'exit 130' INT TERM
 mib=$(( ($(du -sb "$PAYLOAD" | cut -f1) + 1048575) / 1048576 ))
 size=$(( mib * 3 / 2 + 512 ))
 truncate -s "${size}M" "$work/payload.img"
-mkfs.ext4 -q -F -L l1-payload -O ^has_journal -m 0 -E root_owner=0:0 -d "$PAYLOAD" "$work/payload.img" \
+mkfs.ext4 -q -F -L l1-payload -O ^has_journal -m 0 -i 8192 -E root_owner=0:0 -d "$PAYLOAD" "$work/payload.img" \
   || die "mkfs.ext4 of payload $PAYLOAD failed"
 
 ctl=$work/ctl; mkdir -p "$ctl/host"
