@@ -1,0 +1,55 @@
+//! Generates the runner script that executes every check in sequence.
+
+use std::fmt::Write as _;
+
+/// One named check: a shell command with its own timeout.
+#[derive(Debug, Clone)]
+pub(super) struct Check {
+    pub(super) name: String,
+    pub(super) command: String,
+    pub(super) timeout_secs: u64,
+}
+
+/// Shell functions of the runner; POSIX sh, works under busybox ash (L1) and dash (host).
+/// `$PAYLOAD` is the payload root; results go to `$PAYLOAD/results/<name>.{out,err,rc}`.
+/// busybox `timeout` reports 143 on expiry, coreutils 124: both are normalised to 124.
+const PRELUDE: &str = r#"#!/bin/sh
+: "${PAYLOAD:?PAYLOAD must name the payload root}"
+R="$PAYLOAD/results"
+mkdir -p "$R"
+run_check() {
+  name=$1; limit=$2
+  echo "=== check $name (timeout ${limit}s)"
+  start=$(date +%s)
+  (cd "$PAYLOAD" && exec timeout "$limit" sh "$PAYLOAD/.batch/checks/$name.sh") \
+    </dev/null >"$R/$name.out" 2>"$R/$name.err"
+  rc=$?
+  took=$(( $(date +%s) - start ))
+  if [ "$took" -ge "$limit" ] && { [ $rc -eq 124 ] || [ $rc -eq 137 ] || [ $rc -eq 143 ]; }; then
+    echo "check $name timed out after ${limit}s" >>"$R/$name.err"
+    rc=124
+  fi
+  echo "$rc" >"$R/$name.rc"
+  echo "=== check $name: exit $rc after ${took}s"
+}
+"#;
+
+/// The runner script for `checks`, in order.
+pub(super) fn runner(batch: &str, checks: &[Check]) -> String {
+    let mut script = String::from(PRELUDE);
+    let _ = writeln!(script, "echo '=== batch {batch}: {} checks'", checks.len());
+    for check in checks {
+        let _ = writeln!(script, "run_check {} {}", check.name, check.timeout_secs);
+    }
+    script.push_str("sync\necho '=== batch done'\n");
+    script
+}
+
+/// True if `name` is usable as a check (and file) name.
+pub(super) fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
