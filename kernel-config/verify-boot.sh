@@ -7,11 +7,14 @@
 # initramfs is an uncompressed cpio with busybox-static and an /init that prints what it sees.
 # Output lines starting with "podvm-check:" are machine-readable; the QEMU wall time (inside L1,
 # noisy, for comparison only) is printed as "podvm-check: qemu_ms=N".
+# Environment: VERIFY_APPEND adds kernel parameters (e.g. "initcall_debug"); L1_RUN overrides the
+# path of l1-run.
 set -euo pipefail
 
 VMLINUX=${1:?usage: $0 VMLINUX [SMP] [MEM_MIB]}
 SMP=${2:-2}
 MEM=${3:-256}
+APPEND="console=ttyS0 reboot=t panic=-1${VERIFY_APPEND:+ $VERIFY_APPEND}"
 L1_RUN=${L1_RUN:-/work/shared/nested/l1-run}
 QEMU=/usr/bin/qemu-system-x86_64
 
@@ -56,18 +59,22 @@ chmod +x "$root/init"
 
 # Run inside L1. -no-reboot makes QEMU exit when the guest resets itself (reboot=t).
 cat >"$payload/run.sh" <<RUN
-start=\$(date +%s%N)
+ms() { awk '{ printf "%d", \$1 * 1000 }' /proc/uptime; }
+start=\$(ms)
 $QEMU -M microvm -enable-kvm -cpu host -smp $SMP -m $MEM -nodefaults -no-user-config \\
   -nographic -serial stdio -no-reboot -kernel /payload/vmlinux -initrd /payload/initrd.cpio \\
-  -append "console=ttyS0 reboot=t panic=-1"
+  -append "$APPEND"
 rc=\$?
-end=\$(date +%s%N)
+end=\$(ms)
 echo "podvm-check: qemu_exit=\$rc"
-echo "podvm-check: qemu_ms=\$(( (end - start) / 1000000 ))"
+echo "podvm-check: qemu_ms=\$((end - start))"
 RUN
 
-echo "verify-boot: booting $VMLINUX (smp=$SMP, mem=${MEM}MiB) under QEMU microvm inside L1 (takes a few minutes)"
-"$L1_RUN" -m 2048 -t 600 -b "$QEMU" -b /usr/share/qemu "$payload" -- sh /payload/run.sh | tr -d '\r' | tee "$work/console.log"
+echo "verify-boot: booting $VMLINUX (smp=$SMP, mem=${MEM}MiB, append: $APPEND) under QEMU microvm inside L1"
+l1_rc=0
+"$L1_RUN" -m 2048 -t 600 -b "$QEMU" -b /usr/share/qemu "$payload" -- sh /payload/run.sh |
+	tr -d '\r' | tee "$work/console.log" || l1_rc=$?
+[ $l1_rc -eq 0 ] || echo "verify-boot: l1-run exited with status $l1_rc" >&2
 
 # Checks.
 get() { grep -a -o "^podvm-check: $1=.*" "$work/console.log" | head -1 | cut -d= -f2-; }
