@@ -1,0 +1,167 @@
+//! End-to-end tests of `podvm boot`: real microVMs booting podvm's kernel and agent, all checks
+//! in ONE nested L1 boot (or directly on a host with real KVM). Acceptance of the foundation issue.
+
+mod support;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use support::nested::{Batch, BatchResults, CheckResult};
+
+/// Builds a busybox root tree inside the run directory from the payload's static busybox.
+const SETUP_ROOTFS: &str = "mkdir -p rootfs/bin rootfs/etc rootfs/tmp && cp lib/podvm/busybox rootfs/bin/busybox \
+     && for a in $(rootfs/bin/busybox --list); do [ $a = busybox ] || ln -sf busybox rootfs/bin/$a; done \
+     && echo 'root:x:0:0:root:/root:/bin/sh' > rootfs/etc/passwd && echo rootfs-ready";
+
+fn results() -> Option<&'static BatchResults> {
+    static RESULTS: OnceLock<Option<BatchResults>> = OnceLock::new();
+    RESULTS
+        .get_or_init(|| {
+            let artifacts = support::artifacts::require()?;
+            let boot = "podvm boot --initrd-dir rootfs";
+            let batch = artifacts
+                .add_to(Batch::new("e2e-boot"))
+                .memory_mib(3072)
+                .timeout(Duration::from_secs(1500))
+                .default_check_timeout(Duration::from_secs(240))
+                .payload_bytes("text-kernel", "this is not a kernel\n")
+                .check("setup", SETUP_ROOTFS)
+                .check("echo_exit7", &format!("{boot} -- /bin/sh -c 'echo hi; exit 7'"))
+                .check("sigkill", &format!("{boot} -- /bin/sh -c 'kill -9 $$'"))
+                .check("missing_cmd", &format!("{boot} -- /no/such/command"))
+                .check("streams", &format!("{boot} -- /bin/sh -c 'echo to-out; echo to-err >&2'"))
+                .check(
+                    "env_workdir",
+                    &format!("{boot} --env GREETING=bonjour --workdir /tmp -- /bin/sh -c 'echo $GREETING; pwd'"),
+                )
+                .check("cpus2", &format!("{boot} --cpus 2 -- /bin/sh -c 'grep -c ^processor /proc/cpuinfo; nproc'"))
+                .check(
+                    "memory512",
+                    &format!("{boot} --memory 512 -- /bin/sh -c \"awk '/MemTotal/ {{print \\$2}}' /proc/meminfo\""),
+                )
+                .check("missing_kernel", "podvm boot --kernel /payload/no-such-vmlinux -- /bin/true")
+                .check("text_kernel", "podvm boot --kernel text-kernel -- /bin/true")
+                .check("memory0", "podvm boot --memory 0 -- /bin/true")
+                .check("check", "podvm check")
+                .run();
+            Some(batch)
+        })
+        .as_ref()
+}
+
+/// The result of check `name`, or `None` (test skipped) when artifacts are missing.
+fn check(name: &str) -> Option<&'static CheckResult> {
+    let results = results()?;
+    results.get("setup").expect_success("setup");
+    Some(results.get(name))
+}
+
+#[test]
+fn command_output_and_exit_code_come_back() {
+    let Some(result) = check("echo_exit7") else {
+        return;
+    };
+    assert_eq!(result.code, 7, "{result:?}");
+    assert_eq!(result.stdout.trim(), "hi", "{result:?}");
+}
+
+#[test]
+fn signal_death_is_128_plus_signal() {
+    let Some(result) = check("sigkill") else {
+        return;
+    };
+    assert_eq!(result.code, 137, "{result:?}");
+}
+
+#[test]
+fn missing_command_is_127_with_a_clear_error() {
+    let Some(result) = check("missing_cmd") else {
+        return;
+    };
+    assert_eq!(result.code, 127, "{result:?}");
+    assert!(result.stderr.contains("/no/such/command"), "{result:?}");
+    assert!(result.stderr.contains("not found"), "{result:?}");
+}
+
+#[test]
+fn stdout_and_stderr_stay_apart() {
+    let Some(result) = check("streams") else {
+        return;
+    };
+    assert_eq!(result.code, 0, "{result:?}");
+    assert_eq!(result.stdout.trim(), "to-out", "{result:?}");
+    assert!(result.stderr.contains("to-err"), "{result:?}");
+    assert!(!result.stdout.contains("to-err"), "{result:?}");
+}
+
+#[test]
+fn env_and_workdir_reach_the_command() {
+    let Some(result) = check("env_workdir") else {
+        return;
+    };
+    assert_eq!(result.code, 0, "{result:?}");
+    assert_eq!(result.stdout.trim(), "bonjour\n/tmp", "{result:?}");
+}
+
+#[test]
+fn two_vcpus_are_seen() {
+    let Some(result) = check("cpus2") else { return };
+    assert_eq!(result.code, 0, "{result:?}");
+    assert_eq!(result.stdout.trim(), "2\n2", "{result:?}");
+}
+
+#[test]
+fn memory_size_is_what_was_asked() {
+    let Some(result) = check("memory512") else {
+        return;
+    };
+    assert_eq!(result.code, 0, "{result:?}");
+    let kib: u64 = result.stdout.trim().parse().expect("MemTotal in KiB");
+    // MemTotal excludes what the kernel reserves for itself; about 512 MiB means 450..=512 MiB.
+    assert!(
+        (450 * 1024..=512 * 1024).contains(&kib),
+        "MemTotal {kib} KiB: {result:?}"
+    );
+}
+
+#[test]
+fn missing_kernel_is_a_clear_error() {
+    let Some(result) = check("missing_kernel") else {
+        return;
+    };
+    assert_eq!(result.code, 125, "{result:?}");
+    assert!(
+        result.stderr.contains("/payload/no-such-vmlinux"),
+        "{result:?}"
+    );
+    assert!(result.stderr.contains("not found"), "{result:?}");
+}
+
+#[test]
+fn text_file_as_kernel_is_a_clear_error() {
+    let Some(result) = check("text_kernel") else {
+        return;
+    };
+    assert_eq!(result.code, 125, "{result:?}");
+    assert!(result.stderr.contains("not a kernel image"), "{result:?}");
+}
+
+#[test]
+fn zero_memory_is_a_clear_error() {
+    let Some(result) = check("memory0") else {
+        return;
+    };
+    assert_eq!(result.code, 125, "{result:?}");
+    assert!(result.stderr.contains("--memory 0"), "{result:?}");
+    assert!(result.stderr.contains("at least"), "{result:?}");
+}
+
+#[test]
+fn check_says_pods_can_run_on_real_kvm() {
+    let Some(result) = check("check") else { return };
+    assert_eq!(result.code, 0, "{result:?}");
+    assert!(
+        result.stdout.contains("verdict: pods can run"),
+        "{result:?}"
+    );
+}
