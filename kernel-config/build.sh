@@ -87,6 +87,7 @@ kmake() { make -C "$SRC" O="$OBJ" ARCH=x86_64 KBUILD_BUILD_USER=podvm KBUILD_BUI
 
 # Every CONFIG_X=value / "# CONFIG_X is not set" / CONFIG_X=n line of the fragments must hold in
 # the final .config; olddefconfig silently drops options whose dependencies are unmet.
+# shellcheck disable=SC2094 # reading the fragment and the final config, writing neither
 verify_config() {
 	local final=$1 bad=() line sym val f
 	for f in "$FRAG_DIR"/*.config; do
@@ -102,7 +103,7 @@ verify_config() {
 				grep -q "^$sym=" "$final" && bad+=("$sym=n wanted, got $(grep "^$sym=" "$final") ($(basename "$f"))")
 			else
 				grep -qxF "$sym=$val" "$final" ||
-					bad+=("$sym=$val wanted, got '$(grep -E "^(# )?$sym[= ]" "$final" || echo absent)' ($(basename "$f"))")
+					bad+=("$sym=$val wanted, got '$(grep -E "^(# )?${sym}[= ]" "$final" || echo absent)' ($(basename "$f"))")
 			fi
 		done <"$f"
 	done

@@ -9,6 +9,7 @@
 # noisy, for comparison only) is printed as "podvm-check: qemu_ms=N".
 # Environment: VERIFY_APPEND adds kernel parameters (e.g. "initcall_debug"); L1_RUN overrides the
 # path of l1-run.
+# shellcheck disable=SC2016 # check() evals its single-quoted conditions on purpose
 set -euo pipefail
 
 VMLINUX=${1:?usage: $0 VMLINUX [SMP] [MEM_MIB]}
