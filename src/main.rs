@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod cli;
+mod image;
+mod store;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();

@@ -4,6 +4,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod fetch;
+mod image;
+
 /// podvm: run containers as hardware-isolated microVMs, with rkt's verbs and flags.
 #[derive(Debug, Parser)]
 #[command(name = "podvm", version, about, propagate_version = true)]
@@ -23,9 +26,21 @@ pub struct Cli {
 
 /// podvm's verbs.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Fetch images into the store and print their ids.
+    Fetch(fetch::FetchArgs),
+    /// Manage images in the store.
+    Image(image::ImageArgs),
+}
 
 /// Runs the parsed command line and maps its result to the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
-    match cli.command {}
+    let result: Result<ExitCode, Box<dyn std::error::Error>> = match cli.command {
+        Command::Fetch(args) => fetch::run(&cli.data_dir, args).map_err(Into::into),
+        Command::Image(args) => image::run(&cli.data_dir, args).map_err(Into::into),
+    };
+    result.unwrap_or_else(|err| {
+        eprintln!("podvm: {err}");
+        ExitCode::FAILURE
+    })
 }

@@ -1,0 +1,543 @@
+//! Applying layer tarballs to a rootfs: decompression by magic bytes, OCI whiteouts, path
+//! safety, limits against decompression bombs.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsString;
+use std::fs::{self, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use tar::EntryType;
+
+use super::safepath::{entry_components, resolve_dir, symlink_escapes};
+
+/// Errors applying a layer. Every variant names the image and the entry.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    /// The entry is unsafe; the image is rejected.
+    #[error("image {image}: layer {layer}: unsafe entry {entry:?}: {why}; refusing the image")]
+    Unsafe {
+        /// Image name.
+        image: String,
+        /// Layer digest.
+        layer: String,
+        /// Entry name.
+        entry: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// A limit was exceeded (decompression bomb or absurd image).
+    #[error("image {image}: layer {layer}: entry {entry:?}: {why} (raise it with {var} if the image is legitimate)")]
+    Limit {
+        /// Image name.
+        image: String,
+        /// Layer digest.
+        layer: String,
+        /// Entry name.
+        entry: String,
+        /// Which limit.
+        why: String,
+        /// Environment variable raising the limit.
+        var: &'static str,
+    },
+    /// An I/O error writing the entry or reading the layer.
+    #[error("image {image}: layer {layer}: entry {entry:?}: {what}: {source}")]
+    Io {
+        /// Image name.
+        image: String,
+        /// Layer digest.
+        layer: String,
+        /// Entry name.
+        entry: String,
+        /// What was being done.
+        what: &'static str,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+/// Bounds on what a whole image may expand to.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Total bytes of file content over all layers.
+    pub max_bytes: u64,
+    /// Total number of entries over all layers.
+    pub max_entries: u64,
+}
+
+impl Limits {
+    /// Defaults (16 GiB, 2 million entries), overridable by `PODVM_IMAGE_MAX_BYTES` and
+    /// `PODVM_IMAGE_MAX_ENTRIES`.
+    pub fn from_env() -> Limits {
+        let get = |k: &str, d: u64| {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(d)
+        };
+        Limits {
+            max_bytes: get("PODVM_IMAGE_MAX_BYTES", 16 << 30),
+            max_entries: get("PODVM_IMAGE_MAX_ENTRIES", 2_000_000),
+        }
+    }
+}
+
+/// Wraps `r` in the decompressor its magic bytes call for (gzip, zstd, bzip2, xz, or none).
+pub fn decompress<'a>(r: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
+    let mut br = BufReader::with_capacity(1 << 16, r);
+    let head = br.fill_buf()?.to_vec();
+    Ok(if head.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::bufread::MultiGzDecoder::new(br))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Box::new(zstd::stream::read::Decoder::with_buffer(br)?)
+    } else {
+        Box::new(br)
+    })
+}
+
+/// Metadata applied to directories once all layers are in (so that read-only directories can
+/// still be filled).
+struct DirMeta {
+    mode: u32,
+    owner: Option<(u32, u32)>,
+    mtime: u64,
+}
+
+/// Applies layers, in order, to one rootfs.
+pub struct Applier {
+    root: PathBuf,
+    image: String,
+    limits: Limits,
+    privileged: bool,
+    bytes: u64,
+    entries: u64,
+    dirs: BTreeMap<PathBuf, DirMeta>,
+    /// Warnings (e.g. device nodes skipped when unprivileged).
+    pub warnings: Vec<String>,
+}
+
+/// Per-layer state: the layer name and the paths this layer created (opaque whiteouts remove
+/// only what lower layers created).
+struct LayerCtx {
+    layer: String,
+    created: HashSet<PathBuf>,
+}
+
+impl Applier {
+    /// Prepares to render `image` into the existing empty directory `root`.
+    pub fn new(root: &Path, image: &str, limits: Limits) -> Applier {
+        Applier {
+            root: root.to_path_buf(),
+            image: image.to_string(),
+            limits,
+            privileged: nix::unistd::geteuid().is_root(),
+            bytes: 0,
+            entries: 0,
+            dirs: BTreeMap::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Applies one (possibly compressed) layer tarball.
+    pub fn apply(&mut self, layer_name: &str, data: impl Read) -> Result<(), LayerError> {
+        let mut ctx = LayerCtx {
+            layer: layer_name.to_string(),
+            created: HashSet::new(),
+        };
+        let image = self.image.clone();
+        let io_e = |what, entry: &str, source| LayerError::Io {
+            image: image.clone(),
+            layer: layer_name.to_string(),
+            entry: entry.to_string(),
+            what,
+            source,
+        };
+        let reader = decompress(data).map_err(|e| io_e("decompressing layer", "", e))?;
+        let mut ar = tar::Archive::new(reader);
+        let entries = ar.entries().map_err(|e| io_e("reading layer tar", "", e))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| io_e("reading layer tar", "", e))?;
+            self.apply_entry(&mut ctx, &mut entry)?;
+        }
+        Ok(())
+    }
+
+    fn err_unsafe(&self, ctx: &LayerCtx, entry: &str, why: impl Into<String>) -> LayerError {
+        LayerError::Unsafe {
+            image: self.image.clone(),
+            layer: ctx.layer.clone(),
+            entry: entry.to_string(),
+            why: why.into(),
+        }
+    }
+
+    fn err_io(
+        &self,
+        ctx: &LayerCtx,
+        entry: &str,
+        what: &'static str,
+    ) -> impl FnOnce(io::Error) -> LayerError {
+        let (image, layer, entry) = (self.image.clone(), ctx.layer.clone(), entry.to_string());
+        move |source| LayerError::Io {
+            image,
+            layer,
+            entry,
+            what,
+            source,
+        }
+    }
+
+    fn apply_entry<R: Read>(
+        &mut self,
+        ctx: &mut LayerCtx,
+        entry: &mut tar::Entry<R>,
+    ) -> Result<(), LayerError> {
+        let raw = entry.path_bytes().into_owned();
+        let name = String::from_utf8_lossy(&raw).into_owned();
+        self.entries += 1;
+        if self.entries > self.limits.max_entries {
+            return Err(LayerError::Limit {
+                image: self.image.clone(),
+                layer: ctx.layer.clone(),
+                entry: name,
+                why: format!("more than {} entries", self.limits.max_entries),
+                var: "PODVM_IMAGE_MAX_ENTRIES",
+            });
+        }
+        let comps =
+            entry_components(&raw).map_err(|u| self.err_unsafe(ctx, &name, u.to_string()))?;
+        let Some((base, parent)) = comps.split_last() else {
+            // The root directory itself.
+            let meta = self.dir_meta(entry.header());
+            self.dirs.insert(self.root.clone(), meta);
+            return Ok(());
+        };
+        let base_b = base.as_bytes();
+        if base_b == b".wh..wh..opq" {
+            return self.opaque(ctx, &name, parent);
+        }
+        if let Some(hidden) = base_b.strip_prefix(b".wh.") {
+            return self.whiteout(ctx, &name, parent, hidden);
+        }
+        let dir = resolve_dir(&self.root, parent, true)
+            .map_err(self.err_io(ctx, &name, "resolving parent directory"))?
+            .ok_or_else(|| self.err_unsafe(ctx, &name, "parent directory cannot be created"))?;
+        let target = dir.join(base);
+        let kind = entry.header().entry_type();
+        self.clear_for(ctx, &name, &target, kind == EntryType::Directory)?;
+        match kind {
+            EntryType::Directory => {
+                if !target.is_dir() {
+                    fs::create_dir(&target).map_err(self.err_io(
+                        ctx,
+                        &name,
+                        "creating directory",
+                    ))?;
+                }
+                let meta = self.dir_meta(entry.header());
+                self.dirs.insert(target.clone(), meta);
+            }
+            EntryType::Regular | EntryType::Continuous => {
+                self.write_file(ctx, &name, &target, entry)?
+            }
+            EntryType::Symlink => self.symlink(ctx, &name, parent, &target, entry)?,
+            EntryType::Link => self.hardlink(ctx, &name, &target, entry)?,
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                if !self.special(ctx, &name, &target, entry)? {
+                    return Ok(());
+                }
+            }
+            EntryType::XGlobalHeader
+            | EntryType::XHeader
+            | EntryType::GNULongName
+            | EntryType::GNULongLink => return Ok(()),
+            other => {
+                return Err(self.err_unsafe(
+                    ctx,
+                    &name,
+                    format!("unsupported entry type {other:?}"),
+                ))
+            }
+        }
+        if kind != EntryType::Directory {
+            self.set_owner_mode_time(
+                ctx,
+                &name,
+                &target,
+                entry.header(),
+                kind == EntryType::Symlink,
+            )?;
+        }
+        ctx.created.insert(target);
+        Ok(())
+    }
+
+    fn dir_meta(&self, h: &tar::Header) -> DirMeta {
+        DirMeta {
+            mode: h.mode().unwrap_or(0o755) & 0o7777,
+            owner: self.owner(h),
+            mtime: h.mtime().unwrap_or(0),
+        }
+    }
+
+    fn owner(&self, h: &tar::Header) -> Option<(u32, u32)> {
+        if !self.privileged {
+            return None;
+        }
+        let uid = h.uid().ok().and_then(|u| u32::try_from(u).ok())?;
+        let gid = h.gid().ok().and_then(|g| u32::try_from(g).ok())?;
+        Some((uid, gid))
+    }
+
+    /// Removes what is at `target` unless both it and the new entry are directories.
+    fn clear_for(
+        &self,
+        ctx: &LayerCtx,
+        name: &str,
+        target: &Path,
+        new_is_dir: bool,
+    ) -> Result<(), LayerError> {
+        match fs::symlink_metadata(target) {
+            Ok(m) if m.is_dir() && new_is_dir => Ok(()),
+            Ok(m) if m.is_dir() => {
+                fs::remove_dir_all(target).map_err(self.err_io(ctx, name, "replacing directory"))
+            }
+            Ok(_) => fs::remove_file(target).map_err(self.err_io(ctx, name, "replacing file")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.err_io(ctx, name, "inspecting existing entry")(e)),
+        }
+    }
+
+    fn write_file<R: Read>(
+        &mut self,
+        ctx: &LayerCtx,
+        name: &str,
+        target: &Path,
+        entry: &mut tar::Entry<R>,
+    ) -> Result<(), LayerError> {
+        let declared = entry.header().size().unwrap_or(0);
+        let limit_err = |this: &Self| LayerError::Limit {
+            image: this.image.clone(),
+            layer: ctx.layer.clone(),
+            entry: name.to_string(),
+            why: format!(
+                "image content exceeds {} bytes (decompression bomb?)",
+                this.limits.max_bytes
+            ),
+            var: "PODVM_IMAGE_MAX_BYTES",
+        };
+        if self.bytes.saturating_add(declared) > self.limits.max_bytes {
+            return Err(limit_err(self));
+        }
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(target)
+            .map_err(self.err_io(ctx, name, "creating file"))?;
+        let remaining = self.limits.max_bytes - self.bytes;
+        let n = io::copy(&mut entry.take(remaining.saturating_add(1)), &mut f)
+            .map_err(self.err_io(ctx, name, "writing file"))?;
+        if n > remaining {
+            return Err(limit_err(self));
+        }
+        self.bytes += n;
+        Ok(())
+    }
+
+    fn symlink<R: Read>(
+        &self,
+        ctx: &LayerCtx,
+        name: &str,
+        parent: &[OsString],
+        target: &Path,
+        entry: &tar::Entry<R>,
+    ) -> Result<(), LayerError> {
+        let link = entry
+            .link_name_bytes()
+            .ok_or_else(|| self.err_unsafe(ctx, name, "symlink without a target"))?;
+        if symlink_escapes(parent, &link) {
+            let t = String::from_utf8_lossy(&link);
+            return Err(self.err_unsafe(
+                ctx,
+                name,
+                format!("symlink target {t:?} points outside the image root"),
+            ));
+        }
+        std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&link), target).map_err(self.err_io(
+            ctx,
+            name,
+            "creating symlink",
+        ))
+    }
+
+    fn hardlink<R: Read>(
+        &self,
+        ctx: &LayerCtx,
+        name: &str,
+        target: &Path,
+        entry: &tar::Entry<R>,
+    ) -> Result<(), LayerError> {
+        let link = entry
+            .link_name_bytes()
+            .ok_or_else(|| self.err_unsafe(ctx, name, "hard link without a target"))?;
+        let t = String::from_utf8_lossy(&link).into_owned();
+        let comps = entry_components(&link)
+            .map_err(|u| self.err_unsafe(ctx, name, format!("hard link target {t:?}: {u}")))?;
+        let outside = || {
+            self.err_unsafe(
+                ctx,
+                name,
+                format!("hard link target {t:?} is not a file inside the image"),
+            )
+        };
+        let (base, parent) = comps.split_last().ok_or_else(outside)?;
+        let dir = resolve_dir(&self.root, parent, false)
+            .map_err(self.err_io(ctx, name, "resolving hard link target"))?
+            .ok_or_else(outside)?;
+        let src = dir.join(base);
+        match fs::symlink_metadata(&src) {
+            Ok(m) if !m.is_dir() => {}
+            _ => return Err(outside()),
+        }
+        fs::hard_link(&src, target).map_err(self.err_io(ctx, name, "creating hard link"))
+    }
+
+    /// Creates a device node or FIFO; returns false if it was skipped.
+    fn special<R: Read>(
+        &mut self,
+        ctx: &LayerCtx,
+        name: &str,
+        target: &Path,
+        entry: &tar::Entry<R>,
+    ) -> Result<bool, LayerError> {
+        use nix::sys::stat::{mknod, Mode, SFlag};
+        let h = entry.header();
+        let kind = match h.entry_type() {
+            EntryType::Char => SFlag::S_IFCHR,
+            EntryType::Block => SFlag::S_IFBLK,
+            _ => SFlag::S_IFIFO,
+        };
+        if kind != SFlag::S_IFIFO && !self.privileged {
+            let w = format!(
+                "image {}: skipping device node {name:?} (not running as root)",
+                self.image
+            );
+            eprintln!("warning: {w}");
+            self.warnings.push(w);
+            return Ok(false);
+        }
+        let major = h.device_major().ok().flatten().unwrap_or(0);
+        let minor = h.device_minor().ok().flatten().unwrap_or(0);
+        let dev = nix::sys::stat::makedev(major.into(), minor.into());
+        mknod(target, kind, Mode::from_bits_truncate(0o600), dev)
+            .map_err(|e| self.err_io(ctx, name, "creating device node")(e.into()))?;
+        Ok(true)
+    }
+
+    fn set_owner_mode_time(
+        &self,
+        ctx: &LayerCtx,
+        name: &str,
+        target: &Path,
+        h: &tar::Header,
+        is_link: bool,
+    ) -> Result<(), LayerError> {
+        if let Some((uid, gid)) = self.owner(h) {
+            std::os::unix::fs::lchown(target, Some(uid), Some(gid))
+                .map_err(self.err_io(ctx, name, "chown"))?;
+        }
+        let mtime = filetime::FileTime::from_unix_time(h.mtime().unwrap_or(0) as i64, 0);
+        if is_link {
+            filetime::set_symlink_file_times(target, mtime, mtime).map_err(self.err_io(
+                ctx,
+                name,
+                "setting mtime",
+            ))?;
+            return Ok(());
+        }
+        // chown clears setuid/setgid, so the mode is set afterwards (setuid bits are kept, as rkt does).
+        let mode = h.mode().unwrap_or(0o644) & 0o7777;
+        fs::set_permissions(target, fs::Permissions::from_mode(mode))
+            .map_err(self.err_io(ctx, name, "chmod"))?;
+        filetime::set_file_times(target, mtime, mtime).map_err(self.err_io(
+            ctx,
+            name,
+            "setting mtime",
+        ))
+    }
+
+    fn whiteout(
+        &self,
+        ctx: &LayerCtx,
+        name: &str,
+        parent: &[OsString],
+        hidden: &[u8],
+    ) -> Result<(), LayerError> {
+        if hidden.is_empty() || hidden == b"." || hidden == b".." {
+            return Err(self.err_unsafe(ctx, name, "whiteout of an invalid name"));
+        }
+        let Some(dir) = resolve_dir(&self.root, parent, false).map_err(self.err_io(
+            ctx,
+            name,
+            "resolving whiteout",
+        ))?
+        else {
+            return Ok(());
+        };
+        let victim = dir.join(std::ffi::OsStr::from_bytes(hidden));
+        self.clear_for(ctx, name, &victim, false)
+    }
+
+    fn opaque(&self, ctx: &LayerCtx, name: &str, parent: &[OsString]) -> Result<(), LayerError> {
+        let dir = resolve_dir(&self.root, parent, true)
+            .map_err(self.err_io(ctx, name, "resolving opaque directory"))?
+            .ok_or_else(|| self.err_unsafe(ctx, name, "opaque directory cannot be created"))?;
+        let list =
+            fs::read_dir(&dir).map_err(self.err_io(ctx, name, "listing opaque directory"))?;
+        for child in list {
+            let child = child
+                .map_err(self.err_io(ctx, name, "listing opaque directory"))?
+                .path();
+            if !ctx.created.contains(&child) {
+                self.clear_for(ctx, name, &child, false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies directory modes, owners and mtimes (deepest first); call after the last layer.
+    pub fn finish(self) -> Result<Vec<String>, LayerError> {
+        for (path, meta) in self.dirs.iter().rev() {
+            let io_e = |what| {
+                let entry = path
+                    .strip_prefix(&self.root)
+                    .unwrap_or(path)
+                    .display()
+                    .to_string();
+                let image = self.image.clone();
+                move |source| LayerError::Io {
+                    image,
+                    layer: "-".to_string(),
+                    entry,
+                    what,
+                    source,
+                }
+            };
+            if !fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+                continue;
+            }
+            if let Some((u, g)) = meta.owner {
+                std::os::unix::fs::lchown(path, Some(u), Some(g)).map_err(io_e("chown"))?;
+            }
+            fs::set_permissions(path, fs::Permissions::from_mode(meta.mode))
+                .map_err(io_e("chmod"))?;
+            let t = filetime::FileTime::from_unix_time(meta.mtime as i64, 0);
+            filetime::set_file_times(path, t, t).map_err(io_e("setting mtime"))?;
+        }
+        Ok(self.warnings)
+    }
+}
