@@ -175,3 +175,97 @@ fn every_fixture_layout_is_readable() {
         );
     }
 }
+
+fn layout_blob(fixtures: &Fixtures, name: &str, digest: &str) -> Vec<u8> {
+    let hex = digest.trim_start_matches("sha256:");
+    let path = fixtures.layout(name).join("blobs/sha256").join(hex);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+#[test]
+fn every_fixture_is_pushed_byte_for_byte() {
+    if registry_support::skip() {
+        return;
+    }
+    let fixtures = Fixtures::get();
+    let registry = Registry::start(false);
+    for name in fixtures.names() {
+        registry.push(&name);
+        let out = run_checked(Command::new("skopeo").args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            "--no-creds",
+            &registry.reference(&name),
+        ]));
+        let want = layout_blob(fixtures, &name, &fixtures.digest(&name));
+        assert!(
+            out.stdout == want,
+            "{name}: the registry serves a different manifest than the layout holds"
+        );
+    }
+}
+
+#[test]
+fn docker_format_push_converts_image_and_index() {
+    if registry_support::skip() {
+        return;
+    }
+    let registry = Registry::start(false);
+    for (name, media_type) in [
+        (
+            "busybox",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        ),
+        (
+            "multiarch",
+            "application/vnd.docker.distribution.manifest.list.v2+json",
+        ),
+    ] {
+        let repo = format!("{name}-docker");
+        registry.push_docker(name, &repo);
+        let raw = inspect_json(&[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            "--no-creds",
+            &registry.reference(&repo),
+        ]);
+        assert_eq!(raw["mediaType"], media_type, "{name}: {raw}");
+    }
+    let amd64 = inspect_json(&[
+        "inspect",
+        "--tls-verify=false",
+        "--no-creds",
+        &registry.reference("multiarch-docker"),
+    ]);
+    assert_eq!(amd64["Architecture"], "amd64", "{amd64}");
+    assert_eq!(amd64["Layers"].as_array().map(Vec::len), Some(2), "{amd64}");
+}
+
+#[test]
+fn escaped_markers_finds_marker_files_and_passwd_links() {
+    let store = tempfile::tempdir().expect("temp dir");
+    let rootfs = store.path().join("trees/abc/rootfs");
+    std::fs::create_dir_all(rootfs.join("tmp")).expect("mkdir");
+    std::fs::write(rootfs.join("tmp/podvm-evil-contained"), b"x").expect("write");
+    assert_eq!(
+        registry_support::escaped_markers(store.path(), &[&rootfs]),
+        Vec::<std::path::PathBuf>::new()
+    );
+    let outside = store.path().join("trees/podvm-evil-dotdot");
+    std::fs::write(&outside, b"x").expect("write");
+    assert_eq!(
+        registry_support::escaped_markers(store.path(), &[&rootfs]),
+        vec![outside.clone()]
+    );
+    std::fs::remove_file(&outside).expect("rm");
+    let link = rootfs.join("passwd");
+    match std::fs::hard_link("/etc/passwd", &link) {
+        Ok(()) => assert_eq!(
+            registry_support::escaped_markers(store.path(), &[&rootfs]),
+            vec![link]
+        ),
+        Err(e) => eprintln!("hard link check not exercised: cannot link /etc/passwd: {e}"),
+    }
+}

@@ -32,6 +32,9 @@ pub const TOKEN_ISSUER: &str = "podvm-test-issuer";
 /// Repositories under this prefix may be pulled anonymously from an auth registry (via a token).
 pub const PUBLIC_PREFIX: &str = "public/";
 
+/// How often [`Registry::push_with`] tries `skopeo copy` before failing the test.
+const PUSH_ATTEMPTS: u32 = 3;
+
 /// Commands the fixtures need, with the Debian package that provides each.
 pub const REQUIRED_TOOLS: &[(&str, &str)] = &[
     ("docker-registry", "docker-registry"),
@@ -214,6 +217,14 @@ impl Fixtures {
         self.entry(name)["note"].as_str().unwrap_or("").to_string()
     }
 
+    /// SHA-256 (hex) of `/big.bin`, the 64 MiB file of the `big` image.
+    pub fn big_sha256(&self) -> String {
+        std::fs::read_to_string(self.dir.join("big.sha256"))
+            .unwrap_or_else(|e| panic!("cannot read {}/big.sha256: {e}", self.dir.display()))
+            .trim()
+            .to_string()
+    }
+
     /// `docker save`-style archive of the busybox image (`busybox:latest`).
     pub fn docker_archive(&self) -> PathBuf {
         self.dir.join("busybox-docker-archive.tar")
@@ -294,14 +305,22 @@ impl Registry {
         }
     }
 
-    /// Pushes fixture `name` as repository `name:latest`.
+    /// Pushes fixture `name` as repository `name:latest`, byte for byte (the registry's
+    /// manifest digest equals [`Fixtures::digest`]).
     pub fn push(&self, name: &str) {
-        self.push_with(name, name, &[]);
+        self.push_as(name, name);
     }
 
-    /// Pushes fixture `name` as `repo` (`repo` may carry `:tag`; default tag `latest`).
+    /// Pushes fixture `name` as `repo` (`repo` may carry `:tag`; default tag `latest`), byte
+    /// for byte.
     pub fn push_as(&self, name: &str, repo: &str) {
-        self.push_with(name, repo, &[]);
+        self.push_with(name, repo, &["--preserve-digests"]);
+    }
+
+    /// Pushes fixture `name` as `repo` converted to Docker schema 2 manifests (a Docker
+    /// manifest list for `multiarch`; not possible for `zstd`).
+    pub fn push_docker(&self, name: &str, repo: &str) {
+        self.push_with(name, repo, &["--format", "v2s2"]);
     }
 
     /// Pushes fixture `name` as `repo` with `skopeo copy --all`, extra skopeo arguments (e.g.
@@ -315,6 +334,19 @@ impl Registry {
             cmd.arg(format!("--dest-creds={USER}:{PASSWORD}"));
         }
         cmd.args(extra).arg(src).arg(self.reference(repo));
+        // skopeo shares one blob-info cache (a lock file) between processes; a rare transient
+        // failure there must not fail a test whose subject is not the push: retry, loudly.
+        for attempt in 1..PUSH_ATTEMPTS {
+            match cmd.output() {
+                Ok(out) if out.status.success() => return,
+                Ok(out) => eprintln!(
+                    "warning: push attempt {attempt} failed ({cmd:?}): {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+                Err(e) => eprintln!("warning: push attempt {attempt}: cannot run {cmd:?}: {e}"),
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
         run_checked(&mut cmd);
     }
 
@@ -399,4 +431,64 @@ pub fn base64(data: &[u8]) -> String {
         }
     }
     out
+}
+
+/// Every malicious fixture names what it tries to write `podvm-evil-<something>`.
+pub const EVIL_MARKER_PREFIX: &str = "podvm-evil-";
+
+/// Evidence that a malicious layer escaped: paths named `podvm-evil-*` found in `store` (outside
+/// the `allowed` trees, e.g. the rendered rootfs of a "contained" fixture), directly in `/`,
+/// `/tmp`, the temp dir or any ancestor of `store`, and files in `store` that are hard links
+/// to the host's `/etc/passwd`. Empty when nothing escaped.
+pub fn escaped_markers(store: &Path, allowed: &[&Path]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut tops: Vec<PathBuf> = vec!["/".into(), "/tmp".into(), std::env::temp_dir()];
+    tops.extend(store.ancestors().skip(1).map(Path::to_path_buf));
+    for top in tops {
+        if let Ok(entries) = std::fs::read_dir(&top) {
+            found.extend(
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| is_marker(p) && !allowed.iter().any(|a| p.starts_with(a))),
+            );
+        }
+    }
+    let passwd = std::fs::metadata("/etc/passwd").ok();
+    walk(store, &mut |path, meta| {
+        use std::os::unix::fs::MetadataExt;
+        let hard_link = passwd
+            .as_ref()
+            .is_some_and(|p| p.dev() == meta.dev() && p.ino() == meta.ino());
+        let marker = is_marker(path) && !allowed.iter().any(|a| path.starts_with(a));
+        if hard_link || marker {
+            found.push(path.to_path_buf());
+        }
+    });
+    found.sort();
+    found.dedup();
+    found
+}
+
+fn is_marker(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(EVIL_MARKER_PREFIX))
+}
+
+/// Calls `f` for every entry under `dir` (not following symlinks).
+fn walk(dir: &Path, f: &mut dyn FnMut(&Path, &std::fs::Metadata)) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        f(&path, &meta);
+        if meta.is_dir() {
+            walk(&path, f);
+        }
+    }
 }
