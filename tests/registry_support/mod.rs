@@ -260,7 +260,18 @@ impl Registry {
         if auth {
             cmd.arg("--auth");
         }
-        run_checked(&mut cmd);
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+        if !out.status.success() {
+            stop_registry(dir.path());
+            panic!(
+                "{cmd:?} failed ({}):\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         let port_file = dir.path().join("port");
         let port = std::fs::read_to_string(&port_file)
             .ok()
@@ -390,18 +401,22 @@ impl Registry {
     /// Stops the registry (and token server) and removes its directory.
     pub fn stop(&mut self) {
         if let Some(dir) = self.dir.take() {
-            let status = Command::new("bash")
-                .arg(fixtures_dir().join("registry.sh"))
-                .arg("stop")
-                .arg(dir.path())
-                .status();
-            if !matches!(status, Ok(s) if s.success()) {
-                eprintln!(
-                    "warning: registry.sh stop {} failed: {status:?}",
-                    dir.path().display()
-                );
-            }
+            stop_registry(dir.path());
         }
+    }
+}
+
+fn stop_registry(dir: &Path) {
+    let status = Command::new("bash")
+        .arg(fixtures_dir().join("registry.sh"))
+        .arg("stop")
+        .arg(dir)
+        .status();
+    if !matches!(status, Ok(s) if s.success()) {
+        eprintln!(
+            "warning: registry.sh stop {} failed: {status:?}",
+            dir.display()
+        );
     }
 }
 
