@@ -269,3 +269,86 @@ fn escaped_markers_finds_marker_files_and_passwd_links() {
         Err(e) => eprintln!("hard link check not exercised: cannot link /etc/passwd: {e}"),
     }
 }
+
+/// Lists the entries of every layer of fixture `name` ("NAME", "NAME -> SYMLINK",
+/// "NAME => HARDLINK", "NAME chr MAJ:MIN", "NAME size=N"), stopping at the first huge entry.
+fn list_layer_entries(fixtures: &Fixtures, name: &str) -> String {
+    const LISTER: &str = r#"
+import json, os, sys, tarfile
+lay = sys.argv[1]
+blob = lambda d: os.path.join(lay, "blobs", *d.split(":", 1))
+desc = json.load(open(os.path.join(lay, "index.json")))["manifests"][0]
+manifest = json.load(open(blob(desc["digest"])))
+for layer in manifest["layers"]:
+    try:
+        with tarfile.open(blob(layer["digest"]), mode="r|*") as tf:
+            for m in tf:
+                line = m.name
+                if m.issym(): line += " -> " + m.linkname
+                if m.islnk(): line += " => " + m.linkname
+                if m.ischr(): line += " chr %d:%d" % (m.devmajor, m.devminor)
+                if m.isreg(): line += " size=%d" % m.size
+                print(line)
+                if m.size > (1 << 27):
+                    break
+    except tarfile.ReadError as e:
+        print("read error:", e)
+"#;
+    let out = run_checked(
+        Command::new("python3")
+            .arg("-c")
+            .arg(LISTER)
+            .arg(fixtures.layout(name)),
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn malicious_fixtures_hold_their_malicious_entries() {
+    if registry_support::skip() {
+        return;
+    }
+    let fixtures = Fixtures::get();
+    let expected: &[(&str, &[&str])] = &[
+        ("evil-dotdot", &["../../podvm-evil-dotdot size="]),
+        ("evil-abs", &["/podvm-evil-abs/etc/evil size="]),
+        (
+            "evil-symlink",
+            &[
+                "x -> ../../../../../../../..",
+                "x/tmp/podvm-evil-symlink size=",
+            ],
+        ),
+        (
+            "evil-symlink-abs",
+            &["x -> /\n", "x/tmp/podvm-evil-symlink-abs size="],
+        ),
+        (
+            "evil-symlink-layers",
+            &["x -> /\n", "x/tmp/podvm-evil-symlink-layers size="],
+        ),
+        (
+            "evil-hardlink",
+            &["passwd => ../../../../../../../../etc/passwd"],
+        ),
+        ("evil-hardlink-abs", &["passwd => /etc/passwd"]),
+        ("evil-device", &["dev/podvm-evil-null chr 1:3"]),
+        ("evil-whiteout", &["keep/file size=", "\n.wh... size=0"]),
+        ("evil-whiteout-dir", &["keep/.wh... size=0"]),
+        ("evil-bomb", &["zeros.bin size=5368709120"]),
+        ("evil-hugesize", &["huge.bin size=1099511627776"]),
+    ];
+    let mut names: Vec<&str> = expected.iter().map(|(n, _)| *n).collect();
+    names.sort_unstable();
+    assert_eq!(fixtures.malicious(), names, "malicious fixture set changed");
+    for (name, needles) in expected {
+        let listing = list_layer_entries(fixtures, name);
+        for needle in *needles {
+            assert!(
+                listing.contains(needle),
+                "{name}: no {needle:?} in:\n{listing}"
+            );
+        }
+        assert_ne!(fixtures.expectation(name), "ok", "{name}");
+    }
+}
