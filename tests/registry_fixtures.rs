@@ -352,3 +352,68 @@ fn malicious_fixtures_hold_their_malicious_entries() {
         assert_ne!(fixtures.expectation(name), "ok", "{name}");
     }
 }
+
+/// Sends one raw HTTP/1.1 GET to 127.0.0.1:`port` and returns the status line.
+fn http_get_status(port: u16, path: &str, extra_header: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the blob port");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra_header}Connection: close\r\n\r\n"
+    )
+    .expect("send request");
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .expect("read status line");
+    line.trim().to_string()
+}
+
+#[test]
+fn redirecting_registry_serves_blobs_from_another_port() {
+    if registry_support::skip() {
+        return;
+    }
+    let fixtures = Fixtures::get();
+    let registry = Registry::start_redirecting();
+    registry.push("busybox");
+    assert_ne!(registry.pull_host(), registry.host());
+    let out_dir = tempfile::tempdir().expect("temp dir");
+    let dest = format!("oci:{}:x", out_dir.path().join("copy").display());
+    run_checked(Command::new("skopeo").args([
+        "copy",
+        "--quiet",
+        "--src-tls-verify=false",
+        "--src-no-creds",
+        &registry.reference("busybox"),
+        &dest,
+    ]));
+    let manifest: serde_json::Value = serde_json::from_slice(&layout_blob(
+        fixtures,
+        "busybox",
+        &fixtures.digest("busybox"),
+    ))
+    .expect("busybox manifest is JSON");
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .expect("busybox has a layer");
+    let log = registry.redirect_log().join("\n");
+    assert!(
+        log.contains(r#""kind": "redirect""#) && log.contains(layer),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains(r#""kind": "blob""#) && l.contains(layer) && l.contains("200")),
+        "the layer was not served by the blob port: {log}"
+    );
+    let blob_port: u16 = std::fs::read_to_string(registry.dir().join("blob-port"))
+        .expect("blob-port file")
+        .trim()
+        .parse()
+        .expect("blob port number");
+    let path = format!("/blobs/busybox/{layer}?expires=4102444800");
+    assert!(http_get_status(blob_port, &path, "").contains(" 200 "));
+    assert!(http_get_status(blob_port, &path, "Authorization: Bearer x\r\n").contains(" 400 "));
+}

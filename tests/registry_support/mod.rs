@@ -242,11 +242,24 @@ pub struct Registry {
     dir: Option<TempDir>,
     port: u16,
     auth: bool,
+    redirect_port: Option<u16>,
 }
 
 impl Registry {
     /// Starts a registry; with `auth`, token auth (see [`USER`], [`PASSWORD`], [`PUBLIC_PREFIX`]).
     pub fn start(auth: bool) -> Registry {
+        Self::launch(if auth { "--auth" } else { "" })
+    }
+
+    /// Starts a registry without auth behind a read-only front that answers every blob GET/HEAD
+    /// with `307` to a "blob storage" port (which honours `Range` and refuses requests carrying
+    /// `Authorization`, like presigned S3 URLs). [`Registry::reference`] points at the front;
+    /// pushes go to the registry itself. See [`Registry::redirect_log`].
+    pub fn start_redirecting() -> Registry {
+        Self::launch("--redirect")
+    }
+
+    fn launch(mode: &str) -> Registry {
         let dir = tempfile::Builder::new()
             .prefix("podvm-registry-")
             .tempdir()
@@ -257,8 +270,8 @@ impl Registry {
             .arg(dir.path())
             .arg("--watch")
             .arg(std::process::id().to_string());
-        if auth {
-            cmd.arg("--auth");
+        if !mode.is_empty() {
+            cmd.arg(mode);
         }
         let out = cmd
             .output()
@@ -272,15 +285,20 @@ impl Registry {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let port_file = dir.path().join("port");
-        let port = std::fs::read_to_string(&port_file)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or_else(|| panic!("registry.sh wrote no port to {}", port_file.display()));
+        let port = read_port(&dir.path().join("port"))
+            .unwrap_or_else(|| panic!("registry.sh wrote no port in {}", dir.path().display()));
+        let redirect_port = read_port(&dir.path().join("redirect-port"));
+        assert_eq!(
+            redirect_port.is_some(),
+            mode == "--redirect",
+            "registry.sh start {mode}: redirect-port file mismatch in {}",
+            dir.path().display()
+        );
         Registry {
             dir: Some(dir),
             port,
-            auth,
+            auth: mode == "--auth",
+            redirect_port,
         }
     }
 
@@ -307,13 +325,27 @@ impl Registry {
         self.auth
     }
 
-    /// `docker://127.0.0.1:PORT/NAME:latest` (NAME may already carry `:tag` or `@digest`).
+    /// `127.0.0.1:PORT` clients should pull from: the redirecting front if there is one.
+    pub fn pull_host(&self) -> String {
+        format!("127.0.0.1:{}", self.redirect_port.unwrap_or(self.port))
+    }
+
+    /// `docker://HOST/NAME:latest` on [`Registry::pull_host`] (NAME may already carry `:tag`
+    /// or `@digest`).
     pub fn reference(&self, name: &str) -> String {
-        if name.contains(':') || name.contains('@') {
-            format!("docker://{}/{name}", self.host())
-        } else {
-            format!("docker://{}/{name}:latest", self.host())
-        }
+        reference_on(&self.pull_host(), name)
+    }
+
+    fn push_reference(&self, name: &str) -> String {
+        reference_on(&self.host(), name)
+    }
+
+    /// Requests the redirecting front handled (JSON lines, `kind`: `api`, `redirect` or `blob`,
+    /// with `path`, `status`, `range`). Empty unless started with [`Registry::start_redirecting`].
+    pub fn redirect_log(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir().join("redirect.log"))
+            .map(|s| s.lines().map(str::to_string).collect())
+            .unwrap_or_default()
     }
 
     /// Pushes fixture `name` as repository `name:latest`, byte for byte (the registry's
@@ -344,7 +376,7 @@ impl Registry {
         if self.auth {
             cmd.arg(format!("--dest-creds={USER}:{PASSWORD}"));
         }
-        cmd.args(extra).arg(src).arg(self.reference(repo));
+        cmd.args(extra).arg(src).arg(self.push_reference(repo));
         // skopeo shares one blob-info cache (a lock file) between processes; a rare transient
         // failure there must not fail a test whose subject is not the push: retry, loudly.
         for attempt in 1..PUSH_ATTEMPTS {
@@ -366,7 +398,9 @@ impl Registry {
     pub fn push_exact(&self, name: &str, repo: &str) {
         assert!(!self.auth, "push_exact does not speak token auth");
         let fixtures = Fixtures::get();
-        let dest = self.reference(repo).replacen("docker://", "http://", 1);
+        let dest = self
+            .push_reference(repo)
+            .replacen("docker://", "http://", 1);
         run_checked(
             Command::new("python3")
                 .arg(fixtures_dir().join("make_oci.py"))
@@ -403,6 +437,18 @@ impl Registry {
         if let Some(dir) = self.dir.take() {
             stop_registry(dir.path());
         }
+    }
+}
+
+fn read_port(path: &Path) -> Option<u16> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn reference_on(host: &str, name: &str) -> String {
+    if name.contains(':') || name.contains('@') {
+        format!("docker://{host}/{name}")
+    } else {
+        format!("docker://{host}/{name}:latest")
     }
 }
 
