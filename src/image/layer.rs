@@ -261,7 +261,8 @@ impl Applier {
                 ))
             }
         }
-        if kind != EntryType::Directory {
+        // A hard link shares the inode (and so the metadata) of its target.
+        if kind != EntryType::Directory && kind != EntryType::Link {
             self.set_owner_mode_time(
                 ctx,
                 &name,
@@ -463,7 +464,7 @@ impl Applier {
         let mode = h.mode().unwrap_or(0o644) & 0o7777;
         fs::set_permissions(target, fs::Permissions::from_mode(mode))
             .map_err(self.err_io(ctx, name, "chmod"))?;
-        filetime::set_file_times(target, mtime, mtime).map_err(self.err_io(
+        filetime::set_symlink_file_times(target, mtime, mtime).map_err(self.err_io(
             ctx,
             name,
             "setting mtime",
@@ -536,8 +537,203 @@ impl Applier {
             fs::set_permissions(path, fs::Permissions::from_mode(meta.mode))
                 .map_err(io_e("chmod"))?;
             let t = filetime::FileTime::from_unix_time(meta.mtime as i64, 0);
-            filetime::set_file_times(path, t, t).map_err(io_e("setting mtime"))?;
+            filetime::set_symlink_file_times(path, t, t).map_err(io_e("setting mtime"))?;
         }
         Ok(self.warnings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One tar entry: (raw name, type, content or link target, mode).
+    type Spec<'a> = (&'a [u8], EntryType, &'a [u8], u32);
+
+    fn tar_of(entries: &[Spec]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, kind, data, mode) in entries {
+            let mut h = tar::Header::new_gnu();
+            // Raw names, so that unsafe names the tar crate would refuse can be written.
+            h.as_gnu_mut().expect("gnu header").name[..name.len()].copy_from_slice(name);
+            h.set_entry_type(*kind);
+            h.set_mode(*mode);
+            h.set_mtime(1_700_000_000);
+            if matches!(kind, EntryType::Symlink | EntryType::Link) {
+                h.set_size(0);
+                h.as_gnu_mut().expect("gnu header").linkname[..data.len()].copy_from_slice(data);
+                h.set_cksum();
+                b.append(&h, io::empty()).expect("append");
+            } else {
+                h.set_size(data.len() as u64);
+                h.set_cksum();
+                b.append(&h, *data).expect("append");
+            }
+        }
+        b.into_inner().expect("tar")
+    }
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        io::Write::write_all(&mut e, data).expect("gzip");
+        e.finish().expect("gzip")
+    }
+
+    const F: EntryType = EntryType::Regular;
+    const D: EntryType = EntryType::Directory;
+
+    fn render(layers: &[Vec<u8>]) -> (tempfile::TempDir, Result<(), LayerError>) {
+        let t = tempfile::tempdir().expect("tempdir");
+        let root = t.path().join("rootfs");
+        fs::create_dir(&root).expect("mkdir");
+        let mut a = Applier::new(&root, "test-image", Limits::from_env());
+        let mut res = Ok(());
+        for (i, l) in layers.iter().enumerate() {
+            res = a.apply(&format!("layer{i}"), &l[..]);
+            if res.is_err() {
+                break;
+            }
+        }
+        if res.is_ok() {
+            res = a.finish().map(|_| ());
+        }
+        (t, res)
+    }
+
+    #[test]
+    fn whiteouts_and_opaque_dirs() {
+        let l1 = tar_of(&[
+            (b"etc/", D, b"", 0o755),
+            (b"etc/a", F, b"a", 0o644),
+            (b"etc/b", F, b"b", 0o644),
+            (b"opq/", D, b"", 0o755),
+            (b"opq/old", F, b"old", 0o644),
+            (b"opq/sub/", D, b"", 0o755),
+        ]);
+        let l2 = gz(&tar_of(&[
+            (b"etc/.wh.a", F, b"", 0o644),
+            (b"opq/new", F, b"new", 0o4755),
+            (b"opq/.wh..wh..opq", F, b"", 0o644),
+        ]));
+        let l3 = zstd::encode_all(&tar_of(&[(b"./etc/c", F, b"c", 0o600)])[..], 3).expect("zstd");
+        let (t, res) = render(&[l1, l2, l3]);
+        res.expect("renders");
+        let r = t.path().join("rootfs");
+        assert!(!r.join("etc/a").exists(), "whited-out file still there");
+        assert_eq!(fs::read(r.join("etc/b")).expect("b"), b"b");
+        assert_eq!(fs::read(r.join("etc/c")).expect("c"), b"c");
+        assert!(
+            !r.join("opq/old").exists() && !r.join("opq/sub").exists(),
+            "opaque dir kept lower entries"
+        );
+        let m = fs::metadata(r.join("opq/new")).expect("new");
+        assert_eq!(
+            m.permissions().mode() & 0o7777,
+            0o4755,
+            "setuid bit must be kept"
+        );
+        assert!(!r.join("opq/.wh..wh..opq").exists() && !r.join("etc/.wh.a").exists());
+    }
+
+    fn rejected(entries: &[Spec], needle: &str) {
+        let (t, res) = render(&[tar_of(entries)]);
+        let e = res.expect_err("must be rejected").to_string();
+        assert!(
+            e.contains("test-image") && e.contains(needle),
+            "error {e:?} should name {needle:?}"
+        );
+        // Nothing was written next to the rootfs.
+        let names: Vec<_> = fs::read_dir(t.path())
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("rootfs")]);
+    }
+
+    #[test]
+    fn rejects_unsafe_entries() {
+        rejected(&[(b"../evil", F, b"x", 0o644)], "../evil");
+        rejected(&[(b"a/../../evil", F, b"x", 0o644)], "a/../../evil");
+        rejected(&[(b"/abs", F, b"x", 0o644)], "/abs");
+        rejected(
+            &[(b"link", EntryType::Symlink, b"../../../etc", 0o777)],
+            "link",
+        );
+        rejected(&[(b"hl", EntryType::Link, b"../outside", 0o644)], "hl");
+        rejected(&[(b"hl", EntryType::Link, b"/etc/passwd", 0o644)], "hl");
+    }
+
+    #[test]
+    fn never_writes_through_symlinks() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let outside = t.path().join("outside");
+        fs::create_dir(&outside).expect("mkdir");
+        let root = t.path().join("rootfs");
+        fs::create_dir(&root).expect("mkdir");
+        let target = outside.to_str().expect("utf8").as_bytes();
+        let l1 = tar_of(&[
+            (b"d", EntryType::Symlink, target, 0o777),
+            (b"f", EntryType::Symlink, b"/etc/x", 0o777),
+        ]);
+        let l2 = tar_of(&[
+            (b"d/file", F, b"pwned", 0o644),
+            (b"f", F, b"replaced", 0o644),
+        ]);
+        let mut a = Applier::new(&root, "test-image", Limits::from_env());
+        a.apply("l1", &l1[..]).expect("l1");
+        a.apply("l2", &l2[..]).expect("l2");
+        assert!(
+            fs::read_dir(&outside).expect("ls").next().is_none(),
+            "wrote outside the rootfs"
+        );
+        // The absolute symlink was resolved inside the rootfs.
+        let inside = root
+            .join(outside.strip_prefix("/").expect("absolute"))
+            .join("file");
+        assert_eq!(fs::read(inside).expect("inside"), b"pwned");
+        assert_eq!(fs::read(root.join("f")).expect("f"), b"replaced");
+        assert!(fs::symlink_metadata(root.join("f")).expect("f").is_file());
+    }
+
+    #[test]
+    fn limits_bound_decompression_bombs() {
+        let big = vec![0u8; 1 << 20];
+        let layer = gz(&tar_of(&[(b"zeros", F, &big, 0o644)]));
+        let t = tempfile::tempdir().expect("tempdir");
+        let mut a = Applier::new(
+            t.path(),
+            "bomb",
+            Limits {
+                max_bytes: 1000,
+                max_entries: 10,
+            },
+        );
+        let e = a
+            .apply("l", &layer[..])
+            .expect_err("over the limit")
+            .to_string();
+        assert!(
+            e.contains("zeros") && e.contains("PODVM_IMAGE_MAX_BYTES"),
+            "{e}"
+        );
+        let many: Vec<Vec<u8>> = (0..20).map(|i| format!("f{i}").into_bytes()).collect();
+        let specs: Vec<Spec> = many
+            .iter()
+            .map(|n| (n.as_slice(), F, &b""[..], 0o644))
+            .collect();
+        let mut a = Applier::new(
+            t.path(),
+            "many",
+            Limits {
+                max_bytes: 1000,
+                max_entries: 10,
+            },
+        );
+        let e = a
+            .apply("l", &tar_of(&specs)[..])
+            .expect_err("too many")
+            .to_string();
+        assert!(e.contains("PODVM_IMAGE_MAX_ENTRIES"), "{e}");
     }
 }
