@@ -193,7 +193,6 @@ pub fn run(data_dir: &Path, args: ImageArgs) -> Result<ExitCode, ImageCliError> 
             std::io::stdout()
                 .write_all(&data)
                 .map_err(io_err("writing", Path::new("stdout")))?;
-            println!();
         }
         ImageVerb::CatConfig { image } => {
             let rec = image::resolve(&store, &image)?;

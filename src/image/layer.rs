@@ -65,6 +65,9 @@ pub struct Limits {
     pub max_bytes: u64,
     /// Total number of entries over all layers.
     pub max_entries: u64,
+    /// A layer may expand to at most this many times its compressed size (or 1 GiB, whichever
+    /// is more): beyond that it is taken for a decompression bomb.
+    pub max_ratio: u64,
 }
 
 impl Limits {
@@ -80,6 +83,7 @@ impl Limits {
         Limits {
             max_bytes: get("PODVM_IMAGE_MAX_BYTES", 16 << 30),
             max_entries: get("PODVM_IMAGE_MAX_ENTRIES", 2_000_000),
+            max_ratio: get("PODVM_IMAGE_MAX_RATIO", 100),
         }
     }
 }
@@ -123,6 +127,10 @@ pub struct Applier {
 struct LayerCtx {
     layer: String,
     created: HashSet<PathBuf>,
+    /// Most file content this layer may expand to (see [`Limits::max_ratio`]).
+    budget: u64,
+    /// File content written so far by this layer.
+    expanded: u64,
 }
 
 impl Applier {
@@ -140,11 +148,18 @@ impl Applier {
         }
     }
 
-    /// Applies one (possibly compressed) layer tarball.
-    pub fn apply(&mut self, layer_name: &str, data: impl Read) -> Result<(), LayerError> {
+    /// Applies one (possibly compressed) layer tarball of `size` bytes.
+    pub fn apply(
+        &mut self,
+        layer_name: &str,
+        size: u64,
+        data: impl Read,
+    ) -> Result<(), LayerError> {
         let mut ctx = LayerCtx {
             layer: layer_name.to_string(),
             created: HashSet::new(),
+            budget: size.saturating_mul(self.limits.max_ratio).max(1 << 30),
+            expanded: 0,
         };
         let image = self.image.clone();
         let io_e = |what, entry: &str, source| LayerError::Io {
@@ -157,8 +172,10 @@ impl Applier {
         let reader = decompress(data).map_err(|e| io_e("decompressing layer", "", e))?;
         let mut ar = tar::Archive::new(reader);
         let entries = ar.entries().map_err(|e| io_e("reading layer tar", "", e))?;
+        let mut last = String::from("(start of layer)");
         for entry in entries {
-            let mut entry = entry.map_err(|e| io_e("reading layer tar", "", e))?;
+            let mut entry = entry.map_err(|e| io_e("reading layer tar after entry", &last, e))?;
+            last = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
             self.apply_entry(&mut ctx, &mut entry)?;
         }
         Ok(())
@@ -313,24 +330,37 @@ impl Applier {
 
     fn write_file<R: Read>(
         &mut self,
-        ctx: &LayerCtx,
+        ctx: &mut LayerCtx,
         name: &str,
         target: &Path,
         entry: &mut tar::Entry<R>,
     ) -> Result<(), LayerError> {
-        let declared = entry.header().size().unwrap_or(0);
-        let limit_err = |this: &Self| LayerError::Limit {
-            image: this.image.clone(),
+        // entry.size() honours PAX size records, which may differ from the header.
+        let declared = entry.size();
+        let global_left = self.limits.max_bytes - self.bytes;
+        let layer_left = ctx.budget.saturating_sub(ctx.expanded);
+        let (remaining, why, var) = if layer_left < global_left {
+            let why = format!(
+                "layer expands to more than {} bytes, over {} times its compressed size (decompression bomb?)",
+                ctx.budget, self.limits.max_ratio
+            );
+            (layer_left, why, "PODVM_IMAGE_MAX_RATIO")
+        } else {
+            let why = format!(
+                "image content exceeds {} bytes (decompression bomb?)",
+                self.limits.max_bytes
+            );
+            (global_left, why, "PODVM_IMAGE_MAX_BYTES")
+        };
+        let limit_err = LayerError::Limit {
+            image: self.image.clone(),
             layer: ctx.layer.clone(),
             entry: name.to_string(),
-            why: format!(
-                "image content exceeds {} bytes (decompression bomb?)",
-                this.limits.max_bytes
-            ),
-            var: "PODVM_IMAGE_MAX_BYTES",
+            why,
+            var,
         };
-        if self.bytes.saturating_add(declared) > self.limits.max_bytes {
-            return Err(limit_err(self));
+        if declared > remaining {
+            return Err(limit_err);
         }
         let mut f = OpenOptions::new()
             .write(true)
@@ -339,13 +369,13 @@ impl Applier {
             .custom_flags(libc::O_NOFOLLOW)
             .open(target)
             .map_err(self.err_io(ctx, name, "creating file"))?;
-        let remaining = self.limits.max_bytes - self.bytes;
         let n = io::copy(&mut entry.take(remaining.saturating_add(1)), &mut f)
             .map_err(self.err_io(ctx, name, "writing file"))?;
         if n > remaining {
-            return Err(limit_err(self));
+            return Err(limit_err);
         }
         self.bytes += n;
+        ctx.expanded += n;
         Ok(())
     }
 
@@ -589,7 +619,7 @@ mod tests {
         let mut a = Applier::new(&root, "test-image", Limits::from_env());
         let mut res = Ok(());
         for (i, l) in layers.iter().enumerate() {
-            res = a.apply(&format!("layer{i}"), &l[..]);
+            res = a.apply(&format!("layer{i}"), l.len() as u64, &l[..]);
             if res.is_err() {
                 break;
             }
@@ -681,8 +711,8 @@ mod tests {
             (b"f", F, b"replaced", 0o644),
         ]);
         let mut a = Applier::new(&root, "test-image", Limits::from_env());
-        a.apply("l1", &l1[..]).expect("l1");
-        a.apply("l2", &l2[..]).expect("l2");
+        a.apply("l1", 0, &l1[..]).expect("l1");
+        a.apply("l2", 0, &l2[..]).expect("l2");
         assert!(
             fs::read_dir(&outside).expect("ls").next().is_none(),
             "wrote outside the rootfs"
@@ -707,10 +737,11 @@ mod tests {
             Limits {
                 max_bytes: 1000,
                 max_entries: 10,
+                max_ratio: 100,
             },
         );
         let e = a
-            .apply("l", &layer[..])
+            .apply("l", layer.len() as u64, &layer[..])
             .expect_err("over the limit")
             .to_string();
         assert!(
@@ -728,10 +759,11 @@ mod tests {
             Limits {
                 max_bytes: 1000,
                 max_entries: 10,
+                max_ratio: 100,
             },
         );
         let e = a
-            .apply("l", &tar_of(&specs)[..])
+            .apply("l", 0, &tar_of(&specs)[..])
             .expect_err("too many")
             .to_string();
         assert!(e.contains("PODVM_IMAGE_MAX_ENTRIES"), "{e}");

@@ -64,6 +64,19 @@ pub struct Client {
     auth_header: Mutex<Option<String>>,
 }
 
+/// Whether `host[:port]` names the loopback interface.
+fn is_loopback(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 impl Client {
     /// Connects to the registry of `r` (https; plain http only if `allow_http`, as a fallback
     /// when https fails) and checks the API version endpoint.
@@ -87,6 +100,11 @@ impl Client {
             creds: auth::lookup(data_dir, &r.registry),
             auth_header: Mutex::new(None),
         };
+        if allow_http && is_loopback(&host) {
+            // Like docker, a loopback registry is plain http when http is allowed.
+            c.base = format!("http://{host}");
+            return c.get("/v2/", "", "API check").map(|_| c);
+        }
         match c.get("/v2/", "", "API check") {
             Ok(_) => Ok(c),
             Err(RegistryError::Transport { why, .. }) if allow_http => {

@@ -94,7 +94,7 @@ fn apply_all(
     let progress = Progress::bar("unpacking", total);
     for l in layers {
         let f = store.open_blob(&l.digest)?;
-        applier.apply(&l.digest.to_string(), progress.wrap_read(f))?;
+        applier.apply(&l.digest.to_string(), l.size, progress.wrap_read(f))?;
     }
     progress.finish();
     applier.finish()?;

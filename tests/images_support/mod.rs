@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// Content limit for test fetches (the bomb fixture expands to 5 GiB).
-pub const MAX_BYTES: &str = "1073741824";
+pub const MAX_BYTES: &str = "2147483648";
 
 /// A `podvm` command with `--dir DIR`.
 pub fn podvm_cmd(dir: &Path) -> Command {
