@@ -100,6 +100,26 @@ fn busybox_fetch_list_render_verify() {
     let verify = podvm_ok(dir, &["image", "verify"]);
     assert!(verify.starts_with("ok"), "{verify}");
 
+    // export → an OCI archive another store imports as the same image; extract.
+    let archive = t.path().join("export.tar");
+    let archive_s = archive.to_str().expect("utf8");
+    podvm_ok(dir, &["image", "export", &id, archive_s]);
+    let err = podvm_err(dir, &["image", "export", &id, archive_s]);
+    assert!(err.contains("--overwrite"), "{err}");
+    let other = t.path().join("other-store");
+    let reimported = podvm_ok(&other, &["fetch", &format!("oci-archive:{archive_s}")]);
+    assert_eq!(image_id(&reimported), id);
+    let extracted = t.path().join("extracted");
+    podvm_ok(
+        dir,
+        &["image", "extract", &id, extracted.to_str().expect("utf8")],
+    );
+    assert_eq!(
+        std::fs::read(extracted.join("manifest")).expect("manifest"),
+        manifest.as_bytes()
+    );
+    assert!(extracted.join("config").is_file() && extracted.join("rootfs/bin/busybox").is_file());
+
     // rm then gc removes the blobs and the tree.
     podvm_ok(dir, &["image", "rm", &id]);
     podvm_ok(dir, &["image", "gc", "--grace-period=0s"]);

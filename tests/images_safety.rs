@@ -132,8 +132,9 @@ fn kill_9_during_fetch_then_fetch_again() {
     if registry_support::skip() {
         return;
     }
-    let reg = Registry::start(false);
-    reg.push_exact("big", "big");
+    // Behind the redirecting front, whose blob server logs Range requests.
+    let reg = Registry::start_redirecting();
+    reg.push("big");
     let reference = reg.reference("big");
     let t = tempfile::tempdir().expect("tempdir");
     let dir = t.path().join("store");
@@ -182,6 +183,13 @@ fn kill_9_during_fetch_then_fetch_again() {
     );
     let out = t.path().join("rootfs");
     podvm_ok(&dir, &["image", "render", &id, out.to_str().expect("utf8")]);
+    // The second fetch resumed the partial download with a Range request (206).
+    let log = reg.redirect_log();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("\"blob\"") && l.contains("206")),
+        "no resumed (206) blob download in {log:?}"
+    );
     let big = fs::read(out.join("big.bin")).expect("big.bin");
     assert_eq!(big.len(), 64 << 20);
     use sha2::Digest as _;
@@ -189,4 +197,59 @@ fn kill_9_during_fetch_then_fetch_again() {
         hex::encode(sha2::Sha256::digest(&big)),
         Fixtures::get().big_sha256()
     );
+}
+
+#[test]
+fn concurrent_fetches_share_the_store() {
+    if registry_support::skip() {
+        return;
+    }
+    let reg = Registry::start(false);
+    reg.push_exact("big", "big");
+    reg.push_exact("busybox", "busybox");
+    let t = tempfile::tempdir().expect("tempdir");
+    let dir = t.path().join("store");
+    let refs = [
+        reg.reference("big"),
+        reg.reference("big"),
+        reg.reference("busybox"),
+        reg.reference("big"),
+    ];
+    let children: Vec<_> = refs
+        .iter()
+        .map(|r| {
+            podvm_cmd(&dir)
+                .args(["fetch", INSECURE, r])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("podvm starts")
+        })
+        .collect();
+    let ids: Vec<String> = children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().expect("wait");
+            assert!(
+                out.status.success(),
+                "concurrent fetch failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            image_id(&String::from_utf8_lossy(&out.stdout))
+        })
+        .collect();
+    assert!(
+        ids[0] == ids[1] && ids[1] == ids[3] && ids[0] != ids[2],
+        "{ids:?}"
+    );
+    assert!(podvm_ok(&dir, &["image", "verify"]).starts_with("ok"));
+    assert!(
+        partials(&dir).is_empty(),
+        "partial files left: {:?}",
+        partials(&dir)
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&podvm_ok(&dir, &["image", "list", "--format", "json"]))
+            .expect("json");
+    assert_eq!(list.as_array().map(Vec::len), Some(2), "{list}");
 }
