@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use super::aci;
 use super::local::{self, LocalBlobs, LocalError};
 use super::manifest::{self, ManifestError, Parsed};
 use super::progress::Progress;
@@ -84,6 +85,20 @@ pub enum FetchError {
         /// Received digest.
         actual: Digest,
     },
+    /// ACI without `--insecure-options=image`.
+    #[error("{0}: ACI signature verification is not implemented; pass --insecure-options=image to fetch it unverified")]
+    AciUnsigned(String),
+    /// ACI failure.
+    #[error(transparent)]
+    Aci(#[from] aci::AciError),
+    /// Download of an ACI URL failed.
+    #[error("{url}: download failed: {why}")]
+    Download {
+        /// The URL.
+        url: String,
+        /// The cause.
+        why: String,
+    },
     /// Unknown input kind.
     #[error("{0:?}: unsupported image input (use docker://..., oci:DIR[:tag], oci-archive:FILE, docker-archive:FILE){1}")]
     Unsupported(String, &'static str),
@@ -131,6 +146,10 @@ pub fn fetch(store: &Store, opts: &FetchOptions, input: &str) -> Result<ImageRec
         let r = import_docker_archive(store, &name, &dir);
         let _ = std::fs::remove_dir_all(&dir);
         r?
+    } else if input.starts_with("https://") || input.starts_with("http://") {
+        fetch_aci_url(store, opts, &name)?
+    } else if name.ends_with(".aci") || input.starts_with("file://") {
+        fetch_aci(store, opts, &name, Path::new(&name))?
     } else {
         return Err(FetchError::Unsupported(input.to_string(), "").into());
     };
@@ -154,13 +173,91 @@ pub fn canonical_name(input: &str) -> Result<String, FetchError> {
             return Ok(format!("{prefix}{}{tag}", abs.display()));
         }
     }
-    if input.ends_with(".aci") || input.starts_with("https://") || input.starts_with("http://") {
-        return Err(FetchError::Unsupported(
-            input.to_string(),
-            "; appc .aci images are not supported yet",
-        ));
+    if input.starts_with("https://") || input.starts_with("http://") {
+        if !input.ends_with(".aci") {
+            return Err(FetchError::Unsupported(
+                input.to_string(),
+                "; URLs must name an .aci file",
+            ));
+        }
+        return Ok(input.to_string());
+    }
+    if let Some(path) = input
+        .strip_prefix("file://")
+        .or(input.ends_with(".aci").then_some(input))
+    {
+        let abs = std::path::absolute(path).unwrap_or_else(|_| PathBuf::from(path));
+        return Ok(abs.display().to_string());
     }
     Ok(input.to_string())
+}
+
+fn fetch_aci(
+    store: &Store,
+    opts: &FetchOptions,
+    name: &str,
+    path: &Path,
+) -> Result<ImageRecord, FetchError> {
+    if !opts.insecure_image {
+        return Err(FetchError::AciUnsigned(name.to_string()));
+    }
+    let io_e = |source| LocalError::Io {
+        image: name.to_string(),
+        what: "reading ACI",
+        path: path.to_path_buf(),
+        source,
+    };
+    let f = std::fs::File::open(path).map_err(io_e)?;
+    let (digest, size) = Digest::of_reader(f).map_err(io_e)?;
+    let manifest = aci::read_manifest(name, path)?;
+    store.put_bytes(&manifest, None, &format!("manifest of {name}"))?;
+    let appc = aci::appc_name(name, &manifest)?;
+    let aci_blob = BlobRef {
+        digest: digest.clone(),
+        media_type: aci::ACI_MEDIA_TYPE.to_string(),
+        size,
+    };
+    let blobs = LocalBlobs {
+        files: [(digest, path.to_path_buf())].into_iter().collect(),
+        layout: None,
+    };
+    let parsed = Parsed::Image {
+        media_type: aci::MANIFEST_MEDIA_TYPE.to_string(),
+        config: aci_blob.clone(),
+        layers: vec![aci_blob],
+    };
+    import(
+        store,
+        name,
+        &Source::Local(&blobs),
+        &manifest,
+        parsed,
+        vec![appc],
+    )
+}
+
+fn fetch_aci_url(store: &Store, opts: &FetchOptions, url: &str) -> Result<ImageRecord, FetchError> {
+    let dl = |why: String| FetchError::Download {
+        url: url.to_string(),
+        why,
+    };
+    if url.starts_with("http://") && !opts.insecure_http {
+        return Err(dl("plain http needs --insecure-options=http".into()));
+    }
+    if !opts.insecure_image {
+        return Err(FetchError::AciUnsigned(url.to_string()));
+    }
+    let resp = ureq::get(url).call().map_err(|e| dl(e.to_string()))?;
+    let tmp = store
+        .tmp_dir()
+        .join(format!("download-{}.aci", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp).map_err(|e| dl(e.to_string()))?;
+        std::io::copy(&mut resp.into_reader(), &mut f).map_err(|e| dl(e.to_string()))?;
+        fetch_aci(store, opts, url, &tmp)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result
 }
 
 fn fetch_docker(store: &Store, opts: &FetchOptions, name: &str) -> Result<ImageRecord, FetchError> {
@@ -264,7 +361,11 @@ fn import(
         .into());
     };
     ensure_blob(store, src, &config, &Progress::bar("config", config.size))?;
-    super::config::app_defaults(name, &store.read_blob(&config.digest)?)?;
+    if config.media_type == aci::ACI_MEDIA_TYPE {
+        aci::app_defaults(name, manifest_bytes)?;
+    } else {
+        super::config::app_defaults(name, &store.read_blob(&config.digest)?)?;
+    }
     let total = layers.iter().map(|l| l.size).sum();
     let progress = Progress::bar("downloading", total);
     ensure_blobs_parallel(store, src, &layers, &progress)?;

@@ -96,6 +96,10 @@ pub fn decompress<'a>(r: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
         Box::new(flate2::bufread::MultiGzDecoder::new(br))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         Box::new(zstd::stream::read::Decoder::with_buffer(br)?)
+    } else if head.starts_with(b"BZh") {
+        Box::new(bzip2::bufread::MultiBzDecoder::new(br))
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+        Box::new(xz2::bufread::XzDecoder::new_multi_decoder(br))
     } else {
         Box::new(br)
     })
@@ -118,6 +122,8 @@ pub struct Applier {
     bytes: u64,
     entries: u64,
     dirs: BTreeMap<PathBuf, DirMeta>,
+    /// Only entries under this prefix are applied, without it (`rootfs/` for appc ACIs).
+    prefix: Option<&'static [u8]>,
     /// Warnings (e.g. device nodes skipped when unprivileged).
     pub warnings: Vec<String>,
 }
@@ -144,8 +150,30 @@ impl Applier {
             bytes: 0,
             entries: 0,
             dirs: BTreeMap::new(),
+            prefix: None,
             warnings: Vec::new(),
         }
+    }
+
+    /// Applies only entries under `prefix` (e.g. `rootfs/` of an ACI), stripped of it, to the
+    /// following layers; other entries are skipped.
+    pub fn set_prefix(&mut self, prefix: Option<&'static [u8]>) {
+        self.prefix = prefix;
+    }
+
+    /// Strips the prefix; `None` if the entry is outside it.
+    fn strip<'a>(&self, raw: &'a [u8]) -> Option<&'a [u8]> {
+        let Some(p) = self.prefix else {
+            return Some(raw);
+        };
+        let mut r = raw;
+        while let Some(rest) = r.strip_prefix(b"./") {
+            r = rest;
+        }
+        if r == p.strip_suffix(b"/").unwrap_or(p) {
+            return Some(b"");
+        }
+        r.strip_prefix(p)
     }
 
     /// Applies one (possibly compressed) layer tarball of `size` bytes.
@@ -211,8 +239,11 @@ impl Applier {
         ctx: &mut LayerCtx,
         entry: &mut tar::Entry<R>,
     ) -> Result<(), LayerError> {
-        let raw = entry.path_bytes().into_owned();
-        let name = String::from_utf8_lossy(&raw).into_owned();
+        let full = entry.path_bytes().into_owned();
+        let name = String::from_utf8_lossy(&full).into_owned();
+        let Some(raw) = self.strip(&full).map(<[u8]>::to_vec) else {
+            return Ok(());
+        };
         self.entries += 1;
         if self.entries > self.limits.max_entries {
             return Err(LayerError::Limit {
@@ -412,11 +443,18 @@ impl Applier {
         target: &Path,
         entry: &tar::Entry<R>,
     ) -> Result<(), LayerError> {
-        let link = entry
+        let full = entry
             .link_name_bytes()
             .ok_or_else(|| self.err_unsafe(ctx, name, "hard link without a target"))?;
-        let t = String::from_utf8_lossy(&link).into_owned();
-        let comps = entry_components(&link)
+        let t = String::from_utf8_lossy(&full).into_owned();
+        let link = self.strip(&full).ok_or_else(|| {
+            self.err_unsafe(
+                ctx,
+                name,
+                format!("hard link target {t:?} is outside the rootfs"),
+            )
+        })?;
+        let comps = entry_components(link)
             .map_err(|u| self.err_unsafe(ctx, name, format!("hard link target {t:?}: {u}")))?;
         let outside = || {
             self.err_unsafe(

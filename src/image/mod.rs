@@ -8,6 +8,7 @@
 //! let img = image::prepare(&store, &rec)?; // img.rootfs: rendered tree; img.defaults: AppDefaults
 //! ```
 
+pub mod aci;
 pub mod auth;
 pub mod config;
 pub mod fetch;
@@ -72,11 +73,25 @@ pub fn prepare(store: &Store, rec: &ImageRecord) -> Result<PreparedImage, ImageE
         .unwrap_or_else(|| rec.id.to_string());
     let _lock = store.lock(false)?;
     let rootfs = render::ensure_rendered(store, &name, &rec.id, &rec.layers)?;
-    let defaults = config::app_defaults(&name, &store.read_blob(&rec.config.digest)?)?;
+    let defaults = defaults_for(store, &name, &rec.manifest, &rec.config)?;
     store.touch_record(&rec.id)?;
     Ok(PreparedImage {
         record: rec.clone(),
         rootfs,
         defaults,
+    })
+}
+
+/// The app defaults of an image from its config blob (or, for an ACI, its appc manifest).
+pub fn defaults_for(
+    store: &Store,
+    name: &str,
+    manifest: &crate::store::record::BlobRef,
+    config_blob: &crate::store::record::BlobRef,
+) -> Result<AppDefaults, ImageError> {
+    Ok(if config_blob.media_type == aci::ACI_MEDIA_TYPE {
+        aci::app_defaults(name, &store.read_blob(&manifest.digest)?)?
+    } else {
+        config::app_defaults(name, &store.read_blob(&config_blob.digest)?)?
     })
 }

@@ -94,6 +94,8 @@ fn apply_all(
     let progress = Progress::bar("unpacking", total);
     for l in layers {
         let f = store.open_blob(&l.digest)?;
+        let is_aci = l.media_type == super::aci::ACI_MEDIA_TYPE;
+        applier.set_prefix(is_aci.then_some(&b"rootfs/"[..]));
         applier.apply(&l.digest.to_string(), l.size, progress.wrap_read(f))?;
     }
     progress.finish();
