@@ -105,6 +105,22 @@ pub fn decompress<'a>(r: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
     })
 }
 
+/// A directory's access and modification times, to restore after changing its contents.
+fn dir_times(dir: &Path) -> Option<(filetime::FileTime, filetime::FileTime)> {
+    let m = fs::symlink_metadata(dir).ok()?;
+    Some((
+        filetime::FileTime::from_last_access_time(&m),
+        filetime::FileTime::from_last_modification_time(&m),
+    ))
+}
+
+/// Restores times saved by [`dir_times`] (best effort: the tree is still correct without).
+fn restore_times(dir: &Path, saved: Option<(filetime::FileTime, filetime::FileTime)>) {
+    if let Some((a, m)) = saved {
+        let _ = filetime::set_symlink_file_times(dir, a, m);
+    }
+}
+
 /// Metadata applied to directories once all layers are in (so that read-only directories can
 /// still be filled).
 struct DirMeta {
@@ -206,7 +222,7 @@ impl Applier {
             last = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
             self.apply_entry(&mut ctx, &mut entry)?;
         }
-        Ok(())
+        self.finish_dirs()
     }
 
     fn err_unsafe(&self, ctx: &LayerCtx, entry: &str, why: impl Into<String>) -> LayerError {
@@ -272,15 +288,32 @@ impl Applier {
         let dir = resolve_dir(&self.root, parent, true)
             .map_err(self.err_io(ctx, &name, "resolving parent directory"))?
             .ok_or_else(|| self.err_unsafe(ctx, &name, "parent directory cannot be created"))?;
+        // Writing into a directory must not change its mtime (as umoci does).
+        let saved = dir_times(&dir);
+        let result = self.write_entry(ctx, &name, parent, &dir, base, entry);
+        restore_times(&dir, saved);
+        result
+    }
+
+    /// Writes one non-whiteout entry `base` into the resolved directory `dir`.
+    fn write_entry<R: Read>(
+        &mut self,
+        ctx: &mut LayerCtx,
+        name: &str,
+        parent: &[OsString],
+        dir: &Path,
+        base: &std::ffi::OsStr,
+        entry: &mut tar::Entry<R>,
+    ) -> Result<(), LayerError> {
         let target = dir.join(base);
         let kind = entry.header().entry_type();
-        self.clear_for(ctx, &name, &target, kind == EntryType::Directory)?;
+        self.clear_for(ctx, name, &target, kind == EntryType::Directory)?;
         match kind {
             EntryType::Directory => {
                 if !target.is_dir() {
                     fs::create_dir(&target).map_err(self.err_io(
                         ctx,
-                        &name,
+                        name,
                         "creating directory",
                     ))?;
                 }
@@ -288,12 +321,12 @@ impl Applier {
                 self.dirs.insert(target.clone(), meta);
             }
             EntryType::Regular | EntryType::Continuous => {
-                self.write_file(ctx, &name, &target, entry)?
+                self.write_file(ctx, name, &target, entry)?
             }
-            EntryType::Symlink => self.symlink(ctx, &name, parent, &target, entry)?,
-            EntryType::Link => self.hardlink(ctx, &name, &target, entry)?,
+            EntryType::Symlink => self.symlink(ctx, name, parent, &target, entry)?,
+            EntryType::Link => self.hardlink(ctx, name, &target, entry)?,
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                if !self.special(ctx, &name, &target, entry)? {
+                if !self.special(ctx, name, &target, entry)? {
                     return Ok(());
                 }
             }
@@ -302,18 +335,14 @@ impl Applier {
             | EntryType::GNULongName
             | EntryType::GNULongLink => return Ok(()),
             other => {
-                return Err(self.err_unsafe(
-                    ctx,
-                    &name,
-                    format!("unsupported entry type {other:?}"),
-                ))
+                return Err(self.err_unsafe(ctx, name, format!("unsupported entry type {other:?}")))
             }
         }
         // A hard link shares the inode (and so the metadata) of its target.
         if kind != EntryType::Directory && kind != EntryType::Link {
             self.set_owner_mode_time(
                 ctx,
-                &name,
+                name,
                 &target,
                 entry.header(),
                 kind == EntryType::Symlink,
@@ -558,15 +587,25 @@ impl Applier {
             return Ok(());
         };
         let victim = dir.join(std::ffi::OsStr::from_bytes(hidden));
-        self.clear_for(ctx, name, &victim, false)
+        let saved = dir_times(&dir);
+        let result = self.clear_for(ctx, name, &victim, false);
+        restore_times(&dir, saved);
+        result
     }
 
     fn opaque(&self, ctx: &LayerCtx, name: &str, parent: &[OsString]) -> Result<(), LayerError> {
         let dir = resolve_dir(&self.root, parent, true)
             .map_err(self.err_io(ctx, name, "resolving opaque directory"))?
             .ok_or_else(|| self.err_unsafe(ctx, name, "opaque directory cannot be created"))?;
-        let list =
-            fs::read_dir(&dir).map_err(self.err_io(ctx, name, "listing opaque directory"))?;
+        let saved = dir_times(&dir);
+        let result = self.clear_lower(ctx, name, &dir);
+        restore_times(&dir, saved);
+        result
+    }
+
+    /// Removes the children of `dir` that this layer did not create.
+    fn clear_lower(&self, ctx: &LayerCtx, name: &str, dir: &Path) -> Result<(), LayerError> {
+        let list = fs::read_dir(dir).map_err(self.err_io(ctx, name, "listing opaque directory"))?;
         for child in list {
             let child = child
                 .map_err(self.err_io(ctx, name, "listing opaque directory"))?
@@ -579,8 +618,18 @@ impl Applier {
     }
 
     /// Applies directory modes, owners and mtimes (deepest first); call after the last layer.
-    pub fn finish(self) -> Result<Vec<String>, LayerError> {
-        for (path, meta) in self.dirs.iter().rev() {
+    pub fn finish(mut self) -> Result<Vec<String>, LayerError> {
+        self.finish_dirs()?;
+        Ok(self.warnings)
+    }
+
+    /// Applies the metadata of the directories the last layer listed (deepest first), as
+    /// umoci and docker do at the end of each layer: later layers that change a directory
+    /// then update its mtime. Unprivileged, directories keep owner rwx so that later layers
+    /// can still write into them.
+    fn finish_dirs(&mut self) -> Result<(), LayerError> {
+        let dirs = std::mem::take(&mut self.dirs);
+        for (path, meta) in dirs.iter().rev() {
             let io_e = |what| {
                 let entry = path
                     .strip_prefix(&self.root)
@@ -602,12 +651,16 @@ impl Applier {
             if let Some((u, g)) = meta.owner {
                 std::os::unix::fs::lchown(path, Some(u), Some(g)).map_err(io_e("chown"))?;
             }
-            fs::set_permissions(path, fs::Permissions::from_mode(meta.mode))
-                .map_err(io_e("chmod"))?;
+            let mode = if self.privileged {
+                meta.mode
+            } else {
+                meta.mode | 0o700
+            };
+            fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_e("chmod"))?;
             let t = filetime::FileTime::from_unix_time(meta.mtime as i64, 0);
             filetime::set_symlink_file_times(path, t, t).map_err(io_e("setting mtime"))?;
         }
-        Ok(self.warnings)
+        Ok(())
     }
 }
 
