@@ -7,7 +7,9 @@ use clap::Parser;
 mod agent_link;
 mod artifacts;
 mod cli;
+mod image;
 mod initramfs;
+mod store;
 mod vmm;
 
 fn main() -> ExitCode {

@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 
 mod boot;
 mod check;
+mod fetch;
+mod image;
 
 /// Exit code for errors of podvm itself (as opposed to the workload's status).
 pub const EXIT_PODVM_ERROR: u8 = 125;
@@ -37,6 +39,10 @@ pub enum Command {
     Boot(boot::BootArgs),
     /// Report what this host can do and whether pods can run here.
     Check(check::CheckArgs),
+    /// Fetch images into the store and print their ids.
+    Fetch(fetch::FetchArgs),
+    /// Manage images in the store.
+    Image(image::ImageArgs),
 }
 
 /// Runs the parsed command line and maps its result to the process exit code.
@@ -44,6 +50,8 @@ pub fn run(cli: Cli) -> ExitCode {
     let result: Result<ExitCode, Box<dyn std::error::Error>> = match cli.command {
         Command::Boot(args) => boot::run(args).map_err(Into::into),
         Command::Check(args) => Ok(check::run(args)),
+        Command::Fetch(args) => fetch::run(&cli.data_dir, args).map_err(Into::into),
+        Command::Image(args) => image::run(&cli.data_dir, args).map_err(Into::into),
     };
     result.unwrap_or_else(|err| {
         eprintln!("podvm: {err}");

@@ -1,0 +1,360 @@
+//! `podvm image ...`: list, rm, gc, render/extract, export, cat-manifest, config, verify.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use crate::image::{self, ImageError};
+use crate::store::{ImageRecord, Store, StoreError};
+
+/// Arguments of `podvm image`.
+#[derive(Debug, Args)]
+pub struct ImageArgs {
+    /// The image verb.
+    #[command(subcommand)]
+    pub verb: ImageVerb,
+}
+
+/// `podvm image` verbs.
+#[derive(Debug, Subcommand)]
+pub enum ImageVerb {
+    /// List images in the store.
+    List {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Omit the table header.
+        #[arg(long = "no-legend")]
+        no_legend: bool,
+    },
+    /// Remove images (by name or id); their blobs and trees go at the next `image gc`.
+    Rm {
+        /// Images.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Remove images unused for the grace period, and unreferenced blobs, trees and temp files.
+    Gc {
+        /// How long since last use before an image is removed (e.g. 24h, 30m, 0s).
+        #[arg(long = "grace-period", default_value = "24h", value_parser = parse_duration)]
+        grace_period: Duration,
+    },
+    /// Write the image's rootfs to DIR (rendered: all layers applied).
+    Render {
+        /// Image.
+        image: String,
+        /// Destination directory (must not exist or be empty).
+        dir: PathBuf,
+        /// Ignored (the output is always the rootfs); accepted for rkt compatibility.
+        #[arg(long = "rootfs-only")]
+        rootfs_only: bool,
+    },
+    /// Write the image's manifest, config and rendered rootfs (DIR/rootfs) to DIR.
+    Extract {
+        /// Image.
+        image: String,
+        /// Destination directory.
+        dir: PathBuf,
+        /// Write only the rootfs, directly in DIR.
+        #[arg(long = "rootfs-only")]
+        rootfs_only: bool,
+    },
+    /// Export the image as an OCI archive (importable with `fetch oci-archive:FILE`).
+    Export {
+        /// Image.
+        image: String,
+        /// Output file.
+        file: PathBuf,
+        /// Overwrite FILE if it exists.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Print the image manifest.
+    CatManifest {
+        /// Image.
+        image: String,
+    },
+    /// Print the app defaults derived from the image config (JSON).
+    CatConfig {
+        /// Image.
+        image: String,
+    },
+    /// Re-hash every blob in the store and check every image's blobs are present.
+    Verify,
+}
+
+/// Output formats of `image list`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Human table.
+    Table,
+    /// JSON array.
+    Json,
+}
+
+/// Errors of `podvm image`.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageCliError {
+    /// Image layer error.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// Store error.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Output error.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The store is corrupt.
+    #[error("the image store has {0} problem(s) (listed above); remove the affected images and fetch them again")]
+    Corrupt(usize),
+    /// Usage error.
+    #[error("{0}")]
+    Usage(String),
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ImageCliError {
+    let path = path.to_path_buf();
+    move |source| ImageCliError::Io { what, path, source }
+}
+
+/// Parses `90s`, `30m`, `24h`, `7d` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (e.g. 24h, 30m, 0s)"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("invalid duration unit in {s:?} (s, m, h, d)")),
+    };
+    Ok(Duration::from_secs(n * mult))
+}
+
+/// Runs `podvm image VERB`.
+pub fn run(data_dir: &Path, args: ImageArgs) -> Result<ExitCode, ImageCliError> {
+    let store = Store::open(data_dir)?;
+    match args.verb {
+        ImageVerb::List { format, no_legend } => list(&store, format, no_legend)?,
+        ImageVerb::Rm { images } => {
+            let _lock = store.lock(true)?;
+            for i in images {
+                let rec = image::resolve(&store, &i)?;
+                store.remove_record(&rec.id)?;
+                println!("{}", rec.id);
+            }
+        }
+        ImageVerb::Gc { grace_period } => {
+            let r = store.gc(grace_period)?;
+            for id in &r.images {
+                eprintln!("removed image {id}");
+            }
+            eprintln!(
+                "removed {} image(s), {} blob(s), {} tree(s), {} temporary file(s)",
+                r.images.len(),
+                r.blobs.len(),
+                r.trees,
+                r.tmp
+            );
+        }
+        ImageVerb::Render { image, dir, .. } => render(&store, &image, &dir, None)?,
+        ImageVerb::Extract {
+            image,
+            dir,
+            rootfs_only,
+        } => {
+            if rootfs_only {
+                render(&store, &image, &dir, None)?
+            } else {
+                render(&store, &image, &dir.join("rootfs"), Some(&dir))?
+            }
+        }
+        ImageVerb::Export {
+            image,
+            file,
+            overwrite,
+        } => export(&store, &image, &file, overwrite)?,
+        ImageVerb::CatManifest { image } => {
+            let rec = image::resolve(&store, &image)?;
+            let data = store.read_blob(&rec.manifest.digest)?;
+            std::io::stdout()
+                .write_all(&data)
+                .map_err(io_err("writing", Path::new("stdout")))?;
+        }
+        ImageVerb::CatConfig { image } => {
+            let rec = image::resolve(&store, &image)?;
+            let p = image::prepare(&store, &rec)?;
+            let v = serde_json::json!({
+                "id": p.record.id.to_string(),
+                "rootfs": p.rootfs,
+                "app": p.defaults,
+            });
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        ImageVerb::Verify => {
+            let problems = store.verify()?;
+            for p in &problems {
+                eprintln!("{}", p.message);
+            }
+            if !problems.is_empty() {
+                return Err(ImageCliError::Corrupt(problems.len()));
+            }
+            println!(
+                "ok: {} blob(s), {} image(s) verified",
+                store.list_blobs()?.len(),
+                store.records()?.len()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list(store: &Store, format: Format, no_legend: bool) -> Result<(), ImageCliError> {
+    let recs = store.records()?;
+    if format == Format::Json {
+        let v: Vec<_> = recs
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "id": r.id.to_string(),
+                    "name": r.names.first(),
+                    "names": r.names,
+                    "size": r.size(),
+                    "import_time": r.import_time,
+                    "last_used": r.last_used,
+                    "manifest": r.manifest.digest.to_string(),
+                    "layers": r.layers.len(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+        return Ok(());
+    }
+    if !no_legend {
+        println!(
+            "{:<19}  {:<60}  {:>10}  {:<20}  {:<20}",
+            "ID", "NAME", "SIZE", "IMPORT TIME", "LAST USED"
+        );
+    }
+    for r in recs {
+        println!(
+            "{:<19}  {:<60}  {:>10}  {:<20}  {:<20}",
+            format!("sha256:{}", &r.id.hex()[..12]),
+            r.names.first().map(String::as_str).unwrap_or("-"),
+            human_size(r.size()),
+            ago(r.import_time),
+            ago(r.last_used)
+        );
+    }
+    Ok(())
+}
+
+fn human_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn ago(t: u64) -> String {
+    let d = crate::store::record::now().saturating_sub(t);
+    match d {
+        0..=59 => format!("{d} seconds ago"),
+        60..=3599 => format!("{} minutes ago", d / 60),
+        3600..=86399 => format!("{} hours ago", d / 3600),
+        _ => format!("{} days ago", d / 86400),
+    }
+}
+
+fn render(
+    store: &Store,
+    query: &str,
+    rootfs_dest: &Path,
+    meta_dir: Option<&Path>,
+) -> Result<(), ImageCliError> {
+    let rec = image::resolve(store, query)?;
+    let p = image::prepare(store, &rec)?;
+    if fs::read_dir(rootfs_dest).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(ImageCliError::Usage(format!(
+            "{} exists and is not empty; give a new or empty directory",
+            rootfs_dest.display()
+        )));
+    }
+    image::render::copy_tree(&p.rootfs, rootfs_dest)
+        .map_err(io_err("copying rootfs to", rootfs_dest))?;
+    if let Some(dir) = meta_dir {
+        for (name, d) in [
+            ("manifest", &rec.manifest.digest),
+            ("config", &rec.config.digest),
+        ] {
+            let path = dir.join(name);
+            fs::write(&path, store.read_blob(d)?).map_err(io_err("writing", &path))?;
+        }
+    }
+    Ok(())
+}
+
+fn export(store: &Store, query: &str, file: &Path, overwrite: bool) -> Result<(), ImageCliError> {
+    let rec = image::resolve(store, query)?;
+    if file.exists() && !overwrite {
+        return Err(ImageCliError::Usage(format!(
+            "{} exists; pass --overwrite to replace it",
+            file.display()
+        )));
+    }
+    let tmp = file.with_extension("podvm-partial");
+    let out = fs::File::create(&tmp).map_err(io_err("creating", &tmp))?;
+    write_oci_archive(store, &rec, out).map_err(io_err("writing", &tmp))?;
+    fs::rename(&tmp, file).map_err(io_err("renaming to", file))?;
+    Ok(())
+}
+
+fn write_oci_archive(store: &Store, rec: &ImageRecord, out: fs::File) -> std::io::Result<()> {
+    let mut b = tar::Builder::new(std::io::BufWriter::new(out));
+    let add = |b: &mut tar::Builder<_>, name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(rec.import_time);
+        h.set_cksum();
+        b.append_data(&mut h, name, data)
+    };
+    add(&mut b, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": rec.manifest.media_type,
+            "digest": rec.manifest.digest.to_string(),
+            "size": rec.manifest.size,
+            "annotations": {"org.opencontainers.image.ref.name": "latest"},
+        }],
+    });
+    add(&mut b, "index.json", index.to_string().as_bytes())?;
+    for d in rec.blobs() {
+        let path = store.blob_path(d);
+        let mut f = fs::File::open(&path)?;
+        b.append_file(format!("blobs/sha256/{}", d.hex()), &mut f)?;
+    }
+    b.into_inner()?.flush()
+}

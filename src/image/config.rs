@@ -1,0 +1,165 @@
+//! Image config (OCI / Docker) → the defaults of an app in a pod.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The fields of an OCI / Docker image config that podvm uses. Parsed leniently (unlike
+/// `oci_spec::image::ImageConfiguration`, which requires `history`, absent from many images).
+#[derive(Debug, Deserialize)]
+struct ImageConfig {
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
+    config: Option<RunConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RunConfig {
+    user: Option<String>,
+    exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
+    env: Option<Vec<String>>,
+    entrypoint: Option<Vec<String>>,
+    cmd: Option<Vec<String>>,
+    working_dir: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+}
+
+/// Errors reading an image config.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config blob is not a valid image config.
+    #[error("image {image}: invalid image config: {source}")]
+    Parse {
+        /// Image name.
+        image: String,
+        /// The cause.
+        source: serde_json::Error,
+    },
+    /// Not a linux/amd64 image.
+    #[error("image {image} is for {os}/{arch}, not linux/amd64")]
+    Platform {
+        /// Image name.
+        image: String,
+        /// Its OS.
+        os: String,
+        /// Its architecture.
+        arch: String,
+    },
+}
+
+/// A port the image exposes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Port {
+    /// A name for it, `<proto>-<port>` as rkt names docker ports (e.g. `tcp-80`).
+    pub name: String,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// The port number.
+    pub port: u16,
+}
+
+/// What an image says about how to run its app; the pods code starts from these and applies
+/// command-line overrides (`--exec`, `--user`, `--set-env`, ...).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AppDefaults {
+    /// The command to run: entrypoint followed by cmd (may be empty: then `--exec` is needed).
+    pub exec: Vec<String>,
+    /// The image's entrypoint alone.
+    pub entrypoint: Vec<String>,
+    /// The image's cmd alone (the arguments `--` replaces).
+    pub cmd: Vec<String>,
+    /// Environment, in image order (`NAME`, `value`).
+    pub env: Vec<(String, String)>,
+    /// User (name or uid), `0` when unset.
+    pub user: String,
+    /// Group (name or gid), `0` when unset.
+    pub group: String,
+    /// Working directory, `/` when unset.
+    pub working_dir: String,
+    /// Exposed ports.
+    pub ports: Vec<Port>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Parses a config blob and translates it (rejecting non linux/amd64 images).
+pub fn app_defaults(image: &str, config_blob: &[u8]) -> Result<AppDefaults, ConfigError> {
+    let cfg: ImageConfig = serde_json::from_slice(config_blob).map_err(|e| ConfigError::Parse {
+        image: image.to_string(),
+        source: e,
+    })?;
+    let (os, arch) = (cfg.os, cfg.architecture);
+    if os != "linux" || arch != "amd64" {
+        return Err(ConfigError::Platform {
+            image: image.to_string(),
+            os,
+            arch,
+        });
+    }
+    let mut d = AppDefaults {
+        user: "0".into(),
+        group: "0".into(),
+        working_dir: "/".into(),
+        ..AppDefaults::default()
+    };
+    let Some(c) = cfg.config else {
+        return Ok(d);
+    };
+    d.entrypoint = c.entrypoint.unwrap_or_default();
+    d.cmd = c.cmd.unwrap_or_default();
+    d.exec = d.entrypoint.iter().chain(&d.cmd).cloned().collect();
+    for e in c.env.iter().flatten() {
+        let (k, v) = e.split_once('=').unwrap_or((e, ""));
+        d.env.push((k.to_string(), v.to_string()));
+    }
+    if let Some(u) = c.user.as_deref().filter(|u| !u.is_empty()) {
+        let (user, group) = u.split_once(':').unwrap_or((u, "0"));
+        d.user = user.to_string();
+        d.group = group.to_string();
+    }
+    if let Some(w) = c.working_dir.as_deref().filter(|w| !w.is_empty()) {
+        d.working_dir = w.to_string();
+    }
+    for p in c.exposed_ports.iter().flatten().map(|(k, _)| k) {
+        let (num, proto) = p.split_once('/').unwrap_or((p, "tcp"));
+        if let Ok(port) = num.parse() {
+            d.ports.push(Port {
+                name: format!("{proto}-{port}"),
+                protocol: proto.to_string(),
+                port,
+            });
+        }
+    }
+    d.labels = c.labels.unwrap_or_default();
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn translates_docker_config() {
+        let cfg =
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},
+            "config":{"Entrypoint":["/bin/sh","-c"],"Cmd":["echo hi"],"Env":["PATH=/bin","EMPTY="],
+            "User":"1000:100","WorkingDir":"/srv","ExposedPorts":{"80/tcp":{},"53/udp":{}},
+            "Labels":{"a":"b"}}}"#;
+        let d = app_defaults("t", cfg).expect("valid");
+        assert_eq!(d.exec, vec!["/bin/sh", "-c", "echo hi"]);
+        assert_eq!(d.env[0], ("PATH".to_string(), "/bin".to_string()));
+        assert_eq!(d.env[1].1, "");
+        assert_eq!(
+            (d.user.as_str(), d.group.as_str(), d.working_dir.as_str()),
+            ("1000", "100", "/srv")
+        );
+        assert!(d.ports.iter().any(|p| p.name == "udp-53" && p.port == 53));
+        assert_eq!(d.labels.get("a").map(String::as_str), Some("b"));
+        let arm = String::from_utf8_lossy(cfg).replace("amd64", "arm64");
+        assert!(app_defaults("t", arm.as_bytes()).is_err());
+    }
+}

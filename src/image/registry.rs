@@ -1,0 +1,311 @@
+//! OCI distribution v2 client (blocking, ureq): anonymous, Bearer token and Basic auth,
+//! manifests, resumable verified blob downloads.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::auth::{self, parse_challenge, Credentials};
+use super::manifest::ACCEPT;
+use super::progress::Progress;
+use super::reference::DockerRef;
+use crate::store::record::BlobRef;
+use crate::store::{BlobSink, Digest, Store, StoreError};
+
+/// Largest manifest accepted.
+const MAX_MANIFEST: u64 = 4 << 20;
+
+/// Errors talking to a registry.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// Could not connect / transport failure.
+    #[error("registry {host}: {what}: {why}")]
+    Transport {
+        /// Registry host.
+        host: String,
+        /// What was requested.
+        what: String,
+        /// The cause.
+        why: String,
+    },
+    /// The registry answered with an error status.
+    #[error("registry {host}: {what}: HTTP {status}{hint}")]
+    Status {
+        /// Registry host.
+        host: String,
+        /// What was requested.
+        what: String,
+        /// Status code.
+        status: u16,
+        /// Hint for the user.
+        hint: String,
+    },
+    /// Authentication failed.
+    #[error("registry {host}: authentication failed: {why}")]
+    Auth {
+        /// Registry host.
+        host: String,
+        /// What went wrong.
+        why: String,
+    },
+    /// The store failed (e.g. digest mismatch).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A client for one repository on one registry.
+pub struct Client {
+    agent: ureq::Agent,
+    base: String,
+    host: String,
+    repo: String,
+    creds: Option<Credentials>,
+    auth_header: Mutex<Option<String>>,
+}
+
+/// Whether `host[:port]` names the loopback interface.
+fn is_loopback(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+impl Client {
+    /// Connects to the registry of `r` (https; plain http only if `allow_http`, as a fallback
+    /// when https fails) and checks the API version endpoint.
+    pub fn connect(
+        r: &DockerRef,
+        allow_http: bool,
+        data_dir: &Path,
+    ) -> Result<Client, RegistryError> {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(15))
+            .timeout_read(Duration::from_secs(60))
+            .redirects(5)
+            .user_agent(concat!("podvm/", env!("CARGO_PKG_VERSION")))
+            .build();
+        let host = r.api_host().to_string();
+        let mut c = Client {
+            agent,
+            base: format!("https://{host}"),
+            host: host.clone(),
+            repo: r.repository.clone(),
+            creds: auth::lookup(data_dir, &r.registry),
+            auth_header: Mutex::new(None),
+        };
+        if allow_http && is_loopback(&host) {
+            // Like docker, a loopback registry is plain http when http is allowed.
+            c.base = format!("http://{host}");
+            return c.get("/v2/", "", "API check").map(|_| c);
+        }
+        match c.get("/v2/", "", "API check") {
+            Ok(_) => Ok(c),
+            Err(RegistryError::Transport { why, .. }) if allow_http => {
+                eprintln!("warning: https to {host} failed ({why}); using plain http (--insecure-options=http)");
+                c.base = format!("http://{host}");
+                c.get("/v2/", "", "API check").map(|_| c)
+            }
+            Err(RegistryError::Transport { what, why, .. }) => Err(RegistryError::Transport {
+                host,
+                what,
+                why: format!("{why} (for a plain-http registry, pass --insecure-options=http)"),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn transport(&self, what: &str, e: impl std::fmt::Display) -> RegistryError {
+        RegistryError::Transport {
+            host: self.host.clone(),
+            what: what.to_string(),
+            why: e.to_string(),
+        }
+    }
+
+    /// GET with auth: on 401, answers the challenge and retries once.
+    fn get_range(
+        &self,
+        path: &str,
+        accept: &str,
+        what: &str,
+        from: u64,
+    ) -> Result<ureq::Response, RegistryError> {
+        for attempt in 0..2 {
+            let mut req = self.agent.get(&format!("{}{}", self.base, path));
+            if !accept.is_empty() {
+                req = req.set("Accept", accept);
+            }
+            if from > 0 {
+                req = req.set("Range", &format!("bytes={from}-"));
+            }
+            let auth = self
+                .auth_header
+                .lock()
+                .map(|g| g.clone())
+                .unwrap_or_default();
+            if let Some(a) = auth {
+                req = req.set("Authorization", &a);
+            }
+            match req.call() {
+                Ok(resp) => return Ok(resp),
+                Err(ureq::Error::Status(401, resp)) if attempt == 0 => self.authenticate(&resp)?,
+                Err(ureq::Error::Status(status, resp)) => {
+                    let body = resp.into_string().unwrap_or_default();
+                    let hint = match status {
+                        401 => " (unauthorized: put credentials in ~/.docker/config.json or <dir>/auth.d/)".to_string(),
+                        404 => " (no such image or tag)".to_string(),
+                        _ => format!(": {}", body.chars().take(200).collect::<String>()),
+                    };
+                    return Err(RegistryError::Status {
+                        host: self.host.clone(),
+                        what: what.to_string(),
+                        status,
+                        hint,
+                    });
+                }
+                Err(e) => return Err(self.transport(what, e)),
+            }
+        }
+        Err(RegistryError::Auth {
+            host: self.host.clone(),
+            why: "still unauthorized after authenticating (wrong credentials?)".to_string(),
+        })
+    }
+
+    fn get(&self, path: &str, accept: &str, what: &str) -> Result<ureq::Response, RegistryError> {
+        self.get_range(path, accept, what, 0)
+    }
+
+    /// Answers a 401 challenge: Basic with credentials, or Bearer by fetching a token.
+    fn authenticate(&self, resp: &ureq::Response) -> Result<(), RegistryError> {
+        let auth_err = |why: String| RegistryError::Auth {
+            host: self.host.clone(),
+            why,
+        };
+        let ch = resp
+            .header("WWW-Authenticate")
+            .and_then(parse_challenge)
+            .ok_or_else(|| auth_err("401 without a WWW-Authenticate challenge".into()))?;
+        let header = match ch.scheme.as_str() {
+            "basic" => self
+                .creds
+                .as_ref()
+                .map(Credentials::basic_header)
+                .ok_or_else(|| {
+                    auth_err("the registry wants a user and password; none configured".into())
+                })?,
+            "bearer" => format!("Bearer {}", self.token(&ch.params)?),
+            other => return Err(auth_err(format!("unsupported auth scheme {other}"))),
+        };
+        if let Ok(mut g) = self.auth_header.lock() {
+            *g = Some(header);
+        }
+        Ok(())
+    }
+
+    fn token(
+        &self,
+        params: &std::collections::BTreeMap<String, String>,
+    ) -> Result<String, RegistryError> {
+        let realm = params.get("realm").ok_or_else(|| RegistryError::Auth {
+            host: self.host.clone(),
+            why: "Bearer challenge without realm".into(),
+        })?;
+        let mut req = self.agent.get(realm);
+        if let Some(s) = params.get("service") {
+            req = req.query("service", s);
+        }
+        req = req.query("scope", &format!("repository:{}:pull", self.repo));
+        if let Some(c) = &self.creds {
+            req = req.set("Authorization", &c.basic_header());
+        }
+        let resp = req.call().map_err(|e| RegistryError::Auth {
+            host: self.host.clone(),
+            why: format!("token request to {realm}: {e}"),
+        })?;
+        #[derive(serde::Deserialize)]
+        struct Tok {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let t: Tok = resp.into_json().map_err(|e| RegistryError::Auth {
+            host: self.host.clone(),
+            why: format!("token response from {realm}: {e}"),
+        })?;
+        t.token
+            .or(t.access_token)
+            .ok_or_else(|| RegistryError::Auth {
+                host: self.host.clone(),
+                why: format!("token response from {realm} has no token"),
+            })
+    }
+
+    /// Fetches a manifest by tag or digest: its bytes, digest and Content-Type.
+    pub fn manifest(
+        &self,
+        reference: &str,
+    ) -> Result<(Vec<u8>, Digest, Option<String>), RegistryError> {
+        let what = format!("manifest {}:{reference}", self.repo);
+        let resp = self.get(
+            &format!("/v2/{}/manifests/{reference}", self.repo),
+            ACCEPT,
+            &what,
+        )?;
+        let ctype = resp.header("Content-Type").map(|s| s.to_string());
+        let mut data = Vec::new();
+        resp.into_reader()
+            .take(MAX_MANIFEST)
+            .read_to_end(&mut data)
+            .map_err(|e| self.transport(&what, e))?;
+        Ok((data.clone(), Digest::of_bytes(&data), ctype))
+    }
+
+    /// Downloads blob `b` into the store, verified, resuming a partial download if one exists.
+    pub fn fetch_blob(
+        &self,
+        store: &Store,
+        b: &BlobRef,
+        progress: &Progress,
+    ) -> Result<(), RegistryError> {
+        let what = format!("blob {}", b.digest);
+        for attempt in 0..2 {
+            let Some(mut sink) = BlobSink::resume(store, &b.digest, Some(b.size), &what)? else {
+                progress.inc(b.size);
+                return Ok(());
+            };
+            let from = sink.offset();
+            progress.inc(from);
+            if from < b.size {
+                let resp = self.get_range(
+                    &format!("/v2/{}/blobs/{}", self.repo, b.digest),
+                    "",
+                    &what,
+                    from,
+                )?;
+                if from > 0 && resp.status() != 206 {
+                    sink.restart()?;
+                    progress.inc(0);
+                }
+                let mut r = progress.wrap_read(resp.into_reader());
+                std::io::copy(&mut r, &mut sink).map_err(|e| match sink.io_error(e) {
+                    StoreError::Io { source, .. } => self.transport(&what, source),
+                    other => other.into(),
+                })?;
+            }
+            match sink.commit() {
+                Ok(()) => return Ok(()),
+                // A corrupt partial file from an earlier run: it was deleted; start over once.
+                Err(StoreError::DigestMismatch { .. }) if attempt == 0 && from > 0 => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}

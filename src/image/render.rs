@@ -1,0 +1,125 @@
+//! Rendering an image's layers into a cached rootfs tree (`trees/<id>/rootfs`).
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::layer::{Applier, LayerError, Limits};
+use super::progress::Progress;
+use crate::store::record::BlobRef;
+use crate::store::{Digest, Store, StoreError};
+
+/// Errors rendering.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// A layer could not be applied.
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Filesystem error on the tree.
+    #[error("image {image}: {what} {path}: {source}")]
+    Io {
+        /// Image name.
+        image: String,
+        /// What was being done.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+/// Returns the rendered rootfs of image `id` (whose layers are `layers`), rendering it first
+/// if it is not cached. Rendering happens in `tmp/` and the finished tree is renamed into
+/// `trees/`, so a tree in `trees/` is always complete.
+pub fn ensure_rendered(
+    store: &Store,
+    name: &str,
+    id: &Digest,
+    layers: &[BlobRef],
+) -> Result<PathBuf, RenderError> {
+    let dest = store.tree_dir(id);
+    let rootfs = dest.join("rootfs");
+    if rootfs.is_dir() {
+        return Ok(rootfs);
+    }
+    let io_e = |what, path: &Path| {
+        let (image, path) = (name.to_string(), path.to_path_buf());
+        move |source| RenderError::Io {
+            image,
+            what,
+            path,
+            source,
+        }
+    };
+    let work = store
+        .tmp_dir()
+        .join(format!("render-{}-{}", id.hex(), std::process::id()));
+    if work.exists() {
+        fs::remove_dir_all(&work).map_err(io_e("removing stale", &work))?;
+    }
+    let work_rootfs = work.join("rootfs");
+    fs::create_dir_all(&work_rootfs).map_err(io_e("creating", &work_rootfs))?;
+    let result = apply_all(store, name, &work_rootfs, layers);
+    if let Err(e) = result {
+        let _ = fs::remove_dir_all(&work);
+        return Err(e);
+    }
+    match fs::rename(&work, &dest) {
+        Ok(()) => {}
+        // A concurrent render of the same image won: use its tree.
+        Err(_) if rootfs.is_dir() => {
+            let _ = fs::remove_dir_all(&work);
+        }
+        Err(e) => {
+            let _ = fs::remove_dir_all(&work);
+            return Err(io_e("renaming rendered tree to", &dest)(e));
+        }
+    }
+    crate::store::sync_dir(&store.root().join("trees"));
+    Ok(rootfs)
+}
+
+fn apply_all(
+    store: &Store,
+    name: &str,
+    rootfs: &Path,
+    layers: &[BlobRef],
+) -> Result<(), RenderError> {
+    let mut applier = Applier::new(rootfs, name, Limits::from_env());
+    let total = layers.iter().map(|l| l.size).sum();
+    let progress = Progress::bar("unpacking", total);
+    for l in layers {
+        let f = store.open_blob(&l.digest)?;
+        let is_aci = l.media_type == super::aci::ACI_MEDIA_TYPE;
+        applier.set_prefix(is_aci.then_some(&b"rootfs/"[..]));
+        applier.apply(&l.digest.to_string(), l.size, progress.wrap_read(f))?;
+    }
+    progress.finish();
+    applier.finish()?;
+    Ok(())
+}
+
+/// Copies a rendered tree to `dir` (which must not exist or be empty), preserving modes,
+/// owners (when root), mtimes, symlinks and hard links.
+pub fn copy_tree(src: &Path, dir: &Path) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg("--")
+        .arg(format!("{}/.", src.display()))
+        .arg(dir)
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "cp -a {} {} failed: {status}",
+            src.display(),
+            dir.display()
+        )))
+    }
+}

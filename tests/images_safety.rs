@@ -1,0 +1,255 @@
+//! Malicious layers and interrupted fetches, against a real local registry.
+
+#[path = "registry_support/mod.rs"]
+mod registry_support;
+
+#[path = "images_support/mod.rs"]
+mod images_support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use images_support::*;
+use registry_support::{escaped_markers, Fixtures, Registry};
+
+/// Every path under `root` whose name contains `podvm-evil` (not following symlinks).
+fn evil_files(root: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(rd) = fs::read_dir(root) else { return };
+    for e in rd.flatten() {
+        let p = e.path();
+        if e.file_name().to_string_lossy().contains("podvm-evil") {
+            out.push(p.clone());
+        }
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            evil_files(&p, out);
+        }
+    }
+}
+
+#[test]
+fn malicious_layers_fail_cleanly() {
+    if registry_support::skip() {
+        return;
+    }
+    let fx = Fixtures::get();
+    let evil = fx.malicious();
+    assert!(
+        evil.len() >= 10,
+        "expected the evil-* fixtures, got {evil:?}"
+    );
+    let t = tempfile::tempdir().expect("tempdir");
+    let dir = t.path().join("store");
+    let trees = dir.join("images/trees");
+    let before = escaped_markers(&dir, &[&trees]);
+    assert!(
+        before.is_empty(),
+        "leftovers from an earlier run: {before:?}"
+    );
+    let reg = Registry::start(false);
+    for name in &evil {
+        reg.push_exact(name, name);
+        let reference = reg.reference(name);
+        let out = podvm(&dir, &["fetch", INSECURE, &reference]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let expect = fx.expectation(name);
+        let note = fx.note(name);
+        // As root, device nodes are created (as rkt does); unprivileged they are skipped.
+        let device_ok = name == "evil-device" && out.status.success() && {
+            let mut inside = Vec::new();
+            evil_files(&dir.join("images/trees"), &mut inside);
+            inside.iter().any(|p| p.ends_with("dev/podvm-evil-null"))
+        };
+        if expect == "reject" && !device_ok {
+            assert!(!out.status.success(), "{name} ({note}) was accepted");
+        }
+        if !out.status.success() {
+            assert!(
+                stderr.contains(&reference),
+                "{name}: error does not name the image: {stderr}"
+            );
+            assert!(
+                stderr.contains("entry"),
+                "{name}: error does not name the entry: {stderr}"
+            );
+            assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+            eprintln!("{name}: {}", stderr.trim());
+        }
+        if name == "evil-bomb" {
+            assert!(stderr.contains("decompression bomb"), "{stderr}");
+        }
+        let escaped = escaped_markers(&dir, &[&trees]);
+        assert!(
+            escaped.is_empty(),
+            "{name} wrote outside its rootfs: {escaped:?}"
+        );
+        let tmp: Vec<_> = fs::read_dir(dir.join("images/tmp"))
+            .expect("tmp")
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(tmp.is_empty(), "{name} left temporary files: {tmp:?}");
+        assert!(
+            podvm_ok(&dir, &["image", "verify"]).starts_with("ok"),
+            "{name}: store does not verify"
+        );
+    }
+    // Rejected images are not in the store.
+    let list: serde_json::Value =
+        serde_json::from_str(&podvm_ok(&dir, &["image", "list", "--format", "json"]))
+            .expect("json");
+    for img in list.as_array().expect("array") {
+        let n = img["name"].as_str().unwrap_or("");
+        let fixture = n
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .trim_end_matches(":latest");
+        if fixture == "evil-device" {
+            continue; // created as root (checked above)
+        }
+        assert_ne!(
+            fx.expectation(fixture),
+            "reject",
+            "{n} is in the store: {list}"
+        );
+    }
+}
+
+fn partials(dir: &Path) -> Vec<(PathBuf, u64)> {
+    fs::read_dir(dir.join("images/tmp"))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+                .map(|e| (e.path(), e.metadata().map(|m| m.len()).unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn kill_9_during_fetch_then_fetch_again() {
+    if registry_support::skip() {
+        return;
+    }
+    // Behind the redirecting front, whose blob server logs Range requests.
+    let reg = Registry::start_redirecting();
+    reg.push("big");
+    let reference = reg.reference("big");
+    let t = tempfile::tempdir().expect("tempdir");
+    let dir = t.path().join("store");
+    let mut killed_mid_blob = false;
+    for _attempt in 0..5 {
+        let _ = fs::remove_dir_all(&dir);
+        let mut child = podvm_cmd(&dir)
+            .args(["fetch", INSECURE, &reference])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("podvm starts");
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            if partials(&dir).iter().any(|(_, len)| *len > 1 << 20) {
+                child.kill().expect("SIGKILL");
+                killed_mid_blob = true;
+                break;
+            }
+            if child.try_wait().expect("wait").is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let _ = child.wait();
+        if killed_mid_blob {
+            break;
+        }
+    }
+    assert!(killed_mid_blob, "never caught the fetch mid-blob");
+    let left = partials(&dir);
+    assert!(
+        !left.is_empty(),
+        "the partial download should be kept for resuming"
+    );
+    // No partial blob is visible in the store, and the store verifies.
+    assert!(podvm_ok(&dir, &["image", "verify"]).starts_with("ok"));
+    let list = podvm_ok(&dir, &["image", "list", "--format", "json"]);
+    assert_eq!(list.trim(), "[]");
+
+    let id = image_id(&podvm_ok(&dir, &["fetch", INSECURE, &reference]));
+    assert!(podvm_ok(&dir, &["image", "verify"]).starts_with("ok"));
+    assert!(
+        partials(&dir).is_empty(),
+        "partial files left after a complete fetch"
+    );
+    let out = t.path().join("rootfs");
+    podvm_ok(&dir, &["image", "render", &id, out.to_str().expect("utf8")]);
+    // The second fetch resumed the partial download with a Range request (206).
+    let log = reg.redirect_log();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("\"blob\"") && l.contains("206")),
+        "no resumed (206) blob download in {log:?}"
+    );
+    let big = fs::read(out.join("big.bin")).expect("big.bin");
+    assert_eq!(big.len(), 64 << 20);
+    use sha2::Digest as _;
+    assert_eq!(
+        hex::encode(sha2::Sha256::digest(&big)),
+        Fixtures::get().big_sha256()
+    );
+}
+
+#[test]
+fn concurrent_fetches_share_the_store() {
+    if registry_support::skip() {
+        return;
+    }
+    let reg = Registry::start(false);
+    reg.push_exact("big", "big");
+    reg.push_exact("busybox", "busybox");
+    let t = tempfile::tempdir().expect("tempdir");
+    let dir = t.path().join("store");
+    let refs = [
+        reg.reference("big"),
+        reg.reference("big"),
+        reg.reference("busybox"),
+        reg.reference("big"),
+    ];
+    let children: Vec<_> = refs
+        .iter()
+        .map(|r| {
+            podvm_cmd(&dir)
+                .args(["fetch", INSECURE, r])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("podvm starts")
+        })
+        .collect();
+    let ids: Vec<String> = children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().expect("wait");
+            assert!(
+                out.status.success(),
+                "concurrent fetch failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            image_id(&String::from_utf8_lossy(&out.stdout))
+        })
+        .collect();
+    assert!(
+        ids[0] == ids[1] && ids[1] == ids[3] && ids[0] != ids[2],
+        "{ids:?}"
+    );
+    assert!(podvm_ok(&dir, &["image", "verify"]).starts_with("ok"));
+    assert!(
+        partials(&dir).is_empty(),
+        "partial files left: {:?}",
+        partials(&dir)
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&podvm_ok(&dir, &["image", "list", "--format", "json"]))
+            .expect("json");
+    assert_eq!(list.as_array().map(Vec::len), Some(2), "{list}");
+}
