@@ -16,6 +16,10 @@ def load(name):
 
 podvm, podvm_failed = load("podvm")
 qemu, qemu_failed = load("qemu")
+exits = [line for line in (results / "qemu-agent-exits.txt").read_text().split() if line.strip()]
+qemu_completed = sum(1 for count in exits if count == "1")
+if qemu_completed != len(qemu):
+    sys.exit(f"only {qemu_completed} of {len(qemu)} QEMU runs got the agent's exit report: not comparable")
 p, q = statistics.median(podvm), statistics.median(qemu)
 print(f"boot-to-exit, median of {len(podvm)} runs each, same L1, interleaved:")
 print(f"  podvm boot:        {p / 1000:8.1f} ms  (non-zero exits: {len(podvm_failed)})")
