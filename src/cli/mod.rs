@@ -11,6 +11,9 @@ mod boot;
 mod check;
 mod fetch;
 mod image;
+mod pod_gc;
+mod pods;
+mod prepare;
 
 /// Exit code for errors of podvm itself (as opposed to the workload's status).
 pub const EXIT_PODVM_ERROR: u8 = 125;
@@ -43,6 +46,18 @@ pub enum Command {
     Fetch(fetch::FetchArgs),
     /// Manage images in the store.
     Image(image::ImageArgs),
+    /// Create a pod from images (fetching them as needed), ready for run-prepared.
+    Prepare(prepare::PrepareArgs),
+    /// List pods.
+    List(pods::ListArgs),
+    /// Show a pod's state, times, pid and app exit codes.
+    Status(pods::StatusArgs),
+    /// Print a pod's appc pod manifest.
+    CatManifest(pods::CatManifestArgs),
+    /// Remove pods that are not running.
+    Rm(pod_gc::RmArgs),
+    /// Garbage-collect exited pods after a grace period, and leftovers of failed prepares.
+    Gc(pod_gc::GcArgs),
 }
 
 /// Runs the parsed command line and maps its result to the process exit code.
@@ -52,6 +67,12 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check(args) => Ok(check::run(args)),
         Command::Fetch(args) => fetch::run(&cli.data_dir, args).map_err(Into::into),
         Command::Image(args) => image::run(&cli.data_dir, args).map_err(Into::into),
+        Command::Prepare(args) => prepare::run(&cli.data_dir, args).map_err(Into::into),
+        Command::List(args) => pods::list(&cli.data_dir, args).map_err(Into::into),
+        Command::Status(args) => pods::status(&cli.data_dir, args).map_err(Into::into),
+        Command::CatManifest(args) => pods::cat_manifest(&cli.data_dir, args).map_err(Into::into),
+        Command::Rm(args) => pod_gc::rm(&cli.data_dir, args).map_err(Into::into),
+        Command::Gc(args) => pod_gc::gc(&cli.data_dir, args).map_err(Into::into),
     };
     result.unwrap_or_else(|err| {
         eprintln!("podvm: {err}");

@@ -1,0 +1,103 @@
+//! Pod removal verbs: `rm` (now) and `gc` (by age, as rkt).
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::pod::lock;
+use crate::pod::status::now;
+use crate::pod::{Pod, PodError, PodState, PodStore};
+
+/// Flags of `podvm rm`.
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// The pods (unique uuid prefixes).
+    #[arg(required = true)]
+    uuids: Vec<String>,
+}
+
+/// Flags of `podvm gc`.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// How long an exited pod is kept after gc marked it as garbage.
+    #[arg(long = "grace-period", default_value = "30m", value_parser = humantime::parse_duration)]
+    grace_period: Duration,
+    /// How long a prepared pod may wait for run-prepared.
+    #[arg(long = "expire-prepared", default_value = "24h", value_parser = humantime::parse_duration)]
+    expire_prepared: Duration,
+}
+
+/// Runs `podvm rm`: deletes exited, prepared and aborted pods; running ones are refused.
+pub fn rm(data_dir: &Path, args: RmArgs) -> Result<ExitCode, PodError> {
+    let pods = PodStore::open(data_dir)?;
+    let mut failed = false;
+    for prefix in &args.uuids {
+        match pods.find(prefix).and_then(|pod| remove(&pods, &pod)) {
+            Ok(uuid) => println!("\"{uuid}\""),
+            Err(err) => {
+                eprintln!("podvm: rm {prefix}: {err}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn remove(pods: &PodStore, pod: &Pod) -> Result<String, PodError> {
+    if matches!(
+        pod.state,
+        PodState::Running | PodState::Preparing | PodState::Embryo
+    ) {
+        return Err(PodError::WrongState {
+            uuid: pod.uuid.clone(),
+            state: pod.state,
+            hint: "stop it first (`podvm stop`), or wait for it to finish",
+        });
+    }
+    let _held = lock::try_lock(&pod.dir, &pod.uuid)?;
+    pods.delete(pod)?;
+    Ok(pod.uuid.clone())
+}
+
+/// Runs `podvm gc`: marks exited pods as garbage, deletes garbage past the grace period, aborted
+/// prepares, embryos nobody holds, and prepared pods older than `--expire-prepared`.
+pub fn gc(data_dir: &Path, args: GcArgs) -> Result<ExitCode, PodError> {
+    let pods = PodStore::open(data_dir)?;
+    let now = now();
+    for pod in pods.list()? {
+        let Ok(_held) = lock::try_lock(&pod.dir, &pod.uuid) else {
+            continue;
+        };
+        let created = pods.status(&pod).map(|status| status.created).unwrap_or(0);
+        let outcome = match pod.state {
+            PodState::Exited => pods
+                .mark_garbage(&pod, now)
+                .map(|_| "marked exited pod as garbage"),
+            PodState::ExitedGarbage => {
+                let since = pods.garbage_since(&pod).unwrap_or(0);
+                if now.saturating_sub(since) < args.grace_period.as_secs() {
+                    continue;
+                }
+                pods.delete(&pod).map(|()| "deleted exited pod")
+            }
+            PodState::Prepared if now.saturating_sub(created) >= args.expire_prepared.as_secs() => {
+                pods.delete(&pod).map(|()| "deleted expired prepared pod")
+            }
+            PodState::AbortedPrepare | PodState::Embryo | PodState::Garbage => {
+                pods.delete(&pod).map(|()| "deleted leftover pod")
+            }
+            _ => continue,
+        };
+        match outcome {
+            Ok(what) => eprintln!("gc: {what} {}", pod.uuid),
+            Err(err) => eprintln!("podvm: gc: {err}"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

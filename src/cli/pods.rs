@@ -1,0 +1,218 @@
+//! Pod inspection verbs: `list`, `status`, `cat-manifest`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Args;
+use serde::Serialize;
+
+use super::prepare::HOSTNAME_ANNOTATION;
+use crate::pod::manifest::PodManifest;
+use crate::pod::status::{now, PodStatus};
+use crate::pod::{Pod, PodError, PodState, PodStore};
+
+/// Flags of `podvm list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Do not print the header line.
+    #[arg(long = "no-legend")]
+    no_legend: bool,
+    /// Full uuids and image ids.
+    #[arg(long)]
+    full: bool,
+    /// Output format: `table` or `json`.
+    #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+    format: String,
+}
+
+/// Flags of `podvm status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The pod (a unique uuid prefix).
+    uuid: String,
+    /// Output format: `table` (key=value lines, as rkt) or `json`.
+    #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+    format: String,
+}
+
+/// Flags of `podvm cat-manifest`.
+#[derive(Debug, Args)]
+pub struct CatManifestArgs {
+    /// The pod (a unique uuid prefix).
+    uuid: String,
+}
+
+/// What `list --format json` and `status --format json` print for a pod.
+#[derive(Debug, Serialize)]
+pub struct PodView {
+    /// Full uuid.
+    pub uuid: String,
+    /// State.
+    pub state: PodState,
+    /// Hostname.
+    pub hostname: Option<String>,
+    /// Apps with their images and, once they ended, exit codes.
+    pub apps: Vec<AppView>,
+    /// Recorded times, pid and reason.
+    #[serde(flatten)]
+    pub status: PodStatus,
+}
+
+/// One app in a [`PodView`].
+#[derive(Debug, Serialize)]
+pub struct AppView {
+    /// App name.
+    pub name: String,
+    /// Image name as given.
+    pub image_name: String,
+    /// Image id.
+    pub image_id: String,
+    /// Exit code, once the app ended.
+    pub exit_code: Option<i32>,
+}
+
+/// Builds the view of a pod from its manifest and status record.
+pub fn view(pods: &PodStore, pod: &Pod) -> Result<PodView, PodError> {
+    let manifest = pods.manifest(pod).ok();
+    let status = pods.status(pod)?;
+    let hostname = manifest
+        .as_ref()
+        .and_then(|m| annotation(m, HOSTNAME_ANNOTATION));
+    let apps = manifest
+        .map(|m| {
+            m.apps
+                .into_iter()
+                .map(|app| AppView {
+                    exit_code: status
+                        .apps
+                        .iter()
+                        .find(|exit| exit.name == app.name)
+                        .map(|exit| exit.exit_code),
+                    name: app.name,
+                    image_name: app.image.name,
+                    image_id: app.image.id,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(PodView {
+        uuid: pod.uuid.clone(),
+        state: pod.state,
+        hostname,
+        apps,
+        status,
+    })
+}
+
+fn annotation(manifest: &PodManifest, name: &str) -> Option<String> {
+    manifest
+        .annotations
+        .iter()
+        .find(|a| a.name == name)
+        .map(|a| a.value.clone())
+}
+
+/// Runs `podvm list`.
+pub fn list(data_dir: &Path, args: ListArgs) -> Result<ExitCode, PodError> {
+    let pods = PodStore::open(data_dir)?;
+    let views = pods
+        .list()?
+        .iter()
+        .map(|pod| view(&pods, pod))
+        .collect::<Result<Vec<_>, _>>()?;
+    if args.format == "json" {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&views).expect("views always serialize")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !args.no_legend {
+        println!(
+            "{:<36}  {:<16}  {:<40}  {:<15}  CREATED",
+            "UUID", "APP", "IMAGE", "STATE"
+        );
+    }
+    for pod in &views {
+        let uuid = if args.full {
+            pod.uuid.clone()
+        } else {
+            pod.uuid.chars().take(8).collect()
+        };
+        let created = ago(pod.status.created);
+        let rows = if pod.apps.is_empty() {
+            vec![None]
+        } else {
+            pod.apps.iter().map(Some).collect()
+        };
+        for app in rows {
+            let (name, image) = match app {
+                Some(app) if args.full => (app.name.as_str(), app.image_id.as_str()),
+                Some(app) => (app.name.as_str(), app.image_name.as_str()),
+                None => ("-", "-"),
+            };
+            println!(
+                "{uuid:<36}  {name:<16}  {image:<40}  {:<15}  {created}",
+                pod.state.name()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `podvm status`.
+pub fn status(data_dir: &Path, args: StatusArgs) -> Result<ExitCode, PodError> {
+    let pods = PodStore::open(data_dir)?;
+    let pod = pods.find(&args.uuid)?;
+    let view = view(&pods, &pod)?;
+    if args.format == "json" {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&view).expect("views always serialize")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("uuid={}", view.uuid);
+    println!("state={}", view.state.name());
+    println!("created={}", view.status.created);
+    if let Some(started) = view.status.started {
+        println!("started={started}");
+    }
+    if let Some(pid) = view.status.pid {
+        println!("pid={pid}");
+    }
+    println!(
+        "exited={}",
+        matches!(view.state, PodState::Exited | PodState::ExitedGarbage)
+    );
+    for app in &view.apps {
+        if let Some(code) = app.exit_code {
+            println!("app-{}={code}", app.name);
+        }
+    }
+    if let Some(reason) = &view.status.reason {
+        println!("reason={reason}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `podvm cat-manifest`.
+pub fn cat_manifest(data_dir: &Path, args: CatManifestArgs) -> Result<ExitCode, PodError> {
+    let pods = PodStore::open(data_dir)?;
+    let pod = pods.find(&args.uuid)?;
+    let manifest = pods.manifest(&pod)?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&manifest).expect("manifests always serialize")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ago(then: u64) -> String {
+    match now().saturating_sub(then) {
+        0..=59 => "just now".to_string(),
+        secs @ 60..=3599 => format!("{} minutes ago", secs / 60),
+        secs @ 3600..=86399 => format!("{} hours ago", secs / 3600),
+        secs => format!("{} days ago", secs / 86400),
+    }
+}

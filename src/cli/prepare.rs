@@ -1,0 +1,337 @@
+//! `podvm prepare`: creates a pod from images (fetching them as needed) with rkt's per-app
+//! flags, leaving it `prepared` for `run-prepared`. Prints the pod's uuid.
+//!
+//! Grammar, as rkt: `prepare [POD FLAGS] IMAGE [APP FLAGS] [-- ARGS] [--- IMAGE [APP FLAGS] ...]`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser};
+
+use super::fetch::{options, InsecureOption};
+use crate::image::fetch::{fetch, PullPolicy};
+use crate::image::{self, ImageError, PreparedImage};
+use crate::pod::manifest::{self, App, ImageRef, NameValue, PodManifest, RuntimeApp};
+use crate::pod::status::{now, PodStatus};
+use crate::pod::{PodError, PodStore};
+use crate::store::{Store, StoreError};
+
+/// Annotation holding the pod's hostname.
+pub const HOSTNAME_ANNOTATION: &str = "podvm.io/hostname";
+
+/// Pod-level flags of `podvm prepare`.
+#[derive(Debug, Args)]
+pub struct PrepareArgs {
+    /// Environment for every app, KEY=VALUE (repeatable); app `--environment` wins over it.
+    #[arg(long = "set-env", value_name = "KEY=VALUE")]
+    set_env: Vec<String>,
+    /// The pod's hostname (default: podvm-<uuid>).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Pod annotation, NAME=VALUE (repeatable).
+    #[arg(long = "annotation", value_name = "NAME=VALUE")]
+    annotations: Vec<String>,
+    /// Write the pod's uuid to this file.
+    #[arg(long = "uuid-file-save", value_name = "FILE")]
+    uuid_file_save: Option<PathBuf>,
+    /// Security checks to skip when fetching (see `podvm fetch --help`).
+    #[arg(
+        long = "insecure-options",
+        value_delimiter = ',',
+        default_value = "none"
+    )]
+    insecure_options: Vec<InsecureOption>,
+    /// When to contact registries: new, update, never.
+    #[arg(long = "pull-policy", value_enum, default_value_t = PullPolicy::New)]
+    pull_policy: PullPolicy,
+    /// IMAGE [APP FLAGS] [-- ARGS] [--- IMAGE ...]
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "IMAGE"
+    )]
+    apps: Vec<String>,
+}
+
+/// Per-app flags, given after each image.
+#[derive(Debug, Parser)]
+#[command(name = "IMAGE", no_binary_name = true)]
+struct AppArgs {
+    /// The image.
+    image: String,
+    /// App name (default: from the image name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Program to run instead of the image's.
+    #[arg(long)]
+    exec: Option<String>,
+    /// User (name or uid) to run as.
+    #[arg(long)]
+    user: Option<String>,
+    /// Group (name or gid) to run as.
+    #[arg(long)]
+    group: Option<String>,
+    /// Working directory.
+    #[arg(long = "working-dir")]
+    working_dir: Option<String>,
+    /// Environment for this app, KEY=VALUE (repeatable).
+    #[arg(long = "environment", value_name = "KEY=VALUE")]
+    environment: Vec<String>,
+    /// Make the app's root filesystem read-only.
+    #[arg(long = "readonly-rootfs")]
+    readonly_rootfs: bool,
+    /// Arguments replacing the image's (after `--`).
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+/// Errors of `podvm prepare`.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// Bad per-app flags.
+    #[error("app {index} ({image}): {message}")]
+    AppFlags {
+        /// 1-based position of the app.
+        index: usize,
+        /// The image, or the raw words.
+        image: String,
+        /// clap's message.
+        message: String,
+    },
+    /// A KEY=VALUE flag without `=`.
+    #[error("{flag} {value:?}: expected KEY=VALUE")]
+    NotKeyValue {
+        /// The flag.
+        flag: &'static str,
+        /// The value.
+        value: String,
+    },
+    /// The image has no command and none was given.
+    #[error("image {0} has no command: pass --exec")]
+    NoCommand(String),
+    /// Image store failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Image failure.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// Pod store failure.
+    #[error(transparent)]
+    Pod(#[from] PodError),
+    /// The uuid file could not be written.
+    #[error("cannot write the pod uuid to {path}: {source}")]
+    UuidFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Runs `podvm prepare`.
+pub fn run(data_dir: &Path, args: PrepareArgs) -> Result<ExitCode, PrepareError> {
+    let uuid = prepare(data_dir, &args)?;
+    if let Some(path) = &args.uuid_file_save {
+        std::fs::write(path, format!("{uuid}\n")).map_err(|source| PrepareError::UuidFile {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    println!("{uuid}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Creates the pod and returns its uuid; on failure nothing of the pod is left behind.
+pub fn prepare(data_dir: &Path, args: &PrepareArgs) -> Result<String, PrepareError> {
+    let set_env = parse_pairs("--set-env", &args.set_env)?;
+    let annotations = parse_pairs("--annotation", &args.annotations)?;
+    let app_args = split_apps(&args.apps)?;
+    let pods = PodStore::open(data_dir)?;
+    let (embryo, _held) = pods.create()?;
+    let pod = pods.transition(&embryo, "prepare")?;
+    let result = build_manifest(data_dir, args, &app_args, &set_env, annotations, &pod.uuid)
+        .and_then(|manifest| {
+            pods.write_manifest(&pod, &manifest)?;
+            pods.write_status(
+                &pod,
+                &PodStatus {
+                    created: now(),
+                    ..Default::default()
+                },
+            )?;
+            Ok(pods.transition(&pod, "prepared")?)
+        });
+    match result {
+        Ok(prepared) => Ok(prepared.uuid),
+        Err(err) => {
+            let _ = pods.delete(&pod);
+            Err(err)
+        }
+    }
+}
+
+fn build_manifest(
+    data_dir: &Path,
+    args: &PrepareArgs,
+    app_args: &[AppArgs],
+    set_env: &[NameValue],
+    mut annotations: Vec<NameValue>,
+    uuid: &str,
+) -> Result<PodManifest, PrepareError> {
+    let store = Store::open(data_dir)?;
+    let fetch_options = options(data_dir, &args.insecure_options, args.pull_policy);
+    let mut apps: Vec<RuntimeApp> = Vec::new();
+    for app in app_args {
+        let record = fetch(&store, &fetch_options, &app.image)?;
+        let prepared = image::prepare(&store, &record)?;
+        let taken: Vec<String> = apps.iter().map(|a| a.name.clone()).collect();
+        apps.push(runtime_app(app, &prepared, set_env, &taken)?);
+    }
+    let hostname = args
+        .hostname
+        .clone()
+        .unwrap_or_else(|| format!("podvm-{uuid}"));
+    annotations.push(NameValue {
+        name: HOSTNAME_ANNOTATION.into(),
+        value: hostname,
+    });
+    Ok(PodManifest::new(apps, annotations))
+}
+
+/// One app: image defaults, then pod-level `--set-env`, then the app's own flags.
+fn runtime_app(
+    app: &AppArgs,
+    image: &PreparedImage,
+    set_env: &[NameValue],
+    taken: &[String],
+) -> Result<RuntimeApp, PrepareError> {
+    let defaults = &image.defaults;
+    let exec = match &app.exec {
+        Some(program) => std::iter::once(program.clone())
+            .chain(app.args.iter().cloned())
+            .collect(),
+        None if app.args.is_empty() => defaults.exec.clone(),
+        None => defaults
+            .entrypoint
+            .iter()
+            .chain(app.args.iter())
+            .cloned()
+            .collect(),
+    };
+    if exec.is_empty() {
+        return Err(PrepareError::NoCommand(app.image.clone()));
+    }
+    let mut environment: Vec<NameValue> = defaults
+        .env
+        .iter()
+        .map(|(name, value)| NameValue {
+            name: name.clone(),
+            value: value.clone(),
+        })
+        .collect();
+    for entry in set_env
+        .iter()
+        .cloned()
+        .chain(parse_pairs("--environment", &app.environment)?)
+    {
+        match environment
+            .iter_mut()
+            .find(|existing| existing.name == entry.name)
+        {
+            Some(existing) => existing.value = entry.value,
+            None => environment.push(entry),
+        }
+    }
+    let name = app
+        .name
+        .clone()
+        .unwrap_or_else(|| manifest::app_name_from_image(&app.image));
+    Ok(RuntimeApp {
+        name: manifest::unique_name(name, taken),
+        image: ImageRef {
+            name: app.image.clone(),
+            id: image.record.id.to_string(),
+        },
+        app: App {
+            exec,
+            user: app.user.clone().unwrap_or_else(|| defaults.user.clone()),
+            group: app.group.clone().unwrap_or_else(|| defaults.group.clone()),
+            working_directory: app
+                .working_dir
+                .clone()
+                .unwrap_or_else(|| defaults.working_dir.clone()),
+            environment,
+        },
+        read_only_root_fs: app.readonly_rootfs,
+    })
+}
+
+/// Splits the raw words at `---` and parses each app's flags.
+fn split_apps(words: &[String]) -> Result<Vec<AppArgs>, PrepareError> {
+    words
+        .split(|word| word == "---")
+        .enumerate()
+        .map(|(index, segment)| {
+            AppArgs::try_parse_from(segment).map_err(|err| PrepareError::AppFlags {
+                index: index + 1,
+                image: segment.first().cloned().unwrap_or_default(),
+                message: err.render().to_string().trim().to_string(),
+            })
+        })
+        .collect()
+}
+
+fn parse_pairs(flag: &'static str, values: &[String]) -> Result<Vec<NameValue>, PrepareError> {
+    values
+        .iter()
+        .map(|value| match value.split_once('=') {
+            Some((name, val)) if !name.is_empty() => Ok(NameValue {
+                name: name.into(),
+                value: val.into(),
+            }),
+            _ => Err(PrepareError::NotKeyValue {
+                flag,
+                value: value.clone(),
+            }),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(line: &str) -> Vec<String> {
+        line.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn apps_split_at_triple_dash_with_their_own_flags_and_args() {
+        let apps = split_apps(&words(
+            "img1 --exec /bin/echo --user app -- hello world --- img2 --name db",
+        ))
+        .expect("parse");
+        assert_eq!(apps.len(), 2);
+        assert_eq!(apps[0].image, "img1");
+        assert_eq!(apps[0].exec.as_deref(), Some("/bin/echo"));
+        assert_eq!(apps[0].user.as_deref(), Some("app"));
+        assert_eq!(apps[0].args, vec!["hello", "world"]);
+        assert_eq!(apps[1].name.as_deref(), Some("db"));
+    }
+
+    #[test]
+    fn bad_app_flags_name_the_app() {
+        let err = split_apps(&words("img1 --- img2 --bogus")).expect_err("bogus flag");
+        let text = err.to_string();
+        assert!(text.starts_with("app 2 (img2)"), "{text}");
+        assert!(text.contains("--bogus"), "{text}");
+    }
+
+    #[test]
+    fn key_value_pairs_are_checked() {
+        assert!(parse_pairs("--set-env", &["A=1".into(), "B=".into()]).is_ok());
+        let err = parse_pairs("--set-env", &["NOPE".into()]).expect_err("no =");
+        assert_eq!(err.to_string(), "--set-env \"NOPE\": expected KEY=VALUE");
+    }
+}

@@ -1,0 +1,175 @@
+//! The appc pod manifest (`acKind: PodManifest`), written into every pod before its VM starts.
+//! Field names follow the appc spec, so rkt tooling can read `podvm cat-manifest`.
+
+use serde::{Deserialize, Serialize};
+
+/// appc spec version written into manifests.
+pub const AC_VERSION: &str = "0.8.11";
+
+/// A `name`/`value` pair (environment entries, annotations).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameValue {
+    /// The name.
+    pub name: String,
+    /// The value.
+    pub value: String,
+}
+
+/// The image an app runs, by id (and the name it was asked for by).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRef {
+    /// The name given on the command line.
+    pub name: String,
+    /// The store's image id.
+    pub id: String,
+}
+
+/// What to run and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct App {
+    /// Program and arguments.
+    pub exec: Vec<String>,
+    /// User (name or uid).
+    pub user: String,
+    /// Group (name or gid).
+    pub group: String,
+    /// Working directory.
+    pub working_directory: String,
+    /// Environment, in precedence order already applied.
+    pub environment: Vec<NameValue>,
+}
+
+/// One app of the pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeApp {
+    /// Unique name within the pod (an appc ACName).
+    pub name: String,
+    /// Its image.
+    pub image: ImageRef,
+    /// How to run it.
+    pub app: App,
+    /// Whether its root filesystem is read-only.
+    #[serde(rename = "readOnlyRootFS")]
+    pub read_only_root_fs: bool,
+}
+
+/// The pod manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodManifest {
+    /// Always `PodManifest`.
+    pub ac_kind: String,
+    /// The appc version.
+    pub ac_version: String,
+    /// The apps, in command-line order.
+    pub apps: Vec<RuntimeApp>,
+    /// Annotations (`--annotation`, plus podvm's own such as the hostname).
+    pub annotations: Vec<NameValue>,
+}
+
+impl PodManifest {
+    /// A manifest for these apps and annotations.
+    pub fn new(apps: Vec<RuntimeApp>, annotations: Vec<NameValue>) -> Self {
+        Self {
+            ac_kind: "PodManifest".into(),
+            ac_version: AC_VERSION.into(),
+            apps,
+            annotations,
+        }
+    }
+}
+
+/// An appc ACName for an app from its image name: the last path component without tag or
+/// digest, lower case, other characters turned into `-` (e.g. `docker://x/library/busybox:1` →
+/// `busybox`).
+pub fn app_name_from_image(image: &str) -> String {
+    let without_scheme = image.rsplit("://").next().unwrap_or(image);
+    let without_digest = without_scheme.split('@').next().unwrap_or(without_scheme);
+    let last = without_digest
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(without_digest);
+    let base = last.split(':').next().unwrap_or(last);
+    let name: String = base
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let name = name.trim_matches('-').to_string();
+    if name.is_empty() {
+        "app".to_string()
+    } else {
+        name
+    }
+}
+
+/// Makes `name` unique among `taken` by appending `-2`, `-3`, ...
+pub fn unique_name(name: String, taken: &[String]) -> String {
+    if !taken.contains(&name) {
+        return name;
+    }
+    (2..)
+        .map(|n| format!("{name}-{n}"))
+        .find(|candidate| !taken.contains(candidate))
+        .expect("an unbounded range always yields a free name")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_names_from_image_references() {
+        assert_eq!(
+            app_name_from_image("docker://127.0.0.1:5000/library/busybox:1.36"),
+            "busybox"
+        );
+        assert_eq!(app_name_from_image("docker://nginx@sha256:abcd"), "nginx");
+        assert_eq!(app_name_from_image("oci:/tmp/layout:demo"), "layout");
+        assert_eq!(app_name_from_image("My_App"), "my-app");
+        assert_eq!(app_name_from_image(":::"), "app");
+    }
+
+    #[test]
+    fn names_are_made_unique() {
+        let taken = vec!["web".to_string(), "web-2".to_string()];
+        assert_eq!(unique_name("web".into(), &taken), "web-3");
+        assert_eq!(unique_name("db".into(), &taken), "db");
+    }
+
+    #[test]
+    fn manifest_uses_appc_field_names() {
+        let app = RuntimeApp {
+            name: "a".into(),
+            image: ImageRef {
+                name: "i".into(),
+                id: "sha256:1".into(),
+            },
+            app: App {
+                exec: vec!["/bin/sh".into()],
+                user: "0".into(),
+                group: "0".into(),
+                working_directory: "/".into(),
+                environment: vec![],
+            },
+            read_only_root_fs: true,
+        };
+        let json = serde_json::to_string(&PodManifest::new(vec![app], vec![])).expect("json");
+        for field in [
+            "\"acKind\":\"PodManifest\"",
+            "\"acVersion\"",
+            "\"workingDirectory\"",
+            "\"readOnlyRootFS\":true",
+        ] {
+            assert!(json.contains(field), "{field} in {json}");
+        }
+    }
+}

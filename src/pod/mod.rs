@@ -1,0 +1,87 @@
+//! Pods on disk, in rkt's state model.
+//!
+//! ```text
+//! <dir>/pods/embryo/<uuid>          being created
+//! <dir>/pods/prepare/<uuid>         being prepared (locked); unlocked here = aborted prepare
+//! <dir>/pods/prepared/<uuid>        ready for run-prepared
+//! <dir>/pods/run/<uuid>             running while its directory is locked, exited otherwise
+//! <dir>/pods/exited-garbage/<uuid>  exited and marked by gc; deleted after the grace period
+//! <dir>/pods/garbage/<uuid>         to be deleted
+//! ```
+//!
+//! A pod moves between states by an atomic rename of its directory. Liveness is a held `flock`
+//! on the pod directory itself (it survives renames), so a crashed podvm leaves a pod that reads
+//! as exited and that `gc` can clean. Every pod directory holds the appc pod manifest (`pod`)
+//! and `status.json`.
+
+pub mod lock;
+pub mod manifest;
+pub mod state;
+pub mod status;
+pub mod store;
+
+pub use self::state::PodState;
+pub use self::store::{Pod, PodStore};
+
+use std::path::PathBuf;
+
+/// Errors of the pod store.
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    /// File system failure on a pod path.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No pod matches.
+    #[error("no pod matches {0:?}: `podvm list` shows the pods")]
+    NotFound(String),
+    /// The prefix matches several pods.
+    #[error("{prefix:?} matches {count} pods: give more of the uuid")]
+    Ambiguous {
+        /// The prefix.
+        prefix: String,
+        /// How many matched.
+        count: usize,
+    },
+    /// Another podvm command holds the pod.
+    #[error("pod {0} is busy: another podvm command holds it (running, or being changed)")]
+    Busy(String),
+    /// The pod is not in a state the command accepts.
+    #[error("pod {uuid} is {state}: {hint}")]
+    WrongState {
+        /// The pod.
+        uuid: String,
+        /// Its state.
+        state: PodState,
+        /// What to do.
+        hint: &'static str,
+    },
+    /// A pod file did not parse.
+    #[error("pod {uuid}: malformed {file}: {source}")]
+    Malformed {
+        /// The pod.
+        uuid: String,
+        /// Which file.
+        file: &'static str,
+        /// Why.
+        source: serde_json::Error,
+    },
+}
+
+/// Result of pod store operations.
+pub type Result<T> = std::result::Result<T, PodError>;
+
+/// Wraps an I/O error with what was done and on which path.
+pub(crate) fn io_err(
+    what: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> PodError {
+    let path = path.into();
+    move |source| PodError::Io { what, path, source }
+}

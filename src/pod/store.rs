@@ -1,0 +1,264 @@
+//! The pod store: creates pods, finds them by uuid prefix, moves them between state directories
+//! and reads/writes their files atomically.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::lock::{self, PodLock};
+use super::manifest::PodManifest;
+use super::state::{PodState, STATE_DIRS};
+use super::status::{PodStatus, STATUS_FILE};
+use super::{io_err, PodError, Result};
+
+/// File name of the pod manifest inside a pod directory (as rkt names it).
+pub const MANIFEST_FILE: &str = "pod";
+/// File recording when `gc` marked an exited pod as garbage.
+const GARBAGE_SINCE_FILE: &str = "garbage-since";
+
+/// A pod found on disk.
+#[derive(Debug, Clone)]
+pub struct Pod {
+    /// Its uuid.
+    pub uuid: String,
+    /// Its directory (in its current state directory).
+    pub dir: PathBuf,
+    /// Its state.
+    pub state: PodState,
+    state_dir: &'static str,
+}
+
+/// The pods under `<dir>/pods`.
+#[derive(Debug, Clone)]
+pub struct PodStore {
+    root: PathBuf,
+}
+
+impl PodStore {
+    /// Opens (creating if needed) the pod store of podvm data dir `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        let root = data_dir.join("pods");
+        for dir in STATE_DIRS {
+            let path = root.join(dir);
+            fs::create_dir_all(&path)
+                .map_err(io_err("cannot create pod state directory", &path))?;
+        }
+        Ok(Self { root })
+    }
+
+    /// Creates a new pod in `embryo`, locked by the caller.
+    pub fn create(&self) -> Result<(Pod, PodLock)> {
+        let uuid = uuid::Uuid::new_v4().to_string();
+        let dir = self.root.join("embryo").join(&uuid);
+        fs::create_dir(&dir).map_err(io_err("cannot create pod directory", &dir))?;
+        let held = lock::try_lock(&dir, &uuid)?;
+        let pod = Pod {
+            uuid,
+            dir,
+            state: PodState::Embryo,
+            state_dir: "embryo",
+        };
+        Ok((pod, held))
+    }
+
+    /// Every pod, ordered by state directory then uuid.
+    pub fn list(&self) -> Result<Vec<Pod>> {
+        let mut pods = Vec::new();
+        for state_dir in STATE_DIRS {
+            let path = self.root.join(state_dir);
+            let entries = fs::read_dir(&path).map_err(io_err("cannot list pods in", &path))?;
+            let mut uuids: Vec<String> = entries
+                .filter_map(|entry| entry.ok())
+                .filter(|entry| entry.path().is_dir())
+                .filter_map(|entry| entry.file_name().into_string().ok())
+                .collect();
+            uuids.sort();
+            for uuid in uuids {
+                let dir = path.join(&uuid);
+                let state = PodState::from_dir(state_dir, lock::is_locked(&dir))
+                    .expect("STATE_DIRS are all known states");
+                pods.push(Pod {
+                    uuid,
+                    dir,
+                    state,
+                    state_dir,
+                });
+            }
+        }
+        Ok(pods)
+    }
+
+    /// The one pod whose uuid starts with `prefix`.
+    pub fn find(&self, prefix: &str) -> Result<Pod> {
+        let mut matches: Vec<Pod> = self
+            .list()?
+            .into_iter()
+            .filter(|pod| pod.uuid.starts_with(prefix))
+            .collect();
+        if prefix.is_empty() || matches.is_empty() {
+            return Err(PodError::NotFound(prefix.to_string()));
+        }
+        if matches.len() > 1 {
+            return Err(PodError::Ambiguous {
+                prefix: prefix.to_string(),
+                count: matches.len(),
+            });
+        }
+        Ok(matches.remove(0))
+    }
+
+    /// Moves `pod` to state directory `to` by an atomic rename; locks stay held.
+    pub fn transition(&self, pod: &Pod, to: &'static str) -> Result<Pod> {
+        let dir = self.root.join(to).join(&pod.uuid);
+        fs::rename(&pod.dir, &dir).map_err(io_err("cannot move pod to", &dir))?;
+        let locked = lock::is_locked(&dir);
+        let state = PodState::from_dir(to, locked).unwrap_or(pod.state);
+        Ok(Pod {
+            uuid: pod.uuid.clone(),
+            dir,
+            state,
+            state_dir: to,
+        })
+    }
+
+    /// Deletes `pod`: first an atomic move to `garbage`, then the tree.
+    pub fn delete(&self, pod: &Pod) -> Result<()> {
+        let garbage = if pod.state_dir == "garbage" {
+            pod.clone()
+        } else {
+            self.transition(pod, "garbage")?
+        };
+        fs::remove_dir_all(&garbage.dir)
+            .map_err(io_err("cannot delete pod directory", &garbage.dir))
+    }
+
+    /// Moves an exited pod to `exited-garbage`, recording when.
+    pub fn mark_garbage(&self, pod: &Pod, now: u64) -> Result<Pod> {
+        let marked = self.transition(pod, "exited-garbage")?;
+        let path = marked.dir.join(GARBAGE_SINCE_FILE);
+        fs::write(&path, now.to_string()).map_err(io_err("cannot write", &path))?;
+        Ok(marked)
+    }
+
+    /// When `gc` marked the pod as garbage, if it did.
+    pub fn garbage_since(&self, pod: &Pod) -> Option<u64> {
+        fs::read_to_string(pod.dir.join(GARBAGE_SINCE_FILE))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Reads the pod manifest.
+    pub fn manifest(&self, pod: &Pod) -> Result<PodManifest> {
+        read_json(pod, MANIFEST_FILE, "pod manifest")
+    }
+
+    /// Writes the pod manifest atomically.
+    pub fn write_manifest(&self, pod: &Pod, manifest: &PodManifest) -> Result<()> {
+        write_json(pod, MANIFEST_FILE, manifest)
+    }
+
+    /// Reads the status record (empty if the pod has none yet).
+    pub fn status(&self, pod: &Pod) -> Result<PodStatus> {
+        if !pod.dir.join(STATUS_FILE).exists() {
+            return Ok(PodStatus::default());
+        }
+        read_json(pod, STATUS_FILE, "status record")
+    }
+
+    /// Writes the status record atomically.
+    pub fn write_status(&self, pod: &Pod, status: &PodStatus) -> Result<()> {
+        write_json(pod, STATUS_FILE, status)
+    }
+}
+
+fn read_json<T: DeserializeOwned>(pod: &Pod, name: &'static str, what: &'static str) -> Result<T> {
+    let path = pod.dir.join(name);
+    let bytes = fs::read(&path).map_err(io_err("cannot read", &path))?;
+    serde_json::from_slice(&bytes).map_err(|source| PodError::Malformed {
+        uuid: pod.uuid.clone(),
+        file: what,
+        source,
+    })
+}
+
+/// Writes `value` as JSON to a temp file in the pod directory, syncs it, renames it into place.
+fn write_json<T: Serialize>(pod: &Pod, name: &str, value: &T) -> Result<()> {
+    let path = pod.dir.join(name);
+    let tmp = pod.dir.join(format!(".{name}.tmp"));
+    let bytes = serde_json::to_vec_pretty(value).expect("pod records always serialize");
+    fs::write(&tmp, bytes).map_err(io_err("cannot write", &tmp))?;
+    fs::File::open(&tmp)
+        .and_then(|file| file.sync_all())
+        .map_err(io_err("cannot sync", &tmp))?;
+    fs::rename(&tmp, &path).map_err(io_err("cannot write", &path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle_by_rename_with_lock_held() {
+        let data = tempfile::tempdir().expect("tempdir");
+        let store = PodStore::open(data.path()).expect("open");
+        let (pod, held) = store.create().expect("create");
+        let preparing = store.transition(&pod, "prepare").expect("to prepare");
+        assert_eq!(
+            store.find(&pod.uuid[..8]).expect("find").state,
+            PodState::Preparing
+        );
+        store
+            .write_status(
+                &preparing,
+                &PodStatus {
+                    created: 1,
+                    ..Default::default()
+                },
+            )
+            .expect("status");
+        let prepared = store
+            .transition(&preparing, "prepared")
+            .expect("to prepared");
+        drop(held);
+        assert_eq!(store.status(&prepared).expect("status").created, 1);
+        let run = store.transition(&prepared, "run").expect("to run");
+        assert_eq!(
+            store.find(&pod.uuid).expect("find").state,
+            PodState::Exited,
+            "unlocked run = exited"
+        );
+        let marked = store.mark_garbage(&run, 42).expect("mark");
+        assert_eq!(store.garbage_since(&marked), Some(42));
+        store.delete(&marked).expect("delete");
+        assert!(matches!(store.find(&pod.uuid), Err(PodError::NotFound(_))));
+    }
+
+    #[test]
+    fn prefixes_must_be_unique() {
+        let data = tempfile::tempdir().expect("tempdir");
+        let store = PodStore::open(data.path()).expect("open");
+        let _a = store.create().expect("a");
+        let _b = store.create().expect("b");
+        assert!(matches!(store.find(""), Err(PodError::NotFound(_))));
+        let all = store.list().expect("list");
+        assert_eq!(all.len(), 2);
+        assert!(store.find(&all[0].uuid).is_ok());
+    }
+
+    #[test]
+    fn aborted_prepare_is_told_apart_from_preparing() {
+        let data = tempfile::tempdir().expect("tempdir");
+        let store = PodStore::open(data.path()).expect("open");
+        let (pod, held) = store.create().expect("create");
+        let preparing = store.transition(&pod, "prepare").expect("to prepare");
+        drop(held);
+        assert_eq!(
+            store.find(&preparing.uuid).expect("find").state,
+            PodState::AbortedPrepare
+        );
+    }
+}

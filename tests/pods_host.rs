@@ -1,0 +1,232 @@
+//! Pods on disk through the real `podvm` binary, without booting: prepare (with rkt's per-app
+//! flags), list, status, cat-manifest, rm and gc, from local OCI fixtures.
+
+#[path = "registry_support/mod.rs"]
+mod registry_support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use registry_support::Fixtures;
+use serde_json::Value;
+
+fn podvm(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_podvm"))
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("run podvm")
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = podvm(dir, args);
+    assert!(
+        out.status.success(),
+        "podvm {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn json(dir: &Path, args: &[&str]) -> Value {
+    serde_json::from_str(&ok(dir, args)).expect("json output")
+}
+
+fn env_of(manifest: &Value, app: usize) -> Vec<(String, String)> {
+    manifest["apps"][app]["app"]["environment"]
+        .as_array()
+        .expect("environment")
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().expect("name").into(),
+                e["value"].as_str().expect("value").into(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn prepare_two_apps_with_per_app_flags_then_inspect_and_remove() {
+    if registry_support::skip() {
+        return;
+    }
+    let fixtures = Fixtures::get();
+    let data = tempfile::tempdir().expect("tempdir");
+    let dir = data.path();
+    let uuid_file = dir.join("uuid");
+    let busybox = fixtures.oci_reference("busybox");
+    let layers = fixtures.oci_reference("layers");
+    let uuid = ok(
+        dir,
+        &[
+            "prepare",
+            "--set-env",
+            "SHARED=pod",
+            "--set-env",
+            "PATH=/pod/bin",
+            "--hostname",
+            "web1",
+            "--uuid-file-save",
+            uuid_file.to_str().expect("utf8"),
+            &busybox,
+            "--exec",
+            "/bin/echo",
+            "--environment",
+            "PATH=/app/bin",
+            "--user",
+            "app",
+            "--",
+            "hello",
+            "there",
+            "---",
+            &layers,
+            "--name",
+            "second",
+            "--working-dir",
+            "/tmp",
+            "--readonly-rootfs",
+            "--",
+            "echo from args",
+        ],
+    )
+    .trim()
+    .to_string();
+    assert_eq!(
+        std::fs::read_to_string(&uuid_file)
+            .expect("uuid file")
+            .trim(),
+        uuid
+    );
+
+    let manifest = json(dir, &["cat-manifest", &uuid[..8]]);
+    assert_eq!(manifest["acKind"], "PodManifest");
+    let first = &manifest["apps"][0];
+    assert_eq!(first["name"], "busybox");
+    assert_eq!(
+        first["app"]["exec"],
+        serde_json::json!(["/bin/echo", "hello", "there"])
+    );
+    assert_eq!(first["app"]["user"], "app");
+    // Precedence: image < --set-env < --environment.
+    let env = env_of(&manifest, 0);
+    assert!(env.contains(&("PATH".into(), "/app/bin".into())), "{env:?}");
+    assert!(env.contains(&("SHARED".into(), "pod".into())), "{env:?}");
+    let second = &manifest["apps"][1];
+    assert_eq!(second["name"], "second");
+    // `--` args replace the image's cmd and keep its entrypoint (/bin/sh -c).
+    assert_eq!(
+        second["app"]["exec"],
+        serde_json::json!(["/bin/sh", "-c", "echo from args"])
+    );
+    assert_eq!(second["app"]["user"], "app", "image default user");
+    assert_eq!(second["app"]["workingDirectory"], "/tmp");
+    assert_eq!(second["readOnlyRootFS"], true);
+    assert!(env_of(&manifest, 1).contains(&("PATH".into(), "/pod/bin".into())));
+    assert!(manifest["annotations"].to_string().contains("web1"));
+
+    let pods = json(dir, &["list", "--format", "json"]);
+    assert_eq!(pods.as_array().expect("array").len(), 1);
+    assert_eq!(pods[0]["uuid"], uuid.as_str());
+    assert_eq!(pods[0]["state"], "prepared");
+    assert_eq!(pods[0]["hostname"], "web1");
+    let table = ok(dir, &["list", "--no-legend"]);
+    assert_eq!(table.lines().count(), 2, "one row per app: {table}");
+    assert!(!table.contains("UUID"));
+
+    let status = ok(dir, &["status", &uuid]);
+    assert!(status.contains("state=prepared"), "{status}");
+    assert_eq!(
+        json(dir, &["status", "--format", "json", &uuid])["state"],
+        "prepared"
+    );
+
+    ok(dir, &["rm", &uuid[..6]]);
+    assert_eq!(
+        json(dir, &["list", "--format", "json"]),
+        serde_json::json!([])
+    );
+}
+
+#[test]
+fn failed_prepare_leaves_nothing_and_names_the_problem() {
+    if registry_support::skip() {
+        return;
+    }
+    let data = tempfile::tempdir().expect("tempdir");
+    let dir = data.path();
+    let missing = format!("oci:{}:nope", dir.join("no-layout").display());
+    let out = podvm(dir, &["prepare", &missing]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no-layout"),
+        "{out:?}"
+    );
+    assert_eq!(
+        json(dir, &["list", "--format", "json"]),
+        serde_json::json!([])
+    );
+    for state in ["embryo", "prepare", "prepared", "garbage"] {
+        let entries = std::fs::read_dir(dir.join("pods").join(state))
+            .expect("state dir")
+            .count();
+        assert_eq!(entries, 0, "{state} must be empty");
+    }
+
+    let fixtures = Fixtures::get();
+    let out = podvm(
+        dir,
+        &[
+            "prepare",
+            &fixtures.oci_reference("busybox"),
+            "--bogus-flag",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("app 1") && err.contains("--bogus-flag"),
+        "{err}"
+    );
+}
+
+#[test]
+fn gc_expires_prepared_pods_and_cleans_aborted_prepares() {
+    if registry_support::skip() {
+        return;
+    }
+    let fixtures = Fixtures::get();
+    let data = tempfile::tempdir().expect("tempdir");
+    let dir = data.path();
+    let uuid = ok(dir, &["prepare", &fixtures.oci_reference("busybox")])
+        .trim()
+        .to_string();
+    // A prepare whose podvm died: a pod directory in prepare/ that nobody locks.
+    let aborted = dir.join("pods/prepare/00000000-dead-4000-8000-000000000000");
+    std::fs::create_dir_all(&aborted).expect("aborted pod");
+    let states: Vec<Value> = json(dir, &["list", "--format", "json"])
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|p| p["state"].clone())
+        .collect();
+    assert!(
+        states.contains(&Value::from("aborted-prepare")),
+        "{states:?}"
+    );
+
+    ok(dir, &["gc"]);
+    let pods = json(dir, &["list", "--format", "json"]);
+    assert_eq!(
+        pods.as_array().expect("array").len(),
+        1,
+        "aborted prepare removed, fresh prepared kept: {pods}"
+    );
+    ok(dir, &["gc", "--expire-prepared", "0s"]);
+    assert_eq!(
+        json(dir, &["list", "--format", "json"]),
+        serde_json::json!([]),
+        "{uuid} expired"
+    );
+}
