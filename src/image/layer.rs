@@ -288,8 +288,10 @@ impl Applier {
         let dir = resolve_dir(&self.root, parent, true)
             .map_err(self.err_io(ctx, &name, "resolving parent directory"))?
             .ok_or_else(|| self.err_unsafe(ctx, &name, "parent directory cannot be created"))?;
-        // Writing into a directory must not change its mtime (as umoci does).
-        let saved = dir_times(&dir);
+        // Writing into a directory must not change its mtime (as umoci does); no need when
+        // this layer lists the directory (its times are set at the end of the layer).
+        let listed = self.dirs.contains_key(&dir);
+        let saved = if listed { None } else { dir_times(&dir) };
         let result = self.write_entry(ctx, &name, parent, &dir, base, entry);
         restore_times(&dir, saved);
         result
@@ -307,7 +309,10 @@ impl Applier {
     ) -> Result<(), LayerError> {
         let target = dir.join(base);
         let kind = entry.header().entry_type();
-        self.clear_for(ctx, name, &target, kind == EntryType::Directory)?;
+        if !matches!(kind, EntryType::Regular | EntryType::Continuous) {
+            // (Regular files are created with O_EXCL and cleared only if that fails.)
+            self.clear_for(ctx, name, &target, kind == EntryType::Directory)?;
+        }
         match kind {
             EntryType::Directory => {
                 if !target.is_dir() {
@@ -422,13 +427,22 @@ impl Applier {
         if declared > remaining {
             return Err(limit_err);
         }
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(target)
-            .map_err(self.err_io(ctx, name, "creating file"))?;
+        let create = || {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(target)
+        };
+        let mut f = match create() {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                self.clear_for(ctx, name, target, false)?;
+                create()
+            }
+            other => other,
+        }
+        .map_err(self.err_io(ctx, name, "creating file"))?;
         let n = io::copy(&mut entry.take(remaining.saturating_add(1)), &mut f)
             .map_err(self.err_io(ctx, name, "writing file"))?;
         if n > remaining {
