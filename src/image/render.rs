@@ -18,6 +18,9 @@ pub enum RenderError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A layer could not be obtained (the cause is reported by the caller).
+    #[error("image {0}: a layer download failed")]
+    Aborted(String),
     /// Filesystem error on the tree.
     #[error("image {image}: {what} {path}: {source}")]
     Io {
@@ -41,6 +44,18 @@ pub fn ensure_rendered(
     id: &Digest,
     layers: &[BlobRef],
 ) -> Result<PathBuf, RenderError> {
+    ensure_rendered_with(store, name, id, layers, &|_| Ok(()))
+}
+
+/// Like [`ensure_rendered`], calling `ready(i)` before applying layer `i`: it blocks until
+/// the layer's blob is in the store (so that rendering overlaps with downloads).
+pub fn ensure_rendered_with(
+    store: &Store,
+    name: &str,
+    id: &Digest,
+    layers: &[BlobRef],
+    ready: &dyn Fn(usize) -> Result<(), RenderError>,
+) -> Result<PathBuf, RenderError> {
     let dest = store.tree_dir(id);
     let rootfs = dest.join("rootfs");
     if rootfs.is_dir() {
@@ -63,7 +78,7 @@ pub fn ensure_rendered(
     }
     let work_rootfs = work.join("rootfs");
     fs::create_dir_all(&work_rootfs).map_err(io_e("creating", &work_rootfs))?;
-    let result = apply_all(store, name, &work_rootfs, layers);
+    let result = apply_all(store, name, &work_rootfs, layers, ready);
     if let Err(e) = result {
         let _ = fs::remove_dir_all(&work);
         return Err(e);
@@ -88,11 +103,13 @@ fn apply_all(
     name: &str,
     rootfs: &Path,
     layers: &[BlobRef],
+    ready: &dyn Fn(usize) -> Result<(), RenderError>,
 ) -> Result<(), RenderError> {
     let mut applier = Applier::new(rootfs, name, Limits::from_env());
     let total = layers.iter().map(|l| l.size).sum();
     let progress = Progress::bar("unpacking", total);
-    for l in layers {
+    for (i, l) in layers.iter().enumerate() {
+        ready(i)?;
         let f = store.open_blob(&l.digest)?;
         let is_aci = l.media_type == super::aci::ACI_MEDIA_TYPE;
         applier.set_prefix(is_aci.then_some(&b"rootfs/"[..]));
