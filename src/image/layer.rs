@@ -443,8 +443,12 @@ impl Applier {
             other => other,
         }
         .map_err(self.err_io(ctx, name, "creating file"))?;
-        let n = io::copy(&mut entry.take(remaining.saturating_add(1)), &mut f)
-            .map_err(self.err_io(ctx, name, "writing file"))?;
+        let n = crate::store::copy_large(
+            &mut entry.take(remaining.saturating_add(1)),
+            &mut f,
+            Some(declared),
+        )
+        .map_err(self.err_io(ctx, name, "writing file"))?;
         if n > remaining {
             return Err(limit_err);
         }
