@@ -326,3 +326,28 @@ fn run(cmd: &mut Command) {
     let st = cmd.status().expect("runs");
     assert!(st.success(), "{cmd:?} failed");
 }
+
+#[test]
+fn layer_not_matching_config_diff_id_is_refused() {
+    if registry_support::skip() {
+        return;
+    }
+    let t = tempfile::tempdir().expect("tempdir");
+    let layout = t.path().join("bad");
+    run(Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/images_support/bad_diff_id.py"))
+        .arg(Fixtures::get().layout("busybox"))
+        .arg(&layout));
+    let dir = t.path().join("store");
+    let input = format!("oci:{}:latest", layout.display());
+    let err = podvm_err(&dir, &["fetch", &input]);
+    assert!(
+        err.contains("image config says sha256:000000") && err.contains(&input),
+        "{err}"
+    );
+    assert_eq!(
+        podvm_ok(&dir, &["image", "list", "--format", "json"]).trim(),
+        "[]"
+    );
+    assert!(podvm_ok(&dir, &["image", "verify"]).starts_with("ok"));
+}
