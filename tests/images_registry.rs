@@ -300,3 +300,49 @@ fn blob_redirects_to_storage() {
         "no redirected blob download: {log}"
     );
 }
+
+#[test]
+fn pull_policies_follow_rkt() {
+    if registry_support::skip() {
+        return;
+    }
+    let reg = Registry::start(false);
+    let t = tempfile::tempdir().expect("tempdir");
+    let dir = t.path();
+    let reference = reg.reference("moving");
+    let err = podvm_err(dir, &["fetch", INSECURE, "--pull-policy=never", &reference]);
+    assert!(err.contains("never"), "{err}");
+    reg.push_exact("busybox", "moving");
+    let first = image_id(&podvm_ok(dir, &["fetch", INSECURE, &reference]));
+    // The tag moves to another image.
+    reg.push_exact("layers", "moving");
+    let new = image_id(&podvm_ok(
+        dir,
+        &["fetch", INSECURE, "--pull-policy=new", &reference],
+    ));
+    assert_eq!(new, first, "new: the store's image is used");
+    let never = image_id(&podvm_ok(
+        dir,
+        &["fetch", INSECURE, "--pull-policy=never", &reference],
+    ));
+    assert_eq!(never, first);
+    let updated = image_id(&podvm_ok(
+        dir,
+        &["fetch", INSECURE, "--pull-policy=update", &reference],
+    ));
+    assert_ne!(
+        updated, first,
+        "update: the registry's current image is fetched"
+    );
+    // The name now points at the new image only; the old one stays, nameless, until rm/gc.
+    let list: serde_json::Value =
+        serde_json::from_str(&podvm_ok(dir, &["image", "list", "--format", "json"])).expect("json");
+    let imgs = list.as_array().expect("array");
+    assert_eq!(imgs.len(), 2, "{list}");
+    for img in imgs {
+        let has_name = img["names"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|n| n == reference.as_str()));
+        assert_eq!(has_name, img["id"] == updated.as_str(), "{list}");
+    }
+}

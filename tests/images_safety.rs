@@ -8,6 +8,7 @@ mod images_support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use images_support::*;
@@ -252,4 +253,101 @@ fn concurrent_fetches_share_the_store() {
         serde_json::from_str(&podvm_ok(&dir, &["image", "list", "--format", "json"]))
             .expect("json");
     assert_eq!(list.as_array().map(Vec::len), Some(2), "{list}");
+}
+
+#[test]
+fn unprivileged_fetch_skips_device_nodes() {
+    if registry_support::skip() {
+        return;
+    }
+    if !nix_is_root() {
+        eprintln!("skipped: needs root to switch to an unprivileged user with setpriv");
+        return;
+    }
+    let fx = Fixtures::get();
+    let t = tempfile::tempdir().expect("tempdir");
+    let base = t.path();
+    for name in ["evil-device", "layers"] {
+        run(Command::new("cp").arg("-a").arg(fx.layout(name)).arg(base));
+    }
+    fs::copy(env!("CARGO_BIN_EXE_podvm"), base.join("podvm")).expect("copy podvm");
+    run(Command::new("chown").args(["-R", "65534:65534"]).arg(base));
+    run(Command::new("chmod").arg("755").arg(base));
+    let as_nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(base.join("podvm"))
+            .arg("--dir")
+            .arg(base.join("store"))
+            .args(args)
+            .output()
+            .expect("setpriv runs")
+    };
+    let dev_ref = format!("oci:{}:latest", base.join("evil-device").display());
+    let out = as_nobody(&["fetch", &dev_ref]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("skipping device node") && stderr.contains("podvm-evil-null"),
+        "{stderr}"
+    );
+    let mut found = Vec::new();
+    evil_files(&base.join("store"), &mut found);
+    assert!(
+        found.is_empty(),
+        "device node created unprivileged: {found:?}"
+    );
+    // Owners cannot be kept unprivileged, but everything else renders.
+    let layers_ref = format!("oci:{}:latest", base.join("layers").display());
+    let out = as_nobody(&["fetch", &layers_ref]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = as_nobody(&["image", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn nix_is_root() -> bool {
+    fs::metadata("/proc/self")
+        .map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.uid() == 0
+        })
+        .unwrap_or(false)
+}
+
+fn run(cmd: &mut Command) {
+    let st = cmd.status().expect("runs");
+    assert!(st.success(), "{cmd:?} failed");
+}
+
+#[test]
+fn layer_not_matching_config_diff_id_is_refused() {
+    if registry_support::skip() {
+        return;
+    }
+    let t = tempfile::tempdir().expect("tempdir");
+    let layout = t.path().join("bad");
+    run(Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/images_support/bad_diff_id.py"))
+        .arg(Fixtures::get().layout("busybox"))
+        .arg(&layout));
+    let dir = t.path().join("store");
+    let input = format!("oci:{}:latest", layout.display());
+    let err = podvm_err(&dir, &["fetch", &input]);
+    assert!(
+        err.contains("image config says sha256:000000") && err.contains(&input),
+        "{err}"
+    );
+    assert_eq!(
+        podvm_ok(&dir, &["image", "list", "--format", "json"]).trim(),
+        "[]"
+    );
+    assert!(podvm_ok(&dir, &["image", "verify"]).starts_with("ok"));
 }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 use super::aci;
 use super::local::{self, LocalBlobs, LocalError};
@@ -11,7 +11,7 @@ use super::manifest::{self, ManifestError, Parsed};
 use super::progress::Progress;
 use super::reference::{DockerRef, ReferenceError};
 use super::registry::{Client, RegistryError};
-use super::render::{ensure_rendered, RenderError};
+use super::render::{ensure_rendered_with, RenderError};
 use super::ImageError;
 use crate::store::record::{now, BlobRef, ImageRecord};
 use crate::store::{Digest, Store, StoreError};
@@ -368,9 +368,8 @@ fn import(
     }
     let total = layers.iter().map(|l| l.size).sum();
     let progress = Progress::bar("downloading", total);
-    ensure_blobs_parallel(store, src, &layers, &progress)?;
+    download_and_render(store, src, name, &config.digest, &layers, &progress)?;
     progress.finish();
-    ensure_rendered(store, name, &config.digest, &layers)?;
     let mut names = vec![name.to_string()];
     names.extend(extra_names);
     let t = now();
@@ -390,33 +389,70 @@ fn import(
     Ok(store.save_record(&rec)?)
 }
 
-fn ensure_blobs_parallel(
+/// Downloads the layers in parallel while rendering them in order as they arrive.
+fn download_and_render(
     store: &Store,
     src: &Source,
-    blobs: &[BlobRef],
+    name: &str,
+    id: &Digest,
+    layers: &[BlobRef],
     progress: &Progress,
 ) -> Result<(), FetchError> {
     let next = AtomicUsize::new(0);
-    let first_err: Mutex<Option<FetchError>> = Mutex::new(None);
-    std::thread::scope(|s| {
-        for _ in 0..PARALLEL.min(blobs.len()) {
+    // (layers done, first download error)
+    let state: Mutex<(Vec<bool>, Option<FetchError>)> =
+        Mutex::new((vec![false; layers.len()], None));
+    let changed = Condvar::new();
+    let rendered = std::thread::scope(|s| {
+        for _ in 0..PARALLEL.min(layers.len()) {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(b) = blobs.get(i) else { break };
-                if let Err(e) = ensure_blob(store, src, b, progress) {
-                    if let Ok(mut g) = first_err.lock() {
-                        g.get_or_insert(e);
+                let Some(b) = layers.get(i) else { break };
+                let r = ensure_blob(store, src, b, progress);
+                let failed = r.is_err();
+                if let Ok(mut g) = state.lock() {
+                    match r {
+                        Ok(()) => g.0[i] = true,
+                        Err(e) => {
+                            g.1.get_or_insert(e);
+                        }
                     }
-                    next.store(blobs.len(), Ordering::SeqCst);
+                }
+                changed.notify_all();
+                if failed {
+                    next.store(layers.len(), Ordering::SeqCst);
                     break;
                 }
             });
         }
+        let ready = |i: usize| -> Result<(), RenderError> {
+            let mut g = state
+                .lock()
+                .map_err(|_| RenderError::Aborted(name.to_string()))?;
+            loop {
+                if g.1.is_some() {
+                    return Err(RenderError::Aborted(name.to_string()));
+                }
+                if g.0[i] {
+                    return Ok(());
+                }
+                g = changed
+                    .wait(g)
+                    .map_err(|_| RenderError::Aborted(name.to_string()))?;
+            }
+        };
+        let r = ensure_rendered_with(store, name, id, layers, &ready);
+        if r.is_err() {
+            // Stop starting downloads; those under way finish (and stay for a later fetch).
+            next.store(layers.len(), Ordering::SeqCst);
+        }
+        r
     });
-    match first_err.into_inner() {
-        Ok(Some(e)) => Err(e),
-        _ => Ok(()),
+    if let Ok((_, Some(e))) = state.into_inner() {
+        return Err(e);
     }
+    rendered?;
+    Ok(())
 }
 
 fn ensure_blob(

@@ -121,6 +121,20 @@ fn restore_times(dir: &Path, saved: Option<(filetime::FileTime, filetime::FileTi
     }
 }
 
+/// Hashes what is read through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: sha2::Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        sha2::Digest::update(&mut self.hasher, &buf[..n]);
+        Ok(n)
+    }
+}
+
 /// Metadata applied to directories once all layers are in (so that read-only directories can
 /// still be filled).
 struct DirMeta {
@@ -193,12 +207,13 @@ impl Applier {
     }
 
     /// Applies one (possibly compressed) layer tarball of `size` bytes.
+    /// Returns the digest of the uncompressed tar stream (the layer's "diff id").
     pub fn apply(
         &mut self,
         layer_name: &str,
         size: u64,
         data: impl Read,
-    ) -> Result<(), LayerError> {
+    ) -> Result<crate::store::Digest, LayerError> {
         let mut ctx = LayerCtx {
             layer: layer_name.to_string(),
             created: HashSet::new(),
@@ -214,7 +229,10 @@ impl Applier {
             source,
         };
         let reader = decompress(data).map_err(|e| io_e("decompressing layer", "", e))?;
-        let mut ar = tar::Archive::new(reader);
+        let mut ar = tar::Archive::new(HashingReader {
+            inner: reader,
+            hasher: sha2::Sha256::default(),
+        });
         let entries = ar.entries().map_err(|e| io_e("reading layer tar", "", e))?;
         let mut last = String::from("(start of layer)");
         for entry in entries {
@@ -222,7 +240,12 @@ impl Applier {
             last = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
             self.apply_entry(&mut ctx, &mut entry)?;
         }
-        self.finish_dirs()
+        self.finish_dirs()?;
+        // Hash the rest of the stream (padding after the end-of-archive blocks), bounded.
+        let mut rest = ar.into_inner();
+        io::copy(&mut (&mut rest).take(1 << 20), &mut io::sink())
+            .map_err(|e| io_e("reading layer tar after entry", &last, e))?;
+        Ok(crate::store::Digest::from_hasher(rest.hasher))
     }
 
     fn err_unsafe(&self, ctx: &LayerCtx, entry: &str, why: impl Into<String>) -> LayerError {
@@ -288,8 +311,10 @@ impl Applier {
         let dir = resolve_dir(&self.root, parent, true)
             .map_err(self.err_io(ctx, &name, "resolving parent directory"))?
             .ok_or_else(|| self.err_unsafe(ctx, &name, "parent directory cannot be created"))?;
-        // Writing into a directory must not change its mtime (as umoci does).
-        let saved = dir_times(&dir);
+        // Writing into a directory must not change its mtime (as umoci does); no need when
+        // this layer lists the directory (its times are set at the end of the layer).
+        let listed = self.dirs.contains_key(&dir);
+        let saved = if listed { None } else { dir_times(&dir) };
         let result = self.write_entry(ctx, &name, parent, &dir, base, entry);
         restore_times(&dir, saved);
         result
@@ -307,7 +332,10 @@ impl Applier {
     ) -> Result<(), LayerError> {
         let target = dir.join(base);
         let kind = entry.header().entry_type();
-        self.clear_for(ctx, name, &target, kind == EntryType::Directory)?;
+        if !matches!(kind, EntryType::Regular | EntryType::Continuous) {
+            // (Regular files are created with O_EXCL and cleared only if that fails.)
+            self.clear_for(ctx, name, &target, kind == EntryType::Directory)?;
+        }
         match kind {
             EntryType::Directory => {
                 if !target.is_dir() {
@@ -422,15 +450,28 @@ impl Applier {
         if declared > remaining {
             return Err(limit_err);
         }
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(target)
-            .map_err(self.err_io(ctx, name, "creating file"))?;
-        let n = io::copy(&mut entry.take(remaining.saturating_add(1)), &mut f)
-            .map_err(self.err_io(ctx, name, "writing file"))?;
+        let create = || {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(target)
+        };
+        let mut f = match create() {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                self.clear_for(ctx, name, target, false)?;
+                create()
+            }
+            other => other,
+        }
+        .map_err(self.err_io(ctx, name, "creating file"))?;
+        let n = crate::store::copy_large(
+            &mut entry.take(remaining.saturating_add(1)),
+            &mut f,
+            Some(declared),
+        )
+        .map_err(self.err_io(ctx, name, "writing file"))?;
         if n > remaining {
             return Err(limit_err);
         }
@@ -710,7 +751,9 @@ mod tests {
         let mut a = Applier::new(&root, "test-image", Limits::from_env());
         let mut res = Ok(());
         for (i, l) in layers.iter().enumerate() {
-            res = a.apply(&format!("layer{i}"), l.len() as u64, &l[..]);
+            res = a
+                .apply(&format!("layer{i}"), l.len() as u64, &l[..])
+                .map(|_| ());
             if res.is_err() {
                 break;
             }
@@ -736,7 +779,21 @@ mod tests {
             (b"opq/new", F, b"new", 0o4755),
             (b"opq/.wh..wh..opq", F, b"", 0o644),
         ]));
-        let l3 = zstd::encode_all(&tar_of(&[(b"./etc/c", F, b"c", 0o600)])[..], 3).expect("zstd");
+        let l3_tar = tar_of(&[(b"./etc/c", F, b"c", 0o600)]);
+        let t3 = tempfile::tempdir().expect("tempdir");
+        let diff_id = Applier::new(t3.path(), "t", Limits::from_env())
+            .apply(
+                "l3",
+                0,
+                &zstd::encode_all(&l3_tar[..], 3).expect("zstd")[..],
+            )
+            .expect("applies");
+        assert_eq!(
+            diff_id,
+            crate::store::Digest::of_bytes(&l3_tar),
+            "diff id of the tar stream"
+        );
+        let l3 = zstd::encode_all(&l3_tar[..], 3).expect("zstd");
         let (t, res) = render(&[l1, l2, l3]);
         res.expect("renders");
         let r = t.path().join("rootfs");

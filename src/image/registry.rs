@@ -294,9 +294,11 @@ impl Client {
                     progress.inc(0);
                 }
                 let mut r = progress.wrap_read(resp.into_reader());
-                std::io::copy(&mut r, &mut sink).map_err(|e| match sink.io_error(e) {
-                    StoreError::Io { source, .. } => self.transport(&what, source),
-                    other => other.into(),
+                crate::store::copy_large(&mut r, &mut sink, None).map_err(|e| {
+                    match sink.io_error(e) {
+                        StoreError::Io { source, .. } => self.transport(&what, source),
+                        other => other.into(),
+                    }
                 })?;
             }
             match sink.commit() {

@@ -18,6 +18,21 @@ pub enum RenderError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A layer's uncompressed content differs from the image config's diff id.
+    #[error("image {image}: layer {layer} uncompresses to {actual}, but the image config says {expected}; refusing the image")]
+    DiffId {
+        /// Image name.
+        image: String,
+        /// Layer (compressed) digest.
+        layer: Digest,
+        /// diff id from the config.
+        expected: Digest,
+        /// Actual digest of the uncompressed stream.
+        actual: Digest,
+    },
+    /// A layer could not be obtained (the cause is reported by the caller).
+    #[error("image {0}: a layer download failed")]
+    Aborted(String),
     /// Filesystem error on the tree.
     #[error("image {image}: {what} {path}: {source}")]
     Io {
@@ -41,6 +56,18 @@ pub fn ensure_rendered(
     id: &Digest,
     layers: &[BlobRef],
 ) -> Result<PathBuf, RenderError> {
+    ensure_rendered_with(store, name, id, layers, &|_| Ok(()))
+}
+
+/// Like [`ensure_rendered`], calling `ready(i)` before applying layer `i`: it blocks until
+/// the layer's blob is in the store (so that rendering overlaps with downloads).
+pub fn ensure_rendered_with(
+    store: &Store,
+    name: &str,
+    id: &Digest,
+    layers: &[BlobRef],
+    ready: &dyn Fn(usize) -> Result<(), RenderError>,
+) -> Result<PathBuf, RenderError> {
     let dest = store.tree_dir(id);
     let rootfs = dest.join("rootfs");
     if rootfs.is_dir() {
@@ -63,7 +90,7 @@ pub fn ensure_rendered(
     }
     let work_rootfs = work.join("rootfs");
     fs::create_dir_all(&work_rootfs).map_err(io_e("creating", &work_rootfs))?;
-    let result = apply_all(store, name, &work_rootfs, layers);
+    let result = apply_all(store, name, id, &work_rootfs, layers, ready);
     if let Err(e) = result {
         let _ = fs::remove_dir_all(&work);
         return Err(e);
@@ -86,21 +113,67 @@ pub fn ensure_rendered(
 fn apply_all(
     store: &Store,
     name: &str,
+    id: &Digest,
     rootfs: &Path,
     layers: &[BlobRef],
+    ready: &dyn Fn(usize) -> Result<(), RenderError>,
 ) -> Result<(), RenderError> {
     let mut applier = Applier::new(rootfs, name, Limits::from_env());
+    let diff_ids = diff_ids(store, id, layers);
     let total = layers.iter().map(|l| l.size).sum();
     let progress = Progress::bar("unpacking", total);
-    for l in layers {
+    for (i, l) in layers.iter().enumerate() {
+        ready(i)?;
         let f = store.open_blob(&l.digest)?;
         let is_aci = l.media_type == super::aci::ACI_MEDIA_TYPE;
         applier.set_prefix(is_aci.then_some(&b"rootfs/"[..]));
-        applier.apply(&l.digest.to_string(), l.size, progress.wrap_read(f))?;
+        let diff_id = applier.apply(&l.digest.to_string(), l.size, progress.wrap_read(f))?;
+        if let Some(want) = diff_ids.get(i) {
+            if *want != diff_id {
+                return Err(RenderError::DiffId {
+                    image: name.to_string(),
+                    layer: l.digest.clone(),
+                    expected: want.clone(),
+                    actual: diff_id,
+                });
+            }
+        }
     }
     progress.finish();
     applier.finish()?;
     Ok(())
+}
+
+/// The `rootfs.diff_ids` of the image config `id` (the image id is its config's digest), when
+/// there is one per layer. Empty for ACIs and configs without them (nothing to check).
+fn diff_ids(store: &Store, id: &Digest, layers: &[BlobRef]) -> Vec<Digest> {
+    #[derive(serde::Deserialize)]
+    struct Config {
+        rootfs: Option<RootFs>,
+    }
+    #[derive(serde::Deserialize)]
+    struct RootFs {
+        #[serde(default)]
+        diff_ids: Vec<Digest>,
+    }
+    if layers
+        .iter()
+        .any(|l| l.media_type == super::aci::ACI_MEDIA_TYPE)
+    {
+        return Vec::new();
+    }
+    let ids = store
+        .read_blob(id)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Config>(&b).ok())
+        .and_then(|c| c.rootfs)
+        .map(|r| r.diff_ids)
+        .unwrap_or_default();
+    if ids.len() == layers.len() {
+        ids
+    } else {
+        Vec::new()
+    }
 }
 
 /// Copies a rendered tree to `dir` (which must not exist or be empty), preserving modes,
