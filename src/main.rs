@@ -9,6 +9,7 @@ mod artifacts;
 mod cli;
 mod image;
 mod initramfs;
+mod launch;
 mod pod;
 mod store;
 mod vmm;

@@ -14,6 +14,7 @@ mod image;
 mod pod_gc;
 mod pods;
 mod prepare;
+mod run;
 
 /// Exit code for errors of podvm itself (as opposed to the workload's status).
 pub const EXIT_PODVM_ERROR: u8 = 125;
@@ -46,6 +47,10 @@ pub enum Command {
     Fetch(fetch::FetchArgs),
     /// Manage images in the store.
     Image(image::ImageArgs),
+    /// Run a pod from images in a microVM in the foreground; exits with the app's status.
+    Run(run::RunArgs),
+    /// Run a prepared pod in the foreground; exits with the app's status.
+    RunPrepared(run::RunPreparedArgs),
     /// Create a pod from images (fetching them as needed), ready for run-prepared.
     Prepare(prepare::PrepareArgs),
     /// List pods.
@@ -67,6 +72,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check(args) => Ok(check::run(args)),
         Command::Fetch(args) => fetch::run(&cli.data_dir, args).map_err(Into::into),
         Command::Image(args) => image::run(&cli.data_dir, args).map_err(Into::into),
+        Command::Run(args) => run::run(&cli.data_dir, args).map_err(Into::into),
+        Command::RunPrepared(args) => run::run_prepared(&cli.data_dir, args).map_err(Into::into),
         Command::Prepare(args) => prepare::run(&cli.data_dir, args).map_err(Into::into),
         Command::List(args) => pods::list(&cli.data_dir, args).map_err(Into::into),
         Command::Status(args) => pods::status(&cli.data_dir, args).map_err(Into::into),

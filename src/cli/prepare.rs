@@ -129,6 +129,13 @@ pub enum PrepareError {
     },
 }
 
+impl PrepareArgs {
+    /// Where `--uuid-file-save` asks the uuid to be written.
+    pub fn uuid_file(&self) -> Option<&Path> {
+        self.uuid_file_save.as_deref()
+    }
+}
+
 /// Runs `podvm prepare`.
 pub fn run(data_dir: &Path, args: PrepareArgs) -> Result<ExitCode, PrepareError> {
     let uuid = prepare(data_dir, &args)?;

@@ -85,14 +85,22 @@ impl PodManifest {
 /// digest, lower case, other characters turned into `-` (e.g. `docker://x/library/busybox:1` →
 /// `busybox`).
 pub fn app_name_from_image(image: &str) -> String {
-    let without_scheme = image.rsplit("://").next().unwrap_or(image);
-    let without_digest = without_scheme.split('@').next().unwrap_or(without_scheme);
+    let transports = ["docker://", "oci-archive:", "docker-archive:", "oci:"];
+    let reference = transports
+        .iter()
+        .find_map(|prefix| image.strip_prefix(prefix))
+        .unwrap_or(image);
+    let without_digest = reference.split('@').next().unwrap_or(reference);
     let last = without_digest
         .trim_end_matches('/')
         .rsplit('/')
         .next()
         .unwrap_or(without_digest);
     let base = last.split(':').next().unwrap_or(last);
+    let base = base
+        .strip_suffix(".tar")
+        .or_else(|| base.strip_suffix(".aci"))
+        .unwrap_or(base);
     let name: String = base
         .chars()
         .map(|c| {
@@ -134,6 +142,14 @@ mod tests {
         );
         assert_eq!(app_name_from_image("docker://nginx@sha256:abcd"), "nginx");
         assert_eq!(app_name_from_image("oci:/tmp/layout:demo"), "layout");
+        assert_eq!(
+            app_name_from_image("oci:busybox-layout:latest"),
+            "busybox-layout"
+        );
+        assert_eq!(
+            app_name_from_image("docker-archive:/x/alpine.tar"),
+            "alpine"
+        );
         assert_eq!(app_name_from_image("My_App"), "my-app");
         assert_eq!(app_name_from_image(":::"), "app");
     }

@@ -1,0 +1,214 @@
+//! `podvm run` and `podvm run-prepared`: run a pod's app in a microVM in the foreground, record
+//! its exit in the pod, and exit with the app's status (never 0 for a failed app).
+//!
+//! The pod's lock is held for the VM's lifetime, so `list`/`status` see it running, and a
+//! killed podvm leaves a pod that reads as exited. For now a pod has one app whose root
+//! filesystem travels in the initramfs (a copy: writes stay in the VM); the live virtio-fs
+//! share replaces that in the apps-in-the-VM work.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Args;
+use podvm_protocol::BootSpec;
+
+use super::prepare::{self, PrepareArgs, PrepareError};
+use crate::image::{self, ImageError};
+use crate::launch::{self, LaunchError, LaunchPlan};
+use crate::pod::lock;
+use crate::pod::manifest::RuntimeApp;
+use crate::pod::status::{now, AppExit};
+use crate::pod::{Pod, PodError, PodState, PodStore};
+use crate::store::{Store, StoreError};
+
+/// VM flags shared by `run` and `run-prepared`.
+#[derive(Debug, Args)]
+pub struct VmFlags {
+    /// Guest kernel (default: the one built by `make`); on PVM hosts, a PVM-aware kernel.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Guest agent (default: the one built by `make`).
+    #[arg(long)]
+    agent: Option<PathBuf>,
+    /// Show the guest console (kernel messages) on stderr.
+    #[arg(long)]
+    console: bool,
+    /// Guest memory in MiB.
+    #[arg(long = "vm-memory", default_value_t = 256)]
+    vm_memory: u64,
+    /// Number of vCPUs.
+    #[arg(long = "vm-cpus", default_value_t = 1)]
+    vm_cpus: u8,
+}
+
+/// Flags of `podvm run-prepared`.
+#[derive(Debug, Args)]
+pub struct RunPreparedArgs {
+    /// The prepared pod (a unique uuid prefix).
+    uuid: String,
+    #[command(flatten)]
+    vm: VmFlags,
+}
+
+/// Flags of `podvm run`: those of `prepare`, then the VM's.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    vm: VmFlags,
+    #[command(flatten)]
+    prepare: PrepareArgs,
+}
+
+/// Errors of the run verbs.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Preparing the pod failed.
+    #[error(transparent)]
+    Prepare(#[from] PrepareError),
+    /// Pod store failure.
+    #[error(transparent)]
+    Pod(#[from] PodError),
+    /// Image store failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The app's image failed.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The VM failed.
+    #[error("pod {uuid}: {source}")]
+    Launch {
+        /// The pod.
+        uuid: String,
+        /// Why.
+        source: LaunchError,
+    },
+    /// What the pod asks for is not supported yet.
+    #[error("pod {uuid}: {what} is not supported yet (it needs the virtio-fs data path); remove it or run a single app")]
+    Unsupported {
+        /// The pod.
+        uuid: String,
+        /// What.
+        what: String,
+    },
+}
+
+/// Runs `podvm run`: prepare, then run the prepared pod.
+pub fn run(data_dir: &Path, args: RunArgs) -> Result<ExitCode, RunError> {
+    let uuid = prepare::prepare(data_dir, &args.prepare)?;
+    if let Some(path) = args.prepare.uuid_file() {
+        std::fs::write(path, format!("{uuid}\n")).map_err(|source| PrepareError::UuidFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    }
+    let result = run_pod(data_dir, &uuid, &args.vm);
+    if result.is_err() {
+        // A pod `run` prepared but could not start is not left behind for `run-prepared`.
+        let pods = PodStore::open(data_dir)?;
+        if let Some(pod) = pods
+            .find(&uuid)
+            .ok()
+            .filter(|pod| pod.state == PodState::Prepared)
+        {
+            let _ = pods.delete(&pod);
+        }
+    }
+    result
+}
+
+/// Runs `podvm run-prepared`.
+pub fn run_prepared(data_dir: &Path, args: RunPreparedArgs) -> Result<ExitCode, RunError> {
+    run_pod(data_dir, &args.uuid, &args.vm)
+}
+
+fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunError> {
+    let pods = PodStore::open(data_dir)?;
+    let prepared = pods.find(prefix)?;
+    if prepared.state != PodState::Prepared {
+        let hint = "only prepared pods run; `podvm prepare` makes one";
+        return Err(PodError::WrongState {
+            uuid: prepared.uuid,
+            state: prepared.state,
+            hint,
+        }
+        .into());
+    }
+    let _held = lock::try_lock(&prepared.dir, &prepared.uuid)?;
+    let manifest = pods.manifest(&prepared)?;
+    let app = single_app(&prepared, &manifest.apps)?;
+    let store = Store::open(data_dir)?;
+    let image = image::prepare(&store, &image::resolve(&store, &app.image.id)?)?;
+    let pod = pods.transition(&prepared, "run")?;
+    let mut status = pods.status(&pod)?;
+    status.started = Some(now());
+    status.pid = Some(std::process::id());
+    pods.write_status(&pod, &status)?;
+
+    let plan = LaunchPlan {
+        kernel: vm.kernel.clone(),
+        agent: vm.agent.clone(),
+        spec: BootSpec {
+            command: app.app.exec.clone(),
+            env: app
+                .app
+                .environment
+                .iter()
+                .map(|e| format!("{}={}", e.name, e.value))
+                .collect(),
+            workdir: Some(app.app.working_directory.clone()),
+        },
+        initrd_dir: Some(image.rootfs),
+        cpus: vm.vm_cpus,
+        memory_mib: vm.vm_memory,
+        console: vm.console,
+        console_log: Some(pod.dir.join("console.log")),
+        kernel_args: Vec::new(),
+    };
+    let outcome = launch::launch(&plan);
+    status.finished = Some(now());
+    match outcome {
+        Ok(outcome) => {
+            let exit_code = launch::exit_code(outcome.status);
+            status.apps = vec![AppExit {
+                name: app.name.clone(),
+                exit_code: i32::from(exit_code),
+            }];
+            pods.write_status(&pod, &status)?;
+            Ok(ExitCode::from(exit_code))
+        }
+        Err(source) => {
+            status.reason = Some(source.to_string());
+            pods.write_status(&pod, &status)?;
+            Err(RunError::Launch {
+                uuid: pod.uuid,
+                source,
+            })
+        }
+    }
+}
+
+/// The pod's only app, or why this pod cannot run yet.
+fn single_app<'a>(pod: &Pod, apps: &'a [RuntimeApp]) -> Result<&'a RuntimeApp, RunError> {
+    let unsupported = |what: String| RunError::Unsupported {
+        uuid: pod.uuid.clone(),
+        what,
+    };
+    let [app] = apps else {
+        return Err(unsupported(format!("a pod of {} apps", apps.len())));
+    };
+    if !matches!(app.app.user.as_str(), "0" | "root" | "")
+        || !matches!(app.app.group.as_str(), "0" | "root" | "")
+    {
+        return Err(unsupported(format!(
+            "running app {} as user {}:{}",
+            app.name, app.app.user, app.app.group
+        )));
+    }
+    if app.read_only_root_fs {
+        return Err(unsupported(format!(
+            "--readonly-rootfs for app {}",
+            app.name
+        )));
+    }
+    Ok(app)
+}

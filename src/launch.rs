@@ -1,0 +1,228 @@
+//! Launching one workload in a microVM: the pipeline `podvm boot` and pods share.
+//!
+//! A [`LaunchPlan`] names the kernel, agent, boot spec, extra initramfs tree and VM size; [`launch`]
+//! packs the initramfs, runs the VM with the console going to a log file, relays the agent's
+//! output and returns how the workload ended.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use podvm_protocol::{BootSpec, ExitStatus};
+
+use crate::agent_link::{self, AgentLink, LinkReport};
+use crate::vmm::{self, VmConfig, VmOutputs, VmStats};
+use crate::{artifacts, initramfs};
+
+/// Kernel command line every podvm guest gets: console on COM1, agent channel on COM2,
+/// a reboot that triple-faults (KVM reports it as a shutdown), and panics that reboot at once.
+const BASE_CMDLINE: &str = "console=ttyS0 8250.nr_uarts=2 reboot=t panic=-1 rdinit=/init";
+
+/// Everything needed to run one workload in a VM.
+#[derive(Debug, Clone, Default)]
+pub struct LaunchPlan {
+    /// Guest kernel; the built one when `None`.
+    pub kernel: Option<PathBuf>,
+    /// Guest agent; the built one when `None`.
+    pub agent: Option<PathBuf>,
+    /// What the agent runs.
+    pub spec: BootSpec,
+    /// A tree added to the initramfs (the workload's root filesystem).
+    pub initrd_dir: Option<PathBuf>,
+    /// vCPUs.
+    pub cpus: u8,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// Echo the console to stderr.
+    pub console: bool,
+    /// Keep the console log here (otherwise a temp file kept only on failure).
+    pub console_log: Option<PathBuf>,
+    /// Extra kernel command line arguments.
+    pub kernel_args: Vec<String>,
+}
+
+/// How a launch ended.
+#[derive(Debug, Clone, Copy)]
+pub struct LaunchOutcome {
+    /// The workload's exit.
+    pub status: ExitStatus,
+    /// Memory figures of the VMM.
+    pub stats: VmStats,
+}
+
+/// Errors of a launch.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// A kernel or agent was not found.
+    #[error(transparent)]
+    Artifact(#[from] artifacts::ArtifactError),
+    /// The initramfs could not be built.
+    #[error(transparent)]
+    Initramfs(#[from] initramfs::InitramfsError),
+    /// The VM could not be built.
+    #[error(transparent)]
+    Vmm(vmm::VmmError),
+    /// The VM failed while the guest ran.
+    #[error("{source}\n(guest console log: {log})")]
+    GuestFailed {
+        /// Why.
+        source: vmm::VmmError,
+        /// Where the console log was kept.
+        log: String,
+    },
+    /// The console log could not be created.
+    #[error("cannot create the console log {path}: {source}")]
+    ConsoleLog {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The guest ended without an exit status.
+    #[error("{reason}\n--- last guest console lines ({log}) ---\n{tail}")]
+    NoStatus {
+        /// What went wrong.
+        reason: String,
+        /// Where the console log was kept.
+        log: String,
+        /// Its last lines.
+        tail: String,
+    },
+}
+
+/// The initramfs and kernel command line the plan boots with.
+pub fn boot_media(plan: &LaunchPlan) -> Result<(Vec<u8>, String), LaunchError> {
+    let agent = match &plan.agent {
+        Some(path) => path.clone(),
+        None => artifacts::agent()?,
+    };
+    let initramfs = initramfs::pack(&agent, &plan.spec, plan.initrd_dir.as_deref())?;
+    Ok((initramfs, kernel_cmdline(plan)))
+}
+
+/// Runs the plan's workload in a VM until it ends.
+pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
+    let kernel = match &plan.kernel {
+        Some(path) => path.clone(),
+        None => artifacts::kernel()?,
+    };
+    let (initramfs, cmdline) = boot_media(plan)?;
+    let config = VmConfig {
+        kernel,
+        kernel_chosen_by_user: plan.kernel.is_some(),
+        cmdline,
+        initramfs,
+        memory_mib: plan.memory_mib,
+        vcpus: plan.cpus,
+    };
+    let (log_path, keep_log) = match &plan.console_log {
+        Some(path) => (path.clone(), true),
+        None => (
+            std::env::temp_dir().join(format!("podvm-{}.console.log", std::process::id())),
+            false,
+        ),
+    };
+    let console = ConsoleSink::create(&log_path, plan.console)?;
+    let (link, report) = AgentLink::new(Box::new(std::io::stdout()), Box::new(std::io::stderr()));
+    let outputs = VmOutputs {
+        console: Box::new(console),
+        agent: Box::new(link),
+    };
+    let stats = vmm::run(&config, outputs).map_err(|source| match source {
+        vmm::VmmError::VcpuFailed { .. } => LaunchError::GuestFailed {
+            source,
+            log: log_path.display().to_string(),
+        },
+        other => {
+            if !keep_log {
+                let _ = std::fs::remove_file(&log_path);
+            }
+            LaunchError::Vmm(other)
+        }
+    })?;
+    let report = agent_link::lock(&report).clone();
+    let status = exit_status(&report, &log_path)?;
+    if !keep_log {
+        let _ = std::fs::remove_file(&log_path);
+    }
+    Ok(LaunchOutcome { status, stats })
+}
+
+fn kernel_cmdline(plan: &LaunchPlan) -> String {
+    let mut cmdline = BASE_CMDLINE.to_string();
+    if !plan.console {
+        cmdline.push_str(" quiet");
+    }
+    for arg in &plan.kernel_args {
+        cmdline.push(' ');
+        cmdline.push_str(arg);
+    }
+    cmdline
+}
+
+/// The workload's exit from the agent's report, or why there is none.
+fn exit_status(report: &LinkReport, log_path: &Path) -> Result<ExitStatus, LaunchError> {
+    for message in &report.agent_errors {
+        eprintln!("podvm: guest agent: {message}");
+    }
+    if let Some(status) = report.exit {
+        return Ok(status);
+    }
+    let reason = if let Some(err) = &report.protocol_error {
+        format!("the guest agent sent malformed data ({err}); host and agent may be from different builds")
+    } else if report.agent_ready {
+        "the guest stopped before the agent reported an exit status".to_string()
+    } else {
+        "the guest stopped before the agent started (kernel panic, or the kernel cannot run the agent)".to_string()
+    };
+    Err(LaunchError::NoStatus {
+        reason,
+        log: log_path.display().to_string(),
+        tail: log_tail(log_path, 25),
+    })
+}
+
+fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The shell-style exit code (0..=255) of a workload's exit.
+pub fn exit_code(status: ExitStatus) -> u8 {
+    u8::try_from(status.shell_code().clamp(0, 255)).expect("clamped to 0..=255")
+}
+
+/// The guest console: always into the log file, and to stderr when asked.
+struct ConsoleSink {
+    file: File,
+    echo: bool,
+}
+
+impl ConsoleSink {
+    fn create(path: &Path, echo: bool) -> Result<Self, LaunchError> {
+        let file = File::create(path).map_err(|source| LaunchError::ConsoleLog {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Self { file, echo })
+    }
+}
+
+impl Write for ConsoleSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write_all(buf)?;
+        if self.echo {
+            let mut stderr = std::io::stderr();
+            stderr.write_all(buf)?;
+            stderr.flush()?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}

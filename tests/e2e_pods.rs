@@ -1,0 +1,147 @@
+//! End-to-end tests of pods: `run`, `prepare` + `run-prepared`, `status`, `list` and `gc` with
+//! real microVMs, all checks in ONE nested L1 boot (or directly on a host with real KVM).
+
+mod support;
+
+#[path = "registry_support/mod.rs"]
+mod registry_support;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use registry_support::Fixtures;
+use serde_json::Value;
+use support::nested::{Batch, BatchResults, CheckResult};
+
+/// podvm with its own data dir inside the run directory, and the busybox image.
+const PODVM: &str = "podvm --dir state";
+const IMAGE: &str = "oci:busybox-layout:latest";
+
+fn results() -> Option<&'static BatchResults> {
+    static RESULTS: OnceLock<Option<BatchResults>> = OnceLock::new();
+    RESULTS
+        .get_or_init(|| {
+            if registry_support::skip() {
+                return None;
+            }
+            let artifacts = support::artifacts::require()?;
+            let layout = Fixtures::get().layout("busybox");
+            let batch = artifacts
+                .add_to(Batch::new("e2e-pods"))
+                .memory_mib(3072)
+                .timeout(Duration::from_secs(1500))
+                .default_check_timeout(Duration::from_secs(240))
+                .payload_dir(&layout, "busybox-layout")
+                .check("fetch", &format!("{PODVM} fetch {IMAGE}"))
+                .check(
+                    "run_exit42",
+                    &format!(
+                        "{PODVM} run --uuid-file-save run.uuid {IMAGE} --exec /bin/sh -- -c 'echo hi from the pod; exit 42'"
+                    ),
+                )
+                .check("status_after_run", &format!("{PODVM} status --format json $(cat run.uuid)"))
+                .check(
+                    "env_precedence",
+                    &format!(
+                        "{PODVM} run --set-env WHO=pod --set-env KEEP=pod {IMAGE} --environment WHO=app --exec /bin/sh -- -c 'echo $WHO $KEEP'"
+                    ),
+                )
+                .check(
+                    "prepare_then_run",
+                    &format!(
+                        "u=$({PODVM} prepare {IMAGE} --exec /bin/sh -- -c 'cat /etc/passwd | head -1; kill -9 $$') && \
+                         {PODVM} status $u | grep state= && {PODVM} run-prepared $u; echo rc=$?; {PODVM} status $u | grep -E 'state=|app-'"
+                    ),
+                )
+                .check("list_json", &format!("{PODVM} list --format json"))
+                .check(
+                    "gc",
+                    &format!("{PODVM} gc --grace-period 0s && {PODVM} gc --grace-period 0s && {PODVM} list --format json"),
+                )
+                .run();
+            Some(batch)
+        })
+        .as_ref()
+}
+
+fn check(name: &str) -> Option<&'static CheckResult> {
+    let results = results()?;
+    results.get("fetch").expect_success("fetch");
+    Some(results.get(name))
+}
+
+#[test]
+fn run_exits_with_the_apps_code_and_relays_its_output() {
+    let Some(result) = check("run_exit42") else {
+        return;
+    };
+    assert_eq!(result.code, 42, "{result:?}");
+    assert_eq!(result.stdout.trim(), "hi from the pod", "{result:?}");
+}
+
+#[test]
+fn status_records_the_exit() {
+    let Some(result) = check("status_after_run") else {
+        return;
+    };
+    assert_eq!(result.code, 0, "{result:?}");
+    let status: Value = serde_json::from_str(&result.stdout).expect("json");
+    assert_eq!(status["state"], "exited", "{status}");
+    assert_eq!(status["apps"][0]["exit_code"], 42, "{status}");
+    assert!(
+        status["started"].as_u64().is_some() && status["finished"].as_u64().is_some(),
+        "{status}"
+    );
+}
+
+#[test]
+fn app_environment_wins_over_pod_environment() {
+    let Some(result) = check("env_precedence") else {
+        return;
+    };
+    assert_eq!(result.code, 0, "{result:?}");
+    assert_eq!(result.stdout.trim(), "app pod", "{result:?}");
+}
+
+#[test]
+fn prepared_pod_runs_and_reports_a_signal_death() {
+    let Some(result) = check("prepare_then_run") else {
+        return;
+    };
+    let out = &result.stdout;
+    assert!(out.contains("state=prepared"), "{result:?}");
+    assert!(
+        out.contains("root:x:0:0"),
+        "the image's /etc/passwd: {result:?}"
+    );
+    assert!(out.contains("rc=137"), "{result:?}");
+    assert!(
+        out.contains("state=exited") && out.contains("app-busybox-layout=137"),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn list_shows_exited_pods() {
+    let Some(result) = check("list_json") else {
+        return;
+    };
+    let pods: Value = serde_json::from_str(&result.stdout).expect("json");
+    let pods = pods.as_array().expect("array");
+    assert_eq!(pods.len(), 3, "{result:?}");
+    assert!(
+        pods.iter().all(|pod| pod["state"] == "exited"),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn gc_removes_exited_pods_after_the_grace_period() {
+    let Some(result) = check("gc") else { return };
+    assert_eq!(result.code, 0, "{result:?}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&result.stdout).expect("json"),
+        serde_json::json!([]),
+        "{result:?}"
+    );
+}
