@@ -43,6 +43,10 @@ fn results() -> Option<&'static BatchResults> {
                 .check("text_kernel", "podvm boot --kernel text-kernel -- /bin/true")
                 .check("memory0", "podvm boot --memory 0 -- /bin/true")
                 .check("check", "podvm check")
+                .check(
+                    "hwrng",
+                    &format!("{boot} -- /bin/sh -c 'cat /sys/class/misc/hw_random/rng_current; head -c 64 /dev/hwrng | od -An -tx1'"),
+                )
                 .run();
             Some(batch)
         })
@@ -163,5 +167,19 @@ fn check_says_pods_can_run_on_real_kvm() {
     assert!(
         result.stdout.contains("verdict: pods can run"),
         "{result:?}"
+    );
+}
+
+#[test]
+fn virtio_rng_feeds_dev_hwrng() {
+    let Some(result) = check("hwrng") else { return };
+    assert_eq!(result.code, 0, "{result:?}");
+    let mut lines = result.stdout.lines();
+    assert_eq!(lines.next(), Some("virtio_rng.0"), "{result:?}");
+    let bytes: Vec<&str> = lines.flat_map(str::split_whitespace).collect();
+    assert_eq!(bytes.len(), 64, "{result:?}");
+    assert!(
+        bytes.iter().filter(|b| **b == "00").count() < 16,
+        "64 bytes from /dev/hwrng look not random: {result:?}"
     );
 }

@@ -127,12 +127,9 @@ pub fn run(config: &VmConfig, outputs: VmOutputs) -> Result<VmStats, VmmError> {
     let vm = create_vm(&kvm)?;
     let guest_memory = memory::create(config.memory_mib)?;
     memory::register(&vm, &guest_memory)?;
-    let kernel = boot::load(
-        &guest_memory,
-        &config.kernel,
-        &config.initramfs,
-        &config.cmdline,
-    )?;
+    let mmio = Arc::new(attach_virtio(&vm, &guest_memory)?);
+    let cmdline = format!("{} {}", config.cmdline, mmio.cmdline());
+    let kernel = boot::load(&guest_memory, &config.kernel, &config.initramfs, &cmdline)?;
     mptable::write(&guest_memory, config.vcpus)?;
     let bus = Arc::new(Mutex::new(devices::PioBus::new(
         &vm,
@@ -154,7 +151,11 @@ pub fn run(config: &VmConfig, outputs: VmOutputs) -> Result<VmStats, VmmError> {
         if index == 0 {
             cpu::configure_boot_cpu(&vcpu, &guest_memory, kernel.entry)?;
         }
-        let thread = vcpu::spawn(vcpu, index, bus.clone(), stop.clone(), events_tx.clone())
+        let buses = vcpu::Buses {
+            pio: bus.clone(),
+            mmio: mmio.clone(),
+        };
+        let thread = vcpu::spawn(vcpu, index, buses, stop.clone(), events_tx.clone())
             .map_err(|source| VmmError::Thread { cpu: index, source })?;
         threads.push(thread);
     }
@@ -162,6 +163,7 @@ pub fn run(config: &VmConfig, outputs: VmOutputs) -> Result<VmStats, VmmError> {
     let ended = events_rx.recv();
     let stats = stats::measure(&guest_memory);
     vcpu::stop_all(threads, &stop);
+    mmio.shutdown();
     bus.lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .flush();
@@ -169,6 +171,16 @@ pub fn run(config: &VmConfig, outputs: VmOutputs) -> Result<VmStats, VmmError> {
         Ok(VcpuEvent::Failed { cpu, reason }) => Err(VmmError::VcpuFailed { cpu, reason }),
         Ok(VcpuEvent::Shutdown) | Err(_) => Ok(stats),
     }
+}
+
+/// The virtio devices, in window/GSI order (see [`devices::virtio`]).
+fn attach_virtio(
+    vm: &VmFd,
+    guest_memory: &vm_memory::GuestMemoryMmap,
+) -> Result<devices::virtio::MmioBus, VmmError> {
+    let mut mmio = devices::virtio::MmioBus::new();
+    mmio.attach(vm, guest_memory, Box::new(devices::virtio::rng::Rng::new()))?;
+    Ok(mmio)
 }
 
 fn check_host(config: &VmConfig) -> Result<(), VmmError> {

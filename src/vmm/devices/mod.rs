@@ -1,6 +1,7 @@
 //! Emulated devices and the port-I/O bus that routes vCPU exits to them.
 
 mod serial;
+pub mod virtio;
 
 use std::io::Write;
 
@@ -24,6 +25,16 @@ pub enum DeviceError {
         device: &'static str,
         /// The GSI.
         gsi: u32,
+        /// Why.
+        source: kvm_ioctls::Error,
+    },
+    /// KVM refused to wire a queue notification.
+    #[error("cannot register the notification of {device} queue {queue} with KVM: {source}")]
+    Ioeventfd {
+        /// Which device.
+        device: &'static str,
+        /// The queue index.
+        queue: u32,
         /// Why.
         source: kvm_ioctls::Error,
     },
