@@ -16,6 +16,7 @@
 pub mod interrupt;
 pub mod mmio;
 pub mod rng;
+pub mod vsock;
 pub mod worker;
 
 use vm_memory::GuestMemoryMmap;
@@ -59,7 +60,6 @@ pub struct Activation {
     /// Raises the device's interrupt.
     pub interrupt: Interrupt,
     /// The features the driver accepted.
-    #[allow(dead_code)] // read by devices with optional features (vsock)
     pub acked_features: u64,
 }
 

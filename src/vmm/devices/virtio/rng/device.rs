@@ -152,7 +152,7 @@ pub fn fill_requests<S: SignalGuest>(
 }
 
 /// Fills `buf` from the kernel's CSPRNG.
-fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+pub fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
     let mut filled = 0;
     while filled < buf.len() {
         let rest = &mut buf[filled..];

@@ -8,4 +8,4 @@
 mod device;
 mod event_handler;
 
-pub use self::device::Rng;
+pub use self::device::{getrandom, Rng};
