@@ -1,8 +1,10 @@
 //! podvm guest agent: PID 1 inside the microVM.
 //!
 //! Boot order: mount the kernel file systems, attach the console, open the agent channel (vsock
-//! to the host, on the port given as `podvm.agent_port=` on the kernel command line), send `Ready`, read the boot spec, run its command while forwarding its
-//! output, send `Exited`, and end the VM.
+//! to the host, on the port given as `podvm.agent_port=` on the kernel command line; without
+//! it, the second serial port if the VMM has one), send `Ready`, read the boot spec, run its
+//! command while forwarding its output, send `Exited`, and end the VM (after the host confirmed
+//! it read everything).
 //!
 //! Off the VM (any PID but 1) nothing is mounted and nothing reboots, which lets tests run the
 //! real workload and channel code: `PODVM_AGENT_SPEC` names the boot spec (default
@@ -31,6 +33,8 @@ use crate::power::Role;
 const SPEC_ENV: &str = "PODVM_AGENT_SPEC";
 /// Environment variable naming the channel target.
 const CHANNEL_ENV: &str = "PODVM_AGENT_CHANNEL";
+/// The channel when the kernel command line names no vsock port (VMMs other than podvm).
+const SERIAL_FALLBACK: &str = "/dev/ttyS1";
 /// Exit code off the VM when the agent itself failed (bad spec, broken channel).
 const EXIT_AGENT_FAILED: i32 = 1;
 /// Exit code off the VM after a panic.
@@ -47,7 +51,8 @@ enum AgentError {
     Channel(#[from] ChannelError),
     /// The host did not say where to reach it.
     #[error(
-        "no {} on the kernel command line: the host must pass its vsock port",
+        "no {} on the kernel command line and no {SERIAL_FALLBACK}: the host must pass its \
+         vsock port",
         podvm_protocol::AGENT_PORT_PARAM
     )]
     NoAgentPort,
@@ -94,11 +99,16 @@ fn open_channel(role: Role) -> Result<Box<dyn Channel>, AgentError> {
     match role {
         Role::Init => {
             let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-            let port = vsock::port_from_cmdline(&cmdline).ok_or(AgentError::NoAgentPort)?;
-            Ok(Box::new(vsock::VsockChannel::connect(
-                podvm_protocol::HOST_CID,
-                port,
-            )?))
+            if let Some(port) = vsock::port_from_cmdline(&cmdline) {
+                let channel = vsock::VsockChannel::connect(podvm_protocol::HOST_CID, port)?;
+                return Ok(Box::new(channel));
+            }
+            // Fallback for other VMMs (e.g. the QEMU boot benchmark): a second UART, if any.
+            let serial = Target::Path(PathBuf::from(SERIAL_FALLBACK));
+            if std::path::Path::new(SERIAL_FALLBACK).exists() {
+                return Ok(Box::new(FdChannel::open(&serial)?));
+            }
+            Err(AgentError::NoAgentPort)
         }
         Role::Process => Ok(Box::new(FdChannel::open(&Target::Stdout)?)),
     }

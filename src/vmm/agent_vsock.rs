@@ -200,3 +200,55 @@ fn drain_nonblocking(stream: &mut File, buf: &mut [u8], sink: &mut dyn Write) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixStream;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("test lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn pair() -> (UnixStream, File) {
+        let (guest, host) = UnixStream::pair().expect("socketpair");
+        (guest, File::from(OwnedFd::from(host)))
+    }
+
+    #[test]
+    fn pump_delivers_everything_until_the_peer_closes() {
+        let (mut guest, host) = pair();
+        let stop = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let expected = data.clone();
+        let writer = std::thread::spawn(move || {
+            guest.write_all(&data).expect("write");
+        });
+        let mut sink = Shared::default();
+        pump(host, &stop, &mut sink);
+        writer.join().expect("writer");
+        assert_eq!(*sink.0.lock().expect("lock"), expected);
+    }
+
+    #[test]
+    fn stop_takes_what_is_already_there() {
+        let (mut guest, host) = pair();
+        guest.write_all(b"last words").expect("write");
+        let stop = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+        stop.write(1).expect("stop");
+        let mut sink = Shared::default();
+        pump(host, &stop, &mut sink);
+        assert_eq!(sink.0.lock().expect("lock").as_slice(), b"last words");
+    }
+}

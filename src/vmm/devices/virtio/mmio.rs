@@ -142,6 +142,10 @@ impl MmioTransport {
         self.device.features() | (1 << VIRTIO_F_VERSION_1)
     }
 
+    fn queue_for_read(&self) -> Option<&Queue> {
+        self.queues.get(usize::try_from(self.queue_select).ok()?)
+    }
+
     fn selected_queue(&mut self) -> Option<&mut Queue> {
         // Queues may only be configured before the driver says DRIVER_OK.
         if self.status & status::DRIVER_OK != 0 {
@@ -179,11 +183,12 @@ impl MmioTransport {
                 1 => high(self.device_features()),
                 _ => 0,
             },
-            reg::QUEUE_NUM_MAX => usize::try_from(self.queue_select)
-                .ok()
-                .and_then(|index| self.queues.get(index))
+            reg::QUEUE_NUM_MAX => self
+                .queue_for_read()
                 .map_or(0, |queue| u32::from(queue.max_size())),
-            reg::QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
+            reg::QUEUE_READY => self
+                .queue_for_read()
+                .map_or(0, |queue| u32::from(queue.ready())),
             reg::INTERRUPT_STATUS => self.interrupt.status(),
             reg::STATUS => self.status,
             reg::CONFIG_GENERATION => self.config_generation,
@@ -196,7 +201,6 @@ impl MmioTransport {
         if offset >= reg::CONFIG {
             if self.status & status::DRIVER_OK == 0 {
                 self.device.write_config(offset - reg::CONFIG, data);
-                self.config_generation = self.config_generation.wrapping_add(1);
             }
             return;
         }
@@ -302,9 +306,9 @@ impl MmioTransport {
                 source,
             })
             .and_then(|kicks| {
-                // The device owns the queues from now on; the registers keep fresh copies.
-                let queues =
-                    std::mem::replace(&mut self.queues, fresh_queues(self.device.as_ref()));
+                // The device owns the queues from now on; the registers keep copies.
+                let copies = self.queues.iter().map(register_copy).collect();
+                let queues = std::mem::replace(&mut self.queues, copies);
                 self.device.activate(Activation {
                     mem: self.mem.clone(),
                     queues,
@@ -342,6 +346,23 @@ fn fresh_queues(device: &dyn VirtioDevice) -> Vec<Queue> {
         .iter()
         .map(|max| Queue::new(*max).expect("device queue sizes are powers of two up to 32768"))
         .collect()
+}
+
+/// A queue with the same driver-programmed registers, for reads after activation.
+fn register_copy(queue: &Queue) -> Queue {
+    let mut copy = Queue::new(queue.max_size()).expect("the original had a valid max size");
+    copy.set_size(queue.size());
+    copy.set_ready(queue.ready());
+    copy.set_desc_table_address(
+        Some(low(queue.desc_table())),
+        Some(high(queue.desc_table())),
+    );
+    copy.set_avail_ring_address(
+        Some(low(queue.avail_ring())),
+        Some(high(queue.avail_ring())),
+    );
+    copy.set_used_ring_address(Some(low(queue.used_ring())), Some(high(queue.used_ring())));
+    copy
 }
 
 fn low(value: u64) -> u32 {
@@ -405,6 +426,12 @@ impl MmioBus {
         self.devices.push((base, Arc::new(Mutex::new(transport))));
         self.cmdline.push(super::cmdline_entry(base, gsi));
         Ok(())
+    }
+
+    /// Puts a ready-made transport at `base` (for tests without KVM).
+    #[cfg(test)]
+    fn insert(&mut self, base: u64, transport: MmioTransport) {
+        self.devices.push((base, Arc::new(Mutex::new(transport))));
     }
 
     /// The kernel command line entries that announce the attached devices.

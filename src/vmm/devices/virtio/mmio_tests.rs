@@ -195,6 +195,11 @@ fn queue_registers_are_frozen_after_driver_ok() {
         1,
         "no second activation"
     );
+    assert_eq!(
+        read32(t, reg::QUEUE_READY),
+        1,
+        "QueueReady still reads back"
+    );
 }
 
 #[test]
@@ -268,4 +273,28 @@ fn odd_width_register_access_is_harmless() {
     assert_eq!(two, [0, 0]);
     r.transport.write(reg::STATUS, &[1]);
     assert_eq!(read32(&mut r.transport, reg::STATUS), 0);
+}
+
+#[test]
+fn bus_routes_by_window_and_unclaimed_reads_float_high() {
+    let mut bus = MmioBus::new();
+    bus.insert(0xd000_1000, rig().transport);
+    let mut data = [0u8; 4];
+    bus.read(0xd000_1000 + reg::DEVICE_ID, &mut data);
+    assert_eq!(u32::from_le_bytes(data), 42);
+    bus.read(0xd000_0000 + reg::DEVICE_ID, &mut data);
+    assert_eq!(data, [0xff; 4]);
+    bus.read(0xd000_2000, &mut data);
+    assert_eq!(data, [0xff; 4]);
+    bus.write(0xd000_1000 + reg::STATUS, &1u32.to_le_bytes());
+    bus.read(0xd000_1000 + reg::STATUS, &mut data);
+    assert_eq!(u32::from_le_bytes(data), 1);
+}
+
+#[test]
+fn cmdline_entry_format() {
+    assert_eq!(
+        super::super::cmdline_entry(0xd000_0000, 5),
+        "virtio_mmio.device=4K@0xd0000000:5"
+    );
 }
