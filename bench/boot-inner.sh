@@ -5,7 +5,8 @@ res=/payload/results; mkdir -p $res
 cd /payload
 # Busybox date has no %N: /proc/uptime gives centiseconds, plenty for multi-second nested boots.
 now() { cut -d" " -f1 /proc/uptime | tr -d .; }
-cmdline=$(podvm boot --dump-initramfs /tmp/initrd.cpio --initrd-dir rootfs -- /bin/true)
+# QEMU gets no vsock device here: a second UART lets the agent fall back to ttyS1.
+cmdline="$(podvm boot --dump-initramfs /tmp/initrd.cpio --initrd-dir rootfs -- /bin/true) 8250.nr_uarts=2"
 # The agent talks on ttyS1: give QEMU's microvm a second UART there, as podvm has.
 qemu_boot() {
   $qemu -M microvm,isa-serial=on,rtc=off -enable-kvm -cpu host -smp 1 -m 256 -nodefaults \

@@ -14,9 +14,10 @@ use crate::agent_link::{self, AgentLink, LinkReport};
 use crate::vmm::{self, VmConfig, VmOutputs, VmStats};
 use crate::{artifacts, initramfs};
 
-/// Kernel command line every podvm guest gets: console on COM1, agent channel on COM2,
-/// a reboot that triple-faults (KVM reports it as a shutdown), and panics that reboot at once.
-const BASE_CMDLINE: &str = "console=ttyS0 8250.nr_uarts=2 reboot=t panic=-1 rdinit=/init";
+/// Kernel command line every podvm guest gets: console on COM1 (the only UART), a reboot that
+/// triple-faults (KVM reports it as a shutdown), and panics that reboot at once. The VMM appends
+/// its virtio-mmio devices and the agent's vsock port.
+const BASE_CMDLINE: &str = "console=ttyS0 8250.nr_uarts=1 reboot=t panic=-1 rdinit=/init";
 
 /// Everything needed to run one workload in a VM.
 #[derive(Debug, Clone, Default)]

@@ -13,6 +13,9 @@ const SETUP_ROOTFS: &str = "mkdir -p rootfs/bin rootfs/etc rootfs/tmp && cp lib/
      && for a in $(rootfs/bin/busybox --list); do [ $a = busybox ] || ln -sf busybox rootfs/bin/$a; done \
      && echo 'root:x:0:0:root:/root:/bin/sh' > rootfs/etc/passwd && echo rootfs-ready";
 
+/// Size of the large-output check: 20 MiB of random bytes from the app to the host.
+const BIG_OUTPUT_BYTES: u64 = 20 << 20;
+
 fn results() -> Option<&'static BatchResults> {
     static RESULTS: OnceLock<Option<BatchResults>> = OnceLock::new();
     RESULTS
@@ -43,6 +46,17 @@ fn results() -> Option<&'static BatchResults> {
                 .check("text_kernel", "podvm boot --kernel text-kernel -- /bin/true")
                 .check("memory0", "podvm boot --memory 0 -- /bin/true")
                 .check("check", "podvm check")
+                .check(
+                    "big_output",
+                    &format!(
+                        "{boot} --memory 512 -- /bin/sh -c 'head -c {BIG_OUTPUT_BYTES} /dev/urandom | tee /tmp/x | md5sum >&2; cat /tmp/x' \
+                         > big.out 2> big.err; echo rc=$?; wc -c < big.out; md5sum < big.out; cat big.err; rm -f big.out"
+                    ),
+                )
+                .check(
+                    "hwrng",
+                    &format!("{boot} -- /bin/sh -c 'cat /sys/class/misc/hw_random/rng_current; head -c 64 /dev/hwrng | od -An -tx1'"),
+                )
                 .run();
             Some(batch)
         })
@@ -163,5 +177,40 @@ fn check_says_pods_can_run_on_real_kvm() {
     assert!(
         result.stdout.contains("verdict: pods can run"),
         "{result:?}"
+    );
+}
+
+#[test]
+fn virtio_rng_feeds_dev_hwrng() {
+    let Some(result) = check("hwrng") else { return };
+    assert_eq!(result.code, 0, "{result:?}");
+    let mut lines = result.stdout.lines();
+    assert_eq!(lines.next(), Some("virtio_rng.0"), "{result:?}");
+    let bytes: Vec<&str> = lines.flat_map(str::split_whitespace).collect();
+    assert_eq!(bytes.len(), 64, "{result:?}");
+    assert!(
+        bytes.iter().filter(|b| **b == "00").count() < 16,
+        "64 bytes from /dev/hwrng look not random: {result:?}"
+    );
+}
+
+#[test]
+fn large_output_arrives_byte_exact() {
+    let Some(result) = check("big_output") else {
+        return;
+    };
+    let lines: Vec<&str> = result.stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"rc=0"), "{result:?}");
+    assert_eq!(
+        lines.get(1).map(|l| l.trim()),
+        Some(BIG_OUTPUT_BYTES.to_string().as_str()),
+        "{result:?}"
+    );
+    let host_md5 = lines.get(2).and_then(|l| l.split_whitespace().next());
+    let guest_md5 = lines.get(3).and_then(|l| l.split_whitespace().next());
+    assert!(host_md5.is_some_and(|m| m.len() == 32), "{result:?}");
+    assert_eq!(
+        host_md5, guest_md5,
+        "host and guest checksums differ: {result:?}"
     );
 }

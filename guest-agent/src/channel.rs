@@ -1,7 +1,7 @@
 //! The agent channel: ships protocol frames to the host.
 //!
-//! The transport sits behind [`Channel`] so another one (vsock) can replace the serial port
-//! without touching command handling. The active channel lives in a process-wide slot so the
+//! The transport sits behind [`Channel`]: vsock in the VM (`vsock.rs`), a file descriptor
+//! (stdout, a pipe, a file or a terminal) off the VM, without touching command handling. The active channel lives in a process-wide slot so the
 //! panic hook can still send its last words.
 
 use std::fs::File;
@@ -13,9 +13,6 @@ use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use nix::sys::termios::{self, ControlFlags, SetArg};
 use podvm_protocol::{Message, ProtocolError};
-
-/// The serial port the agent talks on in the VM (COM2; COM1 is the console).
-pub const SERIAL_PORT: &str = "/dev/ttyS1";
 
 /// Errors of the agent channel.
 #[derive(Debug, thiserror::Error)]

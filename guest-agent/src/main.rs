@@ -1,13 +1,15 @@
 //! podvm guest agent: PID 1 inside the microVM.
 //!
-//! Boot order: mount the kernel file systems, attach the console, open the agent channel (the
-//! second serial port), send `Ready`, read the boot spec, run its command while forwarding its
-//! output, send `Exited`, and end the VM.
+//! Boot order: mount the kernel file systems, attach the console, open the agent channel (vsock
+//! to the host, on the port given as `podvm.agent_port=` on the kernel command line; without
+//! it, the second serial port if the VMM has one), send `Ready`, read the boot spec, run its
+//! command while forwarding its output, send `Exited`, and end the VM (after the host confirmed
+//! it read everything).
 //!
 //! Off the VM (any PID but 1) nothing is mounted and nothing reboots, which lets tests run the
 //! real workload and channel code: `PODVM_AGENT_SPEC` names the boot spec (default
 //! `/podvm/boot.json`) and `PODVM_AGENT_CHANNEL` the channel (`stdout`, the default off the VM,
-//! or a path; `/dev/ttyS1` in the VM).
+//! or a path).
 
 #[macro_use]
 mod log;
@@ -17,19 +19,22 @@ mod launch;
 mod power;
 mod reaper;
 mod spec;
+mod vsock;
 mod workload;
 
 use std::path::PathBuf;
 
 use podvm_protocol::{Control, Message, BOOT_SPEC_PATH};
 
-use crate::channel::{ChannelError, FdChannel, Target};
+use crate::channel::{Channel, ChannelError, FdChannel, Target};
 use crate::power::Role;
 
 /// Environment variable naming the boot spec file.
 const SPEC_ENV: &str = "PODVM_AGENT_SPEC";
 /// Environment variable naming the channel target.
 const CHANNEL_ENV: &str = "PODVM_AGENT_CHANNEL";
+/// The channel when the kernel command line names no vsock port (VMMs other than podvm).
+const SERIAL_FALLBACK: &str = "/dev/ttyS1";
 /// Exit code off the VM when the agent itself failed (bad spec, broken channel).
 const EXIT_AGENT_FAILED: i32 = 1;
 /// Exit code off the VM after a panic.
@@ -44,6 +49,13 @@ enum AgentError {
     /// The channel failed.
     #[error(transparent)]
     Channel(#[from] ChannelError),
+    /// The host did not say where to reach it.
+    #[error(
+        "no {} on the kernel command line and no {SERIAL_FALLBACK}: the host must pass its \
+         vsock port",
+        podvm_protocol::AGENT_PORT_PARAM
+    )]
+    NoAgentPort,
     /// Supervising the workload failed.
     #[error(transparent)]
     Workload(#[from] workload::WorkloadError),
@@ -79,6 +91,29 @@ fn report_error(message: String) {
     }
 }
 
+/// The channel to the host: `PODVM_AGENT_CHANNEL` if set, else vsock in the VM and stdout off it.
+fn open_channel(role: Role) -> Result<Box<dyn Channel>, AgentError> {
+    if let Ok(text) = std::env::var(CHANNEL_ENV) {
+        return Ok(Box::new(FdChannel::open(&Target::parse(&text))?));
+    }
+    match role {
+        Role::Init => {
+            let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+            if let Some(port) = vsock::port_from_cmdline(&cmdline) {
+                let channel = vsock::VsockChannel::connect(podvm_protocol::HOST_CID, port)?;
+                return Ok(Box::new(channel));
+            }
+            // Fallback for other VMMs (e.g. the QEMU boot benchmark): a second UART, if any.
+            let serial = Target::Path(PathBuf::from(SERIAL_FALLBACK));
+            if std::path::Path::new(SERIAL_FALLBACK).exists() {
+                return Ok(Box::new(FdChannel::open(&serial)?));
+            }
+            Err(AgentError::NoAgentPort)
+        }
+        Role::Process => Ok(Box::new(FdChannel::open(&Target::Stdout)?)),
+    }
+}
+
 /// The agent's life up to the end of the workload; returns the exit code for [`Role::Process`].
 fn run(role: Role) -> Result<i32, AgentError> {
     match role {
@@ -93,13 +128,7 @@ fn run(role: Role) -> Result<i32, AgentError> {
             }
         }
     }
-    let channel_target = std::env::var(CHANNEL_ENV)
-        .map(|text| Target::parse(&text))
-        .unwrap_or(match role {
-            Role::Init => Target::Path(PathBuf::from(channel::SERIAL_PORT)),
-            Role::Process => Target::Stdout,
-        });
-    channel::install(Box::new(FdChannel::open(&channel_target)?));
+    channel::install(open_channel(role)?);
     channel::send(&Message::Control(Control::Ready {
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
     }))?;

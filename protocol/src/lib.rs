@@ -16,8 +16,18 @@
 //!
 //! Stream data travels raw; everything else is a JSON-encoded [`Control`] value. A frame with a
 //! bad magic, an unknown version or kind, an oversized length or a payload that does not decode
-//! is an error, never a panic. The framing is independent of the transport: during boot the agent
-//! talks over the second serial port, later over vsock.
+//! is an error, never a panic.
+//!
+//! # Transport: vsock, the agent connects to the host
+//!
+//! The host listens on AF_VSOCK (any local CID) on a port its kernel picks, so concurrent VMs
+//! never clash, and passes that port on the guest kernel command line as
+//! `podvm.agent_port=<port>` ([`AGENT_PORT_PARAM`]). The agent connects to the host, CID 2
+//! ([`HOST_CID`]), on that port as soon as it has mounted /proc; the host accepts only a
+//! connection from the VM's own CID. Frames then flow over the stream. To end, the agent sends
+//! its last frame and shuts down its write side; the host reads to EOF and closes, which tells
+//! the agent everything arrived and it may power off. (The host connecting to a fixed guest
+//! port would need retries while the guest boots; this way nobody polls.)
 //!
 //! How the agent learns what to run: the host packs a [`BootSpec`] as JSON at [`BOOT_SPEC_PATH`]
 //! into the initramfs.
@@ -36,6 +46,11 @@ pub const HEADER_LEN: usize = 8;
 pub const MAX_PAYLOAD: usize = 1 << 20;
 /// Where the boot spec lives inside the initramfs.
 pub const BOOT_SPEC_PATH: &str = "/podvm/boot.json";
+/// Kernel command line parameter that tells the agent the host's vsock port,
+/// e.g. `podvm.agent_port=1234` (see the transport section above).
+pub const AGENT_PORT_PARAM: &str = "podvm.agent_port";
+/// The vsock CID of the host as seen from the guest (VMADDR_CID_HOST).
+pub const HOST_CID: u32 = 2;
 /// Exit code reported when the requested command does not exist (as shells do).
 pub const EXIT_NOT_FOUND: i32 = 127;
 /// Exit code reported when the command exists but cannot be executed.

@@ -70,9 +70,15 @@ fn build_report() -> Report {
         device_finding(
             "vhost-vsock",
             "/dev/vhost-vsock",
-            "modprobe vhost_vsock (agent channel for pods)",
+            "modprobe vhost_vsock (the guest agent channel)",
+            true,
         ),
-        device_finding("tun", "/dev/net/tun", "modprobe tun (pod networking)"),
+        device_finding(
+            "tun",
+            "/dev/net/tun",
+            "modprobe tun (pod networking)",
+            false,
+        ),
         cgroup_finding(),
         cni_finding(),
         artifact_finding("guest kernel", artifacts::kernel()),
@@ -115,7 +121,7 @@ fn kvm_finding() -> Finding {
     }
 }
 
-fn device_finding(name: &'static str, path: &str, hint: &str) -> Finding {
+fn device_finding(name: &'static str, path: &str, hint: &str, required: bool) -> Finding {
     let ok = Path::new(path).exists();
     let detail = if ok {
         format!("{path} present")
@@ -125,7 +131,7 @@ fn device_finding(name: &'static str, path: &str, hint: &str) -> Finding {
     Finding {
         name,
         ok,
-        required: false,
+        required,
         detail,
     }
 }

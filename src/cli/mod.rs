@@ -38,6 +38,7 @@ pub struct Cli {
 
 /// podvm's verbs.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process; boxing buys nothing
 pub enum Command {
     /// Boot a microVM that runs one command with the guest agent (low-level diagnostic).
     Boot(boot::BootArgs),

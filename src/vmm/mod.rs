@@ -3,6 +3,7 @@
 //! [`run`] is the composition root and reads top to bottom: check the host, create the VM and
 //! its memory, load the kernel, describe the CPUs, attach the devices, start the vCPUs, wait.
 
+pub mod agent_vsock;
 pub mod boot;
 pub mod cpu;
 pub mod devices;
@@ -49,7 +50,7 @@ pub struct VmConfig {
 pub struct VmOutputs {
     /// The console (COM1).
     pub console: Box<dyn Write + Send>,
-    /// The agent channel (COM2).
+    /// The agent channel (vsock; see [`agent_vsock`]).
     pub agent: Box<dyn Write + Send>,
 }
 
@@ -93,6 +94,12 @@ pub enum VmmError {
     /// A device could not be created.
     #[error(transparent)]
     Device(#[from] devices::DeviceError),
+    /// The vsock device could not be created.
+    #[error(transparent)]
+    Vsock(#[from] devices::virtio::vsock::VsockError),
+    /// The host end of the agent channel could not be set up.
+    #[error(transparent)]
+    AgentChannel(#[from] agent_vsock::AgentVsockError),
     /// A vCPU could not be configured.
     #[error(transparent)]
     Cpu(#[from] cpu::CpuError),
@@ -127,18 +134,21 @@ pub fn run(config: &VmConfig, outputs: VmOutputs) -> Result<VmStats, VmmError> {
     let vm = create_vm(&kvm)?;
     let guest_memory = memory::create(config.memory_mib)?;
     memory::register(&vm, &guest_memory)?;
-    let kernel = boot::load(
-        &guest_memory,
-        &config.kernel,
-        &config.initramfs,
-        &config.cmdline,
-    )?;
+    let vsock = devices::virtio::vsock::Vsock::new(&guest_memory)?;
+    let guest_cid = vsock.cid();
+    let agent_listener = agent_vsock::AgentListener::bind()?;
+    let mmio = Arc::new(attach_virtio(&vm, &guest_memory, vsock)?);
+    let cmdline = format!(
+        "{} {} {}={}",
+        config.cmdline,
+        mmio.cmdline(),
+        podvm_protocol::AGENT_PORT_PARAM,
+        agent_listener.port()
+    );
+    let kernel = boot::load(&guest_memory, &config.kernel, &config.initramfs, &cmdline)?;
     mptable::write(&guest_memory, config.vcpus)?;
-    let bus = Arc::new(Mutex::new(devices::PioBus::new(
-        &vm,
-        outputs.console,
-        outputs.agent,
-    )?));
+    let bus = Arc::new(Mutex::new(devices::PioBus::new(&vm, outputs.console)?));
+    let agent_reader = agent_listener.serve(guest_cid, outputs.agent)?;
     let cpuid = cpu::supported_cpuid(&kvm)?;
     let stop = Arc::new(AtomicBool::new(false));
     let (events_tx, events_rx) = mpsc::channel();
@@ -154,7 +164,11 @@ pub fn run(config: &VmConfig, outputs: VmOutputs) -> Result<VmStats, VmmError> {
         if index == 0 {
             cpu::configure_boot_cpu(&vcpu, &guest_memory, kernel.entry)?;
         }
-        let thread = vcpu::spawn(vcpu, index, bus.clone(), stop.clone(), events_tx.clone())
+        let buses = vcpu::Buses {
+            pio: bus.clone(),
+            mmio: mmio.clone(),
+        };
+        let thread = vcpu::spawn(vcpu, index, buses, stop.clone(), events_tx.clone())
             .map_err(|source| VmmError::Thread { cpu: index, source })?;
         threads.push(thread);
     }
@@ -162,6 +176,8 @@ pub fn run(config: &VmConfig, outputs: VmOutputs) -> Result<VmStats, VmmError> {
     let ended = events_rx.recv();
     let stats = stats::measure(&guest_memory);
     vcpu::stop_all(threads, &stop);
+    agent_reader.finish();
+    mmio.shutdown();
     bus.lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .flush();
@@ -169,6 +185,18 @@ pub fn run(config: &VmConfig, outputs: VmOutputs) -> Result<VmStats, VmmError> {
         Ok(VcpuEvent::Failed { cpu, reason }) => Err(VmmError::VcpuFailed { cpu, reason }),
         Ok(VcpuEvent::Shutdown) | Err(_) => Ok(stats),
     }
+}
+
+/// The virtio devices, in window/GSI order (see [`devices::virtio`]).
+fn attach_virtio(
+    vm: &VmFd,
+    guest_memory: &vm_memory::GuestMemoryMmap,
+    vsock: devices::virtio::vsock::Vsock,
+) -> Result<devices::virtio::MmioBus, VmmError> {
+    let mut mmio = devices::virtio::MmioBus::new();
+    mmio.attach(vm, guest_memory, Box::new(devices::virtio::rng::Rng::new()))?;
+    mmio.attach(vm, guest_memory, Box::new(vsock))?;
+    Ok(mmio)
 }
 
 fn check_host(config: &VmConfig) -> Result<(), VmmError> {

@@ -10,7 +10,17 @@ use std::time::Duration;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
+use super::devices::virtio::MmioBus;
 use super::devices::PioBus;
+
+/// The buses a vCPU routes its I/O exits to.
+#[derive(Clone)]
+pub struct Buses {
+    /// Port I/O: the UARTs.
+    pub pio: Arc<Mutex<PioBus>>,
+    /// MMIO: the virtio devices' register windows.
+    pub mmio: Arc<MmioBus>,
+}
 
 /// Why a vCPU thread stopped running the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +45,7 @@ pub struct VcpuThread {
 pub fn spawn(
     mut vcpu: VcpuFd,
     cpu: u8,
-    bus: Arc<Mutex<PioBus>>,
+    buses: Buses,
     stop: Arc<AtomicBool>,
     events: Sender<VcpuEvent>,
 ) -> std::io::Result<VcpuThread> {
@@ -43,7 +53,7 @@ pub fn spawn(
     let handle = std::thread::Builder::new()
         .name(format!("vcpu{cpu}"))
         .spawn(move || {
-            if let Some(event) = run_loop(&mut vcpu, cpu, &bus, &stop) {
+            if let Some(event) = run_loop(&mut vcpu, cpu, &buses, &stop) {
                 // The receiver only disappears once the VMM is tearing down anyway.
                 let _ = events.send(event);
             }
@@ -64,20 +74,14 @@ pub fn stop_all(threads: Vec<VcpuThread>, stop: &AtomicBool) {
     }
 }
 
-fn run_loop(
-    vcpu: &mut VcpuFd,
-    cpu: u8,
-    bus: &Mutex<PioBus>,
-    stop: &AtomicBool,
-) -> Option<VcpuEvent> {
+fn run_loop(vcpu: &mut VcpuFd, cpu: u8, buses: &Buses, stop: &AtomicBool) -> Option<VcpuEvent> {
     let failed = |reason: String| Some(VcpuEvent::Failed { cpu, reason });
     while !stop.load(Ordering::SeqCst) {
         match vcpu.run() {
-            Ok(VcpuExit::IoIn(port, data)) => lock(bus).read(port, data),
-            Ok(VcpuExit::IoOut(port, data)) => lock(bus).write(port, data),
-            // No MMIO devices yet: reads float high, writes are dropped.
-            Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xff),
-            Ok(VcpuExit::MmioWrite(..)) => {}
+            Ok(VcpuExit::IoIn(port, data)) => lock(&buses.pio).read(port, data),
+            Ok(VcpuExit::IoOut(port, data)) => lock(&buses.pio).write(port, data),
+            Ok(VcpuExit::MmioRead(addr, data)) => buses.mmio.read(addr, data),
+            Ok(VcpuExit::MmioWrite(addr, data)) => buses.mmio.write(addr, data),
             Ok(VcpuExit::Shutdown) | Ok(VcpuExit::SystemEvent(..)) | Ok(VcpuExit::Hlt) => {
                 return Some(VcpuEvent::Shutdown)
             }

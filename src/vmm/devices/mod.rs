@@ -1,10 +1,11 @@
 //! Emulated devices and the port-I/O bus that routes vCPU exits to them.
 
 mod serial;
+pub mod virtio;
 
 use std::io::Write;
 
-pub use serial::{SerialPort, COM1_BASE, COM1_IRQ, COM2_BASE, COM2_IRQ};
+pub use serial::{SerialPort, COM1_BASE, COM1_IRQ};
 
 /// Errors from device setup.
 #[derive(Debug, thiserror::Error)]
@@ -27,32 +28,35 @@ pub enum DeviceError {
         /// Why.
         source: kvm_ioctls::Error,
     },
+    /// KVM refused to wire a queue notification.
+    #[error("cannot register the notification of {device} queue {queue} with KVM: {source}")]
+    Ioeventfd {
+        /// Which device.
+        device: &'static str,
+        /// The queue index.
+        queue: u32,
+        /// Why.
+        source: kvm_ioctls::Error,
+    },
 }
 
-/// The legacy devices on the port-I/O bus: two 16550 UARTs.
-///
-/// COM1 carries the guest console, COM2 the agent channel (see the protocol crate).
+/// The legacy devices on the port-I/O bus: one 16550 UART, COM1, carrying the guest console.
+/// (The agent channel is vsock.)
 pub struct PioBus {
     com1: SerialPort,
-    com2: SerialPort,
 }
 
 impl PioBus {
     /// Creates the UARTs, wiring their interrupts to the VM's in-kernel irqchip.
-    pub fn new(
-        vm: &kvm_ioctls::VmFd,
-        console: Box<dyn Write + Send>,
-        agent: Box<dyn Write + Send>,
-    ) -> Result<Self, DeviceError> {
+    pub fn new(vm: &kvm_ioctls::VmFd, console: Box<dyn Write + Send>) -> Result<Self, DeviceError> {
         Ok(Self {
             com1: SerialPort::new(vm, "COM1 (console)", COM1_BASE, COM1_IRQ, console)?,
-            com2: SerialPort::new(vm, "COM2 (agent channel)", COM2_BASE, COM2_IRQ, agent)?,
         })
     }
 
     /// Handles a guest `in` instruction; unclaimed ports read as all ones.
     pub fn read(&mut self, port: u16, data: &mut [u8]) {
-        let handled = self.com1.read(port, data) || self.com2.read(port, data);
+        let handled = self.com1.read(port, data);
         if !handled {
             data.fill(0xff);
         }
@@ -60,12 +64,11 @@ impl PioBus {
 
     /// Handles a guest `out` instruction; writes to unclaimed ports are ignored.
     pub fn write(&mut self, port: u16, data: &[u8]) {
-        let _ = self.com1.write(port, data) || self.com2.write(port, data);
+        let _ = self.com1.write(port, data);
     }
 
     /// Flushes the device outputs.
     pub fn flush(&mut self) {
         self.com1.flush();
-        self.com2.flush();
     }
 }

@@ -11,10 +11,6 @@ use super::DeviceError;
 pub const COM1_BASE: u16 = 0x3f8;
 /// Interrupt line of COM1.
 pub const COM1_IRQ: u32 = 4;
-/// I/O base of COM2.
-pub const COM2_BASE: u16 = 0x2f8;
-/// Interrupt line of COM2.
-pub const COM2_IRQ: u32 = 3;
 /// Number of registers of a UART.
 const REGISTERS: u16 = 8;
 

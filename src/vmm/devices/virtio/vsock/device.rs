@@ -1,0 +1,232 @@
+//! The vhost-vsock device: CID, config space, and handing the queues to the kernel.
+
+use std::sync::Arc;
+
+use vhost::vhost_kern::vsock::Vsock as VhostVsockBackend;
+use vhost::vsock::VhostVsock;
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Address, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::super::worker::Worker;
+use super::super::{read_config_bytes, ActivateError, Activation, VirtioDevice};
+use super::event_handler;
+
+/// virtio device id of a socket device.
+pub const DEVICE_TYPE: u32 = 19;
+/// rx, tx and event queues.
+const QUEUE_SIZES: [u16; 3] = [256, 256, 256];
+/// The queues vhost serves (rx and tx); the event queue (2) stays here.
+const VHOST_QUEUES: usize = 2;
+/// The lowest CID a guest may have (0, 1 and 2 are reserved for hypervisor, local and host).
+const FIRST_GUEST_CID: u32 = 3;
+/// How many random CIDs to try before giving up.
+const CID_ATTEMPTS: usize = 32;
+
+/// Errors while creating the vsock device.
+#[derive(Debug, thiserror::Error)]
+pub enum VsockError {
+    /// /dev/vhost-vsock is missing or not usable.
+    #[error(
+        "cannot set up vhost-vsock ({what}): {source}; load the vhost_vsock module \
+         (`modprobe vhost_vsock`) and make /dev/vhost-vsock accessible"
+    )]
+    Vhost {
+        /// What was attempted.
+        what: &'static str,
+        /// Why.
+        source: vhost::Error,
+    },
+    /// Every CID tried was taken by another VM.
+    #[error("no free vsock guest CID after {CID_ATTEMPTS} random tries")]
+    NoFreeCid,
+    /// No randomness to pick a CID.
+    #[error("cannot pick a random vsock guest CID: {0}")]
+    Random(std::io::Error),
+}
+
+enum DeviceState {
+    Inactive,
+    Active(Worker),
+}
+
+/// The vsock device backed by vhost-vsock.
+pub struct Vsock {
+    cid: u32,
+    backend: VhostVsockBackend<Arc<GuestMemoryMmap>>,
+    state: DeviceState,
+}
+
+impl Vsock {
+    /// Opens /dev/vhost-vsock for this VM and claims a free guest CID.
+    pub fn new(mem: &GuestMemoryMmap) -> Result<Self, VsockError> {
+        let vhost = |what| move |source| VsockError::Vhost { what, source };
+        let backend = VhostVsockBackend::new(Arc::new(mem.clone()))
+            .map_err(vhost("open /dev/vhost-vsock"))?;
+        backend.set_owner().map_err(vhost("VHOST_SET_OWNER"))?;
+        let cid = claim_cid(&backend)?;
+        Ok(Self {
+            cid,
+            backend,
+            state: DeviceState::Inactive,
+        })
+    }
+
+    /// The guest's CID.
+    pub fn cid(&self) -> u32 {
+        self.cid
+    }
+
+    fn start(&mut self, activation: Activation) -> Result<Worker, ActivateError> {
+        let name = self.name();
+        let backend_error = |what: &str| {
+            let what = what.to_string();
+            move |err: vhost::Error| ActivateError::Backend {
+                device: name,
+                what,
+                source: std::io::Error::other(err.to_string()),
+            }
+        };
+        let Activation {
+            mem,
+            queues,
+            kicks,
+            interrupt,
+            acked_features,
+        } = activation;
+        let features = acked_features
+            & self
+                .backend
+                .get_features()
+                .map_err(backend_error("VHOST_GET_FEATURES"))?;
+        self.backend
+            .set_features(features)
+            .map_err(backend_error("VHOST_SET_FEATURES"))?;
+        self.backend
+            .set_mem_table(&memory_table(&mem))
+            .map_err(backend_error("VHOST_SET_MEM_TABLE"))?;
+        let mut calls = Vec::with_capacity(VHOST_QUEUES);
+        for (index, (queue, kick)) in queues.iter().zip(&kicks).take(VHOST_QUEUES).enumerate() {
+            if !queue.ready() || !queue.is_valid(&mem) {
+                return Err(ActivateError::BadQueue {
+                    device: name,
+                    queue: index,
+                });
+            }
+            let call = EventFd::new(EFD_NONBLOCK).map_err(|source| ActivateError::Backend {
+                device: name,
+                what: "cannot create a call eventfd".into(),
+                source,
+            })?;
+            self.setup_vring(index, queue, kick, &call)
+                .map_err(backend_error("set up a vring"))?;
+            calls.push(call);
+        }
+        self.backend
+            .start()
+            .map_err(backend_error("VHOST_VSOCK_SET_RUNNING"))?;
+        event_handler::start(calls, interrupt).map_err(|source| ActivateError::Backend {
+            device: name,
+            what: "cannot start the worker thread".into(),
+            source,
+        })
+    }
+
+    fn setup_vring(
+        &self,
+        index: usize,
+        queue: &Queue,
+        kick: &EventFd,
+        call: &EventFd,
+    ) -> Result<(), vhost::Error> {
+        let config = VringConfigData {
+            queue_max_size: queue.max_size(),
+            queue_size: queue.size(),
+            flags: 0,
+            desc_table_addr: queue.desc_table(),
+            used_ring_addr: queue.used_ring(),
+            avail_ring_addr: queue.avail_ring(),
+            log_addr: None,
+        };
+        self.backend.set_vring_num(index, queue.size())?;
+        self.backend.set_vring_addr(index, &config)?;
+        self.backend.set_vring_base(index, 0)?;
+        self.backend.set_vring_call(index, call)?;
+        self.backend.set_vring_kick(index, kick)
+    }
+}
+
+/// The guest memory regions as vhost's memory table.
+fn memory_table(mem: &GuestMemoryMmap) -> Vec<VhostUserMemoryRegionInfo> {
+    mem.iter()
+        .map(|region| VhostUserMemoryRegionInfo {
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+            mmap_offset: 0,
+            mmap_handle: -1,
+        })
+        .collect()
+}
+
+/// Claims a random free CID with VHOST_VSOCK_SET_GUEST_CID, retrying when another VM has it.
+fn claim_cid(backend: &VhostVsockBackend<Arc<GuestMemoryMmap>>) -> Result<u32, VsockError> {
+    for _ in 0..CID_ATTEMPTS {
+        let mut bytes = [0u8; 4];
+        super::super::rng::getrandom(&mut bytes).map_err(VsockError::Random)?;
+        // Keep CIDs positive as signed 32-bit numbers; some tools print them that way.
+        let cid = FIRST_GUEST_CID + u32::from_le_bytes(bytes) % (0x7fff_0000 - FIRST_GUEST_CID);
+        match backend.set_guest_cid(u64::from(cid)) {
+            Ok(()) => return Ok(cid),
+            Err(vhost::Error::IoctlError(err)) if err.raw_os_error() == Some(libc::EADDRINUSE) => {}
+            Err(source) => {
+                return Err(VsockError::Vhost {
+                    what: "VHOST_VSOCK_SET_GUEST_CID",
+                    source,
+                })
+            }
+        }
+    }
+    Err(VsockError::NoFreeCid)
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        DEVICE_TYPE
+    }
+
+    fn name(&self) -> &'static str {
+        "virtio-vsock"
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        0
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // struct virtio_vsock_config { le64 guest_cid; }
+        read_config_bytes(&u64::from(self.cid).to_le_bytes(), offset, data);
+    }
+
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+        let worker = self.start(activation)?;
+        self.state = DeviceState::Active(worker);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        if let DeviceState::Active(mut worker) =
+            std::mem::replace(&mut self.state, DeviceState::Inactive)
+        {
+            if let Err(err) = self.backend.stop() {
+                eprintln!("podvm: virtio-vsock: cannot stop vhost: {err}");
+            }
+            worker.stop();
+        }
+    }
+}
