@@ -230,3 +230,43 @@ fn gc_expires_prepared_pods_and_cleans_aborted_prepares() {
         "{uuid} expired"
     );
 }
+
+#[test]
+fn status_wait_returns_when_the_pod_ends_and_explains_a_dead_podvm() {
+    if registry_support::skip() {
+        return;
+    }
+    let fixtures = Fixtures::get();
+    let data = tempfile::tempdir().expect("tempdir");
+    let dir = data.path();
+    let uuid = ok(dir, &["prepare", &fixtures.oci_reference("busybox")])
+        .trim()
+        .to_string();
+    // A limited wait on a pod that stays prepared gives up and reports it as it is.
+    let limited = json(dir, &["status", "--wait=300ms", "--format", "json", &uuid]);
+    assert_eq!(limited["state"], "prepared", "{limited}");
+
+    // What a podvm killed with -9 while running leaves: the pod in run/, started with a pid,
+    // nobody holding its lock. Move it there while `status --wait` (no limit) waits.
+    let prepared = dir.join("pods/prepared").join(&uuid);
+    let running = dir.join("pods/run").join(&uuid);
+    let status_file = prepared.join("status.json");
+    let mut status: Value =
+        serde_json::from_slice(&std::fs::read(&status_file).expect("status.json")).expect("json");
+    status["started"] = Value::from(1);
+    status["pid"] = Value::from(4_000_000);
+    std::fs::write(&status_file, status.to_string()).expect("write status");
+    let mover = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        std::fs::create_dir_all(running.parent().expect("parent")).expect("run dir");
+        std::fs::rename(prepared, running).expect("move pod");
+    });
+    let waited = json(dir, &["status", "--wait", "--format", "json", &uuid]);
+    mover.join().expect("mover");
+    assert_eq!(waited["state"], "exited", "{waited}");
+    let reason = waited["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("4000000") && reason.contains("died"),
+        "{waited}"
+    );
+}
