@@ -270,3 +270,66 @@ fn status_wait_returns_when_the_pod_ends_and_explains_a_dead_podvm() {
         "{waited}"
     );
 }
+
+#[test]
+fn stop_refuses_pods_that_do_not_run_and_force_kills_the_pods_podvm() {
+    if registry_support::skip() {
+        return;
+    }
+    let fixtures = Fixtures::get();
+    let data = tempfile::tempdir().expect("tempdir");
+    let dir = data.path();
+    let uuid = ok(dir, &["prepare", &fixtures.oci_reference("busybox")])
+        .trim()
+        .to_string();
+    let refused = podvm(dir, &["stop", &uuid]);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("prepared") && stderr.contains("only running"),
+        "{stderr}"
+    );
+
+    // Stand-in for the pod's `podvm run`: a process holding the pod's lock whose pid the pod
+    // records (the VM itself is tested in the nested E2E tests).
+    let prepared = dir.join("pods/prepared").join(&uuid);
+    let running = dir.join("pods/run").join(&uuid);
+    std::fs::create_dir_all(dir.join("pods/run")).expect("run dir");
+    std::fs::rename(&prepared, &running).expect("move pod");
+    let mut holder = Command::new("sh")
+        .arg("-c")
+        .arg("exec 9<\"$0\" && flock 9 && echo locked && exec sleep 60")
+        .arg(&running)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("lock holder");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("holder says locked");
+    let status_file = running.join("status.json");
+    let mut status: Value =
+        serde_json::from_slice(&std::fs::read(&status_file).expect("status.json")).expect("json");
+    status["started"] = Value::from(1);
+    status["pid"] = Value::from(holder.id());
+    std::fs::write(&status_file, status.to_string()).expect("write status");
+    assert_eq!(
+        json(dir, &["status", "--format", "json", &uuid])["state"],
+        "running"
+    );
+
+    ok(dir, &["stop", "--force", &uuid]);
+    let killed = holder.wait().expect("holder ended");
+    assert!(!killed.success(), "the holder was killed: {killed:?}");
+    let after = json(dir, &["status", "--format", "json", &uuid]);
+    assert_eq!(after["state"], "exited", "{after}");
+    assert!(
+        after["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("--force"),
+        "{after}"
+    );
+}

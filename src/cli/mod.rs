@@ -12,6 +12,7 @@ mod check;
 mod fetch;
 mod image;
 mod pod_gc;
+mod pod_stop;
 mod pods;
 mod prepare;
 mod run;
@@ -61,6 +62,8 @@ pub enum Command {
     Status(pods::StatusArgs),
     /// Print a pod's appc pod manifest.
     CatManifest(pods::CatManifestArgs),
+    /// Stop running pods: SIGTERM to their apps through the agent, or `--force` to kill the VM.
+    Stop(pod_stop::StopArgs),
     /// Remove pods that are not running.
     Rm(pod_gc::RmArgs),
     /// Garbage-collect exited pods after a grace period, and leftovers of failed prepares.
@@ -82,6 +85,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::List(args) => pods::list(&cli.data_dir, args).map_err(Into::into),
         Command::Status(args) => pods::status(&cli.data_dir, args).map_err(Into::into),
         Command::CatManifest(args) => pods::cat_manifest(&cli.data_dir, args).map_err(Into::into),
+        Command::Stop(args) => pod_stop::stop(&cli.data_dir, args).map_err(Into::into),
         Command::Rm(args) => pod_gc::rm(&cli.data_dir, args).map_err(Into::into),
         Command::Gc(args) => pod_gc::gc(&cli.data_dir, args).map_err(Into::into),
         Command::Version(args) => Ok(version::run(args)),

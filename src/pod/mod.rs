@@ -52,6 +52,9 @@ pub enum PodError {
     /// Another podvm command holds the pod.
     #[error("pod {0} is busy: another podvm command holds it (running, or being changed)")]
     Busy(String),
+    /// A stopped pod's podvm did not let go of it in time.
+    #[error("pod {0} did not stop: its podvm process still holds it; check `podvm status {0}`")]
+    StopTimeout(String),
     /// The pod is not in a state the command accepts.
     #[error("pod {uuid} is {state}: {hint}")]
     WrongState {
