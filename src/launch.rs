@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use podvm_protocol::{BootSpec, ExitStatus};
 
 use crate::agent_link::{self, AgentLink, LinkReport};
+use crate::pod::logs::{AppLog, LogStream};
 use crate::vmm::{self, VmConfig, VmOutputs, VmStats};
 use crate::{artifacts, initramfs};
 
@@ -40,6 +41,8 @@ pub struct LaunchPlan {
     pub console_log: Option<PathBuf>,
     /// Extra kernel command line arguments.
     pub kernel_args: Vec<String>,
+    /// Also record the workload's output in this app log (pods).
+    pub app_log: Option<AppLog>,
 }
 
 /// How a launch ended.
@@ -124,7 +127,14 @@ pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
         ),
     };
     let console = ConsoleSink::create(&log_path, plan.console)?;
-    let (link, report) = AgentLink::new(Box::new(std::io::stdout()), Box::new(std::io::stderr()));
+    let (stdout, stderr): (Box<dyn Write + Send>, Box<dyn Write + Send>) = match &plan.app_log {
+        Some(log) => (
+            Box::new(log.tee(LogStream::Stdout, Box::new(std::io::stdout()))),
+            Box::new(log.tee(LogStream::Stderr, Box::new(std::io::stderr()))),
+        ),
+        None => (Box::new(std::io::stdout()), Box::new(std::io::stderr())),
+    };
+    let (link, report) = AgentLink::new(stdout, stderr);
     let outputs = VmOutputs {
         console: Box::new(console),
         agent: Box::new(link),
@@ -141,6 +151,11 @@ pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
             LaunchError::Vmm(other)
         }
     })?;
+    if let Some(log) = &plan.app_log {
+        if let Err(err) = log.finish() {
+            eprintln!("podvm: cannot finish the app log: {err}");
+        }
+    }
     let report = agent_link::lock(&report).clone();
     let status = exit_status(&report, &log_path)?;
     if !keep_log {

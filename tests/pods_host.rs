@@ -33,6 +33,22 @@ fn json(dir: &Path, args: &[&str]) -> Value {
     serde_json::from_str(&ok(dir, args)).expect("json output")
 }
 
+fn prepare_busybox(dir: &Path, fixtures: &Fixtures) -> String {
+    ok(dir, &["prepare", &fixtures.oci_reference("busybox")])
+        .trim()
+        .to_string()
+}
+
+/// Records in a pod's status what `podvm run` records when its VM starts.
+fn record_start(pod_dir: &Path, pid: u32) {
+    let status_file = pod_dir.join("status.json");
+    let mut status: Value =
+        serde_json::from_slice(&std::fs::read(&status_file).expect("status.json")).expect("json");
+    status["started"] = Value::from(1);
+    status["pid"] = Value::from(pid);
+    std::fs::write(&status_file, status.to_string()).expect("write status");
+}
+
 fn env_of(manifest: &Value, app: usize) -> Vec<(String, String)> {
     manifest["apps"][app]["app"]["environment"]
         .as_array()
@@ -199,9 +215,7 @@ fn gc_expires_prepared_pods_and_cleans_aborted_prepares() {
     let fixtures = Fixtures::get();
     let data = tempfile::tempdir().expect("tempdir");
     let dir = data.path();
-    let uuid = ok(dir, &["prepare", &fixtures.oci_reference("busybox")])
-        .trim()
-        .to_string();
+    let uuid = prepare_busybox(dir, fixtures);
     // A prepare whose podvm died: a pod directory in prepare/ that nobody locks.
     let aborted = dir.join("pods/prepare/00000000-dead-4000-8000-000000000000");
     std::fs::create_dir_all(&aborted).expect("aborted pod");
@@ -239,9 +253,7 @@ fn status_wait_returns_when_the_pod_ends_and_explains_a_dead_podvm() {
     let fixtures = Fixtures::get();
     let data = tempfile::tempdir().expect("tempdir");
     let dir = data.path();
-    let uuid = ok(dir, &["prepare", &fixtures.oci_reference("busybox")])
-        .trim()
-        .to_string();
+    let uuid = prepare_busybox(dir, fixtures);
     // A limited wait on a pod that stays prepared gives up and reports it as it is.
     let limited = json(dir, &["status", "--wait=300ms", "--format", "json", &uuid]);
     assert_eq!(limited["state"], "prepared", "{limited}");
@@ -250,12 +262,7 @@ fn status_wait_returns_when_the_pod_ends_and_explains_a_dead_podvm() {
     // nobody holding its lock. Move it there while `status --wait` (no limit) waits.
     let prepared = dir.join("pods/prepared").join(&uuid);
     let running = dir.join("pods/run").join(&uuid);
-    let status_file = prepared.join("status.json");
-    let mut status: Value =
-        serde_json::from_slice(&std::fs::read(&status_file).expect("status.json")).expect("json");
-    status["started"] = Value::from(1);
-    status["pid"] = Value::from(4_000_000);
-    std::fs::write(&status_file, status.to_string()).expect("write status");
+    record_start(&prepared, 4_000_000);
     let mover = std::thread::spawn(move || {
         std::thread::sleep(std::time::Duration::from_millis(500));
         std::fs::create_dir_all(running.parent().expect("parent")).expect("run dir");
@@ -279,9 +286,7 @@ fn stop_refuses_pods_that_do_not_run_and_force_kills_the_pods_podvm() {
     let fixtures = Fixtures::get();
     let data = tempfile::tempdir().expect("tempdir");
     let dir = data.path();
-    let uuid = ok(dir, &["prepare", &fixtures.oci_reference("busybox")])
-        .trim()
-        .to_string();
+    let uuid = prepare_busybox(dir, fixtures);
     let refused = podvm(dir, &["stop", &uuid]);
     assert_eq!(refused.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&refused.stderr);
@@ -309,12 +314,7 @@ fn stop_refuses_pods_that_do_not_run_and_force_kills_the_pods_podvm() {
         &mut line,
     )
     .expect("holder says locked");
-    let status_file = running.join("status.json");
-    let mut status: Value =
-        serde_json::from_slice(&std::fs::read(&status_file).expect("status.json")).expect("json");
-    status["started"] = Value::from(1);
-    status["pid"] = Value::from(holder.id());
-    std::fs::write(&status_file, status.to_string()).expect("write status");
+    record_start(&running, holder.id());
     assert_eq!(
         json(dir, &["status", "--format", "json", &uuid])["state"],
         "running"
@@ -331,5 +331,38 @@ fn stop_refuses_pods_that_do_not_run_and_force_kills_the_pods_podvm() {
             .unwrap_or_default()
             .contains("--force"),
         "{after}"
+    );
+}
+
+#[test]
+fn app_limits_become_isolators_and_bad_ones_are_named() {
+    if registry_support::skip() {
+        return;
+    }
+    let fixtures = Fixtures::get();
+    let data = tempfile::tempdir().expect("tempdir");
+    let dir = data.path();
+    let busybox = fixtures.oci_reference("busybox");
+    let uuid = ok(
+        dir,
+        &["prepare", &busybox, "--memory", "300Mi", "--cpu", "500m"],
+    )
+    .trim()
+    .to_string();
+    let manifest = json(dir, &["cat-manifest", &uuid]);
+    assert_eq!(
+        manifest["apps"][0]["app"]["isolators"],
+        serde_json::json!([
+            {"name": "resource/memory", "value": {"limit": "300Mi"}},
+            {"name": "resource/cpu", "value": {"limit": "500m"}},
+        ]),
+        "{manifest}"
+    );
+    let bad = podvm(dir, &["prepare", &busybox, "--memory", "lots"]);
+    assert_eq!(bad.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("--memory \"lots\"") && err.contains("512M"),
+        "{err}"
     );
 }

@@ -92,6 +92,7 @@ pub fn run(args: BootArgs) -> Result<ExitCode, BootCmdError> {
         console: args.console,
         console_log: args.console_log,
         kernel_args: args.kernel_args,
+        app_log: None,
     };
     if let Some(path) = &args.dump_initramfs {
         let (initramfs, cmdline) = launch::boot_media(&plan)?;

@@ -12,6 +12,7 @@ mod check;
 mod fetch;
 mod image;
 mod pod_gc;
+mod pod_logs;
 mod pod_stop;
 mod pods;
 mod prepare;
@@ -64,6 +65,8 @@ pub enum Command {
     CatManifest(pods::CatManifestArgs),
     /// Stop running pods: SIGTERM to their apps through the agent, or `--force` to kill the VM.
     Stop(pod_stop::StopArgs),
+    /// Print an app's recorded output (stdout and stderr apart); `--follow` while it runs.
+    Logs(pod_logs::LogsArgs),
     /// Remove pods that are not running.
     Rm(pod_gc::RmArgs),
     /// Garbage-collect exited pods after a grace period, and leftovers of failed prepares.
@@ -86,6 +89,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Status(args) => pods::status(&cli.data_dir, args).map_err(Into::into),
         Command::CatManifest(args) => pods::cat_manifest(&cli.data_dir, args).map_err(Into::into),
         Command::Stop(args) => pod_stop::stop(&cli.data_dir, args).map_err(Into::into),
+        Command::Logs(args) => pod_logs::logs(&cli.data_dir, args).map_err(Into::into),
         Command::Rm(args) => pod_gc::rm(&cli.data_dir, args).map_err(Into::into),
         Command::Gc(args) => pod_gc::gc(&cli.data_dir, args).map_err(Into::into),
         Command::Version(args) => Ok(version::run(args)),

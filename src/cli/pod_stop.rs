@@ -13,6 +13,7 @@ use clap::Args;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use super::pod_gc::for_each_pod;
 use crate::pod::status::now;
 use crate::pod::{lock, Pod, PodError, PodState, PodStore};
 
@@ -52,24 +53,10 @@ pub fn stop(data_dir: &Path, args: StopArgs) -> Result<ExitCode, PodError> {
         eprintln!("podvm: stop: name at least one pod (uuid prefix or --uuid-file)");
         return Ok(ExitCode::FAILURE);
     }
-    let mut failed = false;
-    for prefix in &prefixes {
-        match pods
-            .find(prefix)
-            .and_then(|pod| stop_one(&pods, &pod, args.force))
-        {
-            Ok(uuid) => println!("\"{uuid}\""),
-            Err(err) => {
-                eprintln!("podvm: stop {prefix}: {err}");
-                failed = true;
-            }
-        }
-    }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    let force = args.force;
+    Ok(for_each_pod(&pods, "stop", &prefixes, |pods, pod| {
+        stop_one(pods, pod, force)
+    }))
 }
 
 fn stop_one(pods: &PodStore, pod: &Pod, force: bool) -> Result<String, PodError> {

@@ -12,6 +12,7 @@ use super::fetch::{options, InsecureOption};
 use crate::image::fetch::{fetch, PullPolicy};
 use crate::image::{self, ImageError, PreparedImage};
 use crate::pod::manifest::{self, App, ImageRef, NameValue, PodManifest, RuntimeApp};
+use crate::pod::resources::{Isolator, ResourceError};
 use crate::pod::status::{now, PodStatus};
 use crate::pod::{PodError, PodStore};
 use crate::store::{Store, StoreError};
@@ -81,6 +82,12 @@ struct AppArgs {
     /// Make the app's root filesystem read-only.
     #[arg(long = "readonly-rootfs")]
     readonly_rootfs: bool,
+    /// Memory limit of the app, e.g. 512M or 1Gi (the VM is sized to the sum of its apps').
+    #[arg(long)]
+    memory: Option<String>,
+    /// CPU limit of the app, e.g. 500m or 2 (the VM gets the sum, rounded up, as vCPUs).
+    #[arg(long)]
+    cpu: Option<String>,
     /// Arguments replacing the image's (after `--`).
     #[arg(last = true)]
     args: Vec<String>,
@@ -107,6 +114,9 @@ pub enum PrepareError {
         /// The value.
         value: String,
     },
+    /// A bad `--memory` or `--cpu`.
+    #[error(transparent)]
+    Resource(#[from] ResourceError),
     /// The image has no command and none was given.
     #[error("image {0} has no command: pass --exec")]
     NoCommand(String),
@@ -269,9 +279,17 @@ fn runtime_app(
                 .clone()
                 .unwrap_or_else(|| defaults.working_dir.clone()),
             environment,
+            isolators: isolators(app)?,
         },
         read_only_root_fs: app.readonly_rootfs,
     })
+}
+
+/// The app's `--memory` and `--cpu` as appc isolators.
+fn isolators(app: &AppArgs) -> Result<Vec<Isolator>, PrepareError> {
+    let memory = app.memory.as_deref().map(Isolator::memory);
+    let cpu = app.cpu.as_deref().map(Isolator::cpu);
+    Ok(memory.into_iter().chain(cpu).collect::<Result<_, _>>()?)
 }
 
 /// Splits the raw words at `---` and parses each app's flags.
