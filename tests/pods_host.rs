@@ -366,3 +366,45 @@ fn app_limits_become_isolators_and_bad_ones_are_named() {
         "{err}"
     );
 }
+
+#[test]
+fn env_file_and_inherited_env_take_their_place_in_the_precedence() {
+    if registry_support::skip() {
+        return;
+    }
+    let fixtures = Fixtures::get();
+    let data = tempfile::tempdir().expect("tempdir");
+    let dir = data.path();
+    let env_file = dir.join("env");
+    std::fs::write(&env_file, "# comment\n\nFROM_FILE=file\nBOTH=file\n").expect("env file");
+    let out = Command::new(env!("CARGO_BIN_EXE_podvm"))
+        .arg("--dir")
+        .arg(dir)
+        .args(["prepare", "--inherit-env", "--set-env-file"])
+        .arg(&env_file)
+        .args(["--set-env", "BOTH=flag", &fixtures.oci_reference("busybox")])
+        .env("PODVM_TEST_INHERITED", "host")
+        .env("PATH", "/host/path:/usr/bin:/bin")
+        .output()
+        .expect("run podvm");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let uuid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let env = env_of(&json(dir, &["cat-manifest", &uuid]), 0);
+    let get = |name: &str| env.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    assert_eq!(get("PODVM_TEST_INHERITED"), Some("host"), "{env:?}");
+    assert_eq!(get("FROM_FILE"), Some("file"), "{env:?}");
+    assert_eq!(
+        get("BOTH"),
+        Some("flag"),
+        "--set-env wins over the file: {env:?}"
+    );
+    assert_ne!(
+        get("PATH"),
+        Some("/host/path:/usr/bin:/bin"),
+        "the image's PATH wins: {env:?}"
+    );
+}

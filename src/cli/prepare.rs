@@ -26,6 +26,13 @@ pub struct PrepareArgs {
     /// Environment for every app, KEY=VALUE (repeatable); app `--environment` wins over it.
     #[arg(long = "set-env", value_name = "KEY=VALUE")]
     set_env: Vec<String>,
+    /// File of KEY=VALUE lines (blank lines and `#` comments skipped) for every app, below
+    /// `--set-env`.
+    #[arg(long = "set-env-file", value_name = "FILE")]
+    set_env_file: Option<PathBuf>,
+    /// Give apps podvm's own environment, below what the image and the flags set.
+    #[arg(long = "inherit-env")]
+    inherit_env: bool,
     /// The pod's hostname (default: podvm-<uuid>).
     #[arg(long)]
     hostname: Option<String>,
@@ -114,6 +121,14 @@ pub enum PrepareError {
         /// The value.
         value: String,
     },
+    /// The `--set-env-file` could not be read.
+    #[error("cannot read --set-env-file {path}: {source}")]
+    EnvFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A bad `--memory` or `--cpu`.
     #[error(transparent)]
     Resource(#[from] ResourceError),
@@ -161,7 +176,7 @@ pub fn run(data_dir: &Path, args: PrepareArgs) -> Result<ExitCode, PrepareError>
 
 /// Creates the pod and returns its uuid; on failure nothing of the pod is left behind.
 pub fn prepare(data_dir: &Path, args: &PrepareArgs) -> Result<String, PrepareError> {
-    let set_env = parse_pairs("--set-env", &args.set_env)?;
+    let set_env = pod_env(args)?;
     let annotations = parse_pairs("--annotation", &args.annotations)?;
     let app_args = split_apps(&args.apps)?;
     let pods = PodStore::open(data_dir)?;
@@ -192,7 +207,7 @@ fn build_manifest(
     data_dir: &Path,
     args: &PrepareArgs,
     app_args: &[AppArgs],
-    set_env: &[NameValue],
+    set_env: &PodEnv,
     mut annotations: Vec<NameValue>,
     uuid: &str,
 ) -> Result<PodManifest, PrepareError> {
@@ -216,11 +231,48 @@ fn build_manifest(
     Ok(PodManifest::new(apps, annotations))
 }
 
+/// The environment every app gets, lowest precedence first: inherited (`--inherit-env`, marked
+/// so that image values win over it), `--set-env-file`, `--set-env`.
+fn pod_env(args: &PrepareArgs) -> Result<PodEnv, PrepareError> {
+    let inherited = if args.inherit_env {
+        std::env::vars()
+            .map(|(name, value)| NameValue { name, value })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut set = Vec::new();
+    if let Some(path) = &args.set_env_file {
+        let text = std::fs::read_to_string(path).map_err(|source| PrepareError::EnvFile {
+            path: path.clone(),
+            source,
+        })?;
+        let lines: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .map(String::from)
+            .collect();
+        set.extend(parse_pairs("--set-env-file", &lines)?);
+    }
+    set.extend(parse_pairs("--set-env", &args.set_env)?);
+    Ok(PodEnv { inherited, set })
+}
+
+/// Pod-level environment for the apps.
+#[derive(Debug, Default)]
+struct PodEnv {
+    /// Below the image's environment.
+    inherited: Vec<NameValue>,
+    /// Above the image's, below the app's `--environment`.
+    set: Vec<NameValue>,
+}
+
 /// One app: image defaults, then pod-level `--set-env`, then the app's own flags.
 fn runtime_app(
     app: &AppArgs,
     image: &PreparedImage,
-    set_env: &[NameValue],
+    pod_env: &PodEnv,
     taken: &[String],
 ) -> Result<RuntimeApp, PrepareError> {
     let defaults = &image.defaults;
@@ -239,17 +291,16 @@ fn runtime_app(
     if exec.is_empty() {
         return Err(PrepareError::NoCommand(app.image.clone()));
     }
-    let mut environment: Vec<NameValue> = defaults
-        .env
-        .iter()
-        .map(|(name, value)| NameValue {
-            name: name.clone(),
-            value: value.clone(),
-        })
-        .collect();
-    for entry in set_env
+    let mut environment: Vec<NameValue> = Vec::new();
+    for entry in pod_env
+        .inherited
         .iter()
         .cloned()
+        .chain(defaults.env.iter().map(|(name, value)| NameValue {
+            name: name.clone(),
+            value: value.clone(),
+        }))
+        .chain(pod_env.set.iter().cloned())
         .chain(parse_pairs("--environment", &app.environment)?)
     {
         match environment
