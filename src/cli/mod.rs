@@ -15,6 +15,7 @@ mod pod_gc;
 mod pods;
 mod prepare;
 mod run;
+mod trust;
 
 /// Exit code for errors of podvm itself (as opposed to the workload's status).
 pub const EXIT_PODVM_ERROR: u8 = 125;
@@ -64,6 +65,8 @@ pub enum Command {
     Rm(pod_gc::RmArgs),
     /// Garbage-collect exited pods after a grace period, and leftovers of failed prepares.
     Gc(pod_gc::GcArgs),
+    /// Trust an OpenPGP key to verify ACI signatures (for an image name prefix, or --root).
+    Trust(trust::TrustArgs),
 }
 
 /// Runs the parsed command line and maps its result to the process exit code.
@@ -81,6 +84,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::CatManifest(args) => pods::cat_manifest(&cli.data_dir, args).map_err(Into::into),
         Command::Rm(args) => pod_gc::rm(&cli.data_dir, args).map_err(Into::into),
         Command::Gc(args) => pod_gc::gc(&cli.data_dir, args).map_err(Into::into),
+        Command::Trust(args) => trust::run(&cli.data_dir, args).map_err(Into::into),
     };
     result.unwrap_or_else(|err| {
         eprintln!("podvm: {err}");
