@@ -101,6 +101,7 @@ pub fn run(data_dir: &Path, args: TrustArgs) -> Result<ExitCode, TrustCliError> 
                 let d = Discoverer {
                     agent: &agent,
                     insecure_http: args.insecure_allow_http,
+                    http_flag: "--insecure-allow-http",
                 };
                 d.pubkeys(&app)?
             }

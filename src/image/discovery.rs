@@ -88,11 +88,18 @@ impl AppName {
         Ok(AppName { name, labels })
     }
 
-    /// The name with its labels, as the user would write it.
+    /// The name as the user would write it: `name[:version]`, then labels other than the
+    /// version and the default os/arch.
     pub fn canonical(&self) -> String {
         let mut s = self.name.clone();
+        if let Some(v) = self.labels.get("version") {
+            s.push_str(&format!(":{v}"));
+        }
         for (k, v) in &self.labels {
-            s.push_str(&format!(",{k}={v}"));
+            let default = (k == "os" && v == "linux") || (k == "arch" && v == "amd64");
+            if k != "version" && !default {
+                s.push_str(&format!(",{k}={v}"));
+            }
         }
         s
     }
@@ -116,8 +123,10 @@ pub struct AciEndpoint {
 pub struct Discoverer<'a> {
     /// The HTTP agent (TLS verification as configured).
     pub agent: &'a ureq::Agent,
-    /// Fall back to plain http (`--insecure-options=http`).
+    /// Fall back to plain http.
     pub insecure_http: bool,
+    /// The flag that allows plain http, for messages (`--insecure-options=http`).
+    pub http_flag: &'static str,
 }
 
 impl Discoverer<'_> {
@@ -197,11 +206,14 @@ impl Discoverer<'_> {
                         Err(e) => errs.push(format!("{url}: {e}")),
                     }
                 }
-                Err(e) => errs.push(format!("{url}: {}", http::describe(&e))),
+                Err(e) => errs.push(http::describe(&e)),
             }
         }
         if !self.insecure_http {
-            errs.push("(plain http is tried only with --insecure-options=http)".into());
+            errs.push(format!(
+                "(plain http is tried only with {})",
+                self.http_flag
+            ));
         }
         Err(errs.join("; "))
     }
@@ -235,7 +247,7 @@ fn matching(html: &str, meta: &str, name: &str) -> Vec<String> {
                 .then(|| (prefix.len(), value.to_string()))
         })
         .collect();
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|f| std::cmp::Reverse(f.0));
     found.into_iter().map(|(_, v)| v).collect()
 }
 

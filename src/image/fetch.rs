@@ -178,7 +178,7 @@ pub fn fetch(store: &Store, opts: &FetchOptions, input: &str) -> Result<ImageRec
     } else if name.ends_with(".aci") || input.starts_with("file://") {
         fetch_aci::from_file(store, opts, &name, Path::new(&name))?
     } else if discovery::is_discoverable(input) {
-        fetch_aci::discovered(store, opts, input)?
+        fetch_aci::discovered(store, opts, input, &name)?
     } else {
         return Err(FetchError::Unsupported(input.to_string(), "").into());
     };
@@ -219,9 +219,11 @@ pub fn canonical_name(input: &str) -> Result<String, FetchError> {
         return Ok(abs.display().to_string());
     }
     if discovery::is_discoverable(input) {
-        let app = discovery::AppName::parse(input)?;
-        let version = app.labels.get("version").map_or("latest", String::as_str);
-        return Ok(format!("{}:{version}", app.name));
+        let mut app = discovery::AppName::parse(input)?;
+        app.labels
+            .entry("version".into())
+            .or_insert_with(|| "latest".into());
+        return Ok(app.canonical());
     }
     Ok(input.to_string())
 }

@@ -75,30 +75,25 @@ pub fn from_url(store: &Store, opts: &FetchOptions, url: &str) -> Result<ImageRe
     download_and_import(store, opts, &agent, url, url, &format!("{url}.asc"), None)
 }
 
-/// Resolves the appc name `input` by discovery and fetches the first ACI that downloads.
+/// Resolves the appc name `input` by discovery and fetches the first ACI that downloads,
+/// recording it as `name`.
 pub fn discovered(
     store: &Store,
     opts: &FetchOptions,
     input: &str,
+    name: &str,
 ) -> Result<ImageRecord, FetchError> {
     let app = AppName::parse(input)?;
     let agent = http::agent(opts.insecure_tls);
     let d = Discoverer {
         agent: &agent,
         insecure_http: opts.insecure_http,
+        http_flag: "--insecure-options=http",
     };
     let endpoints = d.aci_endpoints(&app)?;
     let mut last = None;
     for ep in &endpoints {
-        match download_and_import(
-            store,
-            opts,
-            &agent,
-            input,
-            &ep.aci,
-            &ep.asc,
-            Some(&app.name),
-        ) {
+        match download_and_import(store, opts, &agent, name, &ep.aci, &ep.asc, Some(&app.name)) {
             Err(e @ FetchError::Download { .. }) => {
                 eprintln!("warning: {e}; trying the next discovered location");
                 last = Some(e);

@@ -163,7 +163,11 @@ pub fn verify(
     .map_err(|e| SignatureError::Invalid {
         image: image.to_string(),
         fingerprint: tk.key.fingerprint.clone(),
-        why: e.to_string(),
+        why: e
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
     })?;
     Ok(Verified {
         fingerprint: tk.key.fingerprint.clone(),
