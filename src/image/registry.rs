@@ -216,7 +216,7 @@ impl Client {
                 .as_ref()
                 .map(Credentials::basic_header)
                 .ok_or_else(|| {
-                    auth_err("the registry wants a user and password; none configured".into())
+                    auth_err("the registry wants a user and password and no credentials are configured for it; add them to <dir>/auth.d/ or the docker config.json".into())
                 })?,
             "bearer" => format!("Bearer {}", self.token(&ch.params)?),
             other => return Err(auth_err(format!("unsupported auth scheme {other}"))),
