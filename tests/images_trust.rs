@@ -120,6 +120,63 @@ fn signed_aci_verifies_tampered_and_unsigned_fail() {
     ));
 }
 
+/// Runs `podvm trust` on a terminal (via `script`), answering `answer`; returns (ok, output).
+fn trust_interactive(dir: &Path, prefix: &str, key: &Path, answer: &str) -> (bool, String) {
+    let cmd = format!(
+        "{} --dir '{}' trust --prefix {prefix} '{}'",
+        env!("CARGO_BIN_EXE_podvm"),
+        dir.display(),
+        key.display()
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("script runs");
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        // Give podvm time to ask before answering (the pty would echo an early answer anyway).
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let _ = stdin.write_all(answer.as_bytes());
+    }
+    let out = child.wait_with_output().expect("script finishes");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn trust_asks_on_a_terminal() {
+    if signing::skip() {
+        return;
+    }
+    let t = tempfile::tempdir().expect("tempdir");
+    let dir = t.path().join("store");
+    let signer = Signer::new("Asked <ask@example.com>", "ed25519");
+    let key = t.path().join("k.asc");
+    signer.export(&key);
+    let fp = signer.fingerprint.to_ascii_lowercase();
+    let stored = dir.join("trustedkeys/prefix.d/example.com/ask").join(&fp);
+    // gpg groups the fingerprint by 4; the prompt shows it the same way.
+    let grouped: Vec<String> = signer
+        .fingerprint
+        .as_bytes()
+        .chunks(4)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    let (ok, text) = trust_interactive(&dir, "example.com/ask", &key, "n\n");
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(&grouped.join(" ")) && text.contains("ask@example.com"),
+        "{text}"
+    );
+    assert!(!stored.exists(), "refused key was stored: {text}");
+    let (ok, text) = trust_interactive(&dir, "example.com/ask", &key, "y\n");
+    assert!(ok && stored.is_file(), "{text}");
+}
+
 #[test]
 fn untrusted_key_prefix_and_root_trust() {
     if signing::skip() {
@@ -150,6 +207,26 @@ fn untrusted_key_prefix_and_root_trust() {
             && err.contains("podvm trust --prefix example.com/team/app")
             && err.contains("--insecure-options=image"),
         "{err}"
+    );
+
+    // A signature made with a signing subkey: unknown until the key is re-exported with it.
+    a.add_signing_subkey("ed25519");
+    let by_sub = t.path().join("by-sub/app.aci");
+    make_aci(&by_sub, "example.com/team/app", "1.1", "sub\n");
+    a.sign(&by_sub);
+    let err = podvm_err(&dir, &["fetch", s(&by_sub)]);
+    assert!(err.contains("not trusted"), "{err}");
+    a.export(&ka);
+    trust(&dir, Some("example.com/team"), &ka);
+    let out = podvm_cmd(&dir)
+        .args(["fetch", s(&by_sub)])
+        .output()
+        .expect("podvm runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&a.fingerprint.to_ascii_lowercase()),
+        "{stderr}"
     );
 
     // A prefix is matched by path components, not as a string prefix; a sibling is not trusted.

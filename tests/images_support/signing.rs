@@ -104,6 +104,13 @@ impl Signer {
         std::fs::write(path, key).expect("write key");
     }
 
+    /// Adds a signing subkey (`algo`); gpg signs with it from then on.
+    pub fn add_signing_subkey(&self, algo: &str) {
+        run(self
+            .gpg()
+            .args(["--quick-add-key", &self.fingerprint, algo, "sign", "never"]));
+    }
+
     /// Writes the armored detached signature of `file` to `<file>.asc`.
     pub fn sign(&self, file: &Path) -> PathBuf {
         let asc = PathBuf::from(format!("{}.asc", file.display()));
