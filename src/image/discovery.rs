@@ -55,26 +55,15 @@ impl AppName {
             }
             labels.insert(k.to_string(), v.to_string());
         }
-        let last_start = base.find('/').map_or(0, |i| i + 1);
-        let last_start = base[last_start..]
-            .rfind('/')
-            .map_or(last_start, |i| last_start + i + 1);
-        let name = match base.find('/') {
-            // `host:port/...`: only the last component may carry `:version`.
-            Some(_) => match base[last_start..].split_once(':') {
-                Some((n, v)) => {
-                    labels.insert("version".into(), v.to_string());
-                    format!("{}{n}", &base[..last_start])
-                }
-                None => base.to_string(),
-            },
-            None => match base.split_once(':') {
-                Some((n, v)) => {
-                    labels.insert("version".into(), v.to_string());
-                    n.to_string()
-                }
-                None => base.to_string(),
-            },
+        // Only the last path component may carry `:version` (the host may carry `:port`).
+        let last = base.rfind('/').map_or(0, |i| i + 1);
+        let name = match base[last..].split_once(':') {
+            Some((_, "")) => return Err(bad()),
+            Some((n, v)) => {
+                labels.insert("version".into(), v.to_string());
+                format!("{}{n}", &base[..last])
+            }
+            None => base.to_string(),
         };
         super::trust::check_prefix(&name).map_err(|_| bad())?;
         let host = name.split('/').next().unwrap_or_default();
@@ -314,6 +303,7 @@ mod tests {
         );
         assert!(!c.labels.contains_key("x"));
         for bad in [
+            "example.com/app:",
             "busybox",
             "Example.com/app",
             "example.com/app,version",

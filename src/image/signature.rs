@@ -22,7 +22,7 @@ pub enum SignatureError {
         why: String,
     },
     /// No key is trusted for the image's name.
-    #[error("{image}: no key is trusted for {name:?}; trust the signer's key with `podvm trust --prefix {name} KEYFILE` (or pass --insecure-options=image to skip verification)")]
+    #[error("{image}: no key is trusted for {name:?}; trust the signer's key with `podvm trust --prefix {name} [KEYFILE|URL]` (without one, appc discovery finds it), or pass --insecure-options=image to skip verification")]
     NoTrustedKeys {
         /// Image.
         image: String,
@@ -30,7 +30,7 @@ pub enum SignatureError {
         name: String,
     },
     /// Signed by a key that is not trusted for the name.
-    #[error("{image}: signed by key {signer}, which is not trusted for {name:?}; trust it with `podvm trust --prefix {name} KEYFILE` (or pass --insecure-options=image to skip verification)")]
+    #[error("{image}: signed by key {signer}, which is not trusted for {name:?}; trust it with `podvm trust --prefix {name} [KEYFILE|URL]` (without one, appc discovery finds it), or pass --insecure-options=image to skip verification")]
     Untrusted {
         /// Image.
         image: String,

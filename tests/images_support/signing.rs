@@ -68,7 +68,7 @@ impl Signer {
             .prefix("podvm-gpg-")
             .tempdir()
             .expect("tempdir");
-        let s = Signer {
+        let mut s = Signer {
             home,
             fingerprint: String::new(),
         };
@@ -76,13 +76,13 @@ impl Signer {
             .gpg()
             .args(["--quick-gen-key", uid, algo, "sign", "never"]));
         let colons = run(s.gpg().args(["--with-colons", "--list-keys"]));
-        let fingerprint = colons
+        s.fingerprint = colons
             .lines()
             .find_map(|l| l.strip_prefix("fpr:"))
             .and_then(|l| l.split(':').find(|f| f.len() >= 40))
             .expect("gpg lists a fingerprint")
             .to_string();
-        Signer { fingerprint, ..s }
+        s
     }
 
     fn gpg(&self) -> Command {
@@ -121,6 +121,18 @@ impl Signer {
             .arg(&asc)
             .arg(file));
         asc
+    }
+}
+
+impl Drop for Signer {
+    /// Stops the gpg-agent gpg started for this keyring.
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf")
+            .env("GNUPGHOME", self.home.path())
+            .args(["--kill", "gpg-agent"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
