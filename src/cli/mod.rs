@@ -49,6 +49,8 @@ pub enum Command {
     Fetch(fetch::FetchArgs),
     /// Manage images in the store.
     Image(image::ImageArgs),
+    /// Trust an OpenPGP key to verify ACI signatures (for an image name prefix, or --root).
+    Trust(trust::TrustArgs),
     /// Run a pod from images in a microVM in the foreground; exits with the app's status.
     Run(run::RunArgs),
     /// Run a prepared pod in the foreground; exits with the app's status.
@@ -65,8 +67,6 @@ pub enum Command {
     Rm(pod_gc::RmArgs),
     /// Garbage-collect exited pods after a grace period, and leftovers of failed prepares.
     Gc(pod_gc::GcArgs),
-    /// Trust an OpenPGP key to verify ACI signatures (for an image name prefix, or --root).
-    Trust(trust::TrustArgs),
 }
 
 /// Runs the parsed command line and maps its result to the process exit code.
@@ -76,6 +76,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check(args) => Ok(check::run(args)),
         Command::Fetch(args) => fetch::run(&cli.data_dir, args).map_err(Into::into),
         Command::Image(args) => image::run(&cli.data_dir, args).map_err(Into::into),
+        Command::Trust(args) => trust::run(&cli.data_dir, args).map_err(Into::into),
         Command::Run(args) => run::run(&cli.data_dir, args).map_err(Into::into),
         Command::RunPrepared(args) => run::run_prepared(&cli.data_dir, args).map_err(Into::into),
         Command::Prepare(args) => prepare::run(&cli.data_dir, args).map_err(Into::into),
@@ -84,7 +85,6 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::CatManifest(args) => pods::cat_manifest(&cli.data_dir, args).map_err(Into::into),
         Command::Rm(args) => pod_gc::rm(&cli.data_dir, args).map_err(Into::into),
         Command::Gc(args) => pod_gc::gc(&cli.data_dir, args).map_err(Into::into),
-        Command::Trust(args) => trust::run(&cli.data_dir, args).map_err(Into::into),
     };
     result.unwrap_or_else(|err| {
         eprintln!("podvm: {err}");
