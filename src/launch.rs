@@ -40,6 +40,8 @@ pub struct LaunchPlan {
     pub console_log: Option<PathBuf>,
     /// Extra kernel command line arguments.
     pub kernel_args: Vec<String>,
+    /// Host directories shared with the guest over virtio-fs.
+    pub shares: Vec<vmm::devices::virtio::fs::FsShare>,
 }
 
 /// How a launch ended.
@@ -115,6 +117,7 @@ pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
         initramfs,
         memory_mib: plan.memory_mib,
         vcpus: plan.cpus,
+        shares: plan.shares.clone(),
     };
     let (log_path, keep_log) = match &plan.console_log {
         Some(path) => (path.clone(), true),
