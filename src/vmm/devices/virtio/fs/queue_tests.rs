@@ -58,11 +58,10 @@ fn queue_requests(
         mem.write_slice(req, GuestAddress(req_addr))
             .expect("request");
         let len = u32::try_from(req.len()).expect("small");
-        let next = NEXT | 0;
         descs.push(RawDescriptor::from(Descriptor::new(
             req_addr,
             len,
-            next,
+            NEXT,
             2 * i + 1,
         )));
         descs.push(RawDescriptor::from(Descriptor::new(
