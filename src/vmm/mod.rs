@@ -142,6 +142,9 @@ pub fn run(config: &VmConfig, outputs: VmOutputs) -> Result<VmStats, VmmError> {
     let vsock = devices::virtio::vsock::Vsock::new(&guest_memory)?;
     let guest_cid = vsock.cid();
     let agent_listener = agent_vsock::AgentListener::bind()?;
+    // The passthrough file system clears the process umask when the guest mounts a share (it
+    // applies the guest's umask itself); podvm's own files after the VM need it back.
+    let umask = current_umask();
     let shares = create_shares(&config.shares)?;
     let mmio = Arc::new(attach_virtio(&vm, &guest_memory, vsock, shares)?);
     let cmdline = format!(
@@ -184,6 +187,7 @@ pub fn run(config: &VmConfig, outputs: VmOutputs) -> Result<VmStats, VmmError> {
     vcpu::stop_all(threads, &stop);
     agent_reader.finish();
     mmio.shutdown();
+    nix::sys::stat::umask(umask);
     bus.lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .flush();
@@ -207,6 +211,13 @@ fn attach_virtio(
         mmio.attach(vm, guest_memory, Box::new(share))?;
     }
     Ok(mmio)
+}
+
+/// The process umask (reading it means setting it; it is set back at once).
+fn current_umask() -> nix::sys::stat::Mode {
+    let mask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    nix::sys::stat::umask(mask);
+    mask
 }
 
 /// One virtio-fs device per share; fails before the VM starts if a directory or tag is bad.
