@@ -201,13 +201,15 @@ pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
 /// Unmounts everything mounted at or below `dir` (deepest first), e.g. the overlay of a run
 /// that crashed, so the directory can be deleted without reaching into the image store.
 pub fn unmount_below(dir: &Path) -> Result<usize, RootfsError> {
+    // mountinfo has absolute, symlink-free paths; a relative or linked `dir` must match them.
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let mountinfo =
         std::fs::read_to_string("/proc/self/mountinfo").map_err(RootfsError::Mountinfo)?;
     let mut points: Vec<PathBuf> = mountinfo
         .lines()
         .filter_map(|line| line.split(' ').nth(4))
         .map(|field| PathBuf::from(unescape_mountinfo(field)))
-        .filter(|point| point.starts_with(dir))
+        .filter(|point| point.starts_with(&dir))
         .collect();
     points.sort_by_key(|point| std::cmp::Reverse(point.components().count()));
     points.dedup();
@@ -311,5 +313,34 @@ mod tests {
         }
         assert!(!merged.join("etc").exists() || kind == Kind::Copy);
         assert_eq!(unmount_below(&pod).expect("nothing left"), 0);
+    }
+
+    #[test]
+    fn leftovers_are_found_through_a_relative_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let point = dir.path().join("pod/stage1/left");
+        std::fs::create_dir_all(&point).expect("mount point");
+        if let Err(err) = mount(
+            Some("tmpfs"),
+            &point,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        ) {
+            eprintln!("skip: cannot mount a tmpfs here ({err}); needs root");
+            return;
+        }
+        let cwd = std::env::current_dir().expect("cwd");
+        let relative = pathdiff(&dir.path().join("pod"), &cwd);
+        assert_eq!(unmount_below(&relative).expect("unmounted"), 1);
+        std::fs::remove_dir_all(dir.path().join("pod")).expect("deletable once unmounted");
+    }
+
+    /// `target` relative to `base` (both absolute).
+    fn pathdiff(target: &Path, base: &Path) -> PathBuf {
+        let ups = base.components().count() - 1;
+        let mut relative: PathBuf = std::iter::repeat_n("..", ups).collect();
+        relative.push(target.strip_prefix("/").expect("absolute"));
+        relative
     }
 }
