@@ -18,7 +18,7 @@ qemu_run() {
   $vfsd --socket-path=/tmp/vfsd.sock --shared-dir /payload/rootfs-q --cache auto --xattr --sandbox none \
     2>>$res/virtiofsd.err &
   vpid=$!
-  i=0; while [ ! -S /tmp/vfsd.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+  w=0; while [ ! -S /tmp/vfsd.sock ] && [ $w -lt 100 ]; do sleep 0.1; w=$((w + 1)); done
   $qemu -M microvm,isa-serial=on,rtc=off,memory-backend=mem -enable-kvm -cpu host -smp 1 -m 256 \
     -object memory-backend-memfd,id=mem,size=256M,share=on -nodefaults -no-user-config -nographic \
     -no-reboot -serial file:/tmp/qemu-console.log \
@@ -32,6 +32,7 @@ i=0
 while [ $i -lt $runs ]; do
   podvm boot --rootfs rootfs -- /bin/sh -c "$guest" 2>>$res/podvm.err | grep '^RESULT' | cut -d' ' -f2- >> $res/podvm.txt
   if [ "$vfsd" != none ]; then qemu_run >> $res/qemu.txt 2>>$res/qemu.err; fi
+  cp /tmp/qemu-agent.out $res/qemu-agent.out 2>/dev/null
   i=$((i + 1))
 done
 tail -5 /tmp/qemu-console.log > $res/qemu-console-tail.txt 2>/dev/null

@@ -4,7 +4,7 @@ import statistics
 import sys
 from pathlib import Path
 
-results, mib = Path(sys.argv[1]), int(sys.argv[2])
+results, mib, files = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 
 
 def load(name):
@@ -16,7 +16,7 @@ def load(name):
 
 rows = {name: load(name) for name in ("podvm", "qemu")}
 print(f"virtio-fs in the guest, medians in ms (runs: podvm {len(rows['podvm'])}, qemu+virtiofsd {len(rows['qemu'])}):")
-for label, index in (("write+fsync", 0), ("read (cold guest cache)", 1), ("untar 1000 files", 2)):
+for label, index in (("write+fsync", 0), ("read (cold guest cache)", 1), (f"untar {files} files", 2)):
     line = f"  {label:24}"
     medians = {}
     for name in ("podvm", "qemu"):
