@@ -15,11 +15,12 @@ cp -a rootfs rootfs-q
 cmdline="$(podvm boot --dump-initramfs /tmp/initrd.cpio --rootfs rootfs-q -- /bin/sh -c "$guest") 8250.nr_uarts=2"
 qemu_run() {
   rm -f /tmp/vfsd.sock /tmp/qemu-agent.out
+  # acpi=off: QEMU then announces its virtio-mmio devices on the kernel command line, as podvm does.
   $vfsd --socket-path=/tmp/vfsd.sock --shared-dir /payload/rootfs-q --cache auto --xattr --sandbox none \
     2>>$res/virtiofsd.err &
   vpid=$!
   w=0; while [ ! -S /tmp/vfsd.sock ] && [ $w -lt 100 ]; do sleep 0.1; w=$((w + 1)); done
-  $qemu -M microvm,isa-serial=on,rtc=off,memory-backend=mem -enable-kvm -cpu host -smp 1 -m 256 \
+  $qemu -M microvm,isa-serial=on,rtc=off,acpi=off,memory-backend=mem -enable-kvm -cpu host -smp 1 -m 256 \
     -object memory-backend-memfd,id=mem,size=256M,share=on -nodefaults -no-user-config -nographic \
     -no-reboot -serial file:/tmp/qemu-console.log \
     -chardev file,id=agent,path=/tmp/qemu-agent.out -device isa-serial,chardev=agent,iobase=0x2f8,irq=3 \
