@@ -43,6 +43,8 @@ pub struct LaunchPlan {
     pub kernel_args: Vec<String>,
     /// Also record the workload's output in this app log (pods).
     pub app_log: Option<AppLog>,
+    /// Host directories shared with the guest over virtio-fs.
+    pub shares: Vec<vmm::devices::virtio::fs::FsShare>,
 }
 
 /// How a launch ended.
@@ -118,6 +120,7 @@ pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
         initramfs,
         memory_mib: plan.memory_mib,
         vcpus: plan.cpus,
+        shares: plan.shares.clone(),
     };
     let (log_path, keep_log) = match &plan.console_log {
         Some(path) => (path.clone(), true),

@@ -83,6 +83,16 @@ fn results() -> Option<&'static BatchResults> {
                     "gc",
                     &format!("{PODVM} gc --grace-period 0s && {PODVM} gc --grace-period 0s && {PODVM} list --format json"),
                 )
+                .check(
+                    "cow_rootfs",
+                    &format!(
+                        "{PODVM} run --uuid-file-save a.uuid {IMAGE} --exec /bin/sh -- -c 'echo from-a > /etc/mark; cat /etc/mark'; \
+                         {PODVM} run --uuid-file-save b.uuid {IMAGE} --exec /bin/sh -- -c 'cat /etc/mark 2>/dev/null || echo b-sees-nothing'; \
+                         a=$(cat a.uuid); find state -name mark | sed \"s/$a/A/\"; grep -c 'stage2.* overlay ' /proc/mounts; \
+                         mkdir -p state/pods/run/$a/stage1/left && mount -t tmpfs leftover state/pods/run/$a/stage1/left && \
+                         {PODVM} rm $a $(cat b.uuid) >/dev/null && grep -c leftover /proc/mounts; ls state/pods/run | wc -l"
+                    ),
+                )
                 .run();
             Some(batch)
         })
@@ -208,5 +218,25 @@ fn gc_removes_exited_pods_after_the_grace_period() {
         serde_json::from_str::<Value>(&result.stdout).expect("json"),
         serde_json::json!([]),
         "{result:?}"
+    );
+}
+
+#[test]
+fn a_pods_writes_land_in_its_upper_dir_not_in_the_store_nor_in_other_pods() {
+    let Some(result) = check("cow_rootfs") else {
+        return;
+    };
+    let lines: Vec<&str> = result.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "from-a",
+            "b-sees-nothing",
+            "state/pods/run/A/overlay/busybox-layout/upper/etc/mark",
+            "0",
+            "0",
+            "0"
+        ],
+        "one mark, in pod A's upper dir; overlays unmounted after the runs; rm clears a leftover mount: {result:?}"
     );
 }

@@ -132,7 +132,12 @@ pub fn spawn(spec: &BootSpec) -> Result<Child, LaunchError> {
         return Err(LaunchError::EmptyCommand);
     };
     let workdir = PathBuf::from(spec.workdir.as_deref().unwrap_or("/"));
-    std::fs::create_dir_all(&workdir).map_err(|source| LaunchError::Workdir {
+    let root = spec.rootfs.as_ref().map(crate::rootfs::mount_point);
+    let agent_workdir = root.as_deref().map_or_else(
+        || workdir.clone(),
+        |root| crate::rootfs::inside(root, &workdir),
+    );
+    std::fs::create_dir_all(&agent_workdir).map_err(|source| LaunchError::Workdir {
         dir: workdir.clone(),
         source,
     })?;
@@ -142,13 +147,20 @@ pub fn spawn(spec: &BootSpec) -> Result<Child, LaunchError> {
         .find(|(key, _)| key == "PATH")
         .map(|(_, value)| value.as_str())
         .unwrap_or("");
-    let resolved = resolve(program, path, &workdir)?;
-    Command::new(&resolved)
+    let resolved = match root.as_deref() {
+        Some(root) => crate::rootfs::resolve(root, program, path, &workdir)?,
+        None => resolve(program, path, &workdir)?,
+    };
+    let mut command = Command::new(&resolved);
+    match root.as_deref() {
+        Some(root) => crate::rootfs::enter(&mut command, root, &workdir),
+        None => drop(command.current_dir(&workdir)),
+    }
+    command
         .arg0(program)
         .args(args)
         .env_clear()
         .envs(env.iter().map(|(key, value)| (key, value)))
-        .current_dir(&workdir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -18,6 +18,7 @@ mod channel;
 mod launch;
 mod power;
 mod reaper;
+mod rootfs;
 mod spec;
 mod vsock;
 mod workload;
@@ -145,6 +146,14 @@ fn run(role: Role) -> Result<i32, AgentError> {
             return Ok(EXIT_AGENT_FAILED);
         }
     };
+    if let Some(rootfs) = &spec.rootfs {
+        if let Err(err) = rootfs::prepare(rootfs) {
+            diag!("{err}");
+            let message = format!("cannot prepare the app's root filesystem: {err}");
+            channel::send(&Message::Control(Control::Error { message }))?;
+            return Ok(EXIT_AGENT_FAILED);
+        }
+    }
     let outcome = workload::run(&spec, &mut |message| channel::send(&message))?;
     if let Some(message) = outcome.launch_error {
         diag!("{message}");

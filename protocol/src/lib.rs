@@ -118,6 +118,31 @@ pub struct BootSpec {
     pub env: Vec<String>,
     /// Working directory; `/` when absent.
     pub workdir: Option<String>,
+    /// Run the command chrooted into a virtio-fs share instead of the initramfs (absent in
+    /// specs from older hosts).
+    #[serde(default)]
+    pub rootfs: Option<RootfsSpec>,
+}
+
+/// An app root filesystem shared by the host over virtio-fs. The agent mounts it at
+/// `/opt/stage2/<app>/rootfs` (rkt's layout) with proc, sys, dev, /tmp inside, and chroots the
+/// command into it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootfsSpec {
+    /// The virtio-fs tag to mount.
+    pub tag: String,
+    /// Mount read-only (the host refuses writes too).
+    #[serde(default)]
+    pub read_only: bool,
+    /// The app name in the mount path; "app" when empty.
+    #[serde(default)]
+    pub app: String,
+    /// Hostname the app sees; the app name when absent.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Contents of /etc/resolv.conf written into the rootfs (only when it has none).
+    #[serde(default)]
+    pub resolv_conf: Option<String>,
 }
 
 /// Control messages, carried as JSON.

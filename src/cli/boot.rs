@@ -1,13 +1,14 @@
 //! `podvm boot`: the lowest-level diagnostic. Boots a microVM whose initramfs is the agent plus an
 //! optional directory, runs one command and exits with its status.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
-use podvm_protocol::BootSpec;
+use podvm_protocol::{BootSpec, RootfsSpec};
 
 use crate::launch::{self, LaunchError, LaunchPlan};
+use crate::vmm::devices::virtio::fs::FsShare;
 
 /// Flags of `podvm boot`.
 #[derive(Debug, Args)]
@@ -33,6 +34,13 @@ pub struct BootArgs {
     /// Directory whose tree is added to the initramfs (e.g. a busybox tree).
     #[arg(long)]
     initrd_dir: Option<PathBuf>,
+    /// Run the command chrooted into this host directory, shared with the guest over virtio-fs
+    /// (not packed into the initramfs). Writes land in DIR.
+    #[arg(long, value_name = "DIR")]
+    rootfs: Option<PathBuf>,
+    /// Share the --rootfs directory read-only (writes fail with EROFS in the guest).
+    #[arg(long, requires = "rootfs")]
+    rootfs_ro: bool,
     /// Environment variable for the command, KEY=VALUE (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
@@ -60,6 +68,14 @@ pub enum BootCmdError {
     /// The launch failed.
     #[error(transparent)]
     Launch(#[from] LaunchError),
+    /// The --rootfs directory is unusable.
+    #[error("--rootfs {path}: {reason}")]
+    Rootfs {
+        /// The directory as given.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        reason: String,
+    },
     /// An --env entry without `=`.
     #[error("--env {0}: expected KEY=VALUE")]
     BadEnv(String),
@@ -78,6 +94,10 @@ pub fn run(args: BootArgs) -> Result<ExitCode, BootCmdError> {
     if let Some(bad) = args.env.iter().find(|entry| !entry.contains('=')) {
         return Err(BootCmdError::BadEnv(bad.clone()));
     }
+    let (rootfs, shares) = match &args.rootfs {
+        Some(dir) => rootfs_share(dir, args.rootfs_ro)?,
+        None => (None, Vec::new()),
+    };
     let plan = LaunchPlan {
         kernel: args.kernel,
         agent: args.agent,
@@ -85,6 +105,7 @@ pub fn run(args: BootArgs) -> Result<ExitCode, BootCmdError> {
             command: args.command,
             env: args.env,
             workdir: args.workdir,
+            rootfs,
         },
         initrd_dir: args.initrd_dir,
         cpus: args.cpus,
@@ -93,6 +114,7 @@ pub fn run(args: BootArgs) -> Result<ExitCode, BootCmdError> {
         console_log: args.console_log,
         kernel_args: args.kernel_args,
         app_log: None,
+        shares,
     };
     if let Some(path) = &args.dump_initramfs {
         let (initramfs, cmdline) = launch::boot_media(&plan)?;
@@ -111,4 +133,40 @@ pub fn run(args: BootArgs) -> Result<ExitCode, BootCmdError> {
         );
     }
     Ok(ExitCode::from(launch::exit_code(outcome.status)))
+}
+
+/// The virtio-fs tag of the `--rootfs` share.
+pub const ROOTFS_TAG: &str = "rootfs";
+
+/// The boot spec's rootfs and the share behind it, after checking `dir`.
+fn rootfs_share(
+    dir: &Path,
+    read_only: bool,
+) -> Result<(Option<RootfsSpec>, Vec<FsShare>), BootCmdError> {
+    let error = |reason: String| BootCmdError::Rootfs {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    let host_dir = std::fs::canonicalize(dir).map_err(|err| {
+        error(format!(
+            "cannot resolve it to an absolute path: {err} (give an existing directory)"
+        ))
+    })?;
+    if !host_dir.is_dir() {
+        return Err(error(format!(
+            "{} is not a directory (give the root directory of the app's file tree)",
+            host_dir.display()
+        )));
+    }
+    let spec = RootfsSpec {
+        tag: ROOTFS_TAG.into(),
+        read_only,
+        ..RootfsSpec::default()
+    };
+    let share = FsShare {
+        tag: ROOTFS_TAG.into(),
+        host_dir,
+        read_only,
+    };
+    Ok((Some(spec), vec![share]))
 }

@@ -8,7 +8,6 @@ use clap::Args;
 use serde::Serialize;
 
 use super::prepare::HOSTNAME_ANNOTATION;
-use crate::pod::manifest::PodManifest;
 use crate::pod::status::{now, PodStatus};
 use crate::pod::{Pod, PodError, PodState, PodStore};
 
@@ -84,7 +83,7 @@ pub fn view(pods: &PodStore, pod: &Pod) -> Result<PodView, PodError> {
     let status = pods.status(pod)?;
     let hostname = manifest
         .as_ref()
-        .and_then(|m| annotation(m, HOSTNAME_ANNOTATION));
+        .and_then(|m| m.annotation(HOSTNAME_ANNOTATION));
     let apps = manifest
         .map(|m| {
             m.apps
@@ -155,14 +154,6 @@ fn is_final(pod: &Pod) -> bool {
         pod.state,
         PodState::Exited | PodState::ExitedGarbage | PodState::Garbage | PodState::AbortedPrepare
     )
-}
-
-fn annotation(manifest: &PodManifest, name: &str) -> Option<String> {
-    manifest
-        .annotations
-        .iter()
-        .find(|a| a.name == name)
-        .map(|a| a.value.clone())
 }
 
 /// Runs `podvm list`.

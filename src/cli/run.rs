@@ -2,15 +2,15 @@
 //! its exit in the pod, and exit with the app's status (never 0 for a failed app).
 //!
 //! The pod's lock is held for the VM's lifetime, so `list`/`status` see it running, and a
-//! killed podvm leaves a pod that reads as exited. For now a pod has one app whose root
-//! filesystem travels in the initramfs (a copy: writes stay in the VM); the live virtio-fs
-//! share replaces that in the apps-in-the-VM work.
+//! killed podvm leaves a pod that reads as exited. A pod has one app; its root filesystem is a
+//! copy-on-write overlay of the store's image tree ([`AppRootfs`]), shared with the VM over
+//! virtio-fs, so the app's writes land in the pod's upper directory and the store never changes.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
-use podvm_protocol::BootSpec;
+use podvm_protocol::{BootSpec, RootfsSpec};
 
 use super::prepare::{self, PrepareArgs, PrepareError};
 use crate::image::{self, ImageError};
@@ -19,9 +19,14 @@ use crate::pod::lock;
 use crate::pod::logs::{self, AppLog};
 use crate::pod::manifest::RuntimeApp;
 use crate::pod::resources;
+use crate::pod::rootfs::AppRootfs;
 use crate::pod::status::{now, AppExit};
 use crate::pod::{Pod, PodError, PodState, PodStore};
 use crate::store::{Store, StoreError};
+use crate::vmm::devices::virtio::fs::FsShare;
+
+/// The virtio-fs tag of the app's root filesystem.
+const ROOTFS_TAG: &str = "rootfs";
 
 /// Guest memory of a pod whose apps set no memory limit, in MiB.
 const DEFAULT_VM_MIB: u64 = 256;
@@ -145,6 +150,8 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
     let store = Store::open(data_dir)?;
     let image = image::prepare(&store, &image::resolve(&store, &app.image.id)?)?;
     let pod = pods.transition(&prepared, "run")?;
+    // Copy-on-write over the store's tree; unmounted when `rootfs` drops after the VM.
+    let rootfs = AppRootfs::prepare(&pod.dir, &app.name, &image.rootfs).map_err(PodError::from)?;
     let mut status = pods.status(&pod)?;
     status.started = Some(now());
     status.pid = Some(std::process::id());
@@ -166,14 +173,30 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
                 .map(|e| format!("{}={}", e.name, e.value))
                 .collect(),
             workdir: Some(app.app.working_directory.clone()),
+            rootfs: Some(RootfsSpec {
+                tag: ROOTFS_TAG.into(),
+                read_only: app.read_only_root_fs,
+                app: app.name.clone(),
+                hostname: Some(
+                    manifest
+                        .annotation(prepare::HOSTNAME_ANNOTATION)
+                        .unwrap_or_else(|| format!("podvm-{}", pod.uuid)),
+                ),
+                resolv_conf: None,
+            }),
         },
-        initrd_dir: Some(image.rootfs),
+        initrd_dir: None,
         cpus: vm.vm_cpus.unwrap_or(sized_cpus),
         memory_mib: vm.vm_memory.unwrap_or(sized_mib),
         console: vm.console,
         console_log: Some(pod.dir.join("console.log")),
         kernel_args: Vec::new(),
         app_log: Some(open_app_log(&pod, &app.name)?),
+        shares: vec![FsShare {
+            tag: ROOTFS_TAG.into(),
+            host_dir: rootfs.merged.clone(),
+            read_only: app.read_only_root_fs,
+        }],
     };
     let outcome = launch::launch(&plan);
     status.finished = Some(now());
@@ -227,11 +250,6 @@ fn single_app<'a>(pod: &Pod, apps: &'a [RuntimeApp]) -> Result<&'a RuntimeApp, R
             app.name, app.app.user, app.app.group
         )));
     }
-    if app.read_only_root_fs {
-        return Err(unsupported(format!(
-            "--readonly-rootfs for app {}",
-            app.name
-        )));
-    }
+
     Ok(app)
 }

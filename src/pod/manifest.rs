@@ -75,6 +75,14 @@ pub struct PodManifest {
 }
 
 impl PodManifest {
+    /// The value of the annotation `name`, if the pod has it.
+    pub fn annotation(&self, name: &str) -> Option<String> {
+        self.annotations
+            .iter()
+            .find(|a| a.name == name)
+            .map(|a| a.value.clone())
+    }
+
     /// A manifest for these apps and annotations.
     pub fn new(apps: Vec<RuntimeApp>, annotations: Vec<NameValue>) -> Self {
         Self {

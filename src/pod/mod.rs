@@ -18,6 +18,7 @@ pub mod lock;
 pub mod logs;
 pub mod manifest;
 pub mod resources;
+pub mod rootfs;
 pub mod state;
 pub mod status;
 pub mod store;
@@ -77,6 +78,9 @@ pub enum PodError {
         /// What to do.
         hint: &'static str,
     },
+    /// An app's root filesystem could not be prepared or released.
+    #[error(transparent)]
+    Rootfs(#[from] rootfs::RootfsError),
     /// A pod file did not parse.
     #[error("pod {uuid}: malformed {file}: {source}")]
     Malformed {

@@ -130,6 +130,8 @@ impl PodStore {
         } else {
             self.transition(pod, "garbage")?
         };
+        // A crashed run may have left its overlay mounted: deleting through it would be wrong.
+        super::rootfs::unmount_below(&garbage.dir)?;
         fs::remove_dir_all(&garbage.dir)
             .map_err(io_err("cannot delete pod directory", &garbage.dir))
     }

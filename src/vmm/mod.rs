@@ -44,6 +44,8 @@ pub struct VmConfig {
     pub memory_mib: u64,
     /// Number of vCPUs.
     pub vcpus: u8,
+    /// Host directories shared over virtio-fs, one device each, in window order after vsock.
+    pub shares: Vec<devices::virtio::fs::FsShare>,
 }
 
 /// Where the guest's byte streams go.
@@ -97,6 +99,9 @@ pub enum VmmError {
     /// The vsock device could not be created.
     #[error(transparent)]
     Vsock(#[from] devices::virtio::vsock::VsockError),
+    /// A virtio-fs device could not be created.
+    #[error(transparent)]
+    Fs(#[from] devices::virtio::fs::FsError),
     /// The host end of the agent channel could not be set up.
     #[error(transparent)]
     AgentChannel(#[from] agent_vsock::AgentVsockError),
@@ -137,7 +142,11 @@ pub fn run(config: &VmConfig, outputs: VmOutputs) -> Result<VmStats, VmmError> {
     let vsock = devices::virtio::vsock::Vsock::new(&guest_memory)?;
     let guest_cid = vsock.cid();
     let agent_listener = agent_vsock::AgentListener::bind()?;
-    let mmio = Arc::new(attach_virtio(&vm, &guest_memory, vsock)?);
+    // The passthrough file system clears the process umask when the guest mounts a share (it
+    // applies the guest's umask itself); podvm's own files after the VM need it back.
+    let umask = current_umask();
+    let shares = create_shares(&config.shares)?;
+    let mmio = Arc::new(attach_virtio(&vm, &guest_memory, vsock, shares)?);
     let cmdline = format!(
         "{} {} {}={}",
         config.cmdline,
@@ -178,6 +187,7 @@ pub fn run(config: &VmConfig, outputs: VmOutputs) -> Result<VmStats, VmmError> {
     vcpu::stop_all(threads, &stop);
     agent_reader.finish();
     mmio.shutdown();
+    nix::sys::stat::umask(umask);
     bus.lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .flush();
@@ -192,11 +202,39 @@ fn attach_virtio(
     vm: &VmFd,
     guest_memory: &vm_memory::GuestMemoryMmap,
     vsock: devices::virtio::vsock::Vsock,
+    shares: Vec<devices::virtio::fs::Fs>,
 ) -> Result<devices::virtio::MmioBus, VmmError> {
     let mut mmio = devices::virtio::MmioBus::new();
     mmio.attach(vm, guest_memory, Box::new(devices::virtio::rng::Rng::new()))?;
     mmio.attach(vm, guest_memory, Box::new(vsock))?;
+    for share in shares {
+        mmio.attach(vm, guest_memory, Box::new(share))?;
+    }
     Ok(mmio)
+}
+
+/// The process umask (reading it means setting it; it is set back at once).
+fn current_umask() -> nix::sys::stat::Mode {
+    let mask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    nix::sys::stat::umask(mask);
+    mask
+}
+
+/// One virtio-fs device per share; fails before the VM starts if a directory or tag is bad.
+fn create_shares(
+    shares: &[devices::virtio::fs::FsShare],
+) -> Result<Vec<devices::virtio::fs::Fs>, VmmError> {
+    let mut devices = Vec::with_capacity(shares.len());
+    for (index, share) in shares.iter().enumerate() {
+        if shares[..index].iter().any(|other| other.tag == share.tag) {
+            return Err(devices::virtio::fs::FsError::Tag {
+                tag: format!("{} (used twice)", share.tag),
+            }
+            .into());
+        }
+        devices.push(devices::virtio::fs::Fs::new(share)?);
+    }
+    Ok(devices)
 }
 
 fn check_host(config: &VmConfig) -> Result<(), VmmError> {

@@ -6,6 +6,7 @@
 //! index  device        window                     GSI
 //! 0      virtio-rng    0xd000_0000..0xd000_1000   5
 //! 1      virtio-vsock  0xd000_1000..0xd000_2000   6
+//! 2+n    virtio-fs     one per shared directory   7+n
 //! ```
 //!
 //! The guest kernel learns about them from `virtio_mmio.device=4K@<base>:<gsi>` entries on its
@@ -13,6 +14,7 @@
 //! [`MmioBus`]; queue notifications never exit to user space: each queue's QueueNotify write is an
 //! ioeventfd that wakes the device's worker thread ([`worker`]); interrupts are irqfds.
 
+pub mod fs;
 pub mod interrupt;
 pub mod mmio;
 pub mod rng;

@@ -1,0 +1,264 @@
+//! The virtio-fs device: config space (tag + number of request queues) and activation.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
+
+use super::super::worker::Worker;
+use super::super::{read_config_bytes, ActivateError, Activation, VirtioDevice};
+use super::guard::Guard;
+use super::queue::FsServer;
+use super::{event_handler, FsShare};
+
+/// virtio device id of a file system device.
+pub const DEVICE_TYPE: u32 = 26;
+/// Size of the tag field in config space.
+pub const TAG_LEN: usize = 36;
+/// Queue 0 is the high-priority queue (FORGET, INTERRUPT), queue 1 the one request queue.
+const QUEUE_SIZES: [u16; 2] = [128, 1024];
+
+/// Errors while creating a virtio-fs device.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// The tag does not fit the config space.
+    #[error("virtio-fs tag {tag:?}: must be 1 to {TAG_LEN} bytes without NUL")]
+    Tag {
+        /// The tag.
+        tag: String,
+    },
+    /// The shared directory is unusable.
+    #[error("virtio-fs share {tag:?}: {dir}: {reason}")]
+    Dir {
+        /// The tag.
+        tag: String,
+        /// The directory.
+        dir: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The passthrough file system could not be created.
+    #[error("virtio-fs share {tag:?}: cannot serve {dir}: {source}")]
+    Passthrough {
+        /// The tag.
+        tag: String,
+        /// The directory.
+        dir: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+enum DeviceState {
+    Inactive,
+    Active(Worker),
+}
+
+/// One virtio-fs device serving one share.
+pub struct Fs {
+    tag: String,
+    config: Vec<u8>,
+    server: Arc<FsServer>,
+    state: DeviceState,
+}
+
+impl Fs {
+    /// A device serving `share`; fails if the tag is invalid or the directory unusable.
+    pub fn new(share: &FsShare) -> Result<Self, FsError> {
+        let config = config_space(&share.tag)?;
+        let root = checked_root(share)?;
+        let passthrough = PassthroughFs::new(passthrough_config(&root)).map_err(|source| {
+            FsError::Passthrough {
+                tag: share.tag.clone(),
+                dir: root.clone(),
+                source,
+            }
+        })?;
+        Ok(Self {
+            tag: share.tag.clone(),
+            config,
+            server: Arc::new(Server::new(Guard::new(passthrough, share.read_only))),
+            state: DeviceState::Inactive,
+        })
+    }
+}
+
+/// The passthrough configuration: no file handles (O_PATH fds only, no open_by_handle_at), no
+/// writeback cache or DAX, xattrs on (the guard limits them to `user.*`), killpriv_v2 off.
+fn passthrough_config(root: &str) -> Config {
+    Config {
+        root_dir: root.to_owned(),
+        do_import: true,
+        xattr: true,
+        inode_file_handles: false,
+        killpriv_v2: false,
+        writeback: false,
+        no_open: false,
+        no_opendir: false,
+        dax_file_size: None,
+        seal_size: false,
+        enable_mntid: true,
+        use_host_ino: false,
+        cache_policy: CachePolicy::Auto,
+        ..Config::default()
+    }
+}
+
+/// The share's directory, canonical (symlinks on the way resolved once, here, on the host).
+fn checked_root(share: &FsShare) -> Result<String, FsError> {
+    let dir_error = |reason: String| FsError::Dir {
+        tag: share.tag.clone(),
+        dir: share.host_dir.display().to_string(),
+        reason,
+    };
+    let canonical = std::fs::canonicalize(&share.host_dir)
+        .map_err(|err| dir_error(format!("cannot resolve it: {err}")))?;
+    if !Path::new(&canonical).is_dir() {
+        return Err(dir_error("not a directory".into()));
+    }
+    canonical
+        .to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| dir_error("path is not UTF-8".into()))
+}
+
+/// The config space for `tag`: the tag NUL-padded to 36 bytes, then num_request_queues (le32 1).
+pub fn config_space(tag: &str) -> Result<Vec<u8>, FsError> {
+    let bytes = tag.as_bytes();
+    if bytes.is_empty() || bytes.len() > TAG_LEN || bytes.contains(&0) {
+        return Err(FsError::Tag { tag: tag.into() });
+    }
+    let mut config = vec![0u8; TAG_LEN];
+    config[..bytes.len()].copy_from_slice(bytes);
+    let request_queues = u32::try_from(QUEUE_SIZES.len() - 1).expect("two queues");
+    config.extend_from_slice(&request_queues.to_le_bytes());
+    Ok(config)
+}
+
+impl VirtioDevice for Fs {
+    fn device_type(&self) -> u32 {
+        DEVICE_TYPE
+    }
+
+    fn name(&self) -> &'static str {
+        "virtio-fs"
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        0
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+        let Activation {
+            mem,
+            queues,
+            kicks,
+            interrupt,
+            ..
+        } = activation;
+        if queues.len() != QUEUE_SIZES.len() || kicks.len() != QUEUE_SIZES.len() {
+            return Err(ActivateError::BadQueue {
+                device: self.name(),
+                queue: queues.len(),
+            });
+        }
+        // The high-priority queue may stay unused (and unready) by the driver.
+        for (index, queue) in queues.iter().enumerate().skip(1) {
+            use virtio_queue::QueueT;
+            if !queue.ready() || !queue.is_valid(&mem) {
+                return Err(ActivateError::BadQueue {
+                    device: self.name(),
+                    queue: index,
+                });
+            }
+        }
+        let worker = event_handler::start(
+            format!("virtio-fs-{}", self.tag),
+            mem,
+            queues,
+            kicks,
+            interrupt,
+            self.server.clone(),
+        )
+        .map_err(|source| ActivateError::Backend {
+            device: self.name(),
+            what: "cannot start the worker thread".into(),
+            source,
+        })?;
+        self.state = DeviceState::Active(worker);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        if let DeviceState::Active(mut worker) =
+            std::mem::replace(&mut self.state, DeviceState::Inactive)
+        {
+            worker.stop();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_space_is_padded_tag_then_one_request_queue() {
+        let config = config_space("rootfs").expect("valid tag");
+        assert_eq!(config.len(), TAG_LEN + 4);
+        assert_eq!(&config[..6], b"rootfs");
+        assert!(config[6..TAG_LEN].iter().all(|b| *b == 0));
+        assert_eq!(&config[TAG_LEN..], &1u32.to_le_bytes());
+    }
+
+    #[test]
+    fn config_reads_at_offsets_and_past_the_end() {
+        let share = FsShare {
+            tag: "a".repeat(TAG_LEN),
+            host_dir: std::env::temp_dir(),
+            read_only: true,
+        };
+        let device = Fs::new(&share).expect("device");
+        let mut word = [0xffu8; 4];
+        device.read_config(TAG_LEN as u64, &mut word);
+        assert_eq!(u32::from_le_bytes(word), 1);
+        device.read_config(32, &mut word);
+        assert_eq!(&word, b"aaaa");
+        device.read_config(TAG_LEN as u64 + 4, &mut word);
+        assert_eq!(word, [0; 4]);
+        assert_eq!(device.device_type(), 26);
+        assert_eq!(device.queue_max_sizes().len(), 2);
+    }
+
+    #[test]
+    fn bad_tags_and_directories_are_refused() {
+        for tag in ["", "x\0y", &"a".repeat(TAG_LEN + 1)] {
+            assert!(
+                matches!(config_space(tag), Err(FsError::Tag { .. })),
+                "{tag:?}"
+            );
+        }
+        let missing = FsShare {
+            tag: "t".into(),
+            host_dir: "/nonexistent/podvm-share".into(),
+            read_only: false,
+        };
+        assert!(matches!(Fs::new(&missing), Err(FsError::Dir { .. })));
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        let not_dir = FsShare {
+            host_dir: file.path().to_owned(),
+            ..missing
+        };
+        let err = Fs::new(&not_dir).err().expect("a file is not a share");
+        assert!(err.to_string().contains("not a directory"), "{err}");
+    }
+}

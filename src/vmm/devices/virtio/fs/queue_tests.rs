@@ -1,0 +1,159 @@
+//! FUSE requests through a mock queue in plain memory, answered by a real passthrough server.
+
+use std::cell::Cell;
+
+use fuse_backend_rs::passthrough::Config;
+use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::desc::RawDescriptor;
+use virtio_queue::mock::MockSplitQueue;
+use vm_memory::{Bytes, GuestAddress};
+
+use super::*;
+
+#[derive(Default)]
+struct CountSignals(Cell<u32>);
+
+impl SignalGuest for CountSignals {
+    fn signal_used_queue(&self) -> std::io::Result<()> {
+        self.0.set(self.0.get() + 1);
+        Ok(())
+    }
+}
+
+const FUSE_LOOKUP: u32 = 1;
+const FUSE_INIT: u32 = 26;
+const REPLY_SIZE: u32 = 4096;
+
+/// A FUSE request: in header (40 bytes) then the arguments.
+fn request(opcode: u32, unique: u64, nodeid: u64, args: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(40 + args.len()).expect("small request");
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(&len.to_le_bytes());
+    bytes.extend_from_slice(&opcode.to_le_bytes());
+    bytes.extend_from_slice(&unique.to_le_bytes());
+    bytes.extend_from_slice(&nodeid.to_le_bytes());
+    bytes.extend_from_slice(&[0u8; 16]); // uid, gid, pid, extlen, padding
+    bytes.extend_from_slice(args);
+    bytes
+}
+
+fn init_args() -> Vec<u8> {
+    [7u32, 31, 0x20000, 0]
+        .iter()
+        .flat_map(|word| word.to_le_bytes())
+        .collect()
+}
+
+/// Queues `requests`, each as a readable descriptor followed by a writable reply buffer.
+fn queue_requests(
+    mem: &GuestMemoryMmap,
+    mock: &MockSplitQueue<GuestMemoryMmap>,
+    requests: &[Vec<u8>],
+) {
+    let mut descs = Vec::new();
+    for (i, req) in (0u16..).zip(requests) {
+        let req_addr = 0x10_0000 + u64::from(i) * 0x1_0000;
+        let reply_addr = req_addr + 0x8000;
+        mem.write_slice(req, GuestAddress(req_addr))
+            .expect("request");
+        let len = u32::try_from(req.len()).expect("small");
+        descs.push(RawDescriptor::from(Descriptor::new(
+            req_addr,
+            len,
+            NEXT,
+            2 * i + 1,
+        )));
+        descs.push(RawDescriptor::from(Descriptor::new(
+            reply_addr, REPLY_SIZE, WRITE, 0,
+        )));
+    }
+    mock.add_desc_chains(&descs, 0).expect("chains");
+}
+
+const WRITE: u16 = VRING_DESC_F_WRITE as u16;
+const NEXT: u16 = VRING_DESC_F_NEXT as u16;
+
+/// (reply length, error, unique) of the used element `index` and its reply header.
+fn reply(
+    mem: &GuestMemoryMmap,
+    mock: &MockSplitQueue<GuestMemoryMmap>,
+    index: u16,
+) -> (u32, i32, u64) {
+    let used = mock
+        .used()
+        .ring()
+        .ref_at(usize::from(index))
+        .expect("used")
+        .load();
+    let addr = GuestAddress(0x10_0000 + u64::from(index) * 0x1_0000 + 0x8000);
+    let mut header = [0u8; 16];
+    mem.read_slice(&mut header, addr).expect("reply header");
+    let error = i32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    let unique = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+    (used.len(), error, unique)
+}
+
+#[test]
+fn init_and_lookups_are_answered_in_guest_memory() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("file"), b"x").expect("file");
+    let config = Config {
+        root_dir: dir.path().to_str().expect("utf-8").to_owned(),
+        ..Config::default()
+    };
+    let fs = Guard::new(PassthroughFs::<()>::new(config).expect("passthrough"), true);
+    let server = Server::new(fs);
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).expect("memory");
+    let mock = MockSplitQueue::new(&mem, 16);
+    queue_requests(
+        &mem,
+        &mock,
+        &[
+            request(FUSE_INIT, 1, 0, &init_args()),
+            request(FUSE_LOOKUP, 2, 1, b"file\0"),
+            request(FUSE_LOOKUP, 3, 1, b"missing\0"),
+        ],
+    );
+    let mut queue: Queue = mock.create_queue().expect("queue");
+    let signal = CountSignals::default();
+
+    assert_eq!(
+        process_queue(&mut queue, &mem, &server, &signal).expect("served"),
+        3
+    );
+
+    let (len, error, unique) = reply(&mem, &mock, 0);
+    assert_eq!((error, unique), (0, 1), "init");
+    assert!(len > 16, "init reply has an InitOut");
+    let (len, error, unique) = reply(&mem, &mock, 1);
+    assert_eq!((error, unique), (0, 2), "lookup file");
+    assert_eq!(len, 16 + 128, "out header + entry out");
+    let (len, error, _) = reply(&mem, &mock, 2);
+    assert_eq!((len, error), (16, -libc::ENOENT), "lookup missing");
+    assert_eq!(signal.0.get(), 1);
+}
+
+#[test]
+fn a_request_outside_guest_memory_is_returned_empty() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = Config {
+        root_dir: dir.path().to_str().expect("utf-8").to_owned(),
+        ..Config::default()
+    };
+    let server = Server::new(Guard::new(
+        PassthroughFs::<()>::new(config).expect("passthrough"),
+        false,
+    ));
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).expect("memory");
+    let mock = MockSplitQueue::new(&mem, 16);
+    let descs = [
+        RawDescriptor::from(Descriptor::new(0x3f_ff00, 0x1000, NEXT, 1)),
+        RawDescriptor::from(Descriptor::new(0x10_0000, REPLY_SIZE, WRITE, 0)),
+    ];
+    mock.add_desc_chains(&descs, 0).expect("chain");
+    let mut queue: Queue = mock.create_queue().expect("queue");
+    let handled = process_queue(&mut queue, &mem, &server, &CountSignals::default());
+    assert_eq!(handled.expect("queue still served"), 1);
+    assert_eq!(mock.used().ring().ref_at(0).expect("used").load().len(), 0);
+}

@@ -1,0 +1,290 @@
+//! End-to-end tests of virtio-fs: `podvm boot --rootfs DIR [--rootfs-ro]` runs the command
+//! chrooted into a host directory shared over the in-process virtio-fs device. All checks run in
+//! ONE nested L1 boot (or directly on a host with real KVM). The checksums, link counts, modes and
+//! the sentinel outside the share are read on the host side of each check script.
+
+mod support;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use support::nested::{Batch, BatchResults, CheckResult};
+
+/// Builds two busybox trees from the payload's static busybox: `fsroot` (shared read-write) and
+/// `fsro` (shared read-only, with a file to protect), and a sentinel outside both, on a tmpfs
+/// mounted with strictatime (the L1 payload disk is noatime), so that any read of it moves its
+/// atime.
+const SETUP: &str = "set -e; for r in fsroot fsro; do \
+       mkdir -p $r/bin $r/etc $r/tmp $r/proc $r/sys $r/dev && cp lib/podvm/busybox $r/bin/busybox; \
+       for a in $($r/bin/busybox --list); do [ $a = busybox ] || ln -sf busybox $r/bin/$a; done; \
+     done; \
+     echo 'keep me' > fsro/existing; \
+     mkdir -p outside && { mount -t tmpfs -o strictatime podvm-sentinel outside || echo no-strictatime-mount; }; \
+     echo 'host secret' > outside/secret && touch -a -d '2001-01-01 00:00:00' outside/secret; \
+     echo probe > outside/probe && touch -a -d '2001-01-01 00:00:00' outside/probe && p0=$(stat -c %X outside/probe); \
+     cat outside/probe >/dev/null; [ \"$p0\" != \"$(stat -c %X outside/probe)\" ] && echo atime-works; \
+     rm outside/probe; echo setup-ready";
+
+/// Shares `fsroot` read-write.
+const RW: &str = "podvm boot --rootfs fsroot";
+/// Shares `fsro` read-only.
+const RO: &str = "podvm boot --rootfs fsro --rootfs-ro";
+
+/// What the guest tries in order to reach `outside/secret` (which lives next to the share).
+const ESCAPES: &str = "cd / && cd ../../../.. && ls -a | tr '\\n' ' ' && echo; \
+     cat ../outside/secret ../../outside/secret /outside/secret 2>/dev/null && echo LEAK-dotdot; \
+     ln -s / /rootlink && cat /rootlink/../outside/secret 2>/dev/null && echo LEAK-rootlink; \
+     ln -s /payload/outside/secret /abslink && cat /abslink 2>/dev/null && echo LEAK-abslink; \
+     mkdir -p /payload/outside && echo pwned > /abslink && echo wrote-through-abslink; \
+     ln /proc/1/root/init /hardlink 2>/dev/null && echo LEAK-hardlink-to-agent-root; \
+     cat /proc/1/root/payload/outside/secret 2>/dev/null && echo LEAK-proc-root; \
+     cat /proc/self/cwd/../outside/secret 2>/dev/null && echo LEAK-proc-cwd; \
+     echo escapes-done";
+
+fn results() -> Option<&'static BatchResults> {
+    static RESULTS: OnceLock<Option<BatchResults>> = OnceLock::new();
+    RESULTS
+        .get_or_init(|| {
+            let artifacts = support::artifacts::require()?;
+            let batch = artifacts
+                .add_to(Batch::new("e2e-fs"))
+                .memory_mib(3072)
+                .timeout(Duration::from_secs(1500))
+                .default_check_timeout(Duration::from_secs(240))
+                .check("setup", SETUP)
+                .check("echo", &format!("{RW} -- echo hello from virtio-fs"))
+                .check("exit42", &format!("{RW} -- sh -c 'exit 42'"))
+                .check(
+                    "layout",
+                    &format!(
+                        "{RW} --workdir /tmp -- sh -c 'pwd; hostname; grep 127.0.1.1 /etc/hosts; \
+                         grep -c \"^rootfs / virtiofs \" /proc/mounts; \
+                         ls /proc/self/exe >/dev/null && echo proc-ok; [ -c /dev/null ] && echo dev-ok; \
+                         [ -c /dev/pts/ptmx ] && echo pts-ok; echo tmp > /tmp/t && echo tmp-ok'; \
+                         echo rc=$?; [ -e fsroot/tmp/t ] && echo LEAK-tmp-on-host || echo tmp-is-guest-only"
+                    ),
+                )
+                .check(
+                    "write_checksum",
+                    &format!(
+                        "{RW} -- sh -c 'head -c 3000000 /dev/urandom > /data.bin && md5sum /data.bin && sync /data.bin'; \
+                         echo rc=$?; md5sum fsroot/data.bin; wc -c < fsroot/data.bin"
+                    ),
+                )
+                .check(
+                    "file_ops",
+                    &format!(
+                        "{RW} -- sh -c 'mkdir /w && echo content > /w/f && ln /w/f /w/hard && ln -s f /w/soft && \
+                         mv /w/f /w/g && chmod 640 /w/g && sync /w/g && cat /w/hard && \
+                         (cat /w/soft 2>/dev/null || echo soft-dangling) && ln -sf g /w/soft && cat /w/soft && \
+                         mkdir /w/d && mv /w/d /w/e && rmdir /w/e && echo ops-ok'; echo rc=$?; \
+                         stat -c '%h %a %i' fsroot/w/g; stat -c '%i' fsroot/w/hard; readlink fsroot/w/soft; \
+                         cat fsroot/w/g; ls fsroot/w | tr '\\n' ' '"
+                    ),
+                )
+                .check(
+                    "read_only",
+                    &format!(
+                        "before=$(md5sum < fsro/existing); \
+                         {RO} -- sh -c 'echo x > /new-file; echo create-rc=$?; echo y >> /existing; echo append-rc=$?; \
+                         mkdir /d; echo mkdir-rc=$?; rm /existing; echo rm-rc=$?; cat /existing; \
+                         mount -o remount,rw / && echo remounted-rw && \
+                         {{ echo z >> /existing; echo host-append-rc=$?; touch /host-new; echo host-create-rc=$?; }}; true'; \
+                         echo rc=$?; after=$(md5sum < fsro/existing); [ \"$before\" = \"$after\" ] && echo host-unchanged; \
+                         ls fsro | tr '\\n' ' '"
+                    ),
+                )
+                .check(
+                    "escapes",
+                    &format!(
+                        "a0=$(stat -c %X outside/secret); {RW} -- sh -c \"{ESCAPES}\"; echo rc=$?; \
+                         a1=$(stat -c %X outside/secret); cat outside/secret; [ \"$a0\" = \"$a1\" ] && echo sentinel-never-read; \
+                         readlink fsroot/abslink; cat fsroot/payload/outside/secret; ls outside | tr '\\n' ' '"
+                    ),
+                )
+                .check("missing_dir", "podvm boot --rootfs /payload/no-such-dir -- /bin/true")
+                .check("not_a_dir", "podvm boot --rootfs fsro/existing -- /bin/true")
+                .run();
+            Some(batch)
+        })
+        .as_ref()
+}
+
+/// The result of check `name`, or `None` (test skipped) when artifacts are missing.
+fn check(name: &str) -> Option<&'static CheckResult> {
+    let results = results()?;
+    results.get("setup").expect_success("setup");
+    Some(results.get(name))
+}
+
+#[test]
+fn echo_runs_inside_the_shared_rootfs() {
+    let Some(result) = check("echo") else { return };
+    assert_eq!(result.code, 0, "{result:?}");
+    assert_eq!(result.stdout.trim(), "hello from virtio-fs", "{result:?}");
+}
+
+#[test]
+fn exit_code_comes_back() {
+    let Some(result) = check("exit42") else {
+        return;
+    };
+    assert_eq!(result.code, 42, "{result:?}");
+}
+
+#[test]
+fn the_app_sees_rkts_layout_with_proc_dev_and_a_private_tmp() {
+    let Some(result) = check("layout") else {
+        return;
+    };
+    let lines: Vec<&str> = result.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "/tmp",
+            "app",
+            "127.0.1.1\tapp",
+            "1",
+            "proc-ok",
+            "dev-ok",
+            "pts-ok",
+            "tmp-ok",
+            "rc=0",
+            "tmp-is-guest-only"
+        ],
+        "{result:?}"
+    );
+}
+
+#[test]
+fn files_written_in_the_guest_appear_on_the_host_byte_exact() {
+    let Some(result) = check("write_checksum") else {
+        return;
+    };
+    let lines: Vec<&str> = result.stdout.lines().collect();
+    assert_eq!(lines.get(1), Some(&"rc=0"), "{result:?}");
+    let guest = lines.first().and_then(|l| l.split_whitespace().next());
+    let host = lines.get(2).and_then(|l| l.split_whitespace().next());
+    assert!(guest.is_some_and(|m| m.len() == 32), "{result:?}");
+    assert_eq!(guest, host, "guest and host checksums differ: {result:?}");
+    assert_eq!(
+        lines.get(3).map(|l| l.trim()),
+        Some("3000000"),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn links_rename_chmod_and_fsync_reach_the_host() {
+    let Some(result) = check("file_ops") else {
+        return;
+    };
+    let lines: Vec<&str> = result.stdout.lines().collect();
+    assert_eq!(
+        lines.get(..4),
+        Some(&["content", "soft-dangling", "content", "ops-ok"][..]),
+        "{result:?}"
+    );
+    assert_eq!(lines.get(4), Some(&"rc=0"), "{result:?}");
+    let stat: Vec<&str> = lines.get(5).map_or(vec![], |l| l.split(' ').collect());
+    assert_eq!(
+        stat.get(..2),
+        Some(&["2", "640"][..]),
+        "two links, mode 640: {result:?}"
+    );
+    assert_eq!(
+        stat.get(2),
+        lines.get(6),
+        "hard link shares the inode: {result:?}"
+    );
+    assert_eq!(
+        lines.get(7),
+        Some(&"g"),
+        "symlink target kept verbatim: {result:?}"
+    );
+    assert_eq!(lines.get(8), Some(&"content"), "{result:?}");
+    assert_eq!(
+        lines.get(9).map(|l| l.trim()),
+        Some("g hard soft"),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn read_only_share_refuses_writes_in_guest_and_host() {
+    let Some(result) = check("read_only") else {
+        return;
+    };
+    let out = &result.stdout;
+    for refused in ["create-rc=1", "append-rc=1", "mkdir-rc=1", "rm-rc=1"] {
+        assert!(out.contains(refused), "{refused}: {result:?}");
+    }
+    assert!(out.contains("keep me"), "{result:?}");
+    assert!(
+        result.stderr.contains("Read-only file system"),
+        "EROFS in the guest: {result:?}"
+    );
+    if out.contains("remounted-rw") {
+        // The guest dropped its own MS_RDONLY: only the host's guard is left, and it holds.
+        assert!(out.contains("host-append-rc=1"), "{result:?}");
+        assert!(out.contains("host-create-rc=1"), "{result:?}");
+    } else {
+        eprintln!(
+            "note: the guest could not remount its rootfs rw; host guard covered by unit tests"
+        );
+    }
+    assert!(out.contains("host-unchanged"), "{result:?}");
+    let listing = out.lines().last().unwrap_or_default();
+    assert!(
+        !listing.contains("new-file") && !listing.contains("host-new"),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn escapes_from_the_guest_never_touch_a_host_file_outside_the_share() {
+    let Some(result) = check("escapes") else {
+        return;
+    };
+    let out = &result.stdout;
+    assert!(!out.contains("LEAK"), "{result:?}");
+    assert!(!out.contains("host secret\nhost secret"), "{result:?}");
+    assert!(out.contains("escapes-done"), "{result:?}");
+    assert!(out.contains("wrote-through-abslink"), "{result:?}");
+    assert!(out.contains("sentinel-never-read"), "{result:?}");
+    let setup = check("setup").expect("same batch");
+    if !setup.stdout.contains("atime-works") {
+        eprintln!(
+            "note: atime does not move on reads here: 'never read' is not proven, only 'unchanged'"
+        );
+    }
+    let lines: Vec<&str> = out.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(5)..];
+    assert_eq!(
+        tail,
+        [
+            "host secret",
+            "sentinel-never-read",
+            "/payload/outside/secret",
+            "pwned",
+            "secret "
+        ],
+        "the write through the absolute symlink stayed in the share: {result:?}"
+    );
+}
+
+#[test]
+fn bad_rootfs_directories_are_clear_errors() {
+    let Some(missing) = check("missing_dir") else {
+        return;
+    };
+    assert_ne!(missing.code, 0, "{missing:?}");
+    assert!(
+        missing.stderr.contains("--rootfs /payload/no-such-dir"),
+        "{missing:?}"
+    );
+    assert!(missing.stderr.contains("cannot resolve"), "{missing:?}");
+    let not_dir = check("not_a_dir").expect("same batch");
+    assert_ne!(not_dir.code, 0, "{not_dir:?}");
+    assert!(not_dir.stderr.contains("not a directory"), "{not_dir:?}");
+}
