@@ -55,6 +55,7 @@ fn spec(command: &[&str]) -> BootSpec {
         command: command.iter().map(|s| s.to_string()).collect(),
         env: Vec::new(),
         workdir: None,
+        ..BootSpec::default()
     }
 }
 

@@ -547,8 +547,14 @@ mod tests {
             (b"PV\x02\x10\x03\0\0\0{x}".to_vec(), "malformed"),
             (b"PV\x02\x10\x05\0\0\0{}".to_vec(), "I/O"),
             (control_frame(r#"{"type":"zz"}"#), "malformed"),
-            (control_frame(r#"{"type":"signal","signo":"x"}"#), "malformed"),
-            (control_frame(r#"{"type":"resize","rows":70000,"cols":1}"#), "malformed"),
+            (
+                control_frame(r#"{"type":"signal","signo":"x"}"#),
+                "malformed",
+            ),
+            (
+                control_frame(r#"{"type":"resize","rows":70000,"cols":1}"#),
+                "malformed",
+            ),
         ];
         for (bytes, expected) in cases {
             let err = Message::read_from(&mut bytes.as_slice()).expect_err("must fail");
