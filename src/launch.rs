@@ -2,16 +2,20 @@
 //!
 //! A [`LaunchPlan`] names the kernel, agent, boot spec, extra initramfs tree and VM size; [`launch`]
 //! packs the initramfs, runs the VM with the console going to a log file, relays the agent's
-//! output and returns how the workload ended.
+//! output one way and podvm's stdin and signals the other (see [`crate::relay`]), and returns how
+//! the workload ended.
 
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use podvm_protocol::{BootSpec, ExitStatus};
+use podvm_protocol::{BootSpec, ExitStatus, EXEC_PORT};
 
-use crate::agent_link::{self, AgentLink, LinkReport};
-use crate::vmm::{self, VmConfig, VmOutputs, VmStats};
+use crate::agent_link::{self, AgentLink, HostWriter, LinkReport};
+use crate::exec_info::{self, ExecInfo};
+use crate::relay::{Relay, RelayError, RelayOptions};
+use crate::vmm::{self, VmConfig, VmHandle, VmOutputs, VmStats};
 use crate::{artifacts, initramfs};
 
 /// Kernel command line every podvm guest gets: console on COM1 (the only UART), a reboot that
@@ -40,6 +44,10 @@ pub struct LaunchPlan {
     pub console_log: Option<PathBuf>,
     /// Extra kernel command line arguments.
     pub kernel_args: Vec<String>,
+    /// How podvm's stdin, signals and terminal reach the app.
+    pub relay: RelayOptions,
+    /// Write the VM's exec info here (mode 0600) while it runs; needs `spec.exec_token`.
+    pub exec_info: Option<PathBuf>,
 }
 
 /// How a launch ended.
@@ -79,6 +87,9 @@ pub enum LaunchError {
         /// Why.
         source: std::io::Error,
     },
+    /// The stdin/signal relay could not start.
+    #[error(transparent)]
+    Relay(#[from] RelayError),
     /// The guest ended without an exit status.
     #[error("{reason}\n--- last guest console lines ({log}) ---\n{tail}")]
     NoStatus {
@@ -124,12 +135,44 @@ pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
         ),
     };
     let console = ConsoleSink::create(&log_path, plan.console)?;
+    let writer = HostWriter::new();
     let (link, report) = AgentLink::new(Box::new(std::io::stdout()), Box::new(std::io::stderr()));
+    let vm: Arc<Mutex<Option<VmHandle>>> = Arc::new(Mutex::new(None));
+    let vm_to_kill = vm.clone();
+    let relay = Relay::start(
+        &plan.relay,
+        writer.clone(),
+        Box::new(move || {
+            if let Some(handle) = lock_any(&vm_to_kill).as_ref() {
+                handle.kill();
+            }
+        }),
+    )?;
+    let exec_info = plan.exec_info.clone().zip(plan.spec.exec_token.clone());
+    let info_path = exec_info.as_ref().map(|(path, _)| path.clone());
     let outputs = VmOutputs {
         console: Box::new(console),
-        agent: Box::new(link),
+        agent: Box::new(link.with_writer(writer)),
+        on_start: Some(Box::new(move |handle: VmHandle| {
+            if let Some((path, token)) = exec_info {
+                let info = ExecInfo {
+                    cid: handle.cid(),
+                    port: EXEC_PORT,
+                    token,
+                };
+                if let Err(err) = exec_info::write(&path, &info) {
+                    eprintln!("podvm: {err}");
+                }
+            }
+            *lock_any(&vm) = Some(handle);
+        })),
     };
-    let stats = vmm::run(&config, outputs).map_err(|source| match source {
+    let run = vmm::run(&config, outputs);
+    let timed_out = relay.finish();
+    if let Some(path) = info_path {
+        let _ = std::fs::remove_file(path);
+    }
+    let stats = run.map_err(|source| match source {
         vmm::VmmError::VcpuFailed { .. } => LaunchError::GuestFailed {
             source,
             log: log_path.display().to_string(),
@@ -142,11 +185,20 @@ pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
         }
     })?;
     let report = agent_link::lock(&report).clone();
-    let status = exit_status(&report, &log_path)?;
+    let status = match (report.exit, timed_out) {
+        (None, Some(signo)) => ExitStatus::Signal(signo),
+        _ => exit_status(&report, &log_path)?,
+    };
     if !keep_log {
         let _ = std::fs::remove_file(&log_path);
     }
     Ok(LaunchOutcome { status, stats })
+}
+
+fn lock_any<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn kernel_cmdline(plan: &LaunchPlan) -> String {

@@ -156,6 +156,7 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
                 .map(|e| format!("{}={}", e.name, e.value))
                 .collect(),
             workdir: Some(app.app.working_directory.clone()),
+            ..BootSpec::default()
         },
         initrd_dir: Some(image.rootfs),
         cpus: vm.vm_cpus,
@@ -163,6 +164,7 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
         console: vm.console,
         console_log: Some(pod.dir.join("console.log")),
         kernel_args: Vec::new(),
+        ..LaunchPlan::default()
     };
     let outcome = launch::launch(&plan);
     status.finished = Some(now());
