@@ -60,11 +60,12 @@ pub fn run(
         .send(&Message::Control(Control::Exec(request)))
         .map_err(ExecClientError::Send)?;
     let hangup = stream.try_clone().ok();
+    let on_timeout = stream.try_clone().ok();
     let relay = Relay::start(
         options,
         writer,
         Box::new(move || {
-            if let Some(stream) = hangup {
+            if let Some(stream) = on_timeout {
                 let _ = shutdown(stream.as_raw_fd(), Shutdown::Both);
             }
         }),
@@ -72,6 +73,10 @@ pub fn run(
     let (mut link, report) =
         AgentLink::new(Box::new(std::io::stdout()), Box::new(std::io::stderr()));
     pump(stream, &mut link);
+    // The agent is done: a stdin pump still blocked on the connection must not wait for it.
+    if let Some(stream) = hangup {
+        let _ = shutdown(stream.as_raw_fd(), Shutdown::Both);
+    }
     let timed_out = relay.finish();
     let report = agent_link::lock(&report).clone();
     if let Some(status) = report.exit {
