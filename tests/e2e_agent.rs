@@ -41,7 +41,7 @@ fn results() -> Option<&'static BatchResults> {
                     "stdin_big",
                     &format!(
                         "head -c {BIG_STDIN_BYTES} /dev/urandom > big.in && md5sum < big.in \
-                         && {boot} --memory 512 -- /bin/sh -c 'md5sum; wc -c' < big.in \
+                         && {boot} --memory 512 -- /bin/sh -c 'cat > /tmp/in; md5sum < /tmp/in; wc -c < /tmp/in' < big.in \
                          && {boot} --memory 512 -- /bin/cat < big.in | md5sum; rm -f big.in"
                     ),
                 )
@@ -75,6 +75,10 @@ fn results() -> Option<&'static BatchResults> {
                          while :; do sleep 1; done' > ign.out 2> ign.err & pid=$!; \
                          wait_for ign.out ready && kill -TERM $pid; wait $pid; echo rc=$?; cat ign.err"
                     ),
+                )
+                .check(
+                    "boot_tty",
+                    &format!("{boot} --tty -- /bin/sh -c 'tty; test -t 0 && echo stdin-is-a-tty; exit 4' < /dev/null"),
                 )
                 .check("exec", &exec_script(boot))
                 .run();
@@ -213,6 +217,16 @@ fn an_app_ignoring_sigterm_is_killed_after_the_stop_timeout() {
     };
     assert_eq!(value(result, "rc"), Some("143"), "{result:?}");
     assert!(result.stdout.contains("stopping it hard"), "{result:?}");
+}
+
+#[test]
+fn boot_tty_gives_the_app_a_terminal() {
+    let Some(result) = check("boot_tty") else {
+        return;
+    };
+    assert_eq!(result.code, 4, "{result:?}");
+    assert!(result.stdout.contains("/dev/pts/"), "{result:?}");
+    assert!(result.stdout.contains("stdin-is-a-tty"), "{result:?}");
 }
 
 #[test]
