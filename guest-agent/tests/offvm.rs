@@ -594,11 +594,24 @@ fn a_numeric_user_and_group_apply() {
 
 /// Runs one exec session over `socket`; returns what came back.
 fn exec_session(socket: &Path, request: podvm_protocol::ExecRequest, stdin: &[u8]) -> Vec<Message> {
+    exec_session_with(socket, request, None, stdin)
+}
+
+/// Like [`exec_session`], with an extra control message right after the request.
+fn exec_session_with(
+    socket: &Path,
+    request: podvm_protocol::ExecRequest,
+    extra: Option<Control>,
+    stdin: &[u8],
+) -> Vec<Message> {
     let mut stream = std::os::unix::net::UnixStream::connect(socket).expect("connect");
     let frames = decode_in_thread(stream.try_clone().expect("clone"));
     Message::Control(Control::Exec(request))
         .write_to(&mut stream)
         .expect("send");
+    if let Some(extra) = extra {
+        Message::Control(extra).write_to(&mut stream).expect("send");
+    }
     if !stdin.is_empty() {
         Message::Data(Stream::Stdin, stdin.to_vec())
             .write_to(&mut stream)
@@ -647,6 +660,15 @@ fn exec_sessions_run_beside_the_app_and_need_the_token() {
     let output = String::from_utf8_lossy(&collect(&tty, Stream::Stdout)).into_owned();
     assert!(output.contains("/dev/pts/"), "{output:?}");
     assert_eq!(exited(&tty), Some(ExitStatus::Code(6)));
+
+    let resized = exec_session_with(
+        &socket,
+        request(&["sh", "-c", "sleep 0.5; stty size"], "s3cret", true),
+        Some(Control::Resize { rows: 33, cols: 77 }),
+        b"",
+    );
+    let output = String::from_utf8_lossy(&collect(&resized, Stream::Stdout)).into_owned();
+    assert!(output.contains("33 77"), "{output:?}");
 
     let refused = exec_session(&socket, request(&["echo", "no"], "wrong", false), b"");
     assert_eq!(exited(&refused), None, "{refused:?}");
