@@ -355,6 +355,7 @@ struct RawTerminal {
 }
 
 impl RawTerminal {
+    /// Puts podvm's stdin into raw mode.
     fn enter() -> Result<Self, Errno> {
         let tty = File::from(
             std::io::stdin()
@@ -362,6 +363,11 @@ impl RawTerminal {
                 .try_clone_to_owned()
                 .map_err(|err| Errno::from_raw(err.raw_os_error().unwrap_or(0)))?,
         );
+        Self::enter_on(tty)
+    }
+
+    /// Puts `tty` into raw mode until dropped.
+    fn enter_on(tty: File) -> Result<Self, Errno> {
         let saved = termios::tcgetattr(&tty)?;
         let mut raw = saved.clone();
         termios::cfmakeraw(&mut raw);
@@ -373,5 +379,44 @@ impl RawTerminal {
 impl Drop for RawTerminal {
     fn drop(&mut self) {
         let _ = termios::tcsetattr(&self.tty, SetArg::TCSANOW, &self.saved);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nix::sys::termios::{LocalFlags, OutputFlags};
+
+    use super::*;
+
+    #[test]
+    fn raw_mode_is_undone_on_drop() {
+        let pty = nix::pty::openpty(None, None).expect("openpty");
+        let slave = File::from(pty.slave);
+        let before = termios::tcgetattr(&slave).expect("tcgetattr");
+        assert!(before
+            .local_flags
+            .contains(LocalFlags::ICANON | LocalFlags::ECHO));
+        let raw = RawTerminal::enter_on(slave.try_clone().expect("dup")).expect("raw");
+        let during = termios::tcgetattr(&slave).expect("tcgetattr");
+        assert!(!during
+            .local_flags
+            .intersects(LocalFlags::ICANON | LocalFlags::ECHO | LocalFlags::ISIG));
+        assert!(!during.output_flags.contains(OutputFlags::OPOST));
+        drop(raw);
+        let after = termios::tcgetattr(&slave).expect("tcgetattr");
+        assert_eq!(after.local_flags, before.local_flags);
+        assert_eq!(after.output_flags, before.output_flags);
+    }
+
+    #[test]
+    fn stdin_is_forwarded_unless_it_is_an_unasked_terminal() {
+        let options = RelayOptions::for_cli(true, false, DEFAULT_STOP_TIMEOUT);
+        assert!(options.forward_stdin && !options.tty);
+        let options = RelayOptions::for_cli(false, true, Duration::from_secs(3));
+        assert!(options.forward_stdin && options.tty);
+        assert_eq!(options.stop_timeout, Duration::from_secs(3));
+        let options = RelayOptions::for_cli(false, false, DEFAULT_STOP_TIMEOUT);
+        assert_eq!(options.forward_stdin, !std::io::stdin().is_terminal());
+        assert!(!RelayOptions::default().forward_stdin);
     }
 }
