@@ -8,6 +8,8 @@ packages=(
   qemu-system-x86 linux-image-cloud-amd64 busybox-static cpio e2fsprogs
   # image fixtures: a real registry, image tools
   docker-registry skopeo umoci zstd python3 openssl
+  # interactive --tty E2E check (tests/e2e_agent.rs): a terminal to type into and resize
+  tmux
 )
 missing=()
 for pkg in "${packages[@]}"; do

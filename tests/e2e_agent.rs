@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -16,6 +17,9 @@ const SETUP_ROOTFS: &str = "mkdir -p rootfs/bin rootfs/etc rootfs/tmp && cp lib/
      && printf 'root:x:0:0:root:/root:/bin/sh\\napp:x:1000:1000:App:/home/app:/bin/sh\\n' > rootfs/etc/passwd \
      && printf 'root:x:0:\\napp:x:1000:\\nwheel:x:10:app\\nstaff:x:50:\\n' > rootfs/etc/group \
      && echo rootfs-ready";
+
+/// tmux drives the interactive --tty check (brought into L1 with its libraries).
+const TMUX: &str = "/usr/bin/tmux";
 
 /// Size of the large-stdin check (5 MiB).
 const BIG_STDIN_BYTES: u64 = 5 << 20;
@@ -81,7 +85,12 @@ fn results() -> Option<&'static BatchResults> {
                     &format!("{boot} --tty -- /bin/sh -c 'tty; test -t 0 && echo stdin-is-a-tty; exit 4' < /dev/null"),
                 )
                 .check("exec", &exec_script(boot))
-                .run();
+                .check("interactive_tty", &tmux_script(boot));
+            let batch = match Path::new(TMUX).exists() {
+                true => batch.host_tool(TMUX),
+                false => batch,
+            };
+            let batch = batch.run();
             Some(batch)
         })
         .as_ref()
@@ -101,6 +110,26 @@ fn exec_script(boot: &str) -> String {
          podvm exec --exec-info bad.json -- /bin/echo should-not-run 2> bad.err; echo bad=$?; \
          cat bad.err; kill -TERM $vm; wait $vm; echo vm=$?; \
          [ -e ex.json ] && echo info-left || echo info-removed"
+    )
+}
+
+/// Drives `podvm boot --tty -- /bin/sh` in a tmux pane like a person would: types commands,
+/// resizes the window (SIGWINCH must reach the guest pty), exits with 3, and saves the pane's
+/// terminal mode after podvm returned (it must be restored, not raw).
+fn tmux_script(boot: &str) -> String {
+    format!(
+        "T={TMUX}; [ -x $T ] || {{ echo 'skipping: no tmux on the host (apt-get install tmux)'; exit 0; }}; \
+         export TMUX_TMPDIR=$PWD; \
+         pane_has() {{ n=0; until $T capture-pane -p -t tty | grep -q \"$1\"; do n=$((n+1)); \
+           [ $n -lt 600 ] || {{ echo \"timeout waiting for $1\"; $T capture-pane -p -t tty; return 1; }}; \
+           sleep 0.2; done; }}; \
+         $T -u new-session -d -s tty -x 100 -y 30 \"{boot} --tty -- /bin/sh; echo rc=\\$?; stty -a > stty.after; sleep 600\" \
+         && $T send-keys -t tty 'stty size; echo mark-$((1+1))' Enter && pane_has mark-2 \
+         && $T resize-window -t tty -x 120 -y 40 \
+         && $T send-keys -t tty 'stty size; echo mark-$((2+2))' Enter && pane_has mark-4 \
+         && $T send-keys -t tty 'exit 3' Enter && pane_has rc=3; \
+         $T capture-pane -p -t tty | grep -v '^$'; $T kill-server; \
+         grep -q -- -icanon stty.after && echo terminal-left-raw || echo terminal-restored"
     )
 }
 
@@ -250,4 +279,24 @@ fn exec_with_a_wrong_token_is_refused() {
     assert_eq!(value(result, "bad"), Some("125"), "{result:?}");
     assert!(result.stdout.contains("refused"), "{result:?}");
     assert!(!result.stdout.contains("should-not-run"), "{result:?}");
+}
+
+#[test]
+fn an_interactive_tty_session_resizes_and_restores_the_terminal() {
+    let Some(result) = check("interactive_tty") else {
+        return;
+    };
+    if result.stdout.starts_with("skipping:") {
+        eprintln!("{}", result.stdout.trim());
+        return;
+    }
+    assert_eq!(result.code, 0, "{result:?}");
+    let screen = &result.stdout;
+    assert!(screen.contains("30 100\n"), "initial size: {result:?}");
+    assert!(
+        screen.contains("40 120\n"),
+        "size after SIGWINCH: {result:?}"
+    );
+    assert!(screen.contains("rc=3"), "{result:?}");
+    assert!(screen.contains("terminal-restored"), "{result:?}");
 }
