@@ -14,6 +14,7 @@ use podvm_protocol::{BootSpec, ExitStatus, EXEC_PORT};
 
 use crate::agent_link::{self, AgentLink, HostWriter, LinkReport};
 use crate::exec_info::{self, ExecInfo};
+use crate::pod::logs::{AppLog, LogStream};
 use crate::relay::{Relay, RelayError, RelayOptions};
 use crate::vmm::{self, VmConfig, VmHandle, VmOutputs, VmStats};
 use crate::{artifacts, initramfs};
@@ -44,6 +45,8 @@ pub struct LaunchPlan {
     pub console_log: Option<PathBuf>,
     /// Extra kernel command line arguments.
     pub kernel_args: Vec<String>,
+    /// Also record the workload's output in this app log (pods).
+    pub app_log: Option<AppLog>,
     /// How podvm's stdin, signals and terminal reach the app.
     pub relay: RelayOptions,
     /// Write the VM's exec info here (mode 0600) while it runs; needs `spec.exec_token`.
@@ -135,8 +138,15 @@ pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
         ),
     };
     let console = ConsoleSink::create(&log_path, plan.console)?;
+    let (stdout, stderr): (Box<dyn Write + Send>, Box<dyn Write + Send>) = match &plan.app_log {
+        Some(log) => (
+            Box::new(log.tee(LogStream::Stdout, Box::new(std::io::stdout()))),
+            Box::new(log.tee(LogStream::Stderr, Box::new(std::io::stderr()))),
+        ),
+        None => (Box::new(std::io::stdout()), Box::new(std::io::stderr())),
+    };
+    let (link, report) = AgentLink::new(stdout, stderr);
     let writer = HostWriter::new();
-    let (link, report) = AgentLink::new(Box::new(std::io::stdout()), Box::new(std::io::stderr()));
     let vm: Arc<Mutex<Option<VmHandle>>> = Arc::new(Mutex::new(None));
     let vm_to_kill = vm.clone();
     let relay = Relay::start(
@@ -184,6 +194,11 @@ pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
             LaunchError::Vmm(other)
         }
     })?;
+    if let Some(log) = &plan.app_log {
+        if let Err(err) = log.finish() {
+            eprintln!("podvm: cannot finish the app log: {err}");
+        }
+    }
     let report = agent_link::lock(&report).clone();
     let status = match (report.exit, timed_out) {
         (None, Some(signo)) => ExitStatus::Signal(signo),

@@ -117,3 +117,19 @@ fn pvm_host_is_explained_instead_of_failing_obscurely() {
         "{check:?}"
     );
 }
+
+#[test]
+fn version_reports_podvm_and_protocol_versions_as_json() {
+    let output = podvm(&["version", "--format", "json"], None);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let view: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(view["podvm_version"], env!("CARGO_PKG_VERSION"));
+    assert!(
+        view["agent_protocol"].as_u64().is_some_and(|v| v >= 1),
+        "{view}"
+    );
+    assert!(
+        view["kernel"].is_string() && view["agent"].is_string(),
+        "{view}"
+    );
+}

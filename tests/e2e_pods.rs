@@ -55,6 +55,31 @@ fn results() -> Option<&'static BatchResults> {
                 )
                 .check("list_json", &format!("{PODVM} list --format json"))
                 .check(
+                    "sized_vm",
+                    &format!(
+                        "{PODVM} run {IMAGE} --memory 600Mi --cpu 1500m --exec /bin/sh -- -c 'nproc; grep MemTotal /proc/meminfo'"
+                    ),
+                )
+                .check(
+                    "logs",
+                    &format!(
+                        "{PODVM} run --uuid-file-save logs.uuid {IMAGE} --exec /bin/sh -- -c 'echo to-out; echo to-err >&2; exit 3' >/dev/null 2>&1; \
+                         {PODVM} logs $(cat logs.uuid) 2>logs.err; echo \"stderr: $(cat logs.err)\""
+                    ),
+                )
+                .check(
+                    "kill9_then_gc",
+                    &format!(
+                        "{PODVM} run --uuid-file-save k.uuid {IMAGE} --exec /bin/sh -- -c 'echo started; sleep 600' >k.out 2>&1 & pid=$!; \
+                         for i in $(seq 600); do grep -q started k.out 2>/dev/null && break; sleep 0.2; done; \
+                         {PODVM} status $(cat k.uuid) | grep state=; \
+                         kill -9 $pid; wait $pid; echo rc=$?; \
+                         {PODVM} status $(cat k.uuid) | grep -E 'state=|reason='; \
+                         {PODVM} gc --grace-period 0s >/dev/null && {PODVM} gc --grace-period 0s >/dev/null; \
+                         echo pods-left=$(find state/pods -mindepth 2 -maxdepth 2 | wc -l); echo vm-procs=$(ps | grep -c '[p]odvm run')"
+                    ),
+                )
+                .check(
                     "gc",
                     &format!("{PODVM} gc --grace-period 0s && {PODVM} gc --grace-period 0s && {PODVM} list --format json"),
                 )
@@ -133,6 +158,46 @@ fn list_shows_exited_pods() {
         pods.iter().all(|pod| pod["state"] == "exited"),
         "{result:?}"
     );
+}
+
+#[test]
+fn the_vm_is_sized_from_the_apps_limits() {
+    let Some(result) = check("sized_vm") else {
+        return;
+    };
+    assert_eq!(result.code, 0, "{result:?}");
+    let mut lines = result.stdout.lines();
+    assert_eq!(lines.next(), Some("2"), "1500m -> 2 vCPUs: {result:?}");
+    let kib: u64 = lines
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .expect("MemTotal");
+    // 600 MiB + 128 MiB guest overhead, minus what the kernel keeps for itself.
+    assert!((600 * 1024..=728 * 1024).contains(&kib), "{result:?}");
+}
+
+#[test]
+fn logs_replays_the_apps_stdout_and_stderr_apart() {
+    let Some(result) = check("logs") else { return };
+    assert_eq!(result.code, 0, "{result:?}");
+    assert_eq!(result.stdout.trim(), "to-out\nstderr: to-err", "{result:?}");
+}
+
+#[test]
+fn a_killed_podvm_leaves_an_exited_pod_that_gc_removes_with_its_vm() {
+    let Some(result) = check("kill9_then_gc") else {
+        return;
+    };
+    let out = &result.stdout;
+    assert!(out.contains("state=running"), "{result:?}");
+    assert!(out.contains("rc=137"), "{result:?}");
+    assert!(
+        out.contains("state=exited") && out.contains("died without recording"),
+        "{result:?}"
+    );
+    assert!(out.contains("pods-left=0"), "{result:?}");
+    assert!(out.contains("vm-procs=0"), "{result:?}");
 }
 
 #[test]

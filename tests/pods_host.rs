@@ -33,6 +33,22 @@ fn json(dir: &Path, args: &[&str]) -> Value {
     serde_json::from_str(&ok(dir, args)).expect("json output")
 }
 
+fn prepare_busybox(dir: &Path, fixtures: &Fixtures) -> String {
+    ok(dir, &["prepare", &fixtures.oci_reference("busybox")])
+        .trim()
+        .to_string()
+}
+
+/// Records in a pod's status what `podvm run` records when its VM starts.
+fn record_start(pod_dir: &Path, pid: u32) {
+    let status_file = pod_dir.join("status.json");
+    let mut status: Value =
+        serde_json::from_slice(&std::fs::read(&status_file).expect("status.json")).expect("json");
+    status["started"] = Value::from(1);
+    status["pid"] = Value::from(pid);
+    std::fs::write(&status_file, status.to_string()).expect("write status");
+}
+
 fn env_of(manifest: &Value, app: usize) -> Vec<(String, String)> {
     manifest["apps"][app]["app"]["environment"]
         .as_array()
@@ -199,9 +215,7 @@ fn gc_expires_prepared_pods_and_cleans_aborted_prepares() {
     let fixtures = Fixtures::get();
     let data = tempfile::tempdir().expect("tempdir");
     let dir = data.path();
-    let uuid = ok(dir, &["prepare", &fixtures.oci_reference("busybox")])
-        .trim()
-        .to_string();
+    let uuid = prepare_busybox(dir, fixtures);
     // A prepare whose podvm died: a pod directory in prepare/ that nobody locks.
     let aborted = dir.join("pods/prepare/00000000-dead-4000-8000-000000000000");
     std::fs::create_dir_all(&aborted).expect("aborted pod");
@@ -228,5 +242,169 @@ fn gc_expires_prepared_pods_and_cleans_aborted_prepares() {
         json(dir, &["list", "--format", "json"]),
         serde_json::json!([]),
         "{uuid} expired"
+    );
+}
+
+#[test]
+fn status_wait_returns_when_the_pod_ends_and_explains_a_dead_podvm() {
+    if registry_support::skip() {
+        return;
+    }
+    let fixtures = Fixtures::get();
+    let data = tempfile::tempdir().expect("tempdir");
+    let dir = data.path();
+    let uuid = prepare_busybox(dir, fixtures);
+    // A limited wait on a pod that stays prepared gives up and reports it as it is.
+    let limited = json(dir, &["status", "--wait=300ms", "--format", "json", &uuid]);
+    assert_eq!(limited["state"], "prepared", "{limited}");
+
+    // What a podvm killed with -9 while running leaves: the pod in run/, started with a pid,
+    // nobody holding its lock. Move it there while `status --wait` (no limit) waits.
+    let prepared = dir.join("pods/prepared").join(&uuid);
+    let running = dir.join("pods/run").join(&uuid);
+    record_start(&prepared, 4_000_000);
+    let mover = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        std::fs::create_dir_all(running.parent().expect("parent")).expect("run dir");
+        std::fs::rename(prepared, running).expect("move pod");
+    });
+    let waited = json(dir, &["status", "--wait", "--format", "json", &uuid]);
+    mover.join().expect("mover");
+    assert_eq!(waited["state"], "exited", "{waited}");
+    let reason = waited["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("4000000") && reason.contains("died"),
+        "{waited}"
+    );
+}
+
+#[test]
+fn stop_refuses_pods_that_do_not_run_and_force_kills_the_pods_podvm() {
+    if registry_support::skip() {
+        return;
+    }
+    let fixtures = Fixtures::get();
+    let data = tempfile::tempdir().expect("tempdir");
+    let dir = data.path();
+    let uuid = prepare_busybox(dir, fixtures);
+    let refused = podvm(dir, &["stop", &uuid]);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("prepared") && stderr.contains("only running"),
+        "{stderr}"
+    );
+
+    // Stand-in for the pod's `podvm run`: a process holding the pod's lock whose pid the pod
+    // records (the VM itself is tested in the nested E2E tests).
+    let prepared = dir.join("pods/prepared").join(&uuid);
+    let running = dir.join("pods/run").join(&uuid);
+    std::fs::create_dir_all(dir.join("pods/run")).expect("run dir");
+    std::fs::rename(&prepared, &running).expect("move pod");
+    let mut holder = Command::new("sh")
+        .arg("-c")
+        .arg("exec 9<\"$0\" && flock 9 && echo locked && exec sleep 60")
+        .arg(&running)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("lock holder");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("holder says locked");
+    record_start(&running, holder.id());
+    assert_eq!(
+        json(dir, &["status", "--format", "json", &uuid])["state"],
+        "running"
+    );
+
+    ok(dir, &["stop", "--force", &uuid]);
+    let killed = holder.wait().expect("holder ended");
+    assert!(!killed.success(), "the holder was killed: {killed:?}");
+    let after = json(dir, &["status", "--format", "json", &uuid]);
+    assert_eq!(after["state"], "exited", "{after}");
+    assert!(
+        after["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("--force"),
+        "{after}"
+    );
+}
+
+#[test]
+fn app_limits_become_isolators_and_bad_ones_are_named() {
+    if registry_support::skip() {
+        return;
+    }
+    let fixtures = Fixtures::get();
+    let data = tempfile::tempdir().expect("tempdir");
+    let dir = data.path();
+    let busybox = fixtures.oci_reference("busybox");
+    let uuid = ok(
+        dir,
+        &["prepare", &busybox, "--memory", "300Mi", "--cpu", "500m"],
+    )
+    .trim()
+    .to_string();
+    let manifest = json(dir, &["cat-manifest", &uuid]);
+    assert_eq!(
+        manifest["apps"][0]["app"]["isolators"],
+        serde_json::json!([
+            {"name": "resource/memory", "value": {"limit": "300Mi"}},
+            {"name": "resource/cpu", "value": {"limit": "500m"}},
+        ]),
+        "{manifest}"
+    );
+    let bad = podvm(dir, &["prepare", &busybox, "--memory", "lots"]);
+    assert_eq!(bad.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("--memory \"lots\"") && err.contains("512M"),
+        "{err}"
+    );
+}
+
+#[test]
+fn env_file_and_inherited_env_take_their_place_in_the_precedence() {
+    if registry_support::skip() {
+        return;
+    }
+    let fixtures = Fixtures::get();
+    let data = tempfile::tempdir().expect("tempdir");
+    let dir = data.path();
+    let env_file = dir.join("env");
+    std::fs::write(&env_file, "# comment\n\nFROM_FILE=file\nBOTH=file\n").expect("env file");
+    let out = Command::new(env!("CARGO_BIN_EXE_podvm"))
+        .arg("--dir")
+        .arg(dir)
+        .args(["prepare", "--inherit-env", "--set-env-file"])
+        .arg(&env_file)
+        .args(["--set-env", "BOTH=flag", &fixtures.oci_reference("busybox")])
+        .env("PODVM_TEST_INHERITED", "host")
+        .env("PATH", "/host/path:/usr/bin:/bin")
+        .output()
+        .expect("run podvm");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let uuid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let env = env_of(&json(dir, &["cat-manifest", &uuid]), 0);
+    let get = |name: &str| env.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    assert_eq!(get("PODVM_TEST_INHERITED"), Some("host"), "{env:?}");
+    assert_eq!(get("FROM_FILE"), Some("file"), "{env:?}");
+    assert_eq!(
+        get("BOTH"),
+        Some("flag"),
+        "--set-env wins over the file: {env:?}"
+    );
+    assert_ne!(
+        get("PATH"),
+        Some("/host/path:/usr/bin:/bin"),
+        "the image's PATH wins: {env:?}"
     );
 }

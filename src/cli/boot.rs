@@ -134,6 +134,7 @@ pub fn run(args: BootArgs) -> Result<ExitCode, BootCmdError> {
         console: args.console,
         console_log: args.console_log,
         kernel_args: args.kernel_args,
+        app_log: None,
         relay: RelayOptions::for_cli(args.interactive, args.tty, args.stop_timeout),
         exec_info: args.exec_info,
     };

@@ -13,9 +13,12 @@ mod exec;
 mod fetch;
 mod image;
 mod pod_gc;
+mod pod_logs;
+mod pod_stop;
 mod pods;
 mod prepare;
 mod run;
+mod version;
 
 /// Exit code for errors of podvm itself (as opposed to the workload's status).
 pub const EXIT_PODVM_ERROR: u8 = 125;
@@ -63,10 +66,16 @@ pub enum Command {
     Status(pods::StatusArgs),
     /// Print a pod's appc pod manifest.
     CatManifest(pods::CatManifestArgs),
+    /// Stop running pods: SIGTERM to their apps through the agent, or `--force` to kill the VM.
+    Stop(pod_stop::StopArgs),
+    /// Print an app's recorded output (stdout and stderr apart); `--follow` while it runs.
+    Logs(pod_logs::LogsArgs),
     /// Remove pods that are not running.
     Rm(pod_gc::RmArgs),
     /// Garbage-collect exited pods after a grace period, and leftovers of failed prepares.
     Gc(pod_gc::GcArgs),
+    /// Print podvm's version, its agent protocol version and the guest artifacts it boots.
+    Version(version::VersionArgs),
 }
 
 /// Runs the parsed command line and maps its result to the process exit code.
@@ -83,8 +92,11 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::List(args) => pods::list(&cli.data_dir, args).map_err(Into::into),
         Command::Status(args) => pods::status(&cli.data_dir, args).map_err(Into::into),
         Command::CatManifest(args) => pods::cat_manifest(&cli.data_dir, args).map_err(Into::into),
+        Command::Stop(args) => pod_stop::stop(&cli.data_dir, args).map_err(Into::into),
+        Command::Logs(args) => pod_logs::logs(&cli.data_dir, args).map_err(Into::into),
         Command::Rm(args) => pod_gc::rm(&cli.data_dir, args).map_err(Into::into),
         Command::Gc(args) => pod_gc::gc(&cli.data_dir, args).map_err(Into::into),
+        Command::Version(args) => Ok(version::run(args)),
     };
     result.unwrap_or_else(|err| {
         eprintln!("podvm: {err}");

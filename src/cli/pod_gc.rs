@@ -32,21 +32,32 @@ pub struct GcArgs {
 /// Runs `podvm rm`: deletes exited, prepared and aborted pods; running ones are refused.
 pub fn rm(data_dir: &Path, args: RmArgs) -> Result<ExitCode, PodError> {
     let pods = PodStore::open(data_dir)?;
+    Ok(for_each_pod(&pods, "rm", &args.uuids, remove))
+}
+
+/// Applies `verb` to the pod each prefix names, printing the uuid of each pod it handled (as rkt
+/// does) and an error line for each it could not; exit 1 if any failed.
+pub fn for_each_pod(
+    pods: &PodStore,
+    verb_name: &str,
+    prefixes: &[String],
+    verb: impl Fn(&PodStore, &Pod) -> Result<String, PodError>,
+) -> ExitCode {
     let mut failed = false;
-    for prefix in &args.uuids {
-        match pods.find(prefix).and_then(|pod| remove(&pods, &pod)) {
+    for prefix in prefixes {
+        match pods.find(prefix).and_then(|pod| verb(pods, &pod)) {
             Ok(uuid) => println!("\"{uuid}\""),
             Err(err) => {
-                eprintln!("podvm: rm {prefix}: {err}");
+                eprintln!("podvm: {verb_name} {prefix}: {err}");
                 failed = true;
             }
         }
     }
-    Ok(if failed {
+    if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
-    })
+    }
 }
 
 fn remove(pods: &PodStore, pod: &Pod) -> Result<String, PodError> {

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde::Serialize;
@@ -30,6 +31,12 @@ pub struct ListArgs {
 pub struct StatusArgs {
     /// The pod (a unique uuid prefix).
     uuid: String,
+    /// Wait until the pod has exited, at most this long (e.g. `30s`; bare `--wait`: forever).
+    #[arg(long, num_args = 0..=1, default_missing_value = "0s", value_parser = humantime::parse_duration)]
+    wait: Option<Duration>,
+    /// Wait until the pod runs, at most this long (bare `--wait-ready`: forever).
+    #[arg(long = "wait-ready", num_args = 0..=1, default_missing_value = "0s", value_parser = humantime::parse_duration)]
+    wait_ready: Option<Duration>,
     /// Output format: `table` (key=value lines, as rkt) or `json`.
     #[arg(long, default_value = "table", value_parser = ["table", "json"])]
     format: String,
@@ -95,6 +102,13 @@ pub fn view(pods: &PodStore, pod: &Pod) -> Result<PodView, PodError> {
                 .collect()
         })
         .unwrap_or_default();
+    let mut status = status;
+    if pod.state == PodState::Exited && status.finished.is_none() && status.reason.is_none() {
+        status.reason = Some(match status.pid {
+            Some(pid) => format!("podvm process {pid} died without recording the pod's exit"),
+            None => "podvm died without recording the pod's exit".to_string(),
+        });
+    }
     Ok(PodView {
         uuid: pod.uuid.clone(),
         state: pod.state,
@@ -102,6 +116,45 @@ pub fn view(pods: &PodStore, pod: &Pod) -> Result<PodView, PodError> {
         apps,
         status,
     })
+}
+
+/// How often `status --wait` looks at the pod again.
+const WAIT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Waits until `done` holds for the pod (found again each round, it moves between state
+/// directories) or `limit` passes (zero: no limit); returns the pod as last seen.
+fn wait_for(
+    pods: &PodStore,
+    uuid: &str,
+    limit: Duration,
+    done: impl Fn(&Pod) -> bool,
+) -> Result<Pod, PodError> {
+    let start = Instant::now();
+    let mut misses = 0;
+    loop {
+        // A scan can miss a pod that moves between state directories at that moment.
+        let pod = match pods.find(uuid) {
+            Err(PodError::NotFound(_)) if misses < 10 => {
+                misses += 1;
+                std::thread::sleep(WAIT_INTERVAL);
+                continue;
+            }
+            found => found?,
+        };
+        misses = 0;
+        if done(&pod) || (!limit.is_zero() && start.elapsed() >= limit) {
+            return Ok(pod);
+        }
+        std::thread::sleep(WAIT_INTERVAL);
+    }
+}
+
+/// Whether a pod will not change state on its own any more.
+fn is_final(pod: &Pod) -> bool {
+    matches!(
+        pod.state,
+        PodState::Exited | PodState::ExitedGarbage | PodState::Garbage | PodState::AbortedPrepare
+    )
 }
 
 fn annotation(manifest: &PodManifest, name: &str) -> Option<String> {
@@ -163,7 +216,15 @@ pub fn list(data_dir: &Path, args: ListArgs) -> Result<ExitCode, PodError> {
 /// Runs `podvm status`.
 pub fn status(data_dir: &Path, args: StatusArgs) -> Result<ExitCode, PodError> {
     let pods = PodStore::open(data_dir)?;
-    let pod = pods.find(&args.uuid)?;
+    let mut pod = pods.find(&args.uuid)?;
+    if let Some(limit) = args.wait_ready {
+        pod = wait_for(&pods, &pod.uuid, limit, |pod| {
+            pod.state == PodState::Running || is_final(pod)
+        })?;
+    }
+    if let Some(limit) = args.wait {
+        pod = wait_for(&pods, &pod.uuid, limit, is_final)?;
+    }
     let view = view(&pods, &pod)?;
     if args.format == "json" {
         println!(

@@ -12,6 +12,7 @@ use super::fetch::{options, InsecureOption};
 use crate::image::fetch::{fetch, PullPolicy};
 use crate::image::{self, ImageError, PreparedImage};
 use crate::pod::manifest::{self, App, ImageRef, NameValue, PodManifest, RuntimeApp};
+use crate::pod::resources::{Isolator, ResourceError};
 use crate::pod::status::{now, PodStatus};
 use crate::pod::{PodError, PodStore};
 use crate::store::{Store, StoreError};
@@ -25,6 +26,13 @@ pub struct PrepareArgs {
     /// Environment for every app, KEY=VALUE (repeatable); app `--environment` wins over it.
     #[arg(long = "set-env", value_name = "KEY=VALUE")]
     set_env: Vec<String>,
+    /// File of KEY=VALUE lines (blank lines and `#` comments skipped) for every app, below
+    /// `--set-env`.
+    #[arg(long = "set-env-file", value_name = "FILE")]
+    set_env_file: Option<PathBuf>,
+    /// Give apps podvm's own environment, below what the image and the flags set.
+    #[arg(long = "inherit-env")]
+    inherit_env: bool,
     /// The pod's hostname (default: podvm-<uuid>).
     #[arg(long)]
     hostname: Option<String>,
@@ -81,6 +89,12 @@ struct AppArgs {
     /// Make the app's root filesystem read-only.
     #[arg(long = "readonly-rootfs")]
     readonly_rootfs: bool,
+    /// Memory limit of the app, e.g. 512M or 1Gi (the VM is sized to the sum of its apps').
+    #[arg(long)]
+    memory: Option<String>,
+    /// CPU limit of the app, e.g. 500m or 2 (the VM gets the sum, rounded up, as vCPUs).
+    #[arg(long)]
+    cpu: Option<String>,
     /// Arguments replacing the image's (after `--`).
     #[arg(last = true)]
     args: Vec<String>,
@@ -107,6 +121,17 @@ pub enum PrepareError {
         /// The value.
         value: String,
     },
+    /// The `--set-env-file` could not be read.
+    #[error("cannot read --set-env-file {path}: {source}")]
+    EnvFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A bad `--memory` or `--cpu`.
+    #[error(transparent)]
+    Resource(#[from] ResourceError),
     /// The image has no command and none was given.
     #[error("image {0} has no command: pass --exec")]
     NoCommand(String),
@@ -151,7 +176,7 @@ pub fn run(data_dir: &Path, args: PrepareArgs) -> Result<ExitCode, PrepareError>
 
 /// Creates the pod and returns its uuid; on failure nothing of the pod is left behind.
 pub fn prepare(data_dir: &Path, args: &PrepareArgs) -> Result<String, PrepareError> {
-    let set_env = parse_pairs("--set-env", &args.set_env)?;
+    let set_env = pod_env(args)?;
     let annotations = parse_pairs("--annotation", &args.annotations)?;
     let app_args = split_apps(&args.apps)?;
     let pods = PodStore::open(data_dir)?;
@@ -182,7 +207,7 @@ fn build_manifest(
     data_dir: &Path,
     args: &PrepareArgs,
     app_args: &[AppArgs],
-    set_env: &[NameValue],
+    set_env: &PodEnv,
     mut annotations: Vec<NameValue>,
     uuid: &str,
 ) -> Result<PodManifest, PrepareError> {
@@ -206,11 +231,48 @@ fn build_manifest(
     Ok(PodManifest::new(apps, annotations))
 }
 
+/// The environment every app gets, lowest precedence first: inherited (`--inherit-env`, marked
+/// so that image values win over it), `--set-env-file`, `--set-env`.
+fn pod_env(args: &PrepareArgs) -> Result<PodEnv, PrepareError> {
+    let inherited = if args.inherit_env {
+        std::env::vars()
+            .map(|(name, value)| NameValue { name, value })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut set = Vec::new();
+    if let Some(path) = &args.set_env_file {
+        let text = std::fs::read_to_string(path).map_err(|source| PrepareError::EnvFile {
+            path: path.clone(),
+            source,
+        })?;
+        let lines: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .map(String::from)
+            .collect();
+        set.extend(parse_pairs("--set-env-file", &lines)?);
+    }
+    set.extend(parse_pairs("--set-env", &args.set_env)?);
+    Ok(PodEnv { inherited, set })
+}
+
+/// Pod-level environment for the apps.
+#[derive(Debug, Default)]
+struct PodEnv {
+    /// Below the image's environment.
+    inherited: Vec<NameValue>,
+    /// Above the image's, below the app's `--environment`.
+    set: Vec<NameValue>,
+}
+
 /// One app: image defaults, then pod-level `--set-env`, then the app's own flags.
 fn runtime_app(
     app: &AppArgs,
     image: &PreparedImage,
-    set_env: &[NameValue],
+    pod_env: &PodEnv,
     taken: &[String],
 ) -> Result<RuntimeApp, PrepareError> {
     let defaults = &image.defaults;
@@ -229,17 +291,16 @@ fn runtime_app(
     if exec.is_empty() {
         return Err(PrepareError::NoCommand(app.image.clone()));
     }
-    let mut environment: Vec<NameValue> = defaults
-        .env
-        .iter()
-        .map(|(name, value)| NameValue {
-            name: name.clone(),
-            value: value.clone(),
-        })
-        .collect();
-    for entry in set_env
+    let mut environment: Vec<NameValue> = Vec::new();
+    for entry in pod_env
+        .inherited
         .iter()
         .cloned()
+        .chain(defaults.env.iter().map(|(name, value)| NameValue {
+            name: name.clone(),
+            value: value.clone(),
+        }))
+        .chain(pod_env.set.iter().cloned())
         .chain(parse_pairs("--environment", &app.environment)?)
     {
         match environment
@@ -269,9 +330,17 @@ fn runtime_app(
                 .clone()
                 .unwrap_or_else(|| defaults.working_dir.clone()),
             environment,
+            isolators: isolators(app)?,
         },
         read_only_root_fs: app.readonly_rootfs,
     })
+}
+
+/// The app's `--memory` and `--cpu` as appc isolators.
+fn isolators(app: &AppArgs) -> Result<Vec<Isolator>, PrepareError> {
+    let memory = app.memory.as_deref().map(Isolator::memory);
+    let cpu = app.cpu.as_deref().map(Isolator::cpu);
+    Ok(memory.into_iter().chain(cpu).collect::<Result<_, _>>()?)
 }
 
 /// Splits the raw words at `---` and parses each app's flags.

@@ -16,10 +16,15 @@ use super::prepare::{self, PrepareArgs, PrepareError};
 use crate::image::{self, ImageError};
 use crate::launch::{self, LaunchError, LaunchPlan};
 use crate::pod::lock;
+use crate::pod::logs::{self, AppLog};
 use crate::pod::manifest::RuntimeApp;
+use crate::pod::resources;
 use crate::pod::status::{now, AppExit};
 use crate::pod::{Pod, PodError, PodState, PodStore};
 use crate::store::{Store, StoreError};
+
+/// Guest memory of a pod whose apps set no memory limit, in MiB.
+const DEFAULT_VM_MIB: u64 = 256;
 
 /// VM flags shared by `run` and `run-prepared`.
 #[derive(Debug, Args)]
@@ -33,12 +38,13 @@ pub struct VmFlags {
     /// Show the guest console (kernel messages) on stderr.
     #[arg(long)]
     console: bool,
-    /// Guest memory in MiB.
-    #[arg(long = "vm-memory", default_value_t = 256)]
-    vm_memory: u64,
-    /// Number of vCPUs.
-    #[arg(long = "vm-cpus", default_value_t = 1)]
-    vm_cpus: u8,
+    /// Guest memory in MiB (default: the sum of the apps' `--memory` plus 128 MiB for the
+    /// guest, at least 256; 256 when no app has a limit).
+    #[arg(long = "vm-memory")]
+    vm_memory: Option<u64>,
+    /// Number of vCPUs (default: the sum of the apps' `--cpu`, rounded up; 1 without limits).
+    #[arg(long = "vm-cpus")]
+    vm_cpus: Option<u8>,
 }
 
 /// Flags of `podvm run-prepared`.
@@ -144,6 +150,10 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
     status.pid = Some(std::process::id());
     pods.write_status(&pod, &status)?;
 
+    let (sized_mib, sized_cpus) = resources::vm_size(
+        manifest.apps.iter().flat_map(|app| &app.app.isolators),
+        DEFAULT_VM_MIB,
+    );
     let plan = LaunchPlan {
         kernel: vm.kernel.clone(),
         agent: vm.agent.clone(),
@@ -159,11 +169,12 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
             ..BootSpec::default()
         },
         initrd_dir: Some(image.rootfs),
-        cpus: vm.vm_cpus,
-        memory_mib: vm.vm_memory,
+        cpus: vm.vm_cpus.unwrap_or(sized_cpus),
+        memory_mib: vm.vm_memory.unwrap_or(sized_mib),
         console: vm.console,
         console_log: Some(pod.dir.join("console.log")),
         kernel_args: Vec::new(),
+        app_log: Some(open_app_log(&pod, &app.name)?),
         ..LaunchPlan::default()
     };
     let outcome = launch::launch(&plan);
@@ -187,6 +198,18 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
             })
         }
     }
+}
+
+/// The app's log in the pod directory, for `podvm logs`.
+fn open_app_log(pod: &Pod, app: &str) -> Result<AppLog, RunError> {
+    let path = logs::path(&pod.dir, app);
+    AppLog::create(&path).map_err(|source| {
+        RunError::Pod(PodError::Io {
+            what: "cannot create the app log",
+            path,
+            source,
+        })
+    })
 }
 
 /// The pod's only app, or why this pod cannot run yet.

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::resources::Isolator;
+
 /// appc spec version written into manifests.
 pub const AC_VERSION: &str = "0.8.11";
 
@@ -38,6 +40,9 @@ pub struct App {
     pub working_directory: String,
     /// Environment, in precedence order already applied.
     pub environment: Vec<NameValue>,
+    /// Resource limits (`--memory`, `--cpu`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub isolators: Vec<Isolator>,
 }
 
 /// One app of the pod.
@@ -175,6 +180,7 @@ mod tests {
                 group: "0".into(),
                 working_directory: "/".into(),
                 environment: vec![],
+                isolators: vec![Isolator::memory("64Mi").expect("valid")],
             },
             read_only_root_fs: true,
         };
@@ -183,6 +189,7 @@ mod tests {
             "\"acKind\":\"PodManifest\"",
             "\"acVersion\"",
             "\"workingDirectory\"",
+            "\"isolators\":[{\"name\":\"resource/memory\",\"value\":{\"limit\":\"64Mi\"}}]",
             "\"readOnlyRootFS\":true",
         ] {
             assert!(json.contains(field), "{field} in {json}");

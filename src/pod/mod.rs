@@ -15,7 +15,9 @@
 //! and `status.json`.
 
 pub mod lock;
+pub mod logs;
 pub mod manifest;
+pub mod resources;
 pub mod state;
 pub mod status;
 pub mod store;
@@ -52,6 +54,19 @@ pub enum PodError {
     /// Another podvm command holds the pod.
     #[error("pod {0} is busy: another podvm command holds it (running, or being changed)")]
     Busy(String),
+    /// A stopped pod's podvm did not let go of it in time.
+    #[error("pod {0} did not stop: its podvm process still holds it; check `podvm status {0}`")]
+    StopTimeout(String),
+    /// The pod has no app of that name (or several apps and none was named).
+    #[error("pod {uuid} has no app {app:?}: pass --app with one of: {apps}")]
+    NoSuchApp {
+        /// The pod.
+        uuid: String,
+        /// The name given (empty when none was).
+        app: String,
+        /// The pod's apps.
+        apps: String,
+    },
     /// The pod is not in a state the command accepts.
     #[error("pod {uuid} is {state}: {hint}")]
     WrongState {

@@ -1,0 +1,185 @@
+//! App resource limits (`--memory`, `--cpu`) as appc isolators, and the VM size they add up to.
+//!
+//! Quantities follow appc/Kubernetes: memory `512M` (10^6), `512Mi` (2^20), `1G`, `1Gi`, or
+//! bytes; CPU `500m` (millicores), `1`, `2.5`.
+
+use serde::{Deserialize, Serialize};
+
+/// appc isolator name of a memory limit.
+pub const MEMORY_ISOLATOR: &str = "resource/memory";
+/// appc isolator name of a CPU limit.
+pub const CPU_ISOLATOR: &str = "resource/cpu";
+/// Guest memory for the kernel and the agent on top of the apps' limits, in MiB.
+pub const GUEST_OVERHEAD_MIB: u64 = 128;
+/// Smallest VM podvm boots for a pod, in MiB.
+pub const MIN_VM_MIB: u64 = 256;
+
+/// A bad quantity.
+#[derive(Debug, thiserror::Error)]
+pub enum ResourceError {
+    /// Not a quantity of that kind.
+    #[error("{flag} {value:?}: {expected}")]
+    Bad {
+        /// The flag.
+        flag: &'static str,
+        /// What was given.
+        value: String,
+        /// What is accepted.
+        expected: &'static str,
+    },
+}
+
+/// An appc isolator: a named limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Isolator {
+    /// `resource/memory` or `resource/cpu`.
+    pub name: String,
+    /// Its value.
+    pub value: Limit,
+}
+
+/// The value of a resource isolator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limit {
+    /// The limit as given (a quantity string).
+    pub limit: String,
+}
+
+impl Isolator {
+    /// A memory isolator, after checking the quantity.
+    pub fn memory(value: &str) -> Result<Self, ResourceError> {
+        memory_bytes(value)?;
+        Ok(Self::new(MEMORY_ISOLATOR, value))
+    }
+
+    /// A CPU isolator, after checking the quantity.
+    pub fn cpu(value: &str) -> Result<Self, ResourceError> {
+        cpu_millis(value)?;
+        Ok(Self::new(CPU_ISOLATOR, value))
+    }
+
+    fn new(name: &str, limit: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            value: Limit {
+                limit: limit.to_string(),
+            },
+        }
+    }
+}
+
+/// Bytes of a memory quantity.
+pub fn memory_bytes(value: &str) -> Result<u64, ResourceError> {
+    let bad = || ResourceError::Bad {
+        flag: "--memory",
+        value: value.to_string(),
+        expected: "expected a size such as 512M, 512Mi, 1G or 1Gi",
+    };
+    let units: [(&str, u64); 8] = [
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("K", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+    ];
+    let (number, unit) = units
+        .iter()
+        .find_map(|(suffix, unit)| value.strip_suffix(suffix).map(|n| (n, *unit)))
+        .unwrap_or((value, 1));
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    match number.checked_mul(unit) {
+        Some(0) | None => Err(bad()),
+        Some(bytes) => Ok(bytes),
+    }
+}
+
+/// Millicores of a CPU quantity.
+pub fn cpu_millis(value: &str) -> Result<u64, ResourceError> {
+    let bad = || ResourceError::Bad {
+        flag: "--cpu",
+        value: value.to_string(),
+        expected: "expected CPUs such as 500m, 1 or 2.5",
+    };
+    let millis = match value.strip_suffix('m') {
+        Some(number) => number.parse::<u64>().map_err(|_| bad())?,
+        None => {
+            let cores: f64 = value.parse().map_err(|_| bad())?;
+            if !cores.is_finite() || !(0.0..=1024.0).contains(&cores) {
+                return Err(bad());
+            }
+            (cores * 1000.0).round() as u64
+        }
+    };
+    if millis == 0 {
+        return Err(bad());
+    }
+    Ok(millis)
+}
+
+/// VM memory (MiB) and vCPUs for apps with these isolators: the sum of the memory limits plus
+/// the guest's overhead (at least [`MIN_VM_MIB`]; `default_mib` when no app has a limit), and
+/// the sum of the CPU limits rounded up (at least 1).
+pub fn vm_size<'a>(
+    isolators: impl IntoIterator<Item = &'a Isolator>,
+    default_mib: u64,
+) -> (u64, u8) {
+    let mut memory = None::<u64>;
+    let mut millis = 0u64;
+    for isolator in isolators {
+        match isolator.name.as_str() {
+            MEMORY_ISOLATOR => {
+                let bytes = memory_bytes(&isolator.value.limit).unwrap_or(0);
+                *memory.get_or_insert(0) += bytes.div_ceil(1 << 20);
+            }
+            CPU_ISOLATOR => millis += cpu_millis(&isolator.value.limit).unwrap_or(0),
+            _ => {}
+        }
+    }
+    let mib = memory.map_or(default_mib, |apps| {
+        (apps + GUEST_OVERHEAD_MIB).max(MIN_VM_MIB)
+    });
+    let cpus = u8::try_from(millis.div_ceil(1000).max(1)).unwrap_or(u8::MAX);
+    (mib, cpus)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_parse_as_appc_and_kubernetes_write_them() {
+        assert_eq!(memory_bytes("512Mi").expect("ok"), 512 << 20);
+        assert_eq!(memory_bytes("1G").expect("ok"), 1_000_000_000);
+        assert_eq!(memory_bytes("4096").expect("ok"), 4096);
+        for bad in ["", "0", "12X", "-1M", "1.5G", "M"] {
+            assert!(memory_bytes(bad).is_err(), "{bad}");
+        }
+        assert_eq!(cpu_millis("500m").expect("ok"), 500);
+        assert_eq!(cpu_millis("2.5").expect("ok"), 2500);
+        for bad in ["", "0", "0m", "x", "-1", "nan", "1e9"] {
+            assert!(cpu_millis(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_vm_is_the_sum_of_the_apps_plus_overhead() {
+        let limits = [
+            Isolator::memory("300Mi").expect("ok"),
+            Isolator::memory("200M").expect("ok"),
+            Isolator::cpu("1500m").expect("ok"),
+            Isolator::cpu("1").expect("ok"),
+        ];
+        // 300 MiB + 191 MiB (200 MB rounded up) + 128 MiB overhead; 2.5 CPUs -> 3 vCPUs.
+        assert_eq!(vm_size(&limits, 256), (300 + 191 + 128, 3));
+        assert_eq!(
+            vm_size(&limits[..0], 256),
+            (256, 1),
+            "defaults without limits"
+        );
+        let small = [Isolator::memory("16Mi").expect("ok")];
+        assert_eq!(vm_size(&small, 999), (MIN_VM_MIB, 1), "floor");
+    }
+}
