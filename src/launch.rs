@@ -9,8 +9,9 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use podvm_protocol::{BootSpec, ExitStatus, EXEC_PORT};
+use podvm_protocol::{BootSpec, Control, ExitStatus, Message, EXEC_PORT};
 
 use crate::agent_link::{self, AgentLink, HostWriter, LinkReport};
 use crate::exec_info::{self, ExecInfo};
@@ -23,6 +24,9 @@ use crate::{artifacts, initramfs};
 /// triple-faults (KVM reports it as a shutdown), and panics that reboot at once. The VMM appends
 /// its virtio-mmio devices and the agent's vsock port.
 const BASE_CMDLINE: &str = "console=ttyS0 8250.nr_uarts=1 reboot=t panic=-1 rdinit=/init";
+
+/// After the stop timeout asked the agent to kill everything, how long before the VM is killed.
+const KILL_AFTER: Duration = Duration::from_secs(5);
 
 /// Everything needed to run one workload in a VM.
 #[derive(Debug, Clone, Default)]
@@ -148,16 +152,7 @@ pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
     let (link, report) = AgentLink::new(stdout, stderr);
     let writer = HostWriter::new();
     let vm: Arc<Mutex<Option<VmHandle>>> = Arc::new(Mutex::new(None));
-    let vm_to_kill = vm.clone();
-    let relay = Relay::start(
-        &plan.relay,
-        writer.clone(),
-        Box::new(move || {
-            if let Some(handle) = lock_any(&vm_to_kill).as_ref() {
-                handle.kill();
-            }
-        }),
-    )?;
+    let relay = Relay::start(&plan.relay, writer.clone(), stop_hard(&writer, &vm))?;
     let exec_info = plan.exec_info.clone().zip(plan.spec.exec_token.clone());
     let info_path = exec_info.as_ref().map(|(path, _)| path.clone());
     let outputs = VmOutputs {
@@ -200,14 +195,39 @@ pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
         }
     }
     let report = agent_link::lock(&report).clone();
-    let status = match (report.exit, timed_out) {
-        (None, Some(signo)) => ExitStatus::Signal(signo),
-        _ => exit_status(&report, &log_path)?,
+    let status = match timed_out {
+        // The app was killed because it ignored the signal: report the signal, as a shell would.
+        Some(signo) => ExitStatus::Signal(signo),
+        None => exit_status(&report, &log_path)?,
     };
     if !keep_log {
         let _ = std::fs::remove_file(&log_path);
     }
     Ok(LaunchOutcome { status, stats })
+}
+
+/// What the stop timeout does: ask the agent to SIGKILL everything and power off
+/// (`Shutdown` with no grace), and kill the VM itself if it is still there [`KILL_AFTER`] later.
+fn stop_hard(
+    writer: &Arc<HostWriter>,
+    vm: &Arc<Mutex<Option<VmHandle>>>,
+) -> Box<dyn FnOnce() + Send> {
+    let (writer, vm) = (writer.clone(), vm.clone());
+    Box::new(move || {
+        let shutdown = Message::Control(Control::Shutdown { grace_ms: 0 });
+        let spawned = std::thread::Builder::new()
+            .name("stop-vm".into())
+            .spawn(move || {
+                let _ = writer.send(&shutdown);
+                std::thread::sleep(KILL_AFTER);
+                if let Some(handle) = lock_any(&vm).as_ref() {
+                    handle.kill();
+                }
+            });
+        if let Err(err) = spawned {
+            eprintln!("podvm: cannot stop the VM: {err}");
+        }
+    })
 }
 
 fn lock_any<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
