@@ -20,6 +20,8 @@ const SETUP_ROOTFS: &str = "mkdir -p rootfs/bin rootfs/etc rootfs/tmp && cp lib/
 
 /// tmux drives the interactive --tty check (brought into L1 with its libraries).
 const TMUX: &str = "/usr/bin/tmux";
+/// The locale tmux needs.
+const C_UTF8: &str = "/usr/lib/locale/C.utf8";
 
 /// Size of the large-stdin check (5 MiB).
 const BIG_STDIN_BYTES: u64 = 5 << 20;
@@ -87,7 +89,8 @@ fn results() -> Option<&'static BatchResults> {
                 .check("exec", &exec_script(boot))
                 .check("interactive_tty", &tmux_script(boot));
             let batch = match Path::new(TMUX).exists() {
-                true => batch.host_tool(TMUX),
+                // tmux insists on a UTF-8 locale: bring glibc's C.UTF-8 along.
+                true => batch.host_tool(TMUX).host_tool(C_UTF8),
                 false => batch,
             };
             let batch = batch.run();
@@ -119,7 +122,7 @@ fn exec_script(boot: &str) -> String {
 fn tmux_script(boot: &str) -> String {
     format!(
         "T={TMUX}; [ -x $T ] || {{ echo 'skipping: no tmux on the host (apt-get install tmux)'; exit 0; }}; \
-         export TMUX_TMPDIR=$PWD; \
+         export TMUX_TMPDIR=$PWD LC_ALL=C.UTF-8; \
          pane_has() {{ n=0; until $T capture-pane -p -t tty | grep -q \"$1\"; do n=$((n+1)); \
            [ $n -lt 600 ] || {{ echo \"timeout waiting for $1\"; $T capture-pane -p -t tty; return 1; }}; \
            sleep 0.2; done; }}; \

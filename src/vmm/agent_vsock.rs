@@ -181,7 +181,15 @@ fn pump(mut stream: File, stop: &EventFd, sink: &mut dyn Write) {
             return;
         }
         match stream.read(&mut buf) {
-            Ok(0) => return,
+            Ok(0) => {
+                // Close every duplicate (the host-to-agent writer holds one): the agent waits
+                // for this before it powers off.
+                let _ = nix::sys::socket::shutdown(
+                    stream.as_raw_fd(),
+                    nix::sys::socket::Shutdown::Both,
+                );
+                return;
+            }
             Ok(n) => {
                 if let Err(err) = sink.write_all(&buf[..n]) {
                     eprintln!("podvm: agent channel: cannot deliver output: {err}");
