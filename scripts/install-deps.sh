@@ -8,6 +8,8 @@ packages=(
   qemu-system-x86 linux-image-cloud-amd64 busybox-static cpio e2fsprogs
   # image fixtures: a real registry, image tools
   docker-registry skopeo umoci zstd python3 openssl
+  # image signatures (gpg makes test keys) and Basic auth (htpasswd) tests
+  gnupg apache2-utils
   # interactive --tty E2E check (tests/e2e_agent.rs): a terminal to type into and resize
   tmux
 )

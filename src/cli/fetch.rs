@@ -13,11 +13,13 @@ use crate::store::{Store, StoreError};
 #[derive(Debug, Args)]
 pub struct FetchArgs {
     /// Images: docker://[host[:port]/]name[:tag|@digest], oci:DIR[:tag], oci-archive:FILE[:tag],
-    /// docker-archive:FILE.
+    /// docker-archive:FILE, FILE.aci, https://.../FILE.aci, or an appc name resolved by
+    /// discovery (example.com/app[:version] or example.com/app,version=V,os=linux,arch=amd64).
     #[arg(required = true)]
     pub images: Vec<String>,
-    /// Comma-separated security checks to skip: image (required for docker:// images, which
-    /// have no signatures), http (allow plain-http registries), all, none.
+    /// Comma-separated security checks to skip: image (ACI signature verification; required for
+    /// docker:// images, which have no signatures), http (allow plain http), tls (accept any
+    /// certificate), all, none.
     #[arg(
         long = "insecure-options",
         value_delimiter = ',',
@@ -38,7 +40,7 @@ pub enum InsecureOption {
     Image,
     /// Allow plain http.
     Http,
-    /// Skip TLS verification (not supported; accepted for compatibility and ignored with a warning).
+    /// Accept any TLS certificate (self-signed, unknown issuer, wrong name).
     Tls,
     /// Skip pubkey checks (appc; accepted).
     Pubkey,
@@ -64,13 +66,9 @@ pub fn options(
     pull_policy: PullPolicy,
 ) -> FetchOptions {
     let has = |o| insecure.contains(&o) || insecure.contains(&InsecureOption::All);
-    if has(InsecureOption::Tls) {
-        eprintln!(
-            "warning: --insecure-options=tls is not supported; TLS certificates are still verified"
-        );
-    }
     FetchOptions {
         insecure_http: has(InsecureOption::Http),
+        insecure_tls: has(InsecureOption::Tls),
         insecure_image: has(InsecureOption::Image),
         pull_policy,
         data_dir: data_dir.to_path_buf(),

@@ -18,6 +18,7 @@ mod pod_stop;
 mod pods;
 mod prepare;
 mod run;
+mod trust;
 mod version;
 
 /// Exit code for errors of podvm itself (as opposed to the workload's status).
@@ -54,6 +55,8 @@ pub enum Command {
     Fetch(fetch::FetchArgs),
     /// Manage images in the store.
     Image(image::ImageArgs),
+    /// Trust an OpenPGP key to verify ACI signatures (for an image name prefix, or --root).
+    Trust(trust::TrustArgs),
     /// Run a pod from images in a microVM in the foreground; exits with the app's status.
     Run(run::RunArgs),
     /// Run a prepared pod in the foreground; exits with the app's status.
@@ -86,6 +89,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Exec(args) => exec::run(args).map_err(Into::into),
         Command::Fetch(args) => fetch::run(&cli.data_dir, args).map_err(Into::into),
         Command::Image(args) => image::run(&cli.data_dir, args).map_err(Into::into),
+        Command::Trust(args) => trust::run(&cli.data_dir, args).map_err(Into::into),
         Command::Run(args) => run::run(&cli.data_dir, args).map_err(Into::into),
         Command::RunPrepared(args) => run::run_prepared(&cli.data_dir, args).map_err(Into::into),
         Command::Prepare(args) => prepare::run(&cli.data_dir, args).map_err(Into::into),

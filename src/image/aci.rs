@@ -117,6 +117,11 @@ pub fn appc_name(image: &str, manifest: &[u8]) -> Result<String, ConfigError> {
     })
 }
 
+/// The image's appc name without labels (`example.com/app`): what signatures are checked for.
+pub fn image_name(image: &str, manifest: &[u8]) -> Result<String, ConfigError> {
+    Ok(parse(image, manifest)?.name)
+}
+
 /// Translates an appc image manifest (rejecting non linux/amd64 images).
 pub fn app_defaults(image: &str, manifest: &[u8]) -> Result<AppDefaults, ConfigError> {
     let m = parse(image, manifest)?;

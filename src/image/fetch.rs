@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 
 use super::aci;
+use super::discovery;
+use super::fetch_aci;
 use super::local::{self, LocalBlobs, LocalError};
 use super::manifest::{self, ManifestError, Parsed};
 use super::progress::Progress;
@@ -34,8 +36,10 @@ pub enum PullPolicy {
 /// Options of a fetch.
 #[derive(Debug, Clone)]
 pub struct FetchOptions {
-    /// Allow plain-http registries (`--insecure-options=http`).
+    /// Allow plain-http registries, discovery and downloads (`--insecure-options=http`).
     pub insecure_http: bool,
+    /// Accept any TLS certificate (`--insecure-options=tls`).
+    pub insecure_tls: bool,
     /// Allow images without signature verification (`--insecure-options=image`); required for
     /// `docker://` images.
     pub insecure_image: bool,
@@ -85,9 +89,32 @@ pub enum FetchError {
         /// Received digest.
         actual: Digest,
     },
-    /// ACI without `--insecure-options=image`.
-    #[error("{0}: ACI signature verification is not implemented; pass --insecure-options=image to fetch it unverified")]
-    AciUnsigned(String),
+    /// An ACI without a readable signature (and no `--insecure-options=image`).
+    #[error("{image}: no signature ({location}: {why}); ACIs must carry a detached signature by a key trusted with `podvm trust`, or pass --insecure-options=image to skip verification")]
+    SignatureMissing {
+        /// Image.
+        image: String,
+        /// The signature file or URL tried.
+        location: String,
+        /// Why it could not be read.
+        why: String,
+    },
+    /// Signature verification failed.
+    #[error(transparent)]
+    Signature(#[from] super::signature::SignatureError),
+    /// appc discovery failed.
+    #[error(transparent)]
+    Discovery(#[from] super::discovery::DiscoveryError),
+    /// A discovered ACI names another image in its manifest.
+    #[error("{image}: the discovered ACI's manifest names {actual:?}, not {expected:?}")]
+    NameMismatch {
+        /// Image.
+        image: String,
+        /// The name asked for.
+        expected: String,
+        /// The name in the manifest.
+        actual: String,
+    },
     /// ACI failure.
     #[error(transparent)]
     Aci(#[from] aci::AciError),
@@ -100,12 +127,12 @@ pub enum FetchError {
         why: String,
     },
     /// Unknown input kind.
-    #[error("{0:?}: unsupported image input (use docker://..., oci:DIR[:tag], oci-archive:FILE, docker-archive:FILE){1}")]
+    #[error("{0:?}: unsupported image input (use docker://..., oci:DIR[:tag], oci-archive:FILE, docker-archive:FILE, FILE.aci, https://.../FILE.aci or an appc name such as example.com/app:v1){1}")]
     Unsupported(String, &'static str),
 }
 
 /// Where blobs come from.
-enum Source<'a> {
+pub(super) enum Source<'a> {
     Registry(&'a Client),
     Local(&'a LocalBlobs),
 }
@@ -147,9 +174,11 @@ pub fn fetch(store: &Store, opts: &FetchOptions, input: &str) -> Result<ImageRec
         let _ = std::fs::remove_dir_all(&dir);
         r?
     } else if input.starts_with("https://") || input.starts_with("http://") {
-        fetch_aci_url(store, opts, &name)?
+        fetch_aci::from_url(store, opts, &name)?
     } else if name.ends_with(".aci") || input.starts_with("file://") {
-        fetch_aci(store, opts, &name, Path::new(&name))?
+        fetch_aci::from_file(store, opts, &name, Path::new(&name))?
+    } else if discovery::is_discoverable(input) {
+        fetch_aci::discovered(store, opts, input, &name)?
     } else {
         return Err(FetchError::Unsupported(input.to_string(), "").into());
     };
@@ -189,75 +218,14 @@ pub fn canonical_name(input: &str) -> Result<String, FetchError> {
         let abs = std::path::absolute(path).unwrap_or_else(|_| PathBuf::from(path));
         return Ok(abs.display().to_string());
     }
+    if discovery::is_discoverable(input) {
+        let mut app = discovery::AppName::parse(input)?;
+        app.labels
+            .entry("version".into())
+            .or_insert_with(|| "latest".into());
+        return Ok(app.canonical());
+    }
     Ok(input.to_string())
-}
-
-fn fetch_aci(
-    store: &Store,
-    opts: &FetchOptions,
-    name: &str,
-    path: &Path,
-) -> Result<ImageRecord, FetchError> {
-    if !opts.insecure_image {
-        return Err(FetchError::AciUnsigned(name.to_string()));
-    }
-    let io_e = |source| LocalError::Io {
-        image: name.to_string(),
-        what: "reading ACI",
-        path: path.to_path_buf(),
-        source,
-    };
-    let f = std::fs::File::open(path).map_err(io_e)?;
-    let (digest, size) = Digest::of_reader(f).map_err(io_e)?;
-    let manifest = aci::read_manifest(name, path)?;
-    store.put_bytes(&manifest, None, &format!("manifest of {name}"))?;
-    let appc = aci::appc_name(name, &manifest)?;
-    let aci_blob = BlobRef {
-        digest: digest.clone(),
-        media_type: aci::ACI_MEDIA_TYPE.to_string(),
-        size,
-    };
-    let blobs = LocalBlobs {
-        files: [(digest, path.to_path_buf())].into_iter().collect(),
-        layout: None,
-    };
-    let parsed = Parsed::Image {
-        media_type: aci::MANIFEST_MEDIA_TYPE.to_string(),
-        config: aci_blob.clone(),
-        layers: vec![aci_blob],
-    };
-    import(
-        store,
-        name,
-        &Source::Local(&blobs),
-        &manifest,
-        parsed,
-        vec![appc],
-    )
-}
-
-fn fetch_aci_url(store: &Store, opts: &FetchOptions, url: &str) -> Result<ImageRecord, FetchError> {
-    let dl = |why: String| FetchError::Download {
-        url: url.to_string(),
-        why,
-    };
-    if url.starts_with("http://") && !opts.insecure_http {
-        return Err(dl("plain http needs --insecure-options=http".into()));
-    }
-    if !opts.insecure_image {
-        return Err(FetchError::AciUnsigned(url.to_string()));
-    }
-    let resp = ureq::get(url).call().map_err(|e| dl(e.to_string()))?;
-    let tmp = store
-        .tmp_dir()
-        .join(format!("download-{}.aci", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| dl(e.to_string()))?;
-        std::io::copy(&mut resp.into_reader(), &mut f).map_err(|e| dl(e.to_string()))?;
-        fetch_aci(store, opts, url, &tmp)
-    })();
-    let _ = std::fs::remove_file(&tmp);
-    result
 }
 
 fn fetch_docker(store: &Store, opts: &FetchOptions, name: &str) -> Result<ImageRecord, FetchError> {
@@ -265,7 +233,7 @@ fn fetch_docker(store: &Store, opts: &FetchOptions, name: &str) -> Result<ImageR
         return Err(FetchError::NeedsInsecureImage(name.to_string()));
     }
     let r = DockerRef::parse(name)?;
-    let client = Client::connect(&r, opts.insecure_http, &opts.data_dir)?;
+    let client = Client::connect(&r, opts.insecure_http, opts.insecure_tls, &opts.data_dir)?;
     let (mut bytes, mut digest, mut ctype) = client.manifest(&r.manifest_reference())?;
     if let Some(want) = &r.digest {
         check_digest(name, want, &digest)?;
@@ -340,7 +308,8 @@ fn import_docker_archive(store: &Store, name: &str, dir: &Path) -> Result<ImageR
 }
 
 /// Common tail: blobs, config, render, record.
-fn import(
+/// Validates, renders and records an image whose manifest is parsed (blobs from `src`).
+pub(super) fn import(
     store: &Store,
     name: &str,
     src: &Source,

@@ -11,7 +11,10 @@
 pub mod aci;
 pub mod auth;
 pub mod config;
+pub mod discovery;
 pub mod fetch;
+mod fetch_aci;
+pub mod http;
 pub mod layer;
 pub mod local;
 pub mod manifest;
@@ -20,6 +23,8 @@ pub mod reference;
 pub mod registry;
 pub mod render;
 pub mod safepath;
+pub mod signature;
+pub mod trust;
 
 use std::path::PathBuf;
 

@@ -4,9 +4,9 @@
 use std::io::Read;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use super::auth::{self, parse_challenge, Credentials};
+use super::http;
 use super::manifest::ACCEPT;
 use super::progress::Progress;
 use super::reference::DockerRef;
@@ -79,18 +79,15 @@ fn is_loopback(host: &str) -> bool {
 
 impl Client {
     /// Connects to the registry of `r` (https; plain http only if `allow_http`, as a fallback
-    /// when https fails) and checks the API version endpoint.
+    /// when https fails; any certificate accepted if `insecure_tls`) and checks the API version
+    /// endpoint.
     pub fn connect(
         r: &DockerRef,
         allow_http: bool,
+        insecure_tls: bool,
         data_dir: &Path,
     ) -> Result<Client, RegistryError> {
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(15))
-            .timeout_read(Duration::from_secs(60))
-            .redirects(5)
-            .user_agent(concat!("podvm/", env!("CARGO_PKG_VERSION")))
-            .build();
+        let agent = http::agent(insecure_tls);
         let host = r.api_host().to_string();
         let mut c = Client {
             agent,
@@ -115,7 +112,11 @@ impl Client {
             Err(RegistryError::Transport { what, why, .. }) => Err(RegistryError::Transport {
                 host,
                 what,
-                why: format!("{why} (for a plain-http registry, pass --insecure-options=http)"),
+                why: if http::is_cert_error(&why) {
+                    why
+                } else {
+                    format!("{why} (for a plain-http registry, pass --insecure-options=http)")
+                },
             }),
             Err(e) => Err(e),
         }
@@ -156,6 +157,7 @@ impl Client {
             match req.call() {
                 Ok(resp) => return Ok(resp),
                 Err(ureq::Error::Status(401, resp)) if attempt == 0 => self.authenticate(&resp)?,
+                Err(ureq::Error::Status(401, _)) => return Err(self.rejected()),
                 Err(ureq::Error::Status(status, resp)) => {
                     let body = resp.into_string().unwrap_or_default();
                     let hint = match status {
@@ -170,13 +172,28 @@ impl Client {
                         hint,
                     });
                 }
-                Err(e) => return Err(self.transport(what, e)),
+                Err(e) => return Err(self.transport(what, http::describe(&e))),
             }
         }
         Err(RegistryError::Auth {
             host: self.host.clone(),
             why: "still unauthorized after authenticating (wrong credentials?)".to_string(),
         })
+    }
+
+    /// The error for credentials the registry refused after a challenge was answered.
+    fn rejected(&self) -> RegistryError {
+        let why = match &self.creds {
+            Some(c) => format!(
+                "the registry refused the credentials of user {:?} (wrong user or password?); fix them in <dir>/auth.d/ or the docker config.json",
+                c.user
+            ),
+            None => "unauthorized and no credentials are configured for it; add them to <dir>/auth.d/ or the docker config.json".to_string(),
+        };
+        RegistryError::Auth {
+            host: self.host.clone(),
+            why,
+        }
     }
 
     fn get(&self, path: &str, accept: &str, what: &str) -> Result<ureq::Response, RegistryError> {
@@ -199,7 +216,7 @@ impl Client {
                 .as_ref()
                 .map(Credentials::basic_header)
                 .ok_or_else(|| {
-                    auth_err("the registry wants a user and password; none configured".into())
+                    auth_err("the registry wants a user and password and no credentials are configured for it; add them to <dir>/auth.d/ or the docker config.json".into())
                 })?,
             "bearer" => format!("Bearer {}", self.token(&ch.params)?),
             other => return Err(auth_err(format!("unsupported auth scheme {other}"))),
