@@ -10,6 +10,8 @@ packages=(
   docker-registry skopeo umoci zstd python3 openssl
   # image signatures (gpg makes test keys) and Basic auth (htpasswd) tests
   gnupg apache2-utils
+  # interactive --tty E2E check (tests/e2e_agent.rs): a terminal to type into and resize
+  tmux
 )
 missing=()
 for pkg in "${packages[@]}"; do

@@ -1,10 +1,61 @@
 //! Host end of the agent channel: decodes the agent's frames as the guest writes them and
-//! dispatches them (app output to our stdout/stderr, status and errors into [`LinkReport`]).
+//! dispatches them (app output to our stdout/stderr, status and errors into [`LinkReport`]);
+//! [`HostWriter`] sends the host's frames (stdin, signals, resizes) the other way once the agent
+//! connected.
 
+use std::fs::File;
 use std::io::{self, Write};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
-use podvm_protocol::{Control, ExitStatus, FrameDecoder, Message, Stream};
+use podvm_protocol::{Control, ExitStatus, FrameDecoder, Message, ProtocolError, Stream};
+
+use crate::vmm::agent_vsock::AgentSink;
+
+/// The host-to-agent direction of a session, shared by the threads that feed it.
+#[derive(Debug, Default)]
+pub struct HostWriter {
+    stream: Mutex<Option<File>>,
+    connected: Condvar,
+}
+
+impl HostWriter {
+    /// A writer with no connection yet.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Installs the connection and wakes whoever waits for it.
+    pub fn connect(&self, stream: File) {
+        *lock_any(&self.stream) = Some(stream);
+        self.connected.notify_all();
+    }
+
+    /// Waits up to `timeout` for the connection; whether it is there.
+    pub fn wait_connected(&self, timeout: Duration) -> bool {
+        let guard = lock_any(&self.stream);
+        let (guard, _) = self
+            .connected
+            .wait_timeout_while(guard, timeout, |stream| stream.is_none())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        guard.is_some()
+    }
+
+    /// Sends one frame (blocking while the agent does not read); fails without a connection.
+    pub fn send(&self, message: &Message) -> Result<(), ProtocolError> {
+        let mut guard = lock_any(&self.stream);
+        let stream = guard
+            .as_mut()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
+        message.write_to(stream)
+    }
+}
+
+fn lock_any<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// What the agent told the host over the whole run.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -25,6 +76,7 @@ pub struct AgentLink {
     report: Arc<Mutex<LinkReport>>,
     stdout: Box<dyn Write + Send>,
     stderr: Box<dyn Write + Send>,
+    writer: Option<Arc<HostWriter>>,
 }
 
 impl AgentLink {
@@ -39,8 +91,15 @@ impl AgentLink {
             report: report.clone(),
             stdout,
             stderr,
+            writer: None,
         };
         (link, report)
+    }
+
+    /// Hands the connection to `writer` when the agent connects.
+    pub fn with_writer(mut self, writer: Arc<HostWriter>) -> Self {
+        self.writer = Some(writer);
+        self
     }
 
     fn dispatch(&mut self, message: Message) -> io::Result<()> {
@@ -53,16 +112,19 @@ impl AgentLink {
                 self.stderr.write_all(&bytes)?;
                 self.stderr.flush()
             }
-            Message::Data(Stream::Stdin, _) => Ok(()),
             Message::Control(control) => {
                 let mut report = lock(&self.report);
                 match control {
                     Control::Ready { .. } => report.agent_ready = true,
                     Control::Exited { status } => report.exit = Some(status),
                     Control::Error { message } => report.agent_errors.push(message),
+                    // check_from_agent let only agent messages through.
+                    _ => {}
                 }
                 Ok(())
             }
+            // check_from_agent let no stdin data through.
+            Message::Data(Stream::Stdin, _) => Ok(()),
         }
     }
 }
@@ -74,7 +136,11 @@ impl Write for AgentLink {
         }
         self.decoder.push(buf);
         loop {
-            match self.decoder.next_message() {
+            match self
+                .decoder
+                .next_message()
+                .and_then(|message| message.map(Message::check_from_agent).transpose())
+            {
                 Ok(Some(message)) => self.dispatch(message)?,
                 Ok(None) => break,
                 Err(err) => {
@@ -89,6 +155,14 @@ impl Write for AgentLink {
     fn flush(&mut self) -> io::Result<()> {
         self.stdout.flush()?;
         self.stderr.flush()
+    }
+}
+
+impl AgentSink for AgentLink {
+    fn connected(&mut self, stream: File) {
+        if let Some(writer) = &self.writer {
+            writer.connect(stream);
+        }
     }
 }
 
@@ -140,6 +214,38 @@ mod tests {
         let report = lock(&report).clone();
         assert!(report.agent_ready);
         assert_eq!(report.exit, Some(ExitStatus::Code(7)));
+    }
+
+    #[test]
+    fn host_messages_from_the_agent_are_a_protocol_error() {
+        let (mut link, report) = AgentLink::new(Box::new(io::sink()), Box::new(io::sink()));
+        let frame = Message::Control(Control::Signal { signo: 9 })
+            .encode()
+            .expect("encode");
+        link.write_all(&frame).expect("write");
+        let error = lock(&report).protocol_error.clone().expect("an error");
+        assert!(error.contains("other way"), "{error}");
+    }
+
+    #[test]
+    fn the_writer_sends_once_connected() {
+        use std::io::Read;
+        let writer = HostWriter::new();
+        let message = Message::Control(Control::StdinClose);
+        assert!(writer.send(&message).is_err(), "not connected yet");
+        assert!(!writer.wait_connected(Duration::from_millis(1)));
+        let (host, mut guest) = std::os::unix::net::UnixStream::pair().expect("pair");
+        let (mut link, _) = AgentLink::new(Box::new(io::sink()), Box::new(io::sink()));
+        link = link.with_writer(writer.clone());
+        link.connected(File::from(std::os::fd::OwnedFd::from(host)));
+        assert!(writer.wait_connected(Duration::from_secs(1)));
+        writer.send(&message).expect("send");
+        let mut frame = vec![0u8; message.encode().expect("encode").len()];
+        guest.read_exact(&mut frame).expect("read");
+        assert_eq!(
+            Message::read_from(&mut frame.as_slice()).expect("decode"),
+            Some(message)
+        );
     }
 
     #[test]

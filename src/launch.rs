@@ -2,23 +2,31 @@
 //!
 //! A [`LaunchPlan`] names the kernel, agent, boot spec, extra initramfs tree and VM size; [`launch`]
 //! packs the initramfs, runs the VM with the console going to a log file, relays the agent's
-//! output and returns how the workload ended.
+//! output one way and podvm's stdin and signals the other (see [`crate::relay`]), and returns how
+//! the workload ended.
 
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use podvm_protocol::{BootSpec, ExitStatus};
+use podvm_protocol::{BootSpec, Control, ExitStatus, Message, EXEC_PORT};
 
-use crate::agent_link::{self, AgentLink, LinkReport};
+use crate::agent_link::{self, AgentLink, HostWriter, LinkReport};
+use crate::exec_info::{self, ExecInfo};
 use crate::pod::logs::{AppLog, LogStream};
-use crate::vmm::{self, VmConfig, VmOutputs, VmStats};
+use crate::relay::{Relay, RelayError, RelayOptions};
+use crate::vmm::{self, VmConfig, VmHandle, VmOutputs, VmStats};
 use crate::{artifacts, initramfs};
 
 /// Kernel command line every podvm guest gets: console on COM1 (the only UART), a reboot that
 /// triple-faults (KVM reports it as a shutdown), and panics that reboot at once. The VMM appends
 /// its virtio-mmio devices and the agent's vsock port.
 const BASE_CMDLINE: &str = "console=ttyS0 8250.nr_uarts=1 reboot=t panic=-1 rdinit=/init";
+
+/// After the stop timeout asked the agent to kill everything, how long before the VM is killed.
+const KILL_AFTER: Duration = Duration::from_secs(5);
 
 /// Everything needed to run one workload in a VM.
 #[derive(Debug, Clone, Default)]
@@ -45,6 +53,10 @@ pub struct LaunchPlan {
     pub app_log: Option<AppLog>,
     /// Host directories shared with the guest over virtio-fs.
     pub shares: Vec<vmm::devices::virtio::fs::FsShare>,
+    /// How podvm's stdin, signals and terminal reach the app.
+    pub relay: RelayOptions,
+    /// Write the VM's exec info here (mode 0600) while it runs; needs `spec.exec_token`.
+    pub exec_info: Option<PathBuf>,
 }
 
 /// How a launch ended.
@@ -84,6 +96,9 @@ pub enum LaunchError {
         /// Why.
         source: std::io::Error,
     },
+    /// The stdin/signal relay could not start.
+    #[error(transparent)]
+    Relay(#[from] RelayError),
     /// The guest ended without an exit status.
     #[error("{reason}\n--- last guest console lines ({log}) ---\n{tail}")]
     NoStatus {
@@ -138,11 +153,34 @@ pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
         None => (Box::new(std::io::stdout()), Box::new(std::io::stderr())),
     };
     let (link, report) = AgentLink::new(stdout, stderr);
+    let writer = HostWriter::new();
+    let vm: Arc<Mutex<Option<VmHandle>>> = Arc::new(Mutex::new(None));
+    let relay = Relay::start(&plan.relay, writer.clone(), stop_hard(&writer, &vm))?;
+    let exec_info = plan.exec_info.clone().zip(plan.spec.exec_token.clone());
+    let info_path = exec_info.as_ref().map(|(path, _)| path.clone());
     let outputs = VmOutputs {
         console: Box::new(console),
-        agent: Box::new(link),
+        agent: Box::new(link.with_writer(writer)),
+        on_start: Some(Box::new(move |handle: VmHandle| {
+            if let Some((path, token)) = exec_info {
+                let info = ExecInfo {
+                    cid: handle.cid(),
+                    port: EXEC_PORT,
+                    token,
+                };
+                if let Err(err) = exec_info::write(&path, &info) {
+                    eprintln!("podvm: {err}");
+                }
+            }
+            *lock_any(&vm) = Some(handle);
+        })),
     };
-    let stats = vmm::run(&config, outputs).map_err(|source| match source {
+    let run = vmm::run(&config, outputs);
+    let timed_out = relay.finish();
+    if let Some(path) = info_path {
+        let _ = std::fs::remove_file(path);
+    }
+    let stats = run.map_err(|source| match source {
         vmm::VmmError::VcpuFailed { .. } => LaunchError::GuestFailed {
             source,
             log: log_path.display().to_string(),
@@ -160,11 +198,45 @@ pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
         }
     }
     let report = agent_link::lock(&report).clone();
-    let status = exit_status(&report, &log_path)?;
+    let status = match timed_out {
+        // The app was killed because it ignored the signal: report the signal, as a shell would.
+        Some(signo) => ExitStatus::Signal(signo),
+        None => exit_status(&report, &log_path)?,
+    };
     if !keep_log {
         let _ = std::fs::remove_file(&log_path);
     }
     Ok(LaunchOutcome { status, stats })
+}
+
+/// What the stop timeout does: ask the agent to SIGKILL everything and power off
+/// (`Shutdown` with no grace), and kill the VM itself if it is still there [`KILL_AFTER`] later.
+fn stop_hard(
+    writer: &Arc<HostWriter>,
+    vm: &Arc<Mutex<Option<VmHandle>>>,
+) -> Box<dyn FnOnce() + Send> {
+    let (writer, vm) = (writer.clone(), vm.clone());
+    Box::new(move || {
+        let shutdown = Message::Control(Control::Shutdown { grace_ms: 0 });
+        let spawned = std::thread::Builder::new()
+            .name("stop-vm".into())
+            .spawn(move || {
+                let _ = writer.send(&shutdown);
+                std::thread::sleep(KILL_AFTER);
+                if let Some(handle) = lock_any(&vm).as_ref() {
+                    handle.kill();
+                }
+            });
+        if let Err(err) = spawned {
+            eprintln!("podvm: cannot stop the VM: {err}");
+        }
+    })
+}
+
+fn lock_any<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn kernel_cmdline(plan: &LaunchPlan) -> String {

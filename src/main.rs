@@ -7,10 +7,13 @@ use clap::Parser;
 mod agent_link;
 mod artifacts;
 mod cli;
+mod exec_client;
+mod exec_info;
 mod image;
 mod initramfs;
 mod launch;
 mod pod;
+mod relay;
 mod store;
 mod vmm;
 

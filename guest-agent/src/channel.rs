@@ -60,6 +60,8 @@ pub trait Channel: Send {
     fn send(&mut self, message: &Message) -> Result<(), ChannelError>;
     /// Waits until every byte sent so far has left the guest.
     fn drain(&mut self) -> Result<(), ChannelError>;
+    /// A descriptor to read the host's frames from (a duplicate; the channel keeps its own).
+    fn input(&self) -> Result<File, ChannelError>;
 }
 
 /// Where the frames go.
@@ -90,7 +92,8 @@ impl std::fmt::Display for Target {
     }
 }
 
-/// A channel over a file descriptor: a serial port, a pipe or a file.
+/// A channel over a file descriptor: a serial port, a pipe or a file. Off the VM, when frames
+/// go to stdout, the host's frames are read from stdin.
 pub struct FdChannel {
     file: File,
     name: String,
@@ -165,6 +168,21 @@ impl Channel for FdChannel {
             source,
         })
     }
+
+    fn input(&self) -> Result<File, ChannelError> {
+        let duplicate = if self.name == "stdout" {
+            std::io::stdin()
+                .as_fd()
+                .try_clone_to_owned()
+                .map(File::from)
+        } else {
+            self.file.try_clone()
+        };
+        duplicate.map_err(|source| ChannelError::Open {
+            target: format!("{} (reading side)", self.name),
+            source,
+        })
+    }
 }
 
 /// The channel in use, shared with the panic hook.
@@ -199,6 +217,11 @@ fn try_with(
         Err(TryLockError::WouldBlock) => return Err(ChannelError::Unavailable),
     };
     f(guard.as_deref_mut().ok_or(ChannelError::Unavailable)?)
+}
+
+/// A descriptor to read the host's frames from, on the installed channel.
+pub fn input() -> Result<File, ChannelError> {
+    active().as_ref().ok_or(ChannelError::Unavailable)?.input()
 }
 
 /// Sends a message if the channel is free; for error paths that must not block or tear a frame.

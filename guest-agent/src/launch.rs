@@ -1,22 +1,81 @@
-//! Starts the workload: environment, working directory, `PATH` lookup, and exit codes for
-//! commands that cannot start (127 not found, 126 not executable), as shells report them.
+//! Starts a process: environment, working directory, `PATH` lookup, user and groups, pipes or a
+//! pty, its own session (so signals reach its whole process group), and exit codes for commands
+//! that cannot start (127 not found, 126 not executable or unknown user), as shells report them.
 
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use nix::errno::Errno;
-use podvm_protocol::{BootSpec, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND};
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::unistd::{Gid, Pid, Uid};
+use podvm_protocol::{BootSpec, ExecRequest, Stream, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND};
 
-/// The environment every workload starts from; the boot spec's entries override it.
-pub const DEFAULT_ENV: &[(&str, &str)] = &[
-    (
-        "PATH",
-        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    ),
-    ("HOME", "/root"),
-];
+use crate::users::{self, Identity, UserError};
+
+/// The search path every process starts with; the spec's `PATH` overrides it.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What to run: the parts of a boot spec or an exec request the launcher needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Job<'a> {
+    /// Program and arguments.
+    pub command: &'a [String],
+    /// `KEY=VALUE` entries.
+    pub env: &'a [String],
+    /// Working directory (`/` when absent).
+    pub workdir: Option<&'a str>,
+    /// User name or number.
+    pub user: Option<&'a str>,
+    /// Group name or number.
+    pub group: Option<&'a str>,
+    /// Run on a pty.
+    pub tty: bool,
+}
+
+impl<'a> Job<'a> {
+    /// The boot spec's process.
+    pub fn from_spec(spec: &'a BootSpec) -> Self {
+        Self {
+            command: &spec.command,
+            env: &spec.env,
+            workdir: spec.workdir.as_deref(),
+            user: spec.user.as_deref(),
+            group: spec.group.as_deref(),
+            tty: spec.tty,
+        }
+    }
+
+    /// An exec session's process.
+    pub fn from_exec(request: &'a ExecRequest) -> Self {
+        Self {
+            command: &request.command,
+            env: &request.env,
+            workdir: request.workdir.as_deref(),
+            user: request.user.as_deref(),
+            group: request.group.as_deref(),
+            tty: request.tty,
+        }
+    }
+}
+
+/// A started process and the agent's ends of its standard streams.
+#[derive(Debug)]
+pub struct Started {
+    /// Its pid, which is also its process group and session id.
+    pub pid: Pid,
+    /// Where its standard input goes (non-blocking).
+    pub stdin: File,
+    /// Its output: stdout and stderr pipes, or the pty master as stdout.
+    pub outputs: Vec<(Stream, File)>,
+    /// The pty master, for resizing, when it runs on a terminal.
+    pub terminal: Option<File>,
+}
 
 /// Why the workload did not start.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +102,17 @@ pub enum LaunchError {
         /// Why.
         reason: String,
     },
+    /// The user or group is unknown.
+    #[error(transparent)]
+    User(#[from] UserError),
+    /// The terminal or pipes could not be set up.
+    #[error("cannot set up the standard streams ({what}): {source}")]
+    Streams {
+        /// The step that failed.
+        what: &'static str,
+        /// Why.
+        source: Errno,
+    },
     /// The working directory could not be created.
     #[error("cannot create the working directory {dir}: {source}")]
     Workdir {
@@ -60,18 +130,21 @@ impl LaunchError {
             LaunchError::EmptyCommand
             | LaunchError::NotFoundInPath { .. }
             | LaunchError::NoSuchFile(_) => EXIT_NOT_FOUND,
-            LaunchError::NotExecutable { .. } | LaunchError::Workdir { .. } => EXIT_CANNOT_EXEC,
+            LaunchError::NotExecutable { .. }
+            | LaunchError::Workdir { .. }
+            | LaunchError::User(_)
+            | LaunchError::Streams { .. } => EXIT_CANNOT_EXEC,
         }
     }
 }
 
-/// The workload's environment: [`DEFAULT_ENV`] overridden by `overrides` (`KEY=VALUE` entries;
-/// entries without `=` are skipped).
-pub fn environment(overrides: &[String]) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = DEFAULT_ENV
-        .iter()
-        .map(|(key, value)| (key.to_string(), value.to_string()))
-        .collect();
+/// The process's environment: `PATH` ([`DEFAULT_PATH`]) and `HOME` (the user's home) overridden
+/// by `overrides` (`KEY=VALUE` entries; entries without `=` are skipped).
+pub fn environment(overrides: &[String], home: &str) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("PATH".to_string(), DEFAULT_PATH.to_string()),
+        ("HOME".to_string(), home.to_string()),
+    ];
     for entry in overrides {
         let Some((key, value)) = entry.split_once('=') else {
             diag!("ignoring environment entry {entry:?}: it has no '='");
@@ -126,46 +199,222 @@ pub fn resolve(program: &str, path: &str, workdir: &Path) -> Result<PathBuf, Lau
     }
 }
 
-/// Starts the spec's command with stdin on /dev/null and stdout and stderr on pipes.
-pub fn spawn(spec: &BootSpec) -> Result<Child, LaunchError> {
-    let Some((program, args)) = spec.command.split_first() else {
+/// Starts `job` in its own session, as its user, with pipes or a pty. `root` is the app's root
+/// directory, where its /etc/passwd and /etc/group are read.
+pub fn spawn(job: &Job<'_>, root: &Path) -> Result<Started, LaunchError> {
+    let Some((program, args)) = job.command.split_first() else {
         return Err(LaunchError::EmptyCommand);
     };
-    let workdir = PathBuf::from(spec.workdir.as_deref().unwrap_or("/"));
-    let root = spec.rootfs.as_ref().map(crate::rootfs::mount_point);
-    let agent_workdir = root.as_deref().map_or_else(
-        || workdir.clone(),
-        |root| crate::rootfs::inside(root, &workdir),
-    );
+    let identity = users::resolve(root, job.user, job.group)?;
+    let workdir = PathBuf::from(job.workdir.unwrap_or("/"));
+    // The app's own root (a virtio-fs share) or the agent's: then nothing is chrooted.
+    let in_own_root = root != Path::new("/");
+    let agent_workdir = if in_own_root {
+        crate::rootfs::inside(root, &workdir)
+    } else {
+        workdir.clone()
+    };
     std::fs::create_dir_all(&agent_workdir).map_err(|source| LaunchError::Workdir {
         dir: workdir.clone(),
         source,
     })?;
-    let env = environment(&spec.env);
+    let env = environment(job.env, &identity.home);
     let path = env
         .iter()
         .find(|(key, _)| key == "PATH")
         .map(|(_, value)| value.as_str())
         .unwrap_or("");
-    let resolved = match root.as_deref() {
-        Some(root) => crate::rootfs::resolve(root, program, path, &workdir)?,
-        None => resolve(program, path, &workdir)?,
+    let resolved = if in_own_root {
+        crate::rootfs::resolve(root, program, path, &workdir)?
+    } else {
+        resolve(program, path, &workdir)?
     };
+    let exec_args = ExecArgs::new(&resolved, program, args, &env)?;
     let mut command = Command::new(&resolved);
-    match root.as_deref() {
-        Some(root) => crate::rootfs::enter(&mut command, root, &workdir),
-        None => drop(command.current_dir(&workdir)),
-    }
     command
         .arg0(program)
         .args(args)
         .env_clear()
-        .envs(env.iter().map(|(key, value)| (key, value)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|err| exec_error(resolved, &err))
+        .envs(env.iter().map(|(key, value)| (key, value)));
+    if in_own_root {
+        // chroot + chdir, before the hook of `before_exec` (which ends in execve) runs.
+        crate::rootfs::enter(&mut command, root, &workdir);
+    } else {
+        command.current_dir(&workdir);
+    }
+    let change_ids = job.user.is_some() || job.group.is_some();
+    let (streams, terminal) = if job.tty {
+        pty_streams(&mut command)?
+    } else {
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        (None, None)
+    };
+    before_exec(&mut command, identity, change_ids, job.tty, exec_args);
+    let mut child = command.spawn().map_err(|err| exec_error(resolved, &err))?;
+    // The pty's slave ends went into the child; dropping the command closes ours, so the
+    // master sees EOF (EIO) once the app and its children are gone.
+    drop(command);
+    let pid = Pid::from_raw(i32::try_from(child.id()).expect("Linux pids fit in i32"));
+    let (stdin, outputs) = match streams {
+        Some((stdin, master)) => (stdin, vec![(Stream::Stdout, master)]),
+        None => {
+            let stdin = File::from(OwnedFd::from(child.stdin.take().expect("piped stdin")));
+            let stdout = File::from(OwnedFd::from(child.stdout.take().expect("piped stdout")));
+            let stderr = File::from(OwnedFd::from(child.stderr.take().expect("piped stderr")));
+            (
+                stdin,
+                vec![(Stream::Stdout, stdout), (Stream::Stderr, stderr)],
+            )
+        }
+    };
+    set_nonblocking(&stdin)?;
+    Ok(Started {
+        pid,
+        stdin,
+        outputs,
+        terminal,
+    })
+}
+
+/// A pty for the command: the slave becomes its stdin, stdout and stderr. Returns (the stdin
+/// writer, the output reader) and the master kept for resizing, all duplicates of the master.
+#[allow(clippy::type_complexity)]
+fn pty_streams(command: &mut Command) -> Result<(Option<(File, File)>, Option<File>), LaunchError> {
+    let streams = |what| move |source| LaunchError::Streams { what, source };
+    let pty = nix::pty::openpty(None, None).map_err(streams("openpty"))?;
+    let slave = File::from(pty.slave);
+    let dup = |file: &File| {
+        file.try_clone()
+            .map_err(|err| streams("dup")(Errno::from_raw(err.raw_os_error().unwrap_or(0))))
+    };
+    command
+        .stdin(Stdio::from(dup(&slave)?))
+        .stdout(Stdio::from(dup(&slave)?))
+        .stderr(Stdio::from(slave));
+    let master = File::from(pty.master);
+    let writer = dup(&master)?;
+    let resizer = dup(&master)?;
+    Ok((Some((writer, master)), Some(resizer)))
+}
+
+/// Program, argv and environment as C strings with their pointer arrays, built before the fork
+/// so the child allocates nothing.
+struct ExecArgs {
+    program: CString,
+    _strings: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+}
+
+// SAFETY: the raw pointers point into the CStrings owned by the same struct, which are never
+// mutated or dropped while it lives; the struct is only read, in the forked child.
+unsafe impl Send for ExecArgs {}
+// SAFETY: as above; nothing is mutated through a shared reference.
+unsafe impl Sync for ExecArgs {}
+
+impl ExecArgs {
+    fn new(
+        resolved: &Path,
+        arg0: &str,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Result<Self, LaunchError> {
+        let nul = |_| LaunchError::Streams {
+            what: "a NUL byte in the command or environment",
+            source: Errno::EINVAL,
+        };
+        let program = CString::new(resolved.as_os_str().as_bytes()).map_err(nul)?;
+        let argv_strings = std::iter::once(arg0)
+            .chain(args.iter().map(String::as_str))
+            .map(|arg| CString::new(arg).map_err(nul))
+            .collect::<Result<Vec<_>, _>>()?;
+        let env_strings = env
+            .iter()
+            .map(|(key, value)| CString::new(format!("{key}={value}")).map_err(nul))
+            .collect::<Result<Vec<_>, _>>()?;
+        let pointers = |strings: &[CString]| {
+            strings
+                .iter()
+                .map(|string| string.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect::<Vec<_>>()
+        };
+        let argv = pointers(&argv_strings);
+        let envp = pointers(&env_strings);
+        let mut strings = argv_strings;
+        strings.extend(env_strings);
+        Ok(Self {
+            program,
+            _strings: strings,
+            argv,
+            envp,
+        })
+    }
+}
+
+/// In the child, between fork and exec: a new session (its own process group), the pty as
+/// controlling terminal, then groups, gid and uid (in that order: dropping uid comes last), and
+/// the exec itself: execve, not the execvp std would use, which runs files it cannot execute
+/// as shell scripts instead of failing with ENOEXEC.
+fn before_exec(
+    command: &mut Command,
+    identity: Identity,
+    change_ids: bool,
+    tty: bool,
+    exec_args: ExecArgs,
+) {
+    let groups: Vec<Gid> = identity
+        .groups
+        .iter()
+        .map(|gid| Gid::from_raw(*gid))
+        .collect();
+    let (uid, gid) = (Uid::from_raw(identity.uid), Gid::from_raw(identity.gid));
+    let hook = move || -> std::io::Result<()> {
+        // Capture the whole struct (Send + Sync), not its raw-pointer fields one by one.
+        let exec_args = &exec_args;
+        nix::unistd::setsid()?;
+        if tty {
+            // SAFETY: TIOCSCTTY takes an int argument and touches no memory of ours; fd 0 is
+            // the pty slave the parent installed as stdin.
+            if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        if change_ids {
+            nix::unistd::setgroups(&groups)?;
+            nix::unistd::setgid(gid)?;
+            nix::unistd::setuid(uid)?;
+        }
+        // SAFETY: program, argv and envp are NUL-terminated strings and NULL-terminated
+        // pointer arrays owned by `exec_args`, alive for the call; execve only returns on error.
+        unsafe {
+            libc::execve(
+                exec_args.program.as_ptr(),
+                exec_args.argv.as_ptr(),
+                exec_args.envp.as_ptr(),
+            );
+        }
+        Err(std::io::Error::last_os_error())
+    };
+    // SAFETY: the hook only makes async-signal-safe system calls (setsid, ioctl, setgroups,
+    // setgid, setuid, execve) on data prepared before the fork; it allocates nothing.
+    unsafe {
+        command.pre_exec(hook);
+    }
+}
+
+fn set_nonblocking(file: &File) -> Result<(), LaunchError> {
+    let streams = |source| LaunchError::Streams {
+        what: "non-blocking stdin",
+        source,
+    };
+    let flags = fcntl(file.as_raw_fd(), FcntlArg::F_GETFL).map_err(streams)?;
+    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+    fcntl(file.as_raw_fd(), FcntlArg::F_SETFL(flags)).map_err(streams)?;
+    Ok(())
 }
 
 fn exec_error(program: PathBuf, err: &std::io::Error) -> LaunchError {
@@ -194,7 +443,10 @@ mod tests {
 
     #[test]
     fn spec_env_overrides_defaults() {
-        let env = environment(&["PATH=/app/bin".into(), "FOO=a=b".into(), "BROKEN".into()]);
+        let env = environment(
+            &["PATH=/app/bin".into(), "FOO=a=b".into(), "BROKEN".into()],
+            "/root",
+        );
         assert_eq!(
             env,
             vec![

@@ -3,37 +3,49 @@
 //! Boot order: mount the kernel file systems, attach the console, open the agent channel (vsock
 //! to the host, on the port given as `podvm.agent_port=` on the kernel command line; without
 //! it, the second serial port if the VMM has one), send `Ready`, read the boot spec, run its
-//! command while forwarding its output, send `Exited`, and end the VM (after the host confirmed
-//! it read everything).
+//! command in an event loop that relays stdin, output, signals and resizes and serves exec
+//! sessions (when the spec carries an exec token), send `Exited`, and end the VM (after the host
+//! confirmed it read everything).
 //!
 //! Off the VM (any PID but 1) nothing is mounted and nothing reboots, which lets tests run the
 //! real workload and channel code: `PODVM_AGENT_SPEC` names the boot spec (default
-//! `/podvm/boot.json`) and `PODVM_AGENT_CHANNEL` the channel (`stdout`, the default off the VM,
-//! or a path).
+//! `/podvm/boot.json`), `PODVM_AGENT_CHANNEL` the channel (`stdout`, the default off the VM,
+//! with the host's frames read from stdin, or a path) and `PODVM_AGENT_EXEC_SOCKET` a Unix socket
+//! to serve exec sessions on.
 
 #[macro_use]
 mod log;
 mod boot;
 mod channel;
+mod exec;
 mod launch;
 mod power;
 mod reaper;
 mod rootfs;
+mod session;
 mod spec;
+mod users;
 mod vsock;
 mod workload;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use podvm_protocol::{Control, Message, BOOT_SPEC_PATH};
+use podvm_protocol::{BootSpec, Control, Message, BOOT_SPEC_PATH, EXEC_PORT};
 
 use crate::channel::{Channel, ChannelError, FdChannel, Target};
+use crate::exec::ExecListener;
 use crate::power::Role;
+use crate::session::{Phase, Session};
+use crate::workload::ExecService;
 
 /// Environment variable naming the boot spec file.
 const SPEC_ENV: &str = "PODVM_AGENT_SPEC";
 /// Environment variable naming the channel target.
 const CHANNEL_ENV: &str = "PODVM_AGENT_CHANNEL";
+/// Environment variable naming a Unix socket for exec sessions off the VM.
+const EXEC_SOCKET_ENV: &str = "PODVM_AGENT_EXEC_SOCKET";
+/// The app root when the host shares none: the agent's own (initramfs) root.
+const AGENT_ROOT: &str = "/";
 /// The channel when the kernel command line names no vsock port (VMMs other than podvm).
 const SERIAL_FALLBACK: &str = "/dev/ttyS1";
 /// Exit code off the VM when the agent itself failed (bad spec, broken channel).
@@ -146,22 +158,48 @@ fn run(role: Role) -> Result<i32, AgentError> {
             return Ok(EXIT_AGENT_FAILED);
         }
     };
-    if let Some(rootfs) = &spec.rootfs {
-        if let Err(err) = rootfs::prepare(rootfs) {
-            diag!("{err}");
-            let message = format!("cannot prepare the app's root filesystem: {err}");
-            channel::send(&Message::Control(Control::Error { message }))?;
-            return Ok(EXIT_AGENT_FAILED);
+    let root = match &spec.rootfs {
+        Some(rootfs) => match rootfs::prepare(rootfs) {
+            Ok(root) => root,
+            Err(err) => {
+                diag!("{err}");
+                let message = format!("cannot prepare the app's root filesystem: {err}");
+                channel::send(&Message::Control(Control::Error { message }))?;
+                return Ok(EXIT_AGENT_FAILED);
+            }
+        },
+        None => PathBuf::from(AGENT_ROOT),
+    };
+    let input = match channel::input() {
+        Ok(input) => Some(input),
+        Err(err) => {
+            diag!("{err}; the app gets no stdin and no signals");
+            None
+        }
+    };
+    let boot = Session::new(
+        "app".to_string(),
+        Box::new(channel::send),
+        input,
+        Phase::Done,
+    );
+    let outcome = workload::run(&spec, boot, exec_service(role, &spec), &root)?;
+    diag!("workload exited: {:?}", outcome.status);
+    Ok(0)
+}
+
+/// The exec listener, when the spec carries a token: vsock in the VM, a Unix socket off it.
+fn exec_service(role: Role, spec: &BootSpec) -> Option<ExecService> {
+    let token = spec.exec_token.clone()?;
+    let listener = match role {
+        Role::Init => ExecListener::vsock(EXEC_PORT),
+        Role::Process => ExecListener::unix(Path::new(&std::env::var_os(EXEC_SOCKET_ENV)?)),
+    };
+    match listener {
+        Ok(listener) => Some(ExecService { listener, token }),
+        Err(err) => {
+            diag!("{err}; exec sessions are unavailable");
+            None
         }
     }
-    let outcome = workload::run(&spec, &mut |message| channel::send(&message))?;
-    if let Some(message) = outcome.launch_error {
-        diag!("{message}");
-        channel::send(&Message::Control(Control::Error { message }))?;
-    }
-    diag!("workload exited: {:?}", outcome.status);
-    channel::send(&Message::Control(Control::Exited {
-        status: outcome.status,
-    }))?;
-    Ok(0)
 }

@@ -26,7 +26,6 @@ pub enum ReapError {
 /// Collects exited children; create it before starting any.
 pub struct Reaper {
     signals: SignalFd,
-    orphans: usize,
 }
 
 impl Reaper {
@@ -38,10 +37,7 @@ impl Reaper {
             .map_err(ReapError::Setup)?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(ReapError::Setup)?;
-        Ok(Self {
-            signals,
-            orphans: 0,
-        })
+        Ok(Self { signals })
     }
 
     /// The descriptor that becomes readable when a child exits.
@@ -49,21 +45,15 @@ impl Reaper {
         self.signals.as_fd()
     }
 
-    /// How many children other than the main one were reaped so far.
-    pub fn orphans(&self) -> usize {
-        self.orphans
-    }
-
-    /// Consumes pending SIGCHLDs and reaps every exited child; returns `main`'s status if it was
-    /// among them.
-    pub fn reap(&mut self, main: Pid) -> Result<Option<ExitStatus>, ReapError> {
+    /// Consumes pending SIGCHLDs and reaps every exited child; returns who exited and how.
+    pub fn reap(&mut self) -> Result<Vec<(Pid, ExitStatus)>, ReapError> {
         while self
             .signals
             .read_signal()
             .map_err(ReapError::Wait)?
             .is_some()
         {}
-        let mut main_status = None;
+        let mut exited = Vec::new();
         loop {
             let status = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
@@ -71,17 +61,14 @@ impl Reaper {
                 Err(err) => return Err(ReapError::Wait(err)),
                 Ok(status) => status,
             };
-            let (pid, exit) = match status {
-                WaitStatus::Exited(pid, code) => (pid, ExitStatus::Code(code)),
-                WaitStatus::Signaled(pid, signal, _) => (pid, ExitStatus::Signal(signal as i32)),
-                _ => continue,
-            };
-            if pid == main {
-                main_status = Some(exit);
-            } else {
-                self.orphans += 1;
+            match status {
+                WaitStatus::Exited(pid, code) => exited.push((pid, ExitStatus::Code(code))),
+                WaitStatus::Signaled(pid, signal, _) => {
+                    exited.push((pid, ExitStatus::Signal(signal as i32)))
+                }
+                _ => {}
             }
         }
-        Ok(main_status)
+        Ok(exited)
     }
 }

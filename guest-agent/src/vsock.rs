@@ -81,6 +81,15 @@ impl Channel for VsockChannel {
             })
     }
 
+    fn input(&self) -> Result<File, ChannelError> {
+        self.stream
+            .try_clone()
+            .map_err(|source| ChannelError::Open {
+                target: format!("{} (reading side)", self.name),
+                source,
+            })
+    }
+
     /// Half-closes the stream and waits until the host has read everything and closed its side.
     fn drain(&mut self) -> Result<(), ChannelError> {
         let drain_error = |source| ChannelError::Drain {

@@ -55,7 +55,7 @@ fn spec(command: &[&str]) -> BootSpec {
         command: command.iter().map(|s| s.to_string()).collect(),
         env: Vec::new(),
         workdir: None,
-        rootfs: None,
+        ..BootSpec::default()
     }
 }
 
@@ -367,4 +367,320 @@ fn a_terminal_channel_is_raw() {
         "payload changed on the way"
     );
     assert_eq!(run.exit(), ExitStatus::Code(0));
+}
+
+/// An agent run driven live: frames to its stdin (the host direction), frames from its stdout
+/// collected by a thread.
+struct Live {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    frames: std::sync::mpsc::Receiver<Message>,
+    seen: Vec<Message>,
+    _dir: tempfile::TempDir,
+}
+
+impl Live {
+    fn start(spec: &BootSpec, extra_env: &[(&str, &Path)]) -> Live {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut command = Command::new(AGENT);
+        command
+            .env("PODVM_AGENT_SPEC", write_spec(dir.path(), spec))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (key, value) in extra_env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("start the agent");
+        let stdout = child.stdout.take().expect("piped");
+        let frames = decode_in_thread(stdout);
+        Live {
+            stdin: child.stdin.take(),
+            child,
+            frames,
+            seen: Vec::new(),
+            _dir: dir,
+        }
+    }
+
+    fn send(&mut self, message: Message) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        message.write_to(stdin).expect("send a frame");
+    }
+
+    /// Waits until stdout contains `text` (or the run ends).
+    fn wait_stdout(&mut self, text: &str) {
+        while !String::from_utf8_lossy(&collect(&self.seen, Stream::Stdout)).contains(text) {
+            let message = self
+                .frames
+                .recv_timeout(HANG_LIMIT)
+                .unwrap_or_else(|_| panic!("no {text:?} on stdout: {:?}", self.seen));
+            self.seen.push(message);
+        }
+    }
+
+    /// Reads to the end and returns every frame.
+    fn finish(mut self) -> Vec<Message> {
+        self.stdin = None;
+        while let Ok(message) = self.frames.recv_timeout(HANG_LIMIT) {
+            self.seen.push(message);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.seen
+    }
+}
+
+fn decode_in_thread(mut input: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<Message> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut decoder = FrameDecoder::new();
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let n = match input.read(&mut buffer) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            decoder.push(&buffer[..n]);
+            while let Ok(Some(message)) = decoder.next_message() {
+                if tx.send(message).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+fn collect(messages: &[Message], stream: Stream) -> Vec<u8> {
+    messages
+        .iter()
+        .filter_map(|message| match message {
+            Message::Data(s, bytes) if *s == stream => Some(bytes.as_slice()),
+            _ => None,
+        })
+        .flatten()
+        .copied()
+        .collect()
+}
+
+fn exited(messages: &[Message]) -> Option<ExitStatus> {
+    messages.iter().find_map(|message| match message {
+        Message::Control(Control::Exited { status }) => Some(*status),
+        _ => None,
+    })
+}
+
+fn errors(messages: &[Message]) -> Vec<String> {
+    messages
+        .iter()
+        .filter_map(|message| match message {
+            Message::Control(Control::Error { message }) => Some(message.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn stdin_frames_reach_the_app_and_close_ends_it() {
+    let mut live = Live::start(&spec(&["cat"]), &[]);
+    live.send(Message::Data(Stream::Stdin, b"hello ".to_vec()));
+    live.send(Message::Data(Stream::Stdin, b"agent\n".to_vec()));
+    live.send(Message::Control(Control::StdinClose));
+    let messages = live.finish();
+    assert_eq!(collect(&messages, Stream::Stdout), b"hello agent\n");
+    assert_eq!(exited(&messages), Some(ExitStatus::Code(0)));
+}
+
+#[test]
+fn large_stdin_round_trips_without_deadlock() {
+    let payload = pseudo_random(3 << 20, 7);
+    let mut live = Live::start(&spec(&["cat"]), &[]);
+    let stdin = live.stdin.take().expect("stdin");
+    let chunks = payload.clone();
+    let writer = std::thread::spawn(move || {
+        let mut stdin = stdin;
+        for chunk in chunks.chunks(32 * 1024) {
+            Message::Data(Stream::Stdin, chunk.to_vec())
+                .write_to(&mut stdin)
+                .expect("send");
+        }
+        Message::Control(Control::StdinClose)
+            .write_to(&mut stdin)
+            .expect("close");
+        stdin
+    });
+    let mut messages = Vec::new();
+    while let Ok(message) = live.frames.recv_timeout(HANG_LIMIT) {
+        let done = matches!(message, Message::Control(Control::Exited { .. }));
+        messages.push(message);
+        if done {
+            break;
+        }
+    }
+    drop(writer.join().expect("writer"));
+    assert!(
+        collect(&messages, Stream::Stdout) == payload,
+        "bytes changed"
+    );
+    assert_eq!(exited(&messages), Some(ExitStatus::Code(0)));
+    drop(live.finish());
+}
+
+#[test]
+fn a_signal_reaches_the_process_group() {
+    let script = "trap 'echo got-term; exit 4' TERM; echo ready; while :; do sleep 0.1; done";
+    let mut live = Live::start(&spec(&["sh", "-c", script]), &[]);
+    live.wait_stdout("ready");
+    live.send(Message::Control(Control::Signal { signo: 15 }));
+    let messages = live.finish();
+    assert!(String::from_utf8_lossy(&collect(&messages, Stream::Stdout)).contains("got-term"));
+    assert_eq!(exited(&messages), Some(ExitStatus::Code(4)));
+}
+
+#[test]
+fn shutdown_kills_what_ignores_sigterm_after_the_grace_period() {
+    let script = "trap '' TERM; echo ready; while :; do sleep 0.1; done";
+    let mut live = Live::start(&spec(&["sh", "-c", script]), &[]);
+    live.wait_stdout("ready");
+    live.send(Message::Control(Control::Shutdown { grace_ms: 300 }));
+    let messages = live.finish();
+    assert_eq!(exited(&messages), Some(ExitStatus::Signal(9)));
+}
+
+#[test]
+fn bad_host_frames_are_refused_without_harm() {
+    let mut live = Live::start(&spec(&["sh", "-c", "cat; echo after"]), &[]);
+    // An agent-to-host message from the host, then garbage.
+    live.send(Message::Control(Control::Exited {
+        status: ExitStatus::Code(0),
+    }));
+    let messages = live.finish();
+    let errors = errors(&messages);
+    assert!(
+        errors.iter().any(|error| error.contains("other way")),
+        "{errors:?}"
+    );
+    assert_eq!(collect(&messages, Stream::Stdout), b"after\n");
+    assert_eq!(exited(&messages), Some(ExitStatus::Code(0)));
+}
+
+#[test]
+fn an_unknown_user_is_126() {
+    let mut spec = spec(&["true"]);
+    spec.user = Some("no-such-user-podvm".into());
+    let run = run(&spec);
+    assert_eq!(run.exit(), ExitStatus::Code(126));
+    let errors = errors(&run.messages);
+    assert!(
+        errors.iter().any(|error| error.contains("unknown user")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn a_numeric_user_and_group_apply() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: changing users needs root");
+        return;
+    }
+    let mut spec = spec(&["sh", "-c", "id -u; id -g; id -G"]);
+    spec.user = Some("4242".into());
+    spec.group = Some("4343".into());
+    let run = run(&spec);
+    assert_eq!(run.exit(), ExitStatus::Code(0), "{}", run.stderr);
+    assert_eq!(run.data(Stream::Stdout), b"4242\n4343\n4343\n");
+}
+
+/// Runs one exec session over `socket`; returns what came back.
+fn exec_session(socket: &Path, request: podvm_protocol::ExecRequest, stdin: &[u8]) -> Vec<Message> {
+    exec_session_with(socket, request, None, stdin)
+}
+
+/// Like [`exec_session`], with an extra control message right after the request.
+fn exec_session_with(
+    socket: &Path,
+    request: podvm_protocol::ExecRequest,
+    extra: Option<Control>,
+    stdin: &[u8],
+) -> Vec<Message> {
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).expect("connect");
+    let frames = decode_in_thread(stream.try_clone().expect("clone"));
+    Message::Control(Control::Exec(request))
+        .write_to(&mut stream)
+        .expect("send");
+    if let Some(extra) = extra {
+        Message::Control(extra).write_to(&mut stream).expect("send");
+    }
+    if !stdin.is_empty() {
+        Message::Data(Stream::Stdin, stdin.to_vec())
+            .write_to(&mut stream)
+            .expect("send");
+    }
+    let _ = Message::Control(Control::StdinClose).write_to(&mut stream);
+    let mut messages = Vec::new();
+    while let Ok(message) = frames.recv_timeout(HANG_LIMIT) {
+        messages.push(message);
+    }
+    messages
+}
+
+#[test]
+fn exec_sessions_run_beside_the_app_and_need_the_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("exec.sock");
+    let mut boot = spec(&["sh", "-c", "echo ready; cat"]);
+    boot.exec_token = Some("s3cret".into());
+    let mut live = Live::start(&boot, &[("PODVM_AGENT_EXEC_SOCKET", &socket)]);
+    live.wait_stdout("ready");
+    let request = |command: &[&str], token: &str, tty: bool| podvm_protocol::ExecRequest {
+        token: token.into(),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        tty,
+        ..Default::default()
+    };
+
+    let plain = exec_session(
+        &socket,
+        request(&["sh", "-c", "echo in-exec; cat; exit 5"], "s3cret", false),
+        b"piped\n",
+    );
+    assert!(matches!(
+        plain.first(),
+        Some(Message::Control(Control::Ready { .. }))
+    ));
+    assert_eq!(collect(&plain, Stream::Stdout), b"in-exec\npiped\n");
+    assert_eq!(exited(&plain), Some(ExitStatus::Code(5)));
+
+    let tty = exec_session(
+        &socket,
+        request(&["sh", "-c", "tty; exit 6"], "s3cret", true),
+        b"",
+    );
+    let output = String::from_utf8_lossy(&collect(&tty, Stream::Stdout)).into_owned();
+    assert!(output.contains("/dev/pts/"), "{output:?}");
+    assert_eq!(exited(&tty), Some(ExitStatus::Code(6)));
+
+    let resized = exec_session_with(
+        &socket,
+        request(&["sh", "-c", "sleep 0.5; stty size"], "s3cret", true),
+        Some(Control::Resize { rows: 33, cols: 77 }),
+        b"",
+    );
+    let output = String::from_utf8_lossy(&collect(&resized, Stream::Stdout)).into_owned();
+    assert!(output.contains("33 77"), "{output:?}");
+
+    let refused = exec_session(&socket, request(&["echo", "no"], "wrong", false), b"");
+    assert_eq!(exited(&refused), None, "{refused:?}");
+    assert!(collect(&refused, Stream::Stdout).is_empty());
+    assert!(
+        errors(&refused)
+            .iter()
+            .any(|error| error.contains("refused")),
+        "{refused:?}"
+    );
+
+    live.send(Message::Control(Control::StdinClose));
+    let messages = live.finish();
+    assert_eq!(exited(&messages), Some(ExitStatus::Code(0)));
 }

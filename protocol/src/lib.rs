@@ -1,13 +1,13 @@
 //! Wire protocol between the podvm host and the guest agent (PID 1 in the VM).
 //!
-//! # Wire format (version 1)
+//! # Wire format (version 2)
 //!
 //! Every message is one frame:
 //!
 //! ```text
 //! offset  size  field
 //! 0       2     magic, the bytes "PV"
-//! 2       1     protocol version (currently 1)
+//! 2       1     protocol version (currently 2)
 //! 3       1     kind: 1 = stdout bytes, 2 = stderr bytes, 3 = stdin bytes,
 //!               16 = control message (JSON of [`Control`])
 //! 4       4     payload length, little endian, at most [`MAX_PAYLOAD`]
@@ -16,28 +16,54 @@
 //!
 //! Stream data travels raw; everything else is a JSON-encoded [`Control`] value. A frame with a
 //! bad magic, an unknown version or kind, an oversized length or a payload that does not decode
-//! is an error, never a panic.
+//! is an error, never a panic; so is a message sent in the wrong direction
+//! ([`Message::check_from_host`], [`Message::check_from_agent`]). After an error the stream
+//! cannot be resynchronised: the receiver reports it and closes the connection.
 //!
-//! # Transport: vsock, the agent connects to the host
+//! # Messages
 //!
-//! The host listens on AF_VSOCK (any local CID) on a port its kernel picks, so concurrent VMs
-//! never clash, and passes that port on the guest kernel command line as
-//! `podvm.agent_port=<port>` ([`AGENT_PORT_PARAM`]). The agent connects to the host, CID 2
-//! ([`HOST_CID`]), on that port as soon as it has mounted /proc; the host accepts only a
-//! connection from the VM's own CID. Frames then flow over the stream. To end, the agent sends
-//! its last frame and shuts down its write side; the host reads to EOF and closes, which tells
-//! the agent everything arrived and it may power off. (The host connecting to a fixed guest
-//! port would need retries while the guest boots; this way nobody polls.)
+//! Host to agent: [`Stream::Stdin`] data, [`Control::StdinClose`], [`Control::Signal`],
+//! [`Control::Resize`], [`Control::Exec`] (first and only once, on an exec connection) and
+//! [`Control::Shutdown`]. Agent to host: [`Control::Ready`], [`Stream::Stdout`] and
+//! [`Stream::Stderr`] data, [`Control::Error`] and, last, [`Control::Exited`].
 //!
-//! How the agent learns what to run: the host packs a [`BootSpec`] as JSON at [`BOOT_SPEC_PATH`]
-//! into the initramfs.
+//! # Sessions: one vsock connection per process
+//!
+//! Each connection carries exactly one process (its process group), so messages carry no
+//! process id: a `Signal` goes to the process group of the connection's process, `Resize` to
+//! its terminal.
+//!
+//! * **Boot session.** The host listens on AF_VSOCK (any local CID) on a port its kernel picks,
+//!   so concurrent VMs never clash, and passes that port on the guest kernel command line as
+//!   `podvm.agent_port=<port>` ([`AGENT_PORT_PARAM`]). The agent connects to the host, CID 2
+//!   ([`HOST_CID`]), on that port as soon as it has mounted /proc; the host accepts only a
+//!   connection from the VM's own CID. The agent sends `Ready` and runs the [`BootSpec`] the
+//!   host packed as JSON at [`BOOT_SPEC_PATH`] into the initramfs. `Shutdown` on this session
+//!   stops every process (SIGTERM, SIGKILL after the grace period) and powers the VM off.
+//! * **Exec sessions** (what `podvm enter` uses). When the boot spec carries an
+//!   [`BootSpec::exec_token`], the agent also listens on vsock port [`EXEC_PORT`]. A host
+//!   process connects to the guest's CID on that port and sends [`Control::Exec`] as its first
+//!   frame; the request must carry the token, else the agent answers `Error` and closes. The
+//!   agent answers `Ready`, runs the command, relays it like the boot session and ends with
+//!   `Exited`.
+//!
+//! To end a session the agent sends its last frame and shuts down its write side; the host reads
+//! to EOF and closes, which tells the agent everything arrived (for the boot session: that it
+//! may power off).
+//!
+//! # Exit codes
+//!
+//! The agent reports `Exited` with [`EXIT_NOT_FOUND`] (127) when the command does not exist and
+//! [`EXIT_CANNOT_EXEC`] (126) when it cannot be started: not executable, or the requested user
+//! or group does not exist in the app root's /etc/passwd or /etc/group (an `Error` frame before
+//! it says which).
 
 use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this crate speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// The two magic bytes that open every frame.
 pub const MAGIC: [u8; 2] = *b"PV";
 /// Size of the fixed frame header in bytes.
@@ -51,10 +77,15 @@ pub const BOOT_SPEC_PATH: &str = "/podvm/boot.json";
 pub const AGENT_PORT_PARAM: &str = "podvm.agent_port";
 /// The vsock CID of the host as seen from the guest (VMADDR_CID_HOST).
 pub const HOST_CID: u32 = 2;
+/// The guest vsock port the agent listens on for exec sessions.
+pub const EXEC_PORT: u32 = 5150;
 /// Exit code reported when the requested command does not exist (as shells do).
 pub const EXIT_NOT_FOUND: i32 = 127;
-/// Exit code reported when the command exists but cannot be executed.
+/// Exit code reported when the command exists but cannot be executed, or when the requested
+/// user or group is unknown.
 pub const EXIT_CANNOT_EXEC: i32 = 126;
+/// Grace period between SIGTERM and SIGKILL when a `Shutdown` names none.
+pub const DEFAULT_GRACE_MS: u64 = 10_000;
 
 /// Errors while encoding or decoding frames.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +108,9 @@ pub enum ProtocolError {
     /// A control payload was not valid JSON for [`Control`].
     #[error("malformed control message: {0}")]
     BadControl(#[from] serde_json::Error),
+    /// A valid message that this side must never receive.
+    #[error("unexpected message {0}: it travels the other way")]
+    WrongDirection(String),
 }
 
 /// Which standard stream a chunk of bytes belongs to.
@@ -122,6 +156,19 @@ pub struct BootSpec {
     /// specs from older hosts).
     #[serde(default)]
     pub rootfs: Option<RootfsSpec>,
+    /// User to run as: a name from the app root's /etc/passwd or a number; root when absent.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Group to run as: a name from the app root's /etc/group or a number; the user's primary
+    /// group when absent.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Give the app a terminal (a pty) instead of pipes; its output then arrives as stdout.
+    #[serde(default)]
+    pub tty: bool,
+    /// Secret that exec requests must present; without it the agent accepts no exec sessions.
+    #[serde(default)]
+    pub exec_token: Option<String>,
 }
 
 /// An app root filesystem shared by the host over virtio-fs. The agent mounts it at
@@ -145,25 +192,98 @@ pub struct RootfsSpec {
     pub resolv_conf: Option<String>,
 }
 
+/// A request to run a command in a running VM (the first frame of an exec session).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// The VM's exec secret ([`BootSpec::exec_token`]).
+    pub token: String,
+    /// Program and arguments, as in [`BootSpec::command`].
+    pub command: Vec<String>,
+    /// Environment as `KEY=VALUE` entries.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Working directory; `/` when absent.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// User, as in [`BootSpec::user`].
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Group, as in [`BootSpec::group`].
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Run on a pty.
+    #[serde(default)]
+    pub tty: bool,
+}
+
 /// Control messages, carried as JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Control {
-    /// The agent is up and about to start the workload.
+    /// Agent to host: the agent is up and about to start the process.
     Ready {
         /// The agent's version string.
         agent_version: String,
     },
-    /// The workload ended.
+    /// Agent to host: the process ended.
     Exited {
         /// How it ended.
         status: ExitStatus,
     },
-    /// The agent could not do what was asked; `message` says what and why.
+    /// Agent to host: the agent could not do what was asked; `message` says what and why.
     Error {
         /// Human-readable reason.
         message: String,
     },
+    /// Host to agent: no more standard input; the app's stdin is closed.
+    StdinClose,
+    /// Host to agent: deliver a signal to the session's process group.
+    Signal {
+        /// The signal number (e.g. 15 for SIGTERM).
+        signo: i32,
+    },
+    /// Host to agent: the terminal changed size (sessions with a tty).
+    Resize {
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        cols: u16,
+    },
+    /// Host to agent: run a command (first frame of an exec session).
+    Exec(ExecRequest),
+    /// Host to agent: stop every process (SIGTERM, then SIGKILL after `grace_ms`) and power off.
+    Shutdown {
+        /// Milliseconds between SIGTERM and SIGKILL.
+        grace_ms: u64,
+    },
+}
+
+impl Control {
+    /// Whether the host sends this message (else the agent does).
+    pub fn is_from_host(&self) -> bool {
+        matches!(
+            self,
+            Control::StdinClose
+                | Control::Signal { .. }
+                | Control::Resize { .. }
+                | Control::Exec(_)
+                | Control::Shutdown { .. }
+        )
+    }
+
+    /// A short name for diagnostics (never the payload: an exec request holds the token).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Control::Ready { .. } => "ready",
+            Control::Exited { .. } => "exited",
+            Control::Error { .. } => "error",
+            Control::StdinClose => "stdin_close",
+            Control::Signal { .. } => "signal",
+            Control::Resize { .. } => "resize",
+            Control::Exec(_) => "exec",
+            Control::Shutdown { .. } => "shutdown",
+        }
+    }
 }
 
 /// One decoded frame.
@@ -218,6 +338,39 @@ impl Message {
         input.read_exact(&mut payload)?;
         decode_payload(kind, payload).map(Some)
     }
+
+    /// Whether the host sends this message (stdin data and host controls).
+    pub fn is_from_host(&self) -> bool {
+        match self {
+            Message::Data(stream, _) => *stream == Stream::Stdin,
+            Message::Control(control) => control.is_from_host(),
+        }
+    }
+
+    /// The message as the agent accepts it: an error if only the agent may send it.
+    pub fn check_from_host(self) -> Result<Self, ProtocolError> {
+        if self.is_from_host() {
+            Ok(self)
+        } else {
+            Err(ProtocolError::WrongDirection(self.name()))
+        }
+    }
+
+    /// The message as the host accepts it: an error if only the host may send it.
+    pub fn check_from_agent(self) -> Result<Self, ProtocolError> {
+        if self.is_from_host() {
+            Err(ProtocolError::WrongDirection(self.name()))
+        } else {
+            Ok(self)
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Message::Data(stream, _) => format!("{stream:?} data"),
+            Message::Control(control) => control.name().to_string(),
+        }
+    }
 }
 
 /// Incremental decoder for byte streams that arrive in arbitrary chunks (e.g. a UART).
@@ -258,7 +411,11 @@ impl FrameDecoder {
         }
         let payload = self.buffer[HEADER_LEN..HEADER_LEN + len].to_vec();
         self.buffer.drain(..HEADER_LEN + len);
-        decode_payload(kind, payload).map(Some)
+        let decoded = decode_payload(kind, payload);
+        if decoded.is_err() {
+            self.buffer.clear();
+        }
+        decoded.map(Some)
     }
 
     /// Number of buffered bytes not yet decoded.
@@ -329,30 +486,62 @@ mod tests {
         assert_eq!(decoded, Some(message));
     }
 
+    fn all_kinds() -> Vec<Message> {
+        vec![
+            Message::Data(Stream::Stdout, b"hello\n".to_vec()),
+            Message::Data(Stream::Stderr, vec![0, 255, 10]),
+            Message::Data(Stream::Stdin, vec![]),
+            Message::Control(Control::Ready {
+                agent_version: "0.1".into(),
+            }),
+            Message::Control(Control::Exited {
+                status: ExitStatus::Signal(9),
+            }),
+            Message::Control(Control::Error {
+                message: "nope".into(),
+            }),
+            Message::Control(Control::StdinClose),
+            Message::Control(Control::Signal { signo: 15 }),
+            Message::Control(Control::Resize { rows: 24, cols: 80 }),
+            Message::Control(Control::Exec(ExecRequest {
+                token: "t".into(),
+                command: vec!["id".into()],
+                env: vec!["A=1".into()],
+                workdir: Some("/tmp".into()),
+                user: Some("app".into()),
+                group: Some("7".into()),
+                tty: true,
+            })),
+            Message::Control(Control::Shutdown { grace_ms: 5 }),
+        ]
+    }
+
     #[test]
     fn frames_roundtrip() {
-        roundtrip(Message::Data(Stream::Stdout, b"hello\n".to_vec()));
-        roundtrip(Message::Data(Stream::Stderr, vec![0, 255, 10]));
-        roundtrip(Message::Control(Control::Exited {
-            status: ExitStatus::Signal(9),
-        }));
-        roundtrip(Message::Control(Control::Error {
-            message: "nope".into(),
-        }));
+        for message in all_kinds() {
+            roundtrip(message);
+        }
+    }
+
+    #[test]
+    fn directions_are_checked() {
+        for message in all_kinds() {
+            let from_host = message.is_from_host();
+            assert_eq!(message.clone().check_from_host().is_ok(), from_host);
+            let err = message.check_from_agent();
+            assert_eq!(err.is_err(), from_host);
+            if let Err(err) = err {
+                assert!(err.to_string().contains("other way"), "{err}");
+            }
+        }
     }
 
     #[test]
     fn decoder_handles_split_input() {
-        let mut bytes = Message::Data(Stream::Stdout, b"abc".to_vec())
-            .encode()
-            .expect("encode");
-        bytes.extend(
-            Message::Control(Control::Exited {
-                status: ExitStatus::Code(7),
-            })
-            .encode()
-            .expect("encode"),
-        );
+        let mut bytes = Vec::new();
+        for message in all_kinds() {
+            bytes.extend(message.encode().expect("encode"));
+        }
         let mut decoder = FrameDecoder::new();
         let mut seen = Vec::new();
         for byte in bytes {
@@ -361,19 +550,36 @@ mod tests {
                 seen.push(message);
             }
         }
-        assert_eq!(seen.len(), 2);
+        assert_eq!(seen, all_kinds());
         assert_eq!(decoder.pending(), 0);
+    }
+
+    fn control_frame(json: &str) -> Vec<u8> {
+        let mut frame = b"PV\x02\x10".to_vec();
+        frame.extend((json.len() as u32).to_le_bytes());
+        frame.extend(json.as_bytes());
+        frame
     }
 
     #[test]
     fn malformed_frames_are_errors() {
         let cases: Vec<(Vec<u8>, &str)> = vec![
-            (b"XX\x01\x01\0\0\0\0".to_vec(), "magic"),
+            (b"XX\x02\x01\0\0\0\0".to_vec(), "magic"),
+            (b"PV\x01\x01\0\0\0\0".to_vec(), "version 1"),
             (b"PV\x09\x01\0\0\0\0".to_vec(), "version"),
-            (b"PV\x01\x63\0\0\0\0".to_vec(), "kind"),
-            (b"PV\x01\x01\xff\xff\xff\x7f".to_vec(), "exceeds"),
-            (b"PV\x01\x10\x03\0\0\0{x}".to_vec(), "malformed"),
-            (b"PV\x01\x10\x05\0\0\0{}".to_vec(), "I/O"),
+            (b"PV\x02\x63\0\0\0\0".to_vec(), "kind"),
+            (b"PV\x02\x01\xff\xff\xff\x7f".to_vec(), "exceeds"),
+            (b"PV\x02\x10\x03\0\0\0{x}".to_vec(), "malformed"),
+            (b"PV\x02\x10\x05\0\0\0{}".to_vec(), "I/O"),
+            (control_frame(r#"{"type":"zz"}"#), "malformed"),
+            (
+                control_frame(r#"{"type":"signal","signo":"x"}"#),
+                "malformed",
+            ),
+            (
+                control_frame(r#"{"type":"resize","rows":70000,"cols":1}"#),
+                "malformed",
+            ),
         ];
         for (bytes, expected) in cases {
             let err = Message::read_from(&mut bytes.as_slice()).expect_err("must fail");
@@ -384,22 +590,123 @@ mod tests {
         }
     }
 
-    #[test]
-    fn arbitrary_bytes_never_panic() {
-        // A cheap deterministic fuzz: every prefix of a pseudo-random byte soup.
-        let mut state = 0x1234_5678_u32;
-        let mut soup = Vec::new();
-        for _ in 0..4096 {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            soup.push((state & 0xff) as u8);
+    /// Deterministic xorshift PRNG for the fuzz-style tests.
+    struct Rng(u32);
+
+    impl Rng {
+        fn next(&mut self) -> u32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 17;
+            self.0 ^= self.0 << 5;
+            self.0
         }
-        for start in 0..256 {
+
+        fn below(&mut self, bound: usize) -> usize {
+            self.next() as usize % bound.max(1)
+        }
+
+        fn bytes(&mut self, len: usize) -> Vec<u8> {
+            (0..len).map(|_| (self.next() >> 7) as u8).collect()
+        }
+    }
+
+    /// Feeds `bytes` to both decoders; they must agree, never panic, and never ask for more
+    /// input than the frame announced (no hang on a huge length).
+    fn decode_all(bytes: &[u8]) {
+        let mut decoder = FrameDecoder::new();
+        decoder.push(bytes);
+        let mut from_decoder = Vec::new();
+        loop {
+            match decoder.next_message() {
+                Ok(Some(message)) => from_decoder.push(Ok(message)),
+                Ok(None) => break,
+                Err(err) => {
+                    from_decoder.push(Err(err.to_string()));
+                    assert_eq!(decoder.pending(), 0, "the buffer is dropped after an error");
+                    break;
+                }
+            }
+        }
+        assert!(decoder.pending() < HEADER_LEN + MAX_PAYLOAD);
+        let mut reader = bytes;
+        for expected in from_decoder {
+            let got = Message::read_from(&mut reader).map_err(|err| err.to_string());
+            match (expected, got) {
+                (Ok(a), Ok(Some(b))) => assert_eq!(a, b),
+                (Err(_), Err(_)) => return,
+                (a, b) => panic!("decoders disagree: {a:?} vs {b:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut rng = Rng(0x1234_5678);
+        for _ in 0..2000 {
+            let len = rng.below(64);
+            decode_all(&rng.bytes(len));
+            // Random bytes behind a valid header prefix reach the payload decoders too.
+            let mut framed = b"PV\x02".to_vec();
+            framed.push([1, 2, 3, 16][rng.below(4)]);
+            let payload_len = rng.below(40);
+            let payload = rng.bytes(payload_len);
+            framed.extend((payload.len() as u32).to_le_bytes());
+            framed.extend(payload);
+            decode_all(&framed);
+        }
+    }
+
+    #[test]
+    fn mutated_frames_never_panic() {
+        let mut rng = Rng(0xdead_beef);
+        let frames: Vec<Vec<u8>> = all_kinds()
+            .iter()
+            .map(|message| message.encode().expect("encode"))
+            .collect();
+        for _ in 0..5000 {
+            let mut frame = frames[rng.below(frames.len())].clone();
+            for _ in 0..=rng.below(3) {
+                let at = rng.below(frame.len());
+                frame[at] = rng.bytes(1)[0];
+            }
+            decode_all(&frame);
+        }
+    }
+
+    #[test]
+    fn truncated_frames_wait_or_fail_cleanly() {
+        for message in all_kinds() {
+            let frame = message.encode().expect("encode");
+            for cut in 1..frame.len() {
+                let mut decoder = FrameDecoder::new();
+                decoder.push(&frame[..cut]);
+                assert!(matches!(decoder.next_message(), Ok(None)), "cut at {cut}");
+                let err = Message::read_from(&mut &frame[..cut]).expect_err("truncated");
+                assert!(matches!(err, ProtocolError::Io(_)), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn huge_lengths_fail_at_once() {
+        for len in [MAX_PAYLOAD as u32 + 1, u32::MAX, 1 << 31] {
+            let mut frame = b"PV\x02\x01".to_vec();
+            frame.extend(len.to_le_bytes());
             let mut decoder = FrameDecoder::new();
-            decoder.push(&soup[start..]);
-            let _ = decoder.next_message();
-            let _ = Message::read_from(&mut &soup[start..]);
+            decoder.push(&frame);
+            let err = decoder.next_message().expect_err("oversized");
+            assert!(matches!(err, ProtocolError::Oversized(_)), "{err}");
+        }
+        let big = Message::Data(Stream::Stdout, vec![0; MAX_PAYLOAD + 1]);
+        assert!(matches!(big.encode(), Err(ProtocolError::Oversized(_))));
+    }
+
+    #[test]
+    fn every_wrong_version_is_refused() {
+        for version in (0..=255u8).filter(|v| *v != VERSION) {
+            let frame = [b'P', b'V', version, 1, 0, 0, 0, 0];
+            let err = Message::read_from(&mut frame.as_slice()).expect_err("version");
+            assert!(matches!(err, ProtocolError::BadVersion(v) if v == version));
         }
     }
 
@@ -407,5 +714,13 @@ mod tests {
     fn shell_codes() {
         assert_eq!(ExitStatus::Code(7).shell_code(), 7);
         assert_eq!(ExitStatus::Signal(9).shell_code(), 137);
+    }
+
+    #[test]
+    fn old_boot_specs_still_parse() {
+        let spec: BootSpec =
+            serde_json::from_str(r#"{"command":["sh"],"env":[],"workdir":null}"#).expect("parse");
+        assert_eq!(spec.user, None);
+        assert!(!spec.tty);
     }
 }

@@ -3,12 +3,23 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Args;
 use podvm_protocol::{BootSpec, RootfsSpec};
 
+use crate::exec_info::{self, ExecInfoError};
 use crate::launch::{self, LaunchError, LaunchPlan};
+use crate::relay::RelayOptions;
 use crate::vmm::devices::virtio::fs::FsShare;
+
+/// Parses a duration: plain seconds (`10`) or humantime (`1500ms`, `2m`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    match text.parse::<u64>() {
+        Ok(seconds) => Ok(Duration::from_secs(seconds)),
+        Err(_) => humantime::parse_duration(text).map_err(|err| err.to_string()),
+    }
+}
 
 /// Flags of `podvm boot`.
 #[derive(Debug, Args)]
@@ -57,6 +68,26 @@ pub struct BootArgs {
     /// Extra kernel command line argument (repeatable).
     #[arg(long = "kernel-arg", value_name = "ARG")]
     kernel_args: Vec<String>,
+    /// Run the command as this user: a name from the guest's /etc/passwd, or a number.
+    #[arg(long)]
+    user: Option<String>,
+    /// Run the command with this group: a name from the guest's /etc/group, or a number.
+    #[arg(long)]
+    group: Option<String>,
+    /// Give the command a terminal (a pty in the guest); the host terminal goes raw meanwhile.
+    #[arg(long, short = 't')]
+    tty: bool,
+    /// Forward stdin even when it is a terminal (it is always forwarded when it is not).
+    #[arg(long, short = 'i')]
+    interactive: bool,
+    /// After forwarding SIGTERM/SIGINT/SIGHUP, wait this long for the command to exit before
+    /// killing the VM (seconds, or e.g. 1500ms).
+    #[arg(long, value_name = "DURATION", default_value = "10", value_parser = parse_duration)]
+    stop_timeout: Duration,
+    /// Accept exec sessions: write {cid, port, token} to FILE (mode 0600) while the VM runs,
+    /// for `podvm exec --exec-info FILE`.
+    #[arg(long, value_name = "FILE")]
+    exec_info: Option<PathBuf>,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
@@ -76,6 +107,9 @@ pub enum BootCmdError {
         /// What is wrong and what to do.
         reason: String,
     },
+    /// The exec token could not be made.
+    #[error(transparent)]
+    ExecInfo(#[from] ExecInfoError),
     /// An --env entry without `=`.
     #[error("--env {0}: expected KEY=VALUE")]
     BadEnv(String),
@@ -98,6 +132,10 @@ pub fn run(args: BootArgs) -> Result<ExitCode, BootCmdError> {
         Some(dir) => rootfs_share(dir, args.rootfs_ro)?,
         None => (None, Vec::new()),
     };
+    let exec_token = match &args.exec_info {
+        Some(_) => Some(exec_info::new_token()?),
+        None => None,
+    };
     let plan = LaunchPlan {
         kernel: args.kernel,
         agent: args.agent,
@@ -106,6 +144,10 @@ pub fn run(args: BootArgs) -> Result<ExitCode, BootCmdError> {
             env: args.env,
             workdir: args.workdir,
             rootfs,
+            user: args.user,
+            group: args.group,
+            tty: args.tty,
+            exec_token,
         },
         initrd_dir: args.initrd_dir,
         cpus: args.cpus,
@@ -115,6 +157,8 @@ pub fn run(args: BootArgs) -> Result<ExitCode, BootCmdError> {
         kernel_args: args.kernel_args,
         app_log: None,
         shares,
+        relay: RelayOptions::for_cli(args.interactive, args.tty, args.stop_timeout),
+        exec_info: args.exec_info,
     };
     if let Some(path) = &args.dump_initramfs {
         let (initramfs, cmdline) = launch::boot_media(&plan)?;

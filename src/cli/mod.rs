@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod boot;
 mod check;
+mod exec;
 mod fetch;
 mod image;
 mod pod_gc;
@@ -46,6 +47,8 @@ pub struct Cli {
 pub enum Command {
     /// Boot a microVM that runs one command with the guest agent (low-level diagnostic).
     Boot(boot::BootArgs),
+    /// Run a command in a VM started with `podvm boot --exec-info FILE`; exits with its status.
+    Exec(exec::ExecArgs),
     /// Report what this host can do and whether pods can run here.
     Check(check::CheckArgs),
     /// Fetch images into the store and print their ids.
@@ -83,6 +86,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let result: Result<ExitCode, Box<dyn std::error::Error>> = match cli.command {
         Command::Boot(args) => boot::run(args).map_err(Into::into),
         Command::Check(args) => Ok(check::run(args)),
+        Command::Exec(args) => exec::run(args).map_err(Into::into),
         Command::Fetch(args) => fetch::run(&cli.data_dir, args).map_err(Into::into),
         Command::Image(args) => image::run(&cli.data_dir, args).map_err(Into::into),
         Command::Trust(args) => trust::run(&cli.data_dir, args).map_err(Into::into),

@@ -184,6 +184,7 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
                 ),
                 resolv_conf: None,
             }),
+            ..BootSpec::default()
         },
         initrd_dir: None,
         cpus: vm.vm_cpus.unwrap_or(sized_cpus),
@@ -197,6 +198,7 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
             host_dir: rootfs.merged.clone(),
             read_only: app.read_only_root_fs,
         }],
+        ..LaunchPlan::default()
     };
     let outcome = launch::launch(&plan);
     status.finished = Some(now());

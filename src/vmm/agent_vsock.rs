@@ -6,6 +6,7 @@
 //! accepts only a connection from this VM's CID and feeds every byte to the agent sink (the
 //! frame decoder), then closes the socket when the agent closes its side, which tells the agent
 //! that everything arrived. The thread sleeps in poll(2) on the socket and a stop eventfd.
+//! The sink gets a duplicate of the connection to write host-to-agent frames on.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -41,6 +42,12 @@ pub enum AgentVsockError {
     Thread(std::io::Error),
 }
 
+/// Where the agent's bytes go; also told when the agent connected.
+pub trait AgentSink: Write + Send {
+    /// The agent connected; `stream` is a duplicate of the connection for writing to it.
+    fn connected(&mut self, stream: File);
+}
+
 /// A listening vsock socket waiting for the agent.
 pub struct AgentListener {
     socket: OwnedFd,
@@ -73,11 +80,7 @@ impl AgentListener {
     }
 
     /// Starts the thread that accepts the agent of guest `cid` and feeds `sink`.
-    pub fn serve(
-        self,
-        cid: u32,
-        sink: Box<dyn Write + Send>,
-    ) -> Result<AgentReader, AgentVsockError> {
+    pub fn serve(self, cid: u32, sink: Box<dyn AgentSink>) -> Result<AgentReader, AgentVsockError> {
         let stop = EventFd::new(EFD_NONBLOCK).map_err(AgentVsockError::Thread)?;
         let stop_in_thread = stop.try_clone().map_err(AgentVsockError::Thread)?;
         let handle = std::thread::Builder::new()
@@ -86,6 +89,10 @@ impl AgentListener {
                 let mut sink = sink;
                 if let Some(stream) = accept_from(&self.socket, cid, &stop_in_thread) {
                     drop(self.socket);
+                    match stream.try_clone() {
+                        Ok(writer) => sink.connected(writer),
+                        Err(err) => eprintln!("podvm: agent channel: cannot duplicate: {err}"),
+                    }
                     pump(stream, &stop_in_thread, sink.as_mut());
                 }
                 let _ = sink.flush();
@@ -174,7 +181,15 @@ fn pump(mut stream: File, stop: &EventFd, sink: &mut dyn Write) {
             return;
         }
         match stream.read(&mut buf) {
-            Ok(0) => return,
+            Ok(0) => {
+                // Close every duplicate (the host-to-agent writer holds one): the agent waits
+                // for this before it powers off.
+                let _ = nix::sys::socket::shutdown(
+                    stream.as_raw_fd(),
+                    nix::sys::socket::Shutdown::Both,
+                );
+                return;
+            }
             Ok(n) => {
                 if let Err(err) = sink.write_all(&buf[..n]) {
                     eprintln!("podvm: agent channel: cannot deliver output: {err}");

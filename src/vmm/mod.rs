@@ -53,7 +53,28 @@ pub struct VmOutputs {
     /// The console (COM1).
     pub console: Box<dyn Write + Send>,
     /// The agent channel (vsock; see [`agent_vsock`]).
-    pub agent: Box<dyn Write + Send>,
+    pub agent: Box<dyn agent_vsock::AgentSink>,
+    /// Called once the VM is built, before it boots, with a handle to it.
+    pub on_start: Option<Box<dyn FnOnce(VmHandle) + Send>>,
+}
+
+/// The running VM as other threads see it: its vsock CID, and a way to stop it hard.
+#[derive(Debug, Clone)]
+pub struct VmHandle {
+    cid: u32,
+    events: mpsc::Sender<VcpuEvent>,
+}
+
+impl VmHandle {
+    /// The guest's vsock CID.
+    pub fn cid(&self) -> u32 {
+        self.cid
+    }
+
+    /// Stops the VM at once, as if the guest had powered off (its processes get no warning).
+    pub fn kill(&self) {
+        let _ = self.events.send(VcpuEvent::Shutdown);
+    }
 }
 
 /// Errors that stop a VM from being built or from running.
@@ -161,6 +182,12 @@ pub fn run(config: &VmConfig, outputs: VmOutputs) -> Result<VmStats, VmmError> {
     let cpuid = cpu::supported_cpuid(&kvm)?;
     let stop = Arc::new(AtomicBool::new(false));
     let (events_tx, events_rx) = mpsc::channel();
+    if let Some(on_start) = outputs.on_start {
+        on_start(VmHandle {
+            cid: guest_cid,
+            events: events_tx.clone(),
+        });
+    }
     let mut threads = Vec::with_capacity(usize::from(config.vcpus));
     for index in 0..config.vcpus {
         let vcpu = vm
