@@ -68,6 +68,20 @@ fn results() -> Option<&'static BatchResults> {
                     ),
                 )
                 .check(
+                    "enter_then_stop",
+                    &format!(
+                        "{PODVM} run --uuid-file-save s.uuid {IMAGE} --user 1000 --group 1000 --exec /bin/sh -- -c 'trap \"echo got-term; exit 3\" TERM; echo started as $(id -u):$(id -g); sleep 600 & wait' >s.out 2>&1 & pid=$!; \
+                         for i in $(seq 600); do grep -q started s.out 2>/dev/null && break; sleep 0.2; done; \
+                         {PODVM} enter $(cat s.uuid) /bin/sh -c 'echo entered as $(id -u) in $(cat /etc/hostname 2>/dev/null || hostname); ls /proc/1 >/dev/null && exit 4'; echo enter-rc=$?; \
+                         {PODVM} stop $(cat s.uuid) >/dev/null; echo stop-rc=$?; wait $pid; echo run-rc=$?; cat s.out; \
+                         {PODVM} status $(cat s.uuid) | grep app-; \
+                         {PODVM} run --uuid-file-save f.uuid {IMAGE} --exec /bin/sh -- -c 'trap \"\" TERM; echo started; sleep 600' >f.out 2>&1 & pid=$!; \
+                         for i in $(seq 600); do grep -q started f.out 2>/dev/null && break; sleep 0.2; done; \
+                         {PODVM} stop --force $(cat f.uuid) >/dev/null; echo force-rc=$?; wait $pid; echo forced-run-rc=$?; \
+                         {PODVM} status $(cat f.uuid) | grep reason="
+                    ),
+                )
+                .check(
                     "kill9_then_gc",
                     &format!(
                         "{PODVM} run --uuid-file-save k.uuid {IMAGE} --exec /bin/sh -- -c 'echo started; sleep 600' >k.out 2>&1 & pid=$!; \
@@ -192,6 +206,34 @@ fn logs_replays_the_apps_stdout_and_stderr_apart() {
     let Some(result) = check("logs") else { return };
     assert_eq!(result.code, 0, "{result:?}");
     assert_eq!(result.stdout.trim(), "to-out\nstderr: to-err", "{result:?}");
+}
+
+#[test]
+fn enter_runs_in_the_app_and_stop_is_graceful_or_forced() {
+    let Some(result) = check("enter_then_stop") else {
+        return;
+    };
+    let out = &result.stdout;
+    assert!(
+        out.contains("entered as 0 in "),
+        "enter runs as root by default: {result:?}"
+    );
+    assert!(out.contains("enter-rc=4"), "{result:?}");
+    assert!(out.contains("started as 1000:1000"), "--user/--group: {result:?}");
+    assert!(out.contains("stop-rc=0"), "{result:?}");
+    assert!(
+        out.contains("got-term") && out.contains("run-rc=3"),
+        "the app saw SIGTERM and its code is run's: {result:?}"
+    );
+    assert!(out.contains("app-busybox-layout=3"), "{result:?}");
+    assert!(
+        out.contains("force-rc=0") && out.contains("forced-run-rc=137"),
+        "{result:?}"
+    );
+    assert!(
+        out.contains("reason=") && out.contains("--force"),
+        "{result:?}"
+    );
 }
 
 #[test]

@@ -12,6 +12,7 @@ mod check;
 mod exec;
 mod fetch;
 mod image;
+mod pod_enter;
 mod pod_gc;
 mod pod_logs;
 mod pod_stop;
@@ -69,6 +70,8 @@ pub enum Command {
     Status(pods::StatusArgs),
     /// Print a pod's appc pod manifest.
     CatManifest(pods::CatManifestArgs),
+    /// Run a command (default /bin/sh) in a running pod's app; exits with its status.
+    Enter(pod_enter::EnterArgs),
     /// Stop running pods: SIGTERM to their apps through the agent, or `--force` to kill the VM.
     Stop(pod_stop::StopArgs),
     /// Print an app's recorded output (stdout and stderr apart); `--follow` while it runs.
@@ -96,6 +99,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::List(args) => pods::list(&cli.data_dir, args).map_err(Into::into),
         Command::Status(args) => pods::status(&cli.data_dir, args).map_err(Into::into),
         Command::CatManifest(args) => pods::cat_manifest(&cli.data_dir, args).map_err(Into::into),
+        Command::Enter(args) => pod_enter::enter(&cli.data_dir, args).map_err(Into::into),
         Command::Stop(args) => pod_stop::stop(&cli.data_dir, args).map_err(Into::into),
         Command::Logs(args) => pod_logs::logs(&cli.data_dir, args).map_err(Into::into),
         Command::Rm(args) => pod_gc::rm(&cli.data_dir, args).map_err(Into::into),

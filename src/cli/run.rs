@@ -6,13 +6,17 @@
 //! copy-on-write overlay of the store's image tree ([`AppRootfs`]), shared with the VM over
 //! virtio-fs, so the app's writes land in the pod's upper directory and the store never changes.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Args;
 use podvm_protocol::{BootSpec, RootfsSpec};
 
+use super::boot::parse_duration;
 use super::prepare::{self, PrepareArgs, PrepareError};
+use crate::exec_info::{self, ExecInfoError};
 use crate::image::{self, ImageError};
 use crate::launch::{self, LaunchError, LaunchPlan};
 use crate::pod::lock;
@@ -22,11 +26,16 @@ use crate::pod::resources;
 use crate::pod::rootfs::AppRootfs;
 use crate::pod::status::{now, AppExit};
 use crate::pod::{Pod, PodError, PodState, PodStore};
+use crate::relay::RelayOptions;
 use crate::store::{Store, StoreError};
 use crate::vmm::devices::virtio::fs::FsShare;
 
 /// The virtio-fs tag of the app's root filesystem.
 const ROOTFS_TAG: &str = "rootfs";
+
+/// The exec info file (`{cid, port, token}`, mode 0600) in a running pod's directory, for
+/// `podvm enter`.
+pub const EXEC_INFO_FILE: &str = "exec.json";
 
 /// Guest memory of a pod whose apps set no memory limit, in MiB.
 const DEFAULT_VM_MIB: u64 = 256;
@@ -50,6 +59,13 @@ pub struct VmFlags {
     /// Number of vCPUs (default: the sum of the apps' `--cpu`, rounded up; 1 without limits).
     #[arg(long = "vm-cpus")]
     vm_cpus: Option<u8>,
+    /// Attach the app to this terminal (a pty when stdin is one; stdin forwarded in any case).
+    #[arg(long, short = 'i')]
+    interactive: bool,
+    /// After SIGTERM/SIGINT (e.g. `podvm stop`), how long the app may take to exit before the
+    /// VM is stopped hard (seconds, or e.g. `1500ms`).
+    #[arg(long = "stop-timeout", value_name = "DURATION", default_value = "10", value_parser = parse_duration)]
+    stop_timeout: Duration,
 }
 
 /// Flags of `podvm run-prepared`.
@@ -93,8 +109,11 @@ pub enum RunError {
         /// Why.
         source: LaunchError,
     },
+    /// The exec token could not be made.
+    #[error(transparent)]
+    ExecInfo(#[from] ExecInfoError),
     /// What the pod asks for is not supported yet.
-    #[error("pod {uuid}: {what} is not supported yet (it needs the virtio-fs data path); remove it or run a single app")]
+    #[error("pod {uuid}: {what} is not supported yet; run one app per pod")]
     Unsupported {
         /// The pod.
         uuid: String,
@@ -161,6 +180,8 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
         manifest.apps.iter().flat_map(|app| &app.app.isolators),
         DEFAULT_VM_MIB,
     );
+    let interactive = vm.interactive && std::io::stdin().is_terminal();
+    let relay = RelayOptions::for_cli(vm.interactive, interactive, vm.stop_timeout);
     let plan = LaunchPlan {
         kernel: vm.kernel.clone(),
         agent: vm.agent.clone(),
@@ -184,7 +205,10 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
                 ),
                 resolv_conf: None,
             }),
-            ..BootSpec::default()
+            user: non_empty(&app.app.user),
+            group: non_empty(&app.app.group),
+            tty: relay.tty,
+            exec_token: Some(exec_info::new_token()?),
         },
         initrd_dir: None,
         cpus: vm.vm_cpus.unwrap_or(sized_cpus),
@@ -198,7 +222,8 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
             host_dir: rootfs.merged.clone(),
             read_only: app.read_only_root_fs,
         }],
-        ..LaunchPlan::default()
+        relay,
+        exec_info: Some(pod.dir.join(EXEC_INFO_FILE)),
     };
     let outcome = launch::launch(&plan);
     status.finished = Some(now());
@@ -235,6 +260,11 @@ fn open_app_log(pod: &Pod, app: &str) -> Result<AppLog, RunError> {
     })
 }
 
+/// `None` for an empty user or group field (the image's default: root).
+fn non_empty(text: &str) -> Option<String> {
+    (!text.is_empty()).then(|| text.to_string())
+}
+
 /// The pod's only app, or why this pod cannot run yet.
 fn single_app<'a>(pod: &Pod, apps: &'a [RuntimeApp]) -> Result<&'a RuntimeApp, RunError> {
     let unsupported = |what: String| RunError::Unsupported {
@@ -244,14 +274,5 @@ fn single_app<'a>(pod: &Pod, apps: &'a [RuntimeApp]) -> Result<&'a RuntimeApp, R
     let [app] = apps else {
         return Err(unsupported(format!("a pod of {} apps", apps.len())));
     };
-    if !matches!(app.app.user.as_str(), "0" | "root" | "")
-        || !matches!(app.app.group.as_str(), "0" | "root" | "")
-    {
-        return Err(unsupported(format!(
-            "running app {} as user {}:{}",
-            app.name, app.app.user, app.app.group
-        )));
-    }
-
     Ok(app)
 }

@@ -1,0 +1,104 @@
+//! `podvm enter`: runs a command (default `/bin/sh`) in a running pod's app, through the guest
+//! agent's exec service (no SSH, unlike rkt's kvm stage1); exits with the command's status.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use podvm_protocol::ExecRequest;
+
+use super::run::EXEC_INFO_FILE;
+use crate::exec_client::{self, ExecClientError};
+use crate::exec_info::{self, ExecInfoError};
+use crate::launch;
+use crate::pod::{PodError, PodState, PodStore};
+use crate::relay::RelayOptions;
+
+/// How long an entered command may take to exit after podvm forwarded a stop signal.
+const ENTER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Flags of `podvm enter`.
+#[derive(Debug, Args)]
+pub struct EnterArgs {
+    /// The app to enter; needed when the pod has several.
+    #[arg(long)]
+    app: Option<String>,
+    /// The running pod (a unique uuid prefix).
+    uuid: String,
+    /// Command and arguments (default: /bin/sh); a terminal is given when stdin is one.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+/// Errors of `podvm enter`.
+#[derive(Debug, thiserror::Error)]
+pub enum EnterError {
+    /// The pod cannot be entered.
+    #[error(transparent)]
+    Pod(#[from] PodError),
+    /// The pod's exec info is unusable.
+    #[error(transparent)]
+    Info(#[from] ExecInfoError),
+    /// The session failed.
+    #[error(transparent)]
+    Session(#[from] ExecClientError),
+}
+
+/// Runs `podvm enter`.
+pub fn enter(data_dir: &Path, args: EnterArgs) -> Result<ExitCode, EnterError> {
+    let pods = PodStore::open(data_dir)?;
+    let pod = pods.find(&args.uuid)?;
+    if pod.state != PodState::Running {
+        return Err(PodError::WrongState {
+            uuid: pod.uuid,
+            state: pod.state,
+            hint: "only running pods can be entered",
+        }
+        .into());
+    }
+    let manifest = pods.manifest(&pod)?;
+    let app = match (&args.app, manifest.apps.as_slice()) {
+        (Some(name), apps) => apps.iter().find(|app| &app.name == name),
+        (None, [only]) => Some(only),
+        (None, _) => None,
+    };
+    let Some(app) = app else {
+        return Err(PodError::NoSuchApp {
+            uuid: pod.uuid.clone(),
+            app: args.app.clone().unwrap_or_default(),
+            apps: manifest
+                .apps
+                .iter()
+                .map(|app| app.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+        .into());
+    };
+    let info = exec_info::read(&pod.dir.join(EXEC_INFO_FILE))?;
+    let command = if args.command.is_empty() {
+        vec!["/bin/sh".to_string()]
+    } else {
+        args.command
+    };
+    let tty = std::io::stdin().is_terminal();
+    let request = ExecRequest {
+        token: String::new(),
+        command,
+        env: app
+            .app
+            .environment
+            .iter()
+            .map(|e| format!("{}={}", e.name, e.value))
+            .collect(),
+        workdir: None,
+        user: None,
+        group: None,
+        tty,
+    };
+    let options = RelayOptions::for_cli(false, tty, ENTER_STOP_TIMEOUT);
+    let status = exec_client::run(&info, request, &options)?;
+    Ok(ExitCode::from(launch::exit_code(status)))
+}
