@@ -219,7 +219,10 @@ fn enter_runs_in_the_app_and_stop_is_graceful_or_forced() {
         "enter runs as root by default: {result:?}"
     );
     assert!(out.contains("enter-rc=4"), "{result:?}");
-    assert!(out.contains("started as 1000:1000"), "--user/--group: {result:?}");
+    assert!(
+        out.contains("started as 1000:1000"),
+        "--user/--group: {result:?}"
+    );
     assert!(out.contains("stop-rc=0"), "{result:?}");
     assert!(
         out.contains("got-term") && out.contains("run-rc=3"),

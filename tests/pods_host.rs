@@ -33,6 +33,14 @@ fn json(dir: &Path, args: &[&str]) -> Value {
     serde_json::from_str(&ok(dir, args)).expect("json output")
 }
 
+/// A fresh data dir and the fixtures, or `None` (with the reason printed) when they can't exist.
+fn setup() -> Option<(tempfile::TempDir, &'static Fixtures)> {
+    if registry_support::skip() {
+        return None;
+    }
+    Some((tempfile::tempdir().expect("tempdir"), Fixtures::get()))
+}
+
 fn prepare_busybox(dir: &Path, fixtures: &Fixtures) -> String {
     ok(dir, &["prepare", &fixtures.oci_reference("busybox")])
         .trim()
@@ -65,11 +73,9 @@ fn env_of(manifest: &Value, app: usize) -> Vec<(String, String)> {
 
 #[test]
 fn prepare_two_apps_with_per_app_flags_then_inspect_and_remove() {
-    if registry_support::skip() {
+    let Some((data, fixtures)) = setup() else {
         return;
-    }
-    let fixtures = Fixtures::get();
-    let data = tempfile::tempdir().expect("tempdir");
+    };
     let dir = data.path();
     let uuid_file = dir.join("uuid");
     let busybox = fixtures.oci_reference("busybox");
@@ -209,11 +215,9 @@ fn failed_prepare_leaves_nothing_and_names_the_problem() {
 
 #[test]
 fn gc_expires_prepared_pods_and_cleans_aborted_prepares() {
-    if registry_support::skip() {
+    let Some((data, fixtures)) = setup() else {
         return;
-    }
-    let fixtures = Fixtures::get();
-    let data = tempfile::tempdir().expect("tempdir");
+    };
     let dir = data.path();
     let uuid = prepare_busybox(dir, fixtures);
     // A prepare whose podvm died: a pod directory in prepare/ that nobody locks.
@@ -247,11 +251,9 @@ fn gc_expires_prepared_pods_and_cleans_aborted_prepares() {
 
 #[test]
 fn status_wait_returns_when_the_pod_ends_and_explains_a_dead_podvm() {
-    if registry_support::skip() {
+    let Some((data, fixtures)) = setup() else {
         return;
-    }
-    let fixtures = Fixtures::get();
-    let data = tempfile::tempdir().expect("tempdir");
+    };
     let dir = data.path();
     let uuid = prepare_busybox(dir, fixtures);
     // A limited wait on a pod that stays prepared gives up and reports it as it is.
@@ -280,11 +282,9 @@ fn status_wait_returns_when_the_pod_ends_and_explains_a_dead_podvm() {
 
 #[test]
 fn stop_refuses_pods_that_do_not_run_and_force_kills_the_pods_podvm() {
-    if registry_support::skip() {
+    let Some((data, fixtures)) = setup() else {
         return;
-    }
-    let fixtures = Fixtures::get();
-    let data = tempfile::tempdir().expect("tempdir");
+    };
     let dir = data.path();
     let uuid = prepare_busybox(dir, fixtures);
     let refused = podvm(dir, &["stop", &uuid]);
@@ -336,11 +336,9 @@ fn stop_refuses_pods_that_do_not_run_and_force_kills_the_pods_podvm() {
 
 #[test]
 fn app_limits_become_isolators_and_bad_ones_are_named() {
-    if registry_support::skip() {
+    let Some((data, fixtures)) = setup() else {
         return;
-    }
-    let fixtures = Fixtures::get();
-    let data = tempfile::tempdir().expect("tempdir");
+    };
     let dir = data.path();
     let busybox = fixtures.oci_reference("busybox");
     let uuid = ok(
@@ -369,11 +367,9 @@ fn app_limits_become_isolators_and_bad_ones_are_named() {
 
 #[test]
 fn env_file_and_inherited_env_take_their_place_in_the_precedence() {
-    if registry_support::skip() {
+    let Some((data, fixtures)) = setup() else {
         return;
-    }
-    let fixtures = Fixtures::get();
-    let data = tempfile::tempdir().expect("tempdir");
+    };
     let dir = data.path();
     let env_file = dir.join("env");
     std::fs::write(&env_file, "# comment\n\nFROM_FILE=file\nBOTH=file\n").expect("env file");

@@ -87,12 +87,7 @@ pub fn enter(data_dir: &Path, args: EnterArgs) -> Result<ExitCode, EnterError> {
     let request = ExecRequest {
         token: String::new(),
         command,
-        env: app
-            .app
-            .environment
-            .iter()
-            .map(|e| format!("{}={}", e.name, e.value))
-            .collect(),
+        env: app.app.env_entries(),
         workdir: None,
         user: None,
         group: None,

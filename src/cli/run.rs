@@ -187,12 +187,7 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
         agent: vm.agent.clone(),
         spec: BootSpec {
             command: app.app.exec.clone(),
-            env: app
-                .app
-                .environment
-                .iter()
-                .map(|e| format!("{}={}", e.name, e.value))
-                .collect(),
+            env: app.app.env_entries(),
             workdir: Some(app.app.working_directory.clone()),
             rootfs: Some(RootfsSpec {
                 tag: ROOTFS_TAG.into(),

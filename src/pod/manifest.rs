@@ -45,6 +45,16 @@ pub struct App {
     pub isolators: Vec<Isolator>,
 }
 
+impl App {
+    /// The environment as `KEY=VALUE` entries, as the guest agent takes it.
+    pub fn env_entries(&self) -> Vec<String> {
+        self.environment
+            .iter()
+            .map(|e| format!("{}={}", e.name, e.value))
+            .collect()
+    }
+}
+
 /// One app of the pod.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
