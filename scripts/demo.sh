@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make demo: builds an OCI image locally (busybox from Debian, with umoci), fetches it into
-# podvm's content-addressed store, renders its rootfs, and runs a command from it in a microVM.
+# podvm's content-addressed store, and runs it as a pod in a microVM (podvm run).
 # On a host whose KVM is PVM (stock guest kernels cannot run), it runs inside the nested
 # harness (an L1 Linux with real nested KVM under QEMU), as the E2E tests do.
 set -euo pipefail
@@ -11,13 +11,15 @@ payload=$work/payload
 mkdir -p "$payload/bin" "$payload/lib/podvm"
 cp "$out/bin/podvm" "$payload/bin/"
 cp "$out/lib/podvm/vmlinux" "$out/lib/podvm/podvm-agent" "$payload/lib/podvm/"
-echo "demo: building OCI image demo:latest with umoci, importing it into podvm's store"
-"$here/scripts/demo-image.sh" "$work/layout"
-store=$work/store
-image_id=$("$out/bin/podvm" --dir "$store" fetch "oci:$work/layout:demo")
-echo "demo: image id $image_id"
-"$out/bin/podvm" --dir "$store" image render "$image_id" "$payload/rootfs"
-demo_cmd='podvm boot --cpus 2 --memory 256 --initrd-dir rootfs -- /bin/sh -c '"'"'cat /etc/motd; echo "Hello from a podvm microVM: $(uname -sr), $(nproc) vCPUs, $(awk "/MemTotal/{print int(\$2/1024)}" /proc/meminfo) MiB"; exit 3'"'"'; echo "podvm exit status: $? (the command exited 3)"'
+echo "demo: building OCI image layout demo (tag demo) with umoci (busybox from Debian)"
+"$here/scripts/demo-image.sh" "$payload/demo"
+# Inside the VM host (directly, or in the nested L1): fetch the image into podvm's store, run it
+# as a pod (rootfs shared over virtio-fs, copy-on-write), then show what podvm recorded.
+app_cmd='cat /etc/motd; echo "Hello from a podvm pod: $(uname -sr), $(nproc) vCPUs, $(awk "/MemTotal/{print int(\$2/1024)}" /proc/meminfo) MiB, running as $(id -un)"; exit 3'
+demo_cmd="podvm --dir state fetch oci:demo:demo && \
+podvm --dir state run --uuid-file-save state/demo.uuid oci:demo:demo --memory 200Mi --cpu 2 --exec /bin/sh -- -c '$app_cmd'; \
+echo \"podvm run exit status: \$? (the app exited 3)\"; \
+podvm --dir state status \$(cat state/demo.uuid); podvm --dir state list"
 if [ -e /sys/module/kvm_pvm ] || [ ! -w /dev/kvm ]; then
   echo "demo: this host's KVM cannot boot podvm's stock guest kernel (PVM or no /dev/kvm);"
   echo "demo: running inside the nested harness (L1 Linux with nested KVM under QEMU, takes a minute)"
