@@ -2,7 +2,7 @@
 # l1.sh: run a command inside a throwaway L1 Linux VM (QEMU TCG, AMD-V CPU) so that
 # /dev/kvm inside it is ordinary nested KVM (kvm_amd). See tests/nested/README.md.
 #
-# Usage: l1.sh [-m MiB] [-t SECONDS] [-l CONSOLE_LOG] [-i] [-b HOSTPATH]... PAYLOAD_DIR RESULTS_DIR -- CMD...
+# Usage: l1.sh [-m MiB] [-t SECONDS] [-s SECONDS] [-l CONSOLE_LOG] [-i] [-b HOSTPATH]... PAYLOAD_DIR RESULTS_DIR -- CMD...
 #   PAYLOAD_DIR becomes an ext4 disk mounted read-write at /payload in L1; CMD runs there under
 #   busybox sh with cwd /payload and PATH=/payload/bin:/usr/sbin:/usr/bin:/sbin:/bin, PAYLOAD=/payload.
 #   Whatever CMD writes under /payload/results/ is copied to RESULTS_DIR after L1 powers off.
@@ -10,18 +10,21 @@
 #      available in L1 at the same absolute path; it lives on a second, read-only disk and
 #      is symlinked into place. Busybox applets shadow same-named tools: call them by full path.
 #   -m L1 memory (default 4096), -t timeout in seconds for the whole L1 run (default 1200),
+#   -s stall limit: stop L1 (status 124) when its console stays silent this long (default: off).
+#      Nested KVM under TCG occasionally livelocks L1 (both vCPUs spinning, nothing printed, no
+#      in-L1 timeout able to fire); this ends such a run early instead of at the -t timeout.
 #   -l console log (default RESULTS_DIR/../l1-console.log).
 #   -i interactive: this terminal is L1's console (for `-- sh -i`), no timeout; Ctrl-A X quits.
 # Exit status: CMD's status; 124 if L1 timed out or crashed; 2 on usage/setup errors.
 # Environment: PODVM_CACHE_DIR (default ~/.cache/podvm): initramfs cache under l1/<hash>/.
 #   PODVM_L1_KERNEL: L1 kernel to use (default newest /boot/vmlinuz-*-cloud-amd64).
 set -euo pipefail
-MEM=4096; TIMEOUT=1200; LOG=; HOSTFILES=(); INTERACTIVE=
+MEM=4096; TIMEOUT=1200; STALL=0; LOG=; HOSTFILES=(); INTERACTIVE=
 die() { echo "l1.sh: $*" >&2; exit 2; }
 usage() { sed -n "/^# Usage/,/^# Exit/p" "$0" >&2; exit 2; }
-while getopts "m:t:b:l:ih" o; do
+while getopts "m:t:s:b:l:ih" o; do
   case $o in
-    m) MEM=$OPTARG;; t) TIMEOUT=$OPTARG;; b) HOSTFILES+=("$OPTARG");; l) LOG=$OPTARG;; i) INTERACTIVE=1;;
+    m) MEM=$OPTARG;; t) TIMEOUT=$OPTARG;; s) STALL=$OPTARG;; b) HOSTFILES+=("$OPTARG");; l) LOG=$OPTARG;; i) INTERACTIVE=1;;
     *) usage;;
   esac
 done
@@ -174,6 +177,22 @@ truncate -s "${csize}M" "$work/ctl.img"
 mkfs.ext4 -q -F -L l1-ctl -O ^has_journal -m 0 -E root_owner=0:0 -d "$ctl" "$work/ctl.img" \
   || die "mkfs.ext4 of the control disk failed"
 
+# stall_watch SECONDS: kills QEMU when the console log has not grown for SECONDS.
+stall_watch() {
+  local limit=$1 last size idle=0
+  last=$(stat -c %s "$LOG" 2>/dev/null || echo 0)
+  while sleep 10; do
+    size=$(stat -c %s "$LOG" 2>/dev/null || echo 0)
+    if [ "$size" != "$last" ]; then last=$size; idle=0; else idle=$((idle + 10)); fi
+    if [ "$idle" -ge "$limit" ]; then
+      echo "l1.sh: L1 printed nothing for ${limit}s: stalled; stopping it" >&2
+      echo "l1.sh: stalled after ${limit}s of silence" >> "$LOG.qemu-stderr"
+      kill "$(cat "$work/qemu.pid" 2>/dev/null)" 2>/dev/null || true
+      return
+    fi
+  done
+}
+
 # --- boot (one L1 at a time on this host: TCG eats every core) ------------------------------
 mkdir -p "$CACHE"; exec 9>"$CACHE/qemu.lock"
 flock -n 9 || { echo "l1.sh: waiting for another L1 to finish" >&2; flock 9; }
@@ -191,7 +210,13 @@ if [ -n "$INTERACTIVE" ]; then
 else
   timeout -k 10 "$TIMEOUT" "${QEMU[@]}" -serial stdio \
     </dev/null 2>>"$LOG.qemu-stderr" | tee -a "$LOG" | grep -av '^@@L1-EXIT' &
-  wait $! || true  # in the background so that INT/TERM traps run at once
+  qemu_job=$!
+  watchdog=
+  if [ "$STALL" -gt 0 ]; then
+    stall_watch "$STALL" & watchdog=$!
+  fi
+  wait $qemu_job || true  # in the background so that INT/TERM traps run at once
+  [ -z "$watchdog" ] || kill "$watchdog" 2>/dev/null || true
 fi
 exec 9>&-
 elapsed=$(( $(date +%s) - start ))

@@ -30,6 +30,8 @@ pub const DEFAULT_L1_TIMEOUT: Duration = Duration::from_secs(1200);
 /// Default L1 memory.
 pub const DEFAULT_L1_MEMORY_MIB: u32 = 4096;
 const LOG_TAIL_LINES: usize = 40;
+/// Silence beyond the longest check timeout after which L1 counts as stalled (seconds).
+const STALL_MARGIN_SECS: u64 = 120;
 
 /// Where a batch's checks run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,8 +210,38 @@ impl Batch {
         }
     }
 
+    /// How long L1 may print nothing before l1.sh calls it stalled: the longest check timeout
+    /// (the runner prints when each check starts and ends) plus a margin.
+    fn stall_limit(&self) -> Duration {
+        let longest = self
+            .checks
+            .iter()
+            .map(|c| c.timeout_secs)
+            .max()
+            .unwrap_or(0);
+        Duration::from_secs(longest + STALL_MARGIN_SECS)
+    }
+
     /// Runs every check in sequence in one L1 boot (or on the host) and collects the results.
+    /// An L1 that stalled or crashed (nested KVM under TCG occasionally livelocks, below podvm)
+    /// is retried once in a fresh L1, with a printed note; a second failure is reported as is.
     pub fn try_run(self) -> Result<BatchResults, BatchError> {
+        let first = self.try_run_once()?;
+        if first.mode() != Mode::L1 || first.status().is_some() {
+            return Ok(first);
+        }
+        let kept = work_root().join(format!("{}-stalled-l1-console.log", self.name));
+        let _ = std::fs::copy(first.work_dir().join("l1-console.log"), &kept);
+        eprintln!(
+            "batch {}: NOTE: L1 stalled or crashed (no exit status; console kept at {}); \
+             retrying the whole batch once in a fresh L1",
+            self.name,
+            kept.display()
+        );
+        self.try_run_once()
+    }
+
+    fn try_run_once(&self) -> Result<BatchResults, BatchError> {
         let mode = self.mode.unwrap_or_else(Mode::detect);
         let work = work_root().join(&self.name);
         let payload_dir = work.join("payload");
@@ -242,7 +274,7 @@ impl Batch {
         Ok(BatchResults {
             checks: results::collect(&results_dir, &names),
             log_tail: results::tail(&log, LOG_TAIL_LINES),
-            name: self.name,
+            name: self.name.clone(),
             mode,
             work_dir: work,
             status,
@@ -291,6 +323,8 @@ impl Batch {
             .arg(self.memory_mib.to_string())
             .arg("-t")
             .arg(self.timeout.as_secs().max(1).to_string())
+            .arg("-s")
+            .arg(self.stall_limit().as_secs().to_string())
             .arg("-l")
             .arg(work.join("l1-console.log"));
         for tool in &self.host_tools {
