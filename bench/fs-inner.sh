@@ -20,13 +20,13 @@ qemu_run() {
     2>>$res/virtiofsd.err &
   vpid=$!
   w=0; while [ ! -S /tmp/vfsd.sock ] && [ $w -lt 100 ]; do sleep 0.1; w=$((w + 1)); done
-  $qemu -M microvm,isa-serial=on,rtc=off,acpi=off,memory-backend=mem -enable-kvm -cpu host -smp 1 -m 256 \
+  timeout 300 $qemu -M microvm,isa-serial=on,rtc=off,acpi=off,memory-backend=mem -enable-kvm -cpu host -smp 1 -m 256 \
     -object memory-backend-memfd,id=mem,size=256M,share=on -nodefaults -no-user-config -nographic \
     -no-reboot -serial file:/tmp/qemu-console.log \
     -chardev file,id=agent,path=/tmp/qemu-agent.out -device isa-serial,chardev=agent,iobase=0x2f8,irq=3 \
     -chardev socket,id=vfs,path=/tmp/vfsd.sock -device vhost-user-fs-device,chardev=vfs,tag=rootfs \
     -kernel lib/podvm/vmlinux -initrd /tmp/initrd.cpio -append "$cmdline"
-  wait $vpid 2>/dev/null
+  kill $vpid 2>/dev/null; wait $vpid 2>/dev/null
   grep -ao 'RESULT [0-9]* [0-9]* [0-9]*' /tmp/qemu-agent.out | cut -d' ' -f2-
 }
 i=0
