@@ -168,21 +168,34 @@ pub fn resolve(program: &str, path: &str, workdir: &Path) -> Result<PathBuf, Lau
         }
         return Ok(resolved);
     }
+    search_path(program, path, path, workdir, |candidate| {
+        std::fs::metadata(candidate)
+            .ok()
+            .map(|meta| (meta.is_file(), meta.permissions().mode()))
+    })
+}
+
+/// Looks `program` up in each `path` entry (relative entries from `workdir`, empty ones mean
+/// `workdir`): the first regular file with an execute bit wins. `stat` gives (is a regular
+/// file, mode) of a candidate, or `None` if it does not exist; `path_shown` names the search
+/// path in the error.
+pub fn search_path(
+    program: &str,
+    path: &str,
+    path_shown: &str,
+    workdir: &Path,
+    stat: impl Fn(&Path) -> Option<(bool, u32)>,
+) -> Result<PathBuf, LaunchError> {
     let mut not_executable = None;
     for dir in path.split(':') {
-        let dir = if dir.is_empty() {
-            workdir
-        } else {
-            Path::new(dir)
-        };
         let candidate = workdir.join(dir).join(program);
-        let Ok(meta) = std::fs::metadata(&candidate) else {
+        let Some((is_file, mode)) = stat(&candidate) else {
             continue;
         };
-        if !meta.is_file() {
+        if !is_file {
             continue;
         }
-        if meta.permissions().mode() & 0o111 != 0 {
+        if mode & 0o111 != 0 {
             return Ok(candidate);
         }
         not_executable.get_or_insert(candidate);
@@ -194,7 +207,7 @@ pub fn resolve(program: &str, path: &str, workdir: &Path) -> Result<PathBuf, Lau
         }),
         None => Err(LaunchError::NotFoundInPath {
             program: program.to_string(),
-            path: path.to_string(),
+            path: path_shown.to_string(),
         }),
     }
 }

@@ -256,30 +256,12 @@ pub fn resolve(
             Err(_) => Err(LaunchError::NoSuchFile(candidate)),
         };
     }
-    let mut not_executable = None;
-    for dir in path.split(':') {
-        let candidate = workdir.join(dir).join(program);
-        let Ok(st) = stat_in_root(root, &candidate) else {
-            continue;
-        };
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-            continue;
-        }
-        if st.st_mode & 0o111 != 0 {
-            return Ok(candidate);
-        }
-        not_executable.get_or_insert(candidate);
-    }
-    match not_executable {
-        Some(program) => Err(LaunchError::NotExecutable {
-            program,
-            reason: "permission denied (no execute bit)".into(),
-        }),
-        None => Err(LaunchError::NotFoundInPath {
-            program: program.to_string(),
-            path: format!("{path} inside {}", root.display()),
-        }),
-    }
+    let shown = format!("{path} inside {}", root.display());
+    crate::launch::search_path(program, path, &shown, workdir, |candidate| {
+        stat_in_root(root, candidate)
+            .ok()
+            .map(|st| (st.st_mode & libc::S_IFMT == libc::S_IFREG, st.st_mode))
+    })
 }
 
 #[cfg(test)]
