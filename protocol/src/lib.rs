@@ -169,6 +169,47 @@ pub struct BootSpec {
     /// Secret that exec requests must present; without it the agent accepts no exec sessions.
     #[serde(default)]
     pub exec_token: Option<String>,
+    /// Network interfaces and routes the agent configures before starting the app; absent:
+    /// the guest has loopback only.
+    #[serde(default)]
+    pub network: Option<GuestNetwork>,
+}
+
+/// The guest's network as the host decided it (from CNI results): the agent brings up `lo`,
+/// then each interface (matched by MAC address), its addresses and MTU, then the routes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestNetwork {
+    /// Interfaces, in the order of the VM's virtio-net devices.
+    pub interfaces: Vec<GuestInterface>,
+    /// Routes, added after all interfaces are up.
+    #[serde(default)]
+    pub routes: Vec<GuestRoute>,
+}
+
+/// One guest network interface (a virtio-net device).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestInterface {
+    /// MAC address, `aa:bb:cc:dd:ee:ff`; the agent finds the interface by it.
+    pub mac: String,
+    /// Name to give the interface (e.g. `eth0`); the kernel's when absent.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Addresses in CIDR notation, e.g. `10.88.0.5/16`.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// MTU; the device's default when absent.
+    #[serde(default)]
+    pub mtu: Option<u32>,
+}
+
+/// One guest route.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestRoute {
+    /// Destination in CIDR notation; `0.0.0.0/0` is the default route.
+    pub destination: String,
+    /// Next hop; a link-scope route when absent.
+    #[serde(default)]
+    pub gateway: Option<String>,
 }
 
 /// An app root filesystem shared by the host over virtio-fs. The agent mounts it at
@@ -190,6 +231,9 @@ pub struct RootfsSpec {
     /// Contents of /etc/resolv.conf written into the rootfs (only when it has none).
     #[serde(default)]
     pub resolv_conf: Option<String>,
+    /// Extra /etc/hosts lines (`IP NAME...`, rkt's `--hosts-entry`), after the defaults.
+    #[serde(default)]
+    pub hosts_entries: Vec<String>,
 }
 
 /// A request to run a command in a running VM (the first frame of an exec session).

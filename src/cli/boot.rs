@@ -148,6 +148,7 @@ pub fn run(args: BootArgs) -> Result<ExitCode, BootCmdError> {
             group: args.group,
             tty: args.tty,
             exec_token,
+            network: None,
         },
         initrd_dir: args.initrd_dir,
         cpus: args.cpus,
