@@ -44,6 +44,7 @@ install: all
 
 bench: deps all
 	bench/boot.sh $(OUT)
+	bench/pods.sh $(OUT)
 
 clean:
 	rm -rf $(OUT)
