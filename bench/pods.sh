@@ -11,11 +11,9 @@ runs=${2:-10}
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 payload=$work/payload
-mkdir -p "$payload/bin" "$payload/lib/podvm" "$work/results"
-cp "$out/bin/podvm" "$payload/bin/"
-cp "$out/lib/podvm/vmlinux" "$out/lib/podvm/podvm-agent" "$payload/lib/podvm/"
+mkdir -p "$work/results"
+. "$here/bench/lib.sh"; bench_payload "$out" "$payload"
 "$here/scripts/demo-image.sh" "$payload/demo" >/dev/null
-"$here/scripts/busybox-tree.sh" "$payload/rootfs"
 cp "$here/bench/pods-inner.sh" "$payload/"
 qemu=$(command -v qemu-system-x86_64)
 "$here/tests/nested/l1.sh" -m 3072 -t 3000 -b "$qemu" -b /usr/share/qemu -b /usr/share/seabios \
