@@ -107,6 +107,37 @@ fn results() -> Option<&'static BatchResults> {
                          {PODVM} rm $a $(cat b.uuid) >/dev/null && grep -c leftover /proc/mounts; ls state/pods/run | wc -l"
                     ),
                 )
+                .check(
+                    "two_apps",
+                    &format!(
+                        "{PODVM} run --uuid-file-save m.uuid {IMAGE} --name one --exec /bin/sh -- -c 'echo from-one' \
+                         --- {IMAGE} --name two --exec /bin/sh -- -c 'echo from-two >&2'; echo rc=$?; \
+                         {PODVM} status $(cat m.uuid) | grep app- | sort; \
+                         echo \"one: $({PODVM} logs --app one $(cat m.uuid) 2>&1)\"; \
+                         echo \"two: $({PODVM} logs --app two $(cat m.uuid) 2>&1)\"; \
+                         {PODVM} run -i {IMAGE} --- {IMAGE} 2>&1; echo interactive-rc=$?"
+                    ),
+                )
+                .check(
+                    "second_app_fails",
+                    &format!(
+                        "{PODVM} run --uuid-file-save mf.uuid {IMAGE} --name sleeper --exec /bin/sh -- -c 'echo sleeping; sleep 600' \
+                         --- {IMAGE} --name failer --exec /bin/sh -- -c 'sleep 2; exit 7'; echo rc=$?; \
+                         {PODVM} status --format json $(cat mf.uuid)"
+                    ),
+                )
+                .check(
+                    "enter_second_app",
+                    &format!(
+                        "{PODVM} run --uuid-file-save me.uuid {IMAGE} --name a --exec /bin/sh -- -c 'echo a-up; sleep 600' \
+                         --- {IMAGE} --name b --exec /bin/sh -- -c 'echo only-in-b > /b-mark; echo b-up; sleep 600' >me.out 2>&1 & pid=$!; \
+                         for i in $(seq 600); do grep -q b-up me.out 2>/dev/null && grep -q a-up me.out && break; sleep 0.2; done; \
+                         {PODVM} enter --app b $(cat me.uuid) /bin/sh -c 'cat /b-mark; exit 5'; echo enter-b-rc=$?; \
+                         {PODVM} enter --app a $(cat me.uuid) /bin/sh -c 'cat /b-mark 2>/dev/null || echo a-sees-no-mark; exit 6'; echo enter-a-rc=$?; \
+                         {PODVM} stop $(cat me.uuid) >/dev/null; wait $pid; echo run-rc=$?; \
+                         {PODVM} status $(cat me.uuid) | grep app- | sort"
+                    ),
+                )
                 .run();
             Some(batch)
         })
@@ -263,6 +294,78 @@ fn gc_removes_exited_pods_after_the_grace_period() {
         serde_json::from_str::<Value>(&result.stdout).expect("json"),
         serde_json::json!([]),
         "{result:?}"
+    );
+}
+
+#[test]
+fn two_apps_that_succeed_exit_0_with_both_outputs_and_logs_apart() {
+    let Some(result) = check("two_apps") else {
+        return;
+    };
+    let out = &result.stdout;
+    assert!(out.contains("from-one\n"), "{result:?}");
+    assert!(
+        result.stderr.contains("from-two") || out.contains("from-two"),
+        "{result:?}"
+    );
+    assert!(out.contains("rc=0"), "{result:?}");
+    assert!(
+        out.contains("app-one=0\napp-two=0"),
+        "each app's code in status: {result:?}"
+    );
+    assert!(out.contains("one: from-one\n"), "{result:?}");
+    assert!(out.contains("two: from-two\n"), "{result:?}");
+    assert!(
+        out.contains("--interactive with 2 apps") && !out.contains("interactive-rc=0"),
+        "a terminal only for a single app: {result:?}"
+    );
+}
+
+#[test]
+fn the_first_app_to_fail_stops_the_pod_and_gives_its_code() {
+    let Some(result) = check("second_app_fails") else {
+        return;
+    };
+    let out = &result.stdout;
+    assert!(out.contains("sleeping"), "{result:?}");
+    assert!(out.contains("rc=7"), "{result:?}");
+    let json = out
+        .split_once("rc=7")
+        .map(|(_, json)| json)
+        .expect("status after rc");
+    let status: Value = serde_json::from_str(json.trim()).expect("json");
+    let code = |name: &str| {
+        status["apps"]
+            .as_array()
+            .and_then(|apps| apps.iter().find(|app| app["name"] == name))
+            .map(|app| app["exit_code"].clone())
+    };
+    assert_eq!(code("failer"), Some(Value::from(7)), "{status}");
+    assert_eq!(
+        code("sleeper"),
+        Some(Value::from(143)),
+        "the other app was terminated (SIGTERM): {status}"
+    );
+}
+
+#[test]
+fn enter_runs_in_the_named_app_of_a_two_app_pod() {
+    let Some(result) = check("enter_second_app") else {
+        return;
+    };
+    let out = &result.stdout;
+    assert!(
+        out.contains("only-in-b\nenter-b-rc=5"),
+        "enter --app b runs in b's root: {result:?}"
+    );
+    assert!(
+        out.contains("a-sees-no-mark\nenter-a-rc=6"),
+        "enter --app a runs in a's root: {result:?}"
+    );
+    assert!(out.contains("run-rc=143"), "{result:?}");
+    assert!(
+        out.contains("app-a=143\napp-b=143"),
+        "stop terminates every app: {result:?}"
     );
 }
 

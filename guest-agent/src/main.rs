@@ -19,6 +19,7 @@ mod boot;
 mod channel;
 mod exec;
 mod launch;
+mod pod;
 mod power;
 mod reaper;
 mod rootfs;
@@ -72,6 +73,9 @@ enum AgentError {
     /// Supervising the workload failed.
     #[error(transparent)]
     Workload(#[from] workload::WorkloadError),
+    /// A pod of several apps could not run.
+    #[error(transparent)]
+    Pod(#[from] pod::PodError),
 }
 
 fn main() {
@@ -158,6 +162,9 @@ fn run(role: Role) -> Result<i32, AgentError> {
             return Ok(EXIT_AGENT_FAILED);
         }
     };
+    if !spec.apps.is_empty() {
+        return run_pod(role, &spec);
+    }
     let root = match &spec.rootfs {
         Some(rootfs) => match rootfs::prepare(rootfs) {
             Ok(root) => root,
@@ -185,6 +192,26 @@ fn run(role: Role) -> Result<i32, AgentError> {
     );
     let outcome = workload::run(&spec, boot, exec_service(role, &spec), &root)?;
     diag!("workload exited: {:?}", outcome.status);
+    Ok(0)
+}
+
+/// Runs a pod of several apps (see `pod.rs`); the boot session carries only control messages.
+fn run_pod(role: Role, spec: &BootSpec) -> Result<i32, AgentError> {
+    let input = match channel::input() {
+        Ok(input) => Some(input),
+        Err(err) => {
+            diag!("{err}; the pod gets no signals from the host");
+            None
+        }
+    };
+    let boot = Session::new(
+        "pod".to_string(),
+        Box::new(channel::send),
+        input,
+        Phase::Control,
+    );
+    let outcome = pod::run(role, spec, boot, exec_service(role, spec))?;
+    diag!("pod exited: {:?}", outcome.status);
     Ok(0)
 }
 
