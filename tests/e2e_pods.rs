@@ -138,6 +138,20 @@ fn results() -> Option<&'static BatchResults> {
                          {PODVM} status $(cat me.uuid) | grep app- | sort"
                     ),
                 )
+                .check(
+                    "volumes",
+                    &format!(
+                        "mkdir -p hostvol && {PODVM} run --volume data,kind=host,source=$PWD/hostvol {IMAGE} --mount volume=data,target=/data \
+                         --exec /bin/sh -- -c 'echo written-in-guest > /data/f && cat /data/f'; echo rw-rc=$?; echo \"host: $(cat hostvol/f)\"; \
+                         {PODVM} run --volume data,kind=host,source=$PWD/hostvol,readOnly=true {IMAGE} --mount volume=data,target=/data \
+                         --exec /bin/sh -- -c 'cat /data/f; echo nope > /data/g || exit 9'; echo ro-rc=$?; echo host-files: $(ls hostvol); \
+                         {PODVM} run --uuid-file-save v.uuid --volume shared,kind=empty {IMAGE} --name w --mount volume=shared,target=/v \
+                         --exec /bin/sh -- -c 'echo from-w > /v/x' --- {IMAGE} --name r --mount volume=shared,target=/mnt/v \
+                         --exec /bin/sh -- -c 'for i in $(seq 100); do [ -f /mnt/v/x ] && break; sleep 0.1; done; cat /mnt/v/x'; echo shared-rc=$?; \
+                         echo in-pod: $(ls state/pods/run/$(cat v.uuid)/volumes/shared); {PODVM} rm $(cat v.uuid) >/dev/null; \
+                         echo left: $(ls -d state/pods/*/$(cat v.uuid) 2>/dev/null | wc -l)"
+                    ),
+                )
                 .run();
             Some(batch)
         })
@@ -367,6 +381,31 @@ fn enter_runs_in_the_named_app_of_a_two_app_pod() {
         out.contains("app-a=143\napp-b=143"),
         "stop terminates every app: {result:?}"
     );
+}
+
+#[test]
+fn host_volumes_rw_and_ro_and_an_empty_volume_shared_by_two_apps() {
+    let Some(result) = check("volumes") else {
+        return;
+    };
+    let out = &result.stdout;
+    assert!(
+        out.contains("written-in-guest\nrw-rc=0\nhost: written-in-guest\n"),
+        "a write in the guest lands in the host directory: {result:?}"
+    );
+    assert!(
+        out.contains("written-in-guest\nro-rc=9") && out.contains("host-files: f\n"),
+        "a read-only volume reads but refuses writes: {result:?}"
+    );
+    assert!(
+        result.stderr.contains("Read-only file system"),
+        "{result:?}"
+    );
+    assert!(
+        out.contains("from-w\nshared-rc=0") && out.contains("in-pod: x\n"),
+        "two apps share an empty volume that lives in the pod: {result:?}"
+    );
+    assert!(out.contains("left: 0"), "rm removes it: {result:?}");
 }
 
 #[test]

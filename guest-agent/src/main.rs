@@ -26,6 +26,7 @@ mod rootfs;
 mod session;
 mod spec;
 mod users;
+mod volumes;
 mod vsock;
 mod workload;
 
@@ -177,6 +178,12 @@ fn run(role: Role) -> Result<i32, AgentError> {
         },
         None => PathBuf::from(AGENT_ROOT),
     };
+    if let Err(err) = mount_volumes(&spec, &root) {
+        diag!("{err}");
+        let message = format!("cannot mount the pod's volumes: {err}");
+        channel::send(&Message::Control(Control::Error { message }))?;
+        return Ok(EXIT_AGENT_FAILED);
+    }
     let input = match channel::input() {
         Ok(input) => Some(input),
         Err(err) => {
@@ -193,6 +200,19 @@ fn run(role: Role) -> Result<i32, AgentError> {
     let outcome = workload::run(&spec, boot, exec_service(role, &spec), &root)?;
     diag!("workload exited: {:?}", outcome.status);
     Ok(0)
+}
+
+/// Mounts the pod's volumes and binds those the app mounts into its root.
+fn mount_volumes(spec: &BootSpec, root: &Path) -> Result<(), volumes::VolumeError> {
+    if spec.volumes.is_empty() {
+        return Ok(());
+    }
+    volumes::mount_all(&spec.volumes)?;
+    let mounts = spec
+        .rootfs
+        .as_ref()
+        .map_or(&[][..], |rootfs| &rootfs.mounts);
+    volumes::bind_into(root, mounts, &spec.volumes)
 }
 
 /// Runs a pod of several apps (see `pod.rs`); the boot session carries only control messages.

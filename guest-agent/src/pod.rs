@@ -17,6 +17,7 @@ use crate::channel::ChannelError;
 use crate::power::Role;
 use crate::rootfs::{self, RootfsError};
 use crate::session::{Phase, Session};
+use crate::volumes::{self, VolumeError};
 use crate::vsock::{self, VsockChannel};
 use crate::workload::{self, ExecService, Outcome, PodApp, WorkloadError};
 
@@ -35,6 +36,17 @@ pub enum PodError {
         app: String,
         /// Why.
         source: RootfsError,
+    },
+    /// The pod's volumes could not be mounted.
+    #[error(transparent)]
+    Volumes(#[from] VolumeError),
+    /// A volume could not be mounted into an app's root.
+    #[error("cannot mount a volume into app {app}: {source}")]
+    Mount {
+        /// The app.
+        app: String,
+        /// Why.
+        source: VolumeError,
     },
     /// An app session could not be opened.
     #[error("cannot open the session of app {app}: {source}")]
@@ -62,6 +74,7 @@ pub fn run(
     boot: Session,
     exec: Option<ExecService>,
 ) -> Result<Outcome, PodError> {
+    volumes::mount_all(&spec.volumes)?;
     let mut apps = Vec::new();
     for (index, app) in spec.apps.iter().enumerate() {
         if spec.apps[..index]
@@ -71,10 +84,19 @@ pub fn run(
             return Err(PodError::DuplicateName(app.name.clone()));
         }
         let root = match &app.rootfs {
-            Some(rootfs) => rootfs::prepare(rootfs).map_err(|source| PodError::Rootfs {
-                app: app.name.clone(),
-                source,
-            })?,
+            Some(rootfs) => {
+                let root = rootfs::prepare(rootfs).map_err(|source| PodError::Rootfs {
+                    app: app.name.clone(),
+                    source,
+                })?;
+                volumes::bind_into(&root, &rootfs.mounts, &spec.volumes).map_err(|source| {
+                    PodError::Mount {
+                        app: app.name.clone(),
+                        source,
+                    }
+                })?;
+                root
+            }
             None => PathBuf::from(AGENT_ROOT),
         };
         apps.push(root);

@@ -196,6 +196,34 @@ pub struct BootSpec {
     /// milliseconds; [`DEFAULT_GRACE_MS`] when absent.
     #[serde(default)]
     pub stop_grace_ms: Option<u64>,
+    /// The pod's volumes, each a virtio-fs share the agent mounts once at
+    /// `/podvm/volumes/<name>` before the apps' roots bind it in ([`RootfsSpec::mounts`]).
+    #[serde(default)]
+    pub volumes: Vec<VolumeSpec>,
+}
+
+/// A pod volume shared by the host over virtio-fs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeSpec {
+    /// The volume's name, which mounts refer to.
+    pub name: String,
+    /// The virtio-fs tag to mount.
+    pub tag: String,
+    /// Mount it read-only (the host refuses writes too).
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// A volume mounted inside an app's root.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    /// The volume ([`VolumeSpec::name`]).
+    pub volume: String,
+    /// Absolute path inside the app's root; created when missing.
+    pub target: String,
+    /// Read-only here even if the volume is writable.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// One app of a pod of several apps: the per-app part of a [`BootSpec`].
@@ -281,6 +309,9 @@ pub struct RootfsSpec {
     /// Extra /etc/hosts lines (`IP NAME...`, rkt's `--hosts-entry`), after the defaults.
     #[serde(default)]
     pub hosts_entries: Vec<String>,
+    /// Volumes bound into this root (of [`BootSpec::volumes`]), in order.
+    #[serde(default)]
+    pub mounts: Vec<MountSpec>,
 }
 
 /// A request to run a command in a running VM (the first frame of an exec session).
@@ -838,11 +869,21 @@ mod tests {
                 rootfs: Some(RootfsSpec {
                     tag: "rootfs-web".into(),
                     app: "web".into(),
+                    mounts: vec![MountSpec {
+                        volume: "data".into(),
+                        target: "/srv".into(),
+                        read_only: false,
+                    }],
                     ..RootfsSpec::default()
                 }),
                 ..AppSpec::default()
             }],
             stop_grace_ms: Some(1500),
+            volumes: vec![VolumeSpec {
+                name: "data".into(),
+                tag: "vol-0".into(),
+                read_only: true,
+            }],
             ..BootSpec::default()
         };
         let json = serde_json::to_string(&spec).expect("encode");

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use podvm_protocol::{AppSpec, BootSpec, RootfsSpec};
+use podvm_protocol::{AppSpec, BootSpec, MountSpec, RootfsSpec, VolumeSpec};
 
 use super::boot::parse_duration;
 use super::prepare::{self, PrepareArgs, PrepareError};
@@ -28,6 +28,7 @@ use crate::pod::manifest::RuntimeApp;
 use crate::pod::resources;
 use crate::pod::rootfs::AppRootfs;
 use crate::pod::status::{now, AppExit};
+use crate::pod::volumes::{self, Volume};
 use crate::pod::{Pod, PodError, PodState, PodStore};
 use crate::relay::RelayOptions;
 use crate::store::{Store, StoreError};
@@ -198,7 +199,8 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
     let hostname = manifest
         .annotation(prepare::HOSTNAME_ANNOTATION)
         .unwrap_or_else(|| format!("podvm-{}", pod.uuid));
-    let shares = manifest
+    let (extra_shares, volume_specs) = volume_shares(&pod, &manifest.volumes)?;
+    let mut shares: Vec<FsShare> = manifest
         .apps
         .iter()
         .zip(&rootfs)
@@ -209,10 +211,12 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
             read_only: app.read_only_root_fs,
         })
         .collect();
+    shares.extend(extra_shares);
     let mut spec = BootSpec {
         tty: relay.tty,
         exec_token: Some(exec_info::new_token()?),
         network: None,
+        volumes: volume_specs,
         ..BootSpec::default()
     };
     let mut app_log = None;
@@ -298,7 +302,45 @@ fn rootfs_spec(app: &RuntimeApp, index: usize, hostname: &str) -> RootfsSpec {
         hostname: Some(hostname.to_string()),
         resolv_conf: None,
         hosts_entries: Vec::new(),
+        mounts: app
+            .mounts
+            .iter()
+            .map(|mount| MountSpec {
+                volume: mount.volume.clone(),
+                target: mount.path.clone(),
+                read_only: false,
+            })
+            .collect(),
     }
+}
+
+/// The pod's volumes as virtio-fs shares and as the agent mounts them; empty volumes get their
+/// directory in the pod.
+fn volume_shares(
+    pod: &Pod,
+    volumes: &[Volume],
+) -> Result<(Vec<FsShare>, Vec<VolumeSpec>), RunError> {
+    let mut shares = Vec::new();
+    let mut specs = Vec::new();
+    for (index, volume) in volumes.iter().enumerate() {
+        let host_dir = volumes::host_dir(&pod.dir, volume);
+        std::fs::create_dir_all(&host_dir).map_err(|source| PodError::Io {
+            what: "cannot create the volume's directory",
+            path: host_dir.clone(),
+            source,
+        })?;
+        shares.push(FsShare {
+            tag: volumes::tag(index),
+            host_dir,
+            read_only: volume.read_only,
+        });
+        specs.push(VolumeSpec {
+            name: volume.name.clone(),
+            tag: volumes::tag(index),
+            read_only: volume.read_only,
+        });
+    }
+    Ok((shares, specs))
 }
 
 /// The app number `index` of a pod of several apps, as the agent runs it.
