@@ -225,11 +225,13 @@ fn build_manifest(
     let store = Store::open(data_dir)?;
     let fetch_options = options(data_dir, &args.insecure_options, args.pull_policy);
     let mut apps: Vec<RuntimeApp> = Vec::new();
+    let mut mount_points = Vec::new();
     for app in app_args {
         let record = fetch(&store, &fetch_options, &app.image)?;
         let prepared = image::prepare(&store, &record)?;
         let taken: Vec<String> = apps.iter().map(|a| a.name.clone()).collect();
         apps.push(runtime_app(app, &prepared, set_env, &taken)?);
+        mount_points.push(prepared.defaults.mount_points.clone());
     }
     let hostname = args
         .hostname
@@ -245,6 +247,9 @@ fn build_manifest(
         .iter()
         .map(|text| volumes::parse_volume(text))
         .collect::<Result<_, _>>()?;
+    for (app, points) in manifest.apps.iter_mut().zip(&mount_points) {
+        volumes::add_image_mounts(&app.name, points, &mut manifest.volumes, &mut app.mounts);
+    }
     volumes::check(
         &manifest.volumes,
         manifest

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::image::config::MountPoint;
+
 /// The directory of empty volumes inside a pod directory.
 pub const VOLUMES_DIR: &str = "volumes";
 
@@ -204,6 +206,40 @@ pub fn check<'a>(
     Ok(())
 }
 
+/// rkt's rule for the image's mount points of an app: one the app already mounts something on
+/// stays so; one named like a pod volume gets that volume; any other gets a new empty volume of
+/// its name (with a note on stderr, as rkt prints).
+pub fn add_image_mounts(
+    app: &str,
+    points: &[MountPoint],
+    volumes: &mut Vec<Volume>,
+    mounts: &mut Vec<Mount>,
+) {
+    for point in points {
+        let same = |path: &str| path.trim_end_matches('/') == point.path.trim_end_matches('/');
+        if mounts.iter().any(|mount| same(&mount.path)) {
+            continue;
+        }
+        if !volumes.iter().any(|volume| volume.name == point.name) {
+            eprintln!(
+                "podvm: app {app}: no volume for the image's mount point {} ({}); using an \
+                 empty volume",
+                point.name, point.path
+            );
+            volumes.push(Volume {
+                name: point.name.clone(),
+                kind: VolumeKind::Empty,
+                source: None,
+                read_only: point.read_only,
+            });
+        }
+        mounts.push(Mount {
+            volume: point.name.clone(),
+            path: point.path.clone(),
+        });
+    }
+}
+
 /// The host directory shared for `volume` of the pod in `pod_dir`.
 pub fn host_dir(pod_dir: &Path, volume: &Volume) -> PathBuf {
     match (&volume.kind, &volume.source) {
@@ -251,6 +287,41 @@ mod tests {
             let err = parse_volume(text).expect_err(text);
             assert!(err.to_string().contains(expected), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn image_mount_points_get_the_named_volume_or_an_empty_one() {
+        let point = |name: &str, path: &str| MountPoint {
+            name: name.into(),
+            path: path.into(),
+            read_only: false,
+        };
+        let points = [
+            point("data", "/var/data"),
+            point("cache", "/cache"),
+            point("logs", "/logs/"),
+        ];
+        let mut volumes = vec![parse_volume("data,kind=host,source=/srv").expect("ok")];
+        let mut mounts = vec![parse_mount("volume=data,target=/logs").expect("ok")];
+        add_image_mounts("web", &points, &mut volumes, &mut mounts);
+        let names: Vec<_> = volumes.iter().map(|v| (v.name.as_str(), v.kind)).collect();
+        assert_eq!(
+            names,
+            [("data", VolumeKind::Host), ("cache", VolumeKind::Empty)]
+        );
+        let mounted: Vec<_> = mounts
+            .iter()
+            .map(|m| (m.volume.as_str(), m.path.as_str()))
+            .collect();
+        assert_eq!(
+            mounted,
+            [
+                ("data", "/logs"),
+                ("data", "/var/data"),
+                ("cache", "/cache")
+            ],
+            "/logs was mounted already; data by name; cache empty"
+        );
     }
 
     #[test]
