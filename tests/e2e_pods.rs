@@ -347,6 +347,7 @@ fn the_first_app_to_fail_stops_the_pod_and_gives_its_code() {
         .split_once("rc=7")
         .map(|(_, json)| json)
         .expect("status after rc");
+    assert_eq!(json.matches("\"apps\"").count(), 1, "one apps key: {json}");
     let status: Value = serde_json::from_str(json.trim()).expect("json");
     let code = |name: &str| {
         status["apps"]
