@@ -1,7 +1,8 @@
 //! Host end of the agent channel: decodes the agent's frames as the guest writes them and
 //! dispatches them (app output to our stdout/stderr, status and errors into [`LinkReport`]);
 //! [`HostWriter`] sends the host's frames (stdin, signals, resizes) the other way once the agent
-//! connected.
+//! connected. In a pod of several apps, each app session gets an [`AppLink`] that sends the app's
+//! output to the writers [`AppOutputs`] gives for it and records its exit in the shared report.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use podvm_protocol::{Control, ExitStatus, FrameDecoder, Message, ProtocolError, Stream};
 
-use crate::vmm::agent_vsock::AgentSink;
+use crate::vmm::agent_vsock::{AgentSink, SessionSinks};
 
 /// The host-to-agent direction of a session, shared by the threads that feed it.
 #[derive(Debug, Default)]
@@ -62,13 +63,21 @@ fn lock_any<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct LinkReport {
     /// The agent said it was up.
     pub agent_ready: bool,
-    /// How the workload ended, if the agent said so.
+    /// How the workload ended, if the agent said so (in a pod of several apps: the pod).
     pub exit: Option<ExitStatus>,
+    /// In a pod of several apps: each app's exit, in the order the host learnt them.
+    pub app_exits: Vec<(String, ExitStatus)>,
     /// Errors the agent reported.
     pub agent_errors: Vec<String>,
     /// The first protocol violation, after which the channel is ignored.
     pub protocol_error: Option<String>,
 }
+
+/// An app's stdout and stderr writers.
+pub type AppWriters = (Box<dyn Write + Send>, Box<dyn Write + Send>);
+
+/// The writers of the app named by the argument (a pod of several apps).
+pub type AppOutputs = Arc<dyn Fn(&str) -> AppWriters + Send + Sync>;
 
 /// A `Write` sink for the guest side of the channel that decodes frames as they arrive.
 pub struct AgentLink {
@@ -77,6 +86,7 @@ pub struct AgentLink {
     stdout: Box<dyn Write + Send>,
     stderr: Box<dyn Write + Send>,
     writer: Option<Arc<HostWriter>>,
+    apps: Option<AppOutputs>,
 }
 
 impl AgentLink {
@@ -92,8 +102,15 @@ impl AgentLink {
             stdout,
             stderr,
             writer: None,
+            apps: None,
         };
         (link, report)
+    }
+
+    /// Takes app sessions (a pod of several apps), whose output goes where `outputs` says.
+    pub fn with_apps(mut self, outputs: AppOutputs) -> Self {
+        self.apps = Some(outputs);
+        self
     }
 
     /// Hands the connection to `writer` when the agent connects.
@@ -163,6 +180,115 @@ impl AgentSink for AgentLink {
         if let Some(writer) = &self.writer {
             writer.connect(stream);
         }
+    }
+
+    fn app_sessions(&mut self) -> Option<SessionSinks> {
+        let outputs = self.apps.clone()?;
+        let report = self.report.clone();
+        Some(Box::new(move || {
+            Box::new(AppLink::new(outputs.clone(), report.clone())) as Box<dyn Write + Send>
+        }))
+    }
+}
+
+/// The host end of one app session: the first frame names the app ([`Control::App`]); its
+/// output then goes to that app's writers and its exit into the shared report.
+pub struct AppLink {
+    decoder: FrameDecoder,
+    report: Arc<Mutex<LinkReport>>,
+    outputs: AppOutputs,
+    /// The app's name and writers, once the first frame named it.
+    app: Option<(String, AppWriters)>,
+    /// A protocol violation ended the session.
+    failed: bool,
+}
+
+impl AppLink {
+    /// A link for one app session; `outputs` gives the app's writers.
+    pub fn new(outputs: AppOutputs, report: Arc<Mutex<LinkReport>>) -> Self {
+        Self {
+            decoder: FrameDecoder::new(),
+            report,
+            outputs,
+            app: None,
+            failed: false,
+        }
+    }
+
+    fn fail(&mut self, why: String) {
+        self.failed = true;
+        let mut report = lock(&self.report);
+        if report.protocol_error.is_none() {
+            report.protocol_error = Some(why);
+        }
+    }
+
+    fn dispatch(&mut self, message: Message) -> io::Result<()> {
+        let Some((name, (stdout, stderr))) = self.app.as_mut() else {
+            match message {
+                Message::Control(Control::App { name }) => {
+                    let writers = (self.outputs)(&name);
+                    self.app = Some((name, writers));
+                }
+                other => self.fail(format!(
+                    "an app session began with {other:?} instead of naming its app"
+                )),
+            }
+            return Ok(());
+        };
+        match message {
+            Message::Data(Stream::Stdout, bytes) => {
+                stdout.write_all(&bytes)?;
+                stdout.flush()
+            }
+            Message::Data(Stream::Stderr, bytes) => {
+                stderr.write_all(&bytes)?;
+                stderr.flush()
+            }
+            Message::Control(Control::Exited { status }) => {
+                lock(&self.report).app_exits.push((name.clone(), status));
+                Ok(())
+            }
+            Message::Control(Control::Error { message }) => {
+                let message = format!("app {name}: {message}");
+                lock(&self.report).agent_errors.push(message);
+                Ok(())
+            }
+            // Nothing else means anything on an app session.
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Write for AppLink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.failed {
+            return Ok(buf.len());
+        }
+        self.decoder.push(buf);
+        loop {
+            match self
+                .decoder
+                .next_message()
+                .and_then(|message| message.map(Message::check_from_agent).transpose())
+            {
+                Ok(Some(message)) => self.dispatch(message)?,
+                Ok(None) => break,
+                Err(err) => {
+                    self.fail(format!("app session: {err}"));
+                    break;
+                }
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if let Some((_, (stdout, stderr))) = self.app.as_mut() {
+            stdout.flush()?;
+            stderr.flush()?;
+        }
+        Ok(())
     }
 }
 
@@ -246,6 +372,79 @@ mod tests {
             Message::read_from(&mut frame.as_slice()).expect("decode"),
             Some(message)
         );
+    }
+
+    #[test]
+    fn app_sessions_route_output_and_exits_by_app() {
+        let (web, db) = (Shared::default(), Shared::default());
+        let (web_out, db_out) = (web.clone(), db.clone());
+        let outputs: AppOutputs = Arc::new(move |name: &str| {
+            let out = if name == "web" {
+                web_out.clone()
+            } else {
+                db_out.clone()
+            };
+            (
+                Box::new(out) as Box<dyn Write + Send>,
+                Box::new(io::sink()) as Box<dyn Write + Send>,
+            )
+        });
+        let (link, report) = AgentLink::new(Box::new(io::sink()), Box::new(io::sink()));
+        let mut link = link.with_apps(outputs);
+        let mut sinks = link.app_sessions().expect("takes app sessions");
+        let (mut first, mut second) = (sinks(), sinks());
+        let frames = |name: &str, text: &[u8], status| {
+            let mut bytes = Vec::new();
+            for message in [
+                Message::Control(Control::App { name: name.into() }),
+                Message::Data(Stream::Stdout, text.to_vec()),
+                Message::Control(Control::Exited { status }),
+            ] {
+                bytes.extend(message.encode().expect("encode"));
+            }
+            bytes
+        };
+        first
+            .write_all(&frames("db", b"db-out", ExitStatus::Code(7)))
+            .expect("write");
+        second
+            .write_all(&frames("web", b"web-out", ExitStatus::Signal(15)))
+            .expect("write");
+        assert_eq!(web.0.lock().expect("lock").as_slice(), b"web-out");
+        assert_eq!(db.0.lock().expect("lock").as_slice(), b"db-out");
+        let report = lock(&report).clone();
+        assert_eq!(
+            report.app_exits,
+            vec![
+                ("db".to_string(), ExitStatus::Code(7)),
+                ("web".to_string(), ExitStatus::Signal(15))
+            ]
+        );
+        assert!(report.protocol_error.is_none());
+    }
+
+    #[test]
+    fn an_app_session_must_name_its_app_first() {
+        let outputs: AppOutputs = Arc::new(|_: &str| {
+            (
+                Box::new(io::sink()) as Box<dyn Write + Send>,
+                Box::new(io::sink()) as Box<dyn Write + Send>,
+            )
+        });
+        let (_, report) = AgentLink::new(Box::new(io::sink()), Box::new(io::sink()));
+        let mut link = AppLink::new(outputs, report.clone());
+        let frame = Message::Data(Stream::Stdout, b"x".to_vec())
+            .encode()
+            .expect("encode");
+        link.write_all(&frame).expect("write");
+        let error = lock(&report).protocol_error.clone().expect("an error");
+        assert!(error.contains("naming its app"), "{error}");
+    }
+
+    #[test]
+    fn a_plain_link_refuses_app_sessions() {
+        let (mut link, _) = AgentLink::new(Box::new(io::sink()), Box::new(io::sink()));
+        assert!(link.app_sessions().is_none());
     }
 
     #[test]

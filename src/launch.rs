@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use podvm_protocol::{BootSpec, Control, ExitStatus, Message, EXEC_PORT};
 
-use crate::agent_link::{self, AgentLink, HostWriter, LinkReport};
+use crate::agent_link::{self, AgentLink, AppOutputs, HostWriter, LinkReport};
 use crate::exec_info::{self, ExecInfo};
 use crate::pod::logs::{AppLog, LogStream};
 use crate::relay::{Relay, RelayError, RelayOptions};
@@ -51,6 +51,8 @@ pub struct LaunchPlan {
     pub kernel_args: Vec<String>,
     /// Also record the workload's output in this app log (pods).
     pub app_log: Option<AppLog>,
+    /// A pod of several apps (`spec.apps`): each app's log, by app name.
+    pub app_logs: Vec<(String, AppLog)>,
     /// Host directories shared with the guest over virtio-fs.
     pub shares: Vec<vmm::devices::virtio::fs::FsShare>,
     /// How podvm's stdin, signals and terminal reach the app.
@@ -60,10 +62,13 @@ pub struct LaunchPlan {
 }
 
 /// How a launch ended.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LaunchOutcome {
-    /// The workload's exit.
+    /// The workload's exit (in a pod of several apps: that of the first app that failed, else
+    /// code 0).
     pub status: ExitStatus,
+    /// In a pod of several apps: each app's exit, in the order they were reported.
+    pub apps: Vec<(String, ExitStatus)>,
     /// Memory figures of the VMM.
     pub stats: VmStats,
 }
@@ -152,7 +157,10 @@ pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
         ),
         None => (Box::new(std::io::stdout()), Box::new(std::io::stderr())),
     };
-    let (link, report) = AgentLink::new(stdout, stderr);
+    let (mut link, report) = AgentLink::new(stdout, stderr);
+    if !plan.spec.apps.is_empty() {
+        link = link.with_apps(app_outputs(&plan.app_logs));
+    }
     let writer = HostWriter::new();
     let vm: Arc<Mutex<Option<VmHandle>>> = Arc::new(Mutex::new(None));
     let relay = Relay::start(&plan.relay, writer.clone(), stop_hard(&writer, &vm))?;
@@ -192,7 +200,11 @@ pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
             LaunchError::Vmm(other)
         }
     })?;
-    if let Some(log) = &plan.app_log {
+    for log in plan
+        .app_log
+        .iter()
+        .chain(plan.app_logs.iter().map(|(_, log)| log))
+    {
         if let Err(err) = log.finish() {
             eprintln!("podvm: cannot finish the app log: {err}");
         }
@@ -206,7 +218,28 @@ pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
     if !keep_log {
         let _ = std::fs::remove_file(&log_path);
     }
-    Ok(LaunchOutcome { status, stats })
+    Ok(LaunchOutcome {
+        status,
+        stats,
+        apps: report.app_exits,
+    })
+}
+
+/// Where each app of a pod of several apps writes: podvm's stdout and stderr, and the app's log
+/// when it has one.
+fn app_outputs(logs: &[(String, AppLog)]) -> AppOutputs {
+    let logs = logs.to_vec();
+    Arc::new(move |name: &str| {
+        let (stdout, stderr): (Box<dyn Write + Send>, Box<dyn Write + Send>) =
+            (Box::new(std::io::stdout()), Box::new(std::io::stderr()));
+        match logs.iter().find(|(app, _)| app == name) {
+            Some((_, log)) => (
+                Box::new(log.tee(LogStream::Stdout, stdout)),
+                Box::new(log.tee(LogStream::Stderr, stderr)),
+            ),
+            None => (stdout, stderr),
+        }
+    })
 }
 
 /// What the stop timeout does: ask the agent to SIGKILL everything and power off

@@ -109,6 +109,51 @@ fn results() -> Option<&'static BatchResults> {
                          {PODVM} rm $a $(cat b.uuid) >/dev/null && grep -c leftover /proc/mounts; ls state/pods/run | wc -l"
                     ),
                 )
+                .check(
+                    "two_apps",
+                    &format!(
+                        "{PODVM} run --uuid-file-save m.uuid {IMAGE} --name one --exec /bin/sh -- -c 'echo from-one' \
+                         --- {IMAGE} --name two --exec /bin/sh -- -c 'echo from-two >&2'; echo rc=$?; \
+                         {PODVM} status $(cat m.uuid) | grep app- | sort; \
+                         echo \"one: $({PODVM} logs --app one $(cat m.uuid) 2>&1)\"; \
+                         echo \"two: $({PODVM} logs --app two $(cat m.uuid) 2>&1)\"; \
+                         {PODVM} run -i {IMAGE} --- {IMAGE} 2>&1; echo interactive-rc=$?"
+                    ),
+                )
+                .check(
+                    "second_app_fails",
+                    &format!(
+                        "{PODVM} run --uuid-file-save mf.uuid {IMAGE} --name sleeper --exec /bin/sh -- -c 'echo sleeping; sleep 600' \
+                         --- {IMAGE} --name failer --exec /bin/sh -- -c 'sleep 2; exit 7'; echo rc=$?; \
+                         {PODVM} status --format json $(cat mf.uuid)"
+                    ),
+                )
+                .check(
+                    "enter_second_app",
+                    &format!(
+                        "{PODVM} run --uuid-file-save me.uuid {IMAGE} --name a --exec /bin/sh -- -c 'echo a-up; sleep 600' \
+                         --- {IMAGE} --name b --exec /bin/sh -- -c 'echo only-in-b > /b-mark; echo b-up; sleep 600' >me.out 2>&1 & pid=$!; \
+                         for i in $(seq 600); do grep -q b-up me.out 2>/dev/null && grep -q a-up me.out && break; sleep 0.2; done; \
+                         {PODVM} enter --app b $(cat me.uuid) /bin/sh -c 'cat /b-mark; exit 5'; echo enter-b-rc=$?; \
+                         {PODVM} enter --app a $(cat me.uuid) /bin/sh -c 'cat /b-mark 2>/dev/null || echo a-sees-no-mark; exit 6'; echo enter-a-rc=$?; \
+                         {PODVM} stop $(cat me.uuid) >/dev/null; wait $pid; echo run-rc=$?; \
+                         {PODVM} status $(cat me.uuid) | grep app- | sort"
+                    ),
+                )
+                .check(
+                    "volumes",
+                    &format!(
+                        "mkdir -p hostvol && {PODVM} run --volume data,kind=host,source=$PWD/hostvol {IMAGE} --mount volume=data,target=/data \
+                         --exec /bin/sh -- -c 'echo written-in-guest > /data/f && cat /data/f'; echo rw-rc=$?; echo \"host: $(cat hostvol/f)\"; \
+                         {PODVM} run --volume data,kind=host,source=$PWD/hostvol,readOnly=true {IMAGE} --mount volume=data,target=/data \
+                         --exec /bin/sh -- -c 'cat /data/f; echo nope > /data/g || exit 9'; echo ro-rc=$?; echo host-files: $(ls hostvol); \
+                         {PODVM} run --uuid-file-save v.uuid --volume shared,kind=empty {IMAGE} --name w --mount volume=shared,target=/v \
+                         --exec /bin/sh -- -c 'echo from-w > /v/x' --- {IMAGE} --name r --mount volume=shared,target=/mnt/v \
+                         --exec /bin/sh -- -c 'for i in $(seq 100); do [ -f /mnt/v/x ] && break; sleep 0.1; done; cat /mnt/v/x'; echo shared-rc=$?; \
+                         echo in-pod: $(ls state/pods/run/$(cat v.uuid)/volumes/shared); {PODVM} rm $(cat v.uuid) >/dev/null; \
+                         echo left: $(ls -d state/pods/*/$(cat v.uuid) 2>/dev/null | wc -l)"
+                    ),
+                )
                 .run();
             Some(batch)
         })
@@ -279,6 +324,104 @@ fn gc_removes_exited_pods_after_the_grace_period() {
         serde_json::json!([]),
         "{result:?}"
     );
+}
+
+#[test]
+fn two_apps_that_succeed_exit_0_with_both_outputs_and_logs_apart() {
+    let Some(result) = check("two_apps") else {
+        return;
+    };
+    let out = &result.stdout;
+    assert!(out.contains("from-one\n"), "{result:?}");
+    assert!(
+        result.stderr.contains("from-two") || out.contains("from-two"),
+        "{result:?}"
+    );
+    assert!(out.contains("rc=0"), "{result:?}");
+    assert!(
+        out.contains("app-one=0\napp-two=0"),
+        "each app's code in status: {result:?}"
+    );
+    assert!(out.contains("one: from-one\n"), "{result:?}");
+    assert!(out.contains("two: from-two\n"), "{result:?}");
+    assert!(
+        out.contains("--interactive with 2 apps") && !out.contains("interactive-rc=0"),
+        "a terminal only for a single app: {result:?}"
+    );
+}
+
+#[test]
+fn the_first_app_to_fail_stops_the_pod_and_gives_its_code() {
+    let Some(result) = check("second_app_fails") else {
+        return;
+    };
+    let out = &result.stdout;
+    assert!(out.contains("sleeping"), "{result:?}");
+    assert!(out.contains("rc=7"), "{result:?}");
+    let json = out
+        .split_once("rc=7")
+        .map(|(_, json)| json)
+        .expect("status after rc");
+    assert_eq!(json.matches("\"apps\"").count(), 1, "one apps key: {json}");
+    let status: Value = serde_json::from_str(json.trim()).expect("json");
+    let code = |name: &str| {
+        status["apps"]
+            .as_array()
+            .and_then(|apps| apps.iter().find(|app| app["name"] == name))
+            .map(|app| app["exit_code"].clone())
+    };
+    assert_eq!(code("failer"), Some(Value::from(7)), "{status}");
+    assert_eq!(
+        code("sleeper"),
+        Some(Value::from(143)),
+        "the other app was terminated (SIGTERM): {status}"
+    );
+}
+
+#[test]
+fn enter_runs_in_the_named_app_of_a_two_app_pod() {
+    let Some(result) = check("enter_second_app") else {
+        return;
+    };
+    let out = &result.stdout;
+    assert!(
+        out.contains("only-in-b\nenter-b-rc=5"),
+        "enter --app b runs in b's root: {result:?}"
+    );
+    assert!(
+        out.contains("a-sees-no-mark\nenter-a-rc=6"),
+        "enter --app a runs in a's root: {result:?}"
+    );
+    assert!(out.contains("run-rc=143"), "{result:?}");
+    assert!(
+        out.contains("app-a=143\napp-b=143"),
+        "stop terminates every app: {result:?}"
+    );
+}
+
+#[test]
+fn host_volumes_rw_and_ro_and_an_empty_volume_shared_by_two_apps() {
+    let Some(result) = check("volumes") else {
+        return;
+    };
+    let out = &result.stdout;
+    assert!(
+        out.contains("written-in-guest\nrw-rc=0\nhost: written-in-guest\n"),
+        "a write in the guest lands in the host directory: {result:?}"
+    );
+    assert!(
+        out.contains("written-in-guest\nro-rc=9") && out.contains("host-files: f\n"),
+        "a read-only volume reads but refuses writes: {result:?}"
+    );
+    assert!(
+        result.stderr.contains("Read-only file system"),
+        "{result:?}"
+    );
+    assert!(
+        out.contains("from-w\nshared-rc=0") && out.contains("in-pod: x\n"),
+        "two apps share an empty volume that lives in the pod: {result:?}"
+    );
+    assert!(out.contains("left: 0"), "rm removes it: {result:?}");
 }
 
 #[test]

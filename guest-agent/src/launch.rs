@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::unistd::{Gid, Pid, Uid};
-use podvm_protocol::{BootSpec, ExecRequest, Stream, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND};
+use podvm_protocol::{AppSpec, BootSpec, ExecRequest, Stream, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND};
 
 use crate::users::{self, Identity, UserError};
 
@@ -48,6 +48,18 @@ impl<'a> Job<'a> {
             user: spec.user.as_deref(),
             group: spec.group.as_deref(),
             tty: spec.tty,
+        }
+    }
+
+    /// An app of a pod of several apps (no terminal).
+    pub fn from_app(app: &'a AppSpec) -> Self {
+        Self {
+            command: &app.command,
+            env: &app.env,
+            workdir: app.workdir.as_deref(),
+            user: app.user.as_deref(),
+            group: app.group.as_deref(),
+            tty: false,
         }
     }
 

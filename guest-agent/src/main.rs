@@ -19,12 +19,14 @@ mod boot;
 mod channel;
 mod exec;
 mod launch;
+mod pod;
 mod power;
 mod reaper;
 mod rootfs;
 mod session;
 mod spec;
 mod users;
+mod volumes;
 mod vsock;
 mod workload;
 
@@ -72,6 +74,9 @@ enum AgentError {
     /// Supervising the workload failed.
     #[error(transparent)]
     Workload(#[from] workload::WorkloadError),
+    /// A pod of several apps could not run.
+    #[error(transparent)]
+    Pod(#[from] pod::PodError),
 }
 
 fn main() {
@@ -158,6 +163,9 @@ fn run(role: Role) -> Result<i32, AgentError> {
             return Ok(EXIT_AGENT_FAILED);
         }
     };
+    if !spec.apps.is_empty() {
+        return run_pod(role, &spec);
+    }
     let root = match &spec.rootfs {
         Some(rootfs) => match rootfs::prepare(rootfs) {
             Ok(root) => root,
@@ -170,6 +178,12 @@ fn run(role: Role) -> Result<i32, AgentError> {
         },
         None => PathBuf::from(AGENT_ROOT),
     };
+    if let Err(err) = mount_volumes(&spec, &root) {
+        diag!("{err}");
+        let message = format!("cannot mount the pod's volumes: {err}");
+        channel::send(&Message::Control(Control::Error { message }))?;
+        return Ok(EXIT_AGENT_FAILED);
+    }
     let input = match channel::input() {
         Ok(input) => Some(input),
         Err(err) => {
@@ -185,6 +199,39 @@ fn run(role: Role) -> Result<i32, AgentError> {
     );
     let outcome = workload::run(&spec, boot, exec_service(role, &spec), &root)?;
     diag!("workload exited: {:?}", outcome.status);
+    Ok(0)
+}
+
+/// Mounts the pod's volumes and binds those the app mounts into its root.
+fn mount_volumes(spec: &BootSpec, root: &Path) -> Result<(), volumes::VolumeError> {
+    if spec.volumes.is_empty() {
+        return Ok(());
+    }
+    volumes::mount_all(&spec.volumes)?;
+    let mounts = spec
+        .rootfs
+        .as_ref()
+        .map_or(&[][..], |rootfs| &rootfs.mounts);
+    volumes::bind_into(root, mounts, &spec.volumes)
+}
+
+/// Runs a pod of several apps (see `pod.rs`); the boot session carries only control messages.
+fn run_pod(role: Role, spec: &BootSpec) -> Result<i32, AgentError> {
+    let input = match channel::input() {
+        Ok(input) => Some(input),
+        Err(err) => {
+            diag!("{err}; the pod gets no signals from the host");
+            None
+        }
+    };
+    let boot = Session::new(
+        "pod".to_string(),
+        Box::new(channel::send),
+        input,
+        Phase::Control,
+    );
+    let outcome = pod::run(role, spec, boot, exec_service(role, spec))?;
+    diag!("pod exited: {:?}", outcome.status);
     Ok(0)
 }
 

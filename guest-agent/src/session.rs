@@ -61,6 +61,9 @@ pub enum Phase {
     },
     /// The process runs (or its output is being drained).
     Running(Proc),
+    /// A session without a process of its own that carries only control messages: the boot
+    /// session of a pod of several apps (its `Signal` goes to every app).
+    Control,
     /// `Exited` was sent; waiting for the host to close.
     Closing {
         /// When it is dropped anyway.
@@ -184,6 +187,9 @@ pub struct Session {
 pub enum Request {
     /// Stop everything within this grace period and power off.
     Shutdown(Duration),
+    /// Deliver this signal to every app (a `Signal` on the boot session of a pod of several
+    /// apps).
+    SignalApps(i32),
 }
 
 impl Session {
@@ -317,7 +323,15 @@ impl Session {
                 proc.write_stdin();
             }
             Phase::AwaitExec { .. } | Phase::Closing { .. } => self.phase = Phase::Done,
-            Phase::Done => {}
+            Phase::Control | Phase::Done => {}
+        }
+    }
+
+    /// Closes the process's stdin (apps of a pod of several apps read none).
+    pub fn close_stdin(&mut self) {
+        if let Some(proc) = self.proc_mut() {
+            proc.closing_stdin = true;
+            proc.write_stdin();
         }
     }
 
@@ -352,6 +366,9 @@ impl Session {
                     proc.closing_stdin = true;
                     proc.write_stdin();
                 }
+            }
+            Message::Control(Control::Signal { signo }) if matches!(self.phase, Phase::Control) => {
+                return Ok(Some(Request::SignalApps(signo)));
             }
             Message::Control(Control::Signal { signo }) => self.deliver(signo)?,
             Message::Control(Control::Resize { rows, cols }) => self.resize(rows, cols),
@@ -470,7 +487,7 @@ impl Session {
         match &self.phase {
             Phase::AwaitExec { deadline } | Phase::Closing { deadline } => Some(*deadline),
             Phase::Running(proc) => proc.drain_deadline(),
-            Phase::Done => None,
+            Phase::Control | Phase::Done => None,
         }
     }
 

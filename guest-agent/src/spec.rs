@@ -44,7 +44,7 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<BootSpec, SpecError> {
         path: path.to_path_buf(),
         source,
     })?;
-    if spec.command.is_empty() || spec.command[0].is_empty() {
+    if spec.apps.is_empty() && (spec.command.is_empty() || spec.command[0].is_empty()) {
         return Err(SpecError::EmptyCommand(path.to_path_buf()));
     }
     Ok(spec)

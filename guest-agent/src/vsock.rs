@@ -71,6 +71,13 @@ impl VsockChannel {
     }
 }
 
+impl VsockChannel {
+    /// The connection itself (an app session carries its frames on it directly).
+    pub fn into_stream(self) -> File {
+        self.stream
+    }
+}
+
 impl Channel for VsockChannel {
     fn send(&mut self, message: &Message) -> Result<(), ChannelError> {
         message

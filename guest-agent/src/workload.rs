@@ -5,15 +5,20 @@
 //! Sessions (see `session.rs`) turn frames into actions on their process; this module only
 //! decides who is ready, reaps children, accepts exec sessions and stops everything on
 //! `Shutdown` (SIGTERM to every process group, SIGKILL after the grace period).
+//!
+//! In a pod of several apps ([`run_pod`]) the boot session has no process; the apps' sessions
+//! follow it, and rkt's rule holds: the first app that fails has the others stopped (SIGTERM,
+//! SIGKILL after the spec's grace period); once every app ended and its session closed, the
+//! boot session reports the pod's status (the first failure, else code 0).
 
 use std::os::fd::AsFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
-use podvm_protocol::{BootSpec, Control, ExecRequest, ExitStatus, Message};
+use podvm_protocol::{BootSpec, Control, ExecRequest, ExitStatus, Message, DEFAULT_GRACE_MS};
 
 use crate::channel::ChannelError;
 use crate::exec::{self, ExecListener};
@@ -65,12 +70,33 @@ enum Wake {
     Output(usize, usize),
 }
 
-struct Supervisor<'a> {
+/// One app of a pod of several apps, ready to run.
+pub struct PodApp {
+    /// Its app session (connected, `App` sent); its process is started by [`run_pod`].
+    pub session: Session,
+    /// Its root directory.
+    pub root: PathBuf,
+}
+
+/// rkt's rule over the apps of a pod of several apps (sessions 1..=apps).
+struct PodRule {
+    apps: usize,
+    /// Between SIGTERM and SIGKILL when an app failed.
+    grace: Duration,
+    /// The first app's failure.
+    failed: Option<ExitStatus>,
+    /// Which apps' ends were seen.
+    ended: Vec<bool>,
+}
+
+struct Supervisor {
     reaper: Reaper,
-    /// Index 0 is the boot session.
+    /// Index 0 is the boot session; in a pod of several apps, the app sessions follow it.
     sessions: Vec<Session>,
     exec: Option<ExecService>,
-    root: &'a Path,
+    /// App names and their roots; exec requests naming no app get the first.
+    roots: Vec<(String, PathBuf)>,
+    pod: Option<PodRule>,
     kill_at: Option<Instant>,
     orphans: usize,
     exec_count: usize,
@@ -87,24 +113,74 @@ pub fn run(
     let reaper = Reaper::new()?;
     boot.is_boot = true;
     boot.start(&Job::from_spec(spec), root);
+    let name = spec
+        .rootfs
+        .as_ref()
+        .map(|rootfs| rootfs.app.clone())
+        .unwrap_or_default();
     let mut supervisor = Supervisor {
         reaper,
         sessions: vec![boot],
         exec,
-        root,
+        roots: vec![(name, root.to_path_buf())],
+        pod: None,
         kill_at: None,
         orphans: 0,
         exec_count: 0,
     };
-    let result = supervisor.run();
-    supervisor.kill_all(Signal::SIGKILL);
-    if supervisor.orphans > 0 {
-        diag!("reaped {} orphaned process(es)", supervisor.orphans);
-    }
-    result
+    supervisor.supervise()
 }
 
-impl Supervisor<'_> {
+/// Runs the apps of a pod of several apps, each in its session, until all ended (see the
+/// module docs); `boot` carries only control messages. Exec sessions are served meanwhile.
+pub fn run_pod(
+    spec: &BootSpec,
+    mut boot: Session,
+    exec: Option<ExecService>,
+    apps: Vec<PodApp>,
+) -> Result<Outcome, WorkloadError> {
+    let reaper = Reaper::new()?;
+    boot.is_boot = true;
+    boot.phase = Phase::Control;
+    let mut sessions = vec![boot];
+    let mut roots = Vec::new();
+    for (app, PodApp { mut session, root }) in spec.apps.iter().zip(apps) {
+        session.start(&Job::from_app(app), &root);
+        session.close_stdin();
+        roots.push((app.name.clone(), root));
+        sessions.push(session);
+    }
+    let count = sessions.len() - 1;
+    let grace = Duration::from_millis(spec.stop_grace_ms.unwrap_or(DEFAULT_GRACE_MS));
+    let mut supervisor = Supervisor {
+        reaper,
+        sessions,
+        exec,
+        roots,
+        pod: Some(PodRule {
+            apps: count,
+            grace,
+            failed: None,
+            ended: vec![false; count],
+        }),
+        kill_at: None,
+        orphans: 0,
+        exec_count: 0,
+    };
+    supervisor.supervise()
+}
+
+impl Supervisor {
+    /// Runs the loop, then kills whatever is left.
+    fn supervise(&mut self) -> Result<Outcome, WorkloadError> {
+        let result = self.run();
+        self.kill_all(Signal::SIGKILL);
+        if self.orphans > 0 {
+            diag!("reaped {} orphaned process(es)", self.orphans);
+        }
+        result
+    }
+
     fn run(&mut self) -> Result<Outcome, WorkloadError> {
         loop {
             let now = Instant::now();
@@ -135,10 +211,19 @@ impl Supervisor<'_> {
                 }));
             }
         }
+        if let Some(status) = self.apply_pod_rule(now) {
+            self.sessions[0].send(&Message::Control(Control::Exited { status }))?;
+            return Ok(Some(Outcome {
+                status,
+                launch_error: None,
+            }));
+        }
+        // The boot session and the app sessions keep their places; finished exec sessions go.
+        let keep = 1 + self.pod.as_ref().map_or(0, |pod| pod.apps);
         let mut index = 0;
         self.sessions.retain(|session| {
             index += 1;
-            index == 1 || !matches!(session.phase, Phase::Done)
+            index <= keep || !matches!(session.phase, Phase::Done)
         });
         if self.kill_at.is_some_and(|at| now >= at) {
             diag!("grace period over: killing what is left");
@@ -146,6 +231,45 @@ impl Supervisor<'_> {
             self.kill_at = None;
         }
         Ok(None)
+    }
+
+    /// rkt's rule in a pod of several apps: the first app that fails has the others stopped.
+    /// Returns the pod's status once every app ended and its session closed.
+    fn apply_pod_rule(&mut self, now: Instant) -> Option<ExitStatus> {
+        let pod = self.pod.as_mut()?;
+        let apps = &mut self.sessions[1..=pod.apps];
+        let mut failed_now = false;
+        for (index, session) in apps.iter().enumerate() {
+            if pod.ended[index] {
+                continue;
+            }
+            let status = match (session.status, &session.phase) {
+                (Some(status), _) => status,
+                // Dropped (its connection broke): its process was killed.
+                (None, Phase::Done) => ExitStatus::Signal(Signal::SIGKILL as i32),
+                (None, _) => continue,
+            };
+            pod.ended[index] = true;
+            diag!("app {}: ended with {status:?}", session.name);
+            if status != ExitStatus::Code(0) && pod.failed.is_none() {
+                diag!("app {} failed: stopping the other apps", session.name);
+                pod.failed = Some(status);
+                failed_now = true;
+            }
+        }
+        if failed_now {
+            for other in apps.iter_mut().filter_map(Session::proc_mut) {
+                if other.exit.is_none() {
+                    other.signal(Signal::SIGTERM);
+                }
+            }
+            let kill_at = now + pod.grace;
+            self.kill_at = Some(self.kill_at.map_or(kill_at, |at| at.min(kill_at)));
+        }
+        let closed = apps
+            .iter()
+            .all(|session| matches!(session.phase, Phase::Done));
+        closed.then(|| pod.failed.unwrap_or(ExitStatus::Code(0)))
     }
 
     /// Polls everything; returns what is ready (empty on timeout).
@@ -278,15 +402,16 @@ impl Supervisor<'_> {
 
     fn read_input(&mut self, index: usize) -> Result<(), WorkloadError> {
         let token = self.exec.as_ref().map(|exec| exec.token.clone());
-        let root = self.root;
+        let roots = &self.roots;
         let mut run_exec = |session: &mut Session, request: ExecRequest| {
-            start_exec(session, request, token.as_deref(), root)
+            start_exec(session, request, token.as_deref(), roots)
         };
         let Some(session) = self.sessions.get_mut(index) else {
             return Ok(());
         };
         match session.read_input(&mut run_exec) {
             Ok(Some(Request::Shutdown(grace))) => self.shutdown(grace),
+            Ok(Some(Request::SignalApps(signo))) => self.signal_apps(signo),
             Ok(None) => {}
             Err(err) if index == 0 => return Err(err.into()),
             Err(err) => drop_session(session, &err),
@@ -301,6 +426,23 @@ impl Supervisor<'_> {
         self.kill_at = Some(Instant::now() + grace);
     }
 
+    /// Delivers a signal the host sent on the boot session to every app still running.
+    fn signal_apps(&mut self, signo: i32) {
+        let Ok(signal) = Signal::try_from(signo) else {
+            diag!("ignoring the unknown signal {signo} for the apps");
+            return;
+        };
+        let apps = self.pod.as_ref().map_or(0, |pod| pod.apps);
+        for proc in self.sessions[1..=apps]
+            .iter_mut()
+            .filter_map(Session::proc_mut)
+        {
+            if proc.exit.is_none() {
+                proc.signal(signal);
+            }
+        }
+    }
+
     fn kill_all(&mut self, signal: Signal) {
         for proc in self.sessions.iter_mut().filter_map(Session::proc_mut) {
             if proc.exit.is_none() {
@@ -310,13 +452,31 @@ impl Supervisor<'_> {
     }
 }
 
-/// Checks an exec request's token and starts its command in `session`.
-fn start_exec(session: &mut Session, request: ExecRequest, token: Option<&str>, root: &Path) {
+/// Checks an exec request's token and starts its command in `session`, in the root of the app
+/// it names (the first app's when it names none, or when there is only one).
+fn start_exec(
+    session: &mut Session,
+    request: ExecRequest,
+    token: Option<&str>,
+    roots: &[(String, PathBuf)],
+) {
     let allowed = token.is_some_and(|token| exec::token_matches(token, &request.token));
     if !allowed {
         let _ = session.refuse("exec refused: wrong or missing token");
         return;
     }
+    let root = match (&request.app, roots) {
+        (_, [(_, only)]) => only.as_path(),
+        (None, [(_, first), ..]) => first.as_path(),
+        (Some(name), _) => match roots.iter().find(|(app, _)| app == name) {
+            Some((_, root)) => root.as_path(),
+            None => {
+                let _ = session.refuse(&format!("exec refused: the pod has no app {name:?}"));
+                return;
+            }
+        },
+        (None, []) => Path::new("/"),
+    };
     diag!("{}: running {:?}", session.name, request.command);
     let ready = Message::Control(Control::Ready {
         agent_version: env!("CARGO_PKG_VERSION").to_string(),

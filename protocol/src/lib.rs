@@ -1,13 +1,13 @@
 //! Wire protocol between the podvm host and the guest agent (PID 1 in the VM).
 //!
-//! # Wire format (version 2)
+//! # Wire format (version 3)
 //!
 //! Every message is one frame:
 //!
 //! ```text
 //! offset  size  field
 //! 0       2     magic, the bytes "PV"
-//! 2       1     protocol version (currently 2)
+//! 2       1     protocol version (currently 3)
 //! 3       1     kind: 1 = stdout bytes, 2 = stderr bytes, 3 = stdin bytes,
 //!               16 = control message (JSON of [`Control`])
 //! 4       4     payload length, little endian, at most [`MAX_PAYLOAD`]
@@ -24,8 +24,9 @@
 //!
 //! Host to agent: [`Stream::Stdin`] data, [`Control::StdinClose`], [`Control::Signal`],
 //! [`Control::Resize`], [`Control::Exec`] (first and only once, on an exec connection) and
-//! [`Control::Shutdown`]. Agent to host: [`Control::Ready`], [`Stream::Stdout`] and
-//! [`Stream::Stderr`] data, [`Control::Error`] and, last, [`Control::Exited`].
+//! [`Control::Shutdown`]. Agent to host: [`Control::Ready`] (or [`Control::App`] on an app
+//! session), [`Stream::Stdout`] and [`Stream::Stderr`] data, [`Control::Error`] and, last,
+//! [`Control::Exited`].
 //!
 //! # Sessions: one vsock connection per process
 //!
@@ -44,8 +45,21 @@
 //!   [`BootSpec::exec_token`], the agent also listens on vsock port [`EXEC_PORT`]. A host
 //!   process connects to the guest's CID on that port and sends [`Control::Exec`] as its first
 //!   frame; the request must carry the token, else the agent answers `Error` and closes. The
-//!   agent answers `Ready`, runs the command, relays it like the boot session and ends with
-//!   `Exited`.
+//!   agent answers `Ready`, runs the command (in the root of [`ExecRequest::app`]), relays it
+//!   like the boot session and ends with `Exited`.
+//! * **Pods of several apps** ([`BootSpec::apps`] not empty; version 3). The boot session then
+//!   carries no process of its own: after `Ready` the agent mounts every app's root, opens one
+//!   more connection to the same host port per app (an **app session**) whose first frame is
+//!   [`Control::App`] naming the app, and starts the apps. Each app session carries that app's
+//!   stdout, stderr, `Error`s and its `Exited`; its stdin is closed at once (stdin and
+//!   terminals are for single-app pods). On the boot session the host may send `Signal`
+//!   (delivered to every app) and `Shutdown`. rkt's rule: when an app ends with a status other
+//!   than code 0, the agent sends SIGTERM to every other app, SIGKILL after
+//!   [`BootSpec::stop_grace_ms`]. Once every app ended and the host closed its app session,
+//!   the agent sends `Exited` on the boot session with the pod's status: that of the first app
+//!   that failed, else code 0. Without `apps`, the top-level fields of [`BootSpec`] describe
+//!   the one app and it runs on the boot session itself (what `podvm boot` and single-app pods
+//!   use, with stdin and terminals).
 //!
 //! To end a session the agent sends its last frame and shuts down its write side; the host reads
 //! to EOF and closes, which tells the agent everything arrived (for the boot session: that it
@@ -63,7 +77,7 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this crate speaks.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// The two magic bytes that open every frame.
 pub const MAGIC: [u8; 2] = *b"PV";
 /// Size of the fixed frame header in bytes.
@@ -173,6 +187,67 @@ pub struct BootSpec {
     /// the guest has loopback only.
     #[serde(default)]
     pub network: Option<GuestNetwork>,
+    /// The apps of a pod of several apps, each on its own app session (see the sessions
+    /// section); when not empty, `command`, `env`, `workdir`, `rootfs`, `user`, `group` and
+    /// `tty` are unused.
+    #[serde(default)]
+    pub apps: Vec<AppSpec>,
+    /// When one app of several fails, how long the others get between SIGTERM and SIGKILL, in
+    /// milliseconds; [`DEFAULT_GRACE_MS`] when absent.
+    #[serde(default)]
+    pub stop_grace_ms: Option<u64>,
+    /// The pod's volumes, each a virtio-fs share the agent mounts once at
+    /// `/podvm/volumes/<name>` before the apps' roots bind it in ([`RootfsSpec::mounts`]).
+    #[serde(default)]
+    pub volumes: Vec<VolumeSpec>,
+}
+
+/// A pod volume shared by the host over virtio-fs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeSpec {
+    /// The volume's name, which mounts refer to.
+    pub name: String,
+    /// The virtio-fs tag to mount.
+    pub tag: String,
+    /// Mount it read-only (the host refuses writes too).
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// A volume mounted inside an app's root.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    /// The volume ([`VolumeSpec::name`]).
+    pub volume: String,
+    /// Absolute path inside the app's root; created when missing.
+    pub target: String,
+    /// Read-only here even if the volume is writable.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// One app of a pod of several apps: the per-app part of a [`BootSpec`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppSpec {
+    /// The app's name, unique in the pod; names its app session and its exec target.
+    pub name: String,
+    /// Program and arguments, as in [`BootSpec::command`].
+    pub command: Vec<String>,
+    /// Environment as `KEY=VALUE` entries.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Working directory; `/` when absent.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// The app's root (its `app` should be the app's name); the agent's own root when absent.
+    #[serde(default)]
+    pub rootfs: Option<RootfsSpec>,
+    /// User, as in [`BootSpec::user`].
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Group, as in [`BootSpec::group`].
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 /// The guest's network as the host decided it (from CNI results): the agent brings up `lo`,
@@ -234,6 +309,9 @@ pub struct RootfsSpec {
     /// Extra /etc/hosts lines (`IP NAME...`, rkt's `--hosts-entry`), after the defaults.
     #[serde(default)]
     pub hosts_entries: Vec<String>,
+    /// Volumes bound into this root (of [`BootSpec::volumes`]), in order.
+    #[serde(default)]
+    pub mounts: Vec<MountSpec>,
 }
 
 /// A request to run a command in a running VM (the first frame of an exec session).
@@ -258,6 +336,10 @@ pub struct ExecRequest {
     /// Run on a pty.
     #[serde(default)]
     pub tty: bool,
+    /// The app whose root the command runs in (its [`RootfsSpec::app`] or [`AppSpec::name`]);
+    /// the pod's first app when absent.
+    #[serde(default)]
+    pub app: Option<String>,
 }
 
 /// Control messages, carried as JSON.
@@ -268,6 +350,11 @@ pub enum Control {
     Ready {
         /// The agent's version string.
         agent_version: String,
+    },
+    /// Agent to host: the first frame of an app session; it carries this app.
+    App {
+        /// The app's name ([`AppSpec::name`]).
+        name: String,
     },
     /// Agent to host: the process ended.
     Exited {
@@ -319,6 +406,7 @@ impl Control {
     pub fn name(&self) -> &'static str {
         match self {
             Control::Ready { .. } => "ready",
+            Control::App { .. } => "app",
             Control::Exited { .. } => "exited",
             Control::Error { .. } => "error",
             Control::StdinClose => "stdin_close",
@@ -555,7 +643,9 @@ mod tests {
                 user: Some("app".into()),
                 group: Some("7".into()),
                 tty: true,
+                app: Some("db".into()),
             })),
+            Message::Control(Control::App { name: "web".into() }),
             Message::Control(Control::Shutdown { grace_ms: 5 }),
         ]
     }
@@ -599,7 +689,7 @@ mod tests {
     }
 
     fn control_frame(json: &str) -> Vec<u8> {
-        let mut frame = b"PV\x02\x10".to_vec();
+        let mut frame = vec![b'P', b'V', VERSION, 0x10];
         frame.extend((json.len() as u32).to_le_bytes());
         frame.extend(json.as_bytes());
         frame
@@ -610,11 +700,12 @@ mod tests {
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (b"XX\x02\x01\0\0\0\0".to_vec(), "magic"),
             (b"PV\x01\x01\0\0\0\0".to_vec(), "version 1"),
+            (b"PV\x02\x01\0\0\0\0".to_vec(), "version 2"),
             (b"PV\x09\x01\0\0\0\0".to_vec(), "version"),
-            (b"PV\x02\x63\0\0\0\0".to_vec(), "kind"),
-            (b"PV\x02\x01\xff\xff\xff\x7f".to_vec(), "exceeds"),
-            (b"PV\x02\x10\x03\0\0\0{x}".to_vec(), "malformed"),
-            (b"PV\x02\x10\x05\0\0\0{}".to_vec(), "I/O"),
+            (b"PV\x03\x63\0\0\0\0".to_vec(), "kind"),
+            (b"PV\x03\x01\xff\xff\xff\x7f".to_vec(), "exceeds"),
+            (b"PV\x03\x10\x03\0\0\0{x}".to_vec(), "malformed"),
+            (b"PV\x03\x10\x05\0\0\0{}".to_vec(), "I/O"),
             (control_frame(r#"{"type":"zz"}"#), "malformed"),
             (
                 control_frame(r#"{"type":"signal","signo":"x"}"#),
@@ -690,7 +781,7 @@ mod tests {
             let len = rng.below(64);
             decode_all(&rng.bytes(len));
             // Random bytes behind a valid header prefix reach the payload decoders too.
-            let mut framed = b"PV\x02".to_vec();
+            let mut framed = b"PV\x03".to_vec();
             framed.push([1, 2, 3, 16][rng.below(4)]);
             let payload_len = rng.below(40);
             let payload = rng.bytes(payload_len);
@@ -734,7 +825,7 @@ mod tests {
     #[test]
     fn huge_lengths_fail_at_once() {
         for len in [MAX_PAYLOAD as u32 + 1, u32::MAX, 1 << 31] {
-            let mut frame = b"PV\x02\x01".to_vec();
+            let mut frame = b"PV\x03\x01".to_vec();
             frame.extend(len.to_le_bytes());
             let mut decoder = FrameDecoder::new();
             decoder.push(&frame);
@@ -766,5 +857,42 @@ mod tests {
             serde_json::from_str(r#"{"command":["sh"],"env":[],"workdir":null}"#).expect("parse");
         assert_eq!(spec.user, None);
         assert!(!spec.tty);
+        assert!(spec.apps.is_empty());
+    }
+
+    #[test]
+    fn pod_specs_roundtrip() {
+        let spec = BootSpec {
+            apps: vec![AppSpec {
+                name: "web".into(),
+                command: vec!["httpd".into()],
+                rootfs: Some(RootfsSpec {
+                    tag: "rootfs-web".into(),
+                    app: "web".into(),
+                    mounts: vec![MountSpec {
+                        volume: "data".into(),
+                        target: "/srv".into(),
+                        read_only: false,
+                    }],
+                    ..RootfsSpec::default()
+                }),
+                ..AppSpec::default()
+            }],
+            stop_grace_ms: Some(1500),
+            volumes: vec![VolumeSpec {
+                name: "data".into(),
+                tag: "vol-0".into(),
+                read_only: true,
+            }],
+            ..BootSpec::default()
+        };
+        let json = serde_json::to_string(&spec).expect("encode");
+        assert_eq!(
+            serde_json::from_str::<BootSpec>(&json).expect("decode"),
+            spec
+        );
+        let app: AppSpec =
+            serde_json::from_str(r#"{"name":"a","command":["true"]}"#).expect("minimal");
+        assert_eq!(app.rootfs, None);
     }
 }

@@ -149,6 +149,7 @@ pub fn run(args: BootArgs) -> Result<ExitCode, BootCmdError> {
             tty: args.tty,
             exec_token,
             network: None,
+            ..BootSpec::default()
         },
         initrd_dir: args.initrd_dir,
         cpus: args.cpus,
@@ -160,6 +161,7 @@ pub fn run(args: BootArgs) -> Result<ExitCode, BootCmdError> {
         shares,
         relay: RelayOptions::for_cli(args.interactive, args.tty, args.stop_timeout),
         exec_info: args.exec_info,
+        ..LaunchPlan::default()
     };
     if let Some(path) = &args.dump_initramfs {
         let (initramfs, cmdline) = launch::boot_media(&plan)?;

@@ -69,6 +69,7 @@ pub fn run(args: ExecArgs) -> Result<ExitCode, ExecCmdError> {
         user: args.user,
         group: args.group,
         tty: args.tty,
+        app: None,
     };
     let options = RelayOptions::for_cli(args.interactive, args.tty, args.stop_timeout);
     let status = exec_client::run(&info, request, &options)?;

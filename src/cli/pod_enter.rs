@@ -92,6 +92,7 @@ pub fn enter(data_dir: &Path, args: EnterArgs) -> Result<ExitCode, EnterError> {
         user: None,
         group: None,
         tty,
+        app: Some(app.name.clone()),
     };
     let options = RelayOptions::for_cli(false, tty, ENTER_STOP_TIMEOUT);
     let status = exec_client::run(&info, request, &options)?;

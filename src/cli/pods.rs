@@ -84,7 +84,7 @@ pub fn view(pods: &PodStore, pod: &Pod) -> Result<PodView, PodError> {
     let hostname = manifest
         .as_ref()
         .and_then(|m| m.annotation(HOSTNAME_ANNOTATION));
-    let apps = manifest
+    let apps: Vec<AppView> = manifest
         .map(|m| {
             m.apps
                 .into_iter()
@@ -102,6 +102,10 @@ pub fn view(pods: &PodStore, pod: &Pod) -> Result<PodView, PodError> {
         })
         .unwrap_or_default();
     let mut status = status;
+    if !apps.is_empty() {
+        // Each app's code is in its entry of `apps`: the view has one `apps` key.
+        status.apps.clear();
+    }
     if pod.state == PodState::Exited && status.finished.is_none() && status.reason.is_none() {
         status.reason = Some(match status.pid {
             Some(pid) => format!("podvm process {pid} died without recording the pod's exit"),

@@ -14,6 +14,7 @@ use crate::image::{self, ImageError, PreparedImage};
 use crate::pod::manifest::{self, App, ImageRef, NameValue, PodManifest, RuntimeApp};
 use crate::pod::resources::{Isolator, ResourceError};
 use crate::pod::status::{now, PodStatus};
+use crate::pod::volumes::{self, VolumeError};
 use crate::pod::{PodError, PodStore};
 use crate::store::{Store, StoreError};
 
@@ -39,6 +40,10 @@ pub struct PrepareArgs {
     /// Pod annotation, NAME=VALUE (repeatable).
     #[arg(long = "annotation", value_name = "NAME=VALUE")]
     annotations: Vec<String>,
+    /// A pod volume, NAME,kind=host|empty[,source=PATH][,readOnly=true|false] (repeatable); apps
+    /// mount it with `--mount`.
+    #[arg(long = "volume", value_name = "NAME,kind=KIND,...")]
+    volumes: Vec<String>,
     /// Write the pod's uuid to this file.
     #[arg(long = "uuid-file-save", value_name = "FILE")]
     uuid_file_save: Option<PathBuf>,
@@ -95,6 +100,9 @@ struct AppArgs {
     /// CPU limit of the app, e.g. 500m or 2 (the VM gets the sum, rounded up, as vCPUs).
     #[arg(long)]
     cpu: Option<String>,
+    /// Mount a pod volume into this app, volume=NAME,target=PATH (repeatable).
+    #[arg(long = "mount", value_name = "volume=NAME,target=PATH")]
+    mounts: Vec<String>,
     /// Arguments replacing the image's (after `--`).
     #[arg(last = true)]
     args: Vec<String>,
@@ -129,6 +137,9 @@ pub enum PrepareError {
         /// Why.
         source: std::io::Error,
     },
+    /// A bad `--volume` or `--mount`.
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
     /// A bad `--memory` or `--cpu`.
     #[error(transparent)]
     Resource(#[from] ResourceError),
@@ -214,11 +225,13 @@ fn build_manifest(
     let store = Store::open(data_dir)?;
     let fetch_options = options(data_dir, &args.insecure_options, args.pull_policy);
     let mut apps: Vec<RuntimeApp> = Vec::new();
+    let mut mount_points = Vec::new();
     for app in app_args {
         let record = fetch(&store, &fetch_options, &app.image)?;
         let prepared = image::prepare(&store, &record)?;
         let taken: Vec<String> = apps.iter().map(|a| a.name.clone()).collect();
         apps.push(runtime_app(app, &prepared, set_env, &taken)?);
+        mount_points.push(prepared.defaults.mount_points.clone());
     }
     let hostname = args
         .hostname
@@ -228,7 +241,23 @@ fn build_manifest(
         name: HOSTNAME_ANNOTATION.into(),
         value: hostname,
     });
-    Ok(PodManifest::new(apps, annotations))
+    let mut manifest = PodManifest::new(apps, annotations);
+    manifest.volumes = args
+        .volumes
+        .iter()
+        .map(|text| volumes::parse_volume(text))
+        .collect::<Result<_, _>>()?;
+    for (app, points) in manifest.apps.iter_mut().zip(&mount_points) {
+        volumes::add_image_mounts(&app.name, points, &mut manifest.volumes, &mut app.mounts);
+    }
+    volumes::check(
+        &manifest.volumes,
+        manifest
+            .apps
+            .iter()
+            .map(|app| (app.name.as_str(), app.mounts.as_slice())),
+    )?;
+    Ok(manifest)
 }
 
 /// The environment every app gets, lowest precedence first: inherited (`--inherit-env`, marked
@@ -333,6 +362,11 @@ fn runtime_app(
             isolators: isolators(app)?,
         },
         read_only_root_fs: app.readonly_rootfs,
+        mounts: app
+            .mounts
+            .iter()
+            .map(|text| volumes::parse_mount(text))
+            .collect::<Result<_, _>>()?,
     })
 }
 

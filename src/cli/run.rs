@@ -2,9 +2,12 @@
 //! its exit in the pod, and exit with the app's status (never 0 for a failed app).
 //!
 //! The pod's lock is held for the VM's lifetime, so `list`/`status` see it running, and a
-//! killed podvm leaves a pod that reads as exited. A pod has one app; its root filesystem is a
-//! copy-on-write overlay of the store's image tree ([`AppRootfs`]), shared with the VM over
-//! virtio-fs, so the app's writes land in the pod's upper directory and the store never changes.
+//! killed podvm leaves a pod that reads as exited. Each app's root filesystem is a copy-on-write
+//! overlay of the store's image tree ([`AppRootfs`]), shared with the VM over virtio-fs (one
+//! share per app), so the app's writes land in the pod's upper directory and the store never
+//! changes. A single app runs on the agent's boot session (stdin, terminal); several apps each
+//! get an app session, and rkt's rule applies: the first app that fails stops the others and
+//! its code is `run`'s (see the protocol crate).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -12,7 +15,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use podvm_protocol::{BootSpec, RootfsSpec};
+use podvm_protocol::{AppSpec, BootSpec, MountSpec, RootfsSpec, VolumeSpec};
 
 use super::boot::parse_duration;
 use super::prepare::{self, PrepareArgs, PrepareError};
@@ -26,6 +29,7 @@ use crate::pod::manifest::RuntimeApp;
 use crate::pod::resources;
 use crate::pod::rootfs::AppRootfs;
 use crate::pod::status::{now, AppExit};
+use crate::pod::volumes::{self, Volume};
 use crate::pod::{Pod, PodError, PodState, PodStore};
 use crate::relay::RelayOptions;
 use crate::store::{Store, StoreError};
@@ -114,7 +118,7 @@ pub enum RunError {
     #[error(transparent)]
     ExecInfo(#[from] ExecInfoError),
     /// What the pod asks for is not supported yet.
-    #[error("pod {uuid}: {what} is not supported yet; run one app per pod")]
+    #[error("pod {uuid}: {what} is not supported; run it with a single app")]
     Unsupported {
         /// The pod.
         uuid: String,
@@ -166,12 +170,22 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
     }
     let _held = lock::try_lock(&prepared.dir, &prepared.uuid)?;
     let manifest = pods.manifest(&prepared)?;
-    let app = single_app(&prepared, &manifest.apps)?;
+    check_apps(&prepared, &manifest.apps, vm)?;
     let store = Store::open(data_dir)?;
-    let image = image::prepare(&store, &image::resolve(&store, &app.image.id)?)?;
+    let mut images = Vec::new();
+    for app in &manifest.apps {
+        images.push(image::prepare(
+            &store,
+            &image::resolve(&store, &app.image.id)?,
+        )?);
+    }
     let pod = pods.transition(&prepared, "run")?;
-    // Copy-on-write over the store's tree; unmounted when `rootfs` drops after the VM.
-    let rootfs = AppRootfs::prepare(&pod.dir, &app.name, &image.rootfs).map_err(PodError::from)?;
+    // Copy-on-write over the store's trees; unmounted when `rootfs` drops after the VM.
+    let mut rootfs = Vec::new();
+    for (app, image) in manifest.apps.iter().zip(&images) {
+        rootfs
+            .push(AppRootfs::prepare(&pod.dir, &app.name, &image.rootfs).map_err(PodError::from)?);
+    }
     let mut status = pods.status(&pod)?;
     status.started = Some(now());
     status.pid = Some(std::process::id());
@@ -183,43 +197,59 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
     );
     let interactive = vm.interactive && std::io::stdin().is_terminal();
     let relay = RelayOptions::for_cli(vm.interactive, interactive, vm.stop_timeout);
+    let hostname = manifest
+        .annotation(prepare::HOSTNAME_ANNOTATION)
+        .unwrap_or_else(|| format!("podvm-{}", pod.uuid));
+    let (extra_shares, volume_specs) = volume_shares(&pod, &manifest.volumes)?;
+    let mut shares: Vec<FsShare> = manifest
+        .apps
+        .iter()
+        .zip(&rootfs)
+        .enumerate()
+        .map(|(index, (app, rootfs))| FsShare {
+            tag: rootfs_tag(index),
+            host_dir: rootfs.merged.clone(),
+            read_only: app.read_only_root_fs,
+        })
+        .collect();
+    shares.extend(extra_shares);
+    let mut spec = BootSpec {
+        tty: relay.tty,
+        exec_token: Some(exec_info::new_token()?),
+        network: None,
+        volumes: volume_specs,
+        ..BootSpec::default()
+    };
+    let mut app_log = None;
+    let mut app_logs = Vec::new();
+    if let [app] = manifest.apps.as_slice() {
+        spec.command = app.app.exec.clone();
+        spec.env = app.app.env_entries();
+        spec.workdir = Some(app.app.working_directory.clone());
+        spec.rootfs = Some(rootfs_spec(app, 0, &hostname));
+        spec.user = non_empty(&app.app.user);
+        spec.group = non_empty(&app.app.group);
+        app_log = Some(open_app_log(&pod, &app.name)?);
+    } else {
+        for (index, app) in manifest.apps.iter().enumerate() {
+            spec.apps.push(app_spec(app, index, &hostname));
+            app_logs.push((app.name.clone(), open_app_log(&pod, &app.name)?));
+        }
+        spec.stop_grace_ms = Some(u64::try_from(vm.stop_timeout.as_millis()).unwrap_or(u64::MAX));
+    }
     let plan = LaunchPlan {
         kernel: vm.kernel.clone(),
         agent: vm.agent.clone(),
-        spec: BootSpec {
-            command: app.app.exec.clone(),
-            env: app.app.env_entries(),
-            workdir: Some(app.app.working_directory.clone()),
-            rootfs: Some(RootfsSpec {
-                tag: ROOTFS_TAG.into(),
-                read_only: app.read_only_root_fs,
-                app: app.name.clone(),
-                hostname: Some(
-                    manifest
-                        .annotation(prepare::HOSTNAME_ANNOTATION)
-                        .unwrap_or_else(|| format!("podvm-{}", pod.uuid)),
-                ),
-                resolv_conf: None,
-                hosts_entries: Vec::new(),
-            }),
-            user: non_empty(&app.app.user),
-            group: non_empty(&app.app.group),
-            tty: relay.tty,
-            exec_token: Some(exec_info::new_token()?),
-            network: None,
-        },
+        spec,
         initrd_dir: None,
         cpus: vm.vm_cpus.unwrap_or(sized_cpus),
         memory_mib: vm.vm_memory.unwrap_or(sized_mib),
         console: vm.console,
         console_log: Some(pod.dir.join("console.log")),
         kernel_args: Vec::new(),
-        app_log: Some(open_app_log(&pod, &app.name)?),
-        shares: vec![FsShare {
-            tag: ROOTFS_TAG.into(),
-            host_dir: rootfs.merged.clone(),
-            read_only: app.read_only_root_fs,
-        }],
+        app_log,
+        app_logs,
+        shares,
         relay,
         exec_info: Some(pod.dir.join(EXEC_INFO_FILE)),
     };
@@ -230,10 +260,20 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
     match outcome {
         Ok(outcome) => {
             let exit_code = launch::exit_code(outcome.status);
-            status.apps = vec![AppExit {
-                name: app.name.clone(),
-                exit_code: i32::from(exit_code),
-            }];
+            status.apps = match manifest.apps.as_slice() {
+                [app] => vec![AppExit {
+                    name: app.name.clone(),
+                    exit_code: i32::from(exit_code),
+                }],
+                _ => outcome
+                    .apps
+                    .iter()
+                    .map(|(name, status)| AppExit {
+                        name: name.clone(),
+                        exit_code: status.shell_code(),
+                    })
+                    .collect(),
+            };
             pods.write_status(&pod, &status)?;
             Ok(ExitCode::from(exit_code))
         }
@@ -267,6 +307,77 @@ fn enter_cgroup(pod: &Pod, plan: &LaunchPlan) -> Option<PodCgroup> {
     }
 }
 
+/// The virtio-fs tag of the root filesystem of the pod's app number `index`.
+fn rootfs_tag(index: usize) -> String {
+    match index {
+        0 => ROOTFS_TAG.to_string(),
+        _ => format!("{ROOTFS_TAG}-{index}"),
+    }
+}
+
+/// How the agent mounts the root filesystem of the pod's app number `index`.
+fn rootfs_spec(app: &RuntimeApp, index: usize, hostname: &str) -> RootfsSpec {
+    RootfsSpec {
+        tag: rootfs_tag(index),
+        read_only: app.read_only_root_fs,
+        app: app.name.clone(),
+        hostname: Some(hostname.to_string()),
+        resolv_conf: None,
+        hosts_entries: Vec::new(),
+        mounts: app
+            .mounts
+            .iter()
+            .map(|mount| MountSpec {
+                volume: mount.volume.clone(),
+                target: mount.path.clone(),
+                read_only: false,
+            })
+            .collect(),
+    }
+}
+
+/// The pod's volumes as virtio-fs shares and as the agent mounts them; empty volumes get their
+/// directory in the pod.
+fn volume_shares(
+    pod: &Pod,
+    volumes: &[Volume],
+) -> Result<(Vec<FsShare>, Vec<VolumeSpec>), RunError> {
+    let mut shares = Vec::new();
+    let mut specs = Vec::new();
+    for (index, volume) in volumes.iter().enumerate() {
+        let host_dir = volumes::host_dir(&pod.dir, volume);
+        std::fs::create_dir_all(&host_dir).map_err(|source| PodError::Io {
+            what: "cannot create the volume's directory",
+            path: host_dir.clone(),
+            source,
+        })?;
+        shares.push(FsShare {
+            tag: volumes::tag(index),
+            host_dir,
+            read_only: volume.read_only,
+        });
+        specs.push(VolumeSpec {
+            name: volume.name.clone(),
+            tag: volumes::tag(index),
+            read_only: volume.read_only,
+        });
+    }
+    Ok((shares, specs))
+}
+
+/// The app number `index` of a pod of several apps, as the agent runs it.
+fn app_spec(app: &RuntimeApp, index: usize, hostname: &str) -> AppSpec {
+    AppSpec {
+        name: app.name.clone(),
+        command: app.app.exec.clone(),
+        env: app.app.env_entries(),
+        workdir: Some(app.app.working_directory.clone()),
+        rootfs: Some(rootfs_spec(app, index, hostname)),
+        user: non_empty(&app.app.user),
+        group: non_empty(&app.app.group),
+    }
+}
+
 /// The app's log in the pod directory, for `podvm logs`.
 fn open_app_log(pod: &Pod, app: &str) -> Result<AppLog, RunError> {
     let path = logs::path(&pod.dir, app);
@@ -284,14 +395,19 @@ fn non_empty(text: &str) -> Option<String> {
     (!text.is_empty()).then(|| text.to_string())
 }
 
-/// The pod's only app, or why this pod cannot run yet.
-fn single_app<'a>(pod: &Pod, apps: &'a [RuntimeApp]) -> Result<&'a RuntimeApp, RunError> {
+/// Whether the pod's apps can run together: at least one, and a terminal only for one.
+fn check_apps(pod: &Pod, apps: &[RuntimeApp], vm: &VmFlags) -> Result<(), RunError> {
     let unsupported = |what: String| RunError::Unsupported {
         uuid: pod.uuid.clone(),
         what,
     };
-    let [app] = apps else {
-        return Err(unsupported(format!("a pod of {} apps", apps.len())));
-    };
-    Ok(app)
+    match apps {
+        [] => Err(unsupported("a pod without apps".into())),
+        [_] => Ok(()),
+        _ if vm.interactive => Err(unsupported(format!(
+            "--interactive with {} apps (stdin and a terminal go to one app)",
+            apps.len()
+        ))),
+        _ => Ok(()),
+    }
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::config::{AppDefaults, ConfigError, Port};
+use super::config::{AppDefaults, ConfigError, MountPoint, Port};
 
 /// Media type recorded for ACI blobs.
 pub const ACI_MEDIA_TYPE: &str = "application/vnd.appc.image.aci";
@@ -68,6 +68,17 @@ struct App {
     environment: Vec<NameValue>,
     #[serde(default)]
     ports: Vec<AppPort>,
+    #[serde(default)]
+    mount_points: Vec<AciMountPoint>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AciMountPoint {
+    name: String,
+    path: String,
+    #[serde(default)]
+    read_only: bool,
 }
 
 #[derive(Deserialize)]
@@ -146,6 +157,7 @@ pub fn app_defaults(image: &str, manifest: &[u8]) -> Result<AppDefaults, ConfigE
         working_directory: String::new(),
         environment: Vec::new(),
         ports: Vec::new(),
+        mount_points: Vec::new(),
     });
     let or = |s: String, d: &str| if s.is_empty() { d.to_string() } else { s };
     Ok(AppDefaults {
@@ -169,6 +181,15 @@ pub fn app_defaults(image: &str, manifest: &[u8]) -> Result<AppDefaults, ConfigE
                 port: p.port,
             })
             .collect(),
+        mount_points: app
+            .mount_points
+            .into_iter()
+            .map(|m| MountPoint {
+                name: m.name,
+                path: m.path,
+                read_only: m.read_only,
+            })
+            .collect(),
         labels,
     })
 }
@@ -182,11 +203,20 @@ mod tests {
         let m = br#"{"acKind":"ImageManifest","acVersion":"0.8.11","name":"example.com/app",
             "labels":[{"name":"version","value":"1.0"},{"name":"os","value":"linux"},{"name":"arch","value":"amd64"}],
             "app":{"exec":["/bin/app","-v"],"user":"1000","group":"1000","workingDirectory":"/srv",
-            "environment":[{"name":"A","value":"b"}],"ports":[{"name":"http","protocol":"tcp","port":80}]}}"#;
+            "environment":[{"name":"A","value":"b"}],"ports":[{"name":"http","protocol":"tcp","port":80}],
+            "mountPoints":[{"name":"data","path":"/var/data","readOnly":true}]}}"#;
         let d = app_defaults("t", m).expect("valid");
         assert_eq!(d.exec, vec!["/bin/app", "-v"]);
         assert_eq!((d.user.as_str(), d.working_dir.as_str()), ("1000", "/srv"));
         assert_eq!(d.ports[0].name, "http");
+        assert_eq!(
+            d.mount_points,
+            vec![MountPoint {
+                name: "data".into(),
+                path: "/var/data".into(),
+                read_only: true
+            }]
+        );
         assert_eq!(appc_name("t", m).expect("name"), "example.com/app:1.0");
         let arm = String::from_utf8_lossy(m).replace("amd64", "arm64");
         assert!(app_defaults("t", arm.as_bytes()).is_err());

@@ -26,6 +26,7 @@ struct RunConfig {
     cmd: Option<Vec<String>>,
     working_dir: Option<String>,
     labels: Option<BTreeMap<String, String>>,
+    volumes: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 /// Errors reading an image config.
@@ -62,6 +63,39 @@ pub struct Port {
     pub port: u16,
 }
 
+/// A directory the image expects a volume on (appc `mountPoints`, OCI `Volumes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MountPoint {
+    /// Its name (OCI volumes: `volume-` and the path, e.g. `volume-var-lib-data`).
+    pub name: String,
+    /// Absolute path inside the app.
+    pub path: String,
+    /// Whether the app only reads it.
+    pub read_only: bool,
+}
+
+impl MountPoint {
+    /// The mount point of an OCI `Volumes` entry, named as docker2aci names it.
+    pub fn from_oci(path: &str) -> Self {
+        let name: String = path
+            .trim_matches('/')
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        Self {
+            name: format!("volume-{name}"),
+            path: path.to_string(),
+            read_only: false,
+        }
+    }
+}
+
 /// What an image says about how to run its app; the pods code starts from these and applies
 /// command-line overrides (`--exec`, `--user`, `--set-env`, ...).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -84,6 +118,8 @@ pub struct AppDefaults {
     pub ports: Vec<Port>,
     /// Labels.
     pub labels: BTreeMap<String, String>,
+    /// Where the app expects volumes.
+    pub mount_points: Vec<MountPoint>,
 }
 
 /// Parses a config blob and translates it (rejecting non linux/amd64 images).
@@ -135,6 +171,12 @@ pub fn app_defaults(image: &str, config_blob: &[u8]) -> Result<AppDefaults, Conf
         }
     }
     d.labels = c.labels.unwrap_or_default();
+    d.mount_points = c
+        .volumes
+        .iter()
+        .flatten()
+        .map(|(path, _)| MountPoint::from_oci(path))
+        .collect();
     Ok(d)
 }
 
@@ -148,7 +190,7 @@ mod tests {
             br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},
             "config":{"Entrypoint":["/bin/sh","-c"],"Cmd":["echo hi"],"Env":["PATH=/bin","EMPTY="],
             "User":"1000:100","WorkingDir":"/srv","ExposedPorts":{"80/tcp":{},"53/udp":{}},
-            "Labels":{"a":"b"}}}"#;
+            "Labels":{"a":"b"},"Volumes":{"/var/lib/data":{}}}}"#;
         let d = app_defaults("t", cfg).expect("valid");
         assert_eq!(d.exec, vec!["/bin/sh", "-c", "echo hi"]);
         assert_eq!(d.env[0], ("PATH".to_string(), "/bin".to_string()));
@@ -159,6 +201,8 @@ mod tests {
         );
         assert!(d.ports.iter().any(|p| p.name == "udp-53" && p.port == 53));
         assert_eq!(d.labels.get("a").map(String::as_str), Some("b"));
+        assert_eq!(d.mount_points[0].name, "volume-var-lib-data");
+        assert_eq!(d.mount_points[0].path, "/var/lib/data");
         let arm = String::from_utf8_lossy(cfg).replace("amd64", "arm64");
         assert!(app_defaults("t", arm.as_bytes()).is_err());
     }

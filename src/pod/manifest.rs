@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::resources::Isolator;
+use super::volumes::{Mount, Volume};
 
 /// appc spec version written into manifests.
 pub const AC_VERSION: &str = "0.8.11";
@@ -68,6 +69,9 @@ pub struct RuntimeApp {
     /// Whether its root filesystem is read-only.
     #[serde(rename = "readOnlyRootFS")]
     pub read_only_root_fs: bool,
+    /// Volumes mounted into the app (`--mount`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
 }
 
 /// The pod manifest.
@@ -82,6 +86,9 @@ pub struct PodManifest {
     pub apps: Vec<RuntimeApp>,
     /// Annotations (`--annotation`, plus podvm's own such as the hostname).
     pub annotations: Vec<NameValue>,
+    /// The pod's volumes (`--volume`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
 }
 
 impl PodManifest {
@@ -100,6 +107,7 @@ impl PodManifest {
             ac_version: AC_VERSION.into(),
             apps,
             annotations,
+            volumes: Vec::new(),
         }
     }
 }
@@ -201,14 +209,26 @@ mod tests {
                 isolators: vec![Isolator::memory("64Mi").expect("valid")],
             },
             read_only_root_fs: true,
+            mounts: vec![Mount {
+                volume: "data".into(),
+                path: "/data".into(),
+            }],
         };
-        let json = serde_json::to_string(&PodManifest::new(vec![app], vec![])).expect("json");
+        let mut manifest = PodManifest::new(vec![app], vec![]);
+        manifest.volumes =
+            vec![
+                crate::pod::volumes::parse_volume("data,kind=host,source=/srv,readOnly=true")
+                    .expect("valid"),
+            ];
+        let json = serde_json::to_string(&manifest).expect("json");
         for field in [
             "\"acKind\":\"PodManifest\"",
             "\"acVersion\"",
             "\"workingDirectory\"",
             "\"isolators\":[{\"name\":\"resource/memory\",\"value\":{\"limit\":\"64Mi\"}}]",
             "\"readOnlyRootFS\":true",
+            "\"mounts\":[{\"volume\":\"data\",\"path\":\"/data\"}]",
+            "\"volumes\":[{\"name\":\"data\",\"kind\":\"host\",\"source\":\"/srv\",\"readOnly\":true}]",
         ] {
             assert!(json.contains(field), "{field} in {json}");
         }

@@ -23,6 +23,7 @@ pub mod rootfs;
 pub mod state;
 pub mod status;
 pub mod store;
+pub mod volumes;
 
 pub use self::state::PodState;
 pub use self::store::{Pod, PodStore};

@@ -26,6 +26,7 @@ pub struct PodStatus {
     /// PID of the podvm process running the VM.
     pub pid: Option<u32>,
     /// Exit codes of the apps that ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub apps: Vec<AppExit>,
     /// Why the pod ended abnormally (e.g. its podvm process died), if it did.
     pub reason: Option<String>,

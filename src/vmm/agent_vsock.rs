@@ -7,6 +7,10 @@
 //! frame decoder), then closes the socket when the agent closes its side, which tells the agent
 //! that everything arrived. The thread sleeps in poll(2) on the socket and a stop eventfd.
 //! The sink gets a duplicate of the connection to write host-to-agent frames on.
+//!
+//! When the sink takes app sessions (a pod of several apps, see the protocol crate), the
+//! listener stays open after the boot session: an acceptor thread takes every further
+//! connection from the VM and pumps each into a sink of its own until the VM ends.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -22,6 +26,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Size of one read from the socket.
 const READ_CHUNK: usize = 64 * 1024;
+/// Connections the listener queues before the agent's later ones are refused (app sessions).
+const BACKLOG: i32 = 64;
 
 /// Errors while setting up the host end.
 #[derive(Debug, thiserror::Error)]
@@ -42,10 +48,19 @@ pub enum AgentVsockError {
     Thread(std::io::Error),
 }
 
+/// Makes a sink for each further connection of the agent (an app session).
+pub type SessionSinks = Box<dyn FnMut() -> Box<dyn Write + Send> + Send>;
+
 /// Where the agent's bytes go; also told when the agent connected.
 pub trait AgentSink: Write + Send {
     /// The agent connected; `stream` is a duplicate of the connection for writing to it.
     fn connected(&mut self, stream: File);
+
+    /// Sinks for the agent's further connections (app sessions); `None` (the default)
+    /// refuses them.
+    fn app_sessions(&mut self) -> Option<SessionSinks> {
+        None
+    }
 }
 
 /// A listening vsock socket waiting for the agent.
@@ -67,7 +82,7 @@ impl AgentListener {
         .map_err(step("socket"))?;
         let any = VsockAddr::new(libc::VMADDR_CID_ANY, libc::VMADDR_PORT_ANY);
         bind(socket.as_raw_fd(), &any).map_err(step("bind"))?;
-        listen(&socket, Backlog::new(1).map_err(step("listen"))?).map_err(step("listen"))?;
+        listen(&socket, Backlog::new(BACKLOG).map_err(step("listen"))?).map_err(step("listen"))?;
         let port = getsockname::<VsockAddr>(socket.as_raw_fd())
             .map_err(step("getsockname"))?
             .port();
@@ -87,8 +102,14 @@ impl AgentListener {
             .name("agent-vsock".into())
             .spawn(move || {
                 let mut sink = sink;
+                let mut acceptor = None;
                 if let Some(stream) = accept_from(&self.socket, cid, &stop_in_thread) {
-                    drop(self.socket);
+                    match sink.app_sessions() {
+                        Some(sinks) => {
+                            acceptor = spawn_acceptor(self.socket, cid, &stop_in_thread, sinks)
+                        }
+                        None => drop(self.socket),
+                    }
                     match stream.try_clone() {
                         Ok(writer) => sink.connected(writer),
                         Err(err) => eprintln!("podvm: agent channel: cannot duplicate: {err}"),
@@ -96,6 +117,9 @@ impl AgentListener {
                     pump(stream, &stop_in_thread, sink.as_mut());
                 }
                 let _ = sink.flush();
+                if let Some(acceptor) = acceptor {
+                    let _ = acceptor.join();
+                }
             })
             .map_err(AgentVsockError::Thread)?;
         Ok(AgentReader { stop, handle })
@@ -144,6 +168,58 @@ fn wait(fd: BorrowedFd<'_>, stop: &EventFd) -> Wake {
                 eprintln!("podvm: agent channel: poll failed: {err}");
                 return Wake::Stopped;
             }
+        }
+    }
+}
+
+/// Starts the thread that accepts the agent's app sessions until stopped, each pumped into a
+/// sink from `sinks` by a thread of its own; it joins them before it ends.
+fn spawn_acceptor(
+    listener: OwnedFd,
+    cid: u32,
+    stop: &EventFd,
+    mut sinks: SessionSinks,
+) -> Option<JoinHandle<()>> {
+    let stop = match stop.try_clone() {
+        Ok(stop) => stop,
+        Err(err) => {
+            eprintln!("podvm: agent channel: cannot accept app sessions: {err}");
+            return None;
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("agent-sessions".into())
+        .spawn(move || {
+            let mut pumps = Vec::new();
+            while let Some(stream) = accept_from(&listener, cid, &stop) {
+                let mut sink = sinks();
+                let Ok(stop) = stop.try_clone() else {
+                    eprintln!("podvm: agent channel: cannot serve an app session");
+                    continue;
+                };
+                let pumped =
+                    std::thread::Builder::new()
+                        .name("agent-app".into())
+                        .spawn(move || {
+                            pump(stream, &stop, sink.as_mut());
+                            let _ = sink.flush();
+                        });
+                match pumped {
+                    Ok(handle) => pumps.push(handle),
+                    Err(err) => {
+                        eprintln!("podvm: agent channel: cannot serve an app session: {err}")
+                    }
+                }
+            }
+            for handle in pumps {
+                let _ = handle.join();
+            }
+        });
+    match spawned {
+        Ok(handle) => Some(handle),
+        Err(err) => {
+            eprintln!("podvm: agent channel: cannot accept app sessions: {err}");
+            None
         }
     }
 }

@@ -1,0 +1,345 @@
+//! Pod volumes, as rkt has them: pod-level `--volume NAME,kind=host|empty,source=PATH,
+//! readOnly=BOOL` and per-app `--mount volume=NAME,target=PATH`, recorded in the pod manifest
+//! with appc's field names. In the VM each volume is one virtio-fs share: a host volume shares
+//! its source directory (read-only enforced by the host too), an empty volume a fresh directory
+//! in the pod (`<pod>/volumes/<name>`, removed with the pod).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::image::config::MountPoint;
+
+/// The directory of empty volumes inside a pod directory.
+pub const VOLUMES_DIR: &str = "volumes";
+
+/// Errors in volume and mount flags.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    /// The flag does not parse.
+    #[error("{flag} {value:?}: {why} (expected {expected})")]
+    Syntax {
+        /// The flag.
+        flag: &'static str,
+        /// What was given.
+        value: String,
+        /// What is wrong.
+        why: String,
+        /// The accepted form.
+        expected: &'static str,
+    },
+    /// Two volumes share a name.
+    #[error("volume {0:?} is declared twice")]
+    Duplicate(String),
+    /// A mount names no declared volume.
+    #[error("app {app}: --mount names volume {volume:?}, but no --volume declares it")]
+    Unknown {
+        /// The app.
+        app: String,
+        /// The volume.
+        volume: String,
+    },
+    /// A host volume's source is not a directory.
+    #[error("volume {name}: source {source_dir} is not a directory on this host")]
+    Source {
+        /// The volume.
+        name: String,
+        /// Its source.
+        source_dir: PathBuf,
+    },
+}
+
+const VOLUME_FORM: &str = "NAME,kind=host|empty,source=PATH,readOnly=true|false";
+const MOUNT_FORM: &str = "volume=NAME,target=/PATH";
+
+/// What backs a volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeKind {
+    /// A directory of the host.
+    Host,
+    /// A new empty directory in the pod.
+    Empty,
+}
+
+/// A pod volume (appc `volumes[]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Volume {
+    /// Its name (an appc ACName).
+    pub name: String,
+    /// Host directory or empty.
+    pub kind: VolumeKind,
+    /// The host directory (host volumes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<PathBuf>,
+    /// Whether apps may only read it.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// A volume mounted into an app (appc `apps[].mounts[]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// The volume's name.
+    pub volume: String,
+    /// Absolute path inside the app.
+    pub path: String,
+}
+
+/// Splits `a=b,c=d` into pairs; the first word may be a bare name.
+fn pairs(text: &str) -> Vec<(&str, Option<&str>)> {
+    text.split(',')
+        .map(|part| match part.split_once('=') {
+            Some((key, value)) => (key, Some(value)),
+            None => (part, None),
+        })
+        .collect()
+}
+
+/// Parses `--volume NAME,kind=host|empty,source=PATH,readOnly=BOOL`.
+pub fn parse_volume(text: &str) -> Result<Volume, VolumeError> {
+    let bad = |why: String| VolumeError::Syntax {
+        flag: "--volume",
+        value: text.to_string(),
+        why,
+        expected: VOLUME_FORM,
+    };
+    let mut parts = pairs(text).into_iter();
+    let name = match parts.next() {
+        Some((name, None)) if valid_name(name) => name.to_string(),
+        _ => return Err(bad("the first word must be the volume's name".into())),
+    };
+    let (mut kind, mut source, mut read_only) = (None, None, false);
+    for (key, value) in parts {
+        let value = value.ok_or_else(|| bad(format!("{key:?} has no value")))?;
+        match key {
+            "kind" if value == "host" => kind = Some(VolumeKind::Host),
+            "kind" if value == "empty" => kind = Some(VolumeKind::Empty),
+            "source" => source = Some(PathBuf::from(value)),
+            "readOnly" => {
+                read_only = value
+                    .parse()
+                    .map_err(|_| bad(format!("readOnly={value} is not true or false")))?
+            }
+            _ => return Err(bad(format!("unknown or bad {key}={value}"))),
+        }
+    }
+    let kind = kind.ok_or_else(|| bad("kind= is missing".into()))?;
+    match (kind, &source) {
+        (VolumeKind::Host, None) => return Err(bad("a host volume needs source=".into())),
+        (VolumeKind::Host, Some(path)) if !path.is_absolute() => {
+            return Err(bad("source= must be an absolute path".into()))
+        }
+        (VolumeKind::Empty, Some(_)) => return Err(bad("an empty volume has no source".into())),
+        _ => {}
+    }
+    Ok(Volume {
+        name,
+        kind,
+        source,
+        read_only,
+    })
+}
+
+/// Parses `--mount volume=NAME,target=PATH`.
+pub fn parse_mount(text: &str) -> Result<Mount, VolumeError> {
+    let bad = |why: String| VolumeError::Syntax {
+        flag: "--mount",
+        value: text.to_string(),
+        why,
+        expected: MOUNT_FORM,
+    };
+    let (mut volume, mut path) = (None, None);
+    for (key, value) in pairs(text) {
+        match (key, value) {
+            ("volume", Some(name)) if valid_name(name) => volume = Some(name.to_string()),
+            ("target", Some(target)) if target.starts_with('/') => path = Some(target.to_string()),
+            _ => return Err(bad(format!("unknown or bad {key:?}"))),
+        }
+    }
+    Ok(Mount {
+        volume: volume.ok_or_else(|| bad("volume= is missing".into()))?,
+        path: path.ok_or_else(|| bad("target= is missing".into()))?,
+    })
+}
+
+/// An appc ACName: lower-case letters, digits and `-`, not empty.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// Checks the pod's volumes and the apps' mounts (`(app, mounts)`) against them.
+pub fn check<'a>(
+    volumes: &[Volume],
+    apps: impl IntoIterator<Item = (&'a str, &'a [Mount])>,
+) -> Result<(), VolumeError> {
+    for (index, volume) in volumes.iter().enumerate() {
+        if volumes[..index]
+            .iter()
+            .any(|other| other.name == volume.name)
+        {
+            return Err(VolumeError::Duplicate(volume.name.clone()));
+        }
+        if let Some(source) = &volume.source {
+            if !source.is_dir() {
+                return Err(VolumeError::Source {
+                    name: volume.name.clone(),
+                    source_dir: source.clone(),
+                });
+            }
+        }
+    }
+    for (app, mounts) in apps {
+        for mount in mounts {
+            if !volumes.iter().any(|volume| volume.name == mount.volume) {
+                return Err(VolumeError::Unknown {
+                    app: app.to_string(),
+                    volume: mount.volume.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// rkt's rule for the image's mount points of an app: one the app already mounts something on
+/// stays so; one named like a pod volume gets that volume; any other gets a new empty volume of
+/// its name (with a note on stderr, as rkt prints).
+pub fn add_image_mounts(
+    app: &str,
+    points: &[MountPoint],
+    volumes: &mut Vec<Volume>,
+    mounts: &mut Vec<Mount>,
+) {
+    for point in points {
+        let same = |path: &str| path.trim_end_matches('/') == point.path.trim_end_matches('/');
+        if mounts.iter().any(|mount| same(&mount.path)) {
+            continue;
+        }
+        if !volumes.iter().any(|volume| volume.name == point.name) {
+            eprintln!(
+                "podvm: app {app}: no volume for the image's mount point {} ({}); using an \
+                 empty volume",
+                point.name, point.path
+            );
+            volumes.push(Volume {
+                name: point.name.clone(),
+                kind: VolumeKind::Empty,
+                source: None,
+                read_only: point.read_only,
+            });
+        }
+        mounts.push(Mount {
+            volume: point.name.clone(),
+            path: point.path.clone(),
+        });
+    }
+}
+
+/// The host directory shared for `volume` of the pod in `pod_dir`.
+pub fn host_dir(pod_dir: &Path, volume: &Volume) -> PathBuf {
+    match (&volume.kind, &volume.source) {
+        (VolumeKind::Host, Some(source)) => source.clone(),
+        _ => pod_dir.join(VOLUMES_DIR).join(&volume.name),
+    }
+}
+
+/// The virtio-fs tag of the pod's volume number `index`.
+pub fn tag(index: usize) -> String {
+    format!("vol-{index}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volumes_parse_as_rkt_writes_them() {
+        let volume = parse_volume("data,kind=host,source=/srv/data,readOnly=true").expect("ok");
+        assert_eq!(volume.name, "data");
+        assert_eq!(volume.kind, VolumeKind::Host);
+        assert_eq!(volume.source, Some(PathBuf::from("/srv/data")));
+        assert!(volume.read_only);
+        let empty = parse_volume("scratch,kind=empty").expect("ok");
+        assert_eq!(empty.kind, VolumeKind::Empty);
+        assert!(!empty.read_only);
+        assert_eq!(
+            host_dir(Path::new("/pods/x"), &empty),
+            Path::new("/pods/x/volumes/scratch")
+        );
+    }
+
+    #[test]
+    fn bad_volumes_say_what_is_wrong() {
+        for (text, expected) in [
+            ("data,kind=host", "needs source"),
+            ("data,kind=host,source=rel", "absolute"),
+            ("data,kind=nfs", "kind=nfs"),
+            ("data", "kind= is missing"),
+            ("Data,kind=empty", "name"),
+            ("data,kind=empty,readOnly=yes", "readOnly=yes"),
+            ("data,kind=empty,source=/x", "no source"),
+        ] {
+            let err = parse_volume(text).expect_err(text);
+            assert!(err.to_string().contains(expected), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn image_mount_points_get_the_named_volume_or_an_empty_one() {
+        let point = |name: &str, path: &str| MountPoint {
+            name: name.into(),
+            path: path.into(),
+            read_only: false,
+        };
+        let points = [
+            point("data", "/var/data"),
+            point("cache", "/cache"),
+            point("logs", "/logs/"),
+        ];
+        let mut volumes = vec![parse_volume("data,kind=host,source=/srv").expect("ok")];
+        let mut mounts = vec![parse_mount("volume=data,target=/logs").expect("ok")];
+        add_image_mounts("web", &points, &mut volumes, &mut mounts);
+        let names: Vec<_> = volumes.iter().map(|v| (v.name.as_str(), v.kind)).collect();
+        assert_eq!(
+            names,
+            [("data", VolumeKind::Host), ("cache", VolumeKind::Empty)]
+        );
+        let mounted: Vec<_> = mounts
+            .iter()
+            .map(|m| (m.volume.as_str(), m.path.as_str()))
+            .collect();
+        assert_eq!(
+            mounted,
+            [
+                ("data", "/logs"),
+                ("data", "/var/data"),
+                ("cache", "/cache")
+            ],
+            "/logs was mounted already; data by name; cache empty"
+        );
+    }
+
+    #[test]
+    fn mounts_parse_and_must_name_a_volume() {
+        let mount = parse_mount("volume=data,target=/var/data").expect("ok");
+        assert_eq!(mount.volume, "data");
+        assert_eq!(mount.path, "/var/data");
+        assert!(parse_mount("volume=data,target=rel").is_err());
+        assert!(parse_mount("volume=data").is_err());
+        let volumes = [parse_volume("data,kind=empty").expect("ok")];
+        let good = [mount.clone()];
+        check(&volumes, [("web", &good[..])]).expect("declared");
+        let other = [parse_mount("volume=logs,target=/l").expect("ok")];
+        let err = check(&volumes, [("web", &other[..])]).expect_err("undeclared");
+        assert!(err.to_string().contains("no --volume declares"), "{err}");
+        let twice = [volumes[0].clone(), volumes[0].clone()];
+        assert!(check(&twice, []).is_err());
+        let missing = [parse_volume("h,kind=host,source=/nonexistent/dir").expect("ok")];
+        assert!(check(&missing, []).is_err());
+    }
+}
