@@ -219,6 +219,7 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
             host_dir: rootfs.merged.clone(),
             read_only: app.read_only_root_fs,
         }],
+        nets: Vec::new(),
         relay,
         exec_info: Some(pod.dir.join(EXEC_INFO_FILE)),
     };

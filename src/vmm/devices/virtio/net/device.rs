@@ -1,0 +1,364 @@
+//! The vhost-net device: features, config space (the MAC), and handing rx/tx to the kernel.
+
+use std::sync::Arc;
+
+use vhost::net::VhostNet;
+use vhost::vhost_kern::net::Net as VhostNetBackend;
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Address, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::super::worker::Worker;
+use super::super::{read_config_bytes, ActivateError, Activation, VirtioDevice};
+use super::tap::{offload, Tap, TapError};
+use super::{event_handler, format_mac, NetConfig};
+
+/// virtio device id of a network card.
+pub const DEVICE_TYPE: u32 = 1;
+/// rx and tx queues (one pair, no control queue).
+const QUEUE_SIZES: [u16; 2] = [256, 256];
+/// Length of the virtio-net header before each frame (`virtio_net_hdr_mrg_rxbuf`, always
+/// this size under VIRTIO_F_VERSION_1).
+pub const VNET_HDR_LEN: usize = 12;
+
+/// virtio-net feature bits.
+pub mod feature {
+    /// The device handles packets with partial checksums (guest -> host).
+    pub const CSUM: u32 = 0;
+    /// The driver handles packets with partial checksums (host -> guest).
+    pub const GUEST_CSUM: u32 = 1;
+    /// The device has a MAC address in its config space.
+    pub const MAC: u32 = 5;
+    /// The driver can receive TSOv4 packets.
+    pub const GUEST_TSO4: u32 = 7;
+    /// The driver can receive TSOv6 packets.
+    pub const GUEST_TSO6: u32 = 8;
+    /// The device can receive TSOv4 packets.
+    pub const HOST_TSO4: u32 = 11;
+    /// The device can receive TSOv6 packets.
+    pub const HOST_TSO6: u32 = 12;
+    /// The driver can merge receive buffers.
+    pub const MRG_RXBUF: u32 = 15;
+    /// Indirect descriptors (served by vhost).
+    pub const RING_INDIRECT_DESC: u32 = 28;
+    /// Used/available event index (served by vhost).
+    pub const RING_EVENT_IDX: u32 = 29;
+}
+
+/// Everything offered to the driver.
+const OFFERED_FEATURES: [u32; 10] = [
+    feature::CSUM,
+    feature::GUEST_CSUM,
+    feature::MAC,
+    feature::GUEST_TSO4,
+    feature::GUEST_TSO6,
+    feature::HOST_TSO4,
+    feature::HOST_TSO6,
+    feature::MRG_RXBUF,
+    feature::RING_INDIRECT_DESC,
+    feature::RING_EVENT_IDX,
+];
+
+/// Errors while creating the network device.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// /dev/vhost-net is missing or not usable.
+    #[error(
+        "cannot set up vhost-net for tap {tap} ({what}): {source}; load the vhost_net module \
+         (`modprobe vhost_net`) and make /dev/vhost-net accessible"
+    )]
+    Vhost {
+        /// The tap of this NIC.
+        tap: String,
+        /// What was attempted.
+        what: &'static str,
+        /// Why.
+        source: vhost::Error,
+    },
+    /// The tap could not be opened.
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    /// The MAC is not usable by a NIC.
+    #[error("MAC {mac} for tap {tap} is {why}; use a unicast address such as 02:xx:xx:xx:xx:xx")]
+    Mac {
+        /// The MAC, formatted.
+        mac: String,
+        /// The tap.
+        tap: String,
+        /// What is wrong.
+        why: &'static str,
+    },
+}
+
+enum DeviceState {
+    Inactive,
+    Active(Worker),
+}
+
+/// One virtio-net NIC backed by vhost-net and a tap.
+pub struct Net {
+    mac: [u8; 6],
+    tap: Tap,
+    backend: VhostNetBackend<Arc<GuestMemoryMmap>>,
+    state: DeviceState,
+}
+
+impl Net {
+    /// Opens the tap of `config` and /dev/vhost-net for this VM.
+    pub fn new(mem: &GuestMemoryMmap, config: &NetConfig) -> Result<Self, NetError> {
+        check_mac(config)?;
+        let tap = Tap::open(&config.tap, config.netns.as_deref())?;
+        let vhost = |what| {
+            let tap = config.tap.clone();
+            move |source| NetError::Vhost { tap, what, source }
+        };
+        let backend =
+            VhostNetBackend::new(Arc::new(mem.clone())).map_err(vhost("open /dev/vhost-net"))?;
+        backend.set_owner().map_err(vhost("VHOST_SET_OWNER"))?;
+        Ok(Self {
+            mac: config.mac,
+            tap,
+            backend,
+            state: DeviceState::Inactive,
+        })
+    }
+
+    fn start(&mut self, activation: Activation) -> Result<Worker, ActivateError> {
+        let name = self.name();
+        let backend_error = |what: &str| {
+            let what = what.to_string();
+            move |err: vhost::Error| ActivateError::Backend {
+                device: name,
+                what,
+                source: std::io::Error::other(err.to_string()),
+            }
+        };
+        let Activation {
+            mem,
+            queues,
+            kicks,
+            interrupt,
+            acked_features,
+        } = activation;
+        self.tap
+            .set_offload(tap_offloads(acked_features))
+            .map_err(|err| ActivateError::Backend {
+                device: name,
+                what: "cannot set the tap's offloads".into(),
+                source: std::io::Error::other(err.to_string()),
+            })?;
+        // vhost only knows the ring features (and MRG_RXBUF, VERSION_1); the offloads are
+        // between the driver and the tap, which parses the virtio-net header itself.
+        let features = acked_features
+            & self
+                .backend
+                .get_features()
+                .map_err(backend_error("VHOST_GET_FEATURES"))?;
+        self.backend
+            .set_features(features)
+            .map_err(backend_error("VHOST_SET_FEATURES"))?;
+        self.backend
+            .set_mem_table(&memory_table(&mem))
+            .map_err(backend_error("VHOST_SET_MEM_TABLE"))?;
+        let mut calls = Vec::with_capacity(QUEUE_SIZES.len());
+        for (index, (queue, kick)) in queues.iter().zip(&kicks).enumerate() {
+            if !queue.ready() || !queue.is_valid(&mem) {
+                return Err(ActivateError::BadQueue {
+                    device: name,
+                    queue: index,
+                });
+            }
+            let call = EventFd::new(EFD_NONBLOCK).map_err(|source| ActivateError::Backend {
+                device: name,
+                what: "cannot create a call eventfd".into(),
+                source,
+            })?;
+            self.setup_vring(index, queue, kick, &call)
+                .map_err(backend_error("set up a vring"))?;
+            calls.push(call);
+        }
+        for index in 0..QUEUE_SIZES.len() {
+            self.backend
+                .set_backend(index, Some(self.tap.file()))
+                .map_err(backend_error("VHOST_NET_SET_BACKEND"))?;
+        }
+        event_handler::start(calls, interrupt).map_err(|source| ActivateError::Backend {
+            device: name,
+            what: "cannot start the worker thread".into(),
+            source,
+        })
+    }
+
+    fn setup_vring(
+        &self,
+        index: usize,
+        queue: &Queue,
+        kick: &EventFd,
+        call: &EventFd,
+    ) -> Result<(), vhost::Error> {
+        let config = VringConfigData {
+            queue_max_size: queue.max_size(),
+            queue_size: queue.size(),
+            flags: 0,
+            desc_table_addr: queue.desc_table(),
+            used_ring_addr: queue.used_ring(),
+            avail_ring_addr: queue.avail_ring(),
+            log_addr: None,
+        };
+        self.backend.set_vring_num(index, queue.size())?;
+        self.backend.set_vring_addr(index, &config)?;
+        self.backend.set_vring_base(index, 0)?;
+        self.backend.set_vring_call(index, call)?;
+        self.backend.set_vring_kick(index, kick)
+    }
+}
+
+/// Refuses MACs a NIC cannot have (multicast, all zeros).
+fn check_mac(config: &NetConfig) -> Result<(), NetError> {
+    let why = if config.mac == [0; 6] {
+        Some("all zeros")
+    } else if config.mac[0] & 1 != 0 {
+        Some("a multicast address (lowest bit of the first byte set)")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(NetError::Mac {
+            mac: format_mac(&config.mac),
+            tap: config.tap.clone(),
+            why,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The feature bits offered to the driver.
+fn offered_features() -> u64 {
+    OFFERED_FEATURES
+        .iter()
+        .fold(0, |features, bit| features | (1 << bit))
+}
+
+/// The tap offloads matching the receive offloads the driver accepted.
+pub fn tap_offloads(acked_features: u64) -> u32 {
+    let has = |bit: u32| acked_features & (1 << bit) != 0;
+    if !has(feature::GUEST_CSUM) {
+        return 0;
+    }
+    let mut flags = offload::CSUM;
+    if has(feature::GUEST_TSO4) {
+        flags |= offload::TSO4;
+    }
+    if has(feature::GUEST_TSO6) {
+        flags |= offload::TSO6;
+    }
+    flags
+}
+
+/// The guest memory regions as vhost's memory table.
+fn memory_table(mem: &GuestMemoryMmap) -> Vec<VhostUserMemoryRegionInfo> {
+    mem.iter()
+        .map(|region| VhostUserMemoryRegionInfo {
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+            mmap_offset: 0,
+            mmap_handle: -1,
+        })
+        .collect()
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        DEVICE_TYPE
+    }
+
+    fn name(&self) -> &'static str {
+        "virtio-net"
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        offered_features()
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // struct virtio_net_config { u8 mac[6]; le16 status; ... }: only the MAC is offered.
+        read_config_bytes(&self.mac, offset, data);
+    }
+
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+        let worker = self.start(activation)?;
+        self.state = DeviceState::Active(worker);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        if let DeviceState::Active(mut worker) =
+            std::mem::replace(&mut self.state, DeviceState::Inactive)
+        {
+            for index in 0..QUEUE_SIZES.len() {
+                if let Err(err) = self.backend.set_backend(index, None) {
+                    eprintln!(
+                        "podvm: virtio-net ({}): cannot detach the tap from vhost: {err}",
+                        self.tap.name()
+                    );
+                }
+            }
+            worker.stop();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(mac: [u8; 6]) -> NetConfig {
+        NetConfig {
+            tap: "tap0".into(),
+            netns: None,
+            mac,
+        }
+    }
+
+    #[test]
+    fn bad_macs_are_refused_with_the_tap_named() {
+        let zero = check_mac(&config([0; 6])).expect_err("all zeros");
+        assert!(zero.to_string().contains("all zeros"), "{zero}");
+        assert!(zero.to_string().contains("tap0"), "{zero}");
+        let multicast = check_mac(&config([1, 0, 0, 0, 0, 1])).expect_err("multicast");
+        assert!(
+            multicast.to_string().contains("01:00:00:00:00:01"),
+            "{multicast}"
+        );
+        assert!(check_mac(&config([2, 0, 0, 0, 0, 1])).is_ok());
+    }
+
+    #[test]
+    fn tap_offloads_follow_the_guests_receive_features() {
+        assert_eq!(tap_offloads(0), 0);
+        // TSO without checksum offload is meaningless: nothing is enabled.
+        assert_eq!(tap_offloads(1 << feature::GUEST_TSO4), 0);
+        let all =
+            (1 << feature::GUEST_CSUM) | (1 << feature::GUEST_TSO4) | (1 << feature::GUEST_TSO6);
+        assert_eq!(
+            tap_offloads(all),
+            offload::CSUM | offload::TSO4 | offload::TSO6
+        );
+        assert_eq!(tap_offloads(1 << feature::GUEST_CSUM), offload::CSUM);
+    }
+
+    #[test]
+    fn features_offer_the_mac_and_mergeable_buffers_but_no_control_queue() {
+        let offered = offered_features();
+        assert_ne!(offered & (1 << feature::MAC), 0);
+        assert_ne!(offered & (1 << feature::MRG_RXBUF), 0);
+        // VIRTIO_NET_F_CTRL_VQ (17) and MQ (22) would need queues this device does not have.
+        assert_eq!(offered & ((1 << 17) | (1 << 22)), 0);
+    }
+}
