@@ -19,6 +19,7 @@ mod boot;
 mod channel;
 mod exec;
 mod launch;
+mod net;
 mod power;
 mod reaper;
 mod rootfs;
@@ -158,6 +159,14 @@ fn run(role: Role) -> Result<i32, AgentError> {
             return Ok(EXIT_AGENT_FAILED);
         }
     };
+    if role == Role::Init {
+        if let Err(err) = net::configure(spec.network.as_ref()) {
+            diag!("{err}");
+            let message = format!("cannot configure the guest network: {err}");
+            channel::send(&Message::Control(Control::Error { message }))?;
+            return Ok(EXIT_AGENT_FAILED);
+        }
+    }
     let root = match &spec.rootfs {
         Some(rootfs) => match rootfs::prepare(rootfs) {
             Ok(root) => root,

@@ -1,7 +1,7 @@
 //! The network flags of `podvm boot` (`--tap`, `--tap-netns`, `--mac`, `--guest-ip`,
 //! `--guest-gateway`): one guest NIC on an existing or new host tap, for testing without CNI.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -27,11 +27,12 @@ pub struct NetArgs {
     /// one).
     #[arg(long, value_name = "MAC", requires = "tap", value_parser = parse_mac_arg)]
     mac: Option<[u8; 6]>,
-    /// IPv4 address of the guest's eth0 in CIDR notation, e.g. 10.0.0.2/24 (repeatable); the
-    /// agent configures it before the command starts. Without it, eth0 is only brought up.
+    /// Address of the guest's eth0 in CIDR notation, e.g. 10.0.0.2/24 or fd00::2/64
+    /// (repeatable); the agent configures it before the command starts. Without it, eth0 is
+    /// only brought up.
     #[arg(long = "guest-ip", value_name = "CIDR", requires = "tap", value_parser = parse_cidr_arg)]
     guest_ips: Vec<String>,
-    /// The guest's default gateway (IPv4), e.g. 10.0.0.1.
+    /// The guest's default gateway, e.g. 10.0.0.1 (an IPv6 one makes the IPv6 default route).
     #[arg(long, value_name = "IP", requires = "guest_ips", value_parser = parse_ip_arg)]
     guest_gateway: Option<String>,
 }
@@ -86,7 +87,12 @@ impl NetArgs {
                 .guest_gateway
                 .iter()
                 .map(|gateway| GuestRoute {
-                    destination: "0.0.0.0/0".into(),
+                    destination: if gateway.contains(':') {
+                        "::/0"
+                    } else {
+                        "0.0.0.0/0"
+                    }
+                    .into(),
                     gateway: Some(gateway.clone()),
                 })
                 .collect(),
@@ -115,19 +121,22 @@ fn parse_mac_arg(text: &str) -> Result<[u8; 6], String> {
 }
 
 fn parse_cidr_arg(text: &str) -> Result<String, String> {
-    let bad = || format!("{text:?} is not an IPv4 address with a prefix length (e.g. 10.0.0.2/24)");
+    let bad = || format!("{text:?} is not an IP address with a prefix length (e.g. 10.0.0.2/24)");
     let (addr, prefix) = text.split_once('/').ok_or_else(bad)?;
-    addr.parse::<Ipv4Addr>().map_err(|_| bad())?;
+    let max = match addr.parse::<IpAddr>().map_err(|_| bad())? {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
+    };
     match prefix.parse::<u8>() {
-        Ok(0..=32) => Ok(text.to_string()),
+        Ok(length) if length <= max => Ok(text.to_string()),
         _ => Err(bad()),
     }
 }
 
 fn parse_ip_arg(text: &str) -> Result<String, String> {
-    text.parse::<Ipv4Addr>()
+    text.parse::<IpAddr>()
         .map(|_| text.to_string())
-        .map_err(|_| format!("{text:?} is not an IPv4 address (e.g. 10.0.0.1)"))
+        .map_err(|_| format!("{text:?} is not an IP address (e.g. 10.0.0.1)"))
 }
 
 #[cfg(test)]
@@ -193,7 +202,14 @@ mod tests {
         assert!(parse_mac_arg("01:00:00:00:00:01").is_err());
         assert!(parse_mac_arg("nonsense").is_err());
         assert!(parse_cidr_arg("10.0.0.2/24").is_ok());
-        for bad in ["10.0.0.2", "10.0.0.2/33", "10.0.0/24", "x/24"] {
+        assert!(parse_cidr_arg("fd00::2/64").is_ok());
+        for bad in [
+            "10.0.0.2",
+            "10.0.0.2/33",
+            "10.0.0/24",
+            "x/24",
+            "fd00::2/129",
+        ] {
             assert!(parse_cidr_arg(bad).is_err(), "{bad}");
         }
         assert!(parse_ip_arg("10.0.0.1").is_ok());
