@@ -32,6 +32,9 @@ pub struct NetArgs {
     /// only brought up.
     #[arg(long = "guest-ip", value_name = "CIDR", requires = "tap", value_parser = parse_cidr_arg)]
     guest_ips: Vec<String>,
+    /// MTU of the guest's eth0 (default: the device's, 1500).
+    #[arg(long, value_name = "BYTES", requires = "tap")]
+    guest_mtu: Option<u32>,
     /// The guest's default gateway, e.g. 10.0.0.1 (an IPv6 one makes the IPv6 default route).
     #[arg(long, value_name = "IP", requires = "guest_ips", value_parser = parse_ip_arg)]
     guest_gateway: Option<String>,
@@ -81,7 +84,7 @@ impl NetArgs {
                 mac: format_mac(&mac),
                 name: Some(GUEST_IFNAME.into()),
                 addresses: self.guest_ips.clone(),
-                mtu: None,
+                mtu: self.guest_mtu,
             }],
             routes: self
                 .guest_gateway
@@ -149,6 +152,7 @@ mod tests {
             tap_netns: None,
             mac: Some([2, 0, 0, 0, 0, 9]),
             guest_ips: vec!["10.0.0.2/24".into()],
+            guest_mtu: Some(1400),
             guest_gateway: Some("10.0.0.1".into()),
         }
     }
@@ -168,6 +172,7 @@ mod tests {
         assert_eq!(network.interfaces[0].mac, "02:00:00:00:00:09");
         assert_eq!(network.interfaces[0].name.as_deref(), Some("eth0"));
         assert_eq!(network.interfaces[0].addresses, ["10.0.0.2/24"]);
+        assert_eq!(network.interfaces[0].mtu, Some(1400));
         assert_eq!(network.routes[0].destination, "0.0.0.0/0");
         assert_eq!(network.routes[0].gateway.as_deref(), Some("10.0.0.1"));
     }
