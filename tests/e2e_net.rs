@@ -93,6 +93,14 @@ fn results() -> Option<&'static BatchResults> {
                 .check("server", &SERVER_CHECK.replace("BOOT", &boot))
                 .check("netns", NETNS_CHECK)
                 .check(
+                    "userspace_client",
+                    &CLIENT_CHECK.replace("BOOT", &format!("PODVM_NET_BACKEND=userspace {boot}")),
+                )
+                .check(
+                    "userspace_server",
+                    &SERVER_CHECK.replace("BOOT", &format!("PODVM_NET_BACKEND=userspace {boot}")),
+                )
+                .check(
                     "new_tap",
                     "podvm boot --initrd-dir rootfs --tap tapnew --mac 02:00:00:00:04:02 -- \
                      /bin/sh -c 'cat /sys/class/net/eth0/address /sys/class/net/eth0/operstate'; \
@@ -138,7 +146,18 @@ fn the_agent_configures_eth0_by_mac_with_addresses_mtu_route_and_lo() {
 
 #[test]
 fn the_guest_pings_and_downloads_from_the_host_side_of_the_tap() {
-    let Some(result) = check("client") else {
+    assert_client_traffic("client");
+}
+
+#[test]
+fn without_vhost_net_the_userspace_backend_carries_the_same_traffic() {
+    assert_client_traffic("userspace_client");
+    assert_server_traffic("userspace_server");
+}
+
+/// The guest pinged L1 and fetched its page and big file intact.
+fn assert_client_traffic(name: &str) {
+    let Some(result) = check(name) else {
         return;
     };
     let lines: Vec<&str> = result.stdout.lines().collect();
@@ -153,7 +172,12 @@ fn the_guest_pings_and_downloads_from_the_host_side_of_the_tap() {
 
 #[test]
 fn the_host_downloads_from_an_httpd_in_the_guest() {
-    let Some(result) = check("server") else {
+    assert_server_traffic("server");
+}
+
+/// L1 fetched the guest's page and big file intact.
+fn assert_server_traffic(name: &str) {
+    let Some(result) = check(name) else {
         return;
     };
     let lines: Vec<&str> = result.stdout.lines().collect();

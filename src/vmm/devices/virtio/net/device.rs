@@ -12,7 +12,11 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::super::worker::Worker;
 use super::super::{read_config_bytes, ActivateError, Activation, VirtioDevice};
 use super::tap::{offload, Tap, TapError};
-use super::{event_handler, format_mac, NetConfig};
+use super::{event_handler, format_mac, userspace, NetConfig};
+
+/// Environment variable choosing the backend: `vhost`, `userspace`, or unset for vhost-net with
+/// the userspace fallback when /dev/vhost-net is absent or not accessible.
+pub const BACKEND_ENV: &str = "PODVM_NET_BACKEND";
 
 /// virtio device id of a network card.
 pub const DEVICE_TYPE: u32 = 1;
@@ -46,7 +50,11 @@ pub mod feature {
     pub const RING_EVENT_IDX: u32 = 29;
 }
 
-/// Everything offered to the driver.
+/// What the userspace backend offers: the MAC only (no offloads, no mergeable buffers), so every
+/// frame fits one receive buffer.
+const USERSPACE_FEATURES: [u32; 1] = [feature::MAC];
+
+/// Everything offered to the driver with vhost-net.
 const OFFERED_FEATURES: [u32; 10] = [
     feature::CSUM,
     feature::GUEST_CSUM,
@@ -79,6 +87,12 @@ pub enum NetError {
     /// The tap could not be opened.
     #[error(transparent)]
     Tap(#[from] TapError),
+    /// The backend variable has an unknown value.
+    #[error("{BACKEND_ENV}={value}: expected `vhost` or `userspace` (or leave it unset)")]
+    BackendChoice {
+        /// The value found.
+        value: String,
+    },
     /// The MAC is not usable by a NIC.
     #[error("MAC {mac} for tap {tap} is {why}; use a unicast address such as 02:xx:xx:xx:xx:xx")]
     Mac {
@@ -93,29 +107,35 @@ pub enum NetError {
 
 enum DeviceState {
     Inactive,
-    Active(Worker),
+    /// vhost moves the frames; the worker relays its interrupts.
+    Vhost(Worker),
+    /// The userspace worker moves the frames.
+    Userspace(userspace::Handle),
 }
 
-/// One virtio-net NIC backed by vhost-net and a tap.
+/// Who moves frames between the queues and the tap.
+enum Backend {
+    /// The kernel's vhost-net.
+    Vhost(VhostNetBackend<Arc<GuestMemoryMmap>>),
+    /// A worker thread in podvm.
+    Userspace,
+}
+
+/// One virtio-net NIC backed by a tap and vhost-net (or, without it, a userspace worker).
 pub struct Net {
     mac: [u8; 6],
     tap: Tap,
-    backend: VhostNetBackend<Arc<GuestMemoryMmap>>,
+    backend: Backend,
     state: DeviceState,
 }
 
 impl Net {
-    /// Opens the tap of `config` and /dev/vhost-net for this VM.
+    /// Opens the tap of `config` and the backend: /dev/vhost-net, or the userspace one when
+    /// vhost-net is unavailable or [`BACKEND_ENV`] asks for it.
     pub fn new(mem: &GuestMemoryMmap, config: &NetConfig) -> Result<Self, NetError> {
         check_mac(config)?;
         let tap = Tap::open(&config.tap, config.netns.as_deref())?;
-        let vhost = |what| {
-            let tap = config.tap.clone();
-            move |source| NetError::Vhost { tap, what, source }
-        };
-        let backend =
-            VhostNetBackend::new(Arc::new(mem.clone())).map_err(vhost("open /dev/vhost-net"))?;
-        backend.set_owner().map_err(vhost("VHOST_SET_OWNER"))?;
+        let backend = open_backend(mem, &config.tap)?;
         Ok(Self {
             mac: config.mac,
             tap,
@@ -124,7 +144,51 @@ impl Net {
         })
     }
 
-    fn start(&mut self, activation: Activation) -> Result<Worker, ActivateError> {
+    fn start_userspace(&self, activation: Activation) -> Result<DeviceState, ActivateError> {
+        let name = self.name();
+        let backend_error = |what: &str| {
+            let what = what.to_string();
+            move |source| ActivateError::Backend {
+                device: name,
+                what,
+                source,
+            }
+        };
+        for (index, queue) in activation.queues.iter().enumerate() {
+            if !queue.ready() || !queue.is_valid(&activation.mem) {
+                return Err(ActivateError::BadQueue {
+                    device: name,
+                    queue: index,
+                });
+            }
+        }
+        self.tap.set_offload(0).map_err(|err| {
+            backend_error("cannot set the tap's offloads")(std::io::Error::other(err.to_string()))
+        })?;
+        let tap = self
+            .tap
+            .file()
+            .try_clone()
+            .map_err(backend_error("cannot duplicate the tap fd"))?;
+        let handle = userspace::start(
+            activation.mem,
+            activation.queues,
+            activation.kicks,
+            activation.interrupt,
+            tap,
+        )
+        .map_err(backend_error("cannot start the worker thread"))?;
+        Ok(DeviceState::Userspace(handle))
+    }
+
+    fn start_vhost(&self, activation: Activation) -> Result<Worker, ActivateError> {
+        let Backend::Vhost(backend) = &self.backend else {
+            return Err(ActivateError::Backend {
+                device: self.name(),
+                what: "internal error".into(),
+                source: std::io::Error::other("vhost start without a vhost backend"),
+            });
+        };
         let name = self.name();
         let backend_error = |what: &str| {
             let what = what.to_string();
@@ -151,14 +215,13 @@ impl Net {
         // vhost only knows the ring features (and MRG_RXBUF, VERSION_1); the offloads are
         // between the driver and the tap, which parses the virtio-net header itself.
         let features = acked_features
-            & self
-                .backend
+            & backend
                 .get_features()
                 .map_err(backend_error("VHOST_GET_FEATURES"))?;
-        self.backend
+        backend
             .set_features(features)
             .map_err(backend_error("VHOST_SET_FEATURES"))?;
-        self.backend
+        backend
             .set_mem_table(&memory_table(&mem))
             .map_err(backend_error("VHOST_SET_MEM_TABLE"))?;
         let mut calls = Vec::with_capacity(QUEUE_SIZES.len());
@@ -174,12 +237,12 @@ impl Net {
                 what: "cannot create a call eventfd".into(),
                 source,
             })?;
-            self.setup_vring(index, queue, kick, &call)
+            setup_vring(backend, index, queue, kick, &call)
                 .map_err(backend_error("set up a vring"))?;
             calls.push(call);
         }
         for index in 0..QUEUE_SIZES.len() {
-            self.backend
+            backend
                 .set_backend(index, Some(self.tap.file()))
                 .map_err(backend_error("VHOST_NET_SET_BACKEND"))?;
         }
@@ -189,29 +252,65 @@ impl Net {
             source,
         })
     }
+}
 
-    fn setup_vring(
-        &self,
-        index: usize,
-        queue: &Queue,
-        kick: &EventFd,
-        call: &EventFd,
-    ) -> Result<(), vhost::Error> {
-        let config = VringConfigData {
-            queue_max_size: queue.max_size(),
-            queue_size: queue.size(),
-            flags: 0,
-            desc_table_addr: queue.desc_table(),
-            used_ring_addr: queue.used_ring(),
-            avail_ring_addr: queue.avail_ring(),
-            log_addr: None,
-        };
-        self.backend.set_vring_num(index, queue.size())?;
-        self.backend.set_vring_addr(index, &config)?;
-        self.backend.set_vring_base(index, 0)?;
-        self.backend.set_vring_call(index, call)?;
-        self.backend.set_vring_kick(index, kick)
+/// Hands queue `index` to vhost.
+fn setup_vring(
+    backend: &VhostNetBackend<Arc<GuestMemoryMmap>>,
+    index: usize,
+    queue: &Queue,
+    kick: &EventFd,
+    call: &EventFd,
+) -> Result<(), vhost::Error> {
+    let config = VringConfigData {
+        queue_max_size: queue.max_size(),
+        queue_size: queue.size(),
+        flags: 0,
+        desc_table_addr: queue.desc_table(),
+        used_ring_addr: queue.used_ring(),
+        avail_ring_addr: queue.avail_ring(),
+        log_addr: None,
+    };
+    backend.set_vring_num(index, queue.size())?;
+    backend.set_vring_addr(index, &config)?;
+    backend.set_vring_base(index, 0)?;
+    backend.set_vring_call(index, call)?;
+    backend.set_vring_kick(index, kick)
+}
+
+/// vhost-net, or the userspace backend as [`BACKEND_ENV`] and the host allow.
+fn open_backend(mem: &GuestMemoryMmap, tap: &str) -> Result<Backend, NetError> {
+    let choice = std::env::var(BACKEND_ENV).unwrap_or_default();
+    let vhost_error = |what| {
+        let tap = tap.to_string();
+        move |source| NetError::Vhost { tap, what, source }
+    };
+    match choice.as_str() {
+        "userspace" => return Ok(Backend::Userspace),
+        "" | "vhost" => {}
+        _ => return Err(NetError::BackendChoice { value: choice }),
     }
+    let backend = match VhostNetBackend::new(Arc::new(mem.clone())) {
+        Ok(backend) => backend,
+        Err(vhost::Error::VhostOpen(err))
+            if choice.is_empty()
+                && matches!(
+                    err.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                ) =>
+        {
+            eprintln!(
+                "podvm: virtio-net ({tap}): cannot open /dev/vhost-net ({err}); frames go through \
+                 podvm instead (slower; `modprobe vhost_net` for the fast path)"
+            );
+            return Ok(Backend::Userspace);
+        }
+        Err(err) => return Err(vhost_error("open /dev/vhost-net")(err)),
+    };
+    backend
+        .set_owner()
+        .map_err(vhost_error("VHOST_SET_OWNER"))?;
+    Ok(Backend::Vhost(backend))
 }
 
 /// Refuses MACs a NIC cannot have (multicast, all zeros).
@@ -233,11 +332,9 @@ fn check_mac(config: &NetConfig) -> Result<(), NetError> {
     }
 }
 
-/// The feature bits offered to the driver.
-fn offered_features() -> u64 {
-    OFFERED_FEATURES
-        .iter()
-        .fold(0, |features, bit| features | (1 << bit))
+/// The feature bits of `bits`.
+fn offered_features(bits: &[u32]) -> u64 {
+    bits.iter().fold(0, |features, bit| features | (1 << bit))
 }
 
 /// The tap offloads matching the receive offloads the driver accepted.
@@ -283,7 +380,10 @@ impl VirtioDevice for Net {
     }
 
     fn features(&self) -> u64 {
-        offered_features()
+        match self.backend {
+            Backend::Vhost(_) => offered_features(&OFFERED_FEATURES),
+            Backend::Userspace => offered_features(&USERSPACE_FEATURES),
+        }
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -292,25 +392,35 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        let worker = self.start(activation)?;
-        self.state = DeviceState::Active(worker);
+        self.state = match self.backend {
+            Backend::Vhost(_) => DeviceState::Vhost(self.start_vhost(activation)?),
+            Backend::Userspace => self.start_userspace(activation)?,
+        };
         Ok(())
     }
 
     fn reset(&mut self) {
-        if let DeviceState::Active(mut worker) =
-            std::mem::replace(&mut self.state, DeviceState::Inactive)
-        {
+        match std::mem::replace(&mut self.state, DeviceState::Inactive) {
+            DeviceState::Inactive => {}
+            DeviceState::Userspace(mut handle) => handle.stop(),
+            DeviceState::Vhost(mut worker) => self.stop_vhost(&mut worker),
+        }
+    }
+}
+
+impl Net {
+    fn stop_vhost(&mut self, worker: &mut Worker) {
+        if let Backend::Vhost(backend) = &self.backend {
             for index in 0..QUEUE_SIZES.len() {
-                if let Err(err) = self.backend.set_backend(index, None) {
+                if let Err(err) = backend.set_backend(index, None) {
                     eprintln!(
                         "podvm: virtio-net ({}): cannot detach the tap from vhost: {err}",
                         self.tap.name()
                     );
                 }
             }
-            worker.stop();
         }
+        worker.stop();
     }
 }
 
@@ -355,7 +465,7 @@ mod tests {
 
     #[test]
     fn features_offer_the_mac_and_mergeable_buffers_but_no_control_queue() {
-        let offered = offered_features();
+        let offered = offered_features(&OFFERED_FEATURES);
         assert_ne!(offered & (1 << feature::MAC), 0);
         assert_ne!(offered & (1 << feature::MRG_RXBUF), 0);
         // VIRTIO_NET_F_CTRL_VQ (17) and MQ (22) would need queues this device does not have.

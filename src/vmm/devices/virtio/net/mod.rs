@@ -7,13 +7,19 @@
 //! IFF_VNET_HDR and a 12-byte header, so checksum and TSO offloads the driver accepts pass
 //! through (TUNSETOFFLOAD at activation). The config space holds the MAC.
 //!
+//! Without /dev/vhost-net (absent or not accessible) a userspace worker copies frames between
+//! the tap and the queues instead, offering no offloads; `PODVM_NET_BACKEND=vhost|userspace`
+//! forces either (vhost then fails with an error naming /dev/vhost-net).
+//!
 //! - `device.rs`: the device, features and the vhost setup at activation.
 //! - `tap.rs`: opening a tap by name, optionally inside a network namespace.
+//! - `userspace.rs`: the fallback backend's frame copying and worker.
 //! - `event_handler.rs`: the worker woken by vhost's call eventfds.
 
 mod device;
 mod event_handler;
 mod tap;
+mod userspace;
 
 use std::path::PathBuf;
 
