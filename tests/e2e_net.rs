@@ -40,11 +40,13 @@ const GUEST_INFO: &str = "#!/bin/sh\n\
      ip -4 addr show dev lo | grep -o 'inet 127.0.0.1/8'\n\
      ls /sys/class/net | tr '\\n' ' '; echo\n";
 
+// busybox 1.35's wget crashes with -T: timeouts come from `timeout` instead.
+
 /// In the guest: ping L1, fetch its page and a 3 MB file (checksummed on the guest).
 const GUEST_CLIENT: &str = "#!/bin/sh\n\
      ping -c 2 -W 5 10.0.2.1 > /tmp/ping && echo ping-ok || cat /tmp/ping\n\
-     wget -q -T 20 -O - http://10.0.2.1:8080/index.html\n\
-     wget -q -T 60 -O /tmp/big http://10.0.2.1:8080/big && md5sum < /tmp/big | cut -d' ' -f1\n";
+     timeout 20 wget -q -O - http://10.0.2.1:8080/index.html\n\
+     timeout 60 wget -q -O /tmp/big http://10.0.2.1:8080/big && md5sum < /tmp/big | cut -d' ' -f1\n";
 
 /// In the guest: serve a page and a 3 MB file until killed.
 const GUEST_SERVER: &str = "#!/bin/sh\n\
@@ -59,8 +61,8 @@ const CLIENT_CHECK: &str = "httpd -f -p 10.0.2.1:8080 -h $PWD/www & h=$!; \
 
 /// L1: L1 fetches from the guest's httpd while the VM runs in the background.
 const SERVER_CHECK: &str = "BOOT -- /bin/podvm-net-server & p=$!; \
-     for i in $(seq 120); do wget -q -T 5 -O page http://10.0.2.2/index.html 2>/dev/null && break; sleep 1; done; \
-     cat page; wget -q -T 60 -O big http://10.0.2.2/big && wget -q -T 5 -O - http://10.0.2.2/big.md5 && md5sum < big | cut -d' ' -f1; \
+     for i in $(seq 120); do timeout 5 wget -q -O page http://10.0.2.2/index.html 2>/dev/null && break; sleep 1; done; \
+     cat page; timeout 60 wget -q -O big http://10.0.2.2/big && timeout 5 wget -q -O - http://10.0.2.2/big.md5 && md5sum < big | cut -d' ' -f1; \
      kill $p; wait $p; echo podvm-stopped";
 
 /// L1: a tap inside a network namespace; podvm opens it from there, and stays in L1's netns.
