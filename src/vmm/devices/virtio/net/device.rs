@@ -1,18 +1,12 @@
-//! The vhost-net device: features, config space (the MAC), and handing rx/tx to the kernel.
+//! The virtio-net device: features, config space (the MAC), the backend choice and activation.
 
-use std::sync::Arc;
-
-use vhost::net::VhostNet;
-use vhost::vhost_kern::net::Net as VhostNetBackend;
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Address, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use virtio_queue::QueueT;
+use vm_memory::GuestMemoryMmap;
 
 use super::super::worker::Worker;
 use super::super::{read_config_bytes, ActivateError, Activation, VirtioDevice};
 use super::tap::{offload, Tap, TapError};
-use super::{event_handler, format_mac, userspace, NetConfig};
+use super::{format_mac, userspace, vhost_net, NetConfig};
 
 /// Environment variable choosing the backend: `vhost`, `userspace`, or unset for vhost-net with
 /// the userspace fallback when /dev/vhost-net is absent or not accessible.
@@ -21,7 +15,7 @@ pub const BACKEND_ENV: &str = "PODVM_NET_BACKEND";
 /// virtio device id of a network card.
 pub const DEVICE_TYPE: u32 = 1;
 /// rx and tx queues (one pair, no control queue).
-const QUEUE_SIZES: [u16; 2] = [256, 256];
+pub const QUEUE_SIZES: [u16; 2] = [256, 256];
 /// Length of the virtio-net header before each frame (`virtio_net_hdr_mrg_rxbuf`, always
 /// this size under VIRTIO_F_VERSION_1).
 pub const VNET_HDR_LEN: usize = 12;
@@ -116,7 +110,7 @@ enum DeviceState {
 /// Who moves frames between the queues and the tap.
 enum Backend {
     /// The kernel's vhost-net.
-    Vhost(VhostNetBackend<Arc<GuestMemoryMmap>>),
+    Vhost(vhost_net::Backend),
     /// A worker thread in podvm.
     Userspace,
 }
@@ -162,9 +156,6 @@ impl Net {
                 });
             }
         }
-        self.tap.set_offload(0).map_err(|err| {
-            backend_error("cannot set the tap's offloads")(std::io::Error::other(err.to_string()))
-        })?;
         let tap = self
             .tap
             .file()
@@ -180,102 +171,6 @@ impl Net {
         .map_err(backend_error("cannot start the worker thread"))?;
         Ok(DeviceState::Userspace(handle))
     }
-
-    fn start_vhost(&self, activation: Activation) -> Result<Worker, ActivateError> {
-        let Backend::Vhost(backend) = &self.backend else {
-            return Err(ActivateError::Backend {
-                device: self.name(),
-                what: "internal error".into(),
-                source: std::io::Error::other("vhost start without a vhost backend"),
-            });
-        };
-        let name = self.name();
-        let backend_error = |what: &str| {
-            let what = what.to_string();
-            move |err: vhost::Error| ActivateError::Backend {
-                device: name,
-                what,
-                source: std::io::Error::other(err.to_string()),
-            }
-        };
-        let Activation {
-            mem,
-            queues,
-            kicks,
-            interrupt,
-            acked_features,
-        } = activation;
-        self.tap
-            .set_offload(tap_offloads(acked_features))
-            .map_err(|err| ActivateError::Backend {
-                device: name,
-                what: "cannot set the tap's offloads".into(),
-                source: std::io::Error::other(err.to_string()),
-            })?;
-        // vhost only knows the ring features (and MRG_RXBUF, VERSION_1); the offloads are
-        // between the driver and the tap, which parses the virtio-net header itself.
-        let features = acked_features
-            & backend
-                .get_features()
-                .map_err(backend_error("VHOST_GET_FEATURES"))?;
-        backend
-            .set_features(features)
-            .map_err(backend_error("VHOST_SET_FEATURES"))?;
-        backend
-            .set_mem_table(&memory_table(&mem))
-            .map_err(backend_error("VHOST_SET_MEM_TABLE"))?;
-        let mut calls = Vec::with_capacity(QUEUE_SIZES.len());
-        for (index, (queue, kick)) in queues.iter().zip(&kicks).enumerate() {
-            if !queue.ready() || !queue.is_valid(&mem) {
-                return Err(ActivateError::BadQueue {
-                    device: name,
-                    queue: index,
-                });
-            }
-            let call = EventFd::new(EFD_NONBLOCK).map_err(|source| ActivateError::Backend {
-                device: name,
-                what: "cannot create a call eventfd".into(),
-                source,
-            })?;
-            setup_vring(backend, index, queue, kick, &call)
-                .map_err(backend_error("set up a vring"))?;
-            calls.push(call);
-        }
-        for index in 0..QUEUE_SIZES.len() {
-            backend
-                .set_backend(index, Some(self.tap.file()))
-                .map_err(backend_error("VHOST_NET_SET_BACKEND"))?;
-        }
-        event_handler::start(calls, interrupt).map_err(|source| ActivateError::Backend {
-            device: name,
-            what: "cannot start the worker thread".into(),
-            source,
-        })
-    }
-}
-
-/// Hands queue `index` to vhost.
-fn setup_vring(
-    backend: &VhostNetBackend<Arc<GuestMemoryMmap>>,
-    index: usize,
-    queue: &Queue,
-    kick: &EventFd,
-    call: &EventFd,
-) -> Result<(), vhost::Error> {
-    let config = VringConfigData {
-        queue_max_size: queue.max_size(),
-        queue_size: queue.size(),
-        flags: 0,
-        desc_table_addr: queue.desc_table(),
-        used_ring_addr: queue.used_ring(),
-        avail_ring_addr: queue.avail_ring(),
-        log_addr: None,
-    };
-    backend.set_vring_num(index, queue.size())?;
-    backend.set_vring_addr(index, &config)?;
-    backend.set_vring_base(index, 0)?;
-    backend.set_vring_call(index, call)?;
-    backend.set_vring_kick(index, kick)
 }
 
 /// vhost-net, or the userspace backend as [`BACKEND_ENV`] and the host allow.
@@ -290,7 +185,7 @@ fn open_backend(mem: &GuestMemoryMmap, tap: &str) -> Result<Backend, NetError> {
         "" | "vhost" => {}
         _ => return Err(NetError::BackendChoice { value: choice }),
     }
-    let backend = match VhostNetBackend::new(Arc::new(mem.clone())) {
+    let backend = match vhost_net::open(mem) {
         Ok(backend) => backend,
         Err(vhost::Error::VhostOpen(err))
             if choice.is_empty()
@@ -305,11 +200,8 @@ fn open_backend(mem: &GuestMemoryMmap, tap: &str) -> Result<Backend, NetError> {
             );
             return Ok(Backend::Userspace);
         }
-        Err(err) => return Err(vhost_error("open /dev/vhost-net")(err)),
+        Err(err) => return Err(vhost_error("open /dev/vhost-net and claim it")(err)),
     };
-    backend
-        .set_owner()
-        .map_err(vhost_error("VHOST_SET_OWNER"))?;
     Ok(Backend::Vhost(backend))
 }
 
@@ -353,19 +245,6 @@ pub fn tap_offloads(acked_features: u64) -> u32 {
     flags
 }
 
-/// The guest memory regions as vhost's memory table.
-fn memory_table(mem: &GuestMemoryMmap) -> Vec<VhostUserMemoryRegionInfo> {
-    mem.iter()
-        .map(|region| VhostUserMemoryRegionInfo {
-            guest_phys_addr: region.start_addr().raw_value(),
-            memory_size: region.len(),
-            userspace_addr: region.as_ptr() as u64,
-            mmap_offset: 0,
-            mmap_handle: -1,
-        })
-        .collect()
-}
-
 impl VirtioDevice for Net {
     fn device_type(&self) -> u32 {
         DEVICE_TYPE
@@ -392,8 +271,18 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        self.state = match self.backend {
-            Backend::Vhost(_) => DeviceState::Vhost(self.start_vhost(activation)?),
+        let name = self.name();
+        self.tap
+            .set_offload(tap_offloads(activation.acked_features))
+            .map_err(|err| ActivateError::Backend {
+                device: name,
+                what: "cannot set the tap's offloads".into(),
+                source: std::io::Error::other(err.to_string()),
+            })?;
+        self.state = match &self.backend {
+            Backend::Vhost(backend) => {
+                DeviceState::Vhost(vhost_net::start(backend, &self.tap, activation, name)?)
+            }
             Backend::Userspace => self.start_userspace(activation)?,
         };
         Ok(())
@@ -403,24 +292,13 @@ impl VirtioDevice for Net {
         match std::mem::replace(&mut self.state, DeviceState::Inactive) {
             DeviceState::Inactive => {}
             DeviceState::Userspace(mut handle) => handle.stop(),
-            DeviceState::Vhost(mut worker) => self.stop_vhost(&mut worker),
-        }
-    }
-}
-
-impl Net {
-    fn stop_vhost(&mut self, worker: &mut Worker) {
-        if let Backend::Vhost(backend) = &self.backend {
-            for index in 0..QUEUE_SIZES.len() {
-                if let Err(err) = backend.set_backend(index, None) {
-                    eprintln!(
-                        "podvm: virtio-net ({}): cannot detach the tap from vhost: {err}",
-                        self.tap.name()
-                    );
+            DeviceState::Vhost(mut worker) => {
+                if let Backend::Vhost(backend) = &self.backend {
+                    vhost_net::stop(backend, self.tap.name());
                 }
+                worker.stop();
             }
         }
-        worker.stop();
     }
 }
 

@@ -11,7 +11,8 @@
 //! the tap and the queues instead, offering no offloads; `PODVM_NET_BACKEND=vhost|userspace`
 //! forces either (vhost then fails with an error naming /dev/vhost-net).
 //!
-//! - `device.rs`: the device, features and the vhost setup at activation.
+//! - `device.rs`: the device, features, the backend choice and activation.
+//! - `vhost_net.rs`: the vhost-net setup at activation.
 //! - `tap.rs`: opening a tap by name, optionally inside a network namespace.
 //! - `userspace.rs`: the fallback backend's frame copying and worker.
 //! - `event_handler.rs`: the worker woken by vhost's call eventfds.
@@ -20,6 +21,7 @@ mod device;
 mod event_handler;
 mod tap;
 mod userspace;
+mod vhost_net;
 
 use std::path::PathBuf;
 
