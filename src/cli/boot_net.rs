@@ -17,7 +17,9 @@ pub const GUEST_IFNAME: &str = "eth0";
 pub struct NetArgs {
     /// Give the guest a NIC (virtio-net over vhost-net) on this host tap device; the tap is
     /// created if it does not exist (it then vanishes with the VM). Configure the host side
-    /// yourself (e.g. `ip addr add 10.0.0.1/24 dev NAME; ip link set NAME up`).
+    /// yourself (e.g. `ip addr add 10.0.0.1/24 dev NAME; ip link set NAME up`). Without
+    /// /dev/vhost-net podvm moves the frames itself (slower); PODVM_NET_BACKEND=vhost|userspace
+    /// forces either.
     #[arg(long, value_name = "NAME")]
     tap: Option<String>,
     /// The network namespace file the tap lives in (e.g. /run/netns/NAME).
