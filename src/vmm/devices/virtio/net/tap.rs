@@ -271,6 +271,72 @@ mod tests {
         assert_eq!(std::mem::size_of::<IfReq>(), 40);
     }
 
+    /// A thread parked in a fresh network namespace, reachable as /proc/.../ns/net.
+    struct PrivateNetns {
+        path: PathBuf,
+        ask: std::sync::mpsc::Sender<String>,
+        answer: std::sync::mpsc::Receiver<bool>,
+    }
+
+    impl PrivateNetns {
+        /// `None` (with the reason printed) when this host cannot make one (not root).
+        fn new() -> Option<Self> {
+            let (ask, questions) = std::sync::mpsc::channel::<String>();
+            let (answers, answer) = std::sync::mpsc::channel();
+            let (ready_tx, ready) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let made = nix::sched::unshare(CloneFlags::CLONE_NEWNET).map(|()| {
+                    // SAFETY: gettid has no preconditions.
+                    let tid = unsafe { libc::gettid() };
+                    PathBuf::from(format!("/proc/{}/task/{tid}/ns/net", std::process::id()))
+                });
+                let _ = ready_tx.send(made);
+                // Answers "does interface NAME exist here?" until the test drops its sender.
+                for name in questions {
+                    let _ = answers.send(interface_exists_here(&name));
+                }
+            });
+            match ready.recv().expect("thread reports") {
+                Ok(path) => Some(Self { path, ask, answer }),
+                Err(err) => {
+                    eprintln!("skipping: cannot create a network namespace: {err}");
+                    None
+                }
+            }
+        }
+
+        fn has(&self, name: &str) -> bool {
+            self.ask.send(name.to_string()).expect("thread alive");
+            self.answer.recv().expect("thread answers")
+        }
+    }
+
+    /// Whether the calling thread's network namespace has interface `name`.
+    fn interface_exists_here(name: &str) -> bool {
+        let dev = std::fs::read_to_string("/proc/thread-self/net/dev").expect("read net/dev");
+        dev.lines()
+            .any(|line| line.trim_start().starts_with(&format!("{name}:")))
+    }
+
+    #[test]
+    fn a_tap_opened_in_a_netns_lives_there_and_not_in_ours() {
+        if !Path::new(TUN_PATH).exists() {
+            eprintln!("skipping: no {TUN_PATH}");
+            return;
+        }
+        let Some(netns) = PrivateNetns::new() else {
+            return;
+        };
+        let tap = Tap::open("podvmtest1", Some(&netns.path)).expect("open in the namespace");
+        assert!(netns.has("podvmtest1"));
+        assert!(!interface_exists_here("podvmtest1"));
+        tap.set_offload(offload::CSUM | offload::TSO4)
+            .expect("offloads");
+        drop(tap);
+        // Not persistent: the tap went with its only fd.
+        assert!(!netns.has("podvmtest1"));
+    }
+
     #[test]
     fn a_missing_netns_names_the_path_and_the_tap() {
         let err = Tap::open("podvmtest0", Some(Path::new("/nonexistent/netns/x")))
