@@ -23,6 +23,8 @@ use self::sys::Sockets;
 const SYSFS_NET: &str = "/sys/class/net";
 /// The loopback interface.
 const LOOPBACK: &str = "lo";
+/// Prefix of the temporary names used while swapping interface names.
+const TEMPORARY_PREFIX: &str = "podvmtmp";
 
 /// Errors configuring the guest network.
 #[derive(Debug, thiserror::Error)]
@@ -99,13 +101,16 @@ pub fn configure(network: Option<&GuestNetwork>) -> Result<(), NetError> {
     let Some(network) = network else {
         return Ok(());
     };
-    let mut names = Vec::with_capacity(network.interfaces.len());
+    // Everything is parsed and found before anything changes.
+    let mut current = Vec::with_capacity(network.interfaces.len());
+    let mut addresses = Vec::with_capacity(network.interfaces.len());
     for interface in &network.interfaces {
-        names.push(configure_interface(
-            &sockets,
-            Path::new(SYSFS_NET),
-            interface,
-        )?);
+        current.push(find_interface(Path::new(SYSFS_NET), interface)?);
+        addresses.push(parse_addresses(interface)?);
+    }
+    let names = rename_all(&sockets, &network.interfaces, current)?;
+    for ((interface, name), addresses) in network.interfaces.iter().zip(&names).zip(&addresses) {
+        configure_interface(&sockets, interface.mtu, name, addresses)?;
     }
     for route in &network.routes {
         add_route(&sockets, route, names.first().map(String::as_str))?;
@@ -123,18 +128,49 @@ fn uses_ipv6(network: &GuestNetwork) -> bool {
     addresses.chain(routes).any(|text| text.contains(':'))
 }
 
-/// Configures one interface; returns its final name.
-fn configure_interface(
-    sockets: &Sockets,
-    sysfs: &Path,
-    interface: &GuestInterface,
-) -> Result<String, NetError> {
+/// The current name of the interface with `interface`'s MAC.
+fn find_interface(sysfs: &Path, interface: &GuestInterface) -> Result<String, NetError> {
     let mac = parse_mac(&interface.mac).ok_or_else(|| NetError::Spec {
         what: "interface MAC",
         value: interface.mac.clone(),
         reason: "expected aa:bb:cc:dd:ee:ff".into(),
     })?;
-    let addresses = interface
+    find_by_mac(sysfs, &mac)
+}
+
+/// Gives each interface its wanted name; returns the final names. With several renames, every
+/// interface first moves to a temporary name, so that swapped names (eth0 <-> eth1) work.
+fn rename_all(
+    sockets: &Sockets,
+    interfaces: &[GuestInterface],
+    mut names: Vec<String>,
+) -> Result<Vec<String>, NetError> {
+    let moves: Vec<(usize, &str)> = interfaces
+        .iter()
+        .zip(&names)
+        .enumerate()
+        .filter_map(|(index, (interface, name))| {
+            let wanted = interface.name.as_deref()?;
+            (wanted != name).then_some((index, wanted))
+        })
+        .collect();
+    if moves.len() > 1 {
+        for (index, _) in &moves {
+            let temporary = format!("{TEMPORARY_PREFIX}{index}");
+            sockets.rename(&names[*index], &temporary)?;
+            names[*index] = temporary;
+        }
+    }
+    for (index, wanted) in moves {
+        sockets.rename(&names[index], wanted)?;
+        names[index] = wanted.to_string();
+    }
+    Ok(names)
+}
+
+/// The addresses of `interface`, parsed.
+fn parse_addresses(interface: &GuestInterface) -> Result<Vec<Cidr>, NetError> {
+    interface
         .addresses
         .iter()
         .map(|text| {
@@ -144,27 +180,31 @@ fn configure_interface(
                 reason,
             })
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut name = find_by_mac(sysfs, &mac)?;
-    if let Some(wanted) = interface.name.as_deref().filter(|wanted| *wanted != name) {
-        sockets.rename(&name, wanted)?;
-        name = wanted.to_string();
+        .collect()
+}
+
+/// Sets the MTU of interface `name`, brings it up and gives it its addresses.
+fn configure_interface(
+    sockets: &Sockets,
+    mtu: Option<u32>,
+    name: &str,
+    addresses: &[Cidr],
+) -> Result<(), NetError> {
+    if let Some(mtu) = mtu {
+        sockets.set_mtu(name, mtu)?;
     }
-    if let Some(mtu) = interface.mtu {
-        sockets.set_mtu(&name, mtu)?;
-    }
-    sockets.set_up(&name)?;
+    sockets.set_up(name)?;
     let mut aliases = 0;
-    for address in &addresses {
+    for address in addresses {
         match address.addr {
             IpAddr::V4(_) => {
-                sockets.set_ipv4(&name, aliases, address)?;
+                sockets.set_ipv4(name, aliases, address)?;
                 aliases += 1;
             }
-            IpAddr::V6(_) => sockets.add_ipv6(&name, address)?,
+            IpAddr::V6(_) => sockets.add_ipv6(name, address)?,
         }
     }
-    Ok(name)
+    Ok(())
 }
 
 /// Adds `route`; a route without gateway goes out of `link` (the first interface).
@@ -278,3 +318,7 @@ mod tests {
         assert!(uses_ipv6(&network));
     }
 }
+
+#[cfg(test)]
+#[path = "net/netns_tests.rs"]
+mod netns_tests;

@@ -121,6 +121,28 @@ impl Sockets {
         ioctl(&self.v4, libc::SIOCSIFFLAGS, &mut request).map_err(configure("bring it up", name))
     }
 
+    /// Whether IFF_UP is set (for tests).
+    #[cfg(test)]
+    pub fn is_up(&self, name: &str) -> Result<bool, NetError> {
+        let mut request = ifreq(name)?;
+        ioctl(&self.v4, libc::SIOCGIFFLAGS, &mut request).map_err(configure("read flags", name))?;
+        let flags = i16::from_ne_bytes([request.data[0], request.data[1]]);
+        Ok(i32::from(flags) & libc::IFF_UP != 0)
+    }
+
+    /// The MTU (for tests).
+    #[cfg(test)]
+    pub fn mtu(&self, name: &str) -> Result<i32, NetError> {
+        let mut request = ifreq(name)?;
+        ioctl(&self.v4, libc::SIOCGIFMTU, &mut request).map_err(configure("read the MTU", name))?;
+        Ok(i32::from_ne_bytes([
+            request.data[0],
+            request.data[1],
+            request.data[2],
+            request.data[3],
+        ]))
+    }
+
     /// Sets IPv4 address `cidr` on `name` (alias `name:N` for N > 0).
     pub fn set_ipv4(&self, name: &str, alias: u32, cidr: &Cidr) -> Result<(), NetError> {
         let label = match alias {
