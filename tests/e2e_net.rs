@@ -38,7 +38,8 @@ const GUEST_INFO: &str = "#!/bin/sh\n\
      cat /sys/class/net/eth0/mtu\n\
      ip route | grep -o 'default via [0-9.]*'\n\
      ip -4 addr show dev lo | grep -o 'inet 127.0.0.1/8'\n\
-     ls /sys/class/net | tr '\\n' ' '; echo\n";
+     ls /sys/class/net | tr '\\n' ' '; echo\n\
+     cut -c1-33 /sys/class/net/eth0/device/features\n";
 
 // busybox 1.35's wget crashes with -T: timeouts come from `timeout` instead.
 
@@ -91,6 +92,10 @@ fn results() -> Option<&'static BatchResults> {
                 .payload_executable("rootfs/bin/podvm-net-server", GUEST_SERVER)
                 .check("setup", SETUP)
                 .check("info", &format!("{boot} -- /bin/podvm-net-info"))
+                .check(
+                    "userspace_features",
+                    &format!("PODVM_NET_BACKEND=userspace {boot} -- cut -c1-33 /sys/class/net/eth0/device/features"),
+                )
                 .check("client", &CLIENT_CHECK.replace("BOOT", &boot))
                 .check("server", &SERVER_CHECK.replace("BOOT", &boot))
                 .check("netns", NETNS_CHECK)
@@ -141,9 +146,25 @@ fn the_agent_configures_eth0_by_mac_with_addresses_mtu_route_and_lo() {
             "default via 10.0.2.1",
             "inet 127.0.0.1/8",
             "eth0 lo ",
+            VHOST_FEATURES,
         ],
         "{result:?}"
     );
+}
+
+/// Negotiated feature bits 0..=32 as the guest's sysfs shows them with vhost-net: CSUM,
+/// GUEST_CSUM, MAC, GUEST_TSO4/6, HOST_TSO4/6, MRG_RXBUF, INDIRECT_DESC, EVENT_IDX, VERSION_1.
+const VHOST_FEATURES: &str = "110001011001100100000000000011001";
+/// The same with the userspace backend: MAC and VERSION_1 only.
+const USERSPACE_FEATURES: &str = "000001000000000000000000000000001";
+
+#[test]
+fn the_userspace_backend_offers_no_offloads() {
+    let Some(result) = check("userspace_features") else {
+        return;
+    };
+    assert_eq!(result.code, 0, "{result:?}");
+    assert_eq!(result.stdout.trim(), USERSPACE_FEATURES, "{result:?}");
 }
 
 #[test]
