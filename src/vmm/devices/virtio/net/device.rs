@@ -129,7 +129,8 @@ impl Net {
     pub fn new(mem: &GuestMemoryMmap, config: &NetConfig) -> Result<Self, NetError> {
         check_mac(config)?;
         let tap = Tap::open(&config.tap, config.netns.as_deref())?;
-        let backend = open_backend(mem, &config.tap)?;
+        let choice = std::env::var(BACKEND_ENV).unwrap_or_default();
+        let backend = open_backend(mem, &config.tap, &choice)?;
         Ok(Self {
             mac: config.mac,
             tap,
@@ -173,17 +174,21 @@ impl Net {
     }
 }
 
-/// vhost-net, or the userspace backend as [`BACKEND_ENV`] and the host allow.
-fn open_backend(mem: &GuestMemoryMmap, tap: &str) -> Result<Backend, NetError> {
-    let choice = std::env::var(BACKEND_ENV).unwrap_or_default();
+/// vhost-net, or the userspace backend as `choice` (the value of [`BACKEND_ENV`]) and the host
+/// allow.
+fn open_backend(mem: &GuestMemoryMmap, tap: &str, choice: &str) -> Result<Backend, NetError> {
     let vhost_error = |what| {
         let tap = tap.to_string();
         move |source| NetError::Vhost { tap, what, source }
     };
-    match choice.as_str() {
+    match choice {
         "userspace" => return Ok(Backend::Userspace),
         "" | "vhost" => {}
-        _ => return Err(NetError::BackendChoice { value: choice }),
+        _ => {
+            return Err(NetError::BackendChoice {
+                value: choice.to_string(),
+            })
+        }
     }
     let backend = match vhost_net::open(mem) {
         Ok(backend) => backend,
@@ -312,6 +317,44 @@ mod tests {
             netns: None,
             mac,
         }
+    }
+
+    fn memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 0x10_0000)]).expect("memory")
+    }
+
+    #[test]
+    fn the_backend_choice_is_checked_and_a_missing_vhost_net_is_named() {
+        let mem = memory();
+        let err = open_backend(&mem, "tap0", "kernel")
+            .err()
+            .expect("unknown choice");
+        assert!(
+            err.to_string().contains("PODVM_NET_BACKEND=kernel"),
+            "{err}"
+        );
+        assert!(matches!(
+            open_backend(&mem, "tap0", "userspace"),
+            Ok(Backend::Userspace)
+        ));
+        if std::path::Path::new("/dev/vhost-net").exists() {
+            eprintln!("skipping the missing-vhost-net half: this host has /dev/vhost-net");
+            return;
+        }
+        let err = open_backend(&mem, "tap0", "vhost")
+            .err()
+            .expect("no vhost-net");
+        let text = err.to_string();
+        assert!(
+            text.contains("/dev/vhost-net") && text.contains("tap0"),
+            "{text}"
+        );
+        assert!(text.contains("modprobe vhost_net"), "{text}");
+        // Unforced, the userspace backend takes over.
+        assert!(matches!(
+            open_backend(&mem, "tap0", ""),
+            Ok(Backend::Userspace)
+        ));
     }
 
     #[test]
