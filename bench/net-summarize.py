@@ -14,7 +14,7 @@ def load(name):
     return [int(line) * 10 for line in path.read_text().split() if line.strip()]
 
 
-rows = {name: load(name) for name in ("vhost", "userspace", "veth")}
+rows = {name: load(name) for name in ("vhost", "userspace", "qemu", "veth")}
 print(f"{mib} MiB download over HTTP (busybox wget <- httpd), medians in ms:")
 medians = {}
 for name, values in rows.items():
@@ -22,9 +22,9 @@ for name, values in rows.items():
         medians[name] = statistics.median(values)
         rate = mib / (medians[name] / 1000) if medians[name] else float("inf")
         print(f"  {name:10} runs {len(values):2}  {medians[name]:8.0f} ms  {rate:7.1f} MB/s")
-for name in ("vhost", "userspace"):
-    if name in medians and medians.get("veth"):
-        print(f"  ratio {name}/veth (time): {medians[name] / medians['veth']:.2f}")
+for name, peer in (("vhost", "qemu"), ("userspace", "qemu"), ("vhost", "veth"), ("userspace", "veth")):
+    if name in medians and medians.get(peer):
+        print(f"  ratio podvm {name}/{peer} (time): {medians[name] / medians[peer]:.2f}")
 if not medians:
     print("no results; see the .err files next to them")
     sys.exit(1)
