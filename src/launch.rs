@@ -55,6 +55,8 @@ pub struct LaunchPlan {
     pub app_logs: Vec<(String, AppLog)>,
     /// Host directories shared with the guest over virtio-fs.
     pub shares: Vec<vmm::devices::virtio::fs::FsShare>,
+    /// Guest network cards (virtio-net on host taps).
+    pub nets: Vec<vmm::devices::virtio::net::NetConfig>,
     /// How podvm's stdin, signals and terminal reach the app.
     pub relay: RelayOptions,
     /// Write the VM's exec info here (mode 0600) while it runs; needs `spec.exec_token`.
@@ -141,6 +143,7 @@ pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
         memory_mib: plan.memory_mib,
         vcpus: plan.cpus,
         shares: plan.shares.clone(),
+        nets: plan.nets.clone(),
     };
     let (log_path, keep_log) = match &plan.console_log {
         Some(path) => (path.clone(), true),

@@ -19,6 +19,7 @@ mod boot;
 mod channel;
 mod exec;
 mod launch;
+mod net;
 mod pod;
 mod power;
 mod reaper;
@@ -163,6 +164,14 @@ fn run(role: Role) -> Result<i32, AgentError> {
             return Ok(EXIT_AGENT_FAILED);
         }
     };
+    if role == Role::Init {
+        if let Err(err) = net::configure(spec.network.as_ref()) {
+            diag!("{err}");
+            let message = format!("cannot configure the guest network: {err}");
+            channel::send(&Message::Control(Control::Error { message }))?;
+            return Ok(EXIT_AGENT_FAILED);
+        }
+    }
     if !spec.apps.is_empty() {
         return run_pod(role, &spec);
     }

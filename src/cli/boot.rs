@@ -88,6 +88,9 @@ pub struct BootArgs {
     /// for `podvm exec --exec-info FILE`.
     #[arg(long, value_name = "FILE")]
     exec_info: Option<PathBuf>,
+    /// Guest networking (one NIC).
+    #[command(flatten)]
+    net: super::boot_net::NetArgs,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
@@ -113,6 +116,9 @@ pub enum BootCmdError {
     /// An --env entry without `=`.
     #[error("--env {0}: expected KEY=VALUE")]
     BadEnv(String),
+    /// The network flags are unusable.
+    #[error(transparent)]
+    Net(#[from] super::boot_net::NetArgsError),
     /// The initramfs could not be written out.
     #[error("cannot write the initramfs to {path}: {source}")]
     Dump {
@@ -132,6 +138,7 @@ pub fn run(args: BootArgs) -> Result<ExitCode, BootCmdError> {
         Some(dir) => rootfs_share(dir, args.rootfs_ro)?,
         None => (None, Vec::new()),
     };
+    let (nets, network) = args.net.resolve()?;
     let exec_token = match &args.exec_info {
         Some(_) => Some(exec_info::new_token()?),
         None => None,
@@ -148,7 +155,7 @@ pub fn run(args: BootArgs) -> Result<ExitCode, BootCmdError> {
             group: args.group,
             tty: args.tty,
             exec_token,
-            network: None,
+            network,
             ..BootSpec::default()
         },
         initrd_dir: args.initrd_dir,
@@ -159,6 +166,7 @@ pub fn run(args: BootArgs) -> Result<ExitCode, BootCmdError> {
         kernel_args: args.kernel_args,
         app_log: None,
         shares,
+        nets,
         relay: RelayOptions::for_cli(args.interactive, args.tty, args.stop_timeout),
         exec_info: args.exec_info,
         ..LaunchPlan::default()

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod boot;
+mod boot_net;
 mod check;
 mod exec;
 mod fetch;

@@ -250,6 +250,7 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
         app_log,
         app_logs,
         shares,
+        nets: Vec::new(),
         relay,
         exec_info: Some(pod.dir.join(EXEC_INFO_FILE)),
     };

@@ -46,6 +46,8 @@ pub struct VmConfig {
     pub vcpus: u8,
     /// Host directories shared over virtio-fs, one device each, in window order after vsock.
     pub shares: Vec<devices::virtio::fs::FsShare>,
+    /// Network cards (virtio-net over vhost-net and a tap), one device each, after the shares.
+    pub nets: Vec<devices::virtio::net::NetConfig>,
 }
 
 /// Where the guest's byte streams go.
@@ -123,6 +125,9 @@ pub enum VmmError {
     /// A virtio-fs device could not be created.
     #[error(transparent)]
     Fs(#[from] devices::virtio::fs::FsError),
+    /// A virtio-net device could not be created (boxed: its messages carry tap and netns).
+    #[error(transparent)]
+    Net(Box<devices::virtio::net::NetError>),
     /// The host end of the agent channel could not be set up.
     #[error(transparent)]
     AgentChannel(#[from] agent_vsock::AgentVsockError),
@@ -167,7 +172,8 @@ pub fn run(config: &VmConfig, outputs: VmOutputs) -> Result<VmStats, VmmError> {
     // applies the guest's umask itself); podvm's own files after the VM need it back.
     let umask = current_umask();
     let shares = create_shares(&config.shares)?;
-    let mmio = Arc::new(attach_virtio(&vm, &guest_memory, vsock, shares)?);
+    let nets = create_nets(&guest_memory, &config.nets)?;
+    let mmio = Arc::new(attach_virtio(&vm, &guest_memory, vsock, shares, nets)?);
     let cmdline = format!(
         "{} {} {}={}",
         config.cmdline,
@@ -230,12 +236,16 @@ fn attach_virtio(
     guest_memory: &vm_memory::GuestMemoryMmap,
     vsock: devices::virtio::vsock::Vsock,
     shares: Vec<devices::virtio::fs::Fs>,
+    nets: Vec<devices::virtio::net::Net>,
 ) -> Result<devices::virtio::MmioBus, VmmError> {
     let mut mmio = devices::virtio::MmioBus::new();
     mmio.attach(vm, guest_memory, Box::new(devices::virtio::rng::Rng::new()))?;
     mmio.attach(vm, guest_memory, Box::new(vsock))?;
     for share in shares {
         mmio.attach(vm, guest_memory, Box::new(share))?;
+    }
+    for net in nets {
+        mmio.attach(vm, guest_memory, Box::new(net))?;
     }
     Ok(mmio)
 }
@@ -262,6 +272,19 @@ fn create_shares(
         devices.push(devices::virtio::fs::Fs::new(share)?);
     }
     Ok(devices)
+}
+
+/// One virtio-net device per NIC; fails before the VM starts if a tap, netns or MAC is bad.
+fn create_nets(
+    guest_memory: &vm_memory::GuestMemoryMmap,
+    nets: &[devices::virtio::net::NetConfig],
+) -> Result<Vec<devices::virtio::net::Net>, VmmError> {
+    nets.iter()
+        .map(|net| {
+            devices::virtio::net::Net::new(guest_memory, net)
+                .map_err(|e| VmmError::Net(Box::new(e)))
+        })
+        .collect()
 }
 
 fn check_host(config: &VmConfig) -> Result<(), VmmError> {

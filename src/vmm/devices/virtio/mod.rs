@@ -7,6 +7,7 @@
 //! 0      virtio-rng    0xd000_0000..0xd000_1000   5
 //! 1      virtio-vsock  0xd000_1000..0xd000_2000   6
 //! 2+n    virtio-fs     one per shared directory   7+n
+//! 2+s+k  virtio-net    one per NIC, after the s shares   7+s+k
 //! ```
 //!
 //! The guest kernel learns about them from `virtio_mmio.device=4K@<base>:<gsi>` entries on its
@@ -17,6 +18,7 @@
 pub mod fs;
 pub mod interrupt;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 pub mod vsock;
 pub mod worker;
