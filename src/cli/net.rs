@@ -5,13 +5,12 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use podvm_protocol::BootSpec;
 
 use crate::image::config::Port;
 use crate::net::spec::{self, DnsRequest, SpecError};
 use crate::net::{self, config, NetError, NetRequest, PodNetwork, NET_ANNOTATION};
 use crate::pod::manifest::{NameValue, PodManifest};
-use crate::pod::{Pod, PodError};
+use crate::pod::{Pod, PodError, PodStore};
 
 /// Network flags (rkt's), shared by `run` and `prepare`.
 #[derive(Debug, Args)]
@@ -100,24 +99,37 @@ impl NetFlags {
     }
 }
 
-/// Makes the pod's network from its manifest (before its VM starts).
+/// Releases a pod's network when dropped (the pod is found again: it moves between states).
+#[derive(Debug)]
+pub struct Release {
+    pods: PodStore,
+    uuid: String,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if let Err(err) = self.pods.find(&self.uuid).and_then(|pod| release(&pod)) {
+            eprintln!("podvm: {err}");
+        }
+    }
+}
+
+/// Makes the pod's network from its manifest (before its VM starts); it is released when the
+/// returned [`Release`] drops.
 pub fn setup(
+    pods: &PodStore,
     pod: &Pod,
     manifest: &PodManifest,
     image_ports: &[Port],
-) -> Result<PodNetwork, NetError> {
+) -> Result<(PodNetwork, Release), NetError> {
     let annotation = manifest.annotation(NET_ANNOTATION);
     let request = net::request_from_annotation(&pod.uuid, annotation.as_deref())?;
-    net::setup(&pod.dir, &pod.uuid, &request, image_ports)
-}
-
-/// Gives the guest its part of the network: interfaces and routes, resolv.conf, hosts entries.
-pub fn apply(network: &PodNetwork, spec: &mut BootSpec) {
-    spec.network = network.guest.clone();
-    if let Some(rootfs) = spec.rootfs.as_mut() {
-        rootfs.resolv_conf = network.resolv_conf.clone();
-        rootfs.hosts_entries = network.hosts_entries.clone();
-    }
+    let network = net::setup(&pod.dir, &pod.uuid, &request, image_ports)?;
+    let release = Release {
+        pods: pods.clone(),
+        uuid: pod.uuid.clone(),
+    };
+    Ok((network, release))
 }
 
 /// Undoes the network of `pod` (nothing if it has none); the error keeps the pod for a later

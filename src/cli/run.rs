@@ -20,10 +20,9 @@ use super::prepare::{self, PrepareArgs, PrepareError};
 use crate::exec_info::{self, ExecInfoError};
 use crate::image::{self, ImageError};
 use crate::launch::{self, LaunchError, LaunchPlan};
-use crate::net::{NetError, PodNetwork};
 use crate::pod::lock;
 use crate::pod::logs::{self, AppLog};
-use crate::pod::manifest::{PodManifest, RuntimeApp};
+use crate::pod::manifest::RuntimeApp;
 use crate::pod::resources;
 use crate::pod::rootfs::AppRootfs;
 use crate::pod::status::{now, AppExit};
@@ -113,7 +112,7 @@ pub enum RunError {
     },
     /// The pod's network could not be made.
     #[error(transparent)]
-    Net(#[from] NetError),
+    Net(#[from] crate::net::NetError),
     /// The exec token could not be made.
     #[error(transparent)]
     ExecInfo(#[from] ExecInfoError),
@@ -173,37 +172,12 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
     let app = single_app(&prepared, &manifest.apps)?;
     let store = Store::open(data_dir)?;
     let image = image::prepare(&store, &image::resolve(&store, &app.image.id)?)?;
-    // The network is made while the pod is still prepared (a failure leaves no running pod)
-    // and undone once the VM ended, whatever happened in between.
-    let network = net::setup(&prepared, &manifest, &image.defaults.ports)?;
-    let result = start(
-        &pods,
-        &prepared,
-        &manifest,
-        app,
-        &image.rootfs,
-        vm,
-        &network,
-    );
-    if let Err(err) = pods.find(&prepared.uuid).and_then(|pod| net::release(&pod)) {
-        eprintln!("podvm: {err}");
-    }
-    result
-}
-
-/// Moves the prepared pod to `run`, boots its VM and records how it ended.
-fn start(
-    pods: &PodStore,
-    prepared: &Pod,
-    manifest: &PodManifest,
-    app: &RuntimeApp,
-    image_rootfs: &Path,
-    vm: &VmFlags,
-    network: &PodNetwork,
-) -> Result<ExitCode, RunError> {
-    let pod = pods.transition(prepared, "run")?;
+    // Made while the pod is still prepared (a failure leaves no running pod); released when
+    // `_network` drops, after the VM, whatever happened.
+    let (network, _network) = net::setup(&pods, &prepared, &manifest, &image.defaults.ports)?;
+    let pod = pods.transition(&prepared, "run")?;
     // Copy-on-write over the store's tree; unmounted when `rootfs` drops after the VM.
-    let rootfs = AppRootfs::prepare(&pod.dir, &app.name, image_rootfs).map_err(PodError::from)?;
+    let rootfs = AppRootfs::prepare(&pod.dir, &app.name, &image.rootfs).map_err(PodError::from)?;
     let mut status = pods.status(&pod)?;
     status.started = Some(now());
     status.pid = Some(std::process::id());
@@ -215,33 +189,31 @@ fn start(
     );
     let interactive = vm.interactive && std::io::stdin().is_terminal();
     let relay = RelayOptions::for_cli(vm.interactive, interactive, vm.stop_timeout);
-    let mut spec = BootSpec {
-        command: app.app.exec.clone(),
-        env: app.app.env_entries(),
-        workdir: Some(app.app.working_directory.clone()),
-        rootfs: Some(RootfsSpec {
-            tag: ROOTFS_TAG.into(),
-            read_only: app.read_only_root_fs,
-            app: app.name.clone(),
-            hostname: Some(
-                manifest
-                    .annotation(prepare::HOSTNAME_ANNOTATION)
-                    .unwrap_or_else(|| format!("podvm-{}", pod.uuid)),
-            ),
-            resolv_conf: None,
-            hosts_entries: Vec::new(),
-        }),
-        user: non_empty(&app.app.user),
-        group: non_empty(&app.app.group),
-        tty: relay.tty,
-        exec_token: Some(exec_info::new_token()?),
-        network: None,
-    };
-    net::apply(network, &mut spec);
     let plan = LaunchPlan {
         kernel: vm.kernel.clone(),
         agent: vm.agent.clone(),
-        spec,
+        spec: BootSpec {
+            command: app.app.exec.clone(),
+            env: app.app.env_entries(),
+            workdir: Some(app.app.working_directory.clone()),
+            rootfs: Some(RootfsSpec {
+                tag: ROOTFS_TAG.into(),
+                read_only: app.read_only_root_fs,
+                app: app.name.clone(),
+                hostname: Some(
+                    manifest
+                        .annotation(prepare::HOSTNAME_ANNOTATION)
+                        .unwrap_or_else(|| format!("podvm-{}", pod.uuid)),
+                ),
+                resolv_conf: network.resolv_conf.clone(),
+                hosts_entries: network.hosts_entries.clone(),
+            }),
+            user: non_empty(&app.app.user),
+            group: non_empty(&app.app.group),
+            tty: relay.tty,
+            exec_token: Some(exec_info::new_token()?),
+            network: network.guest.clone(),
+        },
         initrd_dir: None,
         cpus: vm.vm_cpus.unwrap_or(sized_cpus),
         memory_mib: vm.vm_memory.unwrap_or(sized_mib),
@@ -256,9 +228,8 @@ fn start(
         }],
         relay,
         exec_info: Some(pod.dir.join(EXEC_INFO_FILE)),
-        // NETDEV: once LaunchPlan has `nets`, give the VM one virtio-net device per tap:
-        // nets: network.taps.iter().map(|tap| NetConfig { tap: tap.name.clone(),
-        //     netns: network.netns.clone(), mac: tap.mac }).collect(),
+        // NETDEV: once LaunchPlan has `nets`, one virtio-net device per tap of `network`:
+        // nets: net::vm_nets(&network),
     };
     let outcome = launch::launch(&plan);
     status.finished = Some(now());
