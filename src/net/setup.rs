@@ -371,10 +371,22 @@ mod host_tests {
     use super::*;
     use crate::net::spec::NetAttachment;
 
-    /// A bridge network private to this test (no NAT, no default route).
+    /// A bridge network private to this test, with masquerade and port mappings.
     const CONFIG: &str = r#"{"cniVersion":"1.0.0","name":"podvmtest","plugins":[
-        {"type":"bridge","bridge":"podvmtest0","isGateway":true,
-         "ipam":{"type":"host-local","ranges":[[{"subnet":"10.251.7.0/24"}]],"dataDir":"DATA"}}]}"#;
+        {"type":"bridge","bridge":"podvmtest0","isGateway":true,"ipMasq":true,
+         "ipam":{"type":"host-local","ranges":[[{"subnet":"10.251.7.0/24"}]],"dataDir":"DATA"}},
+        {"type":"portmap","capabilities":{"portMappings":true}}]}"#;
+
+    fn nat_rules_of(uuid: &str) -> usize {
+        let output = Command::new("iptables-save")
+            .args(["-t", "nat"])
+            .output()
+            .expect("iptables-save");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|line| line.contains(uuid))
+            .count()
+    }
 
     fn in_netns(netns: &Path, command: &str) -> String {
         let output = Command::new("ip")
@@ -391,9 +403,12 @@ mod host_tests {
     fn real_cni_bridge_with_tap_and_redirect_then_teardown() {
         let ready = nix::unistd::Uid::effective().is_root()
             && Path::new("/usr/lib/cni/bridge").exists()
-            && Command::new("ip").arg("-V").output().is_ok();
+            && Command::new("ip").arg("-V").output().is_ok()
+            && Command::new("iptables-save").arg("-V").output().is_ok();
         if !ready {
-            eprintln!("skipped: needs root, /usr/lib/cni (containernetworking-plugins) and ip");
+            eprintln!(
+                "skipped: needs root, /usr/lib/cni (containernetworking-plugins), ip, iptables"
+            );
             return;
         }
         let dir = tempfile::tempdir().expect("tempdir");
@@ -411,10 +426,16 @@ mod host_tests {
                 name: "podvmtest".into(),
                 args: String::new(),
             }],
+            ports: vec![crate::net::spec::parse_port("80:18999").expect("port")],
             config_dir: Some(net_d),
             ..Default::default()
         };
         let network = setup(dir.path(), &uuid, &request, &[]).expect("setup");
+        let rules = nat_rules_of(&uuid);
+        assert!(
+            rules >= 2,
+            "masquerade and DNAT rules name the pod: {rules}"
+        );
         let netns = network.netns.clone().expect("netns");
         assert!(netns.exists());
         let guest = network.guest.clone().expect("guest network");
@@ -443,6 +464,7 @@ mod host_tests {
         );
         teardown(dir.path(), &uuid).expect("teardown");
         assert!(!netns.exists() && !state::path(dir.path()).exists());
+        assert_eq!(nat_rules_of(&uuid), 0);
         teardown(dir.path(), &uuid).expect("idempotent");
         let _ = Command::new("ip")
             .args(["link", "del", "podvmtest0"])
