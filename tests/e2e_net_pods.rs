@@ -82,6 +82,7 @@ fn results() -> Option<&'static BatchResults> {
                     &format!(
                         "{PODVM} run --uuid-file-save k.uuid --port 80:18082 {IMAGE} --exec /bin/sh -- -c 'echo started; sleep 600' >k.out 2>&1 & pid=$!; \
                          {wait}; u=$(cat k.uuid); kill -9 $pid; wait $pid; echo rc=$?; \
+                         grep -q started k.out || {{ cat k.out; tail -20 state/pods/*/$u/console.log; }} >&2; \
                          {before}; {PODVM} status $u | grep -E '^(state|networks)='; \
                          {PODVM} gc --grace-period 0s 2>&1 | grep -v '^gc:'; {after}",
                         wait = wait_started("k.out"),
@@ -140,7 +141,7 @@ fn a_running_pod_has_its_netns_veth_tap_redirect_and_nat() {
     };
     let out = &result.stdout;
     assert!(out.contains("netns=1"), "{result:?}");
-    assert!(out.contains("links: eth0 lo tap0 "), "{result:?}");
+    assert!(out.contains("links: eth0 lo tap0\n"), "{result:?}");
     assert!(out.contains("eth0: Redirect to device tap0"), "{result:?}");
     assert!(out.contains("tap0: Redirect to device eth0"), "{result:?}");
     assert!(out.contains("during: netns=1 veths=1 nat="), "{result:?}");
