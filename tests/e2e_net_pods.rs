@@ -24,7 +24,9 @@ const IPTABLES_SAVE: &str = "/usr/sbin/iptables-save";
 
 /// Shell that waits until `file` says `started`.
 fn wait_started(file: &str) -> String {
-    format!("for i in $(seq 900); do grep -q started {file} 2>/dev/null && break; sleep 0.2; done")
+    format!(
+        "for i in $(seq 900); do grep -q '^started' {file} 2>/dev/null && break; sleep 0.2; done"
+    )
 }
 
 /// Prints what is left of pod `$u`'s network on the L1 host: namespaces, veths on podvm0, NAT
@@ -82,7 +84,7 @@ fn results() -> Option<&'static BatchResults> {
                     &format!(
                         "{PODVM} run --uuid-file-save k.uuid --port 80:18082 {IMAGE} --exec /bin/sh -- -c 'echo started; sleep 600' >k.out 2>&1 & pid=$!; \
                          {wait}; u=$(cat k.uuid); kill -9 $pid; wait $pid; echo rc=$?; \
-                         grep -q started k.out || {{ cat k.out; tail -20 state/pods/*/$u/console.log; }} >&2; \
+                         grep -q '^started' k.out || {{ cat k.out; tail -20 state/pods/*/$u/console.log; }} >&2; \
                          {before}; {PODVM} status $u | grep -E '^(state|networks)='; \
                          {PODVM} gc --grace-period 0s 2>&1 | grep -v '^gc:'; {after}",
                         wait = wait_started("k.out"),
