@@ -20,6 +20,7 @@ use super::prepare::{self, PrepareArgs, PrepareError};
 use crate::exec_info::{self, ExecInfoError};
 use crate::image::{self, ImageError};
 use crate::launch::{self, LaunchError, LaunchPlan};
+use crate::pod::cgroup::{CgroupLimits, PodCgroup};
 use crate::pod::lock;
 use crate::pod::logs::{self, AppLog};
 use crate::pod::manifest::RuntimeApp;
@@ -231,7 +232,9 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
         // NETDEV: once LaunchPlan has `nets`, one virtio-net device per tap of `network`:
         // nets: net::vm_nets(&network),
     };
+    let cgroup = enter_cgroup(&pod, &plan);
     let outcome = launch::launch(&plan);
+    drop(cgroup);
     status.finished = Some(now());
     match outcome {
         Ok(outcome) => {
@@ -250,6 +253,25 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
                 uuid: pod.uuid,
                 source,
             })
+        }
+    }
+}
+
+/// Moves podvm into the pod's cgroup, sized for the VM; without cgroups the pod still runs,
+/// unconfined, with a warning.
+fn enter_cgroup(pod: &Pod, plan: &LaunchPlan) -> Option<PodCgroup> {
+    let limits = CgroupLimits {
+        memory_mib: plan.memory_mib,
+        cpus: plan.cpus,
+    };
+    match PodCgroup::enter(&pod.uuid, limits) {
+        Ok(cgroup) => Some(cgroup),
+        Err(err) => {
+            eprintln!(
+                "podvm: warning: pod {} runs without its cgroup limits: {err}",
+                pod.uuid
+            );
+            None
         }
     }
 }
