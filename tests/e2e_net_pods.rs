@@ -62,7 +62,7 @@ fn results() -> Option<&'static BatchResults> {
                     "running_pod",
                     &format!(
                         "{PODVM} run --uuid-file-save n.uuid --net=default --dns 1.2.3.4 --hosts-entry 10.1.2.3=db --port 80:18080 \
-                           {IMAGE} --exec /bin/sh -- -c 'cat /etc/resolv.conf /etc/hosts; echo started; sleep 8' >n.out 2>&1 & pid=$!; \
+                           {IMAGE} --exec /bin/sh -- -c 'cat /etc/resolv.conf /etc/hosts; ping -c 1 -W 1 db 2>&1 | head -1; echo started; sleep 8' >n.out 2>&1 & pid=$!; \
                          {wait}; u=$(cat n.uuid); \
                          echo netns=$(ls /run/netns | grep -c \"podvm-$u\"); \
                          echo links: $({IP} -n podvm-$u -o link | awk '{{print $2}}' | cut -d@ -f1 | tr -d : | sort | tr '\\n' ' '); \
@@ -170,6 +170,10 @@ fn the_guest_gets_dns_and_hosts_entries() {
     assert!(out.contains("rc=0"), "{result:?}");
     assert!(out.contains("nameserver 1.2.3.4"), "{result:?}");
     assert!(out.contains("10.1.2.3\tdb"), "{result:?}");
+    assert!(
+        out.contains("PING db (10.1.2.3)"),
+        "the entry resolves: {result:?}"
+    );
 }
 
 #[test]
