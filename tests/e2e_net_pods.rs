@@ -86,6 +86,7 @@ fn results() -> Option<&'static BatchResults> {
                          {wait}; u=$(cat k.uuid); kill -9 $pid; wait $pid; echo rc=$?; \
                          grep -q '^started' k.out || {{ cat k.out; tail -20 state/pods/*/$u/console.log; }} >&2; \
                          {before}; {PODVM} status $u | grep -E '^(state|networks)='; \
+                         {PODVM} run --port 80:18082 {IMAGE} --exec /bin/true 2>&1 | grep -o 'already published by pod [0-9a-f-]*' | sed \"s/$u/KILLED/\"; \
                          {PODVM} gc --grace-period 0s 2>&1 | grep -v '^gc:'; {after}",
                         wait = wait_started("k.out"),
                         before = leftovers("killed"),
@@ -200,6 +201,10 @@ fn gc_releases_the_network_of_a_killed_pod() {
     assert!(out.contains("state=exited"), "{result:?}");
     assert!(out.contains("networks=default:ip4="), "{result:?}");
     assert!(out.contains("gc: netns=0 veths=0 nat=0"), "{result:?}");
+    assert!(
+        out.contains("already published by pod KILLED"),
+        "its port stays taken until gc: {result:?}"
+    );
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! `--port` to port mappings: named ports looked up among the image's exposed ports (rkt names
 //! docker ports `tcp-80`), numbers taken as they are; host ports checked to be free.
 
+use std::path::Path;
+
 use crate::image::config::Port;
 
 use super::spec::PortRequest;
@@ -27,6 +29,16 @@ pub enum PortError {
         protocol: String,
         /// The bind error.
         source: std::io::Error,
+    },
+    /// Another pod publishes the host port.
+    #[error("--port: host port {port}/{protocol} is already published by pod {pod}; pick another host port or stop that pod")]
+    Published {
+        /// The port.
+        port: u16,
+        /// tcp or udp.
+        protocol: String,
+        /// The other pod.
+        pod: String,
     },
     /// Two `--port` flags want the same host port.
     #[error("--port: host port {0} is given twice")]
@@ -113,6 +125,49 @@ pub fn check_free(mappings: &[PortMapping]) -> Result<(), PortError> {
     Ok(())
 }
 
+/// Checks that no other pod's network record (`<pods>/*/*/net.json`: running pods, and killed
+/// ones `gc` has not cleaned yet, whose NAT rules still stand) maps one of these host ports.
+pub fn check_not_published(
+    pods_root: &Path,
+    uuid: &str,
+    mappings: &[PortMapping],
+) -> Result<(), PortError> {
+    let records = std::fs::read_dir(pods_root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|state| {
+            std::fs::read_dir(state.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .filter(|pod| pod.file_name().to_str() != Some(uuid))
+        .filter_map(|pod| Some((pod.file_name(), super::state::read(&pod.path()).ok()??)));
+    for (pod, record) in records {
+        for attachment in &record.attachments {
+            let published = attachment.runtime_config["portMappings"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            for mapping in mappings {
+                let taken = published.iter().any(|p| {
+                    p["hostPort"].as_u64() == Some(u64::from(mapping.host))
+                        && p["protocol"].as_str() == Some(mapping.protocol.as_str())
+                });
+                if taken {
+                    return Err(PortError::Published {
+                        port: mapping.host,
+                        protocol: mapping.protocol.clone(),
+                        pod: pod.to_string_lossy().into_owned(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +208,37 @@ mod tests {
             resolve(&twice, &[]),
             Err(PortError::Duplicate(8080))
         ));
+    }
+
+    #[test]
+    fn a_port_another_pod_publishes_is_refused() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let other = root.path().join("run/other-pod");
+        std::fs::create_dir_all(&other).expect("pod dir");
+        let record = crate::net::state::NetState {
+            uuid: "other-pod".into(),
+            netns: None,
+            attachments: vec![crate::net::state::Attachment {
+                runtime_config: crate::net::cni::runtime_config(&[(8080, 80, "tcp".into())]),
+                ..Default::default()
+            }],
+        };
+        crate::net::state::write(&other, &record).expect("record");
+        let wanted = |host, protocol: &str| PortMapping {
+            host,
+            container: 80,
+            protocol: protocol.into(),
+        };
+        let err =
+            check_not_published(root.path(), "me", &[wanted(8080, "tcp")]).expect_err("taken");
+        assert!(err.to_string().contains("pod other-pod"), "{err}");
+        check_not_published(
+            root.path(),
+            "me",
+            &[wanted(8080, "udp"), wanted(8081, "tcp")],
+        )
+        .expect("free");
+        check_not_published(root.path(), "other-pod", &[wanted(8080, "tcp")]).expect("itself");
     }
 
     #[test]

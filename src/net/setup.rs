@@ -65,6 +65,10 @@ pub fn setup(
     };
     let mappings = ports::resolve(&request.ports, image_ports).map_err(port_err)?;
     ports::check_free(&mappings).map_err(port_err)?;
+    // Pods live in <pods>/<state>/<uuid>.
+    if let Some(pods_root) = pod_dir.parent().and_then(Path::parent) {
+        ports::check_not_published(pods_root, uuid, &mappings).map_err(port_err)?;
+    }
 
     let made = make(pod_dir, uuid, request, &configs, &mappings);
     let (netns, results) = match made {
