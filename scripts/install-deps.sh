@@ -12,6 +12,9 @@ packages=(
   gnupg apache2-utils
   # interactive --tty E2E check (tests/e2e_agent.rs): a terminal to type into and resize
   tmux
+  # pod networking: CNI plugins (bridge, host-local, portmap, ...), the iptables they call, and
+  # ip/tc (iproute2) for the network E2E checks
+  containernetworking-plugins iptables iproute2
 )
 missing=()
 for pkg in "${packages[@]}"; do

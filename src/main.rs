@@ -12,6 +12,7 @@ mod exec_info;
 mod image;
 mod initramfs;
 mod launch;
+mod net;
 mod pod;
 mod relay;
 mod store;

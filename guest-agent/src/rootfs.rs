@@ -105,6 +105,7 @@ pub fn prepare(spec: &RootfsSpec) -> Result<PathBuf, RootfsError> {
     if !spec.read_only {
         let hosts = format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{hostname}\n");
         write_if_absent(&root, "etc/hosts", &hosts);
+        append_lines(&root, "etc/hosts", &spec.hosts_entries);
         if let Some(resolv) = &spec.resolv_conf {
             write_if_absent(&root, "etc/resolv.conf", resolv);
         }
@@ -184,6 +185,31 @@ fn write_if_absent(root: &Path, relative: &str, contents: &str) {
         .and_then(|()| std::fs::write(&path, contents));
     if let Err(err) = result {
         diag!("cannot write {}: {err}", path.display());
+    }
+}
+
+/// Appends `lines` (`--hosts-entry`) to the regular file `root/relative`, never through a
+/// symlink (which could point out of the app's root).
+fn append_lines(root: &Path, relative: &str, lines: &[String]) {
+    use std::io::Write;
+    if lines.is_empty() {
+        return;
+    }
+    let path = root.join(relative);
+    if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_file()) {
+        diag!(
+            "{} is not a regular file: hosts entries not added",
+            path.display()
+        );
+        return;
+    }
+    let text: String = lines.iter().map(|line| format!("{line}\n")).collect();
+    let result = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .and_then(|mut file| file.write_all(text.as_bytes()));
+    if let Err(err) = result {
+        diag!("cannot add hosts entries to {}: {err}", path.display());
     }
 }
 
@@ -277,6 +303,21 @@ mod tests {
         assert_eq!(inside(root, Path::new("/../../etc")), root.join("etc"));
         let spec = RootfsSpec::default();
         assert_eq!(mount_point(&spec), Path::new("/opt/stage2/app/rootfs"));
+    }
+
+    #[test]
+    fn hosts_entries_are_appended_to_regular_files_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        write_if_absent(root, "etc/hosts", "127.0.0.1\tlocalhost\n");
+        write_if_absent(root, "etc/hosts", "not written\n");
+        append_lines(root, "etc/hosts", &["10.1.2.3\tdb".to_string()]);
+        let hosts = std::fs::read_to_string(root.join("etc/hosts")).expect("hosts");
+        assert_eq!(hosts, "127.0.0.1\tlocalhost\n10.1.2.3\tdb\n");
+        symlink("/etc/hosts", root.join("etc/linked")).expect("link");
+        append_lines(root, "etc/linked", &["10.9.9.9\tevil".to_string()]);
+        let host_hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+        assert!(!host_hosts.contains("evil"));
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod check;
 mod exec;
 mod fetch;
 mod image;
+mod net;
 mod pod_enter;
 mod pod_gc;
 mod pod_logs;

@@ -72,6 +72,7 @@ fn remove(pods: &PodStore, pod: &Pod) -> Result<String, PodError> {
         });
     }
     let _held = lock::try_lock(&pod.dir, &pod.uuid)?;
+    super::net::release(pod)?;
     pods.delete(pod)?;
     Ok(pod.uuid.clone())
 }
@@ -86,6 +87,12 @@ pub fn gc(data_dir: &Path, args: GcArgs) -> Result<ExitCode, PodError> {
             continue;
         };
         let created = pods.status(&pod).map(|status| status.created).unwrap_or(0);
+        // Nobody runs a pod whose lock gc holds: a network it still has (its podvm was
+        // killed) is released as soon as gc sees it.
+        if let Err(err) = super::net::release(&pod) {
+            eprintln!("podvm: gc: {err}");
+            continue;
+        }
         let outcome = match pod.state {
             PodState::Exited => pods
                 .mark_garbage(&pod, now)

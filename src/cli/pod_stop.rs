@@ -135,6 +135,10 @@ fn wait_released(pod: &Pod, limit: Duration) -> bool {
 /// Records in a killed pod's status why it ended (its podvm could not).
 fn record_kill(pods: &PodStore, pod: &Pod, reason: &str) -> Result<String, PodError> {
     let _held = lock::try_lock(&pod.dir, &pod.uuid)?;
+    // The killed podvm could not release the pod's network.
+    if let Err(err) = super::net::release(pod) {
+        eprintln!("podvm: {err}");
+    }
     let mut status = pods.status(pod)?;
     if status.finished.is_none() {
         status.finished = Some(now());

@@ -59,6 +59,8 @@ pub struct PodView {
     pub hostname: Option<String>,
     /// Apps with their images and, once they ended, exit codes.
     pub apps: Vec<AppView>,
+    /// The pod's networks while it has them (running, or not yet cleaned by `gc`).
+    pub networks: Vec<crate::net::NetworkStatus>,
     /// Recorded times, pid and reason.
     #[serde(flatten)]
     pub status: PodStatus,
@@ -117,6 +119,7 @@ pub fn view(pods: &PodStore, pod: &Pod) -> Result<PodView, PodError> {
         state: pod.state,
         hostname,
         apps,
+        networks: crate::net::status(&pod.dir),
         status,
     })
 }
@@ -245,6 +248,9 @@ pub fn status(data_dir: &Path, args: StatusArgs) -> Result<ExitCode, PodError> {
         if let Some(code) = app.exit_code {
             println!("app-{}={code}", app.name);
         }
+    }
+    if let Some(line) = super::net::status_line(&view.networks) {
+        println!("{line}");
     }
     if let Some(reason) = &view.status.reason {
         println!("reason={reason}");

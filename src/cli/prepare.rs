@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser};
 
 use super::fetch::{options, InsecureOption};
+use super::net::{NetFlags, NetFlagsError};
 use crate::image::fetch::{fetch, PullPolicy};
 use crate::image::{self, ImageError, PreparedImage};
 use crate::pod::manifest::{self, App, ImageRef, NameValue, PodManifest, RuntimeApp};
@@ -57,6 +58,8 @@ pub struct PrepareArgs {
     /// When to contact registries: new, update, never.
     #[arg(long = "pull-policy", value_enum, default_value_t = PullPolicy::New)]
     pull_policy: PullPolicy,
+    #[command(flatten)]
+    net: NetFlags,
     /// IMAGE [APP FLAGS] [-- ARGS] [--- IMAGE ...]
     #[arg(
         required = true,
@@ -155,6 +158,9 @@ pub enum PrepareError {
     /// Pod store failure.
     #[error(transparent)]
     Pod(#[from] PodError),
+    /// Bad network flags.
+    #[error(transparent)]
+    Net(#[from] NetFlagsError),
     /// The uuid file could not be written.
     #[error("cannot write the pod uuid to {path}: {source}")]
     UuidFile {
@@ -188,7 +194,8 @@ pub fn run(data_dir: &Path, args: PrepareArgs) -> Result<ExitCode, PrepareError>
 /// Creates the pod and returns its uuid; on failure nothing of the pod is left behind.
 pub fn prepare(data_dir: &Path, args: &PrepareArgs) -> Result<String, PrepareError> {
     let set_env = pod_env(args)?;
-    let annotations = parse_pairs("--annotation", &args.annotations)?;
+    let mut annotations = parse_pairs("--annotation", &args.annotations)?;
+    annotations.push(args.net.annotation()?);
     let app_args = split_apps(&args.apps)?;
     let pods = PodStore::open(data_dir)?;
     let (embryo, _held) = pods.create()?;

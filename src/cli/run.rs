@@ -18,10 +18,12 @@ use clap::Args;
 use podvm_protocol::{AppSpec, BootSpec, MountSpec, RootfsSpec, VolumeSpec};
 
 use super::boot::parse_duration;
+use super::net;
 use super::prepare::{self, PrepareArgs, PrepareError};
 use crate::exec_info::{self, ExecInfoError};
 use crate::image::{self, ImageError};
 use crate::launch::{self, LaunchError, LaunchPlan};
+use crate::net::PodNetwork;
 use crate::pod::cgroup::{CgroupLimits, PodCgroup};
 use crate::pod::lock;
 use crate::pod::logs::{self, AppLog};
@@ -114,6 +116,9 @@ pub enum RunError {
         /// Why.
         source: LaunchError,
     },
+    /// The pod's network could not be made.
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
     /// The exec token could not be made.
     #[error(transparent)]
     ExecInfo(#[from] ExecInfoError),
@@ -179,6 +184,13 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
             &image::resolve(&store, &app.image.id)?,
         )?);
     }
+    let image_ports: Vec<_> = images
+        .iter()
+        .flat_map(|image| image.defaults.ports.clone())
+        .collect();
+    // Made while the pod is still prepared (a failure leaves no running pod); released when
+    // `_network` drops, after the VM, whatever happened.
+    let (network, _network) = net::setup(&pods, &prepared, &manifest, &image_ports)?;
     let pod = pods.transition(&prepared, "run")?;
     // Copy-on-write over the store's trees; unmounted when `rootfs` drops after the VM.
     let mut rootfs = Vec::new();
@@ -216,7 +228,7 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
     let mut spec = BootSpec {
         tty: relay.tty,
         exec_token: Some(exec_info::new_token()?),
-        network: None,
+        network: network.guest.clone(),
         volumes: volume_specs,
         ..BootSpec::default()
     };
@@ -226,13 +238,13 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
         spec.command = app.app.exec.clone();
         spec.env = app.app.env_entries();
         spec.workdir = Some(app.app.working_directory.clone());
-        spec.rootfs = Some(rootfs_spec(app, 0, &hostname));
+        spec.rootfs = Some(rootfs_spec(app, 0, &hostname, &network));
         spec.user = non_empty(&app.app.user);
         spec.group = non_empty(&app.app.group);
         app_log = Some(open_app_log(&pod, &app.name)?);
     } else {
         for (index, app) in manifest.apps.iter().enumerate() {
-            spec.apps.push(app_spec(app, index, &hostname));
+            spec.apps.push(app_spec(app, index, &hostname, &network));
             app_logs.push((app.name.clone(), open_app_log(&pod, &app.name)?));
         }
         spec.stop_grace_ms = Some(u64::try_from(vm.stop_timeout.as_millis()).unwrap_or(u64::MAX));
@@ -250,7 +262,7 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
         app_log,
         app_logs,
         shares,
-        nets: Vec::new(),
+        nets: net::vm_nets(&network),
         relay,
         exec_info: Some(pod.dir.join(EXEC_INFO_FILE)),
     };
@@ -317,14 +329,14 @@ fn rootfs_tag(index: usize) -> String {
 }
 
 /// How the agent mounts the root filesystem of the pod's app number `index`.
-fn rootfs_spec(app: &RuntimeApp, index: usize, hostname: &str) -> RootfsSpec {
+fn rootfs_spec(app: &RuntimeApp, index: usize, hostname: &str, network: &PodNetwork) -> RootfsSpec {
     RootfsSpec {
         tag: rootfs_tag(index),
         read_only: app.read_only_root_fs,
         app: app.name.clone(),
         hostname: Some(hostname.to_string()),
-        resolv_conf: None,
-        hosts_entries: Vec::new(),
+        resolv_conf: network.resolv_conf.clone(),
+        hosts_entries: network.hosts_entries.clone(),
         mounts: app
             .mounts
             .iter()
@@ -367,13 +379,13 @@ fn volume_shares(
 }
 
 /// The app number `index` of a pod of several apps, as the agent runs it.
-fn app_spec(app: &RuntimeApp, index: usize, hostname: &str) -> AppSpec {
+fn app_spec(app: &RuntimeApp, index: usize, hostname: &str, network: &PodNetwork) -> AppSpec {
     AppSpec {
         name: app.name.clone(),
         command: app.app.exec.clone(),
         env: app.app.env_entries(),
         workdir: Some(app.app.working_directory.clone()),
-        rootfs: Some(rootfs_spec(app, index, hostname)),
+        rootfs: Some(rootfs_spec(app, index, hostname, network)),
         user: non_empty(&app.app.user),
         group: non_empty(&app.app.group),
     }

@@ -96,16 +96,34 @@ pub fn require() -> Option<Artifacts> {
 
 impl Artifacts {
     /// Adds the artifacts to a batch payload mirroring the `out/` layout: `bin/podvm`,
-    /// `lib/podvm/{podvm-agent,vmlinux,busybox}` (so `podvm` is on the checks' PATH).
+    /// `lib/podvm/{podvm-agent,vmlinux,busybox}` (so `podvm` is on the checks' PATH), and in
+    /// L1 the host's networking tools ([`NET_TOOLS`]).
     pub fn add_to(&self, batch: Batch) -> Batch {
-        batch
+        let batch = batch
             .payload_file(&self.podvm, "bin/podvm")
             .payload_file(&self.agent, "lib/podvm/podvm-agent")
             .payload_file(&self.vmlinux, "lib/podvm/vmlinux")
             .payload_file(&self.busybox, "lib/podvm/busybox")
-            .payload_file(&self.probe, "test/podvm-probe")
+            .payload_file(&self.probe, "test/podvm-probe");
+        NET_TOOLS
+            .iter()
+            .filter(|path| Path::new(path).exists())
+            .fold(batch, |batch, path| batch.host_tool(path))
     }
 }
+
+/// Host tools pods need for networking (`--net`, the default network): the CNI plugins and the
+/// iptables they call (iptables-nft with its extensions), plus ip and tc for checks.
+const NET_TOOLS: &[&str] = &[
+    "/usr/lib/cni",
+    "/usr/sbin/iptables",
+    "/usr/sbin/iptables-save",
+    "/usr/sbin/iptables-restore",
+    "/usr/sbin/ip6tables",
+    "/usr/lib/x86_64-linux-gnu/xtables",
+    "/usr/sbin/ip",
+    "/usr/sbin/tc",
+];
 
 fn existing(what: &'static str, path: PathBuf) -> Result<PathBuf, ArtifactsError> {
     if path.is_file() {
