@@ -15,7 +15,7 @@ echo "demo: building OCI image layout demo (tag demo) with umoci (busybox from D
 "$here/scripts/demo-image.sh" "$payload/demo"
 # Inside the VM host (directly, or in the nested L1): fetch the image into podvm's store, run it
 # as a pod (rootfs shared over virtio-fs, copy-on-write), then show what podvm recorded.
-app_cmd='cat /etc/motd; echo "Hello from a podvm pod: $(uname -sr), $(nproc) vCPUs, $(awk "/MemTotal/{print int(\$2/1024)}" /proc/meminfo) MiB, running as $(id -un)"; exit 3'
+app_cmd='cat /etc/motd; echo "Hello from a podvm pod: $(uname -sr), $(nproc) vCPUs, $(awk "/MemTotal/{print int(\$2/1024)}" /proc/meminfo) MiB, running as $(id -un), eth0 $(ip -4 -o addr show eth0 | awk "{print \$4}")"; exit 3'
 demo_cmd="podvm --dir state fetch oci:demo:demo && \
 podvm --dir state run --uuid-file-save state/demo.uuid oci:demo:demo --memory 200Mi --cpu 2 --exec /bin/sh -- -c '$app_cmd'; \
 echo \"podvm run exit status: \$? (the app exited 3)\"; \
@@ -24,7 +24,13 @@ if [ -e /sys/module/kvm_pvm ] || [ ! -w /dev/kvm ]; then
   echo "demo: this host's KVM cannot boot podvm's stock guest kernel (PVM or no /dev/kvm);"
   echo "demo: running inside the nested harness (L1 Linux with nested KVM under QEMU, takes a minute)"
   mkdir -p "$work/results"
-  "$here/tests/nested/l1.sh" "$payload" "$work/results" -- "$demo_cmd"
+  # The pod joins podvm's default network (CNI bridge + NAT): carry the plugins and iptables.
+  tools=()
+  for t in /usr/lib/cni /usr/sbin/iptables /usr/sbin/iptables-save /usr/sbin/iptables-restore \
+    /usr/sbin/ip6tables /usr/lib/x86_64-linux-gnu/xtables; do
+    [ -e "$t" ] && tools+=(-b "$t")
+  done
+  "$here/tests/nested/l1.sh" "${tools[@]}" "$payload" "$work/results" -- "$demo_cmd"
 else
   (cd "$payload" && PATH=$payload/bin:$PATH sh -c "$demo_cmd")
 fi
