@@ -61,6 +61,14 @@ fn results() -> Option<&'static BatchResults> {
                     ),
                 )
                 .check(
+                    "app_cgroup",
+                    &format!(
+                        "{PODVM} run {IMAGE} --memory 64Mi --cpu 500m --exec /bin/sh -- -c \
+                         'cat /proc/self/cgroup; cd /sys/fs/cgroup/app-busybox-layout && cat memory.max cpu.max; \
+                          x=$(head -c 80000000 /dev/zero | tr \"\\0\" a); echo survived'; echo rc=$?"
+                    ),
+                )
+                .check(
                     "logs",
                     &format!(
                         "{PODVM} run --uuid-file-save logs.uuid {IMAGE} --exec /bin/sh -- -c 'echo to-out; echo to-err >&2; exit 3' >/dev/null 2>&1; \
@@ -246,6 +254,24 @@ fn the_vm_is_sized_from_the_apps_limits() {
         .expect("MemTotal");
     // 600 MiB + 128 MiB guest overhead, minus what the kernel keeps for itself.
     assert!((600 * 1024..=728 * 1024).contains(&kib), "{result:?}");
+}
+
+#[test]
+fn an_app_runs_in_its_own_guest_cgroup_with_its_limits() {
+    let Some(result) = check("app_cgroup") else {
+        return;
+    };
+    let lines: Vec<&str> = result.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "0::/app-busybox-layout",
+            &(64u64 << 20).to_string(),
+            "50000 100000",
+            "rc=137"
+        ],
+        "64Mi and 500m in the app's cgroup; 80 MB in a shell variable is killed: {result:?}"
+    );
 }
 
 #[test]

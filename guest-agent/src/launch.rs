@@ -14,7 +14,9 @@ use std::process::{Command, Stdio};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::unistd::{Gid, Pid, Uid};
-use podvm_protocol::{AppSpec, BootSpec, ExecRequest, Stream, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND};
+use podvm_protocol::{
+    AppLimits, AppSpec, BootSpec, ExecRequest, Stream, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND,
+};
 
 use crate::users::{self, Identity, UserError};
 
@@ -36,6 +38,10 @@ pub struct Job<'a> {
     pub group: Option<&'a str>,
     /// Run on a pty.
     pub tty: bool,
+    /// The app it belongs to (names its cgroup).
+    pub app: &'a str,
+    /// Resource limits: run in the app's own cgroup when any is set.
+    pub limits: AppLimits,
 }
 
 impl<'a> Job<'a> {
@@ -48,6 +54,11 @@ impl<'a> Job<'a> {
             user: spec.user.as_deref(),
             group: spec.group.as_deref(),
             tty: spec.tty,
+            app: spec
+                .rootfs
+                .as_ref()
+                .map_or("app", |rootfs| rootfs.app.as_str()),
+            limits: spec.limits,
         }
     }
 
@@ -60,6 +71,8 @@ impl<'a> Job<'a> {
             user: app.user.as_deref(),
             group: app.group.as_deref(),
             tty: false,
+            app: &app.name,
+            limits: app.limits,
         }
     }
 
@@ -72,6 +85,8 @@ impl<'a> Job<'a> {
             user: request.user.as_deref(),
             group: request.group.as_deref(),
             tty: request.tty,
+            app: "exec",
+            limits: AppLimits::default(),
         }
     }
 }
@@ -117,6 +132,9 @@ pub enum LaunchError {
     /// The user or group is unknown.
     #[error(transparent)]
     User(#[from] UserError),
+    /// The app's cgroup could not be set up.
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
     /// The terminal or pipes could not be set up.
     #[error("cannot set up the standard streams ({what}): {source}")]
     Streams {
@@ -145,6 +163,7 @@ impl LaunchError {
             LaunchError::NotExecutable { .. }
             | LaunchError::Workdir { .. }
             | LaunchError::User(_)
+            | LaunchError::Cgroup(_)
             | LaunchError::Streams { .. } => EXIT_CANNOT_EXEC,
         }
     }
@@ -261,6 +280,10 @@ pub fn spawn(job: &Job<'_>, root: &Path) -> Result<Started, LaunchError> {
         .args(args)
         .env_clear()
         .envs(env.iter().map(|(key, value)| (key, value)));
+    if let Some(procs) = crate::cgroup::prepare(job.app, &job.limits)? {
+        // Joins while still root, before the hooks below chroot and drop privileges.
+        crate::cgroup::join_before_exec(&mut command, procs);
+    }
     if in_own_root {
         // chroot + chdir, before the hook of `before_exec` (which ends in execve) runs.
         crate::rootfs::enter(&mut command, root, &workdir);

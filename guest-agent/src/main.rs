@@ -16,6 +16,7 @@
 #[macro_use]
 mod log;
 mod boot;
+mod cgroup;
 mod channel;
 mod exec;
 mod launch;

@@ -130,6 +130,13 @@ const INNER_MOUNTS: &[InnerMount] = &[
     ("proc", "proc", Some("proc"), NOSUID_NODEV_NOEXEC, None),
     ("sysfs", "sys", Some("sysfs"), NOSUID_NODEV_NOEXEC, None),
     (
+        "cgroup2",
+        "sys/fs/cgroup",
+        Some("cgroup2"),
+        NOSUID_NODEV_NOEXEC,
+        None,
+    ),
+    (
         "/dev",
         "dev",
         None,

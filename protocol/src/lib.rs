@@ -200,6 +200,28 @@ pub struct BootSpec {
     /// `/podvm/volumes/<name>` before the apps' roots bind it in ([`RootfsSpec::mounts`]).
     #[serde(default)]
     pub volumes: Vec<VolumeSpec>,
+    /// Resource limits of the single app ([`BootSpec::command`]).
+    #[serde(default)]
+    pub limits: AppLimits,
+}
+
+/// An app's resource limits inside the VM (its appc isolators): the agent runs the app in its
+/// own cgroup v2 `/sys/fs/cgroup/app-<name>` with these set; none set: no cgroup of its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppLimits {
+    /// `memory.max` in bytes.
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    /// CPU time in thousandths of a CPU (`cpu.max` = millis x 100 us per 100 ms).
+    #[serde(default)]
+    pub cpu_millis: Option<u64>,
+}
+
+impl AppLimits {
+    /// Whether any limit is set.
+    pub fn is_empty(&self) -> bool {
+        self.memory_bytes.is_none() && self.cpu_millis.is_none()
+    }
 }
 
 /// A pod volume shared by the host over virtio-fs.
@@ -248,6 +270,9 @@ pub struct AppSpec {
     /// Group, as in [`BootSpec::group`].
     #[serde(default)]
     pub group: Option<String>,
+    /// Resource limits, as in [`BootSpec::limits`].
+    #[serde(default)]
+    pub limits: AppLimits,
 }
 
 /// The guest's network as the host decided it (from CNI results): the agent brings up `lo`,

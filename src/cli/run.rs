@@ -241,6 +241,7 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
         spec.rootfs = Some(rootfs_spec(app, 0, &hostname, &network));
         spec.user = non_empty(&app.app.user);
         spec.group = non_empty(&app.app.group);
+        spec.limits = resources::app_limits(&app.app.isolators);
         app_log = Some(open_app_log(&pod, &app.name)?);
     } else {
         for (index, app) in manifest.apps.iter().enumerate() {
@@ -388,6 +389,7 @@ fn app_spec(app: &RuntimeApp, index: usize, hostname: &str, network: &PodNetwork
         rootfs: Some(rootfs_spec(app, index, hostname, network)),
         user: non_empty(&app.app.user),
         group: non_empty(&app.app.group),
+        limits: resources::app_limits(&app.app.isolators),
     }
 }
 

@@ -3,6 +3,7 @@
 //! Quantities follow appc/Kubernetes: memory `512M` (10^6), `512Mi` (2^20), `1G`, `1Gi`, or
 //! bytes; CPU `500m` (millicores), `1`, `2.5`.
 
+use podvm_protocol::AppLimits;
 use serde::{Deserialize, Serialize};
 
 /// appc isolator name of a memory limit.
@@ -145,9 +146,34 @@ pub fn vm_size<'a>(
     (mib, cpus)
 }
 
+/// One app's limits for its cgroup in the guest, from its isolators.
+pub fn app_limits<'a>(isolators: impl IntoIterator<Item = &'a Isolator>) -> AppLimits {
+    let mut limits = AppLimits::default();
+    for isolator in isolators {
+        match isolator.name.as_str() {
+            MEMORY_ISOLATOR => limits.memory_bytes = memory_bytes(&isolator.value.limit).ok(),
+            CPU_ISOLATOR => limits.cpu_millis = cpu_millis(&isolator.value.limit).ok(),
+            _ => {}
+        }
+    }
+    limits
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn app_limits_come_from_the_apps_isolators() {
+        let isolators = [
+            Isolator::memory("64Mi").expect("valid"),
+            Isolator::cpu("500m").expect("valid"),
+        ];
+        let limits = app_limits(&isolators);
+        assert_eq!(limits.memory_bytes, Some(64 << 20));
+        assert_eq!(limits.cpu_millis, Some(500));
+        assert!(app_limits(&[]).is_empty());
+    }
 
     #[test]
     fn quantities_parse_as_appc_and_kubernetes_write_them() {
