@@ -72,6 +72,8 @@
 //! or group does not exist in the app root's /etc/passwd or /etc/group (an `Error` frame before
 //! it says which).
 
+pub mod mac;
+
 use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};

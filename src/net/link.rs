@@ -140,14 +140,6 @@ pub fn set_mac(name: &str, mac: [u8; 6]) -> Result<(), LinkError> {
     set_up(name, true)
 }
 
-/// Formats a MAC address as `aa:bb:cc:dd:ee:ff`.
-pub fn format_mac(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 /// A stable, locally administered unicast MAC for network `index` of pod `uuid`.
 pub fn pod_mac(uuid: &str, index: usize) -> [u8; 6] {
     use sha2::Digest;
@@ -165,7 +157,6 @@ mod tests {
         assert_eq!(mac, pod_mac("1b4e28ba-2fa1-11d2-883f-0016d3cca427", 0));
         assert_ne!(mac, pod_mac("1b4e28ba-2fa1-11d2-883f-0016d3cca427", 1));
         assert_eq!(mac[0] & 0x03, 0x02, "locally administered, unicast");
-        assert_eq!(format_mac([0x02, 0, 0xab, 1, 2, 0xff]), "02:00:ab:01:02:ff");
     }
 
     #[test]

@@ -230,7 +230,7 @@ fn guest_network(taps: &[Tap], results: &[CniResult]) -> GuestNetwork {
             .map(|ip| ip.address.clone())
             .collect();
         network.interfaces.push(GuestInterface {
-            mac: link::format_mac(tap.mac),
+            mac: podvm_protocol::mac::format_mac(&tap.mac),
             name: Some(ifname),
             addresses,
             mtu: None,

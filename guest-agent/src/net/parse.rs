@@ -43,27 +43,7 @@ pub fn parse_cidr(text: &str) -> Result<Cidr, String> {
     Ok(Cidr { addr, prefix })
 }
 
-/// Parses `aa:bb:cc:dd:ee:ff` (either case).
-pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut mac {
-        let part = parts.next()?;
-        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        *byte = u8::from_str_radix(part, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
-
-/// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
-pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
+pub use podvm_protocol::mac::{format_mac, parse_mac};
 
 #[cfg(test)]
 mod tests {
@@ -97,23 +77,6 @@ mod tests {
         ] {
             let reason = parse_cidr(text).expect_err(text);
             assert!(reason.contains(needle), "{text}: {reason}");
-        }
-    }
-
-    #[test]
-    fn macs_parse_strictly_and_format_lowercase() {
-        let mac = parse_mac("02:AB:cd:00:11:ff").expect("valid");
-        assert_eq!(mac, [2, 0xab, 0xcd, 0, 0x11, 0xff]);
-        assert_eq!(format_mac(&mac), "02:ab:cd:00:11:ff");
-        for bad in [
-            "",
-            "02:ab:cd:00:11",
-            "02:ab:cd:00:11:ff:01",
-            "2:ab:cd:00:11:ff",
-            "+2:ab:cd:00:11:ff",
-            "gg:ab:cd:00:11:ff",
-        ] {
-            assert_eq!(parse_mac(bad), None, "{bad}");
         }
     }
 }
