@@ -16,9 +16,10 @@ STATIC  := RUSTFLAGS="-C target-feature=+crt-static"
 all: binaries kernel
 
 binaries:
-	$(STATIC) $(CARGO) build --release --target $(TARGET) -p podvm -p podvm-agent
+	$(STATIC) $(CARGO) build --release --target $(TARGET) -p podvm -p podvm-agent -p podvm-probe
 	install -D -m 0755 target/$(TARGET)/release/podvm $(OUT)/bin/podvm
 	install -D -m 0755 target/$(TARGET)/release/podvm-agent $(OUT)/lib/podvm/podvm-agent
+	install -D -m 0755 target/$(TARGET)/release/podvm-probe $(OUT)/test/podvm-probe
 
 kernel:
 	kernel-config/build.sh $(OUT)/lib/podvm/vmlinux
@@ -43,6 +44,7 @@ install: all
 
 bench: deps all
 	bench/boot.sh $(OUT)
+	bench/pods.sh $(OUT)
 
 clean:
 	rm -rf $(OUT)

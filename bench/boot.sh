@@ -9,10 +9,8 @@ runs=${2:-10}
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 payload=$work/payload
-mkdir -p "$payload/bin" "$payload/lib/podvm" "$work/results"
-cp "$out/bin/podvm" "$payload/bin/"
-cp "$out/lib/podvm/vmlinux" "$out/lib/podvm/podvm-agent" "$payload/lib/podvm/"
-"$here/scripts/busybox-tree.sh" "$payload/rootfs"
+mkdir -p "$work/results"
+. "$here/bench/lib.sh"; bench_payload "$out" "$payload"
 cp "$here/bench/boot-inner.sh" "$payload/"
 qemu=$(command -v qemu-system-x86_64)
 "$here/tests/nested/l1.sh" -t 3000 -b "$qemu" -b /usr/share/qemu -b /usr/share/seabios \

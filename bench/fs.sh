@@ -15,10 +15,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 payload=$work/payload
 results=${BENCH_RESULTS:-$work/results}
-mkdir -p "$payload/bin" "$payload/lib/podvm" "$results"
-cp "$out/bin/podvm" "$payload/bin/"
-cp "$out/lib/podvm/vmlinux" "$out/lib/podvm/podvm-agent" "$payload/lib/podvm/"
-"$here/scripts/busybox-tree.sh" "$payload/rootfs"
+mkdir -p "$results"
+. "$here/bench/lib.sh"; bench_payload "$out" "$payload"
 mkdir -p "$payload/rootfs/proc" "$payload/rootfs/sys" "$payload/rootfs/dev"
 # The tree to untar: FILES files of 1..8 KiB in 20 directories.
 tree=$work/tree; mkdir -p "$tree"

@@ -13,8 +13,8 @@ const SETUP_ROOTFS: &str = "mkdir -p rootfs/bin rootfs/etc rootfs/tmp && cp lib/
      && for a in $(rootfs/bin/busybox --list); do [ $a = busybox ] || ln -sf busybox rootfs/bin/$a; done \
      && echo 'root:x:0:0:root:/root:/bin/sh' > rootfs/etc/passwd && echo rootfs-ready";
 
-/// Size of the large-output check: 20 MiB of random bytes from the app to the host.
-const BIG_OUTPUT_BYTES: u64 = 20 << 20;
+/// Size of the large-output check: 50 MiB of random bytes from the app to the host.
+const BIG_OUTPUT_BYTES: u64 = 50 << 20;
 
 fn results() -> Option<&'static BatchResults> {
     static RESULTS: OnceLock<Option<BatchResults>> = OnceLock::new();

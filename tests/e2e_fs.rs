@@ -18,12 +18,16 @@ const SETUP: &str = "set -e; for r in fsroot fsro; do \
        mkdir -p $r/bin $r/etc $r/tmp $r/proc $r/sys $r/dev && cp lib/podvm/busybox $r/bin/busybox; \
        for a in $($r/bin/busybox --list); do [ $a = busybox ] || ln -sf busybox $r/bin/$a; done; \
      done; \
+     cp test/podvm-probe fsroot/bin/podvm-probe; \
      echo 'keep me' > fsro/existing; \
      mkdir -p outside && { mount -t tmpfs -o strictatime podvm-sentinel outside || echo no-strictatime-mount; }; \
      echo 'host secret' > outside/secret && touch -a -d '2001-01-01 00:00:00' outside/secret; \
      echo probe > outside/probe && touch -a -d '2001-01-01 00:00:00' outside/probe && p0=$(stat -c %X outside/probe); \
      cat outside/probe >/dev/null; [ \"$p0\" != \"$(stat -c %X outside/probe)\" ] && echo atime-works; \
      rm outside/probe; echo setup-ready";
+
+/// Size of the file the mmap check writes through a shared mapping (not a page multiple).
+const MMAP_BYTES: usize = 3_000_001;
 
 /// Shares `fsroot` read-write.
 const RW: &str = "podvm boot --rootfs fsroot";
@@ -100,6 +104,17 @@ fn results() -> Option<&'static BatchResults> {
                         "a0=$(stat -c %X outside/secret); {RW} -- sh -c \"{ESCAPES}\"; echo rc=$?; \
                          a1=$(stat -c %X outside/secret); cat outside/secret; [ \"$a0\" = \"$a1\" ] && echo sentinel-never-read; \
                          readlink fsroot/abslink; cat fsroot/payload/outside/secret; ls outside | tr '\\n' ' '"
+                    ),
+                )
+                .check(
+                    "xattr",
+                    &format!("{RW} -- sh -c 'echo x > /xfile && podvm-probe xattr /xfile'"),
+                )
+                .check(
+                    "mmap",
+                    &format!(
+                        "{RW} -- podvm-probe mmap-write /mapped {MMAP_BYTES}; echo rc=$?; \
+                         test/podvm-probe sum fsroot/mapped"
                     ),
                 )
                 .check("missing_dir", "podvm boot --rootfs /payload/no-such-dir -- /bin/true")
@@ -287,4 +302,49 @@ fn bad_rootfs_directories_are_clear_errors() {
     let not_dir = check("not_a_dir").expect("same batch");
     assert_ne!(not_dir.code, 0, "{not_dir:?}");
     assert!(not_dir.stderr.contains("not a directory"), "{not_dir:?}");
+}
+
+#[test]
+fn user_xattrs_round_trip_and_other_namespaces_are_refused() {
+    let Some(result) = check("xattr") else {
+        return;
+    };
+    assert_eq!(result.code, 0, "{result:?}");
+    let lines: Vec<&str> = result.stdout.lines().collect();
+    assert_eq!(
+        lines.get(..3),
+        Some(&["get=hello-xattr", "list=user.podvm", "after-remove=ENODATA"][..]),
+        "{result:?}"
+    );
+    let trusted = lines.get(3).copied().unwrap_or_default();
+    assert!(
+        trusted.starts_with("trusted-set=") && trusted != "trusted-set=ok",
+        "only user.* xattrs may be set on a share: {result:?}"
+    );
+}
+
+#[test]
+fn a_shared_writable_mapping_reaches_the_host_byte_exact() {
+    let Some(result) = check("mmap") else {
+        return;
+    };
+    let expected = format!("sum={:016x}", pattern_sum(MMAP_BYTES));
+    let lines: Vec<&str> = result.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!("mmap-written={MMAP_BYTES}").as_str(),
+            expected.as_str(),
+            "rc=0",
+            expected.as_str(),
+        ],
+        "guest read-back and host file both hold the pattern: {result:?}"
+    );
+}
+
+/// The probe's FNV-1a checksum of its mmap pattern (byte i = i % 251).
+fn pattern_sum(len: usize) -> u64 {
+    (0..len).fold(0xcbf2_9ce4_8422_2325, |hash: u64, i| {
+        (hash ^ (i % 251) as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }

@@ -86,11 +86,13 @@ fn results() -> Option<&'static BatchResults> {
                     &format!(
                         "{PODVM} run --uuid-file-save k.uuid {IMAGE} --exec /bin/sh -- -c 'echo started; sleep 600' >k.out 2>&1 & pid=$!; \
                          for i in $(seq 600); do grep -q started k.out 2>/dev/null && break; sleep 0.2; done; \
-                         {PODVM} status $(cat k.uuid) | grep state=; \
+                         {PODVM} status $(cat k.uuid) | grep state=; cg=/sys/fs/cgroup/podvm/pod-$(cat k.uuid); \
+                         grep -qx $pid $cg/cgroup.procs && echo podvm-in-pod-cgroup; echo memory.max=$(cat $cg/memory.max) cpu.max=$(cat $cg/cpu.max); \
                          kill -9 $pid; wait $pid; echo rc=$?; \
                          {PODVM} status $(cat k.uuid) | grep -E 'state=|reason='; \
                          {PODVM} gc --grace-period 0s >/dev/null && {PODVM} gc --grace-period 0s >/dev/null; \
-                         echo pods-left=$(find state/pods -mindepth 2 -maxdepth 2 | wc -l); echo vm-procs=$(ps | grep -c '[p]odvm run')"
+                         echo pods-left=$(find state/pods -mindepth 2 -maxdepth 2 | wc -l); echo vm-procs=$(ps | grep -c '[p]odvm run'); \
+                         [ -e $cg ] || echo cgroup-gone"
                     ),
                 )
                 .check(
@@ -298,6 +300,19 @@ fn a_killed_podvm_leaves_an_exited_pod_that_gc_removes_with_its_vm() {
     );
     assert!(out.contains("pods-left=0"), "{result:?}");
     assert!(out.contains("vm-procs=0"), "{result:?}");
+    // The default VM: 256 MiB guest + 192 MiB VMM margin, one vCPU.
+    assert!(out.contains("podvm-in-pod-cgroup"), "{result:?}");
+    assert!(
+        out.contains(&format!(
+            "memory.max={} cpu.max=100000 100000",
+            (256 + 192) << 20
+        )),
+        "{result:?}"
+    );
+    assert!(
+        out.contains("cgroup-gone"),
+        "gc removes the cgroup: {result:?}"
+    );
 }
 
 #[test]

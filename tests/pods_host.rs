@@ -473,3 +473,48 @@ fn volumes_and_mounts_land_in_the_manifest_and_bad_ones_are_named() {
         assert!(err.contains(expected), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn commands_on_a_pod_another_process_holds_report_busy_and_change_nothing() {
+    let Some((dir, fixtures)) = setup() else {
+        return;
+    };
+    let uuid = prepare_busybox(dir.path(), fixtures);
+    let pod_dir = dir.path().join("pods/prepared").join(&uuid);
+    // A second podvm holding the pod is a process with the pod directory's flock.
+    let mut holder = Command::new("flock")
+        .args(["--nonblock", "--exclusive", "--no-fork"])
+        .arg(&pod_dir)
+        .args(["sleep", "60"])
+        .spawn()
+        .expect("flock(1) from util-linux");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let probe = podvm(dir.path(), &["rm", &uuid]);
+        let stderr = String::from_utf8_lossy(&probe.stderr).into_owned();
+        if stderr.contains("is busy") {
+            assert!(!probe.status.success(), "{stderr}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rm never saw the lock: {stderr}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let run = podvm(dir.path(), &["run-prepared", &uuid]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("pod {uuid} is busy")),
+        "names the pod and the problem: {stderr}"
+    );
+    // Reads still work, and nothing moved.
+    assert!(ok(dir.path(), &["status", &uuid]).contains("state=prepared"));
+    assert!(pod_dir.is_dir(), "the held pod stays where it was");
+
+    holder.kill().expect("kill the holder");
+    holder.wait().expect("reap the holder");
+    ok(dir.path(), &["rm", &uuid]);
+    assert!(!pod_dir.exists(), "rm works once the holder is gone");
+}

@@ -22,6 +22,7 @@ use super::prepare::{self, PrepareArgs, PrepareError};
 use crate::exec_info::{self, ExecInfoError};
 use crate::image::{self, ImageError};
 use crate::launch::{self, LaunchError, LaunchPlan};
+use crate::pod::cgroup::{CgroupLimits, PodCgroup};
 use crate::pod::lock;
 use crate::pod::logs::{self, AppLog};
 use crate::pod::manifest::RuntimeApp;
@@ -252,7 +253,9 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
         relay,
         exec_info: Some(pod.dir.join(EXEC_INFO_FILE)),
     };
+    let cgroup = enter_cgroup(&pod, &plan);
     let outcome = launch::launch(&plan);
+    drop(cgroup);
     status.finished = Some(now());
     match outcome {
         Ok(outcome) => {
@@ -353,6 +356,25 @@ fn app_spec(app: &RuntimeApp, index: usize, hostname: &str) -> AppSpec {
         rootfs: Some(rootfs_spec(app, index, hostname)),
         user: non_empty(&app.app.user),
         group: non_empty(&app.app.group),
+    }
+}
+
+/// Moves podvm into the pod's cgroup, sized for the VM; without cgroups the pod still runs,
+/// unconfined, with a warning.
+fn enter_cgroup(pod: &Pod, plan: &LaunchPlan) -> Option<PodCgroup> {
+    let limits = CgroupLimits {
+        memory_mib: plan.memory_mib,
+        cpus: plan.cpus,
+    };
+    match PodCgroup::enter(&pod.uuid, limits) {
+        Ok(cgroup) => Some(cgroup),
+        Err(err) => {
+            eprintln!(
+                "podvm: warning: pod {} runs without its cgroup limits: {err}",
+                pod.uuid
+            );
+            None
+        }
     }
 }
 

@@ -14,6 +14,7 @@
 //! as exited and that `gc` can clean. Every pod directory holds the appc pod manifest (`pod`)
 //! and `status.json`.
 
+pub mod cgroup;
 pub mod lock;
 pub mod logs;
 pub mod manifest;
@@ -53,6 +54,9 @@ pub enum PodError {
         /// How many matched.
         count: usize,
     },
+    /// The pod's cgroup could not be made or removed.
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
     /// Another podvm command holds the pod.
     #[error("pod {0} is busy: another podvm command holds it (running, or being changed)")]
     Busy(String),

@@ -132,6 +132,8 @@ impl PodStore {
         };
         // A crashed run may have left its overlay mounted: deleting through it would be wrong.
         super::rootfs::unmount_below(&garbage.dir)?;
+        // ... and its cgroup, with any process still in it (a VMM that outlived its podvm).
+        super::cgroup::remove(&garbage.uuid)?;
         fs::remove_dir_all(&garbage.dir)
             .map_err(io_err("cannot delete pod directory", &garbage.dir))
     }

@@ -85,6 +85,7 @@ while read -r p; do
   mkdir -p "$(dirname "$p")" && ln -sfn "/l1ctl/host$p" "$p" || echo "l1: cannot place $p"
 done < /l1ctl/host.list
 mkdir -p /payload/results
+[ -f /l1ctl/want-kallsyms ] && grep ' [tTwW] ' /proc/kallsyms > /payload/.l1-kallsyms
 export PATH=/payload/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp PAYLOAD=/payload
 cd /payload
 echo  # the firmware leaves the console mid-line
@@ -158,6 +159,7 @@ mkfs.ext4 -q -F -L l1-payload -O ^has_journal -m 0 -i 8192 -E root_owner=0:0 -d 
 
 ctl=$work/ctl; mkdir -p "$ctl/host"
 printf '%s ' "$@" > "$ctl/cmd"; echo >> "$ctl/cmd"  # words joined: a shell command line
+[ -f "$CACHE/$KEY/kallsyms" ] || : > "$ctl/want-kallsyms"  # for stall_diag, once per L1 kernel
 paths=$work/paths; : > "$paths"
 for f in "${HOSTFILES[@]}"; do
   [ -e "$f" ] || die "no such host file: $f"
@@ -177,6 +179,64 @@ truncate -s "${csize}M" "$work/ctl.img"
 mkfs.ext4 -q -F -L l1-ctl -O ^has_journal -m 0 -E root_owner=0:0 -d "$ctl" "$work/ctl.img" \
   || die "mkfs.ext4 of the control disk failed"
 
+# stall_diag: where the stalled L1's vCPUs are, from QEMU's monitor: registers sampled a few
+# times, each RIP named by L1's System.map (a RIP no symbol explains is most likely in L2).
+stall_diag() {
+  local map=$CACHE/$KEY/kallsyms  # L1 runs with nokaslr: the addresses hold for every boot
+  local l2=${PODVM_OUT_DIR:-out}/lib/podvm/vmlinux  # podvm's guest kernel: names L2 RIPs
+  python3 - "$work/monitor.sock" "$map" "$l2" <<'PY'
+import bisect, re, socket, subprocess, sys, time
+sock_path, map_path, l2_path = sys.argv[1:4]
+syms, l2syms = [], []
+try:
+    for line in open(map_path):
+        addr, kind, name = line.split()[:3]
+        if kind in "tTwW":
+            syms.append((int(addr, 16), name))
+except OSError as err:
+    print(f"(no L1 symbols: {err})")
+try:
+    nm = subprocess.run(["nm", l2_path], capture_output=True, text=True, check=True).stdout
+    for line in nm.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] in "tTwW":
+            l2syms.append((int(parts[0], 16), parts[2]))
+except (OSError, subprocess.CalledProcessError) as err:
+    print(f"(no L2 symbols from {l2_path}: {err})")
+syms.sort(); l2syms.sort()
+def lookup(table, rip):
+    i = bisect.bisect_right(table, (rip, "~")) - 1
+    return f"{table[i][1]}+{rip - table[i][0]:#x}" if i >= 0 and rip - table[i][0] < 0x10000 else "?"
+def name(rip):  # both kernels live at the same virtual addresses: name the RIP in each
+    return f"L1:{lookup(syms, rip)} L2:{lookup(l2syms, rip)}"
+s = socket.socket(socket.AF_UNIX); s.connect(sock_path); s.settimeout(5)
+def cmd(c):
+    s.sendall(c.encode() + b"\n"); time.sleep(1.0); out = b""
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk: break
+            out += chunk
+            if len(chunk) < 65536: break
+    except socket.timeout: pass
+    return out.decode(errors="replace")
+cmd("")
+for sample in range(5):
+    text = cmd("info registers -a")
+    print(f"--- sample {sample} ---")
+    for cpu, block in enumerate(re.split(r"\nCPU#", text)[1:] or [text]):
+        rip = re.search(r"RIP=([0-9a-f]+)", block); cr3 = re.search(r"CR3=([0-9a-f]+)", block)
+        hlt = re.search(r"HLT=(\d)", block); efl = re.search(r"RFL=([0-9a-f]+)", block)
+        if rip:
+            r = int(rip.group(1), 16)
+            print(f"cpu{cpu} RIP={r:#x} {name(r)} CR3={cr3.group(1) if cr3 else '?'} "
+                  f"HLT={hlt.group(1) if hlt else '?'} RFL={efl.group(1) if efl else '?'}")
+    if sample == 0:
+        print(text)
+print(cmd("info cpus"))
+PY
+}
+
 # stall_watch SECONDS: kills QEMU when the console log has not grown for SECONDS.
 stall_watch() {
   local limit=$1 last size idle=0
@@ -187,6 +247,8 @@ stall_watch() {
     if [ "$idle" -ge "$limit" ]; then
       echo "l1.sh: L1 printed nothing for ${limit}s: stalled; stopping it" >&2
       echo "l1.sh: stalled after ${limit}s of silence" >> "$LOG.qemu-stderr"
+      stall_diag > "$LOG.stall-diag" 2>&1 || true
+      echo "l1.sh: vCPU states of the stalled L1: $LOG.stall-diag" >&2
       kill "$(cat "$work/qemu.pid" 2>/dev/null)" 2>/dev/null || true
       return
     fi
@@ -200,10 +262,11 @@ start=$(date +%s)
 : > "$LOG"; : > "$LOG.qemu-stderr"
 QEMU=(qemu-system-x86_64 -accel "tcg,thread=multi" -cpu "EPYC,+svm" -smp 2 -m "$MEM"
   -M pc -nographic -nodefaults -no-reboot -net none -pidfile "$work/qemu.pid"
+  -monitor "unix:$work/monitor.sock,server=on,wait=off"
   -kernel "$KERNEL" -initrd "$INITRD"
   -drive "file=$work/payload.img,if=virtio,format=raw,cache=unsafe"
   -drive "file=$work/ctl.img,if=virtio,format=raw,cache=unsafe,readonly=on"
-  -append "console=ttyS0 panic=-1 quiet loglevel=4 mitigations=off kvm_amd.nested=1")
+  -append "console=ttyS0 panic=-1 quiet loglevel=4 mitigations=off nokaslr kvm_amd.nested=1")
 if [ -n "$INTERACTIVE" ]; then
   # The terminal is L1's console (Ctrl-A X quits QEMU); no timeout.
   "${QEMU[@]}" -serial mon:stdio 2>>"$LOG.qemu-stderr" | tee -a "$LOG" || true
@@ -228,6 +291,10 @@ if debugfs -R "stat /results" "$work/payload.img" 2>/dev/null | grep -q 'Type: d
   debugfs -R "rdump /results $work/out" "$work/payload.img" >/dev/null 2>&1 \
     || echo "l1.sh: debugfs could not extract /results" >&2
   cp -a "$work/out/results/." "$RESULTS/"
+fi
+if [ ! -f "$CACHE/$KEY/kallsyms" ]; then
+  debugfs -R "dump /.l1-kallsyms $work/kallsyms" "$work/payload.img" >/dev/null 2>&1 || true
+  [ -s "$work/kallsyms" ] && mv "$work/kallsyms" "$CACHE/$KEY/kallsyms"
 fi
 if [ -z "$code" ]; then
   echo "l1.sh: no exit status from L1 after ${elapsed}s (timeout ${TIMEOUT}s or crash); console tail ($LOG):" >&2

@@ -1,7 +1,7 @@
 //! Where `make` puts the podvm artifacts, and the skip-or-fail policy when they are missing.
 //!
-//! Layout under [`out_dir`]: `bin/podvm`, `lib/podvm/vmlinux`, `lib/podvm/podvm-agent`, and
-//! optionally `lib/podvm/busybox` (otherwise `PODVM_GUEST_BUSYBOX` or a static `/bin/busybox`).
+//! Layout under [`out_dir`]: `bin/podvm`, `lib/podvm/vmlinux`, `lib/podvm/podvm-agent`,
+//! `test/podvm-probe` (a test-only static tool, tests/probe), and optionally `lib/podvm/busybox` (otherwise `PODVM_GUEST_BUSYBOX` or a static `/bin/busybox`).
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +34,8 @@ pub struct Artifacts {
     pub vmlinux: PathBuf,
     /// A static busybox usable inside the guest.
     pub busybox: PathBuf,
+    /// The static test probe (`out/test/podvm-probe`: xattrs, shared mmap).
+    pub probe: PathBuf,
 }
 
 /// The repository root (the root package's manifest directory).
@@ -75,6 +77,7 @@ pub fn find() -> Result<Artifacts, ArtifactsError> {
         agent: existing("podvm-agent", lib.join("podvm-agent"))?,
         vmlinux: existing("guest kernel vmlinux", lib.join("vmlinux"))?,
         busybox: guest_busybox(&lib)?,
+        probe: existing("podvm-probe test tool", out.join("test/podvm-probe"))?,
     })
 }
 
@@ -100,6 +103,7 @@ impl Artifacts {
             .payload_file(&self.agent, "lib/podvm/podvm-agent")
             .payload_file(&self.vmlinux, "lib/podvm/vmlinux")
             .payload_file(&self.busybox, "lib/podvm/busybox")
+            .payload_file(&self.probe, "test/podvm-probe")
     }
 }
 

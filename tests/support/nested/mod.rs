@@ -232,6 +232,8 @@ impl Batch {
         }
         let kept = work_root().join(format!("{}-stalled-l1-console.log", self.name));
         let _ = std::fs::copy(first.work_dir().join("l1-console.log"), &kept);
+        let diag = first.work_dir().join("l1-console.log.stall-diag");
+        let _ = std::fs::copy(&diag, kept.with_extension("stall-diag"));
         eprintln!(
             "batch {}: NOTE: L1 stalled or crashed (no exit status; console kept at {}); \
              retrying the whole batch once in a fresh L1",
