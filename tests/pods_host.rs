@@ -406,6 +406,75 @@ fn env_file_and_inherited_env_take_their_place_in_the_precedence() {
 }
 
 #[test]
+fn volumes_and_mounts_land_in_the_manifest_and_bad_ones_are_named() {
+    let Some((data, fixtures)) = setup() else {
+        return;
+    };
+    let dir = data.path();
+    let image = fixtures.oci_reference("busybox");
+    let source = dir.join("shared");
+    std::fs::create_dir(&source).expect("mkdir");
+    let host_volume = format!("data,kind=host,source={},readOnly=true", source.display());
+    let uuid = ok(
+        dir,
+        &[
+            "prepare",
+            "--volume",
+            &host_volume,
+            "--volume",
+            "scratch,kind=empty",
+            &image,
+            "--mount",
+            "volume=data,target=/data",
+            "--mount",
+            "volume=scratch,target=/tmp/s",
+        ],
+    );
+    let manifest = json(dir, &["cat-manifest", uuid.trim()]);
+    assert_eq!(
+        manifest["volumes"],
+        serde_json::json!([
+            {"name": "data", "kind": "host", "source": source, "readOnly": true},
+            {"name": "scratch", "kind": "empty", "readOnly": false}
+        ]),
+        "{manifest}"
+    );
+    assert_eq!(
+        manifest["apps"][0]["mounts"],
+        serde_json::json!([
+            {"volume": "data", "path": "/data"},
+            {"volume": "scratch", "path": "/tmp/s"}
+        ]),
+        "{manifest}"
+    );
+
+    for (args, expected) in [
+        (
+            vec!["prepare", &image, "--mount", "volume=nope,target=/x"],
+            "no --volume declares",
+        ),
+        (
+            vec![
+                "prepare",
+                "--volume",
+                "h,kind=host,source=/nonexistent/podvm-volume",
+                &image,
+            ],
+            "not a directory",
+        ),
+        (
+            vec!["prepare", "--volume", "v,kind=nfs", &image],
+            "kind=nfs",
+        ),
+    ] {
+        let out = podvm(dir, &args);
+        assert_eq!(out.status.code(), Some(125), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+}
+
+#[test]
 fn commands_on_a_pod_another_process_holds_report_busy_and_change_nothing() {
     let Some((dir, fixtures)) = setup() else {
         return;
