@@ -6,10 +6,9 @@
 mod support;
 
 use std::path::Path;
-use std::sync::OnceLock;
-use std::time::Duration;
 
-use support::nested::{Batch, BatchResults, CheckResult};
+use support::e2e::{self, E2e};
+use support::nested::{Batch, CheckResult};
 
 /// Builds a busybox root tree with a passwd and group that know an `app` user.
 const SETUP_ROOTFS: &str = "mkdir -p rootfs/bin rootfs/etc rootfs/tmp && cp lib/podvm/busybox rootfs/bin/busybox \
@@ -30,74 +29,7 @@ const BIG_STDIN_BYTES: u64 = 5 << 20;
 const WAIT_FOR: &str = "wait_for() { n=0; until grep -q \"$2\" \"$1\" 2>/dev/null; do \
      n=$((n+1)); [ $n -lt 600 ] || { echo \"timeout waiting for $2 in $1\"; return 1; }; sleep 0.1; done; }";
 
-fn results() -> Option<&'static BatchResults> {
-    static RESULTS: OnceLock<Option<BatchResults>> = OnceLock::new();
-    RESULTS
-        .get_or_init(|| {
-            let artifacts = support::artifacts::require()?;
-            let boot = "podvm boot --initrd-dir rootfs";
-            let batch = artifacts
-                .add_to(Batch::new("e2e-agent"))
-                .memory_mib(3072)
-                .timeout(Duration::from_secs(1500))
-                .default_check_timeout(Duration::from_secs(240))
-                .check("setup", SETUP_ROOTFS)
-                .check("stdin_echo", &format!("echo data | {boot} -- /bin/cat"))
-                .check(
-                    "stdin_big",
-                    &format!(
-                        "head -c {BIG_STDIN_BYTES} /dev/urandom > big.in && md5sum < big.in \
-                         && {boot} --memory 512 -- /bin/sh -c 'cat > /tmp/in; md5sum < /tmp/in; wc -c < /tmp/in' < big.in \
-                         && {boot} --memory 512 -- /bin/cat < big.in | md5sum; rm -f big.in"
-                    ),
-                )
-                .check(
-                    "stdin_and_streams",
-                    &format!(
-                        "printf 'one\\ntwo\\n' | {boot} -- /bin/sh -c 'while read l; do echo out-$l; echo err-$l >&2; done'"
-                    ),
-                )
-                .check(
-                    "user_by_name",
-                    &format!("{boot} --user app -- /bin/sh -c 'id; echo home=$HOME'"),
-                )
-                .check(
-                    "user_and_group",
-                    &format!("{boot} --user app --group staff -- /bin/sh -c 'id -u; id -g'"),
-                )
-                .check("unknown_user", &format!("{boot} --user ghost -- /bin/true"))
-                .check(
-                    "sigterm_trap",
-                    &format!(
-                        "{WAIT_FOR}; {boot} -- /bin/sh -c 'trap \"echo got-term; exit 3\" TERM; echo ready; \
-                         while :; do sleep 1; done' > term.out 2> term.err & pid=$!; \
-                         wait_for term.out ready && kill -TERM $pid; wait $pid; echo rc=$?; cat term.out"
-                    ),
-                )
-                .check(
-                    "sigterm_ignored",
-                    &format!(
-                        "{WAIT_FOR}; {boot} --stop-timeout 2 -- /bin/sh -c 'trap \"\" TERM; echo ready; \
-                         while :; do sleep 1; done' > ign.out 2> ign.err & pid=$!; \
-                         wait_for ign.out ready && kill -TERM $pid; wait $pid; echo rc=$?; cat ign.err"
-                    ),
-                )
-                .check(
-                    "boot_tty",
-                    &format!("{boot} --tty -- /bin/sh -c 'tty; test -t 0 && echo stdin-is-a-tty; exit 4' < /dev/null"),
-                )
-                .check("exec", &exec_script(boot))
-                .check("interactive_tty", &tmux_script(boot));
-            let batch = match Path::new(TMUX).exists() {
-                // tmux insists on a UTF-8 locale: bring glibc's C.UTF-8 along.
-                true => batch.host_tool(TMUX).host_tool(C_UTF8),
-                false => batch,
-            };
-            let batch = batch.run();
-            Some(batch)
-        })
-        .as_ref()
-}
+static RESULTS: E2e = E2e::new("setup");
 
 /// One VM with exec sessions: plain, with stdin, on a tty, and with a wrong token; then stopped.
 fn exec_script(boot: &str) -> String {
@@ -138,9 +70,66 @@ fn tmux_script(boot: &str) -> String {
 
 /// The result of check `name`, or `None` (test skipped) when artifacts are missing.
 fn check(name: &str) -> Option<&'static CheckResult> {
-    let results = results()?;
-    results.get("setup").expect_success("setup");
-    Some(results.get(name))
+    RESULTS.check(name, batch)
+}
+
+/// Every check of this file, run in one L1 boot (or on a host with real KVM).
+fn batch() -> Option<Batch> {
+    let boot = "podvm boot --initrd-dir rootfs";
+    let batch = e2e::batch("e2e-agent")?
+        .check("setup", SETUP_ROOTFS)
+        .check("stdin_echo", &format!("echo data | {boot} -- /bin/cat"))
+        .check(
+            "stdin_big",
+            &format!(
+                "head -c {BIG_STDIN_BYTES} /dev/urandom > big.in && md5sum < big.in \
+                 && {boot} --memory 512 -- /bin/sh -c 'cat > /tmp/in; md5sum < /tmp/in; wc -c < /tmp/in' < big.in \
+                 && {boot} --memory 512 -- /bin/cat < big.in | md5sum; rm -f big.in"
+            ),
+        )
+        .check(
+            "stdin_and_streams",
+            &format!(
+                "printf 'one\\ntwo\\n' | {boot} -- /bin/sh -c 'while read l; do echo out-$l; echo err-$l >&2; done'"
+            ),
+        )
+        .check(
+            "user_by_name",
+            &format!("{boot} --user app -- /bin/sh -c 'id; echo home=$HOME'"),
+        )
+        .check(
+            "user_and_group",
+            &format!("{boot} --user app --group staff -- /bin/sh -c 'id -u; id -g'"),
+        )
+        .check("unknown_user", &format!("{boot} --user ghost -- /bin/true"))
+        .check(
+            "sigterm_trap",
+            &format!(
+                "{WAIT_FOR}; {boot} -- /bin/sh -c 'trap \"echo got-term; exit 3\" TERM; echo ready; \
+                 while :; do sleep 1; done' > term.out 2> term.err & pid=$!; \
+                 wait_for term.out ready && kill -TERM $pid; wait $pid; echo rc=$?; cat term.out"
+            ),
+        )
+        .check(
+            "sigterm_ignored",
+            &format!(
+                "{WAIT_FOR}; {boot} --stop-timeout 2 -- /bin/sh -c 'trap \"\" TERM; echo ready; \
+                 while :; do sleep 1; done' > ign.out 2> ign.err & pid=$!; \
+                 wait_for ign.out ready && kill -TERM $pid; wait $pid; echo rc=$?; cat ign.err"
+            ),
+        )
+        .check(
+            "boot_tty",
+            &format!("{boot} --tty -- /bin/sh -c 'tty; test -t 0 && echo stdin-is-a-tty; exit 4' < /dev/null"),
+        )
+        .check("exec", &exec_script(boot))
+        .check("interactive_tty", &tmux_script(boot));
+    let batch = match Path::new(TMUX).exists() {
+        // tmux insists on a UTF-8 locale: bring glibc's C.UTF-8 along.
+        true => batch.host_tool(TMUX).host_tool(C_UTF8),
+        false => batch,
+    };
+    Some(batch)
 }
 
 /// The value after `key=` on its own line of stdout.

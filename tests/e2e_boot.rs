@@ -3,10 +3,8 @@
 
 mod support;
 
-use std::sync::OnceLock;
-use std::time::Duration;
-
-use support::nested::{Batch, BatchResults, CheckResult};
+use support::e2e::{self, E2e};
+use support::nested::{Batch, CheckResult};
 
 /// Builds a busybox root tree inside the run directory from the payload's static busybox.
 const SETUP_ROOTFS: &str = "mkdir -p rootfs/bin rootfs/etc rootfs/tmp && cp lib/podvm/busybox rootfs/bin/busybox \
@@ -16,58 +14,48 @@ const SETUP_ROOTFS: &str = "mkdir -p rootfs/bin rootfs/etc rootfs/tmp && cp lib/
 /// Size of the large-output check: 50 MiB of random bytes from the app to the host.
 const BIG_OUTPUT_BYTES: u64 = 50 << 20;
 
-fn results() -> Option<&'static BatchResults> {
-    static RESULTS: OnceLock<Option<BatchResults>> = OnceLock::new();
-    RESULTS
-        .get_or_init(|| {
-            let artifacts = support::artifacts::require()?;
-            let boot = "podvm boot --initrd-dir rootfs";
-            let batch = artifacts
-                .add_to(Batch::new("e2e-boot"))
-                .memory_mib(3072)
-                .timeout(Duration::from_secs(1500))
-                .default_check_timeout(Duration::from_secs(240))
-                .payload_bytes("text-kernel", "this is not a kernel\n")
-                .check("setup", SETUP_ROOTFS)
-                .check("echo_exit7", &format!("{boot} -- /bin/sh -c 'echo hi; exit 7'"))
-                .check("sigkill", &format!("{boot} -- /bin/sh -c 'kill -9 $$'"))
-                .check("missing_cmd", &format!("{boot} -- /no/such/command"))
-                .check("streams", &format!("{boot} -- /bin/sh -c 'echo to-out; echo to-err >&2'"))
-                .check(
-                    "env_workdir",
-                    &format!("{boot} --env GREETING=bonjour --workdir /tmp -- /bin/sh -c 'echo $GREETING; pwd'"),
-                )
-                .check("cpus2", &format!("{boot} --cpus 2 -- /bin/sh -c 'grep -c ^processor /proc/cpuinfo; nproc'"))
-                .check(
-                    "memory512",
-                    &format!("{boot} --memory 512 -- /bin/sh -c \"awk '/MemTotal/ {{print \\$2}}' /proc/meminfo\""),
-                )
-                .check("missing_kernel", "podvm boot --kernel /payload/no-such-vmlinux -- /bin/true")
-                .check("text_kernel", "podvm boot --kernel text-kernel -- /bin/true")
-                .check("memory0", "podvm boot --memory 0 -- /bin/true")
-                .check("check", "podvm check")
-                .check(
-                    "big_output",
-                    &format!(
-                        "{boot} --memory 512 -- /bin/sh -c 'head -c {BIG_OUTPUT_BYTES} /dev/urandom | tee /tmp/x | md5sum >&2; cat /tmp/x' \
-                         > big.out 2> big.err; echo rc=$?; wc -c < big.out; md5sum < big.out; cat big.err; rm -f big.out"
-                    ),
-                )
-                .check(
-                    "hwrng",
-                    &format!("{boot} -- /bin/sh -c 'cat /sys/class/misc/hw_random/rng_current; head -c 64 /dev/hwrng | od -An -tx1'"),
-                )
-                .run();
-            Some(batch)
-        })
-        .as_ref()
-}
+static RESULTS: E2e = E2e::new("setup");
 
 /// The result of check `name`, or `None` (test skipped) when artifacts are missing.
 fn check(name: &str) -> Option<&'static CheckResult> {
-    let results = results()?;
-    results.get("setup").expect_success("setup");
-    Some(results.get(name))
+    RESULTS.check(name, batch)
+}
+
+/// Every check of this file, run in one L1 boot (or on a host with real KVM).
+fn batch() -> Option<Batch> {
+    let boot = "podvm boot --initrd-dir rootfs";
+    let batch = e2e::batch("e2e-boot")?
+        .payload_bytes("text-kernel", "this is not a kernel\n")
+        .check("setup", SETUP_ROOTFS)
+        .check("echo_exit7", &format!("{boot} -- /bin/sh -c 'echo hi; exit 7'"))
+        .check("sigkill", &format!("{boot} -- /bin/sh -c 'kill -9 $$'"))
+        .check("missing_cmd", &format!("{boot} -- /no/such/command"))
+        .check("streams", &format!("{boot} -- /bin/sh -c 'echo to-out; echo to-err >&2'"))
+        .check(
+            "env_workdir",
+            &format!("{boot} --env GREETING=bonjour --workdir /tmp -- /bin/sh -c 'echo $GREETING; pwd'"),
+        )
+        .check("cpus2", &format!("{boot} --cpus 2 -- /bin/sh -c 'grep -c ^processor /proc/cpuinfo; nproc'"))
+        .check(
+            "memory512",
+            &format!("{boot} --memory 512 -- /bin/sh -c \"awk '/MemTotal/ {{print \\$2}}' /proc/meminfo\""),
+        )
+        .check("missing_kernel", "podvm boot --kernel /payload/no-such-vmlinux -- /bin/true")
+        .check("text_kernel", "podvm boot --kernel text-kernel -- /bin/true")
+        .check("memory0", "podvm boot --memory 0 -- /bin/true")
+        .check("check", "podvm check")
+        .check(
+            "big_output",
+            &format!(
+                "{boot} --memory 512 -- /bin/sh -c 'head -c {BIG_OUTPUT_BYTES} /dev/urandom | tee /tmp/x | md5sum >&2; cat /tmp/x' \
+                 > big.out 2> big.err; echo rc=$?; wc -c < big.out; md5sum < big.out; cat big.err; rm -f big.out"
+            ),
+        )
+        .check(
+            "hwrng",
+            &format!("{boot} -- /bin/sh -c 'cat /sys/class/misc/hw_random/rng_current; head -c 64 /dev/hwrng | od -An -tx1'"),
+        );
+    Some(batch)
 }
 
 #[test]

@@ -5,10 +5,8 @@
 
 mod support;
 
-use std::sync::OnceLock;
-use std::time::Duration;
-
-use support::nested::{Batch, BatchResults, CheckResult};
+use support::e2e::{self, E2e};
+use support::nested::{Batch, CheckResult};
 
 /// Builds two busybox trees from the payload's static busybox: `fsroot` (shared read-write) and
 /// `fsro` (shared read-only, with a file to protect), and a sentinel outside both, on a tmpfs
@@ -45,91 +43,81 @@ const ESCAPES: &str = "cd / && cd ../../../.. && ls -a | tr '\\n' ' ' && echo; \
      cat /proc/self/cwd/../outside/secret 2>/dev/null && echo LEAK-proc-cwd; \
      echo escapes-done";
 
-fn results() -> Option<&'static BatchResults> {
-    static RESULTS: OnceLock<Option<BatchResults>> = OnceLock::new();
-    RESULTS
-        .get_or_init(|| {
-            let artifacts = support::artifacts::require()?;
-            let batch = artifacts
-                .add_to(Batch::new("e2e-fs"))
-                .memory_mib(3072)
-                .timeout(Duration::from_secs(1500))
-                .default_check_timeout(Duration::from_secs(240))
-                .check("setup", SETUP)
-                .check("echo", &format!("{RW} -- echo hello from virtio-fs"))
-                .check("exit42", &format!("{RW} -- sh -c 'exit 42'"))
-                .check(
-                    "layout",
-                    &format!(
-                        "{RW} --workdir /tmp -- sh -c 'pwd; hostname; grep 127.0.1.1 /etc/hosts; \
-                         grep -c \"^rootfs / virtiofs \" /proc/mounts; \
-                         ls /proc/self/exe >/dev/null && echo proc-ok; [ -c /dev/null ] && echo dev-ok; \
-                         [ -c /dev/pts/ptmx ] && echo pts-ok; echo tmp > /tmp/t && echo tmp-ok'; \
-                         echo rc=$?; [ -e fsroot/tmp/t ] && echo LEAK-tmp-on-host || echo tmp-is-guest-only"
-                    ),
-                )
-                .check(
-                    "write_checksum",
-                    &format!(
-                        "{RW} -- sh -c 'head -c 3000000 /dev/urandom > /data.bin && md5sum /data.bin && sync /data.bin'; \
-                         echo rc=$?; md5sum fsroot/data.bin; wc -c < fsroot/data.bin"
-                    ),
-                )
-                .check(
-                    "file_ops",
-                    &format!(
-                        "{RW} -- sh -c 'mkdir /w && echo content > /w/f && ln /w/f /w/hard && ln -s f /w/soft && \
-                         mv /w/f /w/g && chmod 640 /w/g && sync /w/g && cat /w/hard && \
-                         (cat /w/soft 2>/dev/null || echo soft-dangling) && ln -sf g /w/soft && cat /w/soft && \
-                         mkdir /w/d && mv /w/d /w/e && rmdir /w/e && echo ops-ok'; echo rc=$?; \
-                         stat -c '%h %a %i' fsroot/w/g; stat -c '%i' fsroot/w/hard; readlink fsroot/w/soft; \
-                         cat fsroot/w/g; ls fsroot/w | tr '\\n' ' '"
-                    ),
-                )
-                .check(
-                    "read_only",
-                    &format!(
-                        "before=$(md5sum < fsro/existing); \
-                         {RO} -- sh -c 'echo x > /new-file; echo create-rc=$?; echo y >> /existing; echo append-rc=$?; \
-                         mkdir /d; echo mkdir-rc=$?; rm /existing; echo rm-rc=$?; cat /existing; \
-                         mount -o remount,rw / && echo remounted-rw && \
-                         {{ echo z >> /existing; echo host-append-rc=$?; touch /host-new; echo host-create-rc=$?; }}; true'; \
-                         echo rc=$?; after=$(md5sum < fsro/existing); [ \"$before\" = \"$after\" ] && echo host-unchanged; \
-                         ls fsro | tr '\\n' ' '"
-                    ),
-                )
-                .check(
-                    "escapes",
-                    &format!(
-                        "a0=$(stat -c %X outside/secret); {RW} -- sh -c \"{ESCAPES}\"; echo rc=$?; \
-                         a1=$(stat -c %X outside/secret); cat outside/secret; [ \"$a0\" = \"$a1\" ] && echo sentinel-never-read; \
-                         readlink fsroot/abslink; cat fsroot/payload/outside/secret; ls outside | tr '\\n' ' '"
-                    ),
-                )
-                .check(
-                    "xattr",
-                    &format!("{RW} -- sh -c 'echo x > /xfile && podvm-probe xattr /xfile'"),
-                )
-                .check(
-                    "mmap",
-                    &format!(
-                        "{RW} -- podvm-probe mmap-write /mapped {MMAP_BYTES}; echo rc=$?; \
-                         test/podvm-probe sum fsroot/mapped"
-                    ),
-                )
-                .check("missing_dir", "podvm boot --rootfs /payload/no-such-dir -- /bin/true")
-                .check("not_a_dir", "podvm boot --rootfs fsro/existing -- /bin/true")
-                .run();
-            Some(batch)
-        })
-        .as_ref()
-}
+static RESULTS: E2e = E2e::new("setup");
 
 /// The result of check `name`, or `None` (test skipped) when artifacts are missing.
 fn check(name: &str) -> Option<&'static CheckResult> {
-    let results = results()?;
-    results.get("setup").expect_success("setup");
-    Some(results.get(name))
+    RESULTS.check(name, batch)
+}
+
+/// Every check of this file, run in one L1 boot (or on a host with real KVM).
+fn batch() -> Option<Batch> {
+    let batch = e2e::batch("e2e-fs")?
+        .check("setup", SETUP)
+        .check("echo", &format!("{RW} -- echo hello from virtio-fs"))
+        .check("exit42", &format!("{RW} -- sh -c 'exit 42'"))
+        .check(
+            "layout",
+            &format!(
+                "{RW} --workdir /tmp -- sh -c 'pwd; hostname; grep 127.0.1.1 /etc/hosts; \
+                 grep -c \"^rootfs / virtiofs \" /proc/mounts; \
+                 ls /proc/self/exe >/dev/null && echo proc-ok; [ -c /dev/null ] && echo dev-ok; \
+                 [ -c /dev/pts/ptmx ] && echo pts-ok; echo tmp > /tmp/t && echo tmp-ok'; \
+                 echo rc=$?; [ -e fsroot/tmp/t ] && echo LEAK-tmp-on-host || echo tmp-is-guest-only"
+            ),
+        )
+        .check(
+            "write_checksum",
+            &format!(
+                "{RW} -- sh -c 'head -c 3000000 /dev/urandom > /data.bin && md5sum /data.bin && sync /data.bin'; \
+                 echo rc=$?; md5sum fsroot/data.bin; wc -c < fsroot/data.bin"
+            ),
+        )
+        .check(
+            "file_ops",
+            &format!(
+                "{RW} -- sh -c 'mkdir /w && echo content > /w/f && ln /w/f /w/hard && ln -s f /w/soft && \
+                 mv /w/f /w/g && chmod 640 /w/g && sync /w/g && cat /w/hard && \
+                 (cat /w/soft 2>/dev/null || echo soft-dangling) && ln -sf g /w/soft && cat /w/soft && \
+                 mkdir /w/d && mv /w/d /w/e && rmdir /w/e && echo ops-ok'; echo rc=$?; \
+                 stat -c '%h %a %i' fsroot/w/g; stat -c '%i' fsroot/w/hard; readlink fsroot/w/soft; \
+                 cat fsroot/w/g; ls fsroot/w | tr '\\n' ' '"
+            ),
+        )
+        .check(
+            "read_only",
+            &format!(
+                "before=$(md5sum < fsro/existing); \
+                 {RO} -- sh -c 'echo x > /new-file; echo create-rc=$?; echo y >> /existing; echo append-rc=$?; \
+                 mkdir /d; echo mkdir-rc=$?; rm /existing; echo rm-rc=$?; cat /existing; \
+                 mount -o remount,rw / && echo remounted-rw && \
+                 {{ echo z >> /existing; echo host-append-rc=$?; touch /host-new; echo host-create-rc=$?; }}; true'; \
+                 echo rc=$?; after=$(md5sum < fsro/existing); [ \"$before\" = \"$after\" ] && echo host-unchanged; \
+                 ls fsro | tr '\\n' ' '"
+            ),
+        )
+        .check(
+            "escapes",
+            &format!(
+                "a0=$(stat -c %X outside/secret); {RW} -- sh -c \"{ESCAPES}\"; echo rc=$?; \
+                 a1=$(stat -c %X outside/secret); cat outside/secret; [ \"$a0\" = \"$a1\" ] && echo sentinel-never-read; \
+                 readlink fsroot/abslink; cat fsroot/payload/outside/secret; ls outside | tr '\\n' ' '"
+            ),
+        )
+        .check(
+            "xattr",
+            &format!("{RW} -- sh -c 'echo x > /xfile && podvm-probe xattr /xfile'"),
+        )
+        .check(
+            "mmap",
+            &format!(
+                "{RW} -- podvm-probe mmap-write /mapped {MMAP_BYTES}; echo rc=$?; \
+                 test/podvm-probe sum fsroot/mapped"
+            ),
+        )
+        .check("missing_dir", "podvm boot --rootfs /payload/no-such-dir -- /bin/true")
+        .check("not_a_dir", "podvm boot --rootfs fsro/existing -- /bin/true");
+    Some(batch)
 }
 
 #[test]

@@ -5,10 +5,8 @@
 
 mod support;
 
-use std::sync::OnceLock;
-use std::time::Duration;
-
-use support::nested::{Batch, BatchResults, CheckResult};
+use support::e2e::{self, E2e};
+use support::nested::{Batch, CheckResult};
 
 /// iproute2's `ip` (busybox's has no `tuntap` and no `netns`), carried into L1.
 const IP: &str = "/usr/sbin/ip";
@@ -75,60 +73,50 @@ const NETNS_CHECK: &str = "set -e; /usr/sbin/ip netns add podvmns; \
        --guest-ip 10.0.3.2/24 -- /bin/sh -c 'ping -c 2 -W 5 10.0.3.1 >/dev/null && echo ping-in-netns-ok'; \
      echo rc=$?; [ -e /sys/class/net/tapns ] && echo tapns-visible-in-l1 || echo tapns-only-in-netns";
 
-fn results() -> Option<&'static BatchResults> {
-    static RESULTS: OnceLock<Option<BatchResults>> = OnceLock::new();
-    RESULTS
-        .get_or_init(|| {
-            let artifacts = support::artifacts::require()?;
-            let boot = boot_tap0();
-            let batch = artifacts
-                .add_to(Batch::new("e2e-net"))
-                .host_tool(IP)
-                .memory_mib(3072)
-                .timeout(Duration::from_secs(1500))
-                .default_check_timeout(Duration::from_secs(240))
-                .payload_executable("rootfs/bin/podvm-net-info", GUEST_INFO)
-                .payload_executable("rootfs/bin/podvm-net-client", GUEST_CLIENT)
-                .payload_executable("rootfs/bin/podvm-net-server", GUEST_SERVER)
-                .check("setup", SETUP)
-                .check("info", &format!("{boot} -- /bin/podvm-net-info"))
-                .check(
-                    "userspace_features",
-                    &format!("PODVM_NET_BACKEND=userspace {boot} -- cut -c1-33 /sys/class/net/eth0/device/features"),
-                )
-                .check("client", &CLIENT_CHECK.replace("BOOT", &boot))
-                .check("server", &SERVER_CHECK.replace("BOOT", &boot))
-                .check("netns", NETNS_CHECK)
-                .check(
-                    "userspace_client",
-                    &CLIENT_CHECK.replace("BOOT", &format!("PODVM_NET_BACKEND=userspace {boot}")),
-                )
-                .check(
-                    "userspace_server",
-                    &SERVER_CHECK.replace("BOOT", &format!("PODVM_NET_BACKEND=userspace {boot}")),
-                )
-                .check(
-                    "new_tap",
-                    "podvm boot --initrd-dir rootfs --tap tapnew --mac 02:00:00:00:04:02 -- \
-                     /bin/sh -c 'cat /sys/class/net/eth0/address /sys/class/net/eth0/operstate'; \
-                     echo rc=$?; [ -e /sys/class/net/tapnew ] && echo tapnew-left || echo tapnew-gone",
-                )
-                .check(
-                    "no_nic",
-                    "podvm boot --initrd-dir rootfs -- /bin/sh -c \
-                     \"ls /sys/class/net | tr '\\n' ' '; echo; ip -4 addr show dev lo | grep -o 'inet 127.0.0.1/8'\"",
-                )
-                .run();
-            Some(batch)
-        })
-        .as_ref()
-}
+static RESULTS: E2e = E2e::new("setup");
 
 /// The result of check `name`, or `None` (test skipped) when artifacts are missing.
 fn check(name: &str) -> Option<&'static CheckResult> {
-    let results = results()?;
-    results.get("setup").expect_success("setup");
-    Some(results.get(name))
+    RESULTS.check(name, batch)
+}
+
+/// Every check of this file, run in one L1 boot (or on a host with real KVM).
+fn batch() -> Option<Batch> {
+    let boot = boot_tap0();
+    let batch = e2e::batch("e2e-net")?
+        .host_tool(IP)
+        .payload_executable("rootfs/bin/podvm-net-info", GUEST_INFO)
+        .payload_executable("rootfs/bin/podvm-net-client", GUEST_CLIENT)
+        .payload_executable("rootfs/bin/podvm-net-server", GUEST_SERVER)
+        .check("setup", SETUP)
+        .check("info", &format!("{boot} -- /bin/podvm-net-info"))
+        .check(
+            "userspace_features",
+            &format!("PODVM_NET_BACKEND=userspace {boot} -- cut -c1-33 /sys/class/net/eth0/device/features"),
+        )
+        .check("client", &CLIENT_CHECK.replace("BOOT", &boot))
+        .check("server", &SERVER_CHECK.replace("BOOT", &boot))
+        .check("netns", NETNS_CHECK)
+        .check(
+            "userspace_client",
+            &CLIENT_CHECK.replace("BOOT", &format!("PODVM_NET_BACKEND=userspace {boot}")),
+        )
+        .check(
+            "userspace_server",
+            &SERVER_CHECK.replace("BOOT", &format!("PODVM_NET_BACKEND=userspace {boot}")),
+        )
+        .check(
+            "new_tap",
+            "podvm boot --initrd-dir rootfs --tap tapnew --mac 02:00:00:00:04:02 -- \
+             /bin/sh -c 'cat /sys/class/net/eth0/address /sys/class/net/eth0/operstate'; \
+             echo rc=$?; [ -e /sys/class/net/tapnew ] && echo tapnew-left || echo tapnew-gone",
+        )
+        .check(
+            "no_nic",
+            "podvm boot --initrd-dir rootfs -- /bin/sh -c \
+             \"ls /sys/class/net | tr '\\n' ' '; echo; ip -4 addr show dev lo | grep -o 'inet 127.0.0.1/8'\"",
+        );
+    Some(batch)
 }
 
 #[test]

@@ -6,172 +6,160 @@ mod support;
 #[path = "registry_support/mod.rs"]
 mod registry_support;
 
-use std::sync::OnceLock;
-use std::time::Duration;
-
 use registry_support::Fixtures;
 use serde_json::Value;
-use support::nested::{Batch, BatchResults, CheckResult};
+use support::e2e::{self, E2e};
+use support::nested::{Batch, CheckResult};
 
 /// podvm with its own data dir inside the run directory, and the busybox image.
 const PODVM: &str = "podvm --dir state";
 const IMAGE: &str = "oci:busybox-layout:latest";
 
-fn results() -> Option<&'static BatchResults> {
-    static RESULTS: OnceLock<Option<BatchResults>> = OnceLock::new();
-    RESULTS
-        .get_or_init(|| {
-            if registry_support::skip() {
-                return None;
-            }
-            let artifacts = support::artifacts::require()?;
-            let layout = Fixtures::get().layout("busybox");
-            let batch = artifacts
-                .add_to(Batch::new("e2e-pods"))
-                .memory_mib(3072)
-                .timeout(Duration::from_secs(1500))
-                .default_check_timeout(Duration::from_secs(240))
-                .payload_dir(&layout, "busybox-layout")
-                .check("fetch", &format!("{PODVM} fetch {IMAGE}"))
-                .check(
-                    "run_exit42",
-                    &format!(
-                        "{PODVM} run --uuid-file-save run.uuid {IMAGE} --exec /bin/sh -- -c 'echo hi from the pod; exit 42'"
-                    ),
-                )
-                .check("status_after_run", &format!("{PODVM} status --format json $(cat run.uuid)"))
-                .check(
-                    "env_precedence",
-                    &format!(
-                        "{PODVM} run --set-env WHO=pod --set-env KEEP=pod {IMAGE} --environment WHO=app --exec /bin/sh -- -c 'echo $WHO $KEEP'"
-                    ),
-                )
-                .check(
-                    "prepare_then_run",
-                    &format!(
-                        "u=$({PODVM} prepare {IMAGE} --exec /bin/sh -- -c 'cat /etc/passwd | head -1; kill -9 $$') && \
-                         {PODVM} status $u | grep state= && {PODVM} run-prepared $u; echo rc=$?; {PODVM} status $u | grep -E 'state=|app-'"
-                    ),
-                )
-                .check("list_json", &format!("{PODVM} list --format json"))
-                .check(
-                    "sized_vm",
-                    &format!(
-                        "{PODVM} run {IMAGE} --memory 600Mi --cpu 1500m --exec /bin/sh -- -c 'nproc; grep MemTotal /proc/meminfo'"
-                    ),
-                )
-                .check(
-                    "app_cgroup",
-                    &format!(
-                        "{PODVM} run {IMAGE} --memory 64Mi --cpu 500m --exec /bin/sh -- -c \
-                         'cat /proc/self/cgroup; cd /sys/fs/cgroup/app-busybox-layout && cat memory.max cpu.max; \
-                          x=$(head -c 80000000 /dev/zero | tr \"\\0\" a); echo survived'; echo rc=$?"
-                    ),
-                )
-                .check(
-                    "logs",
-                    &format!(
-                        "{PODVM} run --uuid-file-save logs.uuid {IMAGE} --exec /bin/sh -- -c 'echo to-out; echo to-err >&2; exit 3' >/dev/null 2>&1; \
-                         {PODVM} logs $(cat logs.uuid) 2>logs.err; echo \"stderr: $(cat logs.err)\""
-                    ),
-                )
-                .check(
-                    "enter_then_stop",
-                    &format!(
-                        "{PODVM} run --uuid-file-save s.uuid {IMAGE} --user 1000 --group 1000 --exec /bin/sh -- -c 'trap \"echo got-term; exit 3\" TERM; echo started as $(id -u):$(id -g); sleep 600 & wait' >s.out 2>&1 & pid=$!; \
-                         for i in $(seq 600); do grep -q started s.out 2>/dev/null && break; sleep 0.2; done; \
-                         {PODVM} enter $(cat s.uuid) /bin/sh -c 'echo entered as $(id -u) in $(cat /etc/hostname 2>/dev/null || hostname); ls /proc/1 >/dev/null && exit 4'; echo enter-rc=$?; \
-                         {PODVM} stop $(cat s.uuid) >/dev/null; echo stop-rc=$?; wait $pid; echo run-rc=$?; cat s.out; \
-                         {PODVM} status $(cat s.uuid) | grep app-; \
-                         {PODVM} run --uuid-file-save f.uuid {IMAGE} --exec /bin/sh -- -c 'trap \"\" TERM; echo started; sleep 600' >f.out 2>&1 & pid=$!; \
-                         for i in $(seq 600); do grep -q started f.out 2>/dev/null && break; sleep 0.2; done; \
-                         {PODVM} stop --force $(cat f.uuid) >/dev/null; echo force-rc=$?; wait $pid; echo forced-run-rc=$?; \
-                         {PODVM} status $(cat f.uuid) | grep reason="
-                    ),
-                )
-                .check(
-                    "kill9_then_gc",
-                    &format!(
-                        "{PODVM} run --uuid-file-save k.uuid {IMAGE} --exec /bin/sh -- -c 'echo started; sleep 600' >k.out 2>&1 & pid=$!; \
-                         for i in $(seq 600); do grep -q started k.out 2>/dev/null && break; sleep 0.2; done; \
-                         {PODVM} status $(cat k.uuid) | grep state=; cg=/sys/fs/cgroup/podvm/pod-$(cat k.uuid); \
-                         grep -qx $pid $cg/cgroup.procs && echo podvm-in-pod-cgroup; echo memory.max=$(cat $cg/memory.max) cpu.max=$(cat $cg/cpu.max); \
-                         kill -9 $pid; wait $pid; echo rc=$?; \
-                         {PODVM} status $(cat k.uuid) | grep -E 'state=|reason='; \
-                         {PODVM} gc --grace-period 0s >/dev/null && {PODVM} gc --grace-period 0s >/dev/null; \
-                         echo pods-left=$(find state/pods -mindepth 2 -maxdepth 2 | wc -l); echo vm-procs=$(ps | grep -c '[p]odvm run'); \
-                         [ -e $cg ] || echo cgroup-gone"
-                    ),
-                )
-                .check(
-                    "gc",
-                    &format!("{PODVM} gc --grace-period 0s && {PODVM} gc --grace-period 0s && {PODVM} list --format json"),
-                )
-                .check(
-                    "cow_rootfs",
-                    &format!(
-                        "{PODVM} run --uuid-file-save a.uuid {IMAGE} --exec /bin/sh -- -c 'echo from-a > /etc/mark; cat /etc/mark'; \
-                         {PODVM} run --uuid-file-save b.uuid {IMAGE} --exec /bin/sh -- -c 'cat /etc/mark 2>/dev/null || echo b-sees-nothing'; \
-                         a=$(cat a.uuid); find state -name mark | sed \"s/$a/A/\"; grep -c 'stage2.* overlay ' /proc/mounts; \
-                         mkdir -p state/pods/run/$a/stage1/left && mount -t tmpfs leftover state/pods/run/$a/stage1/left && \
-                         {PODVM} rm $a $(cat b.uuid) >/dev/null && grep -c leftover /proc/mounts; ls state/pods/run | wc -l"
-                    ),
-                )
-                .check(
-                    "two_apps",
-                    &format!(
-                        "{PODVM} run --uuid-file-save m.uuid {IMAGE} --name one --exec /bin/sh -- -c 'echo from-one' \
-                         --- {IMAGE} --name two --exec /bin/sh -- -c 'echo from-two >&2'; echo rc=$?; \
-                         {PODVM} status $(cat m.uuid) | grep app- | sort; \
-                         echo \"one: $({PODVM} logs --app one $(cat m.uuid) 2>&1)\"; \
-                         echo \"two: $({PODVM} logs --app two $(cat m.uuid) 2>&1)\"; \
-                         {PODVM} run -i {IMAGE} --- {IMAGE} 2>&1; echo interactive-rc=$?"
-                    ),
-                )
-                .check(
-                    "second_app_fails",
-                    &format!(
-                        "{PODVM} run --uuid-file-save mf.uuid {IMAGE} --name sleeper --exec /bin/sh -- -c 'echo sleeping; sleep 600' \
-                         --- {IMAGE} --name failer --exec /bin/sh -- -c 'sleep 2; exit 7'; echo rc=$?; \
-                         {PODVM} status --format json $(cat mf.uuid)"
-                    ),
-                )
-                .check(
-                    "enter_second_app",
-                    &format!(
-                        "{PODVM} run --uuid-file-save me.uuid {IMAGE} --name a --exec /bin/sh -- -c 'echo a-up; sleep 600' \
-                         --- {IMAGE} --name b --exec /bin/sh -- -c 'echo only-in-b > /b-mark; echo b-up; sleep 600' >me.out 2>&1 & pid=$!; \
-                         for i in $(seq 600); do grep -q b-up me.out 2>/dev/null && grep -q a-up me.out && break; sleep 0.2; done; \
-                         {PODVM} enter --app b $(cat me.uuid) /bin/sh -c 'cat /b-mark; exit 5'; echo enter-b-rc=$?; \
-                         {PODVM} enter --app a $(cat me.uuid) /bin/sh -c 'cat /b-mark 2>/dev/null || echo a-sees-no-mark; exit 6'; echo enter-a-rc=$?; \
-                         {PODVM} stop $(cat me.uuid) >/dev/null; wait $pid; echo run-rc=$?; \
-                         {PODVM} status $(cat me.uuid) | grep app- | sort"
-                    ),
-                )
-                .check(
-                    "volumes",
-                    &format!(
-                        "mkdir -p hostvol && {PODVM} run --volume data,kind=host,source=$PWD/hostvol {IMAGE} --mount volume=data,target=/data \
-                         --exec /bin/sh -- -c 'echo written-in-guest > /data/f && cat /data/f'; echo rw-rc=$?; echo \"host: $(cat hostvol/f)\"; \
-                         {PODVM} run --volume data,kind=host,source=$PWD/hostvol,readOnly=true {IMAGE} --mount volume=data,target=/data \
-                         --exec /bin/sh -- -c 'cat /data/f; echo nope > /data/g || exit 9'; echo ro-rc=$?; echo host-files: $(ls hostvol); \
-                         {PODVM} run --uuid-file-save v.uuid --volume shared,kind=empty {IMAGE} --name w --mount volume=shared,target=/v \
-                         --exec /bin/sh -- -c 'echo from-w > /v/x' --- {IMAGE} --name r --mount volume=shared,target=/mnt/v \
-                         --exec /bin/sh -- -c 'for i in $(seq 100); do [ -f /mnt/v/x ] && break; sleep 0.1; done; cat /mnt/v/x'; echo shared-rc=$?; \
-                         echo in-pod: $(ls state/pods/run/$(cat v.uuid)/volumes/shared); {PODVM} rm $(cat v.uuid) >/dev/null; \
-                         echo left: $(ls -d state/pods/*/$(cat v.uuid) 2>/dev/null | wc -l)"
-                    ),
-                )
-                .run();
-            Some(batch)
-        })
-        .as_ref()
-}
+static RESULTS: E2e = E2e::new("fetch");
 
 fn check(name: &str) -> Option<&'static CheckResult> {
-    let results = results()?;
-    results.get("fetch").expect_success("fetch");
-    Some(results.get(name))
+    RESULTS.check(name, batch)
+}
+
+/// Every check of this file, run in one L1 boot (or on a host with real KVM).
+fn batch() -> Option<Batch> {
+    if registry_support::skip() {
+        return None;
+    }
+    let layout = Fixtures::get().layout("busybox");
+    let batch = e2e::batch("e2e-pods")?
+        .payload_dir(&layout, "busybox-layout")
+        .check("fetch", &format!("{PODVM} fetch {IMAGE}"))
+        .check(
+            "run_exit42",
+            &format!(
+                "{PODVM} run --uuid-file-save run.uuid {IMAGE} --exec /bin/sh -- -c 'echo hi from the pod; exit 42'"
+            ),
+        )
+        .check("status_after_run", &format!("{PODVM} status --format json $(cat run.uuid)"))
+        .check(
+            "env_precedence",
+            &format!(
+                "{PODVM} run --set-env WHO=pod --set-env KEEP=pod {IMAGE} --environment WHO=app --exec /bin/sh -- -c 'echo $WHO $KEEP'"
+            ),
+        )
+        .check(
+            "prepare_then_run",
+            &format!(
+                "u=$({PODVM} prepare {IMAGE} --exec /bin/sh -- -c 'cat /etc/passwd | head -1; kill -9 $$') && \
+                 {PODVM} status $u | grep state= && {PODVM} run-prepared $u; echo rc=$?; {PODVM} status $u | grep -E 'state=|app-'"
+            ),
+        )
+        .check("list_json", &format!("{PODVM} list --format json"))
+        .check(
+            "sized_vm",
+            &format!(
+                "{PODVM} run {IMAGE} --memory 600Mi --cpu 1500m --exec /bin/sh -- -c 'nproc; grep MemTotal /proc/meminfo'"
+            ),
+        )
+        .check(
+            "app_cgroup",
+            &format!(
+                "{PODVM} run {IMAGE} --memory 64Mi --cpu 500m --exec /bin/sh -- -c \
+                 'cat /proc/self/cgroup; cd /sys/fs/cgroup/app-busybox-layout && cat memory.max cpu.max; \
+                  x=$(head -c 80000000 /dev/zero | tr \"\\0\" a); echo survived'; echo rc=$?"
+            ),
+        )
+        .check(
+            "logs",
+            &format!(
+                "{PODVM} run --uuid-file-save logs.uuid {IMAGE} --exec /bin/sh -- -c 'echo to-out; echo to-err >&2; exit 3' >/dev/null 2>&1; \
+                 {PODVM} logs $(cat logs.uuid) 2>logs.err; echo \"stderr: $(cat logs.err)\""
+            ),
+        )
+        .check(
+            "enter_then_stop",
+            &format!(
+                "{PODVM} run --uuid-file-save s.uuid {IMAGE} --user 1000 --group 1000 --exec /bin/sh -- -c 'trap \"echo got-term; exit 3\" TERM; echo started as $(id -u):$(id -g); sleep 600 & wait' >s.out 2>&1 & pid=$!; \
+                 for i in $(seq 600); do grep -q started s.out 2>/dev/null && break; sleep 0.2; done; \
+                 {PODVM} enter $(cat s.uuid) /bin/sh -c 'echo entered as $(id -u) in $(cat /etc/hostname 2>/dev/null || hostname); ls /proc/1 >/dev/null && exit 4'; echo enter-rc=$?; \
+                 {PODVM} stop $(cat s.uuid) >/dev/null; echo stop-rc=$?; wait $pid; echo run-rc=$?; cat s.out; \
+                 {PODVM} status $(cat s.uuid) | grep app-; \
+                 {PODVM} run --uuid-file-save f.uuid {IMAGE} --exec /bin/sh -- -c 'trap \"\" TERM; echo started; sleep 600' >f.out 2>&1 & pid=$!; \
+                 for i in $(seq 600); do grep -q started f.out 2>/dev/null && break; sleep 0.2; done; \
+                 {PODVM} stop --force $(cat f.uuid) >/dev/null; echo force-rc=$?; wait $pid; echo forced-run-rc=$?; \
+                 {PODVM} status $(cat f.uuid) | grep reason="
+            ),
+        )
+        .check(
+            "kill9_then_gc",
+            &format!(
+                "{PODVM} run --uuid-file-save k.uuid {IMAGE} --exec /bin/sh -- -c 'echo started; sleep 600' >k.out 2>&1 & pid=$!; \
+                 for i in $(seq 600); do grep -q started k.out 2>/dev/null && break; sleep 0.2; done; \
+                 {PODVM} status $(cat k.uuid) | grep state=; cg=/sys/fs/cgroup/podvm/pod-$(cat k.uuid); \
+                 grep -qx $pid $cg/cgroup.procs && echo podvm-in-pod-cgroup; echo memory.max=$(cat $cg/memory.max) cpu.max=$(cat $cg/cpu.max); \
+                 kill -9 $pid; wait $pid; echo rc=$?; \
+                 {PODVM} status $(cat k.uuid) | grep -E 'state=|reason='; \
+                 {PODVM} gc --grace-period 0s >/dev/null && {PODVM} gc --grace-period 0s >/dev/null; \
+                 echo pods-left=$(find state/pods -mindepth 2 -maxdepth 2 | wc -l); echo vm-procs=$(ps | grep -c '[p]odvm run'); \
+                 [ -e $cg ] || echo cgroup-gone"
+            ),
+        )
+        .check(
+            "gc",
+            &format!("{PODVM} gc --grace-period 0s && {PODVM} gc --grace-period 0s && {PODVM} list --format json"),
+        )
+        .check(
+            "cow_rootfs",
+            &format!(
+                "{PODVM} run --uuid-file-save a.uuid {IMAGE} --exec /bin/sh -- -c 'echo from-a > /etc/mark; cat /etc/mark'; \
+                 {PODVM} run --uuid-file-save b.uuid {IMAGE} --exec /bin/sh -- -c 'cat /etc/mark 2>/dev/null || echo b-sees-nothing'; \
+                 a=$(cat a.uuid); find state -name mark | sed \"s/$a/A/\"; grep -c 'stage2.* overlay ' /proc/mounts; \
+                 mkdir -p state/pods/run/$a/stage1/left && mount -t tmpfs leftover state/pods/run/$a/stage1/left && \
+                 {PODVM} rm $a $(cat b.uuid) >/dev/null && grep -c leftover /proc/mounts; ls state/pods/run | wc -l"
+            ),
+        )
+        .check(
+            "two_apps",
+            &format!(
+                "{PODVM} run --uuid-file-save m.uuid {IMAGE} --name one --exec /bin/sh -- -c 'echo from-one' \
+                 --- {IMAGE} --name two --exec /bin/sh -- -c 'echo from-two >&2'; echo rc=$?; \
+                 {PODVM} status $(cat m.uuid) | grep app- | sort; \
+                 echo \"one: $({PODVM} logs --app one $(cat m.uuid) 2>&1)\"; \
+                 echo \"two: $({PODVM} logs --app two $(cat m.uuid) 2>&1)\"; \
+                 {PODVM} run -i {IMAGE} --- {IMAGE} 2>&1; echo interactive-rc=$?"
+            ),
+        )
+        .check(
+            "second_app_fails",
+            &format!(
+                "{PODVM} run --uuid-file-save mf.uuid {IMAGE} --name sleeper --exec /bin/sh -- -c 'echo sleeping; sleep 600' \
+                 --- {IMAGE} --name failer --exec /bin/sh -- -c 'sleep 2; exit 7'; echo rc=$?; \
+                 {PODVM} status --format json $(cat mf.uuid)"
+            ),
+        )
+        .check(
+            "enter_second_app",
+            &format!(
+                "{PODVM} run --uuid-file-save me.uuid {IMAGE} --name a --exec /bin/sh -- -c 'echo a-up; sleep 600' \
+                 --- {IMAGE} --name b --exec /bin/sh -- -c 'echo only-in-b > /b-mark; echo b-up; sleep 600' >me.out 2>&1 & pid=$!; \
+                 for i in $(seq 600); do grep -q b-up me.out 2>/dev/null && grep -q a-up me.out && break; sleep 0.2; done; \
+                 {PODVM} enter --app b $(cat me.uuid) /bin/sh -c 'cat /b-mark; exit 5'; echo enter-b-rc=$?; \
+                 {PODVM} enter --app a $(cat me.uuid) /bin/sh -c 'cat /b-mark 2>/dev/null || echo a-sees-no-mark; exit 6'; echo enter-a-rc=$?; \
+                 {PODVM} stop $(cat me.uuid) >/dev/null; wait $pid; echo run-rc=$?; \
+                 {PODVM} status $(cat me.uuid) | grep app- | sort"
+            ),
+        )
+        .check(
+            "volumes",
+            &format!(
+                "mkdir -p hostvol && {PODVM} run --volume data,kind=host,source=$PWD/hostvol {IMAGE} --mount volume=data,target=/data \
+                 --exec /bin/sh -- -c 'echo written-in-guest > /data/f && cat /data/f'; echo rw-rc=$?; echo \"host: $(cat hostvol/f)\"; \
+                 {PODVM} run --volume data,kind=host,source=$PWD/hostvol,readOnly=true {IMAGE} --mount volume=data,target=/data \
+                 --exec /bin/sh -- -c 'cat /data/f; echo nope > /data/g || exit 9'; echo ro-rc=$?; echo host-files: $(ls hostvol); \
+                 {PODVM} run --uuid-file-save v.uuid --volume shared,kind=empty {IMAGE} --name w --mount volume=shared,target=/v \
+                 --exec /bin/sh -- -c 'echo from-w > /v/x' --- {IMAGE} --name r --mount volume=shared,target=/mnt/v \
+                 --exec /bin/sh -- -c 'for i in $(seq 100); do [ -f /mnt/v/x ] && break; sleep 0.1; done; cat /mnt/v/x'; echo shared-rc=$?; \
+                 echo in-pod: $(ls state/pods/run/$(cat v.uuid)/volumes/shared); {PODVM} rm $(cat v.uuid) >/dev/null; \
+                 echo left: $(ls -d state/pods/*/$(cat v.uuid) 2>/dev/null | wc -l)"
+            ),
+        );
+    Some(batch)
 }
 
 #[test]

@@ -4,10 +4,12 @@
 //! - [`nested`]: run named shell checks inside one throwaway L1 VM with real nested KVM
 //!   (or directly on a host that has real KVM), and collect their output.
 //! - [`artifacts`]: where `make` put the podvm binaries, and skip-or-fail when they are missing.
+//! - [`e2e`]: one shared batch per E2E test binary, and the usual batch settings.
 
 // Each test binary uses only part of this module.
 #![allow(dead_code, unused_imports)]
 
 pub mod artifacts;
+pub mod e2e;
 pub mod kvm;
 pub mod nested;
