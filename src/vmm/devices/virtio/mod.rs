@@ -20,6 +20,7 @@ pub mod interrupt;
 pub mod mmio;
 pub mod net;
 pub mod rng;
+pub mod vhost_setup;
 pub mod vsock;
 pub mod worker;
 

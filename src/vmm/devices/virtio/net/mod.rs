@@ -18,7 +18,6 @@
 //! - `event_handler.rs`: the worker woken by vhost's call eventfds.
 
 mod device;
-mod event_handler;
 mod tap;
 mod userspace;
 mod vhost_net;

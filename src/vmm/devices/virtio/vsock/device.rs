@@ -4,14 +4,11 @@ use std::sync::Arc;
 
 use vhost::vhost_kern::vsock::Vsock as VhostVsockBackend;
 use vhost::vsock::VhostVsock;
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Address, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vhost::VhostBackend;
+use vm_memory::GuestMemoryMmap;
 
 use super::super::worker::Worker;
-use super::super::{read_config_bytes, ActivateError, Activation, VirtioDevice};
-use super::event_handler;
+use super::super::{read_config_bytes, vhost_setup, ActivateError, Activation, VirtioDevice};
 
 /// virtio device id of a socket device.
 pub const DEVICE_TYPE: u32 = 19;
@@ -80,94 +77,13 @@ impl Vsock {
 
     fn start(&mut self, activation: Activation) -> Result<Worker, ActivateError> {
         let name = self.name();
-        let backend_error = |what: &str| {
-            let what = what.to_string();
-            move |err: vhost::Error| ActivateError::Backend {
-                device: name,
-                what,
-                source: std::io::Error::other(err.to_string()),
-            }
-        };
-        let Activation {
-            mem,
-            queues,
-            kicks,
-            interrupt,
-            acked_features,
-        } = activation;
-        let features = acked_features
-            & self
-                .backend
-                .get_features()
-                .map_err(backend_error("VHOST_GET_FEATURES"))?;
-        self.backend
-            .set_features(features)
-            .map_err(backend_error("VHOST_SET_FEATURES"))?;
-        self.backend
-            .set_mem_table(&memory_table(&mem))
-            .map_err(backend_error("VHOST_SET_MEM_TABLE"))?;
-        let mut calls = Vec::with_capacity(VHOST_QUEUES);
-        for (index, (queue, kick)) in queues.iter().zip(&kicks).take(VHOST_QUEUES).enumerate() {
-            if !queue.ready() || !queue.is_valid(&mem) {
-                return Err(ActivateError::BadQueue {
-                    device: name,
-                    queue: index,
-                });
-            }
-            let call = EventFd::new(EFD_NONBLOCK).map_err(|source| ActivateError::Backend {
-                device: name,
-                what: "cannot create a call eventfd".into(),
-                source,
-            })?;
-            self.setup_vring(index, queue, kick, &call)
-                .map_err(backend_error("set up a vring"))?;
-            calls.push(call);
-        }
+        let (calls, interrupt) =
+            vhost_setup::start_vrings(&self.backend, name, activation, VHOST_QUEUES)?;
         self.backend
             .start()
-            .map_err(backend_error("VHOST_VSOCK_SET_RUNNING"))?;
-        event_handler::start(calls, interrupt).map_err(|source| ActivateError::Backend {
-            device: name,
-            what: "cannot start the worker thread".into(),
-            source,
-        })
+            .map_err(vhost_setup::backend_error(name, "VHOST_VSOCK_SET_RUNNING"))?;
+        vhost_setup::relay_calls(name, calls, interrupt)
     }
-
-    fn setup_vring(
-        &self,
-        index: usize,
-        queue: &Queue,
-        kick: &EventFd,
-        call: &EventFd,
-    ) -> Result<(), vhost::Error> {
-        let config = VringConfigData {
-            queue_max_size: queue.max_size(),
-            queue_size: queue.size(),
-            flags: 0,
-            desc_table_addr: queue.desc_table(),
-            used_ring_addr: queue.used_ring(),
-            avail_ring_addr: queue.avail_ring(),
-            log_addr: None,
-        };
-        self.backend.set_vring_num(index, queue.size())?;
-        self.backend.set_vring_addr(index, &config)?;
-        self.backend.set_vring_base(index, 0)?;
-        self.backend.set_vring_call(index, call)?;
-        self.backend.set_vring_kick(index, kick)
-    }
-}
-
-/// The guest memory regions as vhost's memory table.
-fn memory_table(mem: &GuestMemoryMmap) -> Vec<VhostUserMemoryRegionInfo> {
-    mem.iter()
-        .map(|region| VhostUserMemoryRegionInfo {
-            guest_phys_addr: region.start_addr().raw_value(),
-            memory_size: region.len(),
-            userspace_addr: region.as_ptr() as u64,
-            mmap_offset: 0,
-            mmap_handle: -1,
-        })
-        .collect()
 }
 
 /// Claims a random free CID with VHOST_VSOCK_SET_GUEST_CID, retrying when another VM has it.

@@ -10,6 +10,5 @@
 //! - `event_handler.rs`: the worker woken by vhost's call eventfds.
 
 mod device;
-mod event_handler;
 
 pub use self::device::{Vsock, VsockError};
