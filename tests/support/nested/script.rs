@@ -27,10 +27,11 @@ run_check() {
   echo "=== check $name (timeout ${limit}s)"
   start=$(date +%s)
   attempt_check
-  if grep -q "podvm: the guest stopped before the agent" "$R/$name.err"; then
+  # (stdout too: a check may redirect podvm's stderr into its output)
+  if grep -q "podvm: the guest stopped before the agent" "$R/$name.err" "$R/$name.out"; then
     # Known flake of nested KVM under TCG: a guest that dies silently (no panic, no console).
     # Retried once, visibly; a real crash happens again and fails the check.
-    cp "$R/$name.err" "$R/$name.first-attempt.err"
+    cp "$R/$name.err" "$R/$name.first-attempt.err"; cp "$R/$name.out" "$R/$name.first-attempt.out"
     echo "=== check $name: guest died without an exit status; retrying once (nested TCG flake)"
     attempt_check
     echo "NOTE: retried once after the first attempt's guest died without an exit status" >>"$R/$name.err"
