@@ -10,7 +10,8 @@
 #      available in L1 at the same absolute path; it lives on a second, read-only disk and
 #      is symlinked into place. Busybox applets shadow same-named tools: call them by full path.
 #   -m L1 memory (default 4096), -t timeout in seconds for the whole L1 run (default 1200),
-#   -s stall limit: stop L1 (status 124) when its console stays silent this long (default: off).
+#   -s stall limit: stop L1 (status 124) when its console stays silent this long, or at once when
+#      L1's kernel reports a soft lockup (default: off).
 #      Nested KVM under TCG occasionally livelocks L1 (both vCPUs spinning, nothing printed, no
 #      in-L1 timeout able to fire); this ends such a run early instead of at the -t timeout.
 #   -l console log (default RESULTS_DIR/../l1-console.log).
@@ -246,8 +247,10 @@ stall_watch() {
   while sleep 10; do
     size=$(stat -c %s "$LOG" 2>/dev/null || echo 0)
     if [ "$size" != "$last" ]; then last=$size; idle=0; else idle=$((idle + 10)); fi
+    # An L1 whose own watchdog reports a soft lockup is livelocked too, however much it prints.
+    if grep -aq "watchdog: BUG: soft lockup" "$LOG" 2>/dev/null; then idle=$limit; fi
     if [ "$idle" -ge "$limit" ]; then
-      echo "l1.sh: L1 printed nothing for ${limit}s: stalled; stopping it" >&2
+      echo "l1.sh: L1 printed nothing for ${limit}s or reported a soft lockup: stalled; stopping it" >&2
       echo "l1.sh: stalled after ${limit}s of silence" >> "$LOG.qemu-stderr"
       stall_diag > "$LOG.stall-diag" 2>&1 || true
       echo "l1.sh: vCPU states of the stalled L1: $LOG.stall-diag" >&2
