@@ -7,7 +7,7 @@
 //! `PODVM_AGENT_APP_SOCKET`.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
@@ -122,24 +122,9 @@ fn app_session(role: Role, app: &AppSpec) -> Result<Session, PodError> {
             source,
         })
     };
-    let (mut writer, closer) = (
-        stream.try_clone().map_err(io_error)?,
-        stream.try_clone().map_err(io_error)?,
-    );
     let target = format!("app session {}", app.name);
-    let send = Box::new(move |message: &Message| {
-        message
-            .write_to(&mut writer)
-            .map_err(|source| ChannelError::Send {
-                target: target.clone(),
-                source,
-            })
-    });
-    let finish = Box::new(move || {
-        let _ = nix::sys::socket::shutdown(closer.as_raw_fd(), nix::sys::socket::Shutdown::Write);
-    });
     let mut session =
-        Session::new(app.name.clone(), send, Some(stream), Phase::Done).with_finish(finish);
+        Session::over_stream(app.name.clone(), target, stream, Phase::Done).map_err(io_error)?;
     session
         .send(&Message::Control(Control::App {
             name: app.name.clone(),

@@ -208,6 +208,32 @@ impl Session {
         }
     }
 
+    /// A session on a connection of its own (`stream`, a vsock or Unix socket): messages are
+    /// written to it (errors name `target`), input is read from it, and once `Exited` is sent
+    /// its write side is shut so the host sees the end.
+    pub fn over_stream(
+        name: String,
+        target: String,
+        stream: File,
+        phase: Phase,
+    ) -> std::io::Result<Self> {
+        let mut writer = stream.try_clone()?;
+        let closer = stream.try_clone()?;
+        let send = Box::new(move |message: &Message| {
+            message
+                .write_to(&mut writer)
+                .map_err(|source| ChannelError::Send {
+                    target: target.clone(),
+                    source,
+                })
+        });
+        let finish = Box::new(move || {
+            let _ =
+                nix::sys::socket::shutdown(closer.as_raw_fd(), nix::sys::socket::Shutdown::Write);
+        });
+        Ok(Self::new(name, send, Some(stream), phase).with_finish(finish))
+    }
+
     /// Half-closes the connection with `finish` once `Exited` is sent.
     pub fn with_finish(mut self, finish: Box<dyn FnMut()>) -> Self {
         self.finish = Some(finish);

@@ -370,34 +370,13 @@ impl Supervisor {
         };
         self.exec_count += 1;
         let name = format!("exec {}", self.exec_count);
-        let (writer, closer) = match (stream.try_clone(), stream.try_clone()) {
-            (Ok(writer), Ok(closer)) => (writer, closer),
-            (Err(err), _) | (_, Err(err)) => {
-                diag!("{name}: cannot duplicate the connection: {err}");
-                return;
-            }
-        };
-        let target = name.clone();
-        let mut writer = writer;
-        let send = Box::new(move |message: &Message| {
-            message
-                .write_to(&mut writer)
-                .map_err(|source| ChannelError::Send {
-                    target: target.clone(),
-                    source,
-                })
-        });
-        let finish = Box::new(move || {
-            let _ = nix::sys::socket::shutdown(
-                std::os::fd::AsRawFd::as_raw_fd(&closer),
-                nix::sys::socket::Shutdown::Write,
-            );
-        });
         let phase = Phase::AwaitExec {
             deadline: Instant::now() + crate::session::EXEC_PATIENCE,
         };
-        self.sessions
-            .push(Session::new(name, send, Some(stream), phase).with_finish(finish));
+        match Session::over_stream(name.clone(), name.clone(), stream, phase) {
+            Ok(session) => self.sessions.push(session),
+            Err(err) => diag!("{name}: cannot duplicate the connection: {err}"),
+        }
     }
 
     fn read_input(&mut self, index: usize) -> Result<(), WorkloadError> {
