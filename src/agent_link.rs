@@ -153,11 +153,7 @@ impl Write for AgentLink {
         }
         self.decoder.push(buf);
         loop {
-            match self
-                .decoder
-                .next_message()
-                .and_then(|message| message.map(Message::check_from_agent).transpose())
-            {
+            match next_from_agent(&mut self.decoder) {
                 Ok(Some(message)) => self.dispatch(message)?,
                 Ok(None) => break,
                 Err(err) => {
@@ -267,11 +263,7 @@ impl Write for AppLink {
         }
         self.decoder.push(buf);
         loop {
-            match self
-                .decoder
-                .next_message()
-                .and_then(|message| message.map(Message::check_from_agent).transpose())
-            {
+            match next_from_agent(&mut self.decoder) {
                 Ok(Some(message)) => self.dispatch(message)?,
                 Ok(None) => break,
                 Err(err) => {
@@ -297,6 +289,13 @@ pub fn lock(report: &Mutex<LinkReport>) -> std::sync::MutexGuard<'_, LinkReport>
     report
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The next whole message the agent sent, checked for its direction (`None`: need more bytes).
+fn next_from_agent(decoder: &mut FrameDecoder) -> Result<Option<Message>, ProtocolError> {
+    decoder
+        .next_message()
+        .and_then(|message| message.map(Message::check_from_agent).transpose())
 }
 
 #[cfg(test)]
