@@ -1,6 +1,7 @@
 //! The host side of a session beyond output: podvm's stdin pumped to the app (EOF becomes
-//! `StdinClose`), SIGTERM/SIGINT/SIGHUP to podvm forwarded to the app as `Signal` frames with a
-//! stop timeout after which the caller stops the session hard, SIGWINCH forwarded as `Resize`,
+//! `StdinClose`), signals to podvm forwarded to the app as `Signal` frames (SIGTERM/SIGINT/SIGQUIT
+//! with a stop timeout after which the caller stops the session hard; SIGHUP/SIGUSR1/SIGUSR2 as
+//! they are, e.g. a reload under systemd), SIGWINCH forwarded as `Resize`,
 //! and the host terminal in raw mode for tty sessions (restored on every way out).
 //!
 //! Signals are blocked in the thread that starts the relay (and so in every thread it starts
@@ -30,8 +31,10 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const STDIN_CHUNK: usize = 32 * 1024;
 /// How often the stdin thread looks whether it should give up waiting for the agent.
 const CONNECT_POLL: Duration = Duration::from_millis(100);
-/// The signals podvm forwards to the app.
-const STOP_SIGNALS: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
+/// The signals podvm forwards to the app that ask it to stop: the stop timeout starts.
+const STOP_SIGNALS: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT];
+/// The signals podvm forwards to the app and nothing more (reload, log rotation, ...).
+const PLAIN_SIGNALS: [Signal; 3] = [Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2];
 
 /// How a session's stdin, signals and terminal are relayed.
 #[derive(Debug, Clone)]
@@ -104,8 +107,8 @@ impl Relay {
             false => None,
         };
         let mut mask = SigSet::empty();
-        for signal in STOP_SIGNALS {
-            mask.add(signal);
+        for signal in STOP_SIGNALS.iter().chain(&PLAIN_SIGNALS) {
+            mask.add(*signal);
         }
         mask.add(Signal::SIGWINCH);
         let mut old_mask = SigSet::empty();
@@ -292,7 +295,7 @@ impl SignalForwarder {
                     continue;
                 }
                 self.forward(signo);
-                if self.on_timeout.is_some() && deadline.is_none() {
+                if is_stop_signal(signo) && self.on_timeout.is_some() && deadline.is_none() {
                     deadline = Some((Instant::now() + self.stop_timeout, signo));
                 }
             }
@@ -328,6 +331,11 @@ impl SignalForwarder {
             on_timeout();
         }
     }
+}
+
+/// Whether `signo` asks the app to stop (and so starts the stop timeout).
+fn is_stop_signal(signo: i32) -> bool {
+    STOP_SIGNALS.iter().any(|signal| *signal as i32 == signo)
 }
 
 /// Sends the host terminal's size as a `Resize`, if stdin is a terminal.
@@ -406,6 +414,21 @@ mod tests {
         let after = termios::tcgetattr(&slave).expect("tcgetattr");
         assert_eq!(after.local_flags, before.local_flags);
         assert_eq!(after.output_flags, before.output_flags);
+    }
+
+    #[test]
+    fn only_term_int_and_quit_start_the_stop_timeout() {
+        for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT] {
+            assert!(is_stop_signal(signal as i32), "{signal}");
+        }
+        for signal in [
+            Signal::SIGHUP,
+            Signal::SIGUSR1,
+            Signal::SIGUSR2,
+            Signal::SIGWINCH,
+        ] {
+            assert!(!is_stop_signal(signal as i32), "{signal}");
+        }
     }
 
     #[test]

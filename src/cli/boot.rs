@@ -80,7 +80,7 @@ pub struct BootArgs {
     /// Forward stdin even when it is a terminal (it is always forwarded when it is not).
     #[arg(long, short = 'i')]
     interactive: bool,
-    /// After forwarding SIGTERM/SIGINT/SIGHUP, wait this long for the command to exit before
+    /// After forwarding SIGTERM/SIGINT/SIGQUIT, wait this long for the command to exit before
     /// killing the VM (seconds, or e.g. 1500ms).
     #[arg(long, value_name = "DURATION", default_value = "10", value_parser = parse_duration)]
     stop_timeout: Duration,
