@@ -16,6 +16,7 @@ mod net;
 mod pod;
 mod relay;
 mod store;
+mod tree_copy;
 mod vmm;
 
 fn main() -> ExitCode {

@@ -115,6 +115,14 @@ pub enum ImageCliError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The image's tree could not be copied out.
+    #[error("cannot extract the image's files to {dest}: {source}")]
+    Extract {
+        /// The destination directory.
+        dest: PathBuf,
+        /// Why.
+        source: Box<crate::tree_copy::CopyError>,
+    },
     /// The store is corrupt.
     #[error("the image store has {0} problem(s) (listed above); remove the affected images and fetch them again")]
     Corrupt(usize),
@@ -301,8 +309,12 @@ fn render(
             rootfs_dest.display()
         )));
     }
-    image::render::copy_tree(&p.rootfs, rootfs_dest)
-        .map_err(io_err("copying rootfs to", rootfs_dest))?;
+    crate::tree_copy::copy_tree(&p.rootfs, rootfs_dest).map_err(|source| {
+        ImageCliError::Extract {
+            dest: rootfs_dest.to_path_buf(),
+            source: Box::new(source),
+        }
+    })?;
     if let Some(dir) = meta_dir {
         for (name, d) in [
             ("manifest", &rec.manifest.digest),

@@ -175,24 +175,3 @@ fn diff_ids(store: &Store, id: &Digest, layers: &[BlobRef]) -> Vec<Digest> {
         Vec::new()
     }
 }
-
-/// Copies a rendered tree to `dir` (which must not exist or be empty), preserving modes,
-/// owners (when root), mtimes, symlinks and hard links.
-pub fn copy_tree(src: &Path, dir: &Path) -> io::Result<()> {
-    fs::create_dir_all(dir)?;
-    let status = std::process::Command::new("cp")
-        .arg("-a")
-        .arg("--")
-        .arg(format!("{}/.", src.display()))
-        .arg(dir)
-        .status()?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "cp -a {} {} failed: {status}",
-            src.display(),
-            dir.display()
-        )))
-    }
-}

@@ -37,7 +37,7 @@ pub enum RootfsError {
         /// Destination.
         to: PathBuf,
         /// Why.
-        source: std::io::Error,
+        source: crate::tree_copy::CopyError,
     },
     /// A leftover mount could not be removed.
     #[error("cannot unmount {path} (left by an earlier run): {source}; unmount it by hand")]
@@ -122,10 +122,12 @@ impl AppRootfs {
                      copy of the image tree instead (slower to start, same isolation)",
                     merged.display()
                 );
-                copy_tree(lower, &merged).map_err(|source| RootfsError::Copy {
-                    from: lower.to_path_buf(),
-                    to: merged.clone(),
-                    source,
+                crate::tree_copy::copy_tree(lower, &merged).map_err(|source| {
+                    RootfsError::Copy {
+                        from: lower.to_path_buf(),
+                        to: merged.clone(),
+                        source,
+                    }
                 })?;
                 Self {
                     merged,
@@ -174,28 +176,6 @@ fn escape(path: &Path) -> String {
         out.push(c);
     }
     out
-}
-
-/// Copies the tree `from` into `to` keeping symlinks as symlinks and permission bits; special
-/// files are skipped.
-pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        let target = to.join(entry.file_name());
-        if kind.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &target)?;
-        } else if kind.is_dir() {
-            copy_tree(&entry.path(), &target)?;
-            let mode = entry.metadata()?.permissions().mode();
-            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
-        } else if kind.is_file() {
-            std::fs::copy(entry.path(), &target)?;
-        }
-    }
-    Ok(())
 }
 
 /// Unmounts everything mounted at or below `dir` (deepest first), e.g. the overlay of a run

@@ -2,13 +2,15 @@
 //! readOnly=BOOL` and per-app `--mount volume=NAME,target=PATH`, recorded in the pod manifest
 //! with appc's field names. In the VM each volume is one virtio-fs share: a host volume shares
 //! its source directory (read-only enforced by the host too), an empty volume a fresh directory
-//! in the pod (`<pod>/volumes/<name>`, removed with the pod).
+//! in the pod (`<pod>/volumes/<name>`, removed with the pod), which starts with what the
+//! image has at the path it is mounted on ([`populate`], Docker's rule for new volumes).
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::image::config::MountPoint;
+use crate::tree_copy::{self, CopyError};
 
 /// The directory of empty volumes inside a pod directory.
 pub const VOLUMES_DIR: &str = "volumes";
@@ -46,6 +48,18 @@ pub enum VolumeError {
         name: String,
         /// Its source.
         source_dir: PathBuf,
+    },
+    /// A new empty volume could not take the image's files.
+    #[error("volume {volume}: cannot copy the image's {path} into {dir}: {source}")]
+    Populate {
+        /// The volume.
+        volume: String,
+        /// The mount path in the app.
+        path: String,
+        /// The volume's directory.
+        dir: PathBuf,
+        /// Why (boxed: the error stays small where no copy happens).
+        source: Box<CopyError>,
     },
 }
 
@@ -238,6 +252,30 @@ pub fn add_image_mounts(
             path: point.path.clone(),
         });
     }
+}
+
+/// Fills the new empty volume `volume` (directory `dir`) with what the first app mounting it
+/// has at its mount path (`apps`: each app's root tree and mounts), as Docker does for a new
+/// volume; nothing when that path is no directory or is reached through a symlink.
+pub fn populate(dir: &Path, volume: &str, apps: &[(&Path, &[Mount])]) -> Result<(), VolumeError> {
+    let Some((root, mount)) = apps.iter().find_map(|(root, mounts)| {
+        let mount = mounts.iter().find(|mount| mount.volume == volume)?;
+        Some((*root, mount))
+    }) else {
+        return Ok(());
+    };
+    let failed = |source| VolumeError::Populate {
+        volume: volume.to_string(),
+        path: mount.path.clone(),
+        dir: dir.to_path_buf(),
+        source: Box::new(source),
+    };
+    let Some(from) = tree_copy::open_dir_below(root, Path::new(&mount.path)).map_err(failed)?
+    else {
+        return Ok(());
+    };
+    tree_copy::copy_contents(&from, dir).map_err(failed)?;
+    Ok(())
 }
 
 /// The host directory shared for `volume` of the pod in `pod_dir`.
