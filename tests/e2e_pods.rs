@@ -16,6 +16,9 @@ use support::nested::{Batch, CheckResult};
 /// podvm with its own data dir inside the run directory, and the busybox image.
 const PODVM: &str = "podvm --dir state";
 const IMAGE: &str = "oci:busybox-layout:latest";
+/// The `layers` fixture: user `app`, working dir /data, a volume (mount point) at /data whose
+/// image files include owners, modes, links, a fifo and a hard link.
+const LAYERS: &str = "oci:layers-layout:latest";
 
 static RESULTS: E2e = E2e::new("fetch");
 
@@ -28,10 +31,11 @@ fn batch() -> Option<Batch> {
     if registry_support::skip() {
         return None;
     }
-    let layout = Fixtures::get().layout("busybox");
+    let fixtures = Fixtures::get();
     let batch = e2e::batch("e2e-pods")?
-        .payload_dir(&layout, "busybox-layout")
-        .check("fetch", &format!("{PODVM} fetch {IMAGE}"))
+        .payload_dir(fixtures.layout("busybox"), "busybox-layout")
+        .payload_dir(fixtures.layout("layers"), "layers-layout")
+        .check("fetch", &format!("{PODVM} fetch {IMAGE} {LAYERS}"))
         .check(
             "run_exit42",
             &format!(
@@ -147,6 +151,27 @@ fn batch() -> Option<Batch> {
                  {PODVM} enter --app a $(cat me.uuid) /bin/sh -c 'cat /b-mark 2>/dev/null || echo a-sees-no-mark; exit 6'; echo enter-a-rc=$?; \
                  {PODVM} stop $(cat me.uuid) >/dev/null; wait $pid; echo run-rc=$?; \
                  {PODVM} status $(cat me.uuid) | grep app- | sort"
+            ),
+        )
+        .check(
+            "readonly_rootfs",
+            &format!(
+                "{PODVM} run --volume scratch,kind=empty --hosts-entry 10.1.2.3=db.internal {IMAGE} --readonly-rootfs \
+                 --mount volume=scratch,target=/scratch --exec /bin/sh -- -c \
+                 'echo x > /etc/x 2>/dev/null || echo rootfs-read-only; echo y > /scratch/y && echo volume-writable; \
+                  echo z > /tmp/z && echo tmp-writable; grep db.internal /etc/hosts | tr -s \"[:blank:]\" \" \"'; echo rc=$?"
+            ),
+        )
+        .check(
+            "image_defaults",
+            &format!(
+                "{PODVM} run {LAYERS} --exec /bin/sh -- -c \
+                 'echo as $(id -un):$(id -gn) in $(pwd); cat keep.txt hard.txt; [ keep.txt -ef hard.txt ] && echo hard-link-kept; \
+                  stat -c \"%n %u:%g %a\" /data /data/odd-owner.txt /data/sticky /data/exec.sh; readlink /data/link-abs; \
+                  [ -p /data/fifo ] && echo fifo-kept; echo new > /data/new && echo data-writable'; echo rc=$?; \
+                 {PODVM} run {LAYERS} --user nobody --group nogroup --working-dir /tmp --exec /bin/sh -- -c \
+                 'echo as $(id -un):$(id -gn) in $(pwd)'; \
+                 echo store-untouched=$(find state -name new | grep -vc /pods/)"
             ),
         )
         .check(
@@ -414,6 +439,61 @@ fn enter_runs_in_the_named_app_of_a_two_app_pod() {
     assert!(
         out.contains("app-a=143\napp-b=143"),
         "stop terminates every app: {result:?}"
+    );
+}
+
+#[test]
+fn a_readonly_rootfs_refuses_writes_but_volumes_tmp_and_etc_hosts_work() {
+    let Some(result) = check("readonly_rootfs") else {
+        return;
+    };
+    assert_eq!(result.code, 0, "{result:?}");
+    let lines: Vec<&str> = result.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "rootfs-read-only",
+            "volume-writable",
+            "tmp-writable",
+            "10.1.2.3 db.internal",
+            "rc=0"
+        ],
+        "{result:?}"
+    );
+}
+
+#[test]
+fn the_images_user_workdir_and_volume_apply_and_flags_override_them() {
+    let Some(result) = check("image_defaults") else {
+        return;
+    };
+    assert_eq!(result.code, 0, "{result:?}");
+    let lines: Vec<&str> = result.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "as app:app in /data",
+            "keep me",
+            "keep me",
+            "hard-link-kept",
+            "/data 1000:1000 755",
+            "/data/odd-owner.txt 4242:4343 600",
+            "/data/sticky 0:0 1777",
+            "/data/exec.sh 1000:1000 750",
+            "/data/keep.txt",
+            "fifo-kept",
+            "data-writable",
+            "rc=0",
+            "as nobody:nogroup in /tmp",
+            "store-untouched=0",
+        ],
+        "{result:?}"
+    );
+    assert!(
+        result
+            .stderr
+            .contains("no volume for the image's mount point"),
+        "{result:?}"
     );
 }
 

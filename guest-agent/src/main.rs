@@ -157,20 +157,11 @@ fn run(role: Role) -> Result<i32, AgentError> {
         .unwrap_or_else(|| PathBuf::from(BOOT_SPEC_PATH));
     let spec = match spec::load(&spec_path) {
         Ok(spec) => spec,
-        Err(err) => {
-            diag!("{err}");
-            channel::send(&Message::Control(Control::Error {
-                message: err.to_string(),
-            }))?;
-            return Ok(EXIT_AGENT_FAILED);
-        }
+        Err(err) => return refuse_boot(None, &err),
     };
     if role == Role::Init {
         if let Err(err) = net::configure(spec.network.as_ref()) {
-            diag!("{err}");
-            let message = format!("cannot configure the guest network: {err}");
-            channel::send(&Message::Control(Control::Error { message }))?;
-            return Ok(EXIT_AGENT_FAILED);
+            return refuse_boot(Some("cannot configure the guest network"), &err);
         }
     }
     if !spec.apps.is_empty() {
@@ -179,20 +170,17 @@ fn run(role: Role) -> Result<i32, AgentError> {
     let root = match &spec.rootfs {
         Some(rootfs) => match rootfs::prepare(rootfs) {
             Ok(root) => root,
-            Err(err) => {
-                diag!("{err}");
-                let message = format!("cannot prepare the app's root filesystem: {err}");
-                channel::send(&Message::Control(Control::Error { message }))?;
-                return Ok(EXIT_AGENT_FAILED);
-            }
+            Err(err) => return refuse_boot(Some("cannot prepare the app's root filesystem"), &err),
         },
         None => PathBuf::from(AGENT_ROOT),
     };
     if let Err(err) = mount_volumes(&spec, &root) {
-        diag!("{err}");
-        let message = format!("cannot mount the pod's volumes: {err}");
-        channel::send(&Message::Control(Control::Error { message }))?;
-        return Ok(EXIT_AGENT_FAILED);
+        return refuse_boot(Some("cannot mount the pod's volumes"), &err);
+    }
+    if let Some(rootfs) = &spec.rootfs {
+        if let Err(err) = rootfs::seal(&root, rootfs) {
+            return refuse_boot(Some("cannot make the app's root read-only"), &err);
+        }
     }
     let input = match channel::input() {
         Ok(input) => Some(input),
@@ -210,6 +198,18 @@ fn run(role: Role) -> Result<i32, AgentError> {
     let outcome = workload::run(&spec, boot, exec_service(role, &spec), &root)?;
     diag!("workload exited: {:?}", outcome.status);
     Ok(0)
+}
+
+/// Tells the host why the boot cannot go on (`what`: the step, before the error) and gives
+/// the agent's failure status.
+fn refuse_boot(what: Option<&str>, err: &dyn std::fmt::Display) -> Result<i32, AgentError> {
+    diag!("{err}");
+    let message = match what {
+        Some(what) => format!("{what}: {err}"),
+        None => err.to_string(),
+    };
+    channel::send(&Message::Control(Control::Error { message }))?;
+    Ok(EXIT_AGENT_FAILED)
 }
 
 /// Mounts the pod's volumes and binds those the app mounts into its root.

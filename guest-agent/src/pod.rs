@@ -95,6 +95,10 @@ pub fn run(
                         source,
                     }
                 })?;
+                rootfs::seal(&root, rootfs).map_err(|source| PodError::Rootfs {
+                    app: app.name.clone(),
+                    source,
+                })?;
                 root
             }
             None => PathBuf::from(AGENT_ROOT),

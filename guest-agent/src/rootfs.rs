@@ -81,8 +81,9 @@ pub fn prepare(spec: &RootfsSpec) -> Result<PathBuf, RootfsError> {
     }
     let root = mount_point(spec);
     make_dir(&root)?;
+    let read_only_now = spec.read_only && !spec.share_writable;
     let mut flags = MsFlags::empty();
-    if spec.read_only {
+    if read_only_now {
         flags |= MsFlags::MS_RDONLY;
     }
     mount(
@@ -97,12 +98,12 @@ pub fn prepare(spec: &RootfsSpec) -> Result<PathBuf, RootfsError> {
         path: root.clone(),
         source,
     })?;
-    mount_inside(&root, spec.read_only)?;
+    mount_inside(&root, read_only_now)?;
     let hostname = spec.hostname.clone().unwrap_or_else(|| app.to_string());
     if let Err(err) = nix::unistd::sethostname(&hostname) {
         diag!("cannot set the hostname {hostname:?}: {err}");
     }
-    if !spec.read_only {
+    if !read_only_now {
         let hosts = format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{hostname}\n");
         write_if_absent(&root, "etc/hosts", &hosts);
         append_lines(&root, "etc/hosts", &spec.hosts_entries);
@@ -111,6 +112,22 @@ pub fn prepare(spec: &RootfsSpec) -> Result<PathBuf, RootfsError> {
         }
     }
     Ok(root)
+}
+
+/// Makes the app's root read-only once it is set up (its volumes bound), when the spec asks for
+/// a read-only root on a writable share. The mounts inside it keep their own flags.
+pub fn seal(root: &Path, spec: &RootfsSpec) -> Result<(), RootfsError> {
+    if !(spec.read_only && spec.share_writable) {
+        return Ok(());
+    }
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    mount(None::<&str>, root, None::<&str>, flags, None::<&str>).map_err(|source| {
+        RootfsError::Mount {
+            what: "read-only remount".to_string(),
+            path: root.to_path_buf(),
+            source,
+        }
+    })
 }
 
 /// One mount inside the rootfs: source, target (relative), type, flags, data.

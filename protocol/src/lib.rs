@@ -321,9 +321,14 @@ pub struct GuestRoute {
 pub struct RootfsSpec {
     /// The virtio-fs tag to mount.
     pub tag: String,
-    /// Mount read-only (the host refuses writes too).
+    /// The app's root is read-only (rkt's `--readonly-rootfs`).
     #[serde(default)]
     pub read_only: bool,
+    /// The host takes writes on the share (a pod's own upper dir): the agent sets the root up
+    /// (mount points, /etc/hosts, /etc/resolv.conf) before making it read-only. Otherwise a
+    /// read-only root is mounted read-only at once (the host refuses writes too).
+    #[serde(default)]
+    pub share_writable: bool,
     /// The app name in the mount path; "app" when empty.
     #[serde(default)]
     pub app: String,

@@ -31,7 +31,7 @@ use crate::pod::manifest::RuntimeApp;
 use crate::pod::resources;
 use crate::pod::rootfs::AppRootfs;
 use crate::pod::status::{now, AppExit};
-use crate::pod::volumes::{self, Volume};
+use crate::pod::volumes::{self, Volume, VolumeKind};
 use crate::pod::{Pod, PodError, PodState, PodStore};
 use crate::relay::RelayOptions;
 use crate::store::{Store, StoreError};
@@ -122,6 +122,9 @@ pub enum RunError {
     /// The exec token could not be made.
     #[error(transparent)]
     ExecInfo(#[from] ExecInfoError),
+    /// A volume could not be set up.
+    #[error(transparent)]
+    Volume(#[from] volumes::VolumeError),
     /// What the pod asks for is not supported yet.
     #[error("pod {uuid}: {what} is not supported; run it with a single app")]
     Unsupported {
@@ -212,16 +215,22 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
     let hostname = manifest
         .annotation(prepare::HOSTNAME_ANNOTATION)
         .unwrap_or_else(|| format!("podvm-{}", pod.uuid));
-    let (extra_shares, volume_specs) = volume_shares(&pod, &manifest.volumes)?;
-    let mut shares: Vec<FsShare> = manifest
+    let app_roots: Vec<(&Path, &[volumes::Mount])> = manifest
         .apps
         .iter()
         .zip(&rootfs)
+        .map(|(app, rootfs)| (rootfs.merged.as_path(), app.mounts.as_slice()))
+        .collect();
+    let (extra_shares, volume_specs) = volume_shares(&pod, &manifest.volumes, &app_roots)?;
+    let mut shares: Vec<FsShare> = rootfs
+        .iter()
         .enumerate()
-        .map(|(index, (app, rootfs))| FsShare {
+        .map(|(index, rootfs)| FsShare {
             tag: rootfs_tag(index),
             host_dir: rootfs.merged.clone(),
-            read_only: app.read_only_root_fs,
+            // Writes land in the pod's own upper dir; the agent makes a `--readonly-rootfs`
+            // root read-only once its mount points and /etc files are in place.
+            read_only: false,
         })
         .collect();
     shares.extend(extra_shares);
@@ -334,6 +343,7 @@ fn rootfs_spec(app: &RuntimeApp, index: usize, hostname: &str, network: &PodNetw
     RootfsSpec {
         tag: rootfs_tag(index),
         read_only: app.read_only_root_fs,
+        share_writable: true,
         app: app.name.clone(),
         hostname: Some(hostname.to_string()),
         resolv_conf: network.resolv_conf.clone(),
@@ -351,20 +361,26 @@ fn rootfs_spec(app: &RuntimeApp, index: usize, hostname: &str, network: &PodNetw
 }
 
 /// The pod's volumes as virtio-fs shares and as the agent mounts them; empty volumes get their
-/// directory in the pod.
+/// directory in the pod, filled with the image's files at the path of the first app mounting
+/// it (`app_roots`: each app's root tree and mounts).
 fn volume_shares(
     pod: &Pod,
     volumes: &[Volume],
+    app_roots: &[(&Path, &[volumes::Mount])],
 ) -> Result<(Vec<FsShare>, Vec<VolumeSpec>), RunError> {
     let mut shares = Vec::new();
     let mut specs = Vec::new();
     for (index, volume) in volumes.iter().enumerate() {
         let host_dir = volumes::host_dir(&pod.dir, volume);
+        let fresh = volume.kind == VolumeKind::Empty && !host_dir.exists();
         std::fs::create_dir_all(&host_dir).map_err(|source| PodError::Io {
             what: "cannot create the volume's directory",
             path: host_dir.clone(),
             source,
         })?;
+        if fresh {
+            volumes::populate(&host_dir, &volume.name, app_roots)?;
+        }
         shares.push(FsShare {
             tag: volumes::tag(index),
             host_dir,
