@@ -110,7 +110,10 @@ fn batch() -> Option<Batch> {
         )
         .check(
             "gc",
-            &format!("{PODVM} gc --grace-period 0s && {PODVM} gc --grace-period 0s && {PODVM} list --format json"),
+            &format!(
+                "{PODVM} gc >/dev/null && echo kept-within-30m=$({PODVM} list --no-legend | wc -l) && \
+                 {PODVM} gc --grace-period 0s >/dev/null && {PODVM} gc --grace-period 0s >/dev/null && {PODVM} list --format json"
+            ),
         )
         .check(
             "cow_rootfs",
@@ -362,8 +365,17 @@ fn a_killed_podvm_leaves_an_exited_pod_that_gc_removes_with_its_vm() {
 fn gc_removes_exited_pods_after_the_grace_period() {
     let Some(result) = check("gc") else { return };
     assert_eq!(result.code, 0, "{result:?}");
+    let (kept, listed) = result.stdout.split_once('\n').expect("two parts");
+    let kept: usize = kept
+        .strip_prefix("kept-within-30m=")
+        .and_then(|n| n.trim().parse().ok())
+        .expect("count");
+    assert!(
+        kept >= 5,
+        "the default grace period keeps fresh exited pods: {result:?}"
+    );
     assert_eq!(
-        serde_json::from_str::<Value>(&result.stdout).expect("json"),
+        serde_json::from_str::<Value>(listed).expect("json"),
         serde_json::json!([]),
         "{result:?}"
     );
@@ -447,19 +459,13 @@ fn a_readonly_rootfs_refuses_writes_but_volumes_tmp_and_etc_hosts_work() {
     let Some(result) = check("readonly_rootfs") else {
         return;
     };
-    assert_eq!(result.code, 0, "{result:?}");
-    let lines: Vec<&str> = result.stdout.lines().collect();
-    assert_eq!(
-        lines,
-        [
-            "rootfs-read-only",
-            "volume-writable",
-            "tmp-writable",
-            "10.1.2.3 db.internal",
-            "rc=0"
-        ],
-        "{result:?}"
-    );
+    result.expect_lines(&[
+        "rootfs-read-only",
+        "volume-writable",
+        "tmp-writable",
+        "10.1.2.3 db.internal",
+        "rc=0",
+    ]);
 }
 
 #[test]
@@ -467,28 +473,22 @@ fn the_images_user_workdir_and_volume_apply_and_flags_override_them() {
     let Some(result) = check("image_defaults") else {
         return;
     };
-    assert_eq!(result.code, 0, "{result:?}");
-    let lines: Vec<&str> = result.stdout.lines().collect();
-    assert_eq!(
-        lines,
-        [
-            "as app:app in /data",
-            "keep me",
-            "keep me",
-            "hard-link-kept",
-            "/data 1000:1000 755",
-            "/data/odd-owner.txt 4242:4343 600",
-            "/data/sticky 0:0 1777",
-            "/data/exec.sh 1000:1000 750",
-            "/data/keep.txt",
-            "fifo-kept",
-            "data-writable",
-            "rc=0",
-            "as nobody:nogroup in /tmp",
-            "store-untouched=0",
-        ],
-        "{result:?}"
-    );
+    result.expect_lines(&[
+        "as app:app in /data",
+        "keep me",
+        "keep me",
+        "hard-link-kept",
+        "/data 1000:1000 755",
+        "/data/odd-owner.txt 4242:4343 600",
+        "/data/sticky 0:0 1777",
+        "/data/exec.sh 1000:1000 750",
+        "/data/keep.txt",
+        "fifo-kept",
+        "data-writable",
+        "rc=0",
+        "as nobody:nogroup in /tmp",
+        "store-untouched=0",
+    ]);
     assert!(
         result
             .stderr

@@ -85,7 +85,8 @@ struct AppArgs {
     /// User (name or uid) to run as.
     #[arg(long)]
     user: Option<String>,
-    /// Group (name or gid) to run as.
+    /// Group (name or gid) to run as; with `--user` alone, that user's primary group (from
+    /// the image's /etc/passwd), as OCI images define it.
     #[arg(long)]
     group: Option<String>,
     /// Working directory.
@@ -360,7 +361,11 @@ fn runtime_app(
         app: App {
             exec,
             user: app.user.clone().unwrap_or_else(|| defaults.user.clone()),
-            group: app.group.clone().unwrap_or_else(|| defaults.group.clone()),
+            group: match (&app.group, &app.user) {
+                (Some(group), _) => group.clone(),
+                (None, Some(_)) => String::new(),
+                (None, None) => defaults.group.clone(),
+            },
             working_directory: app
                 .working_dir
                 .clone()

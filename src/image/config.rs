@@ -110,7 +110,8 @@ pub struct AppDefaults {
     pub env: Vec<(String, String)>,
     /// User (name or uid), `0` when unset.
     pub user: String,
-    /// Group (name or gid), `0` when unset.
+    /// Group (name or gid), `0` when no user is set; empty for a user without a group: the
+    /// user's primary group (OCI image spec).
     pub group: String,
     /// Working directory, `/` when unset.
     pub working_dir: String,
@@ -153,7 +154,7 @@ pub fn app_defaults(image: &str, config_blob: &[u8]) -> Result<AppDefaults, Conf
         d.env.push((k.to_string(), v.to_string()));
     }
     if let Some(u) = c.user.as_deref().filter(|u| !u.is_empty()) {
-        let (user, group) = u.split_once(':').unwrap_or((u, "0"));
+        let (user, group) = u.split_once(':').unwrap_or((u, ""));
         d.user = user.to_string();
         d.group = group.to_string();
     }
@@ -203,6 +204,9 @@ mod tests {
         assert_eq!(d.labels.get("a").map(String::as_str), Some("b"));
         assert_eq!(d.mount_points[0].name, "volume-var-lib-data");
         assert_eq!(d.mount_points[0].path, "/var/lib/data");
+        let named = String::from_utf8_lossy(cfg).replace("1000:100", "app");
+        let d = app_defaults("t", named.as_bytes()).expect("valid");
+        assert_eq!((d.user.as_str(), d.group.as_str()), ("app", ""));
         let arm = String::from_utf8_lossy(cfg).replace("amd64", "arm64");
         assert!(app_defaults("t", arm.as_bytes()).is_err());
     }

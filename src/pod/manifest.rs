@@ -35,7 +35,7 @@ pub struct App {
     pub exec: Vec<String>,
     /// User (name or uid).
     pub user: String,
-    /// Group (name or gid).
+    /// Group (name or gid); empty: the user's primary group.
     pub group: String,
     /// Working directory.
     pub working_directory: String,

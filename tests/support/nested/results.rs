@@ -24,6 +24,15 @@ impl CheckResult {
         assert_eq!(self.code, 0, "check `{name}` failed:\n{self}");
         self
     }
+
+    /// Panics with the check's output unless it exited 0 and printed exactly `expected`, line
+    /// by line; returns `self` for chaining.
+    pub fn expect_lines(&self, expected: &[&str]) -> &Self {
+        assert_eq!(self.code, 0, "check failed:\n{self}");
+        let lines: Vec<&str> = self.stdout.lines().collect();
+        assert_eq!(lines, expected, "unexpected output:\n{self}");
+        self
+    }
 }
 
 impl fmt::Display for CheckResult {
