@@ -15,6 +15,7 @@ mod launch;
 mod net;
 mod pod;
 mod relay;
+mod stoppable;
 mod store;
 mod tree_copy;
 mod vmm;

@@ -227,21 +227,9 @@ impl StdinPump {
     }
 }
 
-/// Waits until `fd` is readable (true) or the relay stops (false).
+/// Waits until `fd` is readable (true) or the relay stops or the poll fails (false).
 fn wait_readable(fd: BorrowedFd<'_>, stop: &EventFd) -> bool {
-    // SAFETY: `stop` owns this descriptor and outlives the borrow, which ends with this call.
-    let stop_fd = unsafe { BorrowedFd::borrow_raw(stop.as_raw_fd()) };
-    loop {
-        let mut fds = [
-            PollFd::new(fd, PollFlags::POLLIN),
-            PollFd::new(stop_fd, PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => return fds[1].revents().is_none_or(|events| events.is_empty()),
-            Err(Errno::EINTR) => continue,
-            Err(_) => return false,
-        }
-    }
+    crate::stoppable::wait_readable(fd, stop).unwrap_or(false)
 }
 
 /// Forwards podvm's signals to the app and runs the stop timeout.

@@ -17,7 +17,6 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::thread::JoinHandle;
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
     accept, bind, getpeername, getsockname, listen, socket, AddressFamily, Backlog, SockFlag,
     SockType, VsockAddr,
@@ -140,36 +139,12 @@ impl AgentReader {
     }
 }
 
-/// Whether the socket or the stop eventfd woke us.
-enum Wake {
-    Readable,
-    Stopped,
-}
-
-fn wait(fd: BorrowedFd<'_>, stop: &EventFd) -> Wake {
-    // SAFETY: `stop` owns this descriptor and outlives the borrow, which ends with this call.
-    let stop_fd = unsafe { BorrowedFd::borrow_raw(stop.as_raw_fd()) };
-    loop {
-        let mut fds = [
-            PollFd::new(fd, PollFlags::POLLIN),
-            PollFd::new(stop_fd, PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {
-                let stopped = fds[1].revents().is_some_and(|r| !r.is_empty());
-                return if stopped {
-                    Wake::Stopped
-                } else {
-                    Wake::Readable
-                };
-            }
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(err) => {
-                eprintln!("podvm: agent channel: poll failed: {err}");
-                return Wake::Stopped;
-            }
-        }
-    }
+/// Whether `fd` became readable (false: stopped, or the poll failed, which is reported).
+fn wait(fd: BorrowedFd<'_>, stop: &EventFd) -> bool {
+    crate::stoppable::wait_readable(fd, stop).unwrap_or_else(|err| {
+        eprintln!("podvm: agent channel: poll failed: {err}");
+        false
+    })
 }
 
 /// Starts the thread that accepts the agent's app sessions until stopped, each pumped into a
@@ -227,7 +202,7 @@ fn spawn_acceptor(
 /// Accepts connections until one comes from `cid`; `None` if stopped first.
 fn accept_from(listener: &OwnedFd, cid: u32, stop: &EventFd) -> Option<File> {
     loop {
-        if let Wake::Stopped = wait(listener.as_fd(), stop) {
+        if !wait(listener.as_fd(), stop) {
             return None;
         }
         let raw = match accept(listener.as_raw_fd()) {
@@ -252,7 +227,7 @@ fn accept_from(listener: &OwnedFd, cid: u32, stop: &EventFd) -> Option<File> {
 fn pump(mut stream: File, stop: &EventFd, sink: &mut dyn Write) {
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
-        if let Wake::Stopped = wait(stream.as_fd(), stop) {
+        if !wait(stream.as_fd(), stop) {
             drain_nonblocking(&mut stream, &mut buf, sink);
             return;
         }
