@@ -10,11 +10,9 @@ mod support;
 #[path = "registry_support/mod.rs"]
 mod registry_support;
 
-use std::sync::OnceLock;
-use std::time::Duration;
-
 use registry_support::Fixtures;
-use support::nested::{Batch, BatchResults, CheckResult};
+use support::e2e::{self, E2e};
+use support::nested::{Batch, CheckResult};
 
 const PODVM: &str = "podvm --dir state";
 const IMAGE: &str = "oci:busybox-layout:latest";
@@ -46,119 +44,109 @@ const HTTP_GET: &str = "printf \"GET / HTTP/1.0\\r\\n\\r\\n\" | nc -w 5";
 /// Counts pods in the store.
 const COUNT_PODS: &str = "find state/pods -mindepth 2 -maxdepth 2 | wc -l";
 
-fn results() -> Option<&'static BatchResults> {
-    static RESULTS: OnceLock<Option<BatchResults>> = OnceLock::new();
-    RESULTS
-        .get_or_init(|| {
-            if registry_support::skip() {
-                return None;
-            }
-            let artifacts = support::artifacts::require()?;
-            let layout = Fixtures::get().layout("busybox");
-            let batch = artifacts
-                .add_to(Batch::new("e2e-net-pods"))
-                .memory_mib(3072)
-                .timeout(Duration::from_secs(1500))
-                .default_check_timeout(Duration::from_secs(240))
-                .payload_dir(&layout, "busybox-layout")
-                .check("fetch", &format!("{PODVM} fetch {IMAGE}"))
-                .check(
-                    "running_pod",
-                    &format!(
-                        "{PODVM} run --uuid-file-save n.uuid --net=default --dns 1.2.3.4 --hosts-entry 10.1.2.3=db --port 80:18080 \
-                           {IMAGE} --exec /bin/sh -- -c 'cat /etc/resolv.conf /etc/hosts; ping -c 1 -W 1 db 2>&1 | head -1; echo started; sleep 8' >n.out 2>&1 & pid=$!; \
-                         {wait}; u=$(cat n.uuid); \
-                         echo netns=$(ls /run/netns | grep -c \"podvm-$u\"); \
-                         echo links: $({IP} -n podvm-$u -o link | awk '{{print $2}}' | cut -d@ -f1 | tr -d : | sort | tr '\\n' ' '); \
-                         echo eth0: $({TC} -n podvm-$u filter show dev eth0 ingress | grep -o 'Redirect to device [a-z0-9]*'); \
-                         echo tap0: $({TC} -n podvm-$u filter show dev tap0 ingress | grep -o 'Redirect to device [a-z0-9]*'); \
-                         {during}; \
-                         echo dnat=$({IPTABLES_SAVE} -t nat | grep \"$u\" | grep -c 18080); \
-                         {PODVM} status $u | grep networks=; \
-                         {PODVM} status --format json $u | grep -c '\"ifname\": \"eth0\"'; \
-                         wait $pid; echo rc=$?; cat n.out; \
-                         {after}; echo record=$(ls state/pods/*/$u/net.json 2>/dev/null | wc -l)",
-                        wait = wait_started("n.out"),
-                        during = leftovers("during"),
-                        after = leftovers("after"),
-                    ),
-                )
-                .check(
-                    "kill9_then_gc",
-                    &format!(
-                        "{PODVM} run --uuid-file-save k.uuid --port 80:18082 {IMAGE} --exec /bin/sh -- -c 'echo started; sleep 600' >k.out 2>&1 & pid=$!; \
-                         {wait}; u=$(cat k.uuid); kill -9 $pid; wait $pid; echo rc=$?; \
-                         grep -q '^started' k.out || {{ cat k.out; tail -20 state/pods/*/$u/console.log; }} >&2; \
-                         {before}; {PODVM} status $u | grep -E '^(state|networks)='; \
-                         {PODVM} run --port 80:18082 {IMAGE} --exec /bin/true 2>&1 | grep -o 'already published by pod [0-9a-f-]*' | sed \"s/$u/KILLED/\"; \
-                         {PODVM} gc --grace-period 0s 2>&1 | grep -v '^gc:'; {after}",
-                        wait = wait_started("k.out"),
-                        before = leftovers("killed"),
-                        after = leftovers("gc"),
-                    ),
-                )
-                .check(
-                    "unknown_network",
-                    &format!(
-                        "before=$({COUNT_PODS}); {PODVM} run --net default,nosuchnet {IMAGE} --exec /bin/true; echo rc=$?; \
-                         echo pods-added=$(( $({COUNT_PODS}) - before )) netns=$(ls /run/netns | wc -l)"
-                    ),
-                )
-                .check(
-                    "malformed_config",
-                    &format!(
-                        "mkdir -p netd && echo '{{\"cniVersion\":\"1.0.0\",\"name\":' > netd/10-broken.conf; \
-                         before=$({COUNT_PODS}); {PODVM} run --net-config netd {IMAGE} --exec /bin/true; echo rc=$?; \
-                         echo pods-added=$(( $({COUNT_PODS}) - before )) netns=$(ls /run/netns | wc -l)"
-                    ),
-                )
-                .check(
-                    "port_in_use",
-                    &format!(
-                        "httpd -f -p 18083 & l=$!; sleep 0.5; before=$({COUNT_PODS}); \
-                         {PODVM} run --port 80:18083 {IMAGE} --exec /bin/true; echo rc=$?; kill $l; \
-                         echo pods-added=$(( $({COUNT_PODS}) - before )) netns=$(ls /run/netns | wc -l) \
-                         veths=$({IP} -o link show master podvm0 2>/dev/null | wc -l)"
-                    ),
-                )
-                .check(
-                    "host_and_none",
-                    &format!(
-                        "{PODVM} run --net=host {IMAGE} --exec /bin/true; echo rc=$?; \
-                         {PODVM} run --net=none --hosts-entry 10.9.8.7=nonet {IMAGE} --exec /bin/sh -- -c \
-                           'grep nonet /etc/hosts; ls /etc/resolv.conf 2>&1 | grep -c \"No such\"'; echo rc=$?"
-                    ),
-                )
-                .check(
-                    "httpd_port",
-                    &format!(
-                        "mkdir -p l1www && echo served-by-l1 > l1www/index.html; httpd -f -p 18091 -h $PWD/l1www & l=$!; \
-                         {PODVM} run --uuid-file-save h.uuid --port 80:18090 {IMAGE} --exec /bin/sh -- -c \
-                           'mkdir -p /www && echo served-by-pod > /www/index.html && httpd -p 80 -h /www && echo started; sleep 600' >h.out 2>&1 & hp=$!; \
-                         {wait}; u=$(cat h.uuid); ip=$({PODVM} status $u | sed -n 's/^networks=default:ip4=//p'); \
-                         for i in $(seq 60); do r=$({get} 172.16.28.1 18090 | tail -1); [ \"$r\" = served-by-pod ] && break; sleep 1; done; echo port: $r; \
-                         echo direct: $({get} $ip 80 | tail -1); \
-                         {PODVM} run --net=none {IMAGE} --exec /bin/sh -- -c 'echo none-links: $(ls /sys/class/net)'; \
-                         {PODVM} run --set-env PEER=$ip {IMAGE} --exec /bin/sh -- -c \
-                           'echo peer: $({get} $PEER 80 | tail -1); echo host: $({get} 172.16.28.1 18091 | tail -1); ip route | grep -c default'; \
-                         {PODVM} run --net=default-restricted {IMAGE} --exec /bin/sh -- -c \
-                           'echo restricted-host: $({get} 172.17.0.1 18091 | tail -1); echo restricted-out: $({get} 172.16.28.1 18091 2>&1 | tail -1); echo default-routes=$(ip route | grep -c default)'; \
-                         kill $hp; wait $hp; kill $l; {after}",
-                        wait = wait_started("h.out"),
-                        after = leftovers("after"),
-                        get = HTTP_GET,
-                    ),
-                )
-                .run();
-            Some(batch)
-        })
-        .as_ref()
-}
+static RESULTS: E2e = E2e::new("fetch");
 
 fn check(name: &str) -> Option<&'static CheckResult> {
-    let results = results()?;
-    results.get("fetch").expect_success("fetch");
-    Some(results.get(name))
+    RESULTS.check(name, batch)
+}
+
+/// Every check of this file, run in one L1 boot.
+fn batch() -> Option<Batch> {
+    if registry_support::skip() {
+        return None;
+    }
+    let layout = Fixtures::get().layout("busybox");
+    let batch = e2e::batch("e2e-net-pods")?
+        .payload_dir(&layout, "busybox-layout")
+        .check("fetch", &format!("{PODVM} fetch {IMAGE}"))
+        .check(
+            "running_pod",
+            &format!(
+                "{PODVM} run --uuid-file-save n.uuid --net=default --dns 1.2.3.4 --hosts-entry 10.1.2.3=db --port 80:18080 \
+                   {IMAGE} --exec /bin/sh -- -c 'cat /etc/resolv.conf /etc/hosts; ping -c 1 -W 1 db 2>&1 | head -1; echo started; sleep 8' >n.out 2>&1 & pid=$!; \
+                 {wait}; u=$(cat n.uuid); \
+                 echo netns=$(ls /run/netns | grep -c \"podvm-$u\"); \
+                 echo links: $({IP} -n podvm-$u -o link | awk '{{print $2}}' | cut -d@ -f1 | tr -d : | sort | tr '\\n' ' '); \
+                 echo eth0: $({TC} -n podvm-$u filter show dev eth0 ingress | grep -o 'Redirect to device [a-z0-9]*'); \
+                 echo tap0: $({TC} -n podvm-$u filter show dev tap0 ingress | grep -o 'Redirect to device [a-z0-9]*'); \
+                 {during}; \
+                 echo dnat=$({IPTABLES_SAVE} -t nat | grep \"$u\" | grep -c 18080); \
+                 {PODVM} status $u | grep networks=; \
+                 {PODVM} status --format json $u | grep -c '\"ifname\": \"eth0\"'; \
+                 wait $pid; echo rc=$?; cat n.out; \
+                 {after}; echo record=$(ls state/pods/*/$u/net.json 2>/dev/null | wc -l)",
+                wait = wait_started("n.out"),
+                during = leftovers("during"),
+                after = leftovers("after"),
+            ),
+        )
+        .check(
+            "kill9_then_gc",
+            &format!(
+                "{PODVM} run --uuid-file-save k.uuid --port 80:18082 {IMAGE} --exec /bin/sh -- -c 'echo started; sleep 600' >k.out 2>&1 & pid=$!; \
+                 {wait}; u=$(cat k.uuid); kill -9 $pid; wait $pid; echo rc=$?; \
+                 grep -q '^started' k.out || {{ cat k.out; tail -20 state/pods/*/$u/console.log; }} >&2; \
+                 {before}; {PODVM} status $u | grep -E '^(state|networks)='; \
+                 {PODVM} run --port 80:18082 {IMAGE} --exec /bin/true 2>&1 | grep -o 'already published by pod [0-9a-f-]*' | sed \"s/$u/KILLED/\"; \
+                 {PODVM} gc --grace-period 0s 2>&1 | grep -v '^gc:'; {after}",
+                wait = wait_started("k.out"),
+                before = leftovers("killed"),
+                after = leftovers("gc"),
+            ),
+        )
+        .check(
+            "unknown_network",
+            &format!(
+                "before=$({COUNT_PODS}); {PODVM} run --net default,nosuchnet {IMAGE} --exec /bin/true; echo rc=$?; \
+                 echo pods-added=$(( $({COUNT_PODS}) - before )) netns=$(ls /run/netns | wc -l)"
+            ),
+        )
+        .check(
+            "malformed_config",
+            &format!(
+                "mkdir -p netd && echo '{{\"cniVersion\":\"1.0.0\",\"name\":' > netd/10-broken.conf; \
+                 before=$({COUNT_PODS}); {PODVM} run --net-config netd {IMAGE} --exec /bin/true; echo rc=$?; \
+                 echo pods-added=$(( $({COUNT_PODS}) - before )) netns=$(ls /run/netns | wc -l)"
+            ),
+        )
+        .check(
+            "port_in_use",
+            &format!(
+                "httpd -f -p 18083 & l=$!; sleep 0.5; before=$({COUNT_PODS}); \
+                 {PODVM} run --port 80:18083 {IMAGE} --exec /bin/true; echo rc=$?; kill $l; \
+                 echo pods-added=$(( $({COUNT_PODS}) - before )) netns=$(ls /run/netns | wc -l) \
+                 veths=$({IP} -o link show master podvm0 2>/dev/null | wc -l)"
+            ),
+        )
+        .check(
+            "host_and_none",
+            &format!(
+                "{PODVM} run --net=host {IMAGE} --exec /bin/true; echo rc=$?; \
+                 {PODVM} run --net=none --hosts-entry 10.9.8.7=nonet {IMAGE} --exec /bin/sh -- -c \
+                   'grep nonet /etc/hosts; ls /etc/resolv.conf 2>&1 | grep -c \"No such\"'; echo rc=$?"
+            ),
+        )
+        .check(
+            "httpd_port",
+            &format!(
+                "mkdir -p l1www && echo served-by-l1 > l1www/index.html; httpd -f -p 18091 -h $PWD/l1www & l=$!; \
+                 {PODVM} run --uuid-file-save h.uuid --port 80:18090 {IMAGE} --exec /bin/sh -- -c \
+                   'mkdir -p /www && echo served-by-pod > /www/index.html && httpd -p 80 -h /www && echo started; sleep 600' >h.out 2>&1 & hp=$!; \
+                 {wait}; u=$(cat h.uuid); ip=$({PODVM} status $u | sed -n 's/^networks=default:ip4=//p'); \
+                 for i in $(seq 60); do r=$({get} 172.16.28.1 18090 | tail -1); [ \"$r\" = served-by-pod ] && break; sleep 1; done; echo port: $r; \
+                 echo direct: $({get} $ip 80 | tail -1); \
+                 {PODVM} run --net=none {IMAGE} --exec /bin/sh -- -c 'echo none-links: $(ls /sys/class/net)'; \
+                 {PODVM} run --set-env PEER=$ip {IMAGE} --exec /bin/sh -- -c \
+                   'echo peer: $({get} $PEER 80 | tail -1); echo host: $({get} 172.16.28.1 18091 | tail -1); ip route | grep -c default'; \
+                 {PODVM} run --net=default-restricted {IMAGE} --exec /bin/sh -- -c \
+                   'echo restricted-host: $({get} 172.17.0.1 18091 | tail -1); echo restricted-out: $({get} 172.16.28.1 18091 2>&1 | tail -1); echo default-routes=$(ip route | grep -c default)'; \
+                 kill $hp; wait $hp; kill $l; {after}",
+                wait = wait_started("h.out"),
+                after = leftovers("after"),
+                get = HTTP_GET,
+            ),
+        );
+    Some(batch)
 }
 
 #[test]
