@@ -111,18 +111,20 @@ fn batch() -> Option<Batch> {
         .check(
             "gc",
             &format!(
-                "{PODVM} gc >/dev/null && echo kept-within-30m=$({PODVM} list --no-legend | wc -l) && \
+                "{PODVM} run {IMAGE} --exec /bin/true && {PODVM} gc >/dev/null && echo kept-within-30m=$({PODVM} list --no-legend | wc -l) && \
                  {PODVM} gc --grace-period 0s >/dev/null && {PODVM} gc --grace-period 0s >/dev/null && {PODVM} list --format json"
             ),
         )
         .check(
             "cow_rootfs",
             &format!(
-                "{PODVM} run --uuid-file-save a.uuid {IMAGE} --exec /bin/sh -- -c 'echo from-a > /etc/mark; cat /etc/mark'; \
-                 {PODVM} run --uuid-file-save b.uuid {IMAGE} --exec /bin/sh -- -c 'cat /etc/mark 2>/dev/null || echo b-sees-nothing'; \
-                 a=$(cat a.uuid); find state -name mark | sed \"s/$a/A/\"; grep -c 'stage2.* overlay ' /proc/mounts; \
+                "{PODVM} run --uuid-file-save a.uuid {IMAGE} --exec /bin/sh -- -c 'echo from-a > /etc/mark; cat /etc/mark; sleep 600' >a.out 2>&1 & pa=$!; \
+                 for i in $(seq 600); do grep -q from-a a.out 2>/dev/null && break; sleep 0.2; done; cat a.out; \
+                 {PODVM} run --uuid-file-save b.uuid {IMAGE} --exec /bin/sh -- -c 'cat /etc/mark 2>/dev/null || echo b-sees-nothing; echo from-b > /etc/mark'; \
+                 {PODVM} enter $(cat a.uuid) cat /etc/mark; {PODVM} stop $(cat a.uuid) >/dev/null; wait $pa; \
+                 a=$(cat a.uuid); b=$(cat b.uuid); find state -name mark | sed \"s/$a/A/;s/$b/B/\" | sort; grep -c 'stage2.* overlay ' /proc/mounts; \
                  mkdir -p state/pods/run/$a/stage1/left && mount -t tmpfs leftover state/pods/run/$a/stage1/left && \
-                 {PODVM} rm $a $(cat b.uuid) >/dev/null && grep -c leftover /proc/mounts; ls state/pods/run | wc -l"
+                 {PODVM} rm $a $b >/dev/null && grep -c leftover /proc/mounts; ls state/pods/run | wc -l"
             ),
         )
         .check(
@@ -523,7 +525,7 @@ fn host_volumes_rw_and_ro_and_an_empty_volume_shared_by_two_apps() {
 }
 
 #[test]
-fn a_pods_writes_land_in_its_upper_dir_not_in_the_store_nor_in_other_pods() {
+fn two_concurrent_pods_write_to_their_own_upper_dirs_not_the_store_nor_each_other() {
     let Some(result) = check("cow_rootfs") else {
         return;
     };
@@ -533,11 +535,13 @@ fn a_pods_writes_land_in_its_upper_dir_not_in_the_store_nor_in_other_pods() {
         [
             "from-a",
             "b-sees-nothing",
+            "from-a",
             "state/pods/run/A/overlay/busybox-layout/upper/etc/mark",
+            "state/pods/run/B/overlay/busybox-layout/upper/etc/mark",
             "0",
             "0",
             "0"
         ],
-        "one mark, in pod A's upper dir; overlays unmounted after the runs; rm clears a leftover mount: {result:?}"
+        "pod B, run while A runs, sees nothing of A's write and A nothing of B's; each mark in its pod's upper dir; overlays unmounted after the runs; rm clears a leftover mount: {result:?}"
     );
 }
