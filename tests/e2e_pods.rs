@@ -372,9 +372,9 @@ fn gc_removes_exited_pods_after_the_grace_period() {
         .strip_prefix("kept-within-30m=")
         .and_then(|n| n.trim().parse().ok())
         .expect("count");
-    assert!(
-        kept >= 5,
-        "the default grace period keeps fresh exited pods: {result:?}"
+    assert_eq!(
+        kept, 1,
+        "the default grace period keeps a fresh exited pod: {result:?}"
     );
     assert_eq!(
         serde_json::from_str::<Value>(listed).expect("json"),
