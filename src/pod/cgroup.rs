@@ -12,6 +12,14 @@
 //!
 //! The process moves in before the VM is built and back to its original cgroup when the VM has
 //! ended, so that the pod's cgroup can be removed (a cgroup with members cannot).
+//!
+//! Run as a systemd service (`systemd-run podvm run ...`, or a unit's `ExecStart=`), podvm's
+//! cgroup is the unit's, `<slice>/<name>.service`; there the pod's cgroup goes below it instead,
+//! `<slice>/<name>.service/pod-<uuid>`, with the controllers enabled in the unit's cgroup while
+//! the pod runs. The VM so stays in its unit: systemd keeps tracking, accounting and stopping
+//! it, and the journal, which names a process's unit from its cgroup path, keeps attributing the
+//! pod's stdout and stderr to the unit (`journalctl -u`). A crashed run's cgroup there goes
+//! with the unit's, which systemd removes when the unit stops.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -91,11 +99,40 @@ impl CgroupLimits {
     }
 }
 
-/// The cgroup directory of pod `uuid`.
+/// The cgroup directory of pod `uuid` in podvm's shared group (not run as a systemd service).
 pub fn path(uuid: &str) -> PathBuf {
     Path::new(CGROUP_MOUNT)
         .join(PODVM_GROUP)
         .join(format!("pod-{uuid}"))
+}
+
+/// True if `cgroup` is a systemd service's (its last component names a `.service` unit).
+fn is_service(cgroup: &Path) -> bool {
+    cgroup
+        .file_name()
+        .and_then(|name| name.to_str())
+        .and_then(|name| name.strip_suffix(".service"))
+        .is_some_and(|unit| !unit.is_empty())
+}
+
+/// Where pod `uuid`'s cgroup goes for a podvm running in cgroup `home`: below a systemd
+/// service's cgroup, else [`path`] (see the module docs).
+fn dir_for(home: &Path, uuid: &str) -> PathBuf {
+    match is_service(home) {
+        true => home.join(format!("pod-{uuid}")),
+        false => path(uuid),
+    }
+}
+
+/// Creates the shared `/sys/fs/cgroup/podvm` with the pod controllers enabled on the way.
+fn prepare_podvm_group() -> Result<()> {
+    let mount = Path::new(CGROUP_MOUNT);
+    let parent = mount.join(PODVM_GROUP);
+    let enabled = enable_controllers(mount, &CONTROLLERS)?;
+    create_dir(&parent)?;
+    let wanted: Vec<&str> = enabled.iter().map(String::as_str).collect();
+    enable_controllers(&parent, &wanted)?;
+    Ok(())
 }
 
 /// The pod cgroup this process is in; when dropped, the process moves back to the cgroup it came
@@ -104,29 +141,37 @@ pub fn path(uuid: &str) -> PathBuf {
 pub struct PodCgroup {
     dir: PathBuf,
     home: PathBuf,
+    /// Controllers podvm enabled in `home`'s subtree (a service's cgroup) for the pod's cgroup.
+    enabled_in_home: Vec<String>,
 }
 
 impl PodCgroup {
     /// Creates pod `uuid`'s cgroup with `limits` and moves this whole process into it.
     pub fn enter(uuid: &str, limits: CgroupLimits) -> Result<PodCgroup> {
         let home = own_cgroup()?;
-        let mount = Path::new(CGROUP_MOUNT);
-        let parent = mount.join(PODVM_GROUP);
-        let enabled = enable_controllers(mount, &CONTROLLERS)?;
-        create_dir(&parent)?;
-        let wanted: Vec<&str> = enabled.iter().map(String::as_str).collect();
-        enable_controllers(&parent, &wanted)?;
-        let dir = path(uuid);
+        let below_home = is_service(&home);
+        let dir = dir_for(&home, uuid);
+        if !below_home {
+            prepare_podvm_group()?;
+        }
         create_dir(&dir)?;
-        let cgroup = PodCgroup { dir, home };
-        cgroup.set("memory.max", &limits.memory_max())?;
-        cgroup.set("memory.swap.max", "0")?;
-        cgroup.set("cpu.max", &limits.cpu_max())?;
-        cgroup.set("pids.max", &limits.pids_max())?;
+        let mut cgroup = PodCgroup {
+            dir,
+            home,
+            enabled_in_home: Vec::new(),
+        };
         write(
             &cgroup.dir.join("cgroup.procs"),
             &std::process::id().to_string(),
         )?;
+        if below_home {
+            // Only now: a cgroup with processes of its own cannot hand controllers to children.
+            cgroup.enabled_in_home = enable_controllers(&cgroup.home, &CONTROLLERS)?;
+        }
+        cgroup.set("memory.max", &limits.memory_max())?;
+        cgroup.set("memory.swap.max", "0")?;
+        cgroup.set("cpu.max", &limits.cpu_max())?;
+        cgroup.set("pids.max", &limits.pids_max())?;
         Ok(cgroup)
     }
 
@@ -142,6 +187,11 @@ impl PodCgroup {
 
     /// Moves this process back to the cgroup it came from and removes the pod's cgroup.
     fn leave(&self) -> Result<()> {
+        // (the home cgroup takes its process back only without controllers for children)
+        let control = self.home.join("cgroup.subtree_control");
+        for controller in &self.enabled_in_home {
+            write(&control, &format!("-{controller}"))?;
+        }
         write(
             &self.home.join("cgroup.procs"),
             &std::process::id().to_string(),
@@ -261,5 +311,27 @@ mod tests {
     #[test]
     fn pod_cgroups_live_under_podvm() {
         assert_eq!(path("1234"), PathBuf::from("/sys/fs/cgroup/podvm/pod-1234"));
+    }
+
+    #[test]
+    fn a_systemd_service_keeps_its_pods_cgroup_below_its_own() {
+        let unit = Path::new("/sys/fs/cgroup/system.slice/pod-exit.service");
+        assert_eq!(
+            dir_for(unit, "1234"),
+            PathBuf::from("/sys/fs/cgroup/system.slice/pod-exit.service/pod-1234")
+        );
+        for elsewhere in [
+            "/sys/fs/cgroup",
+            "/sys/fs/cgroup/user.slice/user-0.slice/session-1.scope",
+            "/sys/fs/cgroup/system.slice",
+            "/sys/fs/cgroup/.service",
+            "/sys/fs/cgroup/podvm/pod-9",
+        ] {
+            assert_eq!(
+                dir_for(Path::new(elsewhere), "1234"),
+                path("1234"),
+                "{elsewhere}"
+            );
+        }
     }
 }
