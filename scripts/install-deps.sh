@@ -15,6 +15,8 @@ packages=(
   # pod networking: CNI plugins (bridge, host-local, portmap, ...), the iptables they call, and
   # ip/tc (iproute2) for the network E2E checks
   containernetworking-plugins iptables iproute2
+  # podvm as a systemd service (tests/e2e_systemd.rs): systemd, journald, D-Bus, carried into L1
+  systemd dbus util-linux
 )
 missing=()
 for pkg in "${packages[@]}"; do
