@@ -172,6 +172,13 @@ impl PodCgroup {
         cgroup.set("memory.swap.max", "0")?;
         cgroup.set("cpu.max", &limits.cpu_max())?;
         cgroup.set("pids.max", &limits.pids_max())?;
+        if !cgroup.dir.join("memory.max").exists() {
+            eprintln!(
+                "podvm: note: no memory controller in {} (another process shares podvm's \
+                 cgroup?); the VM's process runs without its memory cap",
+                cgroup.dir.display()
+            );
+        }
         Ok(cgroup)
     }
 
