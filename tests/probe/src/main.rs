@@ -7,6 +7,11 @@
 //! * `mmap-write FILE SIZE`: create FILE of SIZE bytes through a shared writable mapping
 //!   (byte i = i % 251), msync, unmap, then print the checksum read back with read(2).
 //! * `sum FILE`: the checksum of FILE (also run on the host side to compare).
+//! * `kvm-hold`: create a KVM VM with an in-kernel irqchip and one vCPU that never runs, print
+//!   `holding`, and sleep until killed. The nested harness runs it in L1 for the whole batch:
+//!   KVM flips static keys (preempt notifiers, inlined in `__schedule`; the APIC's) when the
+//!   first VM appears and the last one goes, and that int3-based kernel text patching of a hot
+//!   path livelocks L1 under QEMU TCG now and then. With one VM held, they stay set.
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -27,8 +32,9 @@ fn main() -> ExitCode {
             )),
         },
         ["sum", file] => sum(file).map(|s| println!("sum={s:016x}")),
+        ["kvm-hold"] => kvm_hold(),
         _ => {
-            eprintln!("usage: podvm-probe xattr FILE | mmap-write FILE SIZE | sum FILE");
+            eprintln!("usage: podvm-probe xattr FILE | mmap-write FILE SIZE | sum FILE | kvm-hold");
             return ExitCode::from(2);
         }
     };
@@ -189,4 +195,36 @@ fn sum(file: &str) -> io::Result<u64> {
             hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
         }
     }
+}
+
+/// `_IO(KVMIO, n)` requests used by `kvm-hold`.
+const KVM_CREATE_VM: libc::c_ulong = 0xAE01;
+const KVM_CREATE_VCPU: libc::c_ulong = 0xAE41;
+const KVM_CREATE_IRQCHIP: libc::c_ulong = 0xAE60;
+
+/// Holds a VM (irqchip, one vCPU) open until killed; see the module docs.
+fn kvm_hold() -> io::Result<()> {
+    let kvm = OpenOptions::new().read(true).write(true).open("/dev/kvm")?;
+    let vm = kvm_ioctl(kvm.as_raw_fd(), KVM_CREATE_VM, 0)?;
+    kvm_ioctl(vm, KVM_CREATE_IRQCHIP, 0)?;
+    kvm_ioctl(vm, KVM_CREATE_VCPU, 0)?;
+    println!("holding");
+    loop {
+        // SAFETY: pause has no arguments and only returns when a signal is handled.
+        unsafe { libc::pause() };
+    }
+}
+
+/// An ioctl on a KVM descriptor whose result is a descriptor or 0.
+fn kvm_ioctl(
+    fd: libc::c_int,
+    request: libc::c_ulong,
+    arg: libc::c_ulong,
+) -> io::Result<libc::c_int> {
+    // SAFETY: these KVM requests take an integer argument and touch no memory of ours.
+    let result = unsafe { libc::ioctl(fd, request, arg) };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(result)
 }

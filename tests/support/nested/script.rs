@@ -18,9 +18,14 @@ const PRELUDE: &str = r#"#!/bin/sh
 R="$PAYLOAD/results"
 mkdir -p "$R"
 attempt_check() {
+  # A heartbeat on the console while the check runs: a silent L1 is a stalled one (see
+  # STALL_LIMIT in mod.rs), however long the check may take.
+  (while sleep HEARTBEAT; do echo "=== check $name: running"; done) &
+  beat=$!
   (cd "$PAYLOAD" && exec timeout "$limit" sh "$PAYLOAD/.batch/checks/$name.sh") \
     </dev/null >"$R/$name.out" 2>"$R/$name.err"
   rc=$?
+  kill $beat 2>/dev/null; wait $beat 2>/dev/null
 }
 run_check() {
   name=$1; limit=$2
@@ -46,13 +51,29 @@ run_check() {
 }
 "#;
 
+/// Started before the first check: with the test probe in the payload and /dev/kvm present,
+/// one KVM VM held open for the whole batch (`podvm-probe kvm-hold`: it keeps KVM's static
+/// keys from being patched in and out of L1's kernel text as the checks' VMs come and go, which
+/// livelocks L1 under TCG now and then).
+const HOLD_KVM: &str = r#"probe="$PAYLOAD/test/podvm-probe"
+if [ -x "$probe" ] && [ -c /dev/kvm ]; then
+  "$probe" kvm-hold >"$R/.kvm-hold.out" 2>&1 &
+  hold=$!
+fi
+"#;
+
+/// Seconds between the runner's heartbeat lines while a check runs.
+pub(super) const HEARTBEAT_SECS: u64 = 30;
+
 /// The runner script for `checks`, in order.
 pub(super) fn runner(batch: &str, checks: &[Check]) -> String {
-    let mut script = String::from(PRELUDE);
+    let mut script = PRELUDE.replace("HEARTBEAT", &HEARTBEAT_SECS.to_string());
+    script.push_str(HOLD_KVM);
     let _ = writeln!(script, "echo '=== batch {batch}: {} checks'", checks.len());
     for check in checks {
         let _ = writeln!(script, "run_check {} {}", check.name, check.timeout_secs);
     }
+    script.push_str("[ -z \"${hold:-}\" ] || kill \"$hold\" 2>/dev/null\n");
     script.push_str("sync\necho '=== batch done'\n");
     script
 }
