@@ -10,8 +10,9 @@
 //! * `kvm-hold`: create a KVM VM with an in-kernel irqchip and one vCPU that never runs, print
 //!   `holding`, and sleep until killed. The nested harness runs it in L1 for the whole batch:
 //!   KVM flips static keys (preempt notifiers, inlined in `__schedule`; the APIC's) when the
-//!   first VM appears and the last one goes, and that int3-based kernel text patching of a hot
-//!   path livelocks L1 under QEMU TCG now and then. With one VM held, they stay set.
+//!   first VM appears and the last one goes, and int3-based kernel text patching of that hot
+//!   path is what most samples of L1's rare livelocks under QEMU TCG show. With one VM held,
+//!   they stay set (tests/nested/README.md).
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};

@@ -54,7 +54,7 @@ run_check() {
 /// Started before the first check: with the test probe in the payload and /dev/kvm present,
 /// one KVM VM held open for the whole batch (`podvm-probe kvm-hold`: it keeps KVM's static
 /// keys from being patched in and out of L1's kernel text as the checks' VMs come and go, which
-/// livelocks L1 under TCG now and then).
+/// most samples of L1's rare livelocks under TCG show; tests/nested/README.md).
 const HOLD_KVM: &str = r#"probe="$PAYLOAD/test/podvm-probe"
 if [ -x "$probe" ] && [ -c /dev/kvm ]; then
   "$probe" kvm-hold >"$R/.kvm-hold.out" 2>&1 &
