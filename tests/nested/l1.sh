@@ -72,6 +72,10 @@ mkdir -p /dev/pts /dev/shm /dev/net /tmp /run /payload /l1ctl
 mount -t tmpfs tmp /tmp; mount -t tmpfs run /run; mount -t tmpfs shm /dev/shm
 mount -t devpts -o ptmxmode=0666 devpts /dev/pts
 mount -t cgroup2 none /sys/fs/cgroup || echo "l1: cannot mount cgroup2"
+# An idle cgroup with a CPU quota for the whole run keeps the kernel's CFS-bandwidth static key
+# set, so pods' cpu.max come and go without text patching (see tests/nested/README.md, Stalls).
+{ echo +cpu > /sys/fs/cgroup/cgroup.subtree_control && mkdir /sys/fs/cgroup/l1-hold \
+  && echo "100000 100000" > /sys/fs/cgroup/l1-hold/cpu.max; } || echo "l1: cannot hold a cpu.max"
 hostname l1
 for m in $(cat /mod/order); do insmod /mod/$m || echo "l1: insmod $m failed"; done
 ip link set lo up
