@@ -1,9 +1,9 @@
 //! A faithful copy of a directory tree, for trees the host does not trust (an image's files):
 //! every name is opened relative to its parent's descriptor and never through a symlink, so a
 //! link in the tree cannot lead the copy out of it. Kept: file types (directories, regular
-//! files, symlinks, fifos and device nodes), hard links within the tree, owners (when the
-//! process may set them), permission bits including setuid/setgid/sticky, and modification
-//! times. Sockets are skipped.
+//! files, symlinks, fifos and device nodes), hard links within the tree, owners, permission bits
+//! including setuid/setgid/sticky, and modification times. Sockets are skipped; without root,
+//! so are device nodes and owners (the copy is the caller's), as the image store does.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -37,8 +37,6 @@ pub struct CopyError {
 pub struct CopyReport {
     /// Entries copied (directories, files, links, nodes).
     pub entries: u64,
-    /// Owners that could not be set (no privilege): the copy belongs to the caller there.
-    pub owners_kept: u64,
 }
 
 /// Opens the directory `relative` below `top` without following a symlink on the way; `None`
@@ -78,7 +76,7 @@ pub fn copy_contents(from: &OwnedFd, to: &Path) -> Result<CopyReport, CopyError>
         to_top: to_fd.as_raw_fd(),
         links: HashMap::new(),
         report: CopyReport::default(),
-        may_chown: nix::unistd::geteuid().is_root(),
+        privileged: nix::unistd::geteuid().is_root(),
     };
     copier.copy_dir(from, &to_fd, Path::new(""))?;
     let top = Path::new(".");
@@ -113,7 +111,8 @@ struct Copier {
     /// (device, inode) of a source file with several links -> its copy, relative to `to_top`.
     links: HashMap<(u64, u64), PathBuf>,
     report: CopyReport,
-    may_chown: bool,
+    /// Running as root: owners are kept and device nodes made.
+    privileged: bool,
 }
 
 impl Copier {
@@ -160,6 +159,7 @@ impl Copier {
                 symlinkat(target.as_os_str(), Some(dst), name)
                     .map_err(fail("create link", path))?;
             }
+            SFlag::S_IFCHR | SFlag::S_IFBLK if !self.privileged => return Ok(()),
             SFlag::S_IFIFO | SFlag::S_IFCHR | SFlag::S_IFBLK => {
                 let mode = Mode::from_bits_truncate(stat.st_mode & 0o777);
                 mknodat(Some(dst), name, kind, mode, stat.st_rdev)
@@ -209,7 +209,7 @@ impl Copier {
         stat: &FileStat,
         kind: SFlag,
     ) -> Result<(), CopyError> {
-        if self.may_chown {
+        if self.privileged {
             let (uid, gid) = (Uid::from_raw(stat.st_uid), Gid::from_raw(stat.st_gid));
             fchownat(
                 Some(dst),
@@ -219,8 +219,6 @@ impl Copier {
                 AtFlags::AT_SYMLINK_NOFOLLOW,
             )
             .map_err(fail("set the owner of", path))?;
-        } else {
-            self.report.owners_kept += 1;
         }
         if kind != SFlag::S_IFLNK {
             let mode = Mode::from_bits_truncate(stat.st_mode & 0o7777);
