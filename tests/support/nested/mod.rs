@@ -212,11 +212,6 @@ impl Batch {
         }
     }
 
-    /// How long L1 may print nothing before l1.sh calls it stalled.
-    fn stall_limit(&self) -> Duration {
-        Duration::from_secs(STALL_LIMIT_SECS)
-    }
-
     /// Runs every check in sequence in one L1 boot (or on the host) and collects the results.
     /// An L1 that stalled or crashed (nested KVM under TCG occasionally livelocks, below podvm)
     /// is retried once in a fresh L1, with a printed note; a second failure is reported as is.
@@ -321,7 +316,7 @@ impl Batch {
             .arg("-t")
             .arg(self.timeout.as_secs().max(1).to_string())
             .arg("-s")
-            .arg(self.stall_limit().as_secs().to_string())
+            .arg(STALL_LIMIT_SECS.to_string())
             .arg("-l")
             .arg(work.join("l1-console.log"));
         for tool in &self.host_tools {

@@ -19,8 +19,8 @@ R="$PAYLOAD/results"
 mkdir -p "$R"
 attempt_check() {
   # A heartbeat on the console while the check runs: a silent L1 is a stalled one (see
-  # STALL_LIMIT in mod.rs), however long the check may take.
-  (while sleep HEARTBEAT; do echo "=== check $name: running"; done) &
+  # STALL_LIMIT_SECS in mod.rs), however long the check may take.
+  (while sleep "$heartbeat"; do echo "=== check $name: running"; done) &
   beat=$!
   (cd "$PAYLOAD" && exec timeout "$limit" sh "$PAYLOAD/.batch/checks/$name.sh") \
     </dev/null >"$R/$name.out" 2>"$R/$name.err"
@@ -67,7 +67,8 @@ pub(super) const HEARTBEAT_SECS: u64 = 30;
 
 /// The runner script for `checks`, in order.
 pub(super) fn runner(batch: &str, checks: &[Check]) -> String {
-    let mut script = PRELUDE.replace("HEARTBEAT", &HEARTBEAT_SECS.to_string());
+    let mut script = String::from(PRELUDE);
+    let _ = writeln!(script, "heartbeat={HEARTBEAT_SECS}");
     script.push_str(HOLD_KVM);
     let _ = writeln!(script, "echo '=== batch {batch}: {} checks'", checks.len());
     for check in checks {
