@@ -115,6 +115,16 @@ struct AppArgs {
 /// Errors of `podvm prepare`.
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {
+    /// An app's `--name` is not an ACName (it names the app's log file in the pod).
+    #[error("app {index} ({image}): --name refused: {source}")]
+    AppName {
+        /// 1-based position of the app.
+        index: usize,
+        /// The image.
+        image: String,
+        /// What is wrong with it.
+        source: crate::image::acname::NameError,
+    },
     /// Bad per-app flags.
     #[error("app {index} ({image}): {message}")]
     AppFlags {
@@ -395,11 +405,19 @@ fn split_apps(words: &[String]) -> Result<Vec<AppArgs>, PrepareError> {
         .split(|word| word == "---")
         .enumerate()
         .map(|(index, segment)| {
-            AppArgs::try_parse_from(segment).map_err(|err| PrepareError::AppFlags {
+            let app = AppArgs::try_parse_from(segment).map_err(|err| PrepareError::AppFlags {
                 index: index + 1,
                 image: segment.first().cloned().unwrap_or_default(),
                 message: err.render().to_string().trim().to_string(),
-            })
+            })?;
+            if let Some(name) = &app.name {
+                crate::image::acname::check(name).map_err(|source| PrepareError::AppName {
+                    index: index + 1,
+                    image: app.image.clone(),
+                    source,
+                })?;
+            }
+            Ok(app)
         })
         .collect()
 }

@@ -371,14 +371,8 @@ fn volume_shares(
     let mut shares = Vec::new();
     let mut specs = Vec::new();
     for (index, volume) in volumes.iter().enumerate() {
-        let host_dir = volumes::host_dir(&pod.dir, volume);
-        let fresh = volume.kind == VolumeKind::Empty && !host_dir.exists();
-        std::fs::create_dir_all(&host_dir).map_err(|source| PodError::Io {
-            what: "cannot create the volume's directory",
-            path: host_dir.clone(),
-            source,
-        })?;
-        if fresh {
+        let host_dir = volumes::host_dir(&pod.dir, volume)?;
+        if volume.kind == VolumeKind::Empty && create_empty_volume(&host_dir)? {
             volumes::populate(&host_dir, &volume.name, app_roots)?;
         }
         shares.push(FsShare {
@@ -393,6 +387,24 @@ fn volume_shares(
         });
     }
     Ok((shares, specs))
+}
+
+/// Creates an empty volume's directory in the pod (its parent made if missing); false when it
+/// was there already (a pod run again keeps what its volumes hold).
+fn create_empty_volume(dir: &Path) -> Result<bool, PodError> {
+    let failed = |source| PodError::Io {
+        what: "cannot create the volume's directory",
+        path: dir.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(failed)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(err) => Err(failed(err)),
+    }
 }
 
 /// The app number `index` of a pod of several apps, as the agent runs it.

@@ -184,12 +184,8 @@ pub fn app_defaults(image: &str, manifest: &[u8]) -> Result<AppDefaults, ConfigE
         mount_points: app
             .mount_points
             .into_iter()
-            .map(|m| MountPoint {
-                name: m.name,
-                path: m.path,
-                read_only: m.read_only,
-            })
-            .collect(),
+            .map(|m| MountPoint::checked(image, "app.mountPoints", m.name, m.path, m.read_only))
+            .collect::<Result<_, _>>()?,
         labels,
     })
 }

@@ -50,6 +50,19 @@ pub enum ConfigError {
         /// Its architecture.
         arch: String,
     },
+    /// A mount point the image declares has a name or path podvm refuses (names end up in host
+    /// paths of the pod, so they must be ACNames).
+    #[error("image {image}: {field} {value:?}: {why}; refusing the image")]
+    MountPoint {
+        /// Image name.
+        image: String,
+        /// The manifest field (`app.mountPoints`, `config.Volumes`).
+        field: &'static str,
+        /// The value found there.
+        value: String,
+        /// What is wrong.
+        why: String,
+    },
 }
 
 /// A port the image exposes.
@@ -74,25 +87,57 @@ pub struct MountPoint {
     pub read_only: bool,
 }
 
+/// Longest accepted mount point path, in bytes.
+const MAX_MOUNT_PATH: usize = 4096;
+
 impl MountPoint {
-    /// The mount point of an OCI `Volumes` entry, named as docker2aci names it.
-    pub fn from_oci(path: &str) -> Self {
-        let name: String = path
-            .trim_matches('/')
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        Self {
-            name: format!("volume-{name}"),
-            path: path.to_string(),
-            read_only: false,
+    /// A mount point of image `image` as its manifest declares it in `field`: `name` must be an
+    /// ACName and `path` absolute, without NUL bytes or `..` components.
+    pub fn checked(
+        image: &str,
+        field: &'static str,
+        name: String,
+        path: String,
+        read_only: bool,
+    ) -> Result<Self, ConfigError> {
+        let refuse = |value: &str, why: String| ConfigError::MountPoint {
+            image: image.to_string(),
+            field,
+            value: value.chars().take(MAX_MOUNT_PATH).collect(),
+            why,
+        };
+        super::acname::check(&name)
+            .map_err(|err| refuse(&name, format!("mount point name: {}", err.why)))?;
+        if let Some(why) = mount_path_problem(&path) {
+            return Err(refuse(&path, format!("mount point {name}: {why}")));
         }
+        Ok(Self {
+            name,
+            path,
+            read_only,
+        })
+    }
+
+    /// The mount point of an OCI `Volumes` entry, named as docker2aci names it
+    /// (`/var/lib/data` is `volume-var-lib-data`).
+    pub fn from_oci(image: &str, path: &str) -> Result<Self, ConfigError> {
+        let name = super::acname::sanitize(&format!("volume-{path}"), "volume");
+        Self::checked(image, "config.Volumes", name, path.to_string(), false)
+    }
+}
+
+/// What makes `path` unfit as a mount point inside an app, if anything.
+fn mount_path_problem(path: &str) -> Option<&'static str> {
+    if !path.starts_with('/') {
+        Some("the path must be absolute")
+    } else if path.len() > MAX_MOUNT_PATH {
+        Some("the path is too long")
+    } else if path.contains('\0') {
+        Some("the path contains a NUL byte")
+    } else if path.split('/').any(|component| component == "..") {
+        Some("the path has a `..` component")
+    } else {
+        None
     }
 }
 
@@ -176,14 +221,34 @@ pub fn app_defaults(image: &str, config_blob: &[u8]) -> Result<AppDefaults, Conf
         .volumes
         .iter()
         .flatten()
-        .map(|(path, _)| MountPoint::from_oci(path))
-        .collect();
+        .map(|(path, _)| MountPoint::from_oci(image, path))
+        .collect::<Result<_, _>>()?;
     Ok(d)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Attack: an image config whose `Volumes` path climbs out of the app's root or is not
+    /// absolute; refused when the image is read, naming the image and the field.
+    #[test]
+    fn volumes_that_climb_or_are_relative_are_refused() {
+        for path in ["/../../etc", "/data/../../..", "relative/dir", "/a\\u0000b"] {
+            let cfg = format!(
+                r#"{{"architecture":"amd64","os":"linux","config":{{"Volumes":{{"{path}":{{}}}}}}}}"#
+            );
+            let err = app_defaults("evil-image", cfg.as_bytes()).expect_err(path);
+            let text = err.to_string();
+            assert!(
+                text.contains("evil-image") && text.contains("config.Volumes"),
+                "{text}"
+            );
+        }
+        let ok = br#"{"architecture":"amd64","os":"linux","config":{"Volumes":{"/var//lib/Data.d/":{}}}}"#;
+        let d = app_defaults("t", ok).expect("valid");
+        assert_eq!(d.mount_points[0].name, "volume-var-lib-data-d");
+    }
 
     #[test]
     fn translates_docker_config() {

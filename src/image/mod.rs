@@ -9,6 +9,7 @@
 //! ```
 
 pub mod aci;
+pub mod acname;
 pub mod auth;
 pub mod config;
 pub mod discovery;

@@ -113,7 +113,7 @@ impl PodManifest {
 }
 
 /// An appc ACName for an app from its image name: the last path component without tag or
-/// digest, lower case, other characters turned into `-` (e.g. `docker://x/library/busybox:1` →
+/// digest, lower case, every run of other characters one `-` (e.g. `docker://x/library/busybox:1` →
 /// `busybox`).
 pub fn app_name_from_image(image: &str) -> String {
     let transports = ["docker://", "oci-archive:", "docker-archive:", "oci:"];
@@ -132,22 +132,7 @@ pub fn app_name_from_image(image: &str) -> String {
         .strip_suffix(".tar")
         .or_else(|| base.strip_suffix(".aci"))
         .unwrap_or(base);
-    let name: String = base
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    let name = name.trim_matches('-').to_string();
-    if name.is_empty() {
-        "app".to_string()
-    } else {
-        name
-    }
+    crate::image::acname::sanitize(base, "app")
 }
 
 /// Makes `name` unique among `taken` by appending `-2`, `-3`, ...

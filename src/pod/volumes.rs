@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::image::acname::{self, NameError};
 use crate::image::config::MountPoint;
 use crate::tree_copy::{self, CopyError};
 
@@ -30,6 +31,10 @@ pub enum VolumeError {
         /// The accepted form.
         expected: &'static str,
     },
+    /// A volume's name (from a pod manifest on disk) is not an ACName; it is never joined to a
+    /// host path.
+    #[error("volume name refused: {0}")]
+    Name(#[from] NameError),
     /// Two volumes share a name.
     #[error("volume {0:?} is declared twice")]
     Duplicate(String),
@@ -178,12 +183,9 @@ pub fn parse_mount(text: &str) -> Result<Mount, VolumeError> {
     })
 }
 
-/// An appc ACName: lower-case letters, digits and `-`, not empty.
+/// An appc ACName (a volume's name ends up in a host path of the pod).
 fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    acname::is_valid(name)
 }
 
 /// Checks the pod's volumes and the apps' mounts (`(app, mounts)`) against them.
@@ -278,11 +280,15 @@ pub fn populate(dir: &Path, volume: &str, apps: &[(&Path, &[Mount])]) -> Result<
     Ok(())
 }
 
-/// The host directory shared for `volume` of the pod in `pod_dir`.
-pub fn host_dir(pod_dir: &Path, volume: &Volume) -> PathBuf {
+/// The host directory shared for `volume` of the pod in `pod_dir`; an empty volume's name is
+/// checked again before it becomes a path component (the manifest is read back from disk).
+pub fn host_dir(pod_dir: &Path, volume: &Volume) -> Result<PathBuf, VolumeError> {
     match (&volume.kind, &volume.source) {
-        (VolumeKind::Host, Some(source)) => source.clone(),
-        _ => pod_dir.join(VOLUMES_DIR).join(&volume.name),
+        (VolumeKind::Host, Some(source)) => Ok(source.clone()),
+        _ => {
+            acname::check(&volume.name)?;
+            Ok(pod_dir.join(VOLUMES_DIR).join(&volume.name))
+        }
     }
 }
 
@@ -306,9 +312,29 @@ mod tests {
         assert_eq!(empty.kind, VolumeKind::Empty);
         assert!(!empty.read_only);
         assert_eq!(
-            host_dir(Path::new("/pods/x"), &empty),
+            host_dir(Path::new("/pods/x"), &empty).expect("valid name"),
             Path::new("/pods/x/volumes/scratch")
         );
+    }
+
+    /// Attack: a pod manifest on disk whose empty volume is named like a path; its host
+    /// directory would be outside the pod.
+    #[test]
+    fn a_volume_named_like_a_path_gets_no_host_directory() {
+        for name in ["../../../tmp/target", "/tmp/target", "..", "a/b"] {
+            let volume = Volume {
+                name: name.to_string(),
+                kind: VolumeKind::Empty,
+                source: None,
+                read_only: false,
+            };
+            let err = host_dir(Path::new("/pods/x"), &volume).expect_err(name);
+            assert!(err.to_string().contains(name), "{err}");
+            let flag = format!("{name},kind=empty");
+            assert!(parse_volume(&flag).is_err(), "--volume {flag} accepted");
+            let mount = format!("volume={name},target=/data");
+            assert!(parse_mount(&mount).is_err(), "--mount {mount} accepted");
+        }
     }
 
     #[test]
