@@ -162,7 +162,8 @@ pub fn chown_at(dir: &OwnedFd, name: &OsStr, uid: u32, gid: u32) -> io::Result<(
 
 /// Sets the permission bits (setuid/setgid/sticky included) of `name` in `dir`, which must not
 /// be a symlink: fchmodat2(AT_SYMLINK_NOFOLLOW) refuses one atomically (`EOPNOTSUPP`); on
-/// kernels without it (before 6.6) the entry is checked with lstat first.
+/// kernels without it (before 6.6, or a seccomp filter refusing it with `ENOSYS` or `EPERM`)
+/// the entry is checked with lstat first (see [`chmod_checked`]).
 pub fn chmod_at(dir: &OwnedFd, name: &OsStr, mode: u32) -> io::Result<()> {
     let c = CString::new(name.as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains a NUL byte"))?;
@@ -180,10 +181,16 @@ pub fn chmod_at(dir: &OwnedFd, name: &OsStr, mode: u32) -> io::Result<()> {
     if r == 0 {
         return Ok(());
     }
-    let e = Errno::last();
-    if e != Errno::ENOSYS {
-        return Err(e.into());
+    match Errno::last() {
+        Errno::ENOSYS | Errno::EPERM => chmod_checked(dir, name, mode),
+        e => Err(e.into()),
     }
+}
+
+/// [`chmod_at`] without fchmodat2: refuses a symlink seen by lstat, then fchmodat (which would
+/// follow one; nothing else writes into a rootfs being rendered, so the entry cannot change
+/// between the two calls).
+fn chmod_checked(dir: &OwnedFd, name: &OsStr, mode: u32) -> io::Result<()> {
     match stat_at(dir, name)? {
         Some(st) if kind(&st) == SFlag::S_IFLNK => Err(Errno::EOPNOTSUPP.into()),
         Some(_) => Ok(fchmodat(
@@ -403,11 +410,19 @@ mod tests {
             fs::symlink_metadata(dir.join("l")).expect("l").mtime(),
             1000
         );
+        assert!(chmod_checked(&d, OsStr::new("l"), 0o777).is_err());
+        let after = fs::metadata(&target).expect("stat");
+        assert_eq!(after.mode(), before.mode());
         fs::write(dir.join("f"), b"f").expect("write");
         chmod_at(&d, OsStr::new("f"), 0o4750).expect("chmod");
         assert_eq!(
             fs::metadata(dir.join("f")).expect("f").permissions().mode() & 0o7777,
             0o4750
+        );
+        chmod_checked(&d, OsStr::new("f"), 0o2711).expect("chmod");
+        assert_eq!(
+            fs::metadata(dir.join("f")).expect("f").permissions().mode() & 0o7777,
+            0o2711
         );
     }
 }
