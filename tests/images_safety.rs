@@ -351,3 +351,160 @@ fn layer_not_matching_config_diff_id_is_refused() {
     );
     assert!(podvm_ok(&dir, &["image", "verify"]).starts_with("ok"));
 }
+
+/// One entry of a crafted layer: name, kind, mode, uid (and gid), link target or content.
+type Entry<'a> = (&'a str, tar::EntryType, u32, u64, &'a [u8]);
+
+/// A layer tarball of `entries`, in order.
+fn layer_tar(path: &Path, entries: &[Entry]) {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, kind, mode, uid, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(*kind);
+        h.set_mode(*mode);
+        h.set_uid(*uid);
+        h.set_gid(*uid);
+        h.set_mtime(1_700_000_000);
+        if *kind == tar::EntryType::Symlink {
+            h.set_size(0);
+            b.append_link(&mut h, name, std::ffi::OsStr::from_bytes(data))
+                .expect("append link");
+        } else {
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, name, *data).expect("append");
+        }
+    }
+    fs::write(path, b.into_inner().expect("tar")).expect("write layer");
+}
+
+/// An OCI layout at `layout` (tag latest) of the given layer tarballs, by make_oci.py.
+fn oci_layout(layout: &Path, layers: &[PathBuf]) {
+    run(Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make_oci.py"))
+        .arg("image")
+        .arg(layout)
+        .args(layers)
+        .stdout(std::process::Stdio::null()));
+}
+
+use std::os::unix::ffi::OsStrExt;
+
+// Attack 2 of issue 19: a layer lists `x/` and `x/victim/` (0777, uid 4242) and then makes
+// `x` a symlink to a host directory (`/tmp/<sentinel>`; absolute targets are allowed, they
+// mean the container's root). podvm applied directory metadata by path after the layer, so
+// `podvm fetch` left the host's `<sentinel>/victim` 4242:4242 0777. The same with a relative
+// link climbing out, and with the swap across two layers. Every variant must leave the host
+// sentinel (owner, mode, mtime, content) as it was and the store verifying; the relative
+// one is refused with an error naming the image and the entry.
+#[test]
+fn swapped_ancestor_symlink_cannot_touch_the_host() {
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("skipped: python3 (for tests/fixtures/make_oci.py) is not installed");
+        return;
+    }
+    use tar::EntryType::{Directory as D, Regular as F, Symlink as L};
+    let sentinel_dir = tempfile::Builder::new()
+        .prefix("podvm-sentinel-")
+        .tempdir_in("/tmp")
+        .expect("sentinel tempdir");
+    let s = sentinel_dir.path().to_path_buf();
+    fs::create_dir(s.join("victim")).expect("mkdir");
+    fs::write(s.join("victim/keep"), b"keep\n").expect("write");
+    for (p, mode) in [("victim/keep", 0o640), ("victim", 0o750), ("", 0o755)] {
+        use std::os::unix::fs::PermissionsExt;
+        let p = s.join(p);
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).expect("chmod");
+        let t = filetime::FileTime::from_unix_time(1_500_000_000, 0);
+        filetime::set_file_times(&p, t, t).expect("utimes");
+    }
+    let before = tree(&s);
+    let abs = s.as_os_str().as_bytes();
+    let up = format!(
+        "{}{}",
+        "../".repeat(30),
+        s.strip_prefix("/").expect("absolute").display()
+    );
+    let t = tempfile::tempdir().expect("tempdir");
+    let dir = t.path().join("store");
+    let owned = 4242;
+    // (name, layers, whether the fetch succeeds)
+    let cases: Vec<(&str, Vec<Vec<Entry>>, bool)> = vec![
+        (
+            "absolute",
+            vec![vec![
+                ("x/", D, 0o755, 0, b""),
+                ("x/victim/", D, 0o777, owned, b""),
+                ("x", L, 0o777, owned, abs),
+                ("x/victim/f", F, 0o4777, owned, b"pwned\n"),
+            ]],
+            true,
+        ),
+        (
+            "relative",
+            vec![vec![
+                ("x/", D, 0o755, 0, b""),
+                ("x/victim/", D, 0o777, owned, b""),
+                ("x", L, 0o777, owned, up.as_bytes()),
+            ]],
+            false,
+        ),
+        (
+            "two-layers",
+            vec![
+                vec![("x/", D, 0o755, 0, b""), ("x/victim/", D, 0o755, 0, b"")],
+                vec![
+                    ("x/victim/", D, 0o777, owned, b""),
+                    ("x", L, 0o777, owned, abs),
+                    ("x/victim/", D, 0o777, owned, b""),
+                    ("x/victim/keep", F, 0o4777, owned, b"pwned\n"),
+                    ("x/victim/.wh.keep", F, 0o644, 0, b""),
+                    ("x/.wh..wh..opq", F, 0o644, 0, b""),
+                ],
+            ],
+            true,
+        ),
+    ];
+    for (name, layers, accepted) in cases {
+        let layout = t.path().join(format!("swap-{name}"));
+        let tars: Vec<PathBuf> = layers
+            .iter()
+            .enumerate()
+            .map(|(i, entries)| {
+                let p = t.path().join(format!("swap-{name}-{i}.tar"));
+                layer_tar(&p, entries);
+                p
+            })
+            .collect();
+        oci_layout(&layout, &tars);
+        let reference = format!("oci:{}:latest", layout.display());
+        let out = podvm(&dir, &["fetch", &reference]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), accepted, "{name}: {stderr}");
+        if accepted {
+            let id = image_id(&String::from_utf8_lossy(&out.stdout));
+            let rendered = t.path().join(format!("render-{name}"));
+            podvm_ok(
+                &dir,
+                &["image", "render", &id, rendered.to_str().expect("utf8")],
+            );
+            assert!(
+                fs::symlink_metadata(rendered.join("x"))
+                    .expect("x")
+                    .file_type()
+                    .is_symlink(),
+                "{name}: x is not the image's symlink"
+            );
+        } else {
+            assert!(
+                stderr.contains(&reference) && stderr.contains("entry \"x\""),
+                "{name}: the error does not name the image and the entry: {stderr}"
+            );
+            assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+        }
+        assert_eq!(tree(&s), before, "{name}: the host sentinel changed");
+        assert!(
+            podvm_ok(&dir, &["image", "verify"]).starts_with("ok"),
+            "{name}: store does not verify"
+        );
+    }
+}

@@ -1,17 +1,27 @@
 //! Applying layer tarballs to a rootfs: decompression by magic bytes, OCI whiteouts, path
 //! safety, limits against decompression bombs.
+//!
+//! Every change to the rootfs goes through a descriptor: an entry's parent directory is
+//! resolved from a descriptor on the rootfs with [`resolve_dir_at`] (the image's own symlinks
+//! followed as if the rootfs were `/`, never out of it), and the entry is then created,
+//! removed, chowned, chmodded and timestamped with `*at()` calls on that descriptor that do
+//! not follow a symlink (see [`super::dirfd`]). Directory metadata, applied at the end of each
+//! layer, is kept by the directory's resolved path below the rootfs and re-opened by a walk
+//! that follows no symlink at all: a directory one of whose ancestors became a symlink (or a
+//! file) since is skipped, so an image cannot redirect it out of the rootfs.
 
 use std::collections::{BTreeMap, HashSet};
-use std::ffi::OsString;
-use std::fs::{self, OpenOptions};
+use std::ffi::{OsStr, OsString};
 use std::io::{self, BufRead, BufReader, Read};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use nix::sys::stat::SFlag;
 use tar::EntryType;
 
-use super::safepath::{entry_components, resolve_dir, symlink_escapes};
+use super::dirfd;
+use super::safepath::{entry_components, resolve_dir_at, symlink_escapes, Resolved};
 
 /// Errors applying a layer. Every variant names the image and the entry.
 #[derive(Debug, thiserror::Error)]
@@ -105,19 +115,18 @@ pub fn decompress<'a>(r: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
     })
 }
 
+/// Saved access and modification times of a directory.
+type Times = (nix::sys::time::TimeSpec, nix::sys::time::TimeSpec);
+
 /// A directory's access and modification times, to restore after changing its contents.
-fn dir_times(dir: &Path) -> Option<(filetime::FileTime, filetime::FileTime)> {
-    let m = fs::symlink_metadata(dir).ok()?;
-    Some((
-        filetime::FileTime::from_last_access_time(&m),
-        filetime::FileTime::from_last_modification_time(&m),
-    ))
+fn dir_times(dir: &OwnedFd) -> Option<Times> {
+    dirfd::times(dir).ok()
 }
 
 /// Restores times saved by [`dir_times`] (best effort: the tree is still correct without).
-fn restore_times(dir: &Path, saved: Option<(filetime::FileTime, filetime::FileTime)>) {
-    if let Some((a, m)) = saved {
-        let _ = filetime::set_symlink_file_times(dir, a, m);
+fn restore_times(dir: &OwnedFd, saved: Option<Times>) {
+    if let Some(t) = saved {
+        let _ = dirfd::set_times(dir, t);
     }
 }
 
@@ -146,11 +155,14 @@ struct DirMeta {
 /// Applies layers, in order, to one rootfs.
 pub struct Applier {
     root: PathBuf,
+    /// The rootfs, opened by the first [`Applier::apply`]; every change goes through it.
+    root_fd: Option<OwnedFd>,
     image: String,
     limits: Limits,
     privileged: bool,
     bytes: u64,
     entries: u64,
+    /// Directories the current layer listed, by resolved path below the root.
     dirs: BTreeMap<PathBuf, DirMeta>,
     /// Only entries under this prefix are applied, without it (`rootfs/` for appc ACIs).
     prefix: Option<&'static [u8]>,
@@ -158,8 +170,8 @@ pub struct Applier {
     pub warnings: Vec<String>,
 }
 
-/// Per-layer state: the layer name and the paths this layer created (opaque whiteouts remove
-/// only what lower layers created).
+/// Per-layer state: the layer name and the paths (resolved, below the root) this layer
+/// created (opaque whiteouts remove only what lower layers created).
 struct LayerCtx {
     layer: String,
     created: HashSet<PathBuf>,
@@ -174,6 +186,7 @@ impl Applier {
     pub fn new(root: &Path, image: &str, limits: Limits) -> Applier {
         Applier {
             root: root.to_path_buf(),
+            root_fd: None,
             image: image.to_string(),
             limits,
             privileged: nix::unistd::geteuid().is_root(),
@@ -228,6 +241,10 @@ impl Applier {
             what,
             source,
         };
+        if self.root_fd.is_none() {
+            let fd = dirfd::open_root(&self.root).map_err(|e| io_e("opening the rootfs", "", e))?;
+            self.root_fd = Some(fd);
+        }
         let reader = decompress(data).map_err(|e| io_e("decompressing layer", "", e))?;
         let mut ar = tar::Archive::new(HashingReader {
             inner: reader,
@@ -240,7 +257,7 @@ impl Applier {
             last = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
             self.apply_entry(&mut ctx, &mut entry)?;
         }
-        self.finish_dirs()?;
+        self.finish_dirs(layer_name)?;
         // Hash the rest of the stream (padding after the end-of-archive blocks), bounded.
         let mut rest = ar.into_inner();
         io::copy(&mut (&mut rest).take(1 << 20), &mut io::sink())
@@ -298,7 +315,7 @@ impl Applier {
         let Some((base, parent)) = comps.split_last() else {
             // The root directory itself.
             let meta = self.dir_meta(entry.header());
-            self.dirs.insert(self.root.clone(), meta);
+            self.dirs.insert(PathBuf::new(), meta);
             return Ok(());
         };
         let base_b = base.as_bytes();
@@ -308,16 +325,29 @@ impl Applier {
         if let Some(hidden) = base_b.strip_prefix(b".wh.") {
             return self.whiteout(ctx, &name, parent, hidden);
         }
-        let dir = resolve_dir(&self.root, parent, true)
+        let dir = self
+            .resolve(parent, true)
             .map_err(self.err_io(ctx, &name, "resolving parent directory"))?
             .ok_or_else(|| self.err_unsafe(ctx, &name, "parent directory cannot be created"))?;
         // Writing into a directory must not change its mtime (as umoci does); no need when
         // this layer lists the directory (its times are set at the end of the layer).
-        let listed = self.dirs.contains_key(&dir);
-        let saved = if listed { None } else { dir_times(&dir) };
+        let listed = self.dirs.contains_key(&dir.rel);
+        let saved = if listed { None } else { dir_times(&dir.fd) };
         let result = self.write_entry(ctx, &name, parent, &dir, base, entry);
-        restore_times(&dir, saved);
+        restore_times(&dir.fd, saved);
         result
+    }
+
+    /// The rootfs descriptor (opened by [`Applier::apply`]).
+    fn root_fd(&self) -> io::Result<&OwnedFd> {
+        self.root_fd
+            .as_ref()
+            .ok_or_else(|| io::Error::other("the rootfs is not open"))
+    }
+
+    /// Resolves the directory `comps` below the root (see [`resolve_dir_at`]).
+    fn resolve(&self, comps: &[OsString], create: bool) -> io::Result<Option<Resolved>> {
+        resolve_dir_at(self.root_fd()?, comps, create)
     }
 
     /// Writes one non-whiteout entry `base` into the resolved directory `dir`.
@@ -326,20 +356,23 @@ impl Applier {
         ctx: &mut LayerCtx,
         name: &str,
         parent: &[OsString],
-        dir: &Path,
-        base: &std::ffi::OsStr,
+        dir: &Resolved,
+        base: &OsStr,
         entry: &mut tar::Entry<R>,
     ) -> Result<(), LayerError> {
-        let target = dir.join(base);
+        let target = dir.rel.join(base);
         let kind = entry.header().entry_type();
         if !matches!(kind, EntryType::Regular | EntryType::Continuous) {
             // (Regular files are created with O_EXCL and cleared only if that fails.)
-            self.clear_for(ctx, name, &target, kind == EntryType::Directory)?;
+            self.clear_for(ctx, name, &dir.fd, base, kind == EntryType::Directory)?;
         }
         match kind {
             EntryType::Directory => {
-                if !target.is_dir() {
-                    fs::create_dir(&target).map_err(self.err_io(
+                let exists = dirfd::stat_at(&dir.fd, base)
+                    .map_err(self.err_io(ctx, name, "inspecting existing entry"))?
+                    .is_some();
+                if !exists {
+                    dirfd::mkdir_at(&dir.fd, base, 0o755).map_err(self.err_io(
                         ctx,
                         name,
                         "creating directory",
@@ -349,12 +382,12 @@ impl Applier {
                 self.dirs.insert(target.clone(), meta);
             }
             EntryType::Regular | EntryType::Continuous => {
-                self.write_file(ctx, name, &target, entry)?
+                self.write_file(ctx, name, &dir.fd, base, entry)?
             }
-            EntryType::Symlink => self.symlink(ctx, name, parent, &target, entry)?,
-            EntryType::Link => self.hardlink(ctx, name, &target, entry)?,
+            EntryType::Symlink => self.symlink(ctx, name, parent, &dir.fd, base, entry)?,
+            EntryType::Link => self.hardlink(ctx, name, &dir.fd, base, entry)?,
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                if !self.special(ctx, name, &target, entry)? {
+                if !self.special(ctx, name, &dir.fd, base, entry)? {
                     return Ok(());
                 }
             }
@@ -371,7 +404,8 @@ impl Applier {
             self.set_owner_mode_time(
                 ctx,
                 name,
-                &target,
+                &dir.fd,
+                base,
                 entry.header(),
                 kind == EntryType::Symlink,
             )?;
@@ -397,22 +431,29 @@ impl Applier {
         Some((uid, gid))
     }
 
-    /// Removes what is at `target` unless both it and the new entry are directories.
+    /// Removes what is at `base` in `dir` unless both it and the new entry are directories.
     fn clear_for(
         &self,
         ctx: &LayerCtx,
         name: &str,
-        target: &Path,
+        dir: &OwnedFd,
+        base: &OsStr,
         new_is_dir: bool,
     ) -> Result<(), LayerError> {
-        match fs::symlink_metadata(target) {
-            Ok(m) if m.is_dir() && new_is_dir => Ok(()),
-            Ok(m) if m.is_dir() => {
-                fs::remove_dir_all(target).map_err(self.err_io(ctx, name, "replacing directory"))
+        let st = dirfd::stat_at(dir, base).map_err(self.err_io(
+            ctx,
+            name,
+            "inspecting existing entry",
+        ))?;
+        match st.map(|st| dirfd::kind(&st) == SFlag::S_IFDIR) {
+            None => Ok(()),
+            Some(true) if new_is_dir => Ok(()),
+            Some(true) => {
+                dirfd::remove_tree(dir, base).map_err(self.err_io(ctx, name, "replacing directory"))
             }
-            Ok(_) => fs::remove_file(target).map_err(self.err_io(ctx, name, "replacing file")),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(self.err_io(ctx, name, "inspecting existing entry")(e)),
+            Some(false) => {
+                dirfd::unlink_file(dir, base).map_err(self.err_io(ctx, name, "replacing file"))
+            }
         }
     }
 
@@ -420,7 +461,8 @@ impl Applier {
         &mut self,
         ctx: &mut LayerCtx,
         name: &str,
-        target: &Path,
+        dir: &OwnedFd,
+        base: &OsStr,
         entry: &mut tar::Entry<R>,
     ) -> Result<(), LayerError> {
         // entry.size() honours PAX size records, which may differ from the header.
@@ -450,17 +492,10 @@ impl Applier {
         if declared > remaining {
             return Err(limit_err);
         }
-        let create = || {
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(target)
-        };
+        let create = || dirfd::create_file_at(dir, base);
         let mut f = match create() {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                self.clear_for(ctx, name, target, false)?;
+                self.clear_for(ctx, name, dir, base, false)?;
                 create()
             }
             other => other,
@@ -485,7 +520,8 @@ impl Applier {
         ctx: &LayerCtx,
         name: &str,
         parent: &[OsString],
-        target: &Path,
+        dir: &OwnedFd,
+        base: &OsStr,
         entry: &tar::Entry<R>,
     ) -> Result<(), LayerError> {
         let link = entry
@@ -499,7 +535,7 @@ impl Applier {
                 format!("symlink target {t:?} points outside the image root"),
             ));
         }
-        std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&link), target).map_err(self.err_io(
+        dirfd::symlink_at(OsStr::from_bytes(&link), dir, base).map_err(self.err_io(
             ctx,
             name,
             "creating symlink",
@@ -510,7 +546,8 @@ impl Applier {
         &self,
         ctx: &LayerCtx,
         name: &str,
-        target: &Path,
+        dir: &OwnedFd,
+        base: &OsStr,
         entry: &tar::Entry<R>,
     ) -> Result<(), LayerError> {
         let full = entry
@@ -533,16 +570,20 @@ impl Applier {
                 format!("hard link target {t:?} is not a file inside the image"),
             )
         };
-        let (base, parent) = comps.split_last().ok_or_else(outside)?;
-        let dir = resolve_dir(&self.root, parent, false)
+        let (src_base, src_parent) = comps.split_last().ok_or_else(outside)?;
+        let src_dir = self
+            .resolve(src_parent, false)
             .map_err(self.err_io(ctx, name, "resolving hard link target"))?
             .ok_or_else(outside)?;
-        let src = dir.join(base);
-        match fs::symlink_metadata(&src) {
-            Ok(m) if !m.is_dir() => {}
+        match dirfd::stat_at(&src_dir.fd, src_base) {
+            Ok(Some(st)) if dirfd::kind(&st) != SFlag::S_IFDIR => {}
             _ => return Err(outside()),
         }
-        fs::hard_link(&src, target).map_err(self.err_io(ctx, name, "creating hard link"))
+        dirfd::link_at(&src_dir.fd, src_base, dir, base).map_err(self.err_io(
+            ctx,
+            name,
+            "creating hard link",
+        ))
     }
 
     /// Creates a device node or FIFO; returns false if it was skipped.
@@ -550,10 +591,10 @@ impl Applier {
         &mut self,
         ctx: &LayerCtx,
         name: &str,
-        target: &Path,
+        dir: &OwnedFd,
+        base: &OsStr,
         entry: &tar::Entry<R>,
     ) -> Result<bool, LayerError> {
-        use nix::sys::stat::{mknod, Mode, SFlag};
         let h = entry.header();
         let kind = match h.entry_type() {
             EntryType::Char => SFlag::S_IFCHR,
@@ -572,41 +613,36 @@ impl Applier {
         let major = h.device_major().ok().flatten().unwrap_or(0);
         let minor = h.device_minor().ok().flatten().unwrap_or(0);
         let dev = nix::sys::stat::makedev(major.into(), minor.into());
-        mknod(target, kind, Mode::from_bits_truncate(0o600), dev)
-            .map_err(|e| self.err_io(ctx, name, "creating device node")(e.into()))?;
+        dirfd::mknod_at(dir, base, kind, dev).map_err(self.err_io(
+            ctx,
+            name,
+            "creating device node",
+        ))?;
         Ok(true)
     }
 
+    /// Sets the owner, mode (not of a symlink) and mtime of `base` in `dir`, never through a
+    /// symlink.
     fn set_owner_mode_time(
         &self,
         ctx: &LayerCtx,
         name: &str,
-        target: &Path,
+        dir: &OwnedFd,
+        base: &OsStr,
         h: &tar::Header,
         is_link: bool,
     ) -> Result<(), LayerError> {
         if let Some((uid, gid)) = self.owner(h) {
-            std::os::unix::fs::lchown(target, Some(uid), Some(gid))
-                .map_err(self.err_io(ctx, name, "chown"))?;
+            dirfd::chown_at(dir, base, uid, gid).map_err(self.err_io(ctx, name, "chown"))?;
         }
-        let mtime = filetime::FileTime::from_unix_time(h.mtime().unwrap_or(0) as i64, 0);
-        if is_link {
-            filetime::set_symlink_file_times(target, mtime, mtime).map_err(self.err_io(
-                ctx,
-                name,
-                "setting mtime",
-            ))?;
-            return Ok(());
+        if !is_link {
+            // chown clears setuid/setgid, so the mode is set afterwards (setuid bits are kept,
+            // as rkt does).
+            let mode = h.mode().unwrap_or(0o644) & 0o7777;
+            dirfd::chmod_at(dir, base, mode).map_err(self.err_io(ctx, name, "chmod"))?;
         }
-        // chown clears setuid/setgid, so the mode is set afterwards (setuid bits are kept, as rkt does).
-        let mode = h.mode().unwrap_or(0o644) & 0o7777;
-        fs::set_permissions(target, fs::Permissions::from_mode(mode))
-            .map_err(self.err_io(ctx, name, "chmod"))?;
-        filetime::set_symlink_file_times(target, mtime, mtime).map_err(self.err_io(
-            ctx,
-            name,
-            "setting mtime",
-        ))
+        let mtime = mtime_secs(h.mtime().unwrap_or(0));
+        dirfd::set_times_at(dir, base, mtime).map_err(self.err_io(ctx, name, "setting mtime"))
     }
 
     fn whiteout(
@@ -619,40 +655,36 @@ impl Applier {
         if hidden.is_empty() || hidden == b"." || hidden == b".." {
             return Err(self.err_unsafe(ctx, name, "whiteout of an invalid name"));
         }
-        let Some(dir) = resolve_dir(&self.root, parent, false).map_err(self.err_io(
-            ctx,
-            name,
-            "resolving whiteout",
-        ))?
+        let Some(dir) =
+            self.resolve(parent, false)
+                .map_err(self.err_io(ctx, name, "resolving whiteout"))?
         else {
             return Ok(());
         };
-        let victim = dir.join(std::ffi::OsStr::from_bytes(hidden));
-        let saved = dir_times(&dir);
-        let result = self.clear_for(ctx, name, &victim, false);
-        restore_times(&dir, saved);
+        let saved = dir_times(&dir.fd);
+        let result = self.clear_for(ctx, name, &dir.fd, OsStr::from_bytes(hidden), false);
+        restore_times(&dir.fd, saved);
         result
     }
 
     fn opaque(&self, ctx: &LayerCtx, name: &str, parent: &[OsString]) -> Result<(), LayerError> {
-        let dir = resolve_dir(&self.root, parent, true)
+        let dir = self
+            .resolve(parent, true)
             .map_err(self.err_io(ctx, name, "resolving opaque directory"))?
             .ok_or_else(|| self.err_unsafe(ctx, name, "opaque directory cannot be created"))?;
-        let saved = dir_times(&dir);
+        let saved = dir_times(&dir.fd);
         let result = self.clear_lower(ctx, name, &dir);
-        restore_times(&dir, saved);
+        restore_times(&dir.fd, saved);
         result
     }
 
     /// Removes the children of `dir` that this layer did not create.
-    fn clear_lower(&self, ctx: &LayerCtx, name: &str, dir: &Path) -> Result<(), LayerError> {
-        let list = fs::read_dir(dir).map_err(self.err_io(ctx, name, "listing opaque directory"))?;
-        for child in list {
-            let child = child
-                .map_err(self.err_io(ctx, name, "listing opaque directory"))?
-                .path();
-            if !ctx.created.contains(&child) {
-                self.clear_for(ctx, name, &child, false)?;
+    fn clear_lower(&self, ctx: &LayerCtx, name: &str, dir: &Resolved) -> Result<(), LayerError> {
+        let list =
+            dirfd::list(&dir.fd).map_err(self.err_io(ctx, name, "listing opaque directory"))?;
+        for (child, _) in list {
+            if !ctx.created.contains(&dir.rel.join(&child)) {
+                self.clear_for(ctx, name, &dir.fd, &child, false)?;
             }
         }
         Ok(())
@@ -660,54 +692,64 @@ impl Applier {
 
     /// Applies directory modes, owners and mtimes (deepest first); call after the last layer.
     pub fn finish(mut self) -> Result<Vec<String>, LayerError> {
-        self.finish_dirs()?;
+        self.finish_dirs("-")?;
         Ok(self.warnings)
     }
 
     /// Applies the metadata of the directories the last layer listed (deepest first), as
     /// umoci and docker do at the end of each layer: later layers that change a directory
     /// then update its mtime. Unprivileged, directories keep owner rwx so that later layers
-    /// can still write into them.
-    fn finish_dirs(&mut self) -> Result<(), LayerError> {
+    /// can still write into them. Each directory is re-opened by a walk from the root that
+    /// follows no symlink; one that is gone, or whose path now passes through a symlink or a
+    /// file (a later entry replaced an ancestor), is skipped: its metadata has no place left
+    /// in the rootfs.
+    fn finish_dirs(&mut self, layer: &str) -> Result<(), LayerError> {
         let dirs = std::mem::take(&mut self.dirs);
-        for (path, meta) in dirs.iter().rev() {
+        if dirs.is_empty() {
+            return Ok(());
+        }
+        for (rel, meta) in dirs.iter().rev() {
             let io_e = |what| {
-                let entry = path
-                    .strip_prefix(&self.root)
-                    .unwrap_or(path)
-                    .display()
-                    .to_string();
-                let image = self.image.clone();
+                let (image, layer, entry) = (
+                    self.image.clone(),
+                    layer.to_string(),
+                    rel.display().to_string(),
+                );
                 move |source| LayerError::Io {
                     image,
-                    layer: "-".to_string(),
+                    layer,
                     entry,
                     what,
                     source,
                 }
             };
-            if !fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+            let root = self.root_fd().map_err(io_e("opening directory"))?;
+            let Some(fd) = dirfd::open_beneath(root, rel).map_err(io_e("opening directory"))?
+            else {
                 continue;
-            }
-            if let Some((u, g)) = meta.owner {
-                std::os::unix::fs::lchown(path, Some(u), Some(g)).map_err(io_e("chown"))?;
-            }
+            };
             let mode = if self.privileged {
                 meta.mode
             } else {
                 meta.mode | 0o700
             };
-            fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_e("chmod"))?;
-            let t = filetime::FileTime::from_unix_time(meta.mtime as i64, 0);
-            filetime::set_symlink_file_times(path, t, t).map_err(io_e("setting mtime"))?;
+            dirfd::set_dir_meta(&fd, meta.owner, mode, mtime_secs(meta.mtime))
+                .map_err(io_e("setting owner, mode and mtime"))?;
         }
         Ok(())
     }
 }
 
+/// A tar mtime as seconds for utimensat (absurd values are clamped).
+fn mtime_secs(mtime: u64) -> i64 {
+    i64::try_from(mtime).unwrap_or(i64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     /// One tar entry: (raw name, type, content or link target, mode).
     type Spec<'a> = (&'a [u8], EntryType, &'a [u8], u32);
@@ -872,6 +914,251 @@ mod tests {
         assert_eq!(fs::read(inside).expect("inside"), b"pwned");
         assert_eq!(fs::read(root.join("f")).expect("f"), b"replaced");
         assert!(fs::symlink_metadata(root.join("f")).expect("f").is_file());
+    }
+
+    /// Like [`tar_of`], every entry owned by `uid:uid`.
+    fn tar_owned(entries: &[Spec], uid: u64) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let raw = tar_of(entries);
+        let mut ar = tar::Archive::new(&raw[..]);
+        for e in ar.entries().expect("entries") {
+            let mut e = e.expect("entry");
+            let mut h = e.header().clone();
+            h.set_uid(uid);
+            h.set_gid(uid);
+            h.set_cksum();
+            let mut data = Vec::new();
+            io::Read::read_to_end(&mut e, &mut data).expect("read");
+            b.append(&h, &data[..]).expect("append");
+        }
+        b.into_inner().expect("tar")
+    }
+
+    /// What a host-side check compares of every path under a sentinel tree.
+    type Snapshot = Vec<(PathBuf, u32, u32, u32, i64, u64, Option<Vec<u8>>)>;
+
+    fn snapshot(top: &Path) -> Snapshot {
+        use std::os::unix::fs::MetadataExt;
+        let mut out = Vec::new();
+        let mut todo = vec![PathBuf::new()];
+        while let Some(rel) = todo.pop() {
+            let p = top.join(&rel);
+            let m = fs::symlink_metadata(&p).expect("stat sentinel");
+            let content = m.is_file().then(|| fs::read(&p).expect("read sentinel"));
+            if m.is_dir() {
+                for e in fs::read_dir(&p).expect("ls sentinel").flatten() {
+                    todo.push(rel.join(e.file_name()));
+                }
+            }
+            out.push((
+                rel,
+                m.mode(),
+                m.uid(),
+                m.gid(),
+                m.mtime(),
+                m.nlink(),
+                content,
+            ));
+        }
+        out.sort();
+        out
+    }
+
+    /// A host directory outside any rootfs: `sentinel/victim/keep` ("keep"), known modes
+    /// and mtimes. Returns the tempdir holding it and the sentinel's absolute path.
+    fn sentinel() -> (tempfile::TempDir, PathBuf) {
+        let t = tempfile::tempdir().expect("tempdir");
+        let s = t.path().join("sentinel");
+        fs::create_dir_all(s.join("victim")).expect("mkdir");
+        fs::write(s.join("victim/keep"), b"keep").expect("write");
+        for (p, mode) in [("victim/keep", 0o640), ("victim", 0o750), ("", 0o700)] {
+            let p = s.join(p);
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode)).expect("chmod");
+            let t = filetime::FileTime::from_unix_time(1_500_000_000, 0);
+            filetime::set_symlink_file_times(&p, t, t).expect("utimes");
+        }
+        (t, s)
+    }
+
+    fn bytes(p: &Path) -> &[u8] {
+        p.as_os_str().as_bytes()
+    }
+
+    const L: EntryType = EntryType::Symlink;
+
+    // Attack 2 of issue 19: `x/`, `x/victim/` (0777, uid 4242), then `x` -> a host directory.
+    // Directory metadata was applied by path after the layer, through the new symlink, so the
+    // host's `victim` became 4242:4242 0777. Now it is applied through a no-follow walk, which
+    // skips `x/victim` (its ancestor is a symlink), and the rest of the layer stays inside.
+    #[test]
+    fn swapped_ancestor_absolute_symlink_changes_nothing_outside() {
+        let (_keep, s) = sentinel();
+        let before = snapshot(&s);
+        let layer = tar_owned(
+            &[
+                (b"x/", D, b"", 0o755),
+                (b"x/victim/", D, b"", 0o777),
+                (b"x", L, bytes(&s), 0o777),
+                (b"x/victim/f", F, b"pwned", 0o4777),
+            ],
+            4242,
+        );
+        let (t, res) = render(&[layer]);
+        res.expect("the links resolve inside the rootfs");
+        assert_eq!(snapshot(&s), before, "the host sentinel changed");
+        let r = t.path().join("rootfs");
+        assert!(fs::symlink_metadata(r.join("x"))
+            .expect("x")
+            .file_type()
+            .is_symlink());
+        // What went through the link landed inside the rootfs, as if it were `/`.
+        let inside = r.join(s.strip_prefix("/").expect("absolute"));
+        assert_eq!(fs::read(inside.join("victim/f")).expect("f"), b"pwned");
+    }
+
+    // Attack 2 with a relative link climbing out (`x -> ../sentinel`, the rootfs being next
+    // to the sentinel): the link is refused when it is created, and nothing outside changed.
+    #[test]
+    fn swapped_ancestor_relative_symlink_is_refused() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let root = t.path().join("rootfs");
+        fs::create_dir(&root).expect("mkdir");
+        let s = t.path().join("sentinel");
+        fs::create_dir_all(s.join("victim")).expect("mkdir");
+        fs::write(s.join("victim/keep"), b"keep").expect("write");
+        let before = snapshot(&s);
+        for target in [
+            &b"../sentinel"[..],
+            b"../../../../../../../..",
+            b"a/../../sentinel",
+        ] {
+            let layer = tar_owned(
+                &[
+                    (b"x/", D, b"", 0o755),
+                    (b"x/victim/", D, b"", 0o777),
+                    (b"x", L, target, 0o777),
+                ],
+                4242,
+            );
+            let mut a = Applier::new(&root, "test-image", Limits::from_env());
+            let e = a
+                .apply("layer0", 0, &layer[..])
+                .and_then(|_| a.finish().map(|_| ()))
+                .map(|_| ())
+                .expect_err("an escaping symlink is refused");
+            let e = e.to_string();
+            assert!(
+                e.contains("test-image") && e.contains("layer0") && e.contains("\"x\""),
+                "{e}"
+            );
+            assert_eq!(snapshot(&s), before, "the host sentinel changed");
+        }
+    }
+
+    // The swap across layers: a lower layer made `x/victim/`; an upper one lists `x/victim/`
+    // (0777, uid 4242) and then replaces `x` by a link to the host; a third writes through it.
+    #[test]
+    fn swapped_ancestor_across_layers_changes_nothing_outside() {
+        let (_keep, s) = sentinel();
+        let before = snapshot(&s);
+        let l1 = tar_of(&[(b"x/", D, b"", 0o755), (b"x/victim/", D, b"", 0o755)]);
+        let l2 = tar_owned(
+            &[(b"x/victim/", D, b"", 0o777), (b"x", L, bytes(&s), 0o777)],
+            4242,
+        );
+        let l3 = tar_owned(
+            &[
+                (b"x/victim/", D, b"", 0o777),
+                (b"x/victim/keep", F, b"pwned", 0o777),
+                (b"x/victim/f", F, b"pwned", 0o777),
+            ],
+            4242,
+        );
+        let (t, res) = render(&[l1, l2, l3]);
+        res.expect("renders inside the rootfs");
+        assert_eq!(snapshot(&s), before, "the host sentinel changed");
+        let inside = t
+            .path()
+            .join("rootfs")
+            .join(s.strip_prefix("/").expect("absolute"));
+        assert_eq!(
+            fs::read(inside.join("victim/keep")).expect("keep"),
+            b"pwned"
+        );
+        let m = fs::metadata(inside.join("victim")).expect("victim");
+        assert_eq!(m.permissions().mode() & 0o7777, 0o777);
+    }
+
+    // Whiteouts and opaque markers under a swapped ancestor remove only inside the rootfs.
+    #[test]
+    fn whiteout_and_opaque_through_swapped_ancestor_stay_inside() {
+        let (_keep, s) = sentinel();
+        let before = snapshot(&s);
+        let l1 = tar_of(&[
+            (b"x/", D, b"", 0o755),
+            (b"x/victim/", D, b"", 0o755),
+            (b"x", L, bytes(&s), 0o777),
+            (b"x/victim/.wh.keep", F, b"", 0o644),
+            (b"y", L, bytes(&s.join("victim")), 0o777),
+        ]);
+        let l2 = tar_of(&[
+            (b"x/victim/.wh.keep", F, b"", 0o644),
+            (b"x/.wh.victim", F, b"", 0o644),
+            (b"x/.wh..wh..opq", F, b"", 0o644),
+            (b"y/.wh..wh..opq", F, b"", 0o644),
+            (b"y/.wh.keep", F, b"", 0o644),
+        ]);
+        let (_t, res) = render(&[l1, l2]);
+        res.expect("renders inside the rootfs");
+        assert_eq!(snapshot(&s), before, "the host sentinel changed");
+    }
+
+    // A hard link whose target path goes through a link to the host is refused (the target
+    // is looked up inside the rootfs, where it does not exist), and the host file gets no
+    // new link.
+    #[test]
+    fn hard_link_through_symlink_to_outside_is_refused() {
+        let (_keep, s) = sentinel();
+        let before = snapshot(&s);
+        let keep = s.join("victim/keep");
+        for layers in [
+            vec![tar_of(&[
+                (b"x", L, bytes(&s), 0o777),
+                (b"h", EntryType::Link, b"x/victim/keep", 0o644),
+            ])],
+            vec![
+                tar_of(&[(b"x", L, bytes(&s.join("victim")), 0o777)]),
+                tar_of(&[(b"h", EntryType::Link, b"x/keep", 0o644)]),
+            ],
+        ] {
+            let (_t, res) = render(&layers);
+            let e = res.expect_err("refused").to_string();
+            assert!(
+                e.contains("test-image") && e.contains("not a file inside the image"),
+                "{e}"
+            );
+            assert_eq!(snapshot(&s), before, "the host sentinel changed");
+        }
+        assert_eq!(fs::read(keep).expect("keep"), b"keep");
+    }
+
+    // A listed directory replaced by a file, or removed, later in the layer: its deferred
+    // metadata is skipped (nothing to apply it to), the layer still applies.
+    #[test]
+    fn deferred_dir_metadata_skips_replaced_directories() {
+        let (t, res) = render(&[tar_of(&[
+            (b"a/", D, b"", 0o700),
+            (b"a/b/", D, b"", 0o700),
+            (b"a", F, b"now a file", 0o644),
+            (b"c/", D, b"", 0o750),
+            (b"c/d/", D, b"", 0o711),
+        ])]);
+        res.expect("renders");
+        let r = t.path().join("rootfs");
+        assert_eq!(fs::read(r.join("a")).expect("a"), b"now a file");
+        let mode = |p: &str| fs::metadata(r.join(p)).expect("stat").permissions().mode() & 0o7777;
+        assert_eq!(mode("c/d"), 0o711);
+        assert_eq!(mode("c"), 0o750);
     }
 
     #[test]

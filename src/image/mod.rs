@@ -12,6 +12,7 @@ pub mod aci;
 pub mod acname;
 pub mod auth;
 pub mod config;
+pub mod dirfd;
 pub mod discovery;
 pub mod fetch;
 mod fetch_aci;

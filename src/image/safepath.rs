@@ -1,12 +1,16 @@
 //! Path safety for layer entries: parsing entry names and resolving paths inside a rootfs
 //! without ever following a symlink out of it.
 
+use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
-use std::fs;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::DirBuilderExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+use nix::sys::stat::SFlag;
+
+use super::dirfd;
 
 /// Longest accepted entry path, in bytes.
 pub const MAX_PATH: usize = 4096;
@@ -86,70 +90,118 @@ pub fn symlink_escapes(parent: &[OsString], target: &[u8]) -> bool {
     false
 }
 
-/// Resolves `comps` (a directory path below `root`) to a real path whose every component is a
-/// real directory inside `root`: symlinks met on the way are resolved as if `root` were `/`
-/// (absolute targets restart at `root`, `..` stops at `root`). Missing directories are created
-/// (mode 0755) when `create` is set; otherwise `Ok(None)` is returned for a missing path.
-pub fn resolve_dir(root: &Path, comps: &[OsString], create: bool) -> io::Result<Option<PathBuf>> {
-    let mut queue: std::collections::VecDeque<OsString> = comps.iter().cloned().collect();
+/// A directory resolved beneath a rootfs: an open descriptor on it and its path below the
+/// root with every symlink resolved (a key and a label, never to be resolved again by path).
+#[derive(Debug)]
+pub struct Resolved {
+    /// The directory, opened without following a symlink.
+    pub fd: OwnedFd,
+    /// Its path below the root; every component a real directory when it was resolved.
+    pub rel: PathBuf,
+}
+
+/// Resolves `comps` (a directory path below the root `root`) to an open real directory inside
+/// it: symlinks met on the way are resolved as if the root were `/` (absolute targets restart
+/// at the root, `..` stops at the root), by descriptors opened with `O_NOFOLLOW` from `root`,
+/// so nothing outside the root is ever reached (the semantics of openat2's `RESOLVE_IN_ROOT`,
+/// with creation). Missing directories are created (mode 0755) when `create` is set;
+/// otherwise `Ok(None)` is returned for a missing path.
+pub fn resolve_dir_at(
+    root: &OwnedFd,
+    comps: &[OsString],
+    create: bool,
+) -> io::Result<Option<Resolved>> {
+    let mut queue: VecDeque<OsString> = comps.iter().cloned().collect();
     let mut stack: Vec<OsString> = Vec::new();
+    let mut cur = root.try_clone()?;
     let mut hops = 0;
+    let shown = |stack: &[OsString], c: &OsStr| {
+        let mut p: PathBuf = stack.iter().collect();
+        p.push(c);
+        p
+    };
     while let Some(c) = queue.pop_front() {
         if c.is_empty() || c == "." {
             continue;
         }
         if c == ".." {
             stack.pop();
+            let rel: PathBuf = stack.iter().collect();
+            cur = dirfd::open_beneath(root, &rel)?.ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{} vanished while resolving", rel.display()),
+                )
+            })?;
             continue;
         }
-        let mut p = root.to_path_buf();
-        p.extend(&stack);
-        p.push(&c);
-        match fs::symlink_metadata(&p) {
-            Ok(m) if m.file_type().is_symlink() => {
+        match dirfd::open_dir_at(&cur, &c) {
+            Ok(next) => {
+                cur = next;
+                stack.push(c);
+                continue;
+            }
+            Err(e) if !dirfd::is_gone(&e) => return Err(e),
+            Err(_) => {}
+        }
+        match dirfd::stat_at(&cur, &c)? {
+            Some(st) if dirfd::kind(&st) == SFlag::S_IFLNK => {
                 hops += 1;
                 if hops > MAX_HOPS {
                     return Err(io::Error::other(format!(
                         "too many levels of symlinks at {}",
-                        p.display()
+                        shown(&stack, &c).display()
                     )));
                 }
-                let target = fs::read_link(&p)?;
-                let bytes = target.as_os_str().as_bytes();
+                let target = dirfd::readlink_at(&cur, &c)?;
+                let bytes = target.as_bytes();
                 if bytes.first() == Some(&b'/') {
                     stack.clear();
+                    cur = root.try_clone()?;
                 }
-                let mut new: Vec<OsString> = bytes
+                let mut new: VecDeque<OsString> = bytes
                     .split(|&b| b == b'/')
                     .map(|s| OsStr::from_bytes(s).to_os_string())
                     .collect();
                 new.extend(queue.drain(..));
-                queue = new.into();
+                queue = new;
             }
-            Ok(m) if m.is_dir() => stack.push(c),
-            Ok(_) => {
+            Some(_) => {
                 return Err(io::Error::new(
                     io::ErrorKind::NotADirectory,
-                    format!("{} is not a directory", p.display()),
+                    format!("{} is not a directory", shown(&stack, &c).display()),
                 ))
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
-                fs::DirBuilder::new().mode(0o755).create(&p)?;
+            None if create => {
+                dirfd::mkdir_at(&cur, &c, 0o755)?;
+                cur = dirfd::open_dir_at(&cur, &c)?;
                 stack.push(c);
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+            None => return Ok(None),
         }
     }
-    let mut p = root.to_path_buf();
-    p.extend(&stack);
-    Ok(Some(p))
+    Ok(Some(Resolved {
+        fd: cur,
+        rel: stack.iter().collect(),
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::symlink;
+    use std::path::Path;
+
+    /// [`resolve_dir_at`] from the directory `root`, returning the resolved directory's path.
+    fn resolve_dir(root: &Path, comps: &[OsString], create: bool) -> io::Result<Option<PathBuf>> {
+        let fd = dirfd::open_root(root)?;
+        Ok(resolve_dir_at(&fd, comps, create)?.map(|r| {
+            let mut p = root.to_path_buf();
+            p.extend(r.rel.components());
+            p
+        }))
+    }
 
     fn comps(s: &str) -> Vec<OsString> {
         entry_components(s.as_bytes()).expect("safe")
