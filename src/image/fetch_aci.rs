@@ -373,6 +373,9 @@ mod tests {
             "{e}"
         );
         let e = sig_read_error(http::ReadError::TooBig(10));
-        assert!(e.contains("10 bytes") && e.contains(MAX_SIGNATURE_VAR), "{e}");
+        assert!(
+            e.contains("10 bytes") && e.contains(MAX_SIGNATURE_VAR),
+            "{e}"
+        );
     }
 }

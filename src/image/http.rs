@@ -320,7 +320,9 @@ impl<R: Read> Read for Capped<R> {
                 _ => Err(io::Error::other(CapExceeded(self.max))),
             };
         }
-        let want = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..want])?;
         self.left -= n as u64;
         Ok(n)
@@ -414,7 +416,8 @@ mod tests {
         assert!(check_scheme(&https, None, strict).is_ok());
         let e = check_scheme(&http, Some(&https), strict).expect_err("downgrade");
         assert!(
-            matches!(e, HttpError::Downgrade { .. }) && e.to_string().contains("--insecure-options=http"),
+            matches!(e, HttpError::Downgrade { .. })
+                && e.to_string().contains("--insecure-options=http"),
             "{e}"
         );
         assert!(matches!(

@@ -334,14 +334,15 @@ impl Client {
             q.append_pair("scope", &format!("repository:{}:pull", self.repo));
         }
         let basic = self.creds.as_ref().map(Credentials::basic_header);
-        let resp = http::get(&self.agent, self.policy, url, &[], basic.as_deref())
-            .map_err(|e| match e {
+        let resp = http::get(&self.agent, self.policy, url, &[], basic.as_deref()).map_err(
+            |e| match e {
                 HttpError::Status { status, resp, .. } => auth_err(format!(
                     "token request to {realm}: HTTP {status}: {}",
                     http::error_excerpt(*resp)
                 )),
                 e => auth_err(format!("token request to {realm}: {e}")),
-            })?;
+            },
+        )?;
         let body = http::read_capped(resp.into_reader(), MAX_TOKEN_RESPONSE)
             .map_err(|e| auth_err(format!("token response from {realm}: {e}")))?;
         #[derive(serde::Deserialize)]
