@@ -378,4 +378,50 @@ mod tests {
             "{e}"
         );
     }
+
+    fn opts() -> FetchOptions {
+        FetchOptions {
+            insecure_http: true,
+            insecure_tls: false,
+            insecure_image: true,
+            pull_policy: Default::default(),
+            data_dir: PathBuf::from("/nonexistent"),
+        }
+    }
+
+    #[test]
+    fn download_stops_at_the_cap_while_streaming() {
+        // Attack: a server that announces no length and sends more than the cap; podvm must
+        // stop reading at the cap (and write no more than the cap), not fill the disk.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let s = http::test_server::serve(l, |path| match path {
+            "/big.aci" => http::test_server::ok(&vec![7u8; 300_000], false),
+            "/announced.aci" => http::test_server::ok(&vec![7u8; 300_000], true),
+            _ => http::test_server::ok(&vec![7u8; 100_000], false),
+        });
+        let t = tempfile::tempdir().expect("tempdir");
+        let agent = http::agent(false);
+        for name in ["big.aci", "announced.aci"] {
+            let url = format!("{}/{name}", s.base);
+            let mut f = std::fs::File::create(t.path().join(name)).expect("create");
+            let e = download(&agent, &opts(), &url, 200_000, &mut f).expect_err("over the cap");
+            assert!(
+                matches!(&e, FetchError::TooLarge { max: 200_000, .. })
+                    && e.to_string().contains(&url),
+                "{e}"
+            );
+            let written = f.metadata().expect("stat").len();
+            assert!(written <= 200_000, "{name}: wrote {written} bytes");
+        }
+        let mut f = std::fs::File::create(t.path().join("ok")).expect("create");
+        download(
+            &agent,
+            &opts(),
+            &format!("{}/ok.aci", s.base),
+            200_000,
+            &mut f,
+        )
+        .expect("under the cap");
+        assert_eq!(f.metadata().expect("stat").len(), 100_000);
+    }
 }

@@ -137,7 +137,8 @@ pub enum HttpError {
         status: u16,
         /// The response (headers, body).
         resp: Box<ureq::Response>,
-        /// Whether `url` has the origin of the first request (so credentials were sent to it).
+        /// Whether every hop so far had the origin of the first request (so `authorization`
+        /// was sent to `url`).
         same_origin: bool,
     },
 }
@@ -193,8 +194,11 @@ pub fn get(
     let origin = url.origin();
     let first = url.to_string();
     let mut url = url;
+    let mut left_origin = false;
     for _ in 0..=MAX_REDIRECTS {
-        let same_origin = url.origin() == origin;
+        // Once another host chose where to go next, nothing it names gets the credentials.
+        left_origin |= url.origin() != origin;
+        let same_origin = !left_origin;
         let mut req = agent.request_url("GET", &url);
         for (k, v) in headers {
             req = req.set(k, v);
@@ -390,9 +394,140 @@ impl ServerCertVerifier for AcceptAnyCert {
     }
 }
 
+/// A tiny scripted HTTP/1.1 server on 127.0.0.1 for unit tests: answers each request with the
+/// reply its path maps to and records the request head it received.
+#[cfg(test)]
+pub(crate) mod test_server {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::sync::{Arc, Mutex};
+
+    /// A running server.
+    pub struct Server {
+        /// `http://127.0.0.1:PORT`.
+        pub base: String,
+        /// The request heads received, in order (lowercased header names).
+        pub requests: Arc<Mutex<Vec<String>>>,
+    }
+
+    /// Serves on `l` forever (the thread ends with the test process); `reply(path)` gives the
+    /// raw response (status line, headers, blank line, body) to send, then the connection is
+    /// closed.
+    pub fn serve(l: TcpListener, reply: impl Fn(&str) -> Vec<u8> + Send + 'static) -> Server {
+        let base = format!("http://{}", l.local_addr().expect("addr"));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let log = requests.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut head = String::new();
+                let mut r = BufReader::new(conn.try_clone().expect("clone"));
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    head.push_str(&line.to_ascii_lowercase());
+                }
+                let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                log.lock().expect("lock").push(head);
+                let _ = conn.write_all(&reply(&path));
+            }
+        });
+        Server { base, requests }
+    }
+
+    /// A redirect to `location`.
+    pub fn redirect(status: u16, location: &str) -> Vec<u8> {
+        format!("HTTP/1.1 {status} Redirect\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").into_bytes()
+    }
+
+    /// A 200 with `body` and, if `length`, a Content-Length (else the body ends with the
+    /// connection).
+    pub fn ok(body: &[u8], length: bool) -> Vec<u8> {
+        let len = if length {
+            format!("Content-Length: {}\r\n", body.len())
+        } else {
+            String::new()
+        };
+        let mut v = format!("HTTP/1.1 200 OK\r\n{len}Connection: close\r\n\r\n").into_bytes();
+        v.extend_from_slice(body);
+        v
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn authorization_stays_with_the_first_origin() {
+        // Attack: a registry (A) redirects within itself, then to another host (B) with a
+        // user:password of its choosing in the Location, and B sends the client back to A. The
+        // credentials must reach A while the client is still on A, never B, and not A again
+        // once B chose where to go; the Location's user:password is not used either.
+        let la = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let lb = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let a_base = format!("http://{}", la.local_addr().expect("addr"));
+        let b_evil = format!("http://evil:pw@{}", lb.local_addr().expect("addr"));
+        let back = format!("{a_base}/back");
+        let a = test_server::serve(la, move |path| match path {
+            "/start" => test_server::redirect(302, "/same"),
+            "/same" => test_server::redirect(307, &format!("{b_evil}/x")),
+            _ => test_server::ok(b"done", true),
+        });
+        let b = test_server::serve(lb, move |_| test_server::redirect(308, &back));
+        let url = parse_url(&format!("{a_base}/start")).expect("url");
+        let resp = get(
+            &agent(false),
+            Policy::fetch(true),
+            url,
+            &[("Accept", "x/y")],
+            Some("Basic c2VjcmV0"),
+        )
+        .expect("get");
+        assert_eq!(resp.into_string().expect("body"), "done");
+        let a_reqs = a.requests.lock().expect("lock").clone();
+        let b_reqs = b.requests.lock().expect("lock").clone();
+        assert_eq!(a_reqs.len(), 3, "{a_reqs:?}");
+        assert_eq!(b_reqs.len(), 1, "{b_reqs:?}");
+        for (i, r) in a_reqs.iter().enumerate() {
+            assert!(r.contains("accept: x/y"), "{r}");
+            assert_eq!(
+                r.contains("authorization: basic c2vjcmv0"),
+                i < 2,
+                "request {i} to A: {r}"
+            );
+        }
+        assert!(!b_reqs[0].contains("authorization"), "B got: {}", b_reqs[0]);
+    }
+
+    #[test]
+    fn redirect_loops_and_downgrades_stop() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let s = test_server::serve(l, |_| test_server::redirect(302, "/again"));
+        let e = get(
+            &agent(false),
+            Policy::fetch(true),
+            parse_url(&format!("{}/loop", s.base)).expect("url"),
+            &[],
+            None,
+        )
+        .expect_err("loop");
+        assert!(matches!(e, HttpError::TooManyRedirects { .. }), "{e}");
+        assert_eq!(s.requests.lock().expect("lock").len(), MAX_REDIRECTS + 1);
+        // Plain http without the flag is never contacted.
+        let e = get(
+            &agent(false),
+            Policy::fetch(false),
+            parse_url(&format!("{}/x", s.base)).expect("url"),
+            &[],
+            None,
+        )
+        .expect_err("http");
+        assert!(e.to_string().contains("--insecure-options=http"), "{e}");
+        assert_eq!(s.requests.lock().expect("lock").len(), MAX_REDIRECTS + 1);
+    }
 
     #[test]
     fn capped_reader_fails_past_the_cap_only() {
