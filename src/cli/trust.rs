@@ -138,7 +138,13 @@ fn read_key(agent: &ureq::Agent, src: &str, allow_http: bool) -> Result<Vec<u8>,
         if src.starts_with("http://") && !allow_http {
             return Err(err("plain http needs --insecure-allow-http".into()));
         }
-        let resp = agent.get(src).call().map_err(|e| err(http::describe(&e)))?;
+        let policy = http::Policy {
+            allow_http,
+            http_flag: "--insecure-allow-http",
+        };
+        let resp = http::parse_url(src)
+            .and_then(|u| http::get(agent, policy, u, &[], None))
+            .map_err(|e| err(e.to_string()))?;
         resp.into_reader()
             .take(MAX_KEY)
             .read_to_end(&mut data)

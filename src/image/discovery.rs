@@ -185,17 +185,23 @@ impl Discoverer<'_> {
         } else {
             &["https"]
         };
+        let policy = http::Policy {
+            allow_http: self.insecure_http,
+            http_flag: self.http_flag,
+        };
         for scheme in schemes {
             let url = format!("{scheme}://{path}?ac-discovery=1");
-            match self.agent.get(&url).call() {
+            // Redirects are followed, but never from https to plain http without the flag.
+            match http::parse_url(&url).and_then(|u| http::get(self.agent, policy, u, &[], None)) {
                 Ok(resp) => {
-                    let mut body = String::new();
-                    match resp.into_reader().take(MAX_PAGE).read_to_string(&mut body) {
-                        Ok(_) => return Ok((url, body)),
+                    // Only the first MAX_PAGE bytes are looked at: a longer page is cut.
+                    let mut body = Vec::new();
+                    match resp.into_reader().take(MAX_PAGE).read_to_end(&mut body) {
+                        Ok(_) => return Ok((url, String::from_utf8_lossy(&body).into_owned())),
                         Err(e) => errs.push(format!("{url}: {e}")),
                     }
                 }
-                Err(e) => errs.push(http::describe(&e)),
+                Err(e) => errs.push(e.to_string()),
             }
         }
         if !self.insecure_http {

@@ -21,6 +21,9 @@ use crate::store::{Digest, Store, StoreError};
 /// Parallel layer downloads.
 const PARALLEL: usize = 4;
 
+/// Largest image config (OCI/Docker config JSON) accepted: it is read into memory.
+pub const MAX_CONFIG: u64 = 16 << 20;
+
 /// When to contact the remote (rkt's `--pull-policy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum PullPolicy {
@@ -125,6 +128,35 @@ pub enum FetchError {
         url: String,
         /// The cause.
         why: String,
+    },
+    /// A download larger than podvm accepts.
+    #[error("{url}: refused, {what} may have at most {max} bytes (set {var} to raise the limit); nothing was stored")]
+    TooLarge {
+        /// The URL.
+        url: String,
+        /// What was downloaded (`an ACI`, ...).
+        what: &'static str,
+        /// The limit in bytes.
+        max: u64,
+        /// The environment variable that sets the limit.
+        var: &'static str,
+    },
+    /// A manifest declares a blob larger than podvm accepts (checked before downloading it;
+    /// a blob is never read past the size its descriptor declares).
+    #[error("{image}: {what} {digest} declares {size} bytes, more than the {max} podvm accepts{hint}; nothing was downloaded")]
+    DeclaredTooLarge {
+        /// Image.
+        image: String,
+        /// `config` or `layer`.
+        what: &'static str,
+        /// The blob.
+        digest: Digest,
+        /// Its declared size.
+        size: u64,
+        /// The limit.
+        max: u64,
+        /// How to raise the limit, if it can be.
+        hint: &'static str,
     },
     /// Unknown input kind.
     #[error("{0:?}: unsupported image input (use docker://..., oci:DIR[:tag], oci-archive:FILE, docker-archive:FILE, FILE.aci, https://.../FILE.aci or an appc name such as example.com/app:v1){1}")]
@@ -329,6 +361,28 @@ pub(super) fn import(
         }
         .into());
     };
+    if config.media_type != aci::ACI_MEDIA_TYPE && config.size > MAX_CONFIG {
+        return Err(FetchError::DeclaredTooLarge {
+            image: name.to_string(),
+            what: "config",
+            digest: config.digest.clone(),
+            size: config.size,
+            max: MAX_CONFIG,
+            hint: "",
+        });
+    }
+    let max_layer = super::layer::Limits::from_env().max_bytes;
+    if let Some(l) = layers.iter().find(|l| l.size > max_layer) {
+        // A compressed layer larger than what the whole image may expand to cannot be valid.
+        return Err(FetchError::DeclaredTooLarge {
+            image: name.to_string(),
+            what: "layer",
+            digest: l.digest.clone(),
+            size: l.size,
+            max: max_layer,
+            hint: " (PODVM_IMAGE_MAX_BYTES sets the limit)",
+        });
+    }
     ensure_blob(store, src, &config, &Progress::bar("config", config.size))?;
     if config.media_type == aci::ACI_MEDIA_TYPE {
         aci::app_defaults(name, manifest_bytes)?;

@@ -2,7 +2,7 @@
 //! `<url>.asc`) or an appc name resolved by discovery; the detached signature is verified
 //! against the keys trusted for the image's name unless `--insecure-options=image`.
 
-use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::aci;
@@ -16,8 +16,45 @@ use super::trust;
 use crate::store::record::{BlobRef, ImageRecord};
 use crate::store::{Digest, Store};
 
-/// Largest signature accepted.
-const MAX_SIGNATURE: u64 = 1 << 20;
+/// Default cap on a downloaded ACI: 4 GiB (`PODVM_IMAGE_MAX_ACI_BYTES`).
+pub const DEFAULT_MAX_ACI: u64 = 4 << 30;
+
+/// Default cap on an ACI's detached signature: 1 MiB (`PODVM_IMAGE_MAX_SIGNATURE_BYTES`).
+pub const DEFAULT_MAX_SIGNATURE: u64 = 1 << 20;
+
+/// The environment variable overriding [`DEFAULT_MAX_ACI`] (bytes).
+pub const MAX_ACI_VAR: &str = "PODVM_IMAGE_MAX_ACI_BYTES";
+
+/// The environment variable overriding [`DEFAULT_MAX_SIGNATURE`] (bytes).
+pub const MAX_SIGNATURE_VAR: &str = "PODVM_IMAGE_MAX_SIGNATURE_BYTES";
+
+/// Bounds on what an ACI fetch reads: the ACI download (checked against its announced
+/// `Content-Length` first, then while streaming) and its signature (downloaded or read from a
+/// file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AciLimits {
+    /// Most bytes of a downloaded ACI.
+    pub max_aci: u64,
+    /// Most bytes of a signature.
+    pub max_signature: u64,
+}
+
+impl AciLimits {
+    /// The defaults, overridden by [`MAX_ACI_VAR`] and [`MAX_SIGNATURE_VAR`] (a number of
+    /// bytes; anything else is ignored).
+    pub fn from_env() -> AciLimits {
+        let get = |k: &str, d: u64| {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(d)
+        };
+        AciLimits {
+            max_aci: get(MAX_ACI_VAR, DEFAULT_MAX_ACI),
+            max_signature: get(MAX_SIGNATURE_VAR, DEFAULT_MAX_SIGNATURE),
+        }
+    }
+}
 
 /// An ACI's detached signature, or why there is none.
 pub enum Sig {
@@ -57,15 +94,25 @@ pub fn from_file(
 
 fn read_sig_file(asc: &Path) -> Sig {
     let source = asc.display().to_string();
-    match std::fs::File::open(asc).and_then(|f| {
-        let mut data = Vec::new();
-        f.take(MAX_SIGNATURE).read_to_end(&mut data).map(|_| data)
-    }) {
+    let max = AciLimits::from_env().max_signature;
+    let read = std::fs::File::open(asc)
+        .map_err(http::ReadError::from)
+        .and_then(|f| http::read_capped(f, max));
+    match read {
         Ok(data) => Sig::Found { source, data },
         Err(e) => Sig::Missing {
             source,
-            why: e.to_string(),
+            why: sig_read_error(e),
         },
+    }
+}
+
+fn sig_read_error(e: http::ReadError) -> String {
+    match e {
+        http::ReadError::TooBig(max) => format!(
+            "the signature has more than {max} bytes, the most podvm accepts (set {MAX_SIGNATURE_VAR} to raise the limit)"
+        ),
+        http::ReadError::Io(e) => e.to_string(),
     }
 }
 
@@ -119,15 +166,55 @@ fn download_and_import(
     let tmp = store
         .tmp_dir()
         .join(format!("download-{}.aci", std::process::id()));
+    let limits = AciLimits::from_env();
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| dl(url, e.to_string()))?;
-        let resp = get(agent, opts, url)?;
-        std::io::copy(&mut resp.into_reader(), &mut f).map_err(|e| dl(url, e.to_string()))?;
-        let sig = (!opts.insecure_image).then(|| download_sig(agent, opts, asc_url));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(|e| dl(url, format!("creating {}: {e}", tmp.display())))?;
+        download(agent, opts, url, limits.max_aci, &mut f)?;
+        let sig = (!opts.insecure_image).then(|| download_sig(agent, opts, asc_url, &limits));
         import_aci(store, opts, name, &tmp, sig, expect_name)
     })();
     let _ = std::fs::remove_file(&tmp);
     result
+}
+
+/// The error for an ACI download over `max` bytes.
+fn too_large(url: &str, max: u64) -> FetchError {
+    FetchError::TooLarge {
+        url: url.to_string(),
+        what: "an ACI",
+        max,
+        var: MAX_ACI_VAR,
+    }
+}
+
+/// Streams the ACI at `url` into `f`, refusing more than `max` bytes (announced or received).
+fn download(
+    agent: &ureq::Agent,
+    opts: &FetchOptions,
+    url: &str,
+    max: u64,
+    f: &mut std::fs::File,
+) -> Result<(), FetchError> {
+    let resp = get(agent, opts, url)?;
+    let announced = resp
+        .header("Content-Length")
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|n| n > max) {
+        return Err(too_large(url, max));
+    }
+    let mut r = http::Capped::new(resp.into_reader(), max);
+    crate::store::copy_large(&mut r, f, announced).map_err(|e| match http::cap_exceeded(&e) {
+        Some(max) => too_large(url, max),
+        None => dl(url, e.to_string()),
+    })?;
+    Ok(())
 }
 
 fn dl(url: &str, why: String) -> FetchError {
@@ -137,25 +224,30 @@ fn dl(url: &str, why: String) -> FetchError {
     }
 }
 
+/// GETs `url`, following redirects without ever downgrading to plain http (unless
+/// `--insecure-options=http`).
 fn get(agent: &ureq::Agent, opts: &FetchOptions, url: &str) -> Result<ureq::Response, FetchError> {
-    if url.starts_with("http://") && !opts.insecure_http {
-        return Err(dl(url, "plain http needs --insecure-options=http".into()));
-    }
-    agent
-        .get(url)
-        .call()
-        .map_err(|e| dl(url, http::describe(&e)))
+    let policy = http::Policy::fetch(opts.insecure_http);
+    http::parse_url(url)
+        .and_then(|u| http::get(agent, policy, u, &[], None))
+        .map_err(|e| match e {
+            http::HttpError::Status {
+                url: at,
+                status,
+                resp,
+                ..
+            } => dl(
+                url,
+                format!("HTTP {status} from {at}: {}", http::error_excerpt(*resp)),
+            ),
+            e => dl(url, e.to_string()),
+        })
 }
 
-fn download_sig(agent: &ureq::Agent, opts: &FetchOptions, url: &str) -> Sig {
+fn download_sig(agent: &ureq::Agent, opts: &FetchOptions, url: &str, limits: &AciLimits) -> Sig {
     let read = || -> Result<Vec<u8>, String> {
         let resp = get(agent, opts, url).map_err(|e| e.to_string())?;
-        let mut data = Vec::new();
-        resp.into_reader()
-            .take(MAX_SIGNATURE)
-            .read_to_end(&mut data)
-            .map_err(|e| e.to_string())?;
-        Ok(data)
+        http::read_capped(resp.into_reader(), limits.max_signature).map_err(sig_read_error)
     };
     match read() {
         Ok(data) => Sig::Found {
@@ -256,4 +348,80 @@ fn verify(
         v.fingerprint, v.scope
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_default_and_env_names() {
+        // The defaults the docs promise (the variables are not set in unit tests).
+        if std::env::var_os(MAX_ACI_VAR).is_none() && std::env::var_os(MAX_SIGNATURE_VAR).is_none()
+        {
+            assert_eq!(
+                AciLimits::from_env(),
+                AciLimits {
+                    max_aci: 4 << 30,
+                    max_signature: 1 << 20
+                }
+            );
+        }
+        let e = too_large("https://h/a.aci", 1024).to_string();
+        assert!(
+            e.contains("https://h/a.aci") && e.contains("1024") && e.contains(MAX_ACI_VAR),
+            "{e}"
+        );
+        let e = sig_read_error(http::ReadError::TooBig(10));
+        assert!(
+            e.contains("10 bytes") && e.contains(MAX_SIGNATURE_VAR),
+            "{e}"
+        );
+    }
+
+    fn opts() -> FetchOptions {
+        FetchOptions {
+            insecure_http: true,
+            insecure_tls: false,
+            insecure_image: true,
+            pull_policy: Default::default(),
+            data_dir: PathBuf::from("/nonexistent"),
+        }
+    }
+
+    #[test]
+    fn download_stops_at_the_cap_while_streaming() {
+        // Attack: a server that announces no length and sends more than the cap; podvm must
+        // stop reading at the cap (and write no more than the cap), not fill the disk.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let s = http::test_server::serve(l, |path| match path {
+            "/big.aci" => http::test_server::ok(&vec![7u8; 300_000], false),
+            "/announced.aci" => http::test_server::ok(&vec![7u8; 300_000], true),
+            _ => http::test_server::ok(&vec![7u8; 100_000], false),
+        });
+        let t = tempfile::tempdir().expect("tempdir");
+        let agent = http::agent(false);
+        for name in ["big.aci", "announced.aci"] {
+            let url = format!("{}/{name}", s.base);
+            let mut f = std::fs::File::create(t.path().join(name)).expect("create");
+            let e = download(&agent, &opts(), &url, 200_000, &mut f).expect_err("over the cap");
+            assert!(
+                matches!(&e, FetchError::TooLarge { max: 200_000, .. })
+                    && e.to_string().contains(&url),
+                "{e}"
+            );
+            let written = f.metadata().expect("stat").len();
+            assert!(written <= 200_000, "{name}: wrote {written} bytes");
+        }
+        let mut f = std::fs::File::create(t.path().join("ok")).expect("create");
+        download(
+            &agent,
+            &opts(),
+            &format!("{}/ok.aci", s.base),
+            200_000,
+            &mut f,
+        )
+        .expect("under the cap");
+        assert_eq!(f.metadata().expect("stat").len(), 100_000);
+    }
 }

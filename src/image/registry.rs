@@ -1,12 +1,24 @@
 //! OCI distribution v2 client (blocking, ureq): anonymous, Bearer token and Basic auth,
 //! manifests, resumable verified blob downloads.
+//!
+//! Where credentials go (see also [`super::http`] for redirects):
+//! * Basic credentials (from `<dir>/auth.d/` or the docker `config.json`) answer a `Basic`
+//!   challenge of the registry's own host only; a 401 from a host the registry redirected to
+//!   (blob storage) is an error, never answered with them.
+//! * A `Bearer` challenge names a token realm, possibly on another host: like Docker, podvm sends
+//!   the registry's credentials (Basic) there to get a token, but only over https; a plain-http
+//!   realm is refused unless `--insecure-options=http`, whether or not credentials are
+//!   configured (an anonymous token fetched in clear text can be swapped just as well).
+//! * The token goes only to the registry's own origin.
+//! * Every body read is bounded: manifests by [`MAX_MANIFEST`], token responses by
+//!   [`MAX_TOKEN_RESPONSE`], error bodies by [`http::MAX_ERROR_BODY`], blobs by the size their
+//!   descriptor announces.
 
-use std::io::Read;
 use std::path::Path;
 use std::sync::Mutex;
 
 use super::auth::{self, parse_challenge, Credentials};
-use super::http;
+use super::http::{self, HttpError, Policy};
 use super::manifest::ACCEPT;
 use super::progress::Progress;
 use super::reference::DockerRef;
@@ -14,7 +26,10 @@ use crate::store::record::BlobRef;
 use crate::store::{BlobSink, Digest, Store, StoreError};
 
 /// Largest manifest accepted.
-const MAX_MANIFEST: u64 = 4 << 20;
+pub const MAX_MANIFEST: u64 = 4 << 20;
+
+/// Largest token response accepted.
+pub const MAX_TOKEN_RESPONSE: u64 = 1 << 20;
 
 /// Errors talking to a registry.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +56,25 @@ pub enum RegistryError {
         /// Hint for the user.
         hint: String,
     },
+    /// A request or redirect podvm refuses to follow (https to http, another scheme, too many
+    /// redirects, an oversized answer).
+    #[error("registry {host}: {what}: {why}")]
+    Refused {
+        /// Registry host.
+        host: String,
+        /// What was requested.
+        what: String,
+        /// Why it was refused.
+        why: String,
+    },
+    /// The Bearer challenge names a plain-http token realm.
+    #[error("registry {host}: its Bearer challenge names the plain-http token realm {realm}: refused, podvm asks a token realm for a token (with the registry's credentials, if configured) only over https; pass --insecure-options=http to allow a plain-http realm")]
+    InsecureRealm {
+        /// Registry host.
+        host: String,
+        /// The realm URL.
+        realm: String,
+    },
     /// Authentication failed.
     #[error("registry {host}: authentication failed: {why}")]
     Auth {
@@ -57,6 +91,7 @@ pub enum RegistryError {
 /// A client for one repository on one registry.
 pub struct Client {
     agent: ureq::Agent,
+    policy: Policy,
     base: String,
     host: String,
     repo: String,
@@ -91,6 +126,7 @@ impl Client {
         let host = r.api_host().to_string();
         let mut c = Client {
             agent,
+            policy: Policy::fetch(allow_http),
             base: format!("https://{host}"),
             host: host.clone(),
             repo: r.repository.clone(),
@@ -130,6 +166,45 @@ impl Client {
         }
     }
 
+    /// The error for a refused request or redirect, or a transport failure.
+    fn http_error(&self, what: &str, e: HttpError) -> RegistryError {
+        match e {
+            HttpError::Transport { why, .. } => self.transport(what, why),
+            HttpError::Status {
+                url,
+                status,
+                resp,
+                same_origin,
+            } => {
+                let hint = if !same_origin {
+                    let auth = if status == 401 {
+                        "; podvm sends the registry's credentials only to the registry itself"
+                    } else {
+                        ""
+                    };
+                    format!(" from {url}, where the registry redirected{auth}")
+                } else {
+                    match status {
+                        401 => " (unauthorized: put credentials in ~/.docker/config.json or <dir>/auth.d/)".to_string(),
+                        404 => " (no such image or tag)".to_string(),
+                        _ => format!(": {}", http::error_excerpt(*resp)),
+                    }
+                };
+                RegistryError::Status {
+                    host: self.host.clone(),
+                    what: what.to_string(),
+                    status,
+                    hint,
+                }
+            }
+            other => RegistryError::Refused {
+                host: self.host.clone(),
+                what: what.to_string(),
+                why: other.to_string(),
+            },
+        }
+    }
+
     /// GET with auth: on 401, answers the challenge and retries once.
     fn get_range(
         &self,
@@ -138,41 +213,44 @@ impl Client {
         what: &str,
         from: u64,
     ) -> Result<ureq::Response, RegistryError> {
+        let url = http::parse_url(&format!("{}{}", self.base, path))
+            .map_err(|e| self.http_error(what, e))?;
+        let range = format!("bytes={from}-");
+        let mut headers = Vec::new();
+        if !accept.is_empty() {
+            headers.push(("Accept", accept));
+        }
+        if from > 0 {
+            headers.push(("Range", range.as_str()));
+        }
         for attempt in 0..2 {
-            let mut req = self.agent.get(&format!("{}{}", self.base, path));
-            if !accept.is_empty() {
-                req = req.set("Accept", accept);
-            }
-            if from > 0 {
-                req = req.set("Range", &format!("bytes={from}-"));
-            }
             let auth = self
                 .auth_header
                 .lock()
                 .map(|g| g.clone())
                 .unwrap_or_default();
-            if let Some(a) = auth {
-                req = req.set("Authorization", &a);
-            }
-            match req.call() {
+            match http::get(
+                &self.agent,
+                self.policy,
+                url.clone(),
+                &headers,
+                auth.as_deref(),
+            ) {
                 Ok(resp) => return Ok(resp),
-                Err(ureq::Error::Status(401, resp)) if attempt == 0 => self.authenticate(&resp)?,
-                Err(ureq::Error::Status(401, _)) => return Err(self.rejected()),
-                Err(ureq::Error::Status(status, resp)) => {
-                    let body = resp.into_string().unwrap_or_default();
-                    let hint = match status {
-                        401 => " (unauthorized: put credentials in ~/.docker/config.json or <dir>/auth.d/)".to_string(),
-                        404 => " (no such image or tag)".to_string(),
-                        _ => format!(": {}", body.chars().take(200).collect::<String>()),
-                    };
-                    return Err(RegistryError::Status {
-                        host: self.host.clone(),
-                        what: what.to_string(),
-                        status,
-                        hint,
-                    });
-                }
-                Err(e) => return Err(self.transport(what, http::describe(&e))),
+                // Only the registry's own 401 is answered: a redirect target (blob storage)
+                // asking for credentials gets none.
+                Err(HttpError::Status {
+                    status: 401,
+                    resp,
+                    same_origin: true,
+                    ..
+                }) if attempt == 0 => self.authenticate(&resp)?,
+                Err(HttpError::Status {
+                    status: 401,
+                    same_origin: true,
+                    ..
+                }) => return Err(self.rejected()),
+                Err(e) => return Err(self.http_error(what, e)),
             }
         }
         Err(RegistryError::Auth {
@@ -227,41 +305,56 @@ impl Client {
         Ok(())
     }
 
+    /// Gets a Bearer token from the challenge's realm (https only, unless plain http is
+    /// allowed), sending the registry's credentials, if any, to the realm (only to its origin).
     fn token(
         &self,
         params: &std::collections::BTreeMap<String, String>,
     ) -> Result<String, RegistryError> {
-        let realm = params.get("realm").ok_or_else(|| RegistryError::Auth {
+        let auth_err = |why: String| RegistryError::Auth {
             host: self.host.clone(),
-            why: "Bearer challenge without realm".into(),
-        })?;
-        let mut req = self.agent.get(realm);
-        if let Some(s) = params.get("service") {
-            req = req.query("service", s);
+            why,
+        };
+        let realm = params
+            .get("realm")
+            .ok_or_else(|| auth_err("Bearer challenge without realm".into()))?;
+        let mut url = http::parse_url(realm)
+            .map_err(|e| auth_err(format!("Bearer challenge with a bad token realm: {e}")))?;
+        if url.scheme() == "http" && !self.policy.allow_http {
+            return Err(RegistryError::InsecureRealm {
+                host: self.host.clone(),
+                realm: realm.clone(),
+            });
         }
-        req = req.query("scope", &format!("repository:{}:pull", self.repo));
-        if let Some(c) = &self.creds {
-            req = req.set("Authorization", &c.basic_header());
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = params.get("service") {
+                q.append_pair("service", s);
+            }
+            q.append_pair("scope", &format!("repository:{}:pull", self.repo));
         }
-        let resp = req.call().map_err(|e| RegistryError::Auth {
-            host: self.host.clone(),
-            why: format!("token request to {realm}: {e}"),
-        })?;
+        let basic = self.creds.as_ref().map(Credentials::basic_header);
+        let resp = http::get(&self.agent, self.policy, url, &[], basic.as_deref()).map_err(
+            |e| match e {
+                HttpError::Status { status, resp, .. } => auth_err(format!(
+                    "token request to {realm}: HTTP {status}: {}",
+                    http::error_excerpt(*resp)
+                )),
+                e => auth_err(format!("token request to {realm}: {e}")),
+            },
+        )?;
+        let body = http::read_capped(resp.into_reader(), MAX_TOKEN_RESPONSE)
+            .map_err(|e| auth_err(format!("token response from {realm}: {e}")))?;
         #[derive(serde::Deserialize)]
         struct Tok {
             token: Option<String>,
             access_token: Option<String>,
         }
-        let t: Tok = resp.into_json().map_err(|e| RegistryError::Auth {
-            host: self.host.clone(),
-            why: format!("token response from {realm}: {e}"),
-        })?;
+        let t: Tok = serde_json::from_slice(&body)
+            .map_err(|e| auth_err(format!("token response from {realm}: {e}")))?;
         t.token
             .or(t.access_token)
-            .ok_or_else(|| RegistryError::Auth {
-                host: self.host.clone(),
-                why: format!("token response from {realm} has no token"),
-            })
+            .ok_or_else(|| auth_err(format!("token response from {realm} has no token")))
     }
 
     /// Fetches a manifest by tag or digest: its bytes, digest and Content-Type.
@@ -276,12 +369,16 @@ impl Client {
             &what,
         )?;
         let ctype = resp.header("Content-Type").map(|s| s.to_string());
-        let mut data = Vec::new();
-        resp.into_reader()
-            .take(MAX_MANIFEST)
-            .read_to_end(&mut data)
-            .map_err(|e| self.transport(&what, e))?;
-        Ok((data.clone(), Digest::of_bytes(&data), ctype))
+        let data = http::read_capped(resp.into_reader(), MAX_MANIFEST).map_err(|e| match e {
+            http::ReadError::TooBig(max) => RegistryError::Refused {
+                host: self.host.clone(),
+                what: what.clone(),
+                why: format!("the manifest has more than {max} bytes, the most podvm accepts"),
+            },
+            http::ReadError::Io(e) => self.transport(&what, e),
+        })?;
+        let digest = Digest::of_bytes(&data);
+        Ok((data, digest, ctype))
     }
 
     /// Downloads blob `b` into the store, verified, resuming a partial download if one exists.
