@@ -43,6 +43,32 @@ const ESCAPES: &str = "cd / && cd ../../../.. && ls -a | tr '\\n' ' ' && echo; \
      cat /proc/self/cwd/../outside/secret 2>/dev/null && echo LEAK-proc-cwd; \
      echo escapes-done";
 
+/// What guest root tries in `DIR/sec` to leave a privileged node on the host (setuid and setgid
+/// files, a setuid directory, char and block devices; a setgid directory and a FIFO are
+/// allowed), then appends to `DIR/victim`, which the host made setuid+setgid root before the
+/// boot. Prints each step's status and what the guest's `stat` shows.
+fn guest_privilege_attempts(dir: &str) -> String {
+    format!(
+        "mkdir -p {dir}/sec && cd {dir}/sec && echo x > f && chmod 4755 f; echo chmod-rc=$?; \
+         echo y > g && chown 0:0 g && chmod 6755 g; echo chown-chmod-rc=$?; \
+         mkdir d && chmod 2755 d; mkdir e && chmod 4755 e; echo dirs-rc=$?; \
+         mknod null c 1 3; echo mknod-c-rc=$?; mknod sda b 8 0; echo mknod-b-rc=$?; \
+         mkfifo fifo; echo mkfifo-rc=$?; echo pwned >> {dir}/victim; echo victim-rc=$?; \
+         stat -c \"guest %n %a %u:%g %F\" f g d e fifo {dir}/victim"
+    )
+}
+
+/// The host side after the guest of [`guest_privilege_attempts`]: every privileged node under
+/// `dir` as a `PRIV` line, then the modes of what the guest made there (`host LABEL NAME MODE
+/// UID:GID TYPE`) and the victim's content.
+fn host_privilege_scan(dir: &str, label: &str) -> String {
+    format!(
+        "{{ find {dir} -perm -4000; find {dir} ! -type d -perm -2000; find {dir} -type c; \
+         find {dir} -type b; }} | sed \"s/^/PRIV /\"; \
+         (cd {dir} && stat -c \"host {label} %n %a %u:%g %F\" sec/* victim && cat victim)"
+    )
+}
+
 static RESULTS: E2e = E2e::new("setup");
 
 /// The result of check `name`, or `None` (test skipped) when artifacts are missing.
@@ -113,6 +139,16 @@ fn batch() -> Option<Batch> {
             &format!(
                 "{RW} -- podvm-probe mmap-write /mapped {MMAP_BYTES}; echo rc=$?; \
                  test/podvm-probe sum fsroot/mapped"
+            ),
+        )
+        .check(
+            "privilege",
+            &format!(
+                "printf \"#!/bin/sh\\n\" > fsroot/victim && chmod 6755 fsroot/victim && \
+                 stat -c \"before %a\" fsroot/victim; \
+                 {RW} -- sh -c '{}'; echo rc=$?; {}",
+                guest_privilege_attempts(""),
+                host_privilege_scan("fsroot", "rootfs"),
             ),
         )
         .check("missing_dir", "podvm boot --rootfs /payload/no-such-dir -- /bin/true")
@@ -335,4 +371,65 @@ fn pattern_sum(len: usize) -> u64 {
     (0..len).fold(0xcbf2_9ce4_8422_2325, |hash: u64, i| {
         (hash ^ (i % 251) as u64).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+/// Attack: guest root in a `--rootfs` share runs `chmod 4755`, `chown 0:0` + `chmod 6755`,
+/// `mknod` of char and block devices, and rewrites a host file that is setuid root. The VMM is
+/// host root, so any of these left as is would be a setuid-root program or a device node for
+/// every local user. On the host (after the VM is gone) the share holds no setuid or setgid
+/// file and no device node; the guest saw its chmods succeed and its mknods refused.
+#[test]
+fn guest_root_leaves_no_setuid_file_or_device_node_in_the_rootfs() {
+    let Some(result) = check("privilege") else {
+        return;
+    };
+    assert_privilege_stripped(result, "rootfs", "755");
+    assert!(result.stdout.contains("#!/bin/sh\npwned\n"), "{result}");
+}
+
+/// The assertions of a [`guest_privilege_attempts`] + [`host_privilege_scan`] check for the
+/// host lines of `label`: no privileged node anywhere, the guest's chmods succeeded and its
+/// mknods of devices failed, the modes on the host are stripped, the victim has `victim_mode`.
+fn assert_privilege_stripped(result: &CheckResult, label: &str, victim_mode: &str) {
+    eprintln!("{result}");
+    let out = &result.stdout;
+    let privileged: Vec<&str> = out.lines().filter(|l| l.starts_with("PRIV ")).collect();
+    assert!(
+        privileged.is_empty(),
+        "privileged nodes on the host: {privileged:?}\n{result}"
+    );
+    for line in [
+        "chmod-rc=0",
+        "chown-chmod-rc=0",
+        "dirs-rc=0",
+        "mkfifo-rc=0",
+        "victim-rc=0",
+        "rc=0",
+    ] {
+        assert!(out.lines().any(|l| l == line), "{line}: {result}");
+    }
+    for line in ["mknod-c-rc=0", "mknod-b-rc=0"] {
+        assert!(!out.lines().any(|l| l == line), "{line}: {result}");
+    }
+    for line in [
+        format!("host {label} sec/d 2755 0:0 directory"),
+        format!("host {label} sec/e 755 0:0 directory"),
+        format!("host {label} sec/f 755 0:0 regular file"),
+        format!("host {label} sec/g 755 0:0 regular file"),
+        format!("host {label} victim {victim_mode} 0:0 regular file"),
+    ] {
+        assert!(out.lines().any(|l| l == line), "{line}: {result}");
+    }
+    let fifo = format!("host {label} sec/fifo ");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&fifo) && l.ends_with(" fifo")),
+        "{result}"
+    );
+    let ours = format!("host {label} ");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with(&ours)).count(),
+        6,
+        "no device node made it to the host: {result}"
+    );
 }

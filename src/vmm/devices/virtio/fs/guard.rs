@@ -1,15 +1,41 @@
 //! [`Guard`]: the file system the guest talks to. It forwards to the passthrough of the shared
 //! directory and refuses, before the host is touched:
 //!
-//! - on every share: creating char/block device nodes (EPERM), opening anything but a regular
-//!   file or directory on the host (EPERM; the guest kernel serves its device nodes, FIFOs and
-//!   sockets itself and never sends FUSE_OPEN for them), and xattrs outside `user.*` (setting
-//!   them is EPERM, reading or removing them finds nothing, listing hides them), so the guest
-//!   cannot plant `security.capability` or `trusted.overlay.*` attributes on host files;
+//! - on every share: creating char/block device nodes (EPERM) or anything but a regular file,
+//!   FIFO or socket with MKNOD (EINVAL), renames with `RENAME_WHITEOUT` (EINVAL: they would make
+//!   a 0:0 char device on the host; EINVAL is what a file system without whiteout support
+//!   answers, so an overlayfs in the guest falls back instead of failing its mount), opening
+//!   anything but a regular file or directory on the host (EPERM; the guest kernel serves its
+//!   device nodes, FIFOs and sockets itself and never sends FUSE_OPEN for them), and xattrs
+//!   outside `user.*` (setting them is EPERM, reading or removing them finds nothing, listing
+//!   hides them), so the guest cannot plant `security.capability` or `trusted.overlay.*`
+//!   attributes on host files;
+//! - on every share, names that are not one path component: empty, `.`, `..` or containing `/`
+//!   (EINVAL) in every operation that takes a name (LOOKUP, MKNOD, MKDIR, CREATE, SYMLINK, LINK,
+//!   RENAME's two names, UNLINK, RMDIR). The Linux VFS never sends them (it resolves `.` and `..`
+//!   in its own dcache; LOOKUP of `..` comes only with FUSE_EXPORT_SUPPORT, which is not
+//!   offered), so only a hostile guest kernel would: a LOOKUP of `..` on a directory that the
+//!   host moved out of the share would otherwise hand it the outside parent;
 //! - on read-only shares: every mutating operation and every open with write access (EROFS).
 //!
+//! # Privilege bits (what the guest sees)
+//!
+//! The VMM runs as root and files the guest creates are owned by the guest's uid/gid (guest root
+//! is host root), so a setuid file left in a share would be a setuid-root program on the host.
+//! The guard therefore never lets a guest-written file carry S_ISUID or S_ISGID on the host:
+//!
+//! - CREATE, MKNOD, MKDIR and SETATTR of the mode drop S_ISUID always and S_ISGID on everything
+//!   but directories (a setgid directory only makes new entries inherit its group, which the
+//!   guest can set with chown anyway; it grants no privilege). The operation succeeds and the
+//!   reply carries the host's attributes, so in the guest `chmod 4755 f` succeeds and `stat f`
+//!   shows 0755, `chmod 2775 d` on a directory keeps 2775.
+//! - An open with write access or O_TRUNC, a CREATE that opens an existing file, and a SETATTR of
+//!   the size first clear S_ISUID and S_ISGID of an existing regular file on the host (what the
+//!   kernel's killpriv does for unprivileged writers, done here for every writer, guest root
+//!   included): a setuid image file such as `/usr/bin/passwd`, copied up into a pod's upper dir
+//!   and rewritten by the guest, does not stay setuid. Opening it read-only keeps its bits.
+//!
 //! Operations not forwarded (DAX mappings, ioctl, locks, poll) get the trait's ENOSYS.
-
 use std::ffi::CStr;
 use std::io;
 use std::time::Duration;
@@ -24,6 +50,10 @@ use fuse_backend_rs::api::filesystem::{
 const XATTR_LIST_MAX: u32 = 65536;
 /// The only xattr namespace the guest may use.
 const USER_XATTR_PREFIX: &[u8] = b"user.";
+/// The mode bits a guest-written file never keeps on the host.
+const PRIVILEGE_BITS: u32 = libc::S_ISUID | libc::S_ISGID;
+/// The renameat2 flags forwarded (RENAME_WHITEOUT would create a 0:0 char device).
+const RENAME_FLAGS: u32 = libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE;
 
 /// Confines and, for read-only shares, write-protects the file system `F`.
 pub struct Guard<F> {
@@ -64,6 +94,44 @@ fn is_device(mode: u32) -> bool {
     matches!(mode & libc::S_IFMT, libc::S_IFCHR | libc::S_IFBLK)
 }
 
+/// Whether MKNOD may create a node of `mode`'s type: a regular file (type 0 means one, as for
+/// mknod(2)), a FIFO or a socket.
+fn mknod_type_allowed(mode: u32) -> bool {
+    matches!(
+        mode & libc::S_IFMT,
+        0 | libc::S_IFREG | libc::S_IFIFO | libc::S_IFSOCK
+    )
+}
+
+/// `mode` without the bits a guest may not leave on the host: S_ISUID always, S_ISGID unless
+/// the node is a directory.
+pub fn without_privilege(mode: u32, directory: bool) -> u32 {
+    if directory {
+        mode & !libc::S_ISUID
+    } else {
+        mode & !PRIVILEGE_BITS
+    }
+}
+
+/// Refuses (EINVAL) a name that is not exactly one path component: empty, `.`, `..`, or with a
+/// `/` (the CStr already excludes NUL).
+pub fn check_name(name: &CStr) -> io::Result<()> {
+    match name.to_bytes() {
+        b"" | b"." | b".." => Err(errno(libc::EINVAL)),
+        bytes if bytes.contains(&b'/') => Err(errno(libc::EINVAL)),
+        _ => Ok(()),
+    }
+}
+
+fn is_dir(st: &stat64) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+/// Whether `st` is a regular file with S_ISUID or S_ISGID.
+fn is_privileged_file(st: &stat64) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_mode & PRIVILEGE_BITS != 0
+}
+
 /// Keeps the `user.*` names of a NUL-separated xattr name list.
 fn user_names(list: &[u8]) -> Vec<u8> {
     list.split(|b| *b == 0)
@@ -76,13 +144,18 @@ impl<F: FileSystem> Guard<F>
 where
     F::Inode: Copy,
 {
-    fn check_regular(&self, ctx: &Context, inode: F::Inode) -> io::Result<()> {
-        let (st, _) = self.inner.getattr(ctx, inode, None)?;
-        if st.st_mode & libc::S_IFMT == libc::S_IFREG {
-            Ok(())
-        } else {
-            Err(errno(libc::EPERM))
+    /// Clears S_ISUID and S_ISGID of `inode` on the host if it is a regular file with either
+    /// (`st` is its current attributes); returns the attributes it has afterwards.
+    fn kill_privilege(&self, ctx: &Context, inode: F::Inode, st: stat64) -> io::Result<stat64> {
+        if !is_privileged_file(&st) {
+            return Ok(st);
         }
+        let mut attr = st;
+        attr.st_mode = st.st_mode & 0o7777 & !PRIVILEGE_BITS;
+        let (after, _) = self
+            .inner
+            .setattr(ctx, inode, attr, None, SetattrValid::MODE)?;
+        Ok(after)
     }
 }
 
@@ -102,6 +175,7 @@ where
     }
 
     fn lookup(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<Entry> {
+        check_name(name)?;
         self.inner.lookup(ctx, parent, name)
     }
 
@@ -131,6 +205,17 @@ where
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
         self.writable()?;
+        let mut attr = attr;
+        if valid.intersects(SetattrValid::MODE | SetattrValid::SIZE) {
+            // The node's type comes from the host, never from the guest's request.
+            let (st, _) = self.inner.getattr(ctx, inode, None)?;
+            if valid.contains(SetattrValid::MODE) {
+                attr.st_mode = without_privilege(attr.st_mode, is_dir(&st));
+            }
+            if valid.contains(SetattrValid::SIZE) {
+                self.kill_privilege(ctx, inode, st)?;
+            }
+        }
         self.inner.setattr(ctx, inode, attr, handle, valid)
     }
 
@@ -146,6 +231,7 @@ where
         name: &CStr,
     ) -> io::Result<Entry> {
         self.writable()?;
+        check_name(name)?;
         self.inner.symlink(ctx, linkname, parent, name)
     }
 
@@ -159,9 +245,14 @@ where
         umask: u32,
     ) -> io::Result<Entry> {
         self.writable()?;
+        check_name(name)?;
         if is_device(mode) {
             return Err(errno(libc::EPERM));
         }
+        if !mknod_type_allowed(mode) {
+            return Err(errno(libc::EINVAL));
+        }
+        let mode = without_privilege(mode, false);
         self.inner.mknod(ctx, inode, name, mode, rdev, umask)
     }
 
@@ -174,16 +265,20 @@ where
         umask: u32,
     ) -> io::Result<Entry> {
         self.writable()?;
+        check_name(name)?;
+        let mode = without_privilege(mode, true);
         self.inner.mkdir(ctx, parent, name, mode, umask)
     }
 
     fn unlink(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<()> {
         self.writable()?;
+        check_name(name)?;
         self.inner.unlink(ctx, parent, name)
     }
 
     fn rmdir(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<()> {
         self.writable()?;
+        check_name(name)?;
         self.inner.rmdir(ctx, parent, name)
     }
 
@@ -197,6 +292,11 @@ where
         flags: u32,
     ) -> io::Result<()> {
         self.writable()?;
+        check_name(oldname)?;
+        check_name(newname)?;
+        if flags & !RENAME_FLAGS != 0 {
+            return Err(errno(libc::EINVAL));
+        }
         self.inner
             .rename(ctx, olddir, oldname, newdir, newname, flags)
     }
@@ -209,6 +309,7 @@ where
         newname: &CStr,
     ) -> io::Result<Entry> {
         self.writable()?;
+        check_name(newname)?;
         self.inner.link(ctx, inode, newparent, newname)
     }
 
@@ -219,10 +320,17 @@ where
         flags: u32,
         fuse_flags: u32,
     ) -> io::Result<(Option<Self::Handle>, OpenOptions, Option<u32>)> {
-        if wants_write(flags) {
+        let write = wants_write(flags);
+        if write {
             self.writable()?;
         }
-        self.check_regular(ctx, inode)?;
+        let (st, _) = self.inner.getattr(ctx, inode, None)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(errno(libc::EPERM));
+        }
+        if write {
+            self.kill_privilege(ctx, inode, st)?;
+        }
         self.inner.open(ctx, inode, flags, fuse_flags)
     }
 
@@ -234,7 +342,31 @@ where
         args: CreateIn,
     ) -> io::Result<(Entry, Option<Self::Handle>, OpenOptions, Option<u32>)> {
         self.writable()?;
-        self.inner.create(ctx, parent, name, args)
+        check_name(name)?;
+        let mut args = args;
+        args.mode = without_privilege(args.mode, false);
+        let (mut entry, handle, options, passthrough) =
+            self.inner.create(ctx, parent, name, args)?;
+        if !wants_write(args.flags) {
+            return Ok((entry, handle, options, passthrough));
+        }
+        // Without O_EXCL an existing file is opened for writing: it loses its privilege bits
+        // before the reply lets the guest write to it.
+        let inode = Self::Inode::from(entry.inode);
+        match self.kill_privilege(ctx, inode, entry.attr) {
+            Ok(attr) => entry.attr = attr,
+            Err(err) => {
+                if let Some(handle) = handle {
+                    // Best effort: the create failed as a whole, its handle goes with it.
+                    let _ = self
+                        .inner
+                        .release(ctx, inode, args.flags, handle, false, false, None);
+                }
+                self.inner.forget(ctx, inode, 1);
+                return Err(err);
+            }
+        }
+        Ok((entry, handle, options, passthrough))
     }
 
     fn read(

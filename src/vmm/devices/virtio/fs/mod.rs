@@ -9,11 +9,13 @@
 //! - `event_handler.rs`: the worker thread woken by the queue kicks.
 //!
 //! Confinement: the passthrough server resolves one path component at a time with
-//! `openat(O_PATH | O_NOFOLLOW)` relative to a directory it already holds, maps `..` at the root to
-//! the root itself, and never follows symlinks (the guest kernel resolves them in the guest's own
-//! namespace, so `/etc/shadow` behind a symlink means the guest's file, i.e. a path inside the
-//! share). [`Guard`] adds what the passthrough allows on its own: device nodes (mknod of char or
-//! block devices, opening non-regular files on the host), xattrs outside the `user.` namespace
+//! `openat(O_PATH | O_NOFOLLOW)` relative to a directory it already holds and never follows
+//! symlinks (the guest kernel resolves them in the guest's own namespace, so `/etc/shadow` behind
+//! a symlink means the guest's file, i.e. a path inside the share). [`Guard`] adds what the
+//! passthrough allows on its own: names that are not one component (`..` on any directory,
+//! which after a host-side move would lead out of the share), device nodes (mknod of char or
+//! block devices, RENAME_WHITEOUT, opening non-regular files on the host), setuid/setgid bits on
+//! files the guest creates, chmods or writes, xattrs outside the `user.` namespace
 //! (`trusted.overlay.*`, `security.capability`), and every mutation of a read-only share.
 
 mod device;

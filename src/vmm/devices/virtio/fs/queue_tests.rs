@@ -1,6 +1,7 @@
 //! FUSE requests through a mock queue in plain memory, answered by a real passthrough server.
 
 use std::cell::Cell;
+use std::os::unix::fs::MetadataExt;
 
 use fuse_backend_rs::passthrough::Config;
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
@@ -22,6 +23,7 @@ impl SignalGuest for CountSignals {
 }
 
 const FUSE_LOOKUP: u32 = 1;
+const FUSE_GETATTR: u32 = 3;
 const FUSE_INIT: u32 = 26;
 const REPLY_SIZE: u32 = 4096;
 
@@ -51,8 +53,19 @@ fn queue_requests(
     mock: &MockSplitQueue<GuestMemoryMmap>,
     requests: &[Vec<u8>],
 ) {
+    queue_requests_from(mem, mock, 0, requests);
+}
+
+/// Like [`queue_requests`], for requests numbered from `first` on (the number of requests
+/// queued before): request `i` uses descriptors `2i`, `2i + 1` and its own buffers.
+fn queue_requests_from(
+    mem: &GuestMemoryMmap,
+    mock: &MockSplitQueue<GuestMemoryMmap>,
+    first: u16,
+    requests: &[Vec<u8>],
+) {
     let mut descs = Vec::new();
-    for (i, req) in (0u16..).zip(requests) {
+    for (i, req) in (first..).zip(requests) {
         let req_addr = 0x10_0000 + u64::from(i) * 0x1_0000;
         let reply_addr = req_addr + 0x8000;
         mem.write_slice(req, GuestAddress(req_addr))
@@ -68,7 +81,7 @@ fn queue_requests(
             reply_addr, REPLY_SIZE, WRITE, 0,
         )));
     }
-    mock.add_desc_chains(&descs, 0).expect("chains");
+    mock.add_desc_chains(&descs, 2 * first).expect("chains");
 }
 
 const WRITE: u16 = VRING_DESC_F_WRITE as u16;
@@ -93,6 +106,19 @@ fn reply(
     let unique = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
     (used.len(), error, unique)
 }
+
+/// The little-endian u64 at `offset` in the reply buffer of request `index`.
+fn reply_u64(mem: &GuestMemoryMmap, index: u16, offset: u64) -> u64 {
+    let addr = GuestAddress(0x10_0000 + u64::from(index) * 0x1_0000 + 0x8000 + offset);
+    let mut word = [0u8; 8];
+    mem.read_slice(&mut word, addr).expect("reply word");
+    u64::from_le_bytes(word)
+}
+
+/// Offset of fuse_entry_out.nodeid in a LOOKUP reply (after the 16-byte out header).
+const ENTRY_NODEID: u64 = 16;
+/// Offset of fuse_attr_out.attr.ino in a GETATTR reply (header, attr_valid, nsec + dummy).
+const ATTR_OUT_INO: u64 = 16 + 16;
 
 #[test]
 fn init_and_lookups_are_answered_in_guest_memory() {
@@ -156,4 +182,68 @@ fn a_request_outside_guest_memory_is_returned_empty() {
     let handled = process_queue(&mut queue, &mem, &server, &CountSignals::default());
     assert_eq!(handled.expect("queue still served"), 1);
     assert_eq!(mock.used().ring().ref_at(0).expect("used").load().len(), 0);
+}
+
+/// Attack: the guest holds the node of directory `N` inside the share; the host then moves
+/// `N`'s directory out of the share (here into a sibling `outside`). A LOOKUP of `..` on that
+/// node would open `outside` on the host (the passthrough resolves names relative to the
+/// directory's descriptor) and hand the guest a node outside the share. The reply must be an
+/// error, or a node that GETATTR shows to be the share's root, never `outside`.
+#[test]
+fn dotdot_of_a_directory_moved_out_of_the_share_stays_inside() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let share = dir.path().join("share");
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(share.join("n")).expect("share/n");
+    std::fs::create_dir(&outside).expect("outside");
+    std::fs::write(outside.join("secret"), b"host secret").expect("sentinel");
+    let config = Config {
+        root_dir: share.to_str().expect("utf-8").to_owned(),
+        ..Config::default()
+    };
+    let server = Server::new(Guard::new(
+        PassthroughFs::<()>::new(config).expect("passthrough"),
+        false,
+    ));
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).expect("memory");
+    let mock = MockSplitQueue::new(&mem, 16);
+    let mut queue: Queue = mock.create_queue().expect("queue");
+    let signal = CountSignals::default();
+    let mut serve = |first: u16, requests: &[Vec<u8>]| {
+        queue_requests_from(&mem, &mock, first, requests);
+        let handled = process_queue(&mut queue, &mem, &server, &signal).expect("served");
+        assert_eq!(handled, requests.len());
+    };
+
+    serve(
+        0,
+        &[
+            request(FUSE_INIT, 1, 0, &init_args()),
+            request(FUSE_LOOKUP, 2, 1, b"n\0"),
+        ],
+    );
+    let (_, error, _) = reply(&mem, &mock, 1);
+    assert_eq!(error, 0, "lookup n");
+    let n = reply_u64(&mem, 1, ENTRY_NODEID);
+
+    std::fs::rename(share.join("n"), outside.join("n")).expect("host moves n out");
+    serve(2, &[request(FUSE_LOOKUP, 3, n, b"..\0")]);
+    let (len, error, unique) = reply(&mem, &mock, 2);
+    assert_eq!(unique, 3);
+    if error != 0 {
+        assert_eq!((len, error), (16, -libc::EINVAL), "refused");
+        return;
+    }
+    let parent = reply_u64(&mem, 2, ENTRY_NODEID);
+    serve(3, &[request(FUSE_GETATTR, 4, parent, &[0u8; 16])]);
+    let (_, error, _) = reply(&mem, &mock, 3);
+    assert_eq!(error, 0, "getattr of the node `..` gave");
+    let ino = reply_u64(&mem, 3, ATTR_OUT_INO);
+    let outside_ino = std::fs::metadata(&outside).expect("outside").ino();
+    let share_ino = std::fs::metadata(&share).expect("share").ino();
+    assert_ne!(
+        ino, outside_ino,
+        "`..` yielded the directory outside the share"
+    );
+    assert_eq!(ino, share_ino, "`..` is inside the share");
 }
