@@ -28,6 +28,9 @@ const BASE_CMDLINE: &str = "console=ttyS0 8250.nr_uarts=1 reboot=t panic=-1 rdin
 /// After the stop timeout asked the agent to kill everything, how long before the VM is killed.
 const KILL_AFTER: Duration = Duration::from_secs(5);
 
+/// Root's private run-time directory for console logs of VMs that are not pods.
+const RUN_DIR: &str = "/run/podvm";
+
 /// Everything needed to run one workload in a VM.
 #[derive(Debug, Clone, Default)]
 pub struct LaunchPlan {
@@ -45,7 +48,8 @@ pub struct LaunchPlan {
     pub memory_mib: u64,
     /// Echo the console to stderr.
     pub console: bool,
-    /// Keep the console log here (otherwise a temp file kept only on failure).
+    /// Keep the console log here (otherwise one in a fresh private directory, kept only on
+    /// failure).
     pub console_log: Option<PathBuf>,
     /// Extra kernel command line arguments.
     pub kernel_args: Vec<String>,
@@ -147,10 +151,7 @@ pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
     };
     let (log_path, keep_log) = match &plan.console_log {
         Some(path) => (path.clone(), true),
-        None => (
-            std::env::temp_dir().join(format!("podvm-{}.console.log", std::process::id())),
-            false,
-        ),
+        None => (private_console_log()?, false),
     };
     let console = ConsoleSink::create(&log_path, plan.console)?;
     let (stdout, stderr): (Box<dyn Write + Send>, Box<dyn Write + Send>) = match &plan.app_log {
@@ -198,7 +199,7 @@ pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
         },
         other => {
             if !keep_log {
-                let _ = std::fs::remove_file(&log_path);
+                discard_console_log(&log_path);
             }
             LaunchError::Vmm(other)
         }
@@ -219,13 +220,54 @@ pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
         None => exit_status(&report, &log_path)?,
     };
     if !keep_log {
-        let _ = std::fs::remove_file(&log_path);
+        discard_console_log(&log_path);
     }
     Ok(LaunchOutcome {
         status,
         stats,
         apps: report.app_exits,
     })
+}
+
+/// A console log path no other user can predict, read or plant: `console.log` in a fresh
+/// private directory (mkdtemp, mode 0700) under `$XDG_RUNTIME_DIR` when it is this user's,
+/// else `/run/podvm` for root, else the temp dir. Kept when the boot fails, for the error.
+fn private_console_log() -> Result<PathBuf, LaunchError> {
+    let euid = nix::unistd::geteuid();
+    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|dir| {
+            std::fs::symlink_metadata(dir).is_ok_and(|meta| {
+                use std::os::unix::fs::MetadataExt;
+                meta.is_dir() && meta.uid() == euid.as_raw() && meta.mode() & 0o077 == 0
+            })
+        });
+    let base = match runtime {
+        Some(dir) => dir,
+        None if euid.is_root() => {
+            let run = PathBuf::from(RUN_DIR);
+            crate::private::ensure_dir(&run).map_err(|err| LaunchError::ConsoleLog {
+                path: run.clone(),
+                source: std::io::Error::other(err.to_string()),
+            })?;
+            run
+        }
+        None => std::env::temp_dir(),
+    };
+    let template = base.join("console-XXXXXX");
+    let dir = nix::unistd::mkdtemp(&template).map_err(|errno| LaunchError::ConsoleLog {
+        path: template.clone(),
+        source: errno.into(),
+    })?;
+    Ok(dir.join("console.log"))
+}
+
+/// Removes a console log of [`private_console_log`] and its directory.
+fn discard_console_log(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::remove_dir(dir);
+    }
 }
 
 /// Where each app of a pod of several apps writes: podvm's stdout and stderr, and the app's log
@@ -330,10 +372,13 @@ struct ConsoleSink {
 
 impl ConsoleSink {
     fn create(path: &Path, echo: bool) -> Result<Self, LaunchError> {
-        let file = File::create(path).map_err(|source| LaunchError::ConsoleLog {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        // 0600, never through a symlink; a pod's is in its private directory, others in a
+        // fresh private one.
+        let file =
+            crate::private::create_file(path, false).map_err(|source| LaunchError::ConsoleLog {
+                path: path.to_path_buf(),
+                source,
+            })?;
         Ok(Self { file, echo })
     }
 }
