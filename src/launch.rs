@@ -153,7 +153,7 @@ pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
         Some(path) => (path.clone(), true),
         None => (private_console_log()?, false),
     };
-    let console = ConsoleSink::create(&log_path, plan.console)?;
+    let console = ConsoleSink::create(&log_path, plan.console, !keep_log)?;
     let (stdout, stderr): (Box<dyn Write + Send>, Box<dyn Write + Send>) = match &plan.app_log {
         Some(log) => (
             Box::new(log.tee(LogStream::Stdout, Box::new(std::io::stdout()))),
@@ -254,6 +254,11 @@ fn private_console_log() -> Result<PathBuf, LaunchError> {
         }
         None => std::env::temp_dir(),
     };
+    console_log_under(&base)
+}
+
+/// `console.log` in a fresh directory of mode 0700 (mkdtemp) in `base`.
+fn console_log_under(base: &Path) -> Result<PathBuf, LaunchError> {
     let template = base.join("console-XXXXXX");
     let dir = nix::unistd::mkdtemp(&template).map_err(|errno| LaunchError::ConsoleLog {
         path: template.clone(),
@@ -371,11 +376,12 @@ struct ConsoleSink {
 }
 
 impl ConsoleSink {
-    fn create(path: &Path, echo: bool) -> Result<Self, LaunchError> {
-        // 0600, never through a symlink; a pod's is in its private directory, others in a
-        // fresh private one.
+    /// Creates the log at `path`: 0600, never through a symlink, and with `new` only if
+    /// nothing is there yet (O_EXCL). A pod's is in its private directory, others in a fresh
+    /// private one (see [`private_console_log`]).
+    fn create(path: &Path, echo: bool, new: bool) -> Result<Self, LaunchError> {
         let file =
-            crate::private::create_file(path, false).map_err(|source| LaunchError::ConsoleLog {
+            crate::private::create_file(path, new).map_err(|source| LaunchError::ConsoleLog {
                 path: path.to_path_buf(),
                 source,
             })?;
@@ -396,5 +402,33 @@ impl Write for ConsoleSink {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.file.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_console_log_outside_pods_is_in_a_fresh_private_directory() {
+        // Attack: another user plants a symlink (or reads the file) at a predictable /tmp path.
+        let base = tempfile::tempdir().expect("tempdir");
+        let first = console_log_under(base.path()).expect("first");
+        let second = console_log_under(base.path()).expect("second");
+        assert_ne!(first.parent(), second.parent(), "not predictable");
+        let dir = first.parent().expect("dir");
+        assert_eq!(std::fs::metadata(dir).expect("dir").mode() & 0o7777, 0o700);
+        ConsoleSink::create(&first, false, true).expect("create");
+        assert_eq!(
+            std::fs::metadata(&first).expect("log").mode() & 0o7777,
+            0o600
+        );
+        assert!(
+            ConsoleSink::create(&first, false, true).is_err(),
+            "O_EXCL: an existing file is never reused"
+        );
+        discard_console_log(&first);
+        assert!(!dir.exists(), "the directory goes with the log");
     }
 }

@@ -185,9 +185,7 @@ fn spawn_acceptor(
                         });
                 match pumped {
                     Ok(handle) => pumps.push(handle),
-                    Err(err) => {
-                        SESSIONS.log(format_args!("cannot serve an app session: {err}"))
-                    }
+                    Err(err) => SESSIONS.log(format_args!("cannot serve an app session: {err}")),
                 }
             }
             for handle in pumps {
