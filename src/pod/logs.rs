@@ -208,14 +208,21 @@ impl AppLog {
 impl LogFile {
     /// Appends one record, or drops it (and everything after it) once it would pass the cap.
     fn write_record(&mut self, stream: LogStream, bytes: &[u8]) -> io::Result<()> {
-        let mut line = serde_json::to_vec(&LogRecord::new(stream, bytes))?;
-        line.push(b'\n');
-        let fits = self.dropped == 0
-            && self
-                .size
+        let line = match self.dropped {
+            0 => {
+                let mut line = serde_json::to_vec(&LogRecord::new(stream, bytes))?;
+                line.push(b'\n');
+                Some(line)
+            }
+            // Full: no need to encode what is dropped.
+            _ => None,
+        };
+        let fits = line.as_ref().is_some_and(|line| {
+            self.size
                 .checked_add(line.len() as u64)
-                .is_some_and(|size| size <= self.max);
-        if !fits {
+                .is_some_and(|size| size <= self.max)
+        });
+        let Some(line) = line.filter(|_| fits) else {
             self.dropped = self.dropped.saturating_add(bytes.len() as u64);
             let due = self
                 .dropped_written
@@ -224,7 +231,7 @@ impl LogFile {
                 self.write_dropped()?;
             }
             return Ok(());
-        }
+        };
         self.file.write_all(&line)?;
         self.size += line.len() as u64;
         Ok(())
