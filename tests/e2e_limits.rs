@@ -49,6 +49,19 @@ fn batch() -> Option<Batch> {
     let batch = e2e::batch("e2e-limits")?
         .payload_dir(fixtures.layout("busybox"), "busybox-layout")
         .check("fetch", &format!("{PODVM} fetch {IMAGE}"))
+        .check(
+            "stop_checks_the_pid",
+            &format!(
+                "{PODVM} run --uuid-file-save s.uuid {IMAGE} --exec /bin/sh -- -c 'trap \"echo got-term; exit 3\" TERM; echo started; sleep 600 & wait' >s.out 2>&1 & pid=$!; \
+                 for i in $(seq 600); do grep -q started s.out 2>/dev/null && break; sleep 0.2; done; \
+                 p=state/pods/run/$(cat s.uuid); sleep 600 & b=$!; \
+                 sed -i \"s/\\\"pid\\\": [0-9]*/\\\"pid\\\": $b/\" $p/status.json; grep -c \"\\\"pid\\\": $b\" $p/status.json; \
+                 {PODVM} stop --force $(cat s.uuid) 2>refused.err; echo refused-rc=$?; tail -1 refused.err; \
+                 kill -0 $b && echo bystander-alive; kill $b; \
+                 sed -i \"s/\\\"pid\\\": [0-9]*/\\\"pid\\\": $pid/\" $p/status.json; \
+                 {PODVM} stop $(cat s.uuid) >/dev/null; echo stop-rc=$?; wait $pid; echo run-rc=$?; cat s.out"
+            ),
+        )
         .check_with_timeout(
             "flood_small_cap",
             &flood("--log-max 1Mi", "small"),
@@ -123,6 +136,37 @@ fn assert_capped(result: &CheckResult, cap: u64, cap_text: &str) {
         };
         assert_eq!(mode, Some(want), "{line}");
     }
+}
+
+#[test]
+fn stop_signals_the_pods_podvm_and_never_a_pid_that_is_not_it() {
+    // Attack: the pid a pod recorded now belongs to another process (its podvm died and the
+    // pid was recycled); `stop` must not signal it.
+    let Some(result) = check("stop_checks_the_pid") else {
+        return;
+    };
+    let out = &result.stdout;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines.first(),
+        Some(&"1"),
+        "the pod records the bystander's pid: {result}"
+    );
+    assert!(out.contains("refused-rc=1"), "{result}");
+    assert!(
+        out.contains("is not the pod's podvm") && out.contains("nothing was signalled"),
+        "{result}"
+    );
+    assert!(
+        out.contains("bystander-alive"),
+        "the bystander was not signalled: {result}"
+    );
+    // With the pod's own pid, pinned by a pidfd, in the pod's cgroup, holding its lock: stopped.
+    assert!(out.contains("stop-rc=0"), "{result}");
+    assert!(
+        out.contains("run-rc=3") && out.contains("got-term"),
+        "the app got SIGTERM: {result}"
+    );
 }
 
 #[test]
