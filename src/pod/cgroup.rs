@@ -230,7 +230,7 @@ impl PodCgroup {
             false if required => Err(CgroupError::NoController {
                 file: file.to_string(),
                 dir: self.dir.clone(),
-                below_unit: !self.enabled_in_home.is_empty() || is_service(&self.home),
+                below_unit: is_service(&self.home),
             }),
             false => Ok(()),
         }
