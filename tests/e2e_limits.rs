@@ -30,7 +30,8 @@ fn check(name: &str) -> Option<&'static CheckResult> {
 fn flood(flags: &str, id: &str) -> String {
     format!(
         "{PODVM} run {flags} --uuid-file-save {id}.uuid {IMAGE} --exec /bin/sh -- -c \
-         'dd if=/dev/zero bs=1M count=1024 2>/dev/null' >/dev/null 2>&1; echo rc=$?; \
+         'dd if=/dev/zero bs=1M count=1024 2>/dev/null' >/dev/null 2>{id}.run.err; echo rc=$?; \
+         echo \"run-err=$(head -3 {id}.run.err | tr '\\n' ' ')\"; \
          p=state/pods/run/$(cat {id}.uuid); \
          echo size=$(stat -c %s $p/logs/*.log); \
          echo replayed=$({PODVM} logs $(cat {id}.uuid) 2>{id}.err | wc -c); \
