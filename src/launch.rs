@@ -28,6 +28,9 @@ const BASE_CMDLINE: &str = "console=ttyS0 8250.nr_uarts=1 reboot=t panic=-1 rdin
 /// After the stop timeout asked the agent to kill everything, how long before the VM is killed.
 const KILL_AFTER: Duration = Duration::from_secs(5);
 
+/// Root's private run-time directory for console logs of VMs that are not pods.
+const RUN_DIR: &str = "/run/podvm";
+
 /// Everything needed to run one workload in a VM.
 #[derive(Debug, Clone, Default)]
 pub struct LaunchPlan {
@@ -45,7 +48,8 @@ pub struct LaunchPlan {
     pub memory_mib: u64,
     /// Echo the console to stderr.
     pub console: bool,
-    /// Keep the console log here (otherwise a temp file kept only on failure).
+    /// Keep the console log here (otherwise one in a fresh private directory, kept only on
+    /// failure).
     pub console_log: Option<PathBuf>,
     /// Extra kernel command line arguments.
     pub kernel_args: Vec<String>,
@@ -147,12 +151,9 @@ pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
     };
     let (log_path, keep_log) = match &plan.console_log {
         Some(path) => (path.clone(), true),
-        None => (
-            std::env::temp_dir().join(format!("podvm-{}.console.log", std::process::id())),
-            false,
-        ),
+        None => (private_console_log()?, false),
     };
-    let console = ConsoleSink::create(&log_path, plan.console)?;
+    let console = ConsoleSink::create(&log_path, plan.console, !keep_log)?;
     let (stdout, stderr): (Box<dyn Write + Send>, Box<dyn Write + Send>) = match &plan.app_log {
         Some(log) => (
             Box::new(log.tee(LogStream::Stdout, Box::new(std::io::stdout()))),
@@ -198,7 +199,7 @@ pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
         },
         other => {
             if !keep_log {
-                let _ = std::fs::remove_file(&log_path);
+                discard_console_log(&log_path);
             }
             LaunchError::Vmm(other)
         }
@@ -219,13 +220,59 @@ pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
         None => exit_status(&report, &log_path)?,
     };
     if !keep_log {
-        let _ = std::fs::remove_file(&log_path);
+        discard_console_log(&log_path);
     }
     Ok(LaunchOutcome {
         status,
         stats,
         apps: report.app_exits,
     })
+}
+
+/// A console log path no other user can predict, read or plant: `console.log` in a fresh
+/// private directory (mkdtemp, mode 0700) under `$XDG_RUNTIME_DIR` when it is this user's,
+/// else `/run/podvm` for root, else the temp dir. Kept when the boot fails, for the error.
+fn private_console_log() -> Result<PathBuf, LaunchError> {
+    let euid = nix::unistd::geteuid();
+    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|dir| {
+            std::fs::symlink_metadata(dir).is_ok_and(|meta| {
+                use std::os::unix::fs::MetadataExt;
+                meta.is_dir() && meta.uid() == euid.as_raw() && meta.mode() & 0o077 == 0
+            })
+        });
+    let base = match runtime {
+        Some(dir) => dir,
+        None if euid.is_root() => {
+            let run = PathBuf::from(RUN_DIR);
+            crate::private::ensure_dir(&run).map_err(|err| LaunchError::ConsoleLog {
+                path: run.clone(),
+                source: std::io::Error::other(err.to_string()),
+            })?;
+            run
+        }
+        None => std::env::temp_dir(),
+    };
+    console_log_under(&base)
+}
+
+/// `console.log` in a fresh directory of mode 0700 (mkdtemp) in `base`.
+fn console_log_under(base: &Path) -> Result<PathBuf, LaunchError> {
+    let template = base.join("console-XXXXXX");
+    let dir = nix::unistd::mkdtemp(&template).map_err(|errno| LaunchError::ConsoleLog {
+        path: template.clone(),
+        source: errno.into(),
+    })?;
+    Ok(dir.join("console.log"))
+}
+
+/// Removes a console log of [`private_console_log`] and its directory.
+fn discard_console_log(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::remove_dir(dir);
+    }
 }
 
 /// Where each app of a pod of several apps writes: podvm's stdout and stderr, and the app's log
@@ -329,11 +376,15 @@ struct ConsoleSink {
 }
 
 impl ConsoleSink {
-    fn create(path: &Path, echo: bool) -> Result<Self, LaunchError> {
-        let file = File::create(path).map_err(|source| LaunchError::ConsoleLog {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    /// Creates the log at `path`: 0600, never through a symlink, and with `new` only if
+    /// nothing is there yet (O_EXCL). A pod's is in its private directory, others in a fresh
+    /// private one (see [`private_console_log`]).
+    fn create(path: &Path, echo: bool, new: bool) -> Result<Self, LaunchError> {
+        let file =
+            crate::private::create_file(path, new).map_err(|source| LaunchError::ConsoleLog {
+                path: path.to_path_buf(),
+                source,
+            })?;
         Ok(Self { file, echo })
     }
 }
@@ -351,5 +402,33 @@ impl Write for ConsoleSink {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.file.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_console_log_outside_pods_is_in_a_fresh_private_directory() {
+        // Attack: another user plants a symlink (or reads the file) at a predictable /tmp path.
+        let base = tempfile::tempdir().expect("tempdir");
+        let first = console_log_under(base.path()).expect("first");
+        let second = console_log_under(base.path()).expect("second");
+        assert_ne!(first.parent(), second.parent(), "not predictable");
+        let dir = first.parent().expect("dir");
+        assert_eq!(std::fs::metadata(dir).expect("dir").mode() & 0o7777, 0o700);
+        ConsoleSink::create(&first, false, true).expect("create");
+        assert_eq!(
+            std::fs::metadata(&first).expect("log").mode() & 0o7777,
+            0o600
+        );
+        assert!(
+            ConsoleSink::create(&first, false, true).is_err(),
+            "O_EXCL: an existing file is never reused"
+        );
+        discard_console_log(&first);
+        assert!(!dir.exists(), "the directory goes with the log");
     }
 }

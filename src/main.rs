@@ -14,6 +14,7 @@ mod initramfs;
 mod launch;
 mod net;
 mod pod;
+mod private;
 mod relay;
 mod stoppable;
 mod store;

@@ -49,12 +49,39 @@ fn prepare_busybox(dir: &Path, fixtures: &Fixtures) -> String {
 
 /// Records in a pod's status what `podvm run` records when its VM starts.
 fn record_start(pod_dir: &Path, pid: u32) {
+    record_start_with(pod_dir, pid, false);
+}
+
+/// [`record_start`], for a pod run `--allow-unlimited` (no pod cgroup) when `unlimited`.
+fn record_start_with(pod_dir: &Path, pid: u32, unlimited: bool) {
     let status_file = pod_dir.join("status.json");
     let mut status: Value =
         serde_json::from_slice(&std::fs::read(&status_file).expect("status.json")).expect("json");
     status["started"] = Value::from(1);
     status["pid"] = Value::from(pid);
+    status["unlimited"] = Value::from(unlimited);
     std::fs::write(&status_file, status.to_string()).expect("write status");
+}
+
+/// A stand-in for the pod's `podvm run`: a process that holds the lock file of the pod in
+/// `pod_dir` itself (flock --no-fork, so `/proc/locks` names its pid) and says so; returned once
+/// it holds it.
+fn hold_pod(pod_dir: &Path) -> std::process::Child {
+    let mut holder = Command::new("flock")
+        .args(["--nonblock", "--exclusive", "--no-fork"])
+        .arg(pod_dir.join("lock"))
+        .args(["sh", "-c", "echo locked && exec sleep 60"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("flock(1) from util-linux");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("holder output");
+    assert_eq!(line.trim(), "locked", "the holder took the pod's lock");
+    holder
 }
 
 fn env_of(manifest: &Value, app: usize) -> Vec<(String, String)> {
@@ -296,30 +323,48 @@ fn stop_refuses_pods_that_do_not_run_and_force_kills_the_pods_podvm() {
     );
 
     // Stand-in for the pod's `podvm run`: a process holding the pod's lock whose pid the pod
-    // records (the VM itself is tested in the nested E2E tests).
+    // records (the VM itself is tested in the nested E2E tests). This host has no pod cgroups,
+    // so the pod records that it runs unlimited (`--allow-unlimited`).
     let prepared = dir.join("pods/prepared").join(&uuid);
     let running = dir.join("pods/run").join(&uuid);
-    std::fs::create_dir_all(dir.join("pods/run")).expect("run dir");
     std::fs::rename(&prepared, &running).expect("move pod");
-    let mut holder = Command::new("sh")
-        .arg("-c")
-        .arg("exec 9<\"$0\" && flock 9 && echo locked && exec sleep 60")
-        .arg(&running)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("lock holder");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(holder.stdout.take().expect("stdout")),
-        &mut line,
-    )
-    .expect("holder says locked");
-    record_start(&running, holder.id());
+    let mut holder = hold_pod(&running);
+    record_start_with(&running, holder.id(), true);
     assert_eq!(
         json(dir, &["status", "--format", "json", &uuid])["state"],
         "running"
     );
 
+    // Attack: the pod's podvm died and its pid went to another process; stop must not signal
+    // it. Here: a pid that does not hold the pod's lock.
+    let mut bystander = Command::new("sleep").arg("60").spawn().expect("sleep");
+    record_start_with(&running, bystander.id(), true);
+    let refused = podvm(dir, &["stop", "--force", &uuid]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "process {} is not the pod's podvm",
+            bystander.id()
+        )) && stderr.contains("does not hold the pod's lock")
+            && stderr.contains("nothing was signalled"),
+        "{stderr}"
+    );
+    // ... and a pid holding the lock but outside the pod's cgroup, for a pod with limits.
+    record_start_with(&running, holder.id(), false);
+    let refused = podvm(dir, &["stop", "--force", &uuid]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not in the pod's"), "{stderr}");
+    assert!(
+        bystander.try_wait().expect("bystander").is_none()
+            && holder.try_wait().expect("holder").is_none(),
+        "neither process was signalled"
+    );
+    bystander.kill().expect("kill the bystander");
+    bystander.wait().expect("reap the bystander");
+
+    record_start_with(&running, holder.id(), true);
     ok(dir, &["stop", "--force", &uuid]);
     let killed = holder.wait().expect("holder ended");
     assert!(!killed.success(), "the holder was killed: {killed:?}");
@@ -481,27 +526,13 @@ fn commands_on_a_pod_another_process_holds_report_busy_and_change_nothing() {
     };
     let uuid = prepare_busybox(dir.path(), fixtures);
     let pod_dir = dir.path().join("pods/prepared").join(&uuid);
-    // A second podvm holding the pod is a process with the pod directory's flock.
-    let mut holder = Command::new("flock")
-        .args(["--nonblock", "--exclusive", "--no-fork"])
-        .arg(&pod_dir)
-        .args(["sleep", "60"])
-        .spawn()
-        .expect("flock(1) from util-linux");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let probe = podvm(dir.path(), &["rm", &uuid]);
-        let stderr = String::from_utf8_lossy(&probe.stderr).into_owned();
-        if stderr.contains("is busy") {
-            assert!(!probe.status.success(), "{stderr}");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "rm never saw the lock: {stderr}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    // A second podvm holding the pod is a process with the flock of the pod's lock file; it is
+    // held before the first probe (a probe racing the holder could remove the pod).
+    let mut holder = hold_pod(&pod_dir);
+    let probe = podvm(dir.path(), &["rm", &uuid]);
+    let stderr = String::from_utf8_lossy(&probe.stderr);
+    assert!(!probe.status.success(), "{stderr}");
+    assert!(stderr.contains("is busy"), "{stderr}");
     let run = podvm(dir.path(), &["run-prepared", &uuid]);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success(), "{stderr}");
@@ -517,4 +548,231 @@ fn commands_on_a_pod_another_process_holds_report_busy_and_change_nothing() {
     holder.wait().expect("reap the holder");
     ok(dir.path(), &["rm", &uuid]);
     assert!(!pod_dir.exists(), "rm works once the holder is gone");
+}
+
+/// Runs `script` (sh, with `args` as $1...) as the unprivileged user nobody (65534).
+fn as_nobody(script: &str, args: &[std::ffi::OsString]) -> Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+        ])
+        .arg(script)
+        .arg("sh")
+        .args(args)
+        .output()
+        .expect("setpriv from util-linux")
+}
+
+/// Every path under `root` (itself included), found as root.
+fn every_path(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut paths = vec![root.to_path_buf()];
+    let mut next = 0;
+    while next < paths.len() {
+        let path = paths[next].clone();
+        next += 1;
+        let is_dir = std::fs::symlink_metadata(&path).is_ok_and(|meta| meta.is_dir());
+        if is_dir {
+            for entry in std::fs::read_dir(&path).expect("read_dir") {
+                paths.push(entry.expect("entry").path());
+            }
+        }
+    }
+    paths
+}
+
+/// Whether `path` is inside a tree the guest sees (an image's rendered rootfs, a pod's app
+/// rootfs or volume), where the image's own modes are kept.
+fn in_guest_tree(data: &Path, path: &Path) -> bool {
+    let relative = path.strip_prefix(data).expect("under the data dir");
+    let parts: Vec<_> = relative.iter().map(|p| p.to_string_lossy()).collect();
+    match parts.as_slice() {
+        [images, trees, _, _, ..] if images == "images" && trees == "trees" => true,
+        [pods, _, _, sub, ..] if pods == "pods" => {
+            ["appsinfo", "stage1", "volumes"].contains(&sub.as_ref()) && parts.len() > 5
+        }
+        _ => false,
+    }
+}
+
+fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn other_users_can_neither_read_list_nor_lock_anything_under_the_data_dir() {
+    let Some((base, fixtures)) = setup() else {
+        return;
+    };
+    if !running_as_root() {
+        eprintln!("skipping: needs root (the data dir is root's, probed as user nobody)");
+        return;
+    }
+    // A traversable parent, so that only podvm's own modes protect the data dir.
+    std::fs::set_permissions(
+        base.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let data = base.path().join("data");
+    let uuid = prepare_busybox(&data, fixtures);
+    let pod_dir = data.join("pods/prepared").join(&uuid);
+    // What `run` leaves in the pod (0700 logs dir, 0600 log), to be read.
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(pod_dir.join("logs"))
+        .expect("logs dir");
+    std::os::unix::fs::OpenOptionsExt::mode(&mut std::fs::OpenOptions::new(), 0o600)
+        .write(true)
+        .create_new(true)
+        .open(pod_dir.join("logs/busybox.log"))
+        .and_then(|mut log| std::io::Write::write_all(&mut log, b"secret output\n"))
+        .expect("log");
+    let manifest = json(&data, &["cat-manifest", &uuid]);
+    let image = manifest["apps"][0]["image"]["id"]
+        .as_str()
+        .expect("image id")
+        .to_string();
+
+    // Host side: everything podvm made is root's alone (outside the trees the guest sees).
+    let paths = every_path(&data);
+    for path in &paths {
+        let meta = std::fs::symlink_metadata(path).expect("stat");
+        if in_guest_tree(&data, path) || meta.file_type().is_symlink() {
+            continue;
+        }
+        let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
+        assert_eq!(meta_uid(&meta), 0, "{} is root's", path.display());
+        assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
+    }
+
+    // Attack: a local user reads the pods' manifests (their env holds secrets) and logs, or
+    // takes a flock on a pod's directory or files to make it look busy. Every path under the
+    // data dir, and the data dir's parent as the probe's control (that one it may lock).
+    let mut probed: Vec<std::ffi::OsString> = paths.iter().map(|p| p.clone().into()).collect();
+    probed.push(base.path().into());
+    let probe = as_nobody(
+        "for p in \"$@\"; do \
+           if [ -d \"$p\" ]; then ls -A \"$p\" >/dev/null 2>&1 && echo \"listed $p\"; \
+           else cat \"$p\" >/dev/null 2>&1 && echo \"read $p\"; fi; \
+           flock -n -x \"$p\" true 2>/dev/null && echo \"locked $p\"; \
+         done; true",
+        &probed,
+    );
+    assert!(probe.status.success(), "{probe:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&probe.stdout).trim(),
+        format!(
+            "listed {}\nlocked {}",
+            base.path().display(),
+            base.path().display()
+        ),
+        "nobody could only list and lock the data dir's parent"
+    );
+
+    // podvm itself, run by that user on root's data dir, says what is wrong.
+    for args in [
+        vec!["status", uuid.as_str()],
+        vec!["logs", uuid.as_str()],
+        vec!["cat-manifest", uuid.as_str()],
+        vec!["list"],
+        vec!["image", "cat-manifest", image.as_str()],
+    ] {
+        let mut command = vec![
+            std::ffi::OsString::from(env!("CARGO_BIN_EXE_podvm")),
+            "--dir".into(),
+            data.clone().into(),
+        ];
+        command.extend(args.iter().map(std::ffi::OsString::from));
+        let out = as_nobody("exec \"$@\"", &command);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("permission denied") && stderr.contains("run podvm as that user"),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("secret"),
+            "{args:?}"
+        );
+    }
+
+    // Root's pod is unaffected: not busy, removable.
+    ok(&data, &["rm", &uuid]);
+    assert!(!pod_dir.exists());
+}
+
+fn meta_uid(meta: &std::fs::Metadata) -> u32 {
+    std::os::unix::fs::MetadataExt::uid(meta)
+}
+
+#[test]
+fn a_data_dir_left_readable_by_an_older_podvm_is_made_private_when_opened() {
+    let Some((data, fixtures)) = setup() else {
+        return;
+    };
+    let dir = data.path();
+    let uuid = prepare_busybox(dir, fixtures);
+    // What an older podvm left: 0755 directories.
+    let loose = [
+        dir.to_path_buf(),
+        dir.join("pods"),
+        dir.join("pods/prepared"),
+        dir.join("images"),
+        dir.join("images/blobs/sha256"),
+    ];
+    for path in &loose {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("loosen");
+    }
+    ok(dir, &["list"]);
+    ok(dir, &["image", "list"]);
+    for path in &loose {
+        let meta = std::fs::metadata(path).expect("stat");
+        let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
+        assert_eq!(mode & 0o7777, 0o700, "{} tightened", path.display());
+    }
+    ok(dir, &["rm", &uuid]);
+}
+
+#[test]
+fn a_pod_that_cannot_get_its_cgroup_limits_does_not_start() {
+    let Some((data, fixtures)) = setup() else {
+        return;
+    };
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        eprintln!(
+            "skipping: this host has cgroup v2 at /sys/fs/cgroup, so the pod would get its \
+             limits (the nested E2E tests run pods there)"
+        );
+        return;
+    }
+    let dir = data.path();
+    // Attack: a pod that would run without memory, CPU or task limits can take the host.
+    let out = podvm(
+        dir,
+        &[
+            "run",
+            "--uuid-file-save",
+            &dir.join("uuid").display().to_string(),
+            &fixtures.oci_reference("busybox"),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    let uuid = std::fs::read_to_string(dir.join("uuid")).expect("uuid file");
+    assert!(
+        stderr.contains(&format!("pod {} did not start", uuid.trim()))
+            && stderr.contains("cgroup limits")
+            && stderr.contains("--allow-unlimited"),
+        "names the pod, the problem and the way out: {stderr}"
+    );
+    assert_eq!(
+        json(dir, &["list", "--format", "json"]),
+        serde_json::json!([]),
+        "the pod that did not start is not left behind"
+    );
 }

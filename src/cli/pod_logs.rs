@@ -71,6 +71,7 @@ pub fn logs(data_dir: &Path, args: LogsArgs) -> Result<ExitCode, PodError> {
         let running = args.follow && lock::is_locked(&pod.dir);
         logs::replay(&mut reader, &mut emit).map_err(io_err)?;
         if !running {
+            report_dropped(&path);
             return Ok(ExitCode::SUCCESS);
         }
         std::thread::sleep(FOLLOW_POLL);
@@ -86,5 +87,17 @@ fn emit(record: &LogRecord) -> std::io::Result<()> {
             out.flush()
         }
         LogStream::Stderr => std::io::stderr().write_all(&bytes),
+    }
+}
+
+/// Says on stderr, after the output, when the app's log reached its cap and dropped output.
+fn report_dropped(path: &Path) {
+    let (dropped, cap) = logs::dropped(path);
+    if dropped > 0 {
+        eprintln!(
+            "podvm: {dropped} bytes of output were dropped after the {} log cap \
+             (`podvm run --log-max` sets it)",
+            logs::human_size(cap)
+        );
     }
 }

@@ -1,6 +1,10 @@
 //! `podvm stop`: ends running pods, gracefully by default.
 //!
 //! A running pod is a `podvm run` process holding the pod's lock, its pid recorded in the pod.
+//! Before any signal, `stop` pins that process with a pidfd and checks that it is the pod's:
+//! it is in the pod's cgroup (unless the pod runs `--allow-unlimited`) and holds the pod's lock
+//! (`/proc/locks`). Signals then go through the pidfd, so a pid recycled by another process
+//! after the pod's podvm died is never signalled.
 //! Graceful: SIGTERM to that process, which forwards it to the apps through the agent and ends
 //! the VM when they exit (or kills it after its stop timeout). `--force`: SIGKILL, which ends the
 //! in-process VMM at once; the exit is then recorded here.
@@ -9,13 +13,15 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
 use clap::Args;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
 use super::pod_gc::for_each_pod;
 use crate::pod::status::now;
-use crate::pod::{lock, Pod, PodError, PodState, PodStore};
+use crate::pod::status::PodStatus;
+use crate::pod::{cgroup, lock, Pod, PodError, PodState, PodStore};
 
 /// How long a graceful stop may take before `stop` kills the pod's podvm.
 const GRACEFUL_LIMIT: Duration = Duration::from_secs(30);
@@ -67,17 +73,19 @@ fn stop_one(pods: &PodStore, pod: &Pod, force: bool) -> Result<String, PodError>
             hint: "only running pods can be stopped",
         });
     }
-    let pid = pods.status(pod)?.pid.ok_or_else(|| PodError::WrongState {
+    let status = pods.status(pod)?;
+    let pid = status.pid.ok_or_else(|| PodError::WrongState {
         uuid: pod.uuid.clone(),
         state: pod.state,
         hint: "it recorded no podvm pid yet; try again in a moment",
     })?;
+    let process = PodProcess::verify(pod, &status, pid)?;
     let signal = if force {
         Signal::SIGKILL
     } else {
         Signal::SIGTERM
     };
-    send(pod, pid, signal)?;
+    process.send(signal)?;
     if !wait_released(pod, if force { FORCE_LIMIT } else { GRACEFUL_LIMIT }) {
         if force {
             return Err(PodError::StopTimeout(pod.uuid.clone()));
@@ -87,7 +95,7 @@ fn stop_one(pods: &PodStore, pod: &Pod, force: bool) -> Result<String, PodError>
             pod.uuid,
             GRACEFUL_LIMIT.as_secs()
         );
-        send(pod, pid, Signal::SIGKILL)?;
+        process.send(Signal::SIGKILL)?;
         if !wait_released(pod, FORCE_LIMIT) {
             return Err(PodError::StopTimeout(pod.uuid.clone()));
         }
@@ -103,20 +111,92 @@ fn stop_one(pods: &PodStore, pod: &Pod, force: bool) -> Result<String, PodError>
     Ok(pod.uuid.clone())
 }
 
-/// Signals the pod's podvm process; a process that is already gone is not an error.
-fn send(pod: &Pod, pid: u32, signal: Signal) -> Result<(), PodError> {
-    let pid = i32::try_from(pid).map_err(|_| PodError::WrongState {
-        uuid: pod.uuid.clone(),
-        state: pod.state,
-        hint: "its recorded pid is not a valid pid",
-    })?;
-    match kill(Pid::from_raw(pid), signal) {
-        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-        Err(errno) => Err(PodError::Io {
-            what: "cannot signal the podvm process of pod",
-            path: pod.dir.clone(),
-            source: errno.into(),
-        }),
+/// The pod's podvm process, pinned by a pidfd and checked to be the pod's.
+struct PodProcess<'a> {
+    pod: &'a Pod,
+    pidfd: OwnedFd,
+}
+
+impl<'a> PodProcess<'a> {
+    /// Pins process `pid` and checks it is `pod`'s podvm: in the pod's cgroup (unless the pod
+    /// runs unlimited) and holding the pod's lock. The checks read `/proc/<pid>`; the pidfd
+    /// still naming a live process afterwards proves they were about the pinned process.
+    fn verify(pod: &'a Pod, status: &PodStatus, pid: u32) -> Result<Self, PodError> {
+        let not_it = |why: String| PodError::NotThePodsProcess {
+            uuid: pod.uuid.clone(),
+            pid,
+            why,
+        };
+        let pidfd = pidfd_open(pid).map_err(|err| not_it(format!("cannot pin it: {err}")))?;
+        if !status.unlimited {
+            let cgroup = cgroup::of_process(pid).map_err(|err| not_it(err.to_string()))?;
+            if !cgroup::is_pods(&cgroup, &pod.uuid) {
+                return Err(not_it(format!(
+                    "it is in cgroup {}, not in the pod's",
+                    cgroup.display()
+                )));
+            }
+        }
+        if !lock::is_held_by(&pod.dir, pid) {
+            return Err(not_it("it does not hold the pod's lock".into()));
+        }
+        let process = PodProcess { pod, pidfd };
+        if !process.alive() {
+            return Err(not_it("it exited while being checked".into()));
+        }
+        Ok(process)
+    }
+
+    /// Whether the pinned process still runs (signal 0 through the pidfd).
+    fn alive(&self) -> bool {
+        pidfd_send_signal(&self.pidfd, 0).is_ok()
+    }
+
+    /// Signals the pinned process; one that is already gone is not an error.
+    fn send(&self, signal: Signal) -> Result<(), PodError> {
+        match pidfd_send_signal(&self.pidfd, signal as i32) {
+            Ok(()) => Ok(()),
+            Err(err) if err.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            Err(source) => Err(PodError::Io {
+                what: "cannot signal the podvm process of pod",
+                path: self.pod.dir.clone(),
+                source,
+            }),
+        }
+    }
+}
+
+/// A pidfd of process `pid` (pidfd_open(2)).
+fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    let pid =
+        libc::pid_t::try_from(pid).map_err(|_| std::io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: pidfd_open takes a pid and flags (none) and passes no memory; it returns a new
+    // descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| std::io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: the kernel just returned `fd` as a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends `signal` (0: only check) to the process of `pidfd` (pidfd_send_signal(2)).
+fn pidfd_send_signal(pidfd: &OwnedFd, signal: i32) -> std::io::Result<()> {
+    // SAFETY: `pidfd` is a live pidfd; a null siginfo makes the kernel fill it as kill(2)
+    // does; flags are none. No memory of ours is written.
+    let done = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    match done {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
     }
 }
 

@@ -73,6 +73,21 @@ pub struct VmFlags {
     /// VM is stopped hard (seconds, or e.g. `1500ms`).
     #[arg(long = "stop-timeout", value_name = "DURATION", default_value = "10", value_parser = parse_duration)]
     stop_timeout: Duration,
+    /// Cap of each app's log in the pod (`podvm logs`), e.g. 10Mi or 1G; output past it is
+    /// dropped from the log (not from the terminal) and `podvm logs` says how much.
+    #[arg(long = "log-max", value_name = "SIZE", default_value = "100Mi", value_parser = parse_size)]
+    log_max: u64,
+    /// Run the pod even if its cgroup limits (memory, CPU time, tasks) cannot be set, e.g.
+    /// without cgroup v2: the VM can then take as much of the host as it wants. Without this
+    /// flag such a pod does not start.
+    #[arg(long = "allow-unlimited")]
+    allow_unlimited: bool,
+}
+
+/// A byte size flag: 100Mi, 10M, 1Gi, 4096.
+fn parse_size(text: &str) -> Result<u64, String> {
+    resources::memory_bytes(text)
+        .map_err(|_| format!("{text:?}: expected a size such as 100Mi, 10M, 1Gi or 4096"))
 }
 
 /// Flags of `podvm run-prepared`.
@@ -125,6 +140,19 @@ pub enum RunError {
     /// A volume could not be set up.
     #[error(transparent)]
     Volume(#[from] volumes::VolumeError),
+    /// The pod's cgroup limits could not be set, so it did not start.
+    #[error(
+        "pod {uuid} did not start: its cgroup limits (memory, CPU, tasks) cannot be set: \
+         {source}\n(podvm needs cgroup v2 with the memory, cpu and pids controllers, and to be \
+         the only process in its cgroup when run as a systemd service; `--allow-unlimited` runs \
+         the pod without limits anyway)"
+    )]
+    NoLimits {
+        /// The pod.
+        uuid: String,
+        /// Why.
+        source: crate::pod::cgroup::CgroupError,
+    },
     /// What the pod asks for is not supported yet.
     #[error("pod {uuid}: {what} is not supported; run it with a single app")]
     Unsupported {
@@ -187,6 +215,17 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
             &image::resolve(&store, &app.image.id)?,
         )?);
     }
+    let (sized_mib, sized_cpus) = resources::vm_size(
+        manifest.apps.iter().flat_map(|app| &app.app.isolators),
+        DEFAULT_VM_MIB,
+    );
+    let (cpus, memory_mib) = (
+        vm.vm_cpus.unwrap_or(sized_cpus),
+        vm.vm_memory.unwrap_or(sized_mib),
+    );
+    // Before anything else is made for the pod: a pod that cannot get its limits stays
+    // prepared (and `run` removes it). Left when `cgroup` drops, after the VM.
+    let cgroup = enter_cgroup(&prepared, memory_mib, cpus, vm.allow_unlimited)?;
     let image_ports: Vec<_> = images
         .iter()
         .flat_map(|image| image.defaults.ports.clone())
@@ -204,12 +243,9 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
     let mut status = pods.status(&pod)?;
     status.started = Some(now());
     status.pid = Some(std::process::id());
+    status.unlimited = cgroup.is_none();
     pods.write_status(&pod, &status)?;
 
-    let (sized_mib, sized_cpus) = resources::vm_size(
-        manifest.apps.iter().flat_map(|app| &app.app.isolators),
-        DEFAULT_VM_MIB,
-    );
     let interactive = vm.interactive && std::io::stdin().is_terminal();
     let relay = RelayOptions::for_cli(vm.interactive, interactive, vm.stop_timeout);
     let hostname = manifest
@@ -251,11 +287,11 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
         spec.user = non_empty(&app.app.user);
         spec.group = non_empty(&app.app.group);
         spec.limits = resources::app_limits(&app.app.isolators);
-        app_log = Some(open_app_log(&pod, &app.name)?);
+        app_log = Some(open_app_log(&pod, &app.name, vm.log_max)?);
     } else {
         for (index, app) in manifest.apps.iter().enumerate() {
             spec.apps.push(app_spec(app, index, &hostname, &network));
-            app_logs.push((app.name.clone(), open_app_log(&pod, &app.name)?));
+            app_logs.push((app.name.clone(), open_app_log(&pod, &app.name, vm.log_max)?));
         }
         spec.stop_grace_ms = Some(u64::try_from(vm.stop_timeout.as_millis()).unwrap_or(u64::MAX));
     }
@@ -264,8 +300,8 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
         agent: vm.agent.clone(),
         spec,
         initrd_dir: None,
-        cpus: vm.vm_cpus.unwrap_or(sized_cpus),
-        memory_mib: vm.vm_memory.unwrap_or(sized_mib),
+        cpus,
+        memory_mib,
         console: vm.console,
         console_log: Some(pod.dir.join("console.log")),
         kernel_args: Vec::new(),
@@ -276,7 +312,6 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
         relay,
         exec_info: Some(pod.dir.join(EXEC_INFO_FILE)),
     };
-    let cgroup = enter_cgroup(&pod, &plan);
     let outcome = launch::launch(&plan);
     drop(cgroup);
     status.finished = Some(now());
@@ -311,22 +346,28 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
     }
 }
 
-/// Moves podvm into the pod's cgroup, sized for the VM; without cgroups the pod still runs,
-/// unconfined, with a warning.
-fn enter_cgroup(pod: &Pod, plan: &LaunchPlan) -> Option<PodCgroup> {
-    let limits = CgroupLimits {
-        memory_mib: plan.memory_mib,
-        cpus: plan.cpus,
-    };
+/// Moves podvm into the pod's cgroup, sized for the VM. Without its limits the pod does not
+/// start, unless `allow_unlimited` (`--allow-unlimited`): then it runs unconfined, with a warning.
+fn enter_cgroup(
+    pod: &Pod,
+    memory_mib: u64,
+    cpus: u8,
+    allow_unlimited: bool,
+) -> Result<Option<PodCgroup>, RunError> {
+    let limits = CgroupLimits { memory_mib, cpus };
     match PodCgroup::enter(&pod.uuid, limits) {
-        Ok(cgroup) => Some(cgroup),
-        Err(err) => {
+        Ok(cgroup) => Ok(Some(cgroup)),
+        Err(err) if allow_unlimited => {
             eprintln!(
-                "podvm: warning: pod {} runs without its cgroup limits: {err}",
+                "podvm: warning: pod {} runs without its cgroup limits (--allow-unlimited): {err}",
                 pod.uuid
             );
-            None
+            Ok(None)
         }
+        Err(source) => Err(RunError::NoLimits {
+            uuid: pod.uuid.clone(),
+            source,
+        }),
     }
 }
 
@@ -421,10 +462,10 @@ fn app_spec(app: &RuntimeApp, index: usize, hostname: &str, network: &PodNetwork
     }
 }
 
-/// The app's log in the pod directory, for `podvm logs`.
-fn open_app_log(pod: &Pod, app: &str) -> Result<AppLog, RunError> {
+/// The app's log in the pod directory, for `podvm logs`, capped at `max` bytes.
+fn open_app_log(pod: &Pod, app: &str, max: u64) -> Result<AppLog, RunError> {
     let path = logs::path(&pod.dir, app);
-    AppLog::create(&path).map_err(|source| {
+    AppLog::create(&path, max).map_err(|source| {
         RunError::Pod(PodError::Io {
             what: "cannot create the app log",
             path,

@@ -140,7 +140,7 @@ pub fn extract_archive(store: &Store, image: &str, file: &Path) -> Result<PathBu
     let dir = store
         .tmp_dir()
         .join(format!("archive-{}-{}", std::process::id(), unique()));
-    fs::create_dir_all(&dir).map_err(io_err(image, "creating", &dir))?;
+    crate::private::create_dir_all(&dir).map_err(io_err(image, "creating", &dir))?;
     let r = super::layer::decompress(f).map_err(io_err(image, "reading archive", file))?;
     let mut ar = tar::Archive::new(r);
     ar.set_preserve_permissions(false);

@@ -89,7 +89,9 @@ pub fn ensure_rendered_with(
         fs::remove_dir_all(&work).map_err(io_e("removing stale", &work))?;
     }
     let work_rootfs = work.join("rootfs");
-    fs::create_dir_all(&work_rootfs).map_err(io_e("creating", &work_rootfs))?;
+    // The tree's own directory is root's alone (0700); the rootfs in it keeps the image's modes.
+    crate::private::create_dir_all(&work).map_err(io_e("creating", &work))?;
+    fs::create_dir(&work_rootfs).map_err(io_e("creating", &work_rootfs))?;
     let result = apply_all(store, name, id, &work_rootfs, layers, ready);
     if let Err(e) = result {
         let _ = fs::remove_dir_all(&work);

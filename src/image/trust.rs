@@ -22,6 +22,9 @@ pub enum TrustError {
     /// The prefix is not a valid image name prefix.
     #[error("invalid prefix {0:?}: expected an image name such as example.com/app (lowercase letters, digits, - . _ ~ and / between components)")]
     BadPrefix(String),
+    /// The data dir is not podvm's (another user's) or could not be made private.
+    #[error(transparent)]
+    Private(#[from] crate::private::PrivateError),
     /// I/O on the key store.
     #[error("{what} {path}: {source}")]
     Io {
@@ -165,7 +168,8 @@ pub fn add(data_dir: &Path, scope: &Scope, key: &Key) -> Result<PathBuf, TrustEr
         let path = path.to_path_buf();
         move |source| TrustError::Io { what, path, source }
     };
-    std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+    crate::private::ensure_dir(data_dir)?;
+    crate::private::create_dir_all(&dir).map_err(io("creating", &dir))?;
     let armored = key
         .key
         .to_armored_string(ArmorOptions::default())
@@ -174,9 +178,7 @@ pub fn add(data_dir: &Path, scope: &Scope, key: &Key) -> Result<PathBuf, TrustEr
             why: e.to_string(),
         })?;
     let path = dir.join(&key.fingerprint);
-    let tmp = dir.join(format!(".{}.tmp", key.fingerprint));
-    std::fs::write(&tmp, armored).map_err(io("writing", &tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io("renaming into place", &path))?;
+    crate::private::write_atomic(&path, armored.as_bytes()).map_err(io("writing", &path))?;
     Ok(path)
 }
 

@@ -115,17 +115,12 @@ pub fn read(pod_dir: &Path) -> Result<Option<NetState>, StateError> {
 /// Writes the record atomically and durably.
 pub fn write(pod_dir: &Path, state: &NetState) -> Result<(), StateError> {
     let path = path(pod_dir);
-    let tmp = pod_dir.join(format!(".{STATE_FILE}.tmp"));
     let bytes = serde_json::to_vec_pretty(state).expect("the record always serializes");
     let io = |what| {
         let path = path.clone();
         move |source| StateError::Io { what, path, source }
     };
-    std::fs::write(&tmp, bytes).map_err(io("write"))?;
-    std::fs::File::open(&tmp)
-        .and_then(|file| file.sync_all())
-        .map_err(io("sync"))?;
-    std::fs::rename(&tmp, &path).map_err(io("replace"))
+    crate::private::write_atomic(&path, &bytes).map_err(io("write"))
 }
 
 /// Removes the record (a missing one is fine).

@@ -56,6 +56,23 @@ pub enum CgroupError {
         /// Why.
         source: std::io::Error,
     },
+    /// The pod's cgroup lacks a controller, so one of its limits cannot be set.
+    #[error(
+        "no {file} in {dir}: {}",
+        match below_unit {
+            true => "the controller cannot be enabled below podvm's systemd unit (does another \
+                     process share the unit's cgroup? run podvm itself as the unit's process)",
+            false => "the kernel does not offer that controller to /sys/fs/cgroup/podvm",
+        }
+    )]
+    NoController {
+        /// The limit file.
+        file: String,
+        /// The pod's cgroup.
+        dir: PathBuf,
+        /// Whether the cgroup is below podvm's systemd service.
+        below_unit: bool,
+    },
     /// The members of a leftover cgroup did not go away after `cgroup.kill`.
     #[error(
         "cgroup {0} still has processes after killing them; remove them and run `podvm gc` again"
@@ -104,6 +121,34 @@ pub fn path(uuid: &str) -> PathBuf {
     Path::new(CGROUP_MOUNT)
         .join(PODVM_GROUP)
         .join(format!("pod-{uuid}"))
+}
+
+/// Whether `cgroup`, a process's cgroup v2 path as `/proc/<pid>/cgroup` names it, is one pod
+/// `uuid`'s cgroup can have: `/podvm/pod-<uuid>`, or `<unit>.service/pod-<uuid>` below a
+/// systemd service (see the module docs).
+pub fn is_pods(cgroup: &Path, uuid: &str) -> bool {
+    let name = format!("pod-{uuid}");
+    if uuid.is_empty() || cgroup.file_name() != Some(std::ffi::OsStr::new(&name)) {
+        return false;
+    }
+    cgroup.parent().is_some_and(|parent| {
+        parent.file_name() == Some(std::ffi::OsStr::new(PODVM_GROUP)) || is_service(parent)
+    })
+}
+
+/// The cgroup v2 path of process `pid` (`/...`, relative to the cgroup mount), from
+/// `/proc/<pid>/cgroup`.
+pub fn of_process(pid: u32) -> Result<PathBuf> {
+    let file = PathBuf::from(format!("/proc/{pid}/cgroup"));
+    let text = fs::read_to_string(&file).map_err(io_err("cannot read", &file))?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .map(PathBuf::from)
+        .ok_or_else(|| CgroupError::Io {
+            what: "no cgroup v2 entry in",
+            path: file,
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })
 }
 
 /// True if `cgroup` is a systemd service's (its last component names a `.service` unit).
@@ -168,28 +213,27 @@ impl PodCgroup {
             // Only now: a cgroup with processes of its own cannot hand controllers to children.
             cgroup.enabled_in_home = enable_controllers(&cgroup.home, &CONTROLLERS)?;
         }
-        cgroup.set("memory.max", &limits.memory_max())?;
-        cgroup.set("memory.swap.max", "0")?;
-        cgroup.set("cpu.max", &limits.cpu_max())?;
-        cgroup.set("pids.max", &limits.pids_max())?;
-        if !cgroup.dir.join("memory.max").exists() {
-            eprintln!(
-                "podvm: note: no memory controller in {} (another process shares podvm's \
-                 cgroup?); the VM's process runs without its memory cap",
-                cgroup.dir.display()
-            );
-        }
+        // Every limit or none: a pod whose cgroup lacks a controller does not start.
+        cgroup.set("memory.max", &limits.memory_max(), true)?;
+        cgroup.set("memory.swap.max", "0", false)?;
+        cgroup.set("cpu.max", &limits.cpu_max(), true)?;
+        cgroup.set("pids.max", &limits.pids_max(), true)?;
         Ok(cgroup)
     }
 
-    /// Writes a limit file when the controller offers it (e.g. no `memory.swap.max` without swap
-    /// accounting).
-    fn set(&self, file: &str, value: &str) -> Result<()> {
+    /// Writes a limit file; one that is not `required` may be missing (e.g. no
+    /// `memory.swap.max` without swap accounting).
+    fn set(&self, file: &str, value: &str, required: bool) -> Result<()> {
         let path = self.dir.join(file);
-        if path.exists() {
-            write(&path, value)?;
+        match path.exists() {
+            true => write(&path, value),
+            false if required => Err(CgroupError::NoController {
+                file: file.to_string(),
+                dir: self.dir.clone(),
+                below_unit: is_service(&self.home),
+            }),
+            false => Ok(()),
         }
-        Ok(())
     }
 
     /// Moves this process back to the cgroup it came from and removes the pod's cgroup.
@@ -318,6 +362,29 @@ mod tests {
     #[test]
     fn pod_cgroups_live_under_podvm() {
         assert_eq!(path("1234"), PathBuf::from("/sys/fs/cgroup/podvm/pod-1234"));
+    }
+
+    #[test]
+    fn only_the_pods_own_cgroups_are_taken_for_it() {
+        for pods in [
+            "/podvm/pod-1234",
+            "/system.slice/pod-exit.service/pod-1234",
+            "/podvm-systemd/system.slice/pod-term.service/pod-1234",
+        ] {
+            assert!(is_pods(Path::new(pods), "1234"), "{pods}");
+        }
+        for other in [
+            "/podvm/pod-12345",
+            "/podvm/pod-123",
+            "/user.slice/user-0.slice/session-1.scope",
+            "/user.slice/pod-1234",
+            "/pod-1234",
+            "/system.slice/.service/pod-1234",
+            "/",
+        ] {
+            assert!(!is_pods(Path::new(other), "1234"), "{other}");
+        }
+        assert!(!is_pods(Path::new("/podvm/pod-"), ""));
     }
 
     #[test]

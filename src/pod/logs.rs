@@ -1,12 +1,17 @@
 //! Per-app logs on the host: `<pod dir>/logs/<app>.log`, one JSON record per line of output
 //! (Docker's json-file shape), so `podvm logs` replays stdout and stderr apart and in order.
 //!
+//! Each app's log is capped ([`DEFAULT_MAX`], 100 MiB, unless `run --log-max` says otherwise),
+//! so an app cannot fill the host's disk: once a record no longer fits, it and all later output
+//! are dropped from the log (the terminal still gets them) and counted in `<app>.dropped`, which
+//! `podvm logs` reports.
+//!
 //! ```text
 //! {"time":"1763900000.123456789","stream":"stdout","log":"hello\n"}
 //! {"time":"1763900000.2","stream":"stderr","log_b64":"//4K"}      bytes that are not UTF-8
 //! ```
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -17,6 +22,10 @@ use serde::{Deserialize, Serialize};
 pub const LOGS_DIR: &str = "logs";
 /// Longest record; longer lines are cut into several records.
 const MAX_RECORD: usize = 16 * 1024;
+/// Default cap of an app's log file, in bytes.
+pub const DEFAULT_MAX: u64 = 100 << 20;
+/// How often, at most, the count of dropped bytes is rewritten while output is being dropped.
+const DROPPED_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Which stream a record came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +95,30 @@ pub fn path(pod_dir: &Path, app: &str) -> PathBuf {
     pod_dir.join(LOGS_DIR).join(format!("{app}.log"))
 }
 
+/// The file counting the bytes of output the capped log at `log` dropped.
+fn dropped_path(log: &Path) -> PathBuf {
+    log.with_extension("dropped")
+}
+
+/// How many bytes of output the log at `log` dropped after reaching its cap (0 if none), and
+/// that cap: `<app>.dropped` holds `BYTES CAP`.
+pub fn dropped(log: &Path) -> (u64, u64) {
+    let text = std::fs::read_to_string(dropped_path(log)).unwrap_or_default();
+    let mut numbers = text.split_whitespace().map(|n| n.parse().unwrap_or(0));
+    (
+        numbers.next().unwrap_or(0),
+        numbers.next().unwrap_or(DEFAULT_MAX),
+    )
+}
+
+/// A size for people: whole MiB when it is some, else bytes.
+pub fn human_size(bytes: u64) -> String {
+    match bytes % (1 << 20) {
+        0 => format!("{} MiB", bytes >> 20),
+        _ => format!("{bytes} bytes"),
+    }
+}
+
 /// An app's log being written: shared by the stdout and stderr writers.
 #[derive(Debug, Clone)]
 pub struct AppLog {
@@ -97,19 +130,36 @@ struct LogFile {
     file: File,
     /// Bytes of an unfinished line, per stream.
     partial: [Vec<u8>; 2],
+    /// Size of the file.
+    size: u64,
+    /// Largest size allowed.
+    max: u64,
+    /// Where the dropped count goes, and how many bytes of output were dropped.
+    dropped_path: PathBuf,
+    dropped: u64,
+    /// When the dropped count was last written.
+    dropped_written: Option<std::time::Instant>,
 }
 
 impl AppLog {
-    /// Creates (or appends to) the log file at `path`, making its directory.
-    pub fn create(path: &Path) -> io::Result<Self> {
+    /// Creates (or appends to) the log file at `path` (mode 0600, its directory 0700), capped
+    /// at `max` bytes.
+    pub fn create(path: &Path, max: u64) -> io::Result<Self> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            crate::private::create_dir(dir)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = crate::private::append_file(path)?;
+        let size = file.metadata()?.len();
+        let dropped_path = dropped_path(path);
         Ok(Self {
             inner: Arc::new(Mutex::new(LogFile {
                 file,
                 partial: [Vec::new(), Vec::new()],
+                size,
+                max,
+                dropped: dropped(path).0,
+                dropped_path,
+                dropped_written: None,
             })),
         })
     }
@@ -125,31 +175,73 @@ impl AppLog {
 
     fn record(&self, stream: LogStream, bytes: &[u8]) -> io::Result<()> {
         let mut log = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let LogFile { file, partial } = &mut *log;
-        let pending = &mut partial[stream as usize];
+        let mut pending = std::mem::take(&mut log.partial[stream as usize]);
         pending.extend_from_slice(bytes);
-        while let Some(end) = line_end(pending) {
+        let mut result = Ok(());
+        while let Some(end) = line_end(&pending) {
             let rest = pending.split_off(end);
-            write_record(file, stream, pending)?;
-            *pending = rest;
+            if result.is_ok() {
+                result = log.write_record(stream, &pending);
+            }
+            pending = rest;
         }
+        log.partial[stream as usize] = pending;
+        result
+    }
+
+    /// Writes out unfinished lines (at the end of the run) and the final dropped count.
+    pub fn finish(&self) -> io::Result<()> {
+        let mut log = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for stream in [LogStream::Stdout, LogStream::Stderr] {
+            let pending = std::mem::take(&mut log.partial[stream as usize]);
+            if !pending.is_empty() {
+                log.write_record(stream, &pending)?;
+            }
+        }
+        if log.dropped > 0 {
+            log.write_dropped()?;
+        }
+        log.file.flush()
+    }
+}
+
+impl LogFile {
+    /// Appends one record, or drops it (and everything after it) once it would pass the cap.
+    fn write_record(&mut self, stream: LogStream, bytes: &[u8]) -> io::Result<()> {
+        let line = match self.dropped {
+            0 => {
+                let mut line = serde_json::to_vec(&LogRecord::new(stream, bytes))?;
+                line.push(b'\n');
+                Some(line)
+            }
+            // Full: no need to encode what is dropped.
+            _ => None,
+        };
+        let fits = line.as_ref().is_some_and(|line| {
+            self.size
+                .checked_add(line.len() as u64)
+                .is_some_and(|size| size <= self.max)
+        });
+        let Some(line) = line.filter(|_| fits) else {
+            self.dropped = self.dropped.saturating_add(bytes.len() as u64);
+            let due = self
+                .dropped_written
+                .is_none_or(|last| last.elapsed() >= DROPPED_EVERY);
+            if due {
+                self.write_dropped()?;
+            }
+            return Ok(());
+        };
+        self.file.write_all(&line)?;
+        self.size += line.len() as u64;
         Ok(())
     }
 
-    /// Writes out unfinished lines (at the end of the run).
-    pub fn finish(&self) -> io::Result<()> {
-        let mut log = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let LogFile { file, partial } = &mut *log;
-        for (pending, stream) in partial
-            .iter_mut()
-            .zip([LogStream::Stdout, LogStream::Stderr])
-        {
-            if !pending.is_empty() {
-                write_record(file, stream, pending)?;
-                pending.clear();
-            }
-        }
-        file.flush()
+    /// Records how many bytes were dropped, for `podvm logs`.
+    fn write_dropped(&mut self) -> io::Result<()> {
+        self.dropped_written = Some(std::time::Instant::now());
+        let record = format!("{} {}\n", self.dropped, self.max);
+        crate::private::write_atomic(&self.dropped_path, record.as_bytes())
     }
 }
 
@@ -160,12 +252,6 @@ fn line_end(pending: &[u8]) -> Option<usize> {
         _ if pending.len() >= MAX_RECORD => Some(MAX_RECORD),
         _ => None,
     }
-}
-
-fn write_record(file: &mut File, stream: LogStream, bytes: &[u8]) -> io::Result<()> {
-    let mut line = serde_json::to_vec(&LogRecord::new(stream, bytes))?;
-    line.push(b'\n');
-    file.write_all(&line)
 }
 
 /// Passes output through to podvm's own stream and records it in the app's log.
@@ -234,7 +320,7 @@ mod tests {
     fn streams_stay_apart_in_order_and_bytes_survive() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = path(dir.path(), "app");
-        let log = AppLog::create(&file).expect("create");
+        let log = AppLog::create(&file, DEFAULT_MAX).expect("create");
         let mut out = log.tee(LogStream::Stdout, Box::new(io::sink()));
         let mut err = log.tee(LogStream::Stderr, Box::new(io::sink()));
         out.write_all(b"hel").expect("write");
@@ -252,10 +338,57 @@ mod tests {
     }
 
     #[test]
+    fn output_past_the_cap_is_dropped_and_counted() {
+        // Attack: an app writes without end to fill the host's disk through its log.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = path(dir.path(), "app");
+        let max = 64 * 1024;
+        let log = AppLog::create(&file, max).expect("create");
+        let mut out = log.tee(LogStream::Stdout, Box::new(io::sink()));
+        let line = [b'y'; 99];
+        let mut total = 0u64;
+        for _ in 0..10_000 {
+            out.write_all(&line).expect("write");
+            out.write_all(b"\n").expect("write");
+            total += 100;
+        }
+        log.finish().expect("finish");
+        let size = std::fs::metadata(&file).expect("log").len();
+        assert!(size <= max, "the log stays at its cap: {size}");
+        assert!(size > max - 1024, "and is filled up to it: {size}");
+        let kept: u64 = replay_all(&file)
+            .iter()
+            .map(|(_, bytes)| bytes.len() as u64)
+            .sum();
+        assert_eq!(
+            dropped(&file),
+            (total - kept, max),
+            "every byte not kept is counted"
+        );
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&file).expect("log").permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_log_under_its_cap_drops_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = path(dir.path(), "app");
+        let log = AppLog::create(&file, DEFAULT_MAX).expect("create");
+        log.tee(LogStream::Stderr, Box::new(io::sink()))
+            .write_all(b"fine\n")
+            .expect("write");
+        log.finish().expect("finish");
+        assert_eq!(dropped(&file).0, 0);
+        assert!(!dropped_path(&file).exists());
+    }
+
+    #[test]
     fn long_lines_are_cut_and_a_half_written_record_waits() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = path(dir.path(), "app");
-        let log = AppLog::create(&file).expect("create");
+        let log = AppLog::create(&file, DEFAULT_MAX).expect("create");
         let long = vec![b'x'; MAX_RECORD * 2 + 5];
         log.tee(LogStream::Stdout, Box::new(io::sink()))
             .write_all(&long)

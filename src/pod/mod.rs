@@ -54,12 +54,28 @@ pub enum PodError {
         /// How many matched.
         count: usize,
     },
+    /// The data dir is not podvm's (another user's) or could not be made private.
+    #[error(transparent)]
+    Private(#[from] crate::private::PrivateError),
     /// The pod's cgroup could not be made or removed.
     #[error(transparent)]
     Cgroup(#[from] cgroup::CgroupError),
     /// Another podvm command holds the pod.
     #[error("pod {0} is busy: another podvm command holds it (running, or being changed)")]
     Busy(String),
+    /// The pid a running pod recorded is not (or no longer) its podvm process.
+    #[error(
+        "pod {uuid}: process {pid} is not the pod's podvm ({why}); the pod's podvm is gone, so \
+         nothing was signalled (`podvm status {uuid}` shows the pod)"
+    )]
+    NotThePodsProcess {
+        /// The pod.
+        uuid: String,
+        /// The recorded pid.
+        pid: u32,
+        /// What did not match.
+        why: String,
+    },
     /// A stopped pod's podvm did not let go of it in time.
     #[error("pod {0} did not stop: its podvm process still holds it; check `podvm status {0}`")]
     StopTimeout(String),

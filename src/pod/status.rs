@@ -30,6 +30,10 @@ pub struct PodStatus {
     pub apps: Vec<AppExit>,
     /// Why the pod ended abnormally (e.g. its podvm process died), if it did.
     pub reason: Option<String>,
+    /// The pod runs without its cgroup limits (`run --allow-unlimited`), so its podvm process
+    /// is not in a pod cgroup.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unlimited: bool,
 }
 
 /// Seconds since the epoch.

@@ -2,6 +2,7 @@
 //! and reads/writes their files atomically.
 
 use std::fs;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -40,10 +41,10 @@ impl PodStore {
     /// Opens (creating if needed) the pod store of podvm data dir `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self> {
         let root = data_dir.join("pods");
+        crate::private::ensure_dir(data_dir)?;
+        crate::private::ensure_dir(&root)?;
         for dir in STATE_DIRS {
-            let path = root.join(dir);
-            fs::create_dir_all(&path)
-                .map_err(io_err("cannot create pod state directory", &path))?;
+            crate::private::ensure_dir(&root.join(dir))?;
         }
         Ok(Self { root })
     }
@@ -52,7 +53,10 @@ impl PodStore {
     pub fn create(&self) -> Result<(Pod, PodLock)> {
         let uuid = uuid::Uuid::new_v4().to_string();
         let dir = self.root.join("embryo").join(&uuid);
-        fs::create_dir(&dir).map_err(io_err("cannot create pod directory", &dir))?;
+        std::fs::DirBuilder::new()
+            .mode(crate::private::DIR_MODE)
+            .create(&dir)
+            .map_err(io_err("cannot create pod directory", &dir))?;
         let held = lock::try_lock(&dir, &uuid)?;
         let pod = Pod {
             uuid,
@@ -142,7 +146,8 @@ impl PodStore {
     pub fn mark_garbage(&self, pod: &Pod, now: u64) -> Result<Pod> {
         let marked = self.transition(pod, "exited-garbage")?;
         let path = marked.dir.join(GARBAGE_SINCE_FILE);
-        fs::write(&path, now.to_string()).map_err(io_err("cannot write", &path))?;
+        crate::private::write_atomic(&path, now.to_string().as_bytes())
+            .map_err(io_err("cannot write", &path))?;
         Ok(marked)
     }
 
@@ -189,16 +194,12 @@ fn read_json<T: DeserializeOwned>(pod: &Pod, name: &'static str, what: &'static 
     })
 }
 
-/// Writes `value` as JSON to a temp file in the pod directory, syncs it, renames it into place.
+/// Writes `value` as JSON to a fresh 0600 temp file in the pod directory, syncs it, renames it
+/// into place.
 fn write_json<T: Serialize>(pod: &Pod, name: &str, value: &T) -> Result<()> {
     let path = pod.dir.join(name);
-    let tmp = pod.dir.join(format!(".{name}.tmp"));
     let bytes = serde_json::to_vec_pretty(value).expect("pod records always serialize");
-    fs::write(&tmp, bytes).map_err(io_err("cannot write", &tmp))?;
-    fs::File::open(&tmp)
-        .and_then(|file| file.sync_all())
-        .map_err(io_err("cannot sync", &tmp))?;
-    fs::rename(&tmp, &path).map_err(io_err("cannot write", &path))
+    crate::private::write_atomic(&path, &bytes).map_err(io_err("cannot write", &path))
 }
 
 #[cfg(test)]

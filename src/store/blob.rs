@@ -2,7 +2,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 
 use nix::fcntl::{Flock, FlockArg};
@@ -74,6 +74,8 @@ impl BlobSink {
             .truncate(false)
             .read(true)
             .write(true)
+            .mode(crate::private::FILE_MODE)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&partial)
             .map_err(io_err("opening partial blob", &partial))?;
         let lock = Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| StoreError::Io {
@@ -172,7 +174,7 @@ impl BlobSink {
             });
         }
         lock.sync_all().map_err(io_err("syncing blob", &partial))?;
-        lock.set_permissions(fs::Permissions::from_mode(0o444))
+        lock.set_permissions(fs::Permissions::from_mode(0o400))
             .map_err(io_err("chmod blob", &partial))?;
         fs::rename(&partial, &self.dest).map_err(io_err("renaming blob into place", &self.dest))?;
         if let Some(d) = self.dest.parent() {

@@ -72,6 +72,9 @@ pub enum StoreError {
         /// The cause.
         source: serde_json::Error,
     },
+    /// The data dir is not podvm's (another user's) or could not be made private.
+    #[error(transparent)]
+    Private(#[from] crate::private::PrivateError),
     /// No image matches.
     #[error("no image {0:?} in the store (see `podvm image list`; fetch it with `podvm fetch`)")]
     NotFound(String),
@@ -101,9 +104,10 @@ impl Store {
     /// Opens (creating if needed) the image store under `data_dir` (`--dir`/PODVM_DIR).
     pub fn open(data_dir: &Path) -> Result<Store> {
         let root = data_dir.join("images");
-        for sub in ["blobs/sha256", "records", "trees", "tmp"] {
-            let p = root.join(sub);
-            fs::create_dir_all(&p).map_err(io_err("creating directory", &p))?;
+        crate::private::ensure_dir(data_dir)?;
+        crate::private::ensure_dir(&root)?;
+        for sub in ["blobs", "blobs/sha256", "records", "trees", "tmp"] {
+            crate::private::ensure_dir(&root.join(sub))?;
         }
         Ok(Store { root })
     }
@@ -254,7 +258,8 @@ pub fn copy_large(
     }
 }
 
-/// Writes `data` to `path` atomically (temp file in the same directory, fsync, rename).
+/// Writes `data` to `path` atomically (a fresh 0600 temp file in the same directory, fsync,
+/// rename).
 pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -263,7 +268,8 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
         std::process::id()
     ));
-    let mut f = fs::File::create(&tmp).map_err(io_err("creating", &tmp))?;
+    let _ = fs::remove_file(&tmp);
+    let mut f = crate::private::create_file(&tmp, true).map_err(io_err("creating", &tmp))?;
     f.write_all(data).map_err(io_err("writing", &tmp))?;
     f.sync_all().map_err(io_err("syncing", &tmp))?;
     fs::rename(&tmp, path).map_err(io_err("renaming into place", path))?;

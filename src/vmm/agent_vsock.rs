@@ -147,6 +147,10 @@ fn wait(fd: BorrowedFd<'_>, stop: &EventFd) -> bool {
     })
 }
 
+/// Errors of what the guest can repeat at will (open sessions, send output), rate-limited.
+static SESSIONS: crate::vmm::ratelog::RateLimitedLog =
+    crate::vmm::ratelog::RateLimitedLog::new("agent channel");
+
 /// Starts the thread that accepts the agent's app sessions until stopped, each pumped into a
 /// sink from `sinks` by a thread of its own; it joins them before it ends.
 fn spawn_acceptor(
@@ -169,7 +173,7 @@ fn spawn_acceptor(
             while let Some(stream) = accept_from(&listener, cid, &stop) {
                 let mut sink = sinks();
                 let Ok(stop) = stop.try_clone() else {
-                    eprintln!("podvm: agent channel: cannot serve an app session");
+                    SESSIONS.log(format_args!("cannot serve an app session"));
                     continue;
                 };
                 let pumped =
@@ -181,9 +185,7 @@ fn spawn_acceptor(
                         });
                 match pumped {
                     Ok(handle) => pumps.push(handle),
-                    Err(err) => {
-                        eprintln!("podvm: agent channel: cannot serve an app session: {err}")
-                    }
+                    Err(err) => SESSIONS.log(format_args!("cannot serve an app session: {err}")),
                 }
             }
             for handle in pumps {
@@ -243,7 +245,7 @@ fn pump(mut stream: File, stop: &EventFd, sink: &mut dyn Write) {
             }
             Ok(n) => {
                 if let Err(err) = sink.write_all(&buf[..n]) {
-                    eprintln!("podvm: agent channel: cannot deliver output: {err}");
+                    SESSIONS.log(format_args!("cannot deliver output: {err}"));
                 }
             }
             Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}

@@ -10,6 +10,7 @@ pub mod devices;
 pub mod host;
 pub mod memory;
 pub mod mptable;
+pub mod ratelog;
 pub mod stats;
 pub mod vcpu;
 

@@ -318,7 +318,7 @@ impl MmioTransport {
                 })
             });
         if let Err(err) = result {
-            eprintln!("podvm: virtio device not started: {err}");
+            ACTIVATION.log(format_args!("not started: {err}"));
             self.status |= status::DEVICE_NEEDS_RESET;
         }
     }
@@ -474,6 +474,10 @@ impl MmioBus {
         }
     }
 }
+
+/// Failed activations (the guest can reset and activate a device at will), rate-limited.
+static ACTIVATION: crate::vmm::ratelog::RateLimitedLog =
+    crate::vmm::ratelog::RateLimitedLog::new("virtio device");
 
 #[cfg(test)]
 #[path = "mmio_tests.rs"]

@@ -25,7 +25,11 @@ pub fn start(
         };
         if let Err(err) = process_queue(queue, &mem, server.as_ref(), &interrupt) {
             // A broken queue is the driver's problem; the VM runs on.
-            eprintln!("podvm: {err}");
+            QUEUE_ERRORS.log(format_args!("{err}"));
         }
     })
 }
+
+/// Errors of queues the guest broke, rate-limited.
+static QUEUE_ERRORS: crate::vmm::ratelog::RateLimitedLog =
+    crate::vmm::ratelog::RateLimitedLog::new("virtio-fs queue");

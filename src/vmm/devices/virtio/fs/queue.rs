@@ -25,6 +25,10 @@ pub enum QueueError {
     Signal(std::io::Error),
 }
 
+/// Errors of requests the guest made, rate-limited.
+static DROPPED: crate::vmm::ratelog::RateLimitedLog =
+    crate::vmm::ratelog::RateLimitedLog::new("virtio-fs");
+
 /// Answers every pending request of `queue` with `server`, then signals the guest if it wants
 /// to know. A malformed request (buffers outside guest memory, undecodable header) is returned
 /// to the driver with no reply bytes; it does not stop the queue. Returns the requests handled.
@@ -44,7 +48,7 @@ where
         let written = match answer(mem, chain, server) {
             Ok(written) => written,
             Err(err) => {
-                eprintln!("podvm: virtio-fs: request dropped: {err}");
+                DROPPED.log(format_args!("request dropped: {err}"));
                 0
             }
         };

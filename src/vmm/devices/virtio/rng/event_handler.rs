@@ -18,7 +18,11 @@ pub fn start(
     Worker::spawn("virtio-rng".into(), vec![kick], move |_| {
         if let Err(err) = fill_requests(&mut queue, &mem, &interrupt) {
             // A broken queue is the driver's problem; the device stops serving it, the VM runs on.
-            eprintln!("podvm: {err}");
+            QUEUE_ERRORS.log(format_args!("{err}"));
         }
     })
 }
+
+/// Errors of queues the guest broke, rate-limited.
+static QUEUE_ERRORS: crate::vmm::ratelog::RateLimitedLog =
+    crate::vmm::ratelog::RateLimitedLog::new("virtio-rng");

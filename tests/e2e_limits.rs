@@ -1,0 +1,189 @@
+//! End-to-end tests of the limits a hostile app runs into on the host (issue 19): its log is
+//! capped however much it writes, and what a real run leaves in the data dir is root's alone.
+//! All checks in ONE nested L1 boot (or directly on a host with real KVM).
+
+mod support;
+
+#[path = "registry_support/mod.rs"]
+mod registry_support;
+
+use std::time::Duration;
+
+use registry_support::Fixtures;
+use support::e2e::{self, E2e};
+use support::nested::{Batch, CheckResult};
+
+/// podvm with its own data dir inside the run directory, and the busybox image.
+const PODVM: &str = "podvm --dir state";
+const IMAGE: &str = "oci:busybox-layout:latest";
+/// What the app writes: 1 GiB.
+const GIB: u64 = 1 << 30;
+
+static RESULTS: E2e = E2e::new("fetch");
+
+fn check(name: &str) -> Option<&'static CheckResult> {
+    RESULTS.check(name, batch)
+}
+
+/// A pod writing 1 GiB to stdout with `flags`, then what its log holds: the log file's size,
+/// the bytes `podvm logs` replays, its last stderr line, and the modes of the pod's files.
+fn flood(flags: &str, id: &str) -> String {
+    format!(
+        "{PODVM} run {flags} --uuid-file-save {id}.uuid {IMAGE} --exec /bin/sh -- -c \
+         'dd if=/dev/zero bs=1M count=1024 2>/dev/null' >/dev/null 2>{id}.run.err; echo rc=$?; \
+         echo \"run-err=$(head -3 {id}.run.err | tr '\\n' ' ')\"; \
+         p=state/pods/run/$(cat {id}.uuid); \
+         echo size=$(stat -c %s $p/logs/*.log); \
+         echo replayed=$({PODVM} logs $(cat {id}.uuid) 2>{id}.err | wc -c); \
+         echo \"note=$(tail -1 {id}.err)\"; \
+         for f in state state/pods state/pods/run $p $p/logs $p/logs/*.log $p/lock $p/pod $p/status.json $p/console.log; do \
+           echo mode $(stat -c '%a %u' $f) ${{f#$p/}}; done"
+    )
+}
+
+/// Every check of this file, run in one L1 boot (or on a host with real KVM).
+fn batch() -> Option<Batch> {
+    if registry_support::skip() {
+        return None;
+    }
+    let fixtures = Fixtures::get();
+    let batch = e2e::batch("e2e-limits")?
+        .payload_dir(fixtures.layout("busybox"), "busybox-layout")
+        .check("fetch", &format!("{PODVM} fetch {IMAGE}"))
+        .check(
+            "stop_checks_the_pid",
+            &format!(
+                "{PODVM} run --uuid-file-save s.uuid {IMAGE} --exec /bin/sh -- -c 'trap \"echo got-term; exit 3\" TERM; echo started; sleep 600 & wait' >s.out 2>&1 & pid=$!; \
+                 for i in $(seq 600); do grep -q started s.out 2>/dev/null && break; sleep 0.2; done; \
+                 p=state/pods/run/$(cat s.uuid); sleep 600 & b=$!; \
+                 sed -i \"s/\\\"pid\\\": [0-9]*/\\\"pid\\\": $b/\" $p/status.json; grep -c \"\\\"pid\\\": $b\" $p/status.json; \
+                 {PODVM} stop --force $(cat s.uuid) 2>refused.err; echo refused-rc=$?; tail -1 refused.err; \
+                 kill -0 $b && echo bystander-alive; kill $b; \
+                 sed -i \"s/\\\"pid\\\": [0-9]*/\\\"pid\\\": $pid/\" $p/status.json; \
+                 {PODVM} stop $(cat s.uuid) >/dev/null; echo stop-rc=$?; wait $pid; echo run-rc=$?; cat s.out"
+            ),
+        )
+        .check_with_timeout(
+            "flood_small_cap",
+            &flood("--log-max 1Mi", "small"),
+            Duration::from_secs(900),
+        )
+        .check_with_timeout(
+            "flood_default_cap",
+            &flood("", "default"),
+            Duration::from_secs(900),
+        );
+    Some(batch.timeout(Duration::from_secs(2700)))
+}
+
+/// The value of `key=` in the check's output.
+fn value<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|line| line.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in {out}"))
+}
+
+fn number(out: &str, key: &str) -> u64 {
+    value(out, key)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{key}= is not a number in {out}"))
+}
+
+/// Asserts the flood's log stayed at `cap`, was filled up to it, and `podvm logs` said how
+/// much was dropped: exactly what the log does not hold.
+fn assert_capped(result: &CheckResult, cap: u64, cap_text: &str) {
+    let out = &result.stdout;
+    assert_eq!(
+        value(out, "rc"),
+        "0",
+        "the app wrote 1 GiB and exited: {result}"
+    );
+    let size = number(out, "size");
+    assert!(
+        size <= cap,
+        "the log stays at its cap ({cap}): {size}; {result}"
+    );
+    assert!(
+        size > cap - (64 << 10),
+        "the log was filled up to its cap: {size}; {result}"
+    );
+    let replayed = number(out, "replayed");
+    let note = value(out, "note");
+    let dropped: u64 = note
+        .strip_prefix("podvm: ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("`podvm logs` reports the truncation: {result}"));
+    assert!(
+        note.contains(&format!(
+            "bytes of output were dropped after the {cap_text} log cap"
+        )),
+        "{note}"
+    );
+    assert_eq!(
+        dropped + replayed,
+        GIB,
+        "every byte the app wrote is either kept or counted as dropped: {result}"
+    );
+    // Host side: what the run left is root's alone.
+    for line in out.lines().filter_map(|line| line.strip_prefix("mode ")) {
+        let mut fields = line.split_whitespace();
+        let (mode, owner, name) = (fields.next(), fields.next(), fields.next());
+        assert_eq!(owner, Some("0"), "{line}: root's");
+        let want = match name {
+            Some(name) if name.contains('.') || ["lock", "pod"].contains(&name) => "600",
+            _ => "700",
+        };
+        assert_eq!(mode, Some(want), "{line}");
+    }
+}
+
+#[test]
+fn stop_signals_the_pods_podvm_and_never_a_pid_that_is_not_it() {
+    // Attack: the pid a pod recorded now belongs to another process (its podvm died and the
+    // pid was recycled); `stop` must not signal it.
+    let Some(result) = check("stop_checks_the_pid") else {
+        return;
+    };
+    let out = &result.stdout;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines.first(),
+        Some(&"1"),
+        "the pod records the bystander's pid: {result}"
+    );
+    assert!(out.contains("refused-rc=1"), "{result}");
+    assert!(
+        out.contains("is not the pod's podvm") && out.contains("nothing was signalled"),
+        "{result}"
+    );
+    assert!(
+        out.contains("bystander-alive"),
+        "the bystander was not signalled: {result}"
+    );
+    // With the pod's own pid, pinned by a pidfd, in the pod's cgroup, holding its lock: stopped.
+    assert!(out.contains("stop-rc=0"), "{result}");
+    assert!(
+        out.contains("run-rc=3") && out.contains("got-term"),
+        "the app got SIGTERM: {result}"
+    );
+}
+
+#[test]
+fn an_app_writing_a_gib_keeps_its_log_at_the_cap_set_by_log_max() {
+    // Attack: an app fills the host's disk through its log (`podvm logs` keeps all output).
+    let Some(result) = check("flood_small_cap") else {
+        return;
+    };
+    assert_capped(result, 1 << 20, "1 MiB");
+}
+
+#[test]
+fn an_app_writing_a_gib_keeps_its_log_at_the_default_100_mib_cap() {
+    // Attack: as above, with the default cap.
+    let Some(result) = check("flood_default_cap") else {
+        return;
+    };
+    assert_capped(result, 100 << 20, "100 MiB");
+}
