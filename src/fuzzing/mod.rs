@@ -41,8 +41,8 @@ mod tests {
     use std::path::Path;
 
     /// Replays the committed inputs of every target (seed corpus and regressions, see
-    /// `fuzz/README`), as `cargo test --manifest-path fuzz/Cargo.toml` does, within podvm's own
-    /// test run; `PODVM_FUZZ_INPUT=target:path` replays one file instead.
+    /// README.md, "Fuzzing") within podvm's own test run, as `cargo test --manifest-path
+    /// fuzz/Cargo.toml` does; `PODVM_FUZZ_INPUT=target:path` replays one file instead.
     #[test]
     fn committed_fuzz_inputs_pass_their_targets() {
         if let Ok(one) = std::env::var("PODVM_FUZZ_INPUT") {
