@@ -6,6 +6,7 @@
 #
 #   scripts/fuzz.sh                      every target (make fuzz)
 #   FUZZ_SECONDS=3600 scripts/fuzz.sh layer virtio_fs
+#   FUZZ_FLAGS="-fork=2 -ignore_crashes=1" scripts/fuzz.sh virtio_fs   (more libFuzzer flags)
 #
 # Coverage instrumentation without nightly: rustc's stable -C passes=sancov-module and the LLVM
 # SanitizerCoverage options that cargo-fuzz passes (inline 8-bit counters, PC table, compare
@@ -91,7 +92,9 @@ for target in "${targets[@]}"; do
   seeds=(fuzz/corpus/"$target")
   [ -d fuzz/regressions/"$target" ] && seeds+=(fuzz/regressions/"$target")
   run=("$bin" -max_total_time="$seconds" -timeout="$timeout" -rss_limit_mb=2048 -max_len=8192
-    -artifact_prefix="$artifacts/" -print_final_stats=1 "$work" "${seeds[@]}")
+    -artifact_prefix="$artifacts/" -print_final_stats=1)
+  # shellcheck disable=SC2206
+  run+=(${FUZZ_FLAGS:-} "$work" "${seeds[@]}")
   echo "fuzz: $target for $seconds s"
   status=0
   if [ $jail = yes ]; then
