@@ -47,8 +47,11 @@ pub struct Rig {
     pub mem: GuestMemoryMmap,
     /// The queue, as the driver configured it.
     pub queue: Queue,
-    size: u16,
     before: Vec<u8>,
+    /// What the device may write, from the tables as the driver left them; `None` when a
+    /// writable buffer overlaps a descriptor table (then the device may rewrite the chain it
+    /// walks, and anything in guest memory goes).
+    allowed: Option<Vec<(u64, u64)>>,
 }
 
 impl Rig {
@@ -111,22 +114,25 @@ impl Rig {
         }
         let mut before = vec![0u8; usize_of(MEM_SIZE)];
         mem.read_slice(&mut before, GuestAddress(0)).ok()?;
+        let allowed = writable(&mem, size);
         Some(Rig {
             mem,
             queue,
-            size,
             before,
+            allowed,
         })
     }
 
     /// Panics if `device` wrote guest memory outside the used ring and the device-writable
     /// buffers of the descriptor table and of the indirect tables it points to.
     pub fn check(&self, device: &str) {
+        let Some(allowed) = &self.allowed else {
+            return;
+        };
         let mut after = vec![0u8; self.before.len()];
         self.mem
             .read_slice(&mut after, GuestAddress(0))
             .expect("guest memory");
-        let allowed = self.writable();
         for (addr, (old, new)) in (0u64..).zip(self.before.iter().zip(&after)) {
             if old != new
                 && !allowed
@@ -137,34 +143,63 @@ impl Rig {
             }
         }
     }
+}
 
-    /// The byte ranges the device may write.
-    fn writable(&self) -> Vec<(u64, u64)> {
-        let used_len = 4 + 8 * u64::from(self.size) + 2;
-        let mut ranges = vec![(USED_RING, USED_RING + used_len)];
-        self.collect_writable(DESC_TABLE, u64::from(self.size), true, &mut ranges);
-        ranges
-    }
+/// The byte ranges the device may write: the used ring and every device-writable buffer of the
+/// descriptor table and of the indirect tables it names. `None` if one of those buffers
+/// overlaps a table.
+fn writable(mem: &GuestMemoryMmap, size: u16) -> Option<Vec<(u64, u64)>> {
+    let used_len = 4 + 8 * u64::from(size) + 2;
+    let mut ranges = vec![(USED_RING, USED_RING + used_len)];
+    let mut tables = vec![(DESC_TABLE, DESC_TABLE + 16 * u64::from(size))];
+    collect_writable(
+        mem,
+        DESC_TABLE,
+        u64::from(size),
+        true,
+        &mut ranges,
+        &mut tables,
+    );
+    let overlaps = ranges
+        .iter()
+        .any(|(start, end)| tables.iter().any(|(ts, te)| start < te && ts < end));
+    (!overlaps).then_some(ranges)
+}
 
-    fn collect_writable(&self, table: u64, count: u64, top: bool, ranges: &mut Vec<(u64, u64)>) {
-        for index in 0..count {
-            let Some(desc) = table.checked_add(16 * index) else {
-                break;
-            };
-            let at = |offset: u64| GuestAddress(desc.saturating_add(offset));
-            let (Ok(addr), Ok(len), Ok(flags)) = (
-                self.mem.read_obj::<u64>(at(0)),
-                self.mem.read_obj::<u32>(at(8)),
-                self.mem.read_obj::<u16>(at(12)),
-            ) else {
-                continue;
-            };
-            if flags & VRING_DESC_F_WRITE != 0 {
-                ranges.push((addr, addr.saturating_add(u64::from(len))));
-            }
-            if top && flags & VRING_DESC_F_INDIRECT != 0 {
-                self.collect_writable(addr, u64::from(len / 16).min(256), false, ranges);
-            }
+fn collect_writable(
+    mem: &GuestMemoryMmap,
+    table: u64,
+    count: u64,
+    top: bool,
+    ranges: &mut Vec<(u64, u64)>,
+    tables: &mut Vec<(u64, u64)>,
+) {
+    for index in 0..count {
+        let Some(desc) = table.checked_add(16 * index) else {
+            break;
+        };
+        let at = |offset: u64| GuestAddress(desc.saturating_add(offset));
+        let (Ok(addr), Ok(len), Ok(flags)) = (
+            mem.read_obj::<u64>(at(0)),
+            mem.read_obj::<u32>(at(8)),
+            mem.read_obj::<u16>(at(12)),
+        ) else {
+            continue;
+        };
+        let end = addr.saturating_add(u64::from(len));
+        if flags & VRING_DESC_F_WRITE != 0 {
+            ranges.push((addr, end));
+        }
+        if top && flags & VRING_DESC_F_INDIRECT != 0 {
+            tables.push((addr, end));
+            collect_writable(
+                mem,
+                addr,
+                u64::from(len / 16).min(256),
+                false,
+                ranges,
+                tables,
+            );
         }
     }
 }
