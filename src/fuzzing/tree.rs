@@ -85,7 +85,9 @@ pub struct Scratch {
 impl Scratch {
     /// Makes the scratch directory, with `name` as the directory under test.
     pub fn new(name: &str) -> Scratch {
-        let template = std::env::temp_dir().join("podvm-fuzz-XXXXXX");
+        remove_stale();
+        let pid = std::process::id();
+        let template = std::env::temp_dir().join(format!("podvm-fuzz-{pid}-XXXXXX"));
         let base = nix::unistd::mkdtemp(&template).expect("scratch directory");
         let sentinel = base.join("sentinel");
         make_sentinel(&sentinel);
@@ -157,6 +159,28 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         make_removable(&self.base);
         let _ = fs::remove_dir_all(&self.base);
+    }
+}
+
+/// Removes the scratch directories of processes that are gone (a scratch directory lives as
+/// long as its process: the targets keep it in a static, which is never dropped).
+fn remove_stale() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("podvm-fuzz-")
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid.to_string()).exists() {
+            make_removable(&entry.path());
+            let _ = fs::remove_dir_all(entry.path());
+        }
     }
 }
 
