@@ -1,7 +1,8 @@
 # podvm build, test and demo entry points. See README.md.
 #
 #   make            static podvm + guest agent + guest kernel into out/ (an install-prefix layout)
-#   make test       formatting, lints, unit, host and nested E2E tests
+#   make test       formatting, lints, unit, host and nested E2E tests, then make fuzz
+#   make fuzz       every fuzz target for FUZZ_SECONDS (default 20) each (fuzz/, scripts/fuzz.sh)
 #   make demo       install what is missing, build, run a command in a microVM
 #   make install    copy out/ to $(PREFIX)
 
@@ -11,7 +12,7 @@ PREFIX  ?= /usr/local
 CARGO   ?= cargo
 STATIC  := RUSTFLAGS="-C target-feature=+crt-static"
 
-.PHONY: all binaries kernel deps test lint unit demo install bench clean
+.PHONY: all binaries kernel deps test lint unit demo install bench clean fuzz
 
 all: binaries kernel
 
@@ -33,6 +34,12 @@ lint:
 
 test: deps all lint
 	PODVM_OUT_DIR=$(OUT) $(CARGO) test --workspace -- --nocapture
+	$(MAKE) fuzz
+
+FUZZ_SECONDS ?= 20
+
+fuzz: deps
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
 
 demo: deps all
 	scripts/demo.sh $(OUT)

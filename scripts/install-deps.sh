@@ -17,6 +17,8 @@ packages=(
   containernetworking-plugins iptables iproute2
   # podvm as a systemd service (tests/e2e_systemd.rs): systemd, journald, D-Bus, carried into L1
   systemd dbus util-linux
+  # fuzzing (make fuzz): libfuzzer-sys compiles libFuzzer's C++ with the system compiler
+  g++
 )
 missing=()
 for pkg in "${packages[@]}"; do

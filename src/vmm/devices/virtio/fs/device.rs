@@ -86,7 +86,7 @@ impl Fs {
 
 /// The passthrough configuration: no file handles (O_PATH fds only, no open_by_handle_at), no
 /// writeback cache or DAX, xattrs on (the guard limits them to `user.*`), killpriv_v2 off.
-fn passthrough_config(root: &str) -> Config {
+pub fn passthrough_config(root: &str) -> Config {
     Config {
         root_dir: root.to_owned(),
         do_import: true,

@@ -26,6 +26,8 @@ mod queue;
 use std::path::PathBuf;
 
 pub use self::device::{Fs, FsError};
+#[doc(hidden)]
+pub use self::{device::passthrough_config, guard::Guard, queue::process_queue};
 
 /// One shared host directory: what the guest mounts with `mount -t virtiofs <tag> <dir>`.
 #[derive(Debug, Clone, PartialEq, Eq)]

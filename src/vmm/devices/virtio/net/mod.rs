@@ -25,6 +25,8 @@ mod vhost_net;
 use std::path::PathBuf;
 
 pub use self::device::{Net, NetError};
+#[doc(hidden)]
+pub use self::userspace::{transmit, Rx};
 
 /// One guest NIC: a tap device on the host and the guest's MAC.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,4 +8,6 @@
 mod device;
 mod event_handler;
 
+#[doc(hidden)]
+pub use self::device::fill_requests;
 pub use self::device::{getrandom, Rng};
