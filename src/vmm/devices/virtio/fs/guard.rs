@@ -59,12 +59,33 @@ const RENAME_FLAGS: u32 = libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE;
 pub struct Guard<F> {
     inner: F,
     read_only: bool,
+    /// The open flags of each file handle. READ and WRITE pass these to the passthrough, never
+    /// the request's own: fuse-backend-rs 0.14 calls F_SETFL when they differ and, if that
+    /// fails, closes the handle's fd while the handle still owns it (the number then reaches
+    /// whatever file podvm opens next).
+    handle_flags: std::sync::Mutex<std::collections::HashMap<u64, u32>>,
 }
 
 impl<F> Guard<F> {
     /// Wraps `inner`; with `read_only` every mutation fails with EROFS.
     pub fn new(inner: F, read_only: bool) -> Self {
-        Self { inner, read_only }
+        Self {
+            inner,
+            read_only,
+            handle_flags: Default::default(),
+        }
+    }
+
+    fn remember_flags(&self, handle: u64, flags: u32) {
+        if let Ok(mut map) = self.handle_flags.lock() {
+            map.insert(handle, flags);
+        }
+    }
+
+    /// The flags `handle` was opened with; EBADF for a handle the guest was never given.
+    fn flags_of(&self, handle: u64) -> io::Result<u32> {
+        let map = self.handle_flags.lock().map_err(|_| errno(libc::EIO))?;
+        map.get(&handle).copied().ok_or_else(|| errno(libc::EBADF))
     }
 
     fn writable(&self) -> io::Result<()> {
@@ -143,6 +164,7 @@ fn user_names(list: &[u8]) -> Vec<u8> {
 impl<F: FileSystem> Guard<F>
 where
     F::Inode: Copy,
+    F::Handle: Copy,
 {
     /// Clears S_ISUID and S_ISGID of `inode` on the host if it is a regular file with either
     /// (`st` is its current attributes); returns the attributes it has afterwards.
@@ -162,6 +184,7 @@ where
 impl<F: FileSystem> FileSystem for Guard<F>
 where
     F::Inode: Copy,
+    F::Handle: Copy,
 {
     type Inode = F::Inode;
     type Handle = F::Handle;
@@ -320,6 +343,9 @@ where
         flags: u32,
         fuse_flags: u32,
     ) -> io::Result<(Option<Self::Handle>, OpenOptions, Option<u32>)> {
+        if flags & (libc::O_PATH as u32) != 0 {
+            return Err(errno(libc::EINVAL));
+        }
         let write = wants_write(flags);
         if write {
             self.writable()?;
@@ -331,7 +357,11 @@ where
         if write {
             self.kill_privilege(ctx, inode, st)?;
         }
-        self.inner.open(ctx, inode, flags, fuse_flags)
+        let opened = self.inner.open(ctx, inode, flags, fuse_flags)?;
+        if let Some(handle) = &opened.0 {
+            self.remember_flags(Into::<u64>::into(*handle), flags);
+        }
+        Ok(opened)
     }
 
     fn create(
@@ -343,10 +373,16 @@ where
     ) -> io::Result<(Entry, Option<Self::Handle>, OpenOptions, Option<u32>)> {
         self.writable()?;
         check_name(name)?;
+        if args.flags & (libc::O_PATH as u32) != 0 {
+            return Err(errno(libc::EINVAL));
+        }
         let mut args = args;
         args.mode = without_privilege(args.mode, false);
         let (mut entry, handle, options, passthrough) =
             self.inner.create(ctx, parent, name, args)?;
+        if let Some(handle) = &handle {
+            self.remember_flags(Into::<u64>::into(*handle), args.flags);
+        }
         if !wants_write(args.flags) {
             return Ok((entry, handle, options, passthrough));
         }
@@ -378,8 +414,9 @@ where
         size: u32,
         offset: u64,
         lock_owner: Option<u64>,
-        flags: u32,
+        _flags: u32,
     ) -> io::Result<usize> {
+        let flags = self.flags_of(Into::<u64>::into(handle))?;
         self.inner
             .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
     }
@@ -394,10 +431,11 @@ where
         offset: u64,
         lock_owner: Option<u64>,
         delayed_write: bool,
-        flags: u32,
+        _flags: u32,
         fuse_flags: u32,
     ) -> io::Result<usize> {
         self.writable()?;
+        let flags = self.flags_of(Into::<u64>::into(handle))?;
         self.inner.write(
             ctx,
             inode,
@@ -456,6 +494,9 @@ where
         flock_release: bool,
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
+        if let Ok(mut map) = self.handle_flags.lock() {
+            map.remove(&Into::<u64>::into(handle));
+        }
         self.inner
             .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
     }
