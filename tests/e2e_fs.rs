@@ -7,6 +7,7 @@ mod support;
 
 use support::e2e::{self, E2e};
 use support::nested::{Batch, CheckResult};
+use support::privilege;
 
 /// Builds two busybox trees from the payload's static busybox: `fsroot` (shared read-write) and
 /// `fsro` (shared read-only, with a file to protect), and a sentinel outside both, on a tmpfs
@@ -42,32 +43,6 @@ const ESCAPES: &str = "cd / && cd ../../../.. && ls -a | tr '\\n' ' ' && echo; \
      cat /proc/1/root/payload/outside/secret 2>/dev/null && echo LEAK-proc-root; \
      cat /proc/self/cwd/../outside/secret 2>/dev/null && echo LEAK-proc-cwd; \
      echo escapes-done";
-
-/// What guest root tries in `DIR/sec` to leave a privileged node on the host (setuid and setgid
-/// files, a setuid directory, char and block devices; a setgid directory and a FIFO are
-/// allowed), then appends to `DIR/victim`, which the host made setuid+setgid root before the
-/// boot. Prints each step's status and what the guest's `stat` shows.
-fn guest_privilege_attempts(dir: &str) -> String {
-    format!(
-        "mkdir -p {dir}/sec && cd {dir}/sec && echo x > f && chmod 4755 f; echo chmod-rc=$?; \
-         echo y > g && chown 0:0 g && chmod 6755 g; echo chown-chmod-rc=$?; \
-         mkdir d && chmod 2755 d; mkdir e && chmod 4755 e; echo dirs-rc=$?; \
-         mknod null c 1 3; echo mknod-c-rc=$?; mknod sda b 8 0; echo mknod-b-rc=$?; \
-         mkfifo fifo; echo mkfifo-rc=$?; echo pwned >> {dir}/victim; echo victim-rc=$?; \
-         stat -c \"guest %n %a %u:%g %F\" f g d e fifo {dir}/victim"
-    )
-}
-
-/// The host side after the guest of [`guest_privilege_attempts`]: every privileged node under
-/// `dir` as a `PRIV` line, then the modes of what the guest made there (`host LABEL NAME MODE
-/// UID:GID TYPE`) and the victim's content.
-fn host_privilege_scan(dir: &str, label: &str) -> String {
-    format!(
-        "{{ find {dir} -perm -4000; find {dir} ! -type d -perm -2000; find {dir} -type c; \
-         find {dir} -type b; }} | sed \"s/^/PRIV /\"; \
-         (cd {dir} && stat -c \"host {label} %n %a %u:%g %F\" sec/* victim && cat victim)"
-    )
-}
 
 static RESULTS: E2e = E2e::new("setup");
 
@@ -147,8 +122,8 @@ fn batch() -> Option<Batch> {
                 "printf \"#!/bin/sh\\n\" > fsroot/victim && chmod 6755 fsroot/victim && \
                  stat -c \"before %a\" fsroot/victim; \
                  {RW} -- sh -c '{}'; echo rc=$?; {}",
-                guest_privilege_attempts(""),
-                host_privilege_scan("fsroot", "rootfs"),
+                privilege::attempts(""),
+                privilege::host_scan("fsroot", "rootfs"),
             ),
         )
         .check("missing_dir", "podvm boot --rootfs /payload/no-such-dir -- /bin/true")
@@ -387,49 +362,11 @@ fn guest_root_leaves_no_setuid_file_or_device_node_in_the_rootfs() {
     assert!(result.stdout.contains("#!/bin/sh\npwned\n"), "{result}");
 }
 
-/// The assertions of a [`guest_privilege_attempts`] + [`host_privilege_scan`] check for the
-/// host lines of `label`: no privileged node anywhere, the guest's chmods succeeded and its
-/// mknods of devices failed, the modes on the host are stripped, the victim has `victim_mode`.
+/// The assertions of a [`privilege::attempts`] + [`privilege::host_scan`] check for the host
+/// lines of `label`, the victim with `victim_mode`.
 fn assert_privilege_stripped(result: &CheckResult, label: &str, victim_mode: &str) {
     eprintln!("{result}");
-    let out = &result.stdout;
-    let privileged: Vec<&str> = out.lines().filter(|l| l.starts_with("PRIV ")).collect();
-    assert!(
-        privileged.is_empty(),
-        "privileged nodes on the host: {privileged:?}\n{result}"
-    );
-    for line in [
-        "chmod-rc=0",
-        "chown-chmod-rc=0",
-        "dirs-rc=0",
-        "mkfifo-rc=0",
-        "victim-rc=0",
-        "rc=0",
-    ] {
-        assert!(out.lines().any(|l| l == line), "{line}: {result}");
-    }
-    for line in ["mknod-c-rc=0", "mknod-b-rc=0"] {
-        assert!(!out.lines().any(|l| l == line), "{line}: {result}");
-    }
-    for line in [
-        format!("host {label} sec/d 2755 0:0 directory"),
-        format!("host {label} sec/e 755 0:0 directory"),
-        format!("host {label} sec/f 755 0:0 regular file"),
-        format!("host {label} sec/g 755 0:0 regular file"),
-        format!("host {label} victim {victim_mode} 0:0 regular file"),
-    ] {
-        assert!(out.lines().any(|l| l == line), "{line}: {result}");
-    }
-    let fifo = format!("host {label} sec/fifo ");
-    assert!(
-        out.lines()
-            .any(|l| l.starts_with(&fifo) && l.ends_with(" fifo")),
-        "{result}"
-    );
-    let ours = format!("host {label} ");
-    assert_eq!(
-        out.lines().filter(|l| l.starts_with(&ours)).count(),
-        6,
-        "no device node made it to the host: {result}"
-    );
+    privilege::assert_none_left(result, 1);
+    assert!(result.stdout.lines().any(|l| l == "rc=0"), "{result}");
+    privilege::assert_host_modes(result, label, victim_mode);
 }

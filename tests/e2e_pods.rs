@@ -12,6 +12,7 @@ use registry_support::Fixtures;
 use serde_json::Value;
 use support::e2e::{self, E2e};
 use support::nested::{Batch, CheckResult};
+use support::privilege;
 
 /// podvm with its own data dir inside the run directory, and the busybox image.
 const PODVM: &str = "podvm --dir state";
@@ -200,38 +201,13 @@ fn batch() -> Option<Batch> {
                  {PODVM} run --uuid-file-save p.uuid --volume data,kind=host,source=$PWD/privvol {IMAGE} \
                  --mount volume=data,target=/data --exec /bin/sh -- -c '{}; {}'; echo rc=$?; \
                  up=$(ls -d state/pods/*/$(cat p.uuid)/overlay/*/upper) && {}; {}",
-                privilege_attempts(""),
-                privilege_attempts("/data"),
-                privilege_scan("$up", "upper"),
-                privilege_scan("privvol", "volume"),
+                privilege::attempts(""),
+                privilege::attempts("/data"),
+                privilege::host_scan("$up", "upper"),
+                privilege::host_scan("privvol", "volume"),
             ),
         );
     Some(batch)
-}
-
-/// What guest root tries in `DIR/sec` to leave a privileged node on the host (setuid and setgid
-/// files, a setuid directory, char and block devices; a setgid directory and a FIFO are
-/// allowed), then appends to `DIR/victim` (setuid+setgid root in the host volume, new in the
-/// rootfs). Prints each step's status and what the guest's `stat` shows.
-fn privilege_attempts(dir: &str) -> String {
-    format!(
-        "mkdir -p {dir}/sec && cd {dir}/sec && echo x > f && chmod 4755 f; echo chmod-rc=$?; \
-         echo y > g && chown 0:0 g && chmod 6755 g; echo chown-chmod-rc=$?; \
-         mkdir d && chmod 2755 d; mkdir e && chmod 4755 e; echo dirs-rc=$?; \
-         mknod null c 1 3; echo mknod-c-rc=$?; mknod sda b 8 0; echo mknod-b-rc=$?; \
-         mkfifo fifo; echo mkfifo-rc=$?; echo pwned >> {dir}/victim; echo victim-rc=$?; \
-         stat -c \"guest %n %a %u:%g %F\" f g d e fifo {dir}/victim"
-    )
-}
-
-/// The host side after [`privilege_attempts`]: every privileged node under `dir` as a `PRIV`
-/// line, then the modes of what the guest made there (`host LABEL NAME MODE UID:GID TYPE`).
-fn privilege_scan(dir: &str, label: &str) -> String {
-    format!(
-        "{{ find {dir} -perm -4000; find {dir} ! -type d -perm -2000; find {dir} -type c; \
-         find {dir} -type b; }} | sed \"s/^/PRIV /\"; \
-         (cd {dir} && stat -c \"host {label} %n %a %u:%g %F\" sec/* victim && cat victim)"
-    )
 }
 
 #[test]
@@ -595,48 +571,11 @@ fn guest_root_leaves_no_setuid_file_or_device_node_in_the_upper_dir_or_a_volume(
         return;
     };
     eprintln!("{result}");
+    privilege::assert_none_left(result, 2);
     let out = &result.stdout;
-    let privileged: Vec<&str> = out.lines().filter(|l| l.starts_with("PRIV ")).collect();
-    assert!(
-        privileged.is_empty(),
-        "privileged nodes on the host: {privileged:?}\n{result}"
-    );
-    let count = |line: &str| out.lines().filter(|l| *l == line).count();
-    for line in [
-        "chmod-rc=0",
-        "chown-chmod-rc=0",
-        "dirs-rc=0",
-        "mkfifo-rc=0",
-        "victim-rc=0",
-    ] {
-        assert_eq!(count(line), 2, "{line}, rootfs and volume: {result}");
-    }
-    assert_eq!(count("rc=0"), 1, "{result}");
-    for line in ["mknod-c-rc=0", "mknod-b-rc=0"] {
-        assert_eq!(count(line), 0, "{line}: {result}");
-    }
+    assert_eq!(out.lines().filter(|l| *l == "rc=0").count(), 1, "{result}");
     for (label, victim) in [("upper", "644"), ("volume", "755")] {
-        for line in [
-            format!("host {label} sec/d 2755 0:0 directory"),
-            format!("host {label} sec/e 755 0:0 directory"),
-            format!("host {label} sec/f 755 0:0 regular file"),
-            format!("host {label} sec/g 755 0:0 regular file"),
-            format!("host {label} victim {victim} 0:0 regular file"),
-        ] {
-            assert_eq!(count(&line), 1, "{line}: {result}");
-        }
-        let fifo = format!("host {label} sec/fifo ");
-        assert!(
-            out.lines()
-                .any(|l| l.starts_with(&fifo) && l.ends_with(" fifo")),
-            "{result}"
-        );
-        let ours = format!("host {label} ");
-        assert_eq!(
-            out.lines().filter(|l| l.starts_with(&ours)).count(),
-            6,
-            "no device node made it to the host: {result}"
-        );
+        privilege::assert_host_modes(result, label, victim);
     }
     assert!(
         out.contains("#!/bin/sh\npwned\n"),

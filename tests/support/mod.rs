@@ -5,6 +5,7 @@
 //!   (or directly on a host that has real KVM), and collect their output.
 //! - [`artifacts`]: where `make` put the podvm binaries, and skip-or-fail when they are missing.
 //! - [`e2e`]: one shared batch per E2E test binary, and the usual batch settings.
+//! - [`privilege`]: guest root's attempts to leave privileged nodes in a share, and the checks.
 
 // Each test binary uses only part of this module.
 #![allow(dead_code, unused_imports)]
@@ -13,3 +14,4 @@ pub mod artifacts;
 pub mod e2e;
 pub mod kvm;
 pub mod nested;
+pub mod privilege;
