@@ -217,7 +217,7 @@ pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
     let status = match timed_out {
         // The app was killed because it ignored the signal: report the signal, as a shell would.
         Some(signo) => ExitStatus::Signal(signo),
-        None => exit_status(&report, &log_path)?,
+        None => exit_status(&report, stats.guest_end.as_deref(), &log_path)?,
     };
     if !keep_log {
         discard_console_log(&log_path);
@@ -335,7 +335,11 @@ fn kernel_cmdline(plan: &LaunchPlan) -> String {
 }
 
 /// The workload's exit from the agent's report, or why there is none.
-fn exit_status(report: &LinkReport, log_path: &Path) -> Result<ExitStatus, LaunchError> {
+fn exit_status(
+    report: &LinkReport,
+    guest_end: Option<&str>,
+    log_path: &Path,
+) -> Result<ExitStatus, LaunchError> {
     for message in &report.agent_errors {
         eprintln!("podvm: guest agent: {message}");
     }
@@ -345,7 +349,14 @@ fn exit_status(report: &LinkReport, log_path: &Path) -> Result<ExitStatus, Launc
     let reason = if let Some(err) = &report.protocol_error {
         format!("the guest agent sent malformed data ({err}); host and agent may be from different builds")
     } else if report.agent_ready {
-        "the guest stopped before the agent reported an exit status".to_string()
+        // Without a guest message, the vCPU state tells a reset by the guest (a triple fault)
+        // from a reboot and says where it happened.
+        match guest_end {
+            Some(end) => {
+                format!("the guest stopped before the agent reported an exit status ({end})")
+            }
+            None => "the guest stopped before the agent reported an exit status".to_string(),
+        }
     } else {
         "the guest stopped before the agent started (kernel panic, or the kernel cannot run the agent)".to_string()
     };
@@ -409,6 +420,25 @@ impl Write for ConsoleSink {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_guest_that_ends_without_a_status_says_where_its_vcpu_was() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("console.log");
+        std::fs::write(&log, "Run /init as init process\n").expect("log");
+        let report = LinkReport {
+            agent_ready: true,
+            ..Default::default()
+        };
+        let end = "vCPU 0: Shutdown at rip 0xffffffff81000000";
+        let err = exit_status(&report, Some(end), &log).expect_err("no status");
+        let text = err.to_string();
+        assert!(
+            text.contains("before the agent reported an exit status (vCPU 0: Shutdown at rip"),
+            "{text}"
+        );
+        assert!(text.contains("Run /init as init process"), "{text}");
+    }
 
     #[test]
     fn a_console_log_outside_pods_is_in_a_fresh_private_directory() {

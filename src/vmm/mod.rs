@@ -76,7 +76,7 @@ impl VmHandle {
 
     /// Stops the VM at once, as if the guest had powered off (its processes get no warning).
     pub fn kill(&self) {
-        let _ = self.events.send(VcpuEvent::Shutdown);
+        let _ = self.events.send(VcpuEvent::Shutdown { state: None });
     }
 }
 
@@ -227,7 +227,11 @@ pub fn run(config: &VmConfig, outputs: VmOutputs) -> Result<VmStats, VmmError> {
         .flush();
     match ended {
         Ok(VcpuEvent::Failed { cpu, reason }) => Err(VmmError::VcpuFailed { cpu, reason }),
-        Ok(VcpuEvent::Shutdown) | Err(_) => Ok(stats),
+        Ok(VcpuEvent::Shutdown { state }) => Ok(VmStats {
+            guest_end: state,
+            ..stats
+        }),
+        Err(_) => Ok(stats),
     }
 }
 

@@ -5,7 +5,7 @@ use serde::Serialize;
 use vm_memory::{GuestMemory, GuestMemoryMmap};
 
 /// Memory figures taken just before the VM is torn down.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct VmStats {
     /// Peak resident set of the whole podvm process (VmHWM), KiB.
     pub process_peak_rss_kib: u64,
@@ -15,6 +15,10 @@ pub struct VmStats {
     pub guest_resident_kib: u64,
     /// `process_rss_kib - guest_resident_kib`: what the VMM itself costs, KiB.
     pub vmm_overhead_kib: u64,
+    /// How the guest ended: the state of the vCPU whose exit ended it (see `vcpu.rs`); not
+    /// part of the figures.
+    #[serde(skip)]
+    pub guest_end: Option<String>,
 }
 
 /// Measures the process and the guest mappings of `memory`.
@@ -29,6 +33,7 @@ pub fn measure(memory: &GuestMemoryMmap) -> VmStats {
         process_rss_kib,
         guest_resident_kib,
         vmm_overhead_kib: process_rss_kib.saturating_sub(guest_resident_kib),
+        guest_end: None,
     }
 }
 

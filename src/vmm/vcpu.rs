@@ -25,8 +25,12 @@ pub struct Buses {
 /// Why a vCPU thread stopped running the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VcpuEvent {
-    /// The guest reset or shut down (with `reboot=t`, every guest reboot ends here).
-    Shutdown,
+    /// The guest reset or shut down (with `reboot=t`, every guest reboot ends here); `state`
+    /// is where the vCPU that ended it was (none when the VMM stopped the VM itself).
+    Shutdown {
+        /// The vCPU's registers at the exit, for the error when no exit status came.
+        state: Option<String>,
+    },
     /// KVM failed or the guest did something the VMM cannot handle.
     Failed {
         /// The vCPU index.
@@ -82,8 +86,11 @@ fn run_loop(vcpu: &mut VcpuFd, cpu: u8, buses: &Buses, stop: &AtomicBool) -> Opt
             Ok(VcpuExit::IoOut(port, data)) => lock(&buses.pio).write(port, data),
             Ok(VcpuExit::MmioRead(addr, data)) => buses.mmio.read(addr, data),
             Ok(VcpuExit::MmioWrite(addr, data)) => buses.mmio.write(addr, data),
-            Ok(VcpuExit::Shutdown) | Ok(VcpuExit::SystemEvent(..)) | Ok(VcpuExit::Hlt) => {
-                return Some(VcpuEvent::Shutdown)
+            Ok(exit @ (VcpuExit::Shutdown | VcpuExit::SystemEvent(..) | VcpuExit::Hlt)) => {
+                let exit = format!("{exit:?}");
+                return Some(VcpuEvent::Shutdown {
+                    state: Some(describe_end(cpu, &exit, vcpu)),
+                });
             }
             Ok(VcpuExit::FailEntry(reason, _)) => {
                 return failed(format!(
@@ -105,9 +112,76 @@ fn run_loop(vcpu: &mut VcpuFd, cpu: u8, buses: &Buses, stop: &AtomicBool) -> Opt
     None
 }
 
+/// Where vCPU `cpu` was when `exit` ended the guest: enough to tell a clean reboot from a
+/// guest that reset itself (a triple fault) and where.
+fn describe_end(cpu: u8, exit: &str, vcpu: &VcpuFd) -> String {
+    match (vcpu.get_regs(), vcpu.get_sregs()) {
+        (Ok(regs), Ok(sregs)) => describe_state(cpu, exit, &regs, &sregs),
+        _ => format!("vCPU {cpu}: {exit} (registers unreadable)"),
+    }
+}
+
+/// One line of the vCPU state that matters for a reset: the instruction, the stack, the last
+/// page fault address and the paging and interrupt tables.
+fn describe_state(
+    cpu: u8,
+    exit: &str,
+    regs: &kvm_bindings::kvm_regs,
+    sregs: &kvm_bindings::kvm_sregs,
+) -> String {
+    format!(
+        "vCPU {cpu}: {exit} at rip {:#x} rsp {:#x} rflags {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} \
+         cr4 {:#x} idt {:#x}/{:#x} gdt {:#x}/{:#x}",
+        regs.rip,
+        regs.rsp,
+        regs.rflags,
+        sregs.cr0,
+        sregs.cr2,
+        sregs.cr3,
+        sregs.cr4,
+        sregs.idt.base,
+        sregs.idt.limit,
+        sregs.gdt.base,
+        sregs.gdt.limit
+    )
+}
+
 fn lock(bus: &Mutex<PioBus>) -> MutexGuard<'_, PioBus> {
     // A panicking vCPU thread aborts the process (panic = "abort"), so poison is harmless here.
     bus.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_end_state_names_the_vcpu_exit_and_registers() {
+        let regs = kvm_bindings::kvm_regs {
+            rip: 0xffff_ffff_8100_29fd,
+            rsp: 0xffff_c900_0001_3f00,
+            ..Default::default()
+        };
+        let mut sregs = kvm_bindings::kvm_sregs {
+            cr2: 0xdead_b000,
+            cr3: 0x0123_4000,
+            ..Default::default()
+        };
+        sregs.idt.base = 0xffff_fe00_0000_0000;
+        sregs.idt.limit = 0xfff;
+        let line = describe_state(0, "Shutdown", &regs, &sregs);
+        assert!(
+            line.starts_with("vCPU 0: Shutdown at rip 0xffffffff810029fd"),
+            "{line}"
+        );
+        for part in [
+            "cr2 0xdeadb000",
+            "cr3 0x1234000",
+            "idt 0xfffffe0000000000/0xfff",
+        ] {
+            assert!(line.contains(part), "{part} in {line}");
+        }
+    }
+}
