@@ -110,7 +110,7 @@ fn batch() -> Option<Batch> {
         .check(
             "exit_status_and_journal",
             &format!(
-                "{NEEDS_SYSTEMD} {SD} systemd-run --wait -q --unit=pod-exit -d {PODVM} run {IMAGE} --exec /bin/sh -- \
+                "{NEEDS_SYSTEMD} {SD} systemd-run --wait -q -p Delegate=yes --unit=pod-exit -d {PODVM} run {IMAGE} --exec /bin/sh -- \
                  -c 'echo to-out; echo to-err >&2; exit 7'; echo rc=$?; \
                  {SD} systemctl show -p ExecMainStatus pod-exit; {}",
                 journal("pod-exit")
@@ -119,7 +119,7 @@ fn batch() -> Option<Batch> {
         .check(
             "stop_is_graceful",
             &format!(
-                "{NEEDS_SYSTEMD} {SD} systemd-run -q --unit=pod-term -d {PODVM} run --uuid-file-save term.uuid {IMAGE} --exec /bin/sh -- \
+                "{NEEDS_SYSTEMD} {SD} systemd-run -q -p Delegate=yes --unit=pod-term -d {PODVM} run --uuid-file-save term.uuid {IMAGE} --exec /bin/sh -- \
                  -c 'trap \"echo got-term; exit 3\" TERM; echo started; sleep 600 & wait'; {}; \
                  cg=/sys/fs/cgroup/podvm-systemd/system.slice/pod-term.service/pod-$(cat term.uuid); \
                  echo pod-cgroup-in-unit=$(ls -d $cg | wc -l) memory.max=$(cat $cg/memory.max) \
@@ -137,7 +137,7 @@ fn batch() -> Option<Batch> {
         .check(
             "signals_are_forwarded",
             &format!(
-                "{NEEDS_SYSTEMD} {SD} systemd-run -q --unit=pod-sig -d {PODVM} run --uuid-file-save sig.uuid {IMAGE} --exec /bin/sh -- \
+                "{NEEDS_SYSTEMD} {SD} systemd-run -q -p Delegate=yes --unit=pod-sig -d {PODVM} run --uuid-file-save sig.uuid {IMAGE} --exec /bin/sh -- \
                  -c 'trap \"echo got-hup\" HUP; trap \"echo got-usr1\" USR1; echo started; while :; do sleep 600 & wait; done'; \
                  {}; {SD} systemctl kill -s HUP --kill-whom=main pod-sig; \
                  {}; {SD} systemctl kill -s USR1 --kill-whom=main pod-sig; \

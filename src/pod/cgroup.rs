@@ -13,7 +13,8 @@
 //! The process moves in before the VM is built and back to its original cgroup when the VM has
 //! ended, so that the pod's cgroup can be removed (a cgroup with members cannot).
 //!
-//! Run as a systemd service (`systemd-run podvm run ...`, or a unit's `ExecStart=`), podvm's
+//! Run as a systemd service (`systemd-run -p Delegate=yes podvm run ...`, or a unit's `ExecStart=`
+//! with `Delegate=yes`, which hands the unit its cgroup controllers), podvm's
 //! cgroup is the unit's, `<slice>/<name>.service`; there the pod's cgroup goes below it instead,
 //! `<slice>/<name>.service/pod-<uuid>`, with the controllers enabled in the unit's cgroup while
 //! the pod runs. The VM so stays in its unit: systemd keeps tracking, accounting and stopping
@@ -60,8 +61,9 @@ pub enum CgroupError {
     #[error(
         "no {file} in {dir}: {}",
         match below_unit {
-            true => "the controller cannot be enabled below podvm's systemd unit (does another \
-                     process share the unit's cgroup? run podvm itself as the unit's process)",
+            true => "the controller cannot be enabled below podvm's systemd unit (give the unit \
+                     Delegate=yes, e.g. `systemd-run -p Delegate=yes podvm run ...`, and run \
+                     podvm itself as the unit's only process)",
             false => "the kernel does not offer that controller to /sys/fs/cgroup/podvm",
         }
     )]
