@@ -120,16 +120,23 @@ const ENTRY_NODEID: u64 = 16;
 /// Offset of fuse_attr_out.attr.ino in a GETATTR reply (header, attr_valid, nsec + dummy).
 const ATTR_OUT_INO: u64 = 16 + 16;
 
+/// A FUSE server for the share at `root` behind the guard (`read_only` as the share's flag).
+fn guarded_server(root: &std::path::Path, read_only: bool) -> Server<Guard<PassthroughFs<()>>> {
+    let config = Config {
+        root_dir: root.to_str().expect("utf-8").to_owned(),
+        ..Config::default()
+    };
+    Server::new(Guard::new(
+        PassthroughFs::<()>::new(config).expect("passthrough"),
+        read_only,
+    ))
+}
+
 #[test]
 fn init_and_lookups_are_answered_in_guest_memory() {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("file"), b"x").expect("file");
-    let config = Config {
-        root_dir: dir.path().to_str().expect("utf-8").to_owned(),
-        ..Config::default()
-    };
-    let fs = Guard::new(PassthroughFs::<()>::new(config).expect("passthrough"), true);
-    let server = Server::new(fs);
+    let server = guarded_server(dir.path(), true);
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).expect("memory");
     let mock = MockSplitQueue::new(&mem, 16);
     queue_requests(
@@ -163,14 +170,7 @@ fn init_and_lookups_are_answered_in_guest_memory() {
 #[test]
 fn a_request_outside_guest_memory_is_returned_empty() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = Config {
-        root_dir: dir.path().to_str().expect("utf-8").to_owned(),
-        ..Config::default()
-    };
-    let server = Server::new(Guard::new(
-        PassthroughFs::<()>::new(config).expect("passthrough"),
-        false,
-    ));
+    let server = guarded_server(dir.path(), false);
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).expect("memory");
     let mock = MockSplitQueue::new(&mem, 16);
     let descs = [
@@ -197,14 +197,7 @@ fn dotdot_of_a_directory_moved_out_of_the_share_stays_inside() {
     std::fs::create_dir_all(share.join("n")).expect("share/n");
     std::fs::create_dir(&outside).expect("outside");
     std::fs::write(outside.join("secret"), b"host secret").expect("sentinel");
-    let config = Config {
-        root_dir: share.to_str().expect("utf-8").to_owned(),
-        ..Config::default()
-    };
-    let server = Server::new(Guard::new(
-        PassthroughFs::<()>::new(config).expect("passthrough"),
-        false,
-    ));
+    let server = guarded_server(&share, false);
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).expect("memory");
     let mock = MockSplitQueue::new(&mem, 16);
     let mut queue: Queue = mock.create_queue().expect("queue");
