@@ -6,7 +6,8 @@
 use super::nested::CheckResult;
 
 /// What guest root tries in `DIR/sec` (setuid and setgid files, a setuid directory, char and
-/// block devices; a setgid directory and a FIFO are allowed), then appends to `DIR/victim`.
+/// block devices, a hard link to the host's setuid `DIR/victim` where there is one; a setgid
+/// directory and a FIFO are allowed), then appends to `DIR/victim`.
 /// Prints each step's status and what the guest's `stat` shows.
 pub fn attempts(dir: &str) -> String {
     format!(
@@ -14,7 +15,8 @@ pub fn attempts(dir: &str) -> String {
          echo y > g && chown 0:0 g && chmod 6755 g; echo chown-chmod-rc=$?; \
          mkdir d && chmod 2755 d; mkdir e && chmod 4755 e; echo dirs-rc=$?; \
          mknod null c 1 3; echo mknod-c-rc=$?; mknod sda b 8 0; echo mknod-b-rc=$?; \
-         mkfifo fifo; echo mkfifo-rc=$?; echo pwned >> {dir}/victim; echo victim-rc=$?; \
+         mkfifo fifo; echo mkfifo-rc=$?; ln {dir}/victim victim-link; echo link-rc=$?; \
+         echo pwned >> {dir}/victim; echo victim-rc=$?; \
          stat -c \"guest %n %a %u:%g %F\" f g d e fifo {dir}/victim"
     )
 }
@@ -49,9 +51,14 @@ pub fn assert_none_left(result: &CheckResult, runs: usize) {
     ] {
         assert_eq!(count(line), runs, "{line}: {result}");
     }
-    for line in ["mknod-c-rc=0", "mknod-b-rc=0"] {
+    for line in ["mknod-c-rc=0", "mknod-b-rc=0", "link-rc=0"] {
         assert_eq!(count(line), 0, "{line}: {result}");
     }
+    assert!(
+        !out.lines()
+            .any(|l| l.starts_with("host ") && l.contains("victim-link")),
+        "a second name of the setuid victim on the host: {result}"
+    );
 }
 
 /// The [`host_scan`] lines of `label`: the guest's modes stripped on the host (a setgid

@@ -34,6 +34,8 @@
 //!   kernel's killpriv does for unprivileged writers, done here for every writer, guest root
 //!   included): a setuid image file such as `/usr/bin/passwd`, copied up into a pod's upper dir
 //!   and rewritten by the guest, does not stay setuid. Opening it read-only keeps its bits.
+//! - LINK of a regular file with S_ISUID or S_ISGID is refused (EPERM): a host setuid program in
+//!   a shared volume cannot get a second name that survives the host replacing or removing it.
 //!
 //! Operations not forwarded (DAX mappings, ioctl, locks, poll) get the trait's ENOSYS.
 use std::ffi::CStr;
@@ -333,6 +335,13 @@ where
     ) -> io::Result<Entry> {
         self.writable()?;
         check_name(newname)?;
+        // A second path to a setuid/setgid file outlives the host's own upgrade or removal of
+        // the first (the hard-link attack fs.protected_hardlinks stops for unprivileged users;
+        // guest root is host root, so the kernel's check does not apply here).
+        let (st, _) = self.inner.getattr(ctx, inode, None)?;
+        if is_privileged_file(&st) {
+            return Err(errno(libc::EPERM));
+        }
         self.inner.link(ctx, inode, newparent, newname)
     }
 

@@ -453,3 +453,35 @@ fn writing_an_existing_setuid_file_clears_its_privilege_bits_first() {
         assert_eq!(host_mode(&s.root.join(name)), expected, "{name}");
     }
 }
+
+/// Attack: a host setuid-root program sits in a volume shared with the pod (or an image's setuid
+/// file in the pod's upper dir); the guest hard-links it to a name of its own. When the host
+/// later upgrades or removes the program at its own path, the guest's link keeps the old,
+/// perhaps vulnerable, setuid binary alive on the host. LINK of a setuid or setgid file is
+/// refused; an ordinary file still links.
+#[test]
+fn setuid_and_setgid_files_cannot_be_hard_linked() {
+    let s = share(false);
+    let cx = ctx();
+    for (name, mode) in [("suid", 0o4755), ("sgid", 0o2755)] {
+        let path = s.root.join(name);
+        std::fs::write(&path, b"#!/bin/sh\n").expect("file");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .expect("chmod on the host");
+        let inode = s.fs.lookup(&cx, ROOT_ID, &c(name)).expect(name).inode;
+        let err = s.fs.link(&cx, inode, ROOT_ID, &c("keep")).expect_err(name);
+        assert_eq!(code(err), libc::EPERM, "{name}");
+        assert!(
+            !s.root.join("keep").exists(),
+            "{name}: no second name on the host"
+        );
+        assert_eq!(std::fs::metadata(&path).expect(name).nlink(), 1, "{name}");
+    }
+    let plain = s.fs.lookup(&cx, ROOT_ID, &c("file")).expect("file").inode;
+    s.fs.link(&cx, plain, ROOT_ID, &c("again"))
+        .expect("an ordinary file links");
+    assert_eq!(
+        std::fs::read(s.root.join("again")).expect("link"),
+        b"original"
+    );
+}
