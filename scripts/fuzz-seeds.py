@@ -187,6 +187,11 @@ def virtio():
     mknod = bytes([6]) + struct.pack("<IIII", 0o20644, 0x0103, 0, 0) + bytes([0, 0])
     write("virtio_fs", "session", b"\x00" + struct.pack("<I", 0) + lookup_up + mkdir_a + lookup_d + create + rename + mknod)
     write("virtio_fs", "read-only", b"\x01" + struct.pack("<I", 0) + mkdir_a + create)
+    # LOOKUP "s" (the host's setuid file, name 10), then LINK it as "a" in the root (op 11: its
+    # inode is the second one learnt).
+    lookup_s = bytes([0, 10, 0])
+    link_s = bytes([11]) + b"\x00" * 8 + bytes([1, 0, 0])
+    write("virtio_fs", "setuid-link", b"\x00" + struct.pack("<I", 0) + lookup_s + link_s)
 
 
 def main():

@@ -2,11 +2,12 @@
 //! input (opcodes the guest kernel sends, names that climb, inodes and handles from earlier
 //! replies), each queued as a well-formed descriptor chain and served by the guarded
 //! passthrough server of a share. Oracle: nothing outside the share changes (a sentinel tree
-//! beside it), no device node appears in the share, and no reply is written outside its
-//! buffer.
+//! beside it), no device node appears in the share, no file but the host's own setuid file
+//! carries S_ISUID or S_ISGID (setgid directories are allowed), that file keeps one name and
+//! its content while it keeps its bits, and no reply is written outside its buffer.
 
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -44,6 +45,7 @@ const NAMES: &[&[u8]] = &[
     b"",
     b"x/y",
     b"c",
+    b"s",
 ];
 
 /// (opcode, size of its fixed argument struct, offsets of inode fields, offsets of handle
@@ -93,7 +95,7 @@ const OPS: &[Op] = &[
 pub fn virtio_fs(data: &[u8]) {
     let scratch = scratch();
     scratch.reset();
-    populate(&scratch.dir);
+    let host_setuid = populate(&scratch.dir);
     let mut input = Input::new(data);
     let read_only = input.byte() & 1 == 1;
     let init_flags = input.u32();
@@ -116,6 +118,7 @@ pub fn virtio_fs(data: &[u8]) {
     }
     scratch.check("serving virtio-fs requests");
     check_no_devices(&scratch.dir);
+    check_privileged_files(&scratch.dir, host_setuid);
 }
 
 fn scratch() -> &'static Scratch {
@@ -123,11 +126,55 @@ fn scratch() -> &'static Scratch {
     SCRATCH.get_or_init(|| Scratch::new("share"))
 }
 
-/// A share with a file, a directory and a symlink that climbs out.
-fn populate(share: &Path) {
+/// Content of the host's setuid file in the share.
+const SETUID_CONTENT: &[u8] = b"#!/bin/sh\nhost setuid program\n";
+
+/// A share with a file, a directory, a symlink that climbs out and a setuid-root file the host
+/// put there (as in a shared volume); returns that file's inode number.
+fn populate(share: &Path) -> Option<u64> {
     let _ = fs::write(share.join("f"), b"share file\n");
     let _ = fs::create_dir(share.join("d"));
     let _ = std::os::unix::fs::symlink("../sentinel", share.join("d/up"));
+    let setuid = share.join("s");
+    fs::write(&setuid, SETUID_CONTENT).ok()?;
+    fs::set_permissions(&setuid, fs::Permissions::from_mode(0o4755)).ok()?;
+    Some(fs::symlink_metadata(&setuid).ok()?.ino())
+}
+
+/// Panics if a non-directory in the share carries S_ISUID or S_ISGID, unless it is the host's
+/// own setuid file (inode `host_setuid`) with one name and its content unchanged: the guest
+/// could neither make a privileged file, nor rewrite or hard-link the host's without the guard
+/// clearing its bits first.
+fn check_privileged_files(dir: &Path, host_setuid: Option<u64>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(meta) = fs::symlink_metadata(entry.path()) else {
+            continue;
+        };
+        if meta.is_dir() {
+            check_privileged_files(&entry.path(), host_setuid);
+            continue;
+        }
+        if meta.mode() & (libc::S_ISUID | libc::S_ISGID) == 0 {
+            continue;
+        }
+        let path = entry.path();
+        assert_eq!(
+            Some(meta.ino()),
+            host_setuid,
+            "the guest left a setuid/setgid file on the host: {}",
+            path.display()
+        );
+        assert_eq!(meta.nlink(), 1, "the host's setuid file got a second name");
+        assert_eq!(
+            fs::read(&path).ok().as_deref(),
+            Some(SETUID_CONTENT),
+            "the host's setuid file was rewritten and kept its bits: {}",
+            path.display()
+        );
+    }
 }
 
 /// Panics if a block or char device node exists in the share.
