@@ -187,20 +187,27 @@ pub fn chmod_at(dir: &OwnedFd, name: &OsStr, mode: u32) -> io::Result<()> {
     }
 }
 
-/// [`chmod_at`] without fchmodat2: refuses a symlink seen by lstat, then fchmodat (which would
-/// follow one; nothing else writes into a rootfs being rendered, so the entry cannot change
-/// between the two calls).
+/// [`chmod_at`] without fchmodat2: pins the entry with an `O_PATH|O_NOFOLLOW` descriptor,
+/// refuses it if that is a symlink, and changes the mode of exactly that inode through its
+/// `/proc/self/fd` link (which names the open file, not a path), so no name is resolved twice
+/// and a symlink swapped in between is never followed. Fails closed without /proc.
 fn chmod_checked(dir: &OwnedFd, name: &OsStr, mode: u32) -> io::Result<()> {
-    match stat_at(dir, name)? {
-        Some(st) if kind(&st) == SFlag::S_IFLNK => Err(Errno::EOPNOTSUPP.into()),
-        Some(_) => Ok(fchmodat(
-            Some(dir.as_raw_fd()),
-            name,
-            Mode::from_bits_truncate(mode & 0o7777),
-            FchmodatFlags::FollowSymlink,
-        )?),
-        None => Err(Errno::ENOENT.into()),
+    let fd = owned(openat(
+        Some(dir.as_raw_fd()),
+        name,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?);
+    if kind(&fstat(fd.as_raw_fd())?) == SFlag::S_IFLNK {
+        return Err(Errno::EOPNOTSUPP.into());
     }
+    let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    Ok(fchmodat(
+        None,
+        link.as_str(),
+        Mode::from_bits_truncate(mode & 0o7777),
+        FchmodatFlags::FollowSymlink,
+    )?)
 }
 
 /// Sets the access and modification times of `name` in `dir` (of a symlink itself).
