@@ -439,7 +439,7 @@ fn create_empty_volume(dir: &Path) -> Result<bool, PodError> {
         source,
     };
     if let Some(parent) = dir.parent() {
-        std::fs::create_dir_all(parent).map_err(failed)?;
+        crate::private::create_dir_all(parent).map_err(failed)?;
     }
     match std::fs::create_dir(dir) {
         Ok(()) => Ok(true),

@@ -94,7 +94,7 @@ impl AppRootfs {
         let upper = upper_path(pod_dir, app);
         let work = pod_dir.join("overlay").join(app).join("work");
         for dir in [&merged, &upper, &work] {
-            create(dir)?;
+            create_in_pod(dir)?;
         }
         let options = format!(
             "lowerdir={},upperdir={},workdir={}",
@@ -157,6 +157,19 @@ impl Drop for AppRootfs {
             }
         }
     }
+}
+
+/// Creates `dir` below the pod dir: the directories leading to it root's alone (0700, like the
+/// pod dir), `dir` itself with the usual mode, as it becomes the root the guest sees (an
+/// overlay's root takes the upper dir's mode).
+fn create_in_pod(dir: &Path) -> Result<(), RootfsError> {
+    if let Some(parent) = dir.parent() {
+        crate::private::create_dir_all(parent).map_err(|source| RootfsError::Create {
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    }
+    create(dir)
 }
 
 fn create(dir: &Path) -> Result<(), RootfsError> {
@@ -234,6 +247,8 @@ fn unescape_mountinfo(field: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::MetadataExt;
+
     use super::*;
 
     #[test]
@@ -265,6 +280,15 @@ mod tests {
         std::os::unix::fs::symlink("conf", lower.join("etc/link")).expect("link");
         let pod = dir.path().join("pod");
         let rootfs = AppRootfs::prepare(&pod, "app", &lower).expect("prepared");
+        for private in [
+            "stage1",
+            "stage1/rootfs/opt/stage2/app",
+            "overlay",
+            "overlay/app",
+        ] {
+            let mode = std::fs::metadata(pod.join(private)).expect(private).mode();
+            assert_eq!(mode & 0o7777, 0o700, "{private} is root's alone");
+        }
         std::fs::write(rootfs.merged.join("etc/conf"), b"changed").expect("write");
         assert_eq!(
             std::fs::read(lower.join("etc/conf")).expect("lower"),
