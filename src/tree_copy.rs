@@ -19,6 +19,8 @@ use nix::sys::stat::{fstatat, mkdirat, mknodat, utimensat, FileStat, Mode, SFlag
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, linkat, symlinkat, Gid, Uid};
 
+use crate::image::dirfd;
+
 /// A failed step of a copy: what was done, to which path (relative to the tree's top).
 #[derive(Debug, thiserror::Error)]
 #[error("cannot {what} {path}: {source}")]
@@ -39,23 +41,27 @@ pub struct CopyReport {
     pub entries: u64,
 }
 
-/// Opens the directory `relative` below `top` without following a symlink on the way; `None`
-/// when some component is missing, not a directory or a symlink.
+/// Opens the directory `relative` below `top` without following a symlink on the way
+/// ([`dirfd::open_beneath`]); `/` and `..` components are dropped, so the walk stays below
+/// `top`; `None` when some component is missing, not a directory or a symlink.
 pub fn open_dir_below(top: &Path, relative: &Path) -> Result<Option<OwnedFd>, CopyError> {
-    let mut dir = open_dir(None, top.as_os_str(), top)?;
-    for component in relative.components() {
-        let Component::Normal(name) = component else {
-            continue;
-        };
-        match open_dir(Some(dir.as_raw_fd()), name, relative) {
-            Ok(next) => dir = next,
-            Err(err) if matches!(err.source, Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => {
-                return Ok(None)
-            }
-            Err(err) => return Err(err),
+    let failed = |path: &Path| {
+        let path = path.to_path_buf();
+        move |err: std::io::Error| CopyError {
+            what: "open",
+            path,
+            source: errno_of(&err),
         }
-    }
-    Ok(Some(dir))
+    };
+    let root = dirfd::open_root(top).map_err(failed(top))?;
+    let below: PathBuf = relative
+        .components()
+        .filter_map(|component| match component {
+            Component::Normal(name) => Some(name),
+            _ => None,
+        })
+        .collect();
+    dirfd::open_beneath(&root, &below).map_err(failed(relative))
 }
 
 /// Copies the tree `from` into `to` (created if missing; it should be empty).
