@@ -15,7 +15,6 @@ pub mod config;
 pub mod dirfd;
 pub mod discovery;
 pub mod fetch;
-mod fetch_aci;
 pub mod http;
 pub mod layer;
 pub mod local;

@@ -5,14 +5,13 @@
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use super::aci;
-use super::discovery::{AppName, Discoverer};
-use super::fetch::{import, FetchError, FetchOptions, Source};
-use super::http;
-use super::local::{LocalBlobs, LocalError};
-use super::manifest::Parsed;
-use super::signature;
-use super::trust;
+use super::import::{import, Source};
+use super::options::{FetchError, FetchOptions};
+use crate::image::aci;
+use crate::image::discovery::{AppName, Discoverer};
+use crate::image::local::{LocalBlobs, LocalError};
+use crate::image::manifest::Parsed;
+use crate::image::{http, signature, trust};
 use crate::store::record::{BlobRef, ImageRecord};
 use crate::store::{Digest, Store};
 
