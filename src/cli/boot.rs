@@ -13,14 +13,6 @@ use crate::launch::{self, LaunchError, LaunchPlan};
 use crate::relay::RelayOptions;
 use crate::vmm::devices::virtio::fs::FsShare;
 
-/// Parses a duration: plain seconds (`10`) or humantime (`1500ms`, `2m`).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    match text.parse::<u64>() {
-        Ok(seconds) => Ok(Duration::from_secs(seconds)),
-        Err(_) => humantime::parse_duration(text).map_err(|err| err.to_string()),
-    }
-}
-
 /// Flags of `podvm boot`.
 #[derive(Debug, Args)]
 pub struct BootArgs {
@@ -82,7 +74,7 @@ pub struct BootArgs {
     interactive: bool,
     /// After forwarding SIGTERM/SIGINT/SIGQUIT, wait this long for the command to exit before
     /// killing the VM (seconds, or e.g. 1500ms).
-    #[arg(long, value_name = "DURATION", default_value = "10", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10", value_parser = super::duration::parse)]
     stop_timeout: Duration,
     /// Accept exec sessions: write {cid, port, token} to FILE (mode 0600) while the VM runs,
     /// for `podvm exec --exec-info FILE`.

@@ -9,7 +9,6 @@ use std::time::Duration;
 use clap::Args;
 use podvm_protocol::ExecRequest;
 
-use crate::cli::boot::parse_duration;
 use crate::exec_client::{self, ExecClientError};
 use crate::exec_info::{self, ExecInfoError};
 use crate::launch;
@@ -40,7 +39,7 @@ pub struct ExecArgs {
     #[arg(long, short = 'i')]
     interactive: bool,
     /// After forwarding a stop signal, wait this long before giving up on the command.
-    #[arg(long, value_name = "DURATION", default_value = "10", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10", value_parser = super::duration::parse)]
     stop_timeout: Duration,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]

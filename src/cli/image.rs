@@ -40,7 +40,7 @@ pub enum ImageVerb {
     /// Remove images unused for the grace period, and unreferenced blobs, trees and temp files.
     Gc {
         /// How long since last use before an image is removed (e.g. 24h, 30m, 0s).
-        #[arg(long = "grace-period", default_value = "24h", value_parser = parse_duration)]
+        #[arg(long = "grace-period", default_value = "24h", value_parser = super::duration::parse)]
         grace_period: Duration,
     },
     /// Write the image's rootfs to DIR (rendered: all layers applied).
@@ -134,22 +134,6 @@ pub enum ImageCliError {
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ImageCliError {
     let path = path.to_path_buf();
     move |source| ImageCliError::Io { what, path, source }
-}
-
-/// Parses `90s`, `30m`, `24h`, `7d` or plain seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?} (e.g. 24h, 30m, 0s)"))?;
-    let mult = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return Err(format!("invalid duration unit in {s:?} (s, m, h, d)")),
-    };
-    Ok(Duration::from_secs(n * mult))
 }
 
 /// Runs `podvm image VERB`.

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod boot;
 mod boot_net;
 mod check;
+mod duration;
 mod exec;
 mod fetch;
 mod image;

@@ -22,10 +22,10 @@ pub struct RmArgs {
 #[derive(Debug, Args)]
 pub struct GcArgs {
     /// How long an exited pod is kept after gc marked it as garbage.
-    #[arg(long = "grace-period", default_value = "30m", value_parser = humantime::parse_duration)]
+    #[arg(long = "grace-period", default_value = "30m", value_parser = super::duration::parse)]
     grace_period: Duration,
     /// How long a prepared pod may wait for run-prepared.
-    #[arg(long = "expire-prepared", default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long = "expire-prepared", default_value = "24h", value_parser = super::duration::parse)]
     expire_prepared: Duration,
 }
 

@@ -31,10 +31,10 @@ pub struct StatusArgs {
     /// The pod (a unique uuid prefix).
     uuid: String,
     /// Wait until the pod has exited, at most this long (e.g. `30s`; bare `--wait`: forever).
-    #[arg(long, num_args = 0..=1, default_missing_value = "0s", value_parser = humantime::parse_duration)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "0s", value_parser = super::duration::parse)]
     wait: Option<Duration>,
     /// Wait until the pod runs, at most this long (bare `--wait-ready`: forever).
-    #[arg(long = "wait-ready", num_args = 0..=1, default_missing_value = "0s", value_parser = humantime::parse_duration)]
+    #[arg(long = "wait-ready", num_args = 0..=1, default_missing_value = "0s", value_parser = super::duration::parse)]
     wait_ready: Option<Duration>,
     /// Output format: `table` (key=value lines, as rkt) or `json`.
     #[arg(long, default_value = "table", value_parser = ["table", "json"])]

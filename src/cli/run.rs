@@ -17,7 +17,6 @@ use std::time::Duration;
 use clap::Args;
 use podvm_protocol::{AppSpec, BootSpec, MountSpec, RootfsSpec, VolumeSpec};
 
-use super::boot::parse_duration;
 use super::net;
 use super::prepare::{self, PrepareArgs, PrepareError};
 use crate::exec_info::{self, ExecInfoError};
@@ -71,7 +70,7 @@ pub struct VmFlags {
     interactive: bool,
     /// After SIGTERM/SIGINT (e.g. `podvm stop`), how long the app may take to exit before the
     /// VM is stopped hard (seconds, or e.g. `1500ms`).
-    #[arg(long = "stop-timeout", value_name = "DURATION", default_value = "10", value_parser = parse_duration)]
+    #[arg(long = "stop-timeout", value_name = "DURATION", default_value = "10", value_parser = super::duration::parse)]
     stop_timeout: Duration,
     /// Cap of each app's log in the pod (`podvm logs`), e.g. 10Mi or 1G; output past it is
     /// dropped from the log (not from the terminal) and `podvm logs` says how much.
