@@ -32,7 +32,7 @@ const OWNERS: &[u64] = &[0, 0, 1000, 4242, 65534];
 /// The first byte picks raw mode (the rest is one layer as is) or decoded mode.
 pub fn layer(data: &[u8]) {
     let scratch = scratch();
-    scratch.reset();
+    let _input = scratch.reset();
     let mut input = Input::new(data);
     let mode = input.byte();
     let layers = if mode.is_multiple_of(4) {

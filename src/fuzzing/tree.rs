@@ -7,6 +7,7 @@ use std::fs;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// What a snapshot records of one file: type and mode bits, owner, size, mtime, content of
 /// regular files and targets of symlinks.
@@ -80,6 +81,8 @@ pub struct Scratch {
     pub sentinel: PathBuf,
     before: Snapshot,
     base_mode: (u32, u32, u32),
+    /// Held for one input: the replay tests run a target on several threads at once.
+    in_use: Mutex<()>,
 }
 
 impl Scratch {
@@ -99,11 +102,14 @@ impl Scratch {
             sentinel,
             before,
             base_mode,
+            in_use: Mutex::new(()),
         }
     }
 
-    /// Empties the directory under test (recreating it with mode 0755).
-    pub fn reset(&self) {
+    /// Takes the scratch for one input (other threads wait until the returned guard is dropped)
+    /// and empties the directory under test (recreating it with mode 0755).
+    pub fn reset(&self) -> MutexGuard<'_, ()> {
+        let guard = self.in_use.lock().unwrap_or_else(PoisonError::into_inner);
         if fs::symlink_metadata(&self.dir).is_ok() {
             make_removable(&self.dir);
             let _ = fs::remove_dir_all(&self.dir);
@@ -111,6 +117,7 @@ impl Scratch {
         }
         fs::create_dir(&self.dir).expect("directory under test");
         fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o755)).expect("chmod");
+        guard
     }
 
     /// Panics with what changed if anything outside the directory under test did: the

@@ -284,7 +284,7 @@ pub fn virtio_net(data: &[u8]) {
 /// server of a share (for FUSE requests that make sense, see [`super::virtio_fs`]).
 pub fn virtio_fs_queue(data: &[u8]) {
     let scratch = fs_scratch();
-    scratch.reset();
+    let _input = scratch.reset();
     let mut input = Input::new(data);
     let read_only = input.byte() & 1 == 1;
     let Some(mut rig) = Rig::decode(&mut input) else {

@@ -94,7 +94,7 @@ const OPS: &[Op] = &[
 /// Serves the requests decoded from the input; the first byte makes the share read-only.
 pub fn virtio_fs(data: &[u8]) {
     let scratch = scratch();
-    scratch.reset();
+    let _input = scratch.reset();
     let host_setuid = populate(&scratch.dir);
     let mut input = Input::new(data);
     let read_only = input.byte() & 1 == 1;
