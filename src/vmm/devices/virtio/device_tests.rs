@@ -1,7 +1,7 @@
 //! The device core driven with plain guest memory and eventfds (no KVM, no real device).
 
 use std::cell::Cell;
-use std::ops::ControlFlow;
+use std::ops::{ControlFlow, Range};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -120,6 +120,26 @@ fn activate_reset_and_activate_again_serves_the_fresh_queues() {
     assert_not_served_anymore(&second_kicks[0]);
 }
 
+/// Activates `core` needing the queues in `required`, expecting a refusal naming this device
+/// (and the backend untouched, the device inactive); returns the queue named and the message.
+fn refused(
+    core: &mut DeviceCore,
+    activation: Activation,
+    required: Range<usize>,
+) -> (usize, String) {
+    let err = core
+        .activate(activation, required, must_not_start)
+        .expect_err("a queue is refused");
+    assert!(!core.is_active(), "a failed activation leaves it inactive");
+    match err {
+        ActivateError::BadQueue {
+            device: NAME,
+            queue,
+        } => (queue, err.to_string()),
+        other => panic!("not a refused queue of {NAME}: {other:?}"),
+    }
+}
+
 #[test]
 fn a_queue_not_ready_or_outside_guest_memory_is_refused_with_device_and_queue_named() {
     let mem = memory();
@@ -127,42 +147,17 @@ fn a_queue_not_ready_or_outside_guest_memory_is_refused_with_device_and_queue_na
 
     let unready = Queue::new(16).expect("queue");
     let (bad, _kicks) = activation(&mem, vec![queue_at(&mem, 0x1_0000), unready]);
-    let err = core
-        .activate(bad, 0..2, must_not_start)
-        .expect_err("not ready");
-    assert!(
-        matches!(
-            err,
-            ActivateError::BadQueue {
-                device: NAME,
-                queue: 1
-            }
-        ),
-        "{err:?}"
-    );
+    let (queue, message) = refused(&mut core, bad, 0..2);
+    assert_eq!(queue, 1);
     assert_eq!(
-        err.to_string(),
+        message,
         "test-device: queue 1 is not ready or not inside guest memory"
     );
-    assert!(!core.is_active());
 
     let mut outside = queue_at(&mem, 0x1_0000);
     outside.set_used_ring_address(Some(0xffff_f000), Some(0));
     let (bad, _kicks) = activation(&mem, vec![outside]);
-    let err = core
-        .activate(bad, 0..1, must_not_start)
-        .expect_err("outside");
-    assert!(
-        matches!(
-            err,
-            ActivateError::BadQueue {
-                device: NAME,
-                queue: 0
-            }
-        ),
-        "{err:?}"
-    );
-    assert!(!core.is_active());
+    assert_eq!(refused(&mut core, bad, 0..1).0, 0);
 
     // A queue the device does not need (like virtio-fs's high-priority queue) may stay unready.
     let unready = Queue::new(16).expect("queue");
@@ -172,22 +167,10 @@ fn a_queue_not_ready_or_outside_guest_memory_is_refused_with_device_and_queue_na
         .expect("queue 0 is not required");
     assert!(core.is_active());
 
-    // Asking for more queues than the driver has is refused with the first missing one.
+    // Asking for more queues than the driver has is refused with the first missing one (and
+    // the running worker is stopped first, as on reset).
     let (short, _kicks) = activation(&mem, vec![queue_at(&mem, 0x2_0000)]);
-    let err = core
-        .activate(short, 0..2, must_not_start)
-        .expect_err("missing queue");
-    assert!(
-        matches!(
-            err,
-            ActivateError::BadQueue {
-                device: NAME,
-                queue: 1
-            }
-        ),
-        "{err:?}"
-    );
-    assert!(!core.is_active(), "a failed activation leaves it inactive");
+    assert_eq!(refused(&mut core, short, 0..2).0, 1);
 }
 
 /// What a worker serves that cannot be watched: epoll refuses regular files.
