@@ -7,7 +7,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::worker::Worker;
+use super::worker::{Kicks, Serve};
 use super::{ActivateError, Activation, Interrupt, SignalGuest};
 
 /// The error for vhost call `what` of `device`.
@@ -23,9 +23,9 @@ pub fn backend_error(
     }
 }
 
-/// Hands the first `count` queues of `activation` to `backend`: the features both sides know,
-/// the memory table, then each vring with its kick and a new call eventfd. Returns the calls
-/// (for [`relay_calls`]) and the interrupt.
+/// Hands the first `count` queues of `activation` (checked by the device core) to `backend`:
+/// the features both sides know, the memory table, then each vring with its kick and a new call
+/// eventfd. Returns the calls (for [`relay_calls`]) and the interrupt.
 pub fn start_vrings<B: VhostBackend>(
     backend: &B,
     device: &'static str,
@@ -53,12 +53,6 @@ pub fn start_vrings<B: VhostBackend>(
         .map_err(backend_error(device, "VHOST_SET_MEM_TABLE"))?;
     let mut calls = Vec::with_capacity(count);
     for (index, (queue, kick)) in queues.iter().zip(&kicks).take(count).enumerate() {
-        if !queue.ready() || !queue.is_valid(&mem) {
-            return Err(ActivateError::BadQueue {
-                device,
-                queue: index,
-            });
-        }
         let call = EventFd::new(EFD_NONBLOCK).map_err(|source| ActivateError::Backend {
             device,
             what: "cannot create a call eventfd".into(),
@@ -71,21 +65,13 @@ pub fn start_vrings<B: VhostBackend>(
     Ok((calls, interrupt))
 }
 
-/// Starts the worker that turns vhost's call eventfds into the device's interrupt.
-pub fn relay_calls(
-    device: &'static str,
-    calls: Vec<EventFd>,
-    interrupt: Interrupt,
-) -> Result<Worker, ActivateError> {
-    Worker::spawn(device.into(), calls, move |_| {
+/// What the worker of a vhost device does: turn vhost's call eventfds into the device's
+/// interrupt.
+pub fn relay_calls(device: &'static str, calls: Vec<EventFd>, interrupt: Interrupt) -> impl Serve {
+    Kicks::new(calls, move |_| {
         if let Err(err) = interrupt.signal_used_queue() {
             eprintln!("podvm: {device}: cannot interrupt the guest: {err}");
         }
-    })
-    .map_err(|source| ActivateError::Backend {
-        device,
-        what: "cannot start the worker thread".into(),
-        source,
     })
 }
 

@@ -1,4 +1,5 @@
-//! The virtio-fs device: config space (tag + number of request queues) and activation.
+//! The virtio-fs device: config space (tag + number of request queues) and which queues it
+//! needs; activation, the worker and reset are the device core's.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -6,8 +7,7 @@ use std::sync::Arc;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 
-use super::super::worker::Worker;
-use super::super::{read_config_bytes, ActivateError, Activation, VirtioDevice};
+use super::super::{read_config_bytes, ActivateError, Activation, DeviceCore, VirtioDevice};
 use super::guard::Guard;
 use super::queue::FsServer;
 use super::{event_handler, FsShare};
@@ -50,17 +50,11 @@ pub enum FsError {
     },
 }
 
-enum DeviceState {
-    Inactive,
-    Active(Worker),
-}
-
 /// One virtio-fs device serving one share.
 pub struct Fs {
-    tag: String,
     config: Vec<u8>,
     server: Arc<FsServer>,
-    state: DeviceState,
+    core: DeviceCore,
 }
 
 impl Fs {
@@ -76,10 +70,9 @@ impl Fs {
             }
         })?;
         Ok(Self {
-            tag: share.tag.clone(),
             config,
             server: Arc::new(Server::new(Guard::new(passthrough, share.read_only))),
-            state: DeviceState::Inactive,
+            core: DeviceCore::with_worker_name("virtio-fs", format!("virtio-fs-{}", share.tag)),
         })
     }
 }
@@ -142,7 +135,7 @@ impl VirtioDevice for Fs {
     }
 
     fn name(&self) -> &'static str {
-        "virtio-fs"
+        self.core.name()
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -158,52 +151,15 @@ impl VirtioDevice for Fs {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        let Activation {
-            mem,
-            queues,
-            kicks,
-            interrupt,
-            ..
-        } = activation;
-        if queues.len() != QUEUE_SIZES.len() || kicks.len() != QUEUE_SIZES.len() {
-            return Err(ActivateError::BadQueue {
-                device: self.name(),
-                queue: queues.len(),
-            });
-        }
-        // The high-priority queue may stay unused (and unready) by the driver.
-        for (index, queue) in queues.iter().enumerate().skip(1) {
-            use virtio_queue::QueueT;
-            if !queue.ready() || !queue.is_valid(&mem) {
-                return Err(ActivateError::BadQueue {
-                    device: self.name(),
-                    queue: index,
-                });
-            }
-        }
-        let worker = event_handler::start(
-            format!("virtio-fs-{}", self.tag),
-            mem,
-            queues,
-            kicks,
-            interrupt,
-            self.server.clone(),
-        )
-        .map_err(|source| ActivateError::Backend {
-            device: self.name(),
-            what: "cannot start the worker thread".into(),
-            source,
-        })?;
-        self.state = DeviceState::Active(worker);
-        Ok(())
+        // The high-priority queue (0) may stay unused, and unready, by the driver.
+        self.core
+            .activate(activation, 1..QUEUE_SIZES.len(), |activation| {
+                Ok(event_handler::serve(activation, self.server.clone()))
+            })
     }
 
     fn reset(&mut self) {
-        if let DeviceState::Active(mut worker) =
-            std::mem::replace(&mut self.state, DeviceState::Inactive)
-        {
-            worker.stop();
-        }
+        self.core.reset();
     }
 }
 

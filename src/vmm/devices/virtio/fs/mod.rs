@@ -1,12 +1,12 @@
 //! virtio-fs (device id 26): shares a host directory with the guest, served in-process by a
 //! FUSE server ([`fuse_backend_rs`]) over the device's queues; no virtiofsd, no vhost-user.
 //!
-//! - `device.rs`: the device (config space with the tag, activation state).
+//! - `device.rs`: the device (config space with the tag) on the device core.
 //! - `queue.rs`: pops FUSE requests from a queue and answers them; needs only guest memory and a
 //!   [`SignalGuest`](super::SignalGuest), so unit tests drive it without KVM.
 //! - `guard.rs`: the file system the guest talks to: a passthrough of the shared directory
 //!   wrapped by [`Guard`], which keeps the guest inside it and enforces read-only shares.
-//! - `event_handler.rs`: the worker thread woken by the queue kicks.
+//! - `event_handler.rs`: what wakes the worker thread: the queue kicks.
 //!
 //! Confinement: the passthrough server resolves one path component at a time with
 //! `openat(O_PATH | O_NOFOLLOW)` relative to a directory it already holds and never follows

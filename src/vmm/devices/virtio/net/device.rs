@@ -1,12 +1,11 @@
 //! The virtio-net device: features, config space (the MAC), the backend choice and activation.
 
-use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 
-use super::super::worker::Worker;
-use super::super::{read_config_bytes, ActivateError, Activation, VirtioDevice};
+use super::super::worker::Serve;
+use super::super::{read_config_bytes, ActivateError, Activation, DeviceCore, VirtioDevice};
 use super::tap::{offload, Tap, TapError};
-use super::{format_mac, userspace, vhost_net, NetConfig};
+use super::{event_handler, format_mac, vhost_net, NetConfig, QUEUE_SIZES};
 
 /// Environment variable choosing the backend: `vhost`, `userspace`, or unset for vhost-net with
 /// the userspace fallback when /dev/vhost-net is absent or not accessible.
@@ -14,11 +13,6 @@ pub const BACKEND_ENV: &str = "PODVM_NET_BACKEND";
 
 /// virtio device id of a network card.
 pub const DEVICE_TYPE: u32 = 1;
-/// rx and tx queues (one pair, no control queue).
-pub const QUEUE_SIZES: [u16; 2] = [256, 256];
-/// Length of the virtio-net header before each frame (`virtio_net_hdr_mrg_rxbuf`, always
-/// this size under VIRTIO_F_VERSION_1).
-pub const VNET_HDR_LEN: usize = 12;
 
 /// virtio-net feature bits.
 pub mod feature {
@@ -99,19 +93,11 @@ pub enum NetError {
     },
 }
 
-enum DeviceState {
-    Inactive,
-    /// vhost moves the frames; the worker relays its interrupts.
-    Vhost(Worker),
-    /// The userspace worker moves the frames.
-    Userspace(userspace::Handle),
-}
-
 /// Who moves frames between the queues and the tap.
 enum Backend {
-    /// The kernel's vhost-net.
+    /// The kernel's vhost-net; the worker relays its interrupts.
     Vhost(vhost_net::Backend),
-    /// A worker thread in podvm.
+    /// The worker thread, in podvm.
     Userspace,
 }
 
@@ -120,7 +106,7 @@ pub struct Net {
     mac: [u8; 6],
     tap: Tap,
     backend: Backend,
-    state: DeviceState,
+    core: DeviceCore,
 }
 
 impl Net {
@@ -135,42 +121,38 @@ impl Net {
             mac: config.mac,
             tap,
             backend,
-            state: DeviceState::Inactive,
+            core: DeviceCore::new("virtio-net"),
         })
     }
+}
 
-    fn start_userspace(&self, activation: Activation) -> Result<DeviceState, ActivateError> {
-        let name = self.name();
-        let backend_error = |what: &str| {
-            let what = what.to_string();
-            move |source| ActivateError::Backend {
-                device: name,
-                what,
-                source,
-            }
-        };
-        for (index, queue) in activation.queues.iter().enumerate() {
-            if !queue.ready() || !queue.is_valid(&activation.mem) {
-                return Err(ActivateError::BadQueue {
-                    device: name,
-                    queue: index,
-                });
-            }
+/// Gives the tap the offloads the driver accepted and starts `backend`; returns what the worker
+/// does.
+fn start(
+    name: &'static str,
+    tap: &Tap,
+    backend: &Backend,
+    activation: Activation,
+) -> Result<Box<dyn Serve>, ActivateError> {
+    let backend_error = |what: &str, source| ActivateError::Backend {
+        device: name,
+        what: what.into(),
+        source,
+    };
+    tap.set_offload(tap_offloads(activation.acked_features))
+        .map_err(|err| {
+            let source = std::io::Error::other(err.to_string());
+            backend_error("cannot set the tap's offloads", source)
+        })?;
+    match backend {
+        Backend::Vhost(vhost) => Ok(Box::new(vhost_net::start(vhost, tap, activation, name)?)),
+        Backend::Userspace => {
+            let tap = tap
+                .file()
+                .try_clone()
+                .map_err(|source| backend_error("cannot duplicate the tap fd", source))?;
+            Ok(Box::new(event_handler::Frames::new(activation, tap)))
         }
-        let tap = self
-            .tap
-            .file()
-            .try_clone()
-            .map_err(backend_error("cannot duplicate the tap fd"))?;
-        let handle = userspace::start(
-            activation.mem,
-            activation.queues,
-            activation.kicks,
-            activation.interrupt,
-            tap,
-        )
-        .map_err(backend_error("cannot start the worker thread"))?;
-        Ok(DeviceState::Userspace(handle))
     }
 }
 
@@ -256,7 +238,7 @@ impl VirtioDevice for Net {
     }
 
     fn name(&self) -> &'static str {
-        "virtio-net"
+        self.core.name()
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -276,34 +258,19 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        let name = self.name();
-        self.tap
-            .set_offload(tap_offloads(activation.acked_features))
-            .map_err(|err| ActivateError::Backend {
-                device: name,
-                what: "cannot set the tap's offloads".into(),
-                source: std::io::Error::other(err.to_string()),
-            })?;
-        self.state = match &self.backend {
-            Backend::Vhost(backend) => {
-                DeviceState::Vhost(vhost_net::start(backend, &self.tap, activation, name)?)
-            }
-            Backend::Userspace => self.start_userspace(activation)?,
-        };
-        Ok(())
+        let name = self.core.name();
+        self.core
+            .activate(activation, 0..QUEUE_SIZES.len(), |activation| {
+                start(name, &self.tap, &self.backend, activation)
+            })
     }
 
     fn reset(&mut self) {
-        match std::mem::replace(&mut self.state, DeviceState::Inactive) {
-            DeviceState::Inactive => {}
-            DeviceState::Userspace(mut handle) => handle.stop(),
-            DeviceState::Vhost(mut worker) => {
-                if let Backend::Vhost(backend) = &self.backend {
-                    vhost_net::stop(backend, self.tap.name());
-                }
-                worker.stop();
+        self.core.reset_with(|| {
+            if let Backend::Vhost(vhost) = &self.backend {
+                vhost_net::stop(vhost, self.tap.name());
             }
-        }
+        });
     }
 }
 

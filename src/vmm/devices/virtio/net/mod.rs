@@ -11,13 +11,18 @@
 //! the tap and the queues instead, offering no offloads; `PODVM_NET_BACKEND=vhost|userspace`
 //! forces either (vhost then fails with an error naming /dev/vhost-net).
 //!
-//! - `device.rs`: the device, features, the backend choice and activation.
-//! - `vhost_net.rs`: the vhost-net setup at activation.
+//! - `mod.rs`: what the files below share (the queues, the virtio-net header length).
+//! - `device.rs`: the device, features, the backend choice and activation (on the device core).
+//! - `vhost_net.rs`: the vhost-net setup at activation; the worker relays vhost's call eventfds
+//!   ([`vhost_setup::relay_calls`](super::vhost_setup::relay_calls)).
 //! - `tap.rs`: opening a tap by name, optionally inside a network namespace.
-//! - `userspace.rs`: the fallback backend's frame copying and worker.
-//! - `event_handler.rs`: the worker woken by vhost's call eventfds.
+//! - `userspace.rs`: the fallback backend's frame copying; needs only guest memory, a tap-like
+//!   reader or writer and a [`SignalGuest`](super::SignalGuest).
+//! - `event_handler.rs`: what wakes the fallback backend's worker: the rx and tx kicks and the
+//!   tap.
 
 mod device;
+mod event_handler;
 mod tap;
 mod userspace;
 mod vhost_net;
@@ -27,6 +32,12 @@ use std::path::PathBuf;
 pub use self::device::{Net, NetError};
 #[doc(hidden)]
 pub use self::userspace::{transmit, Rx};
+
+/// rx and tx queues (one pair, no control queue).
+const QUEUE_SIZES: [u16; 2] = [256, 256];
+/// Length of the virtio-net header before each frame (`virtio_net_hdr_mrg_rxbuf`, always
+/// this size under VIRTIO_F_VERSION_1).
+const VNET_HDR_LEN: usize = 12;
 
 /// One guest NIC: a tap device on the host and the guest's MAC.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -135,7 +135,7 @@ impl Tap {
             name: name.to_string(),
             netns: netns.map(Path::to_path_buf),
         };
-        tap.set_vnet_hdr_size(super::device::VNET_HDR_LEN)?;
+        tap.set_vnet_hdr_size(super::VNET_HDR_LEN)?;
         Ok(tap)
     }
 

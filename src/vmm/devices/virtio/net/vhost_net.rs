@@ -7,10 +7,10 @@ use vhost::vhost_kern::net::Net;
 use vhost::VhostBackend;
 use vm_memory::GuestMemoryMmap;
 
-use super::super::worker::Worker;
+use super::super::worker::Serve;
 use super::super::{vhost_setup, ActivateError, Activation};
-use super::device::QUEUE_SIZES;
 use super::tap::Tap;
+use super::QUEUE_SIZES;
 
 /// A claimed /dev/vhost-net instance.
 pub type Backend = Net<Arc<GuestMemoryMmap>>;
@@ -22,14 +22,14 @@ pub fn open(mem: &GuestMemoryMmap) -> Result<Backend, vhost::Error> {
     Ok(backend)
 }
 
-/// Gives vhost the memory table, both vrings and the tap; returns the worker that relays
-/// vhost's interrupts.
+/// Gives vhost the memory table, both vrings and the tap; returns what the worker does (relay
+/// vhost's interrupts).
 pub fn start(
     backend: &Backend,
     tap: &Tap,
     activation: Activation,
     name: &'static str,
-) -> Result<Worker, ActivateError> {
+) -> Result<impl Serve, ActivateError> {
     // The offloads are between the driver and the tap, which parses the virtio-net header.
     let (calls, interrupt) =
         vhost_setup::start_vrings(backend, name, activation, QUEUE_SIZES.len())?;
@@ -38,7 +38,7 @@ pub fn start(
             .set_backend(index, Some(tap.file()))
             .map_err(vhost_setup::backend_error(name, "VHOST_NET_SET_BACKEND"))?;
     }
-    vhost_setup::relay_calls(name, calls, interrupt)
+    Ok(vhost_setup::relay_calls(name, calls, interrupt))
 }
 
 /// Detaches the tap from both queues (driver reset or VM teardown).

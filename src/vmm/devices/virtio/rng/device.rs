@@ -1,51 +1,23 @@
-//! The virtio-rng device and its request queue handling.
+//! The virtio-rng device: no config space, no features, one request queue.
 
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
-
-use super::super::worker::Worker;
-use super::super::{read_config_bytes, ActivateError, Activation, SignalGuest, VirtioDevice};
+use super::super::{read_config_bytes, ActivateError, Activation, DeviceCore, VirtioDevice};
 use super::event_handler;
 
 /// virtio device id of an entropy source.
 pub const DEVICE_TYPE: u32 = 4;
 /// Size of the single request queue.
 const QUEUE_SIZES: [u16; 1] = [256];
-/// Most bytes handed out for one request; the driver asks again for more.
-pub const MAX_REQUEST_BYTES: u32 = 64 * 1024;
-
-/// Errors while serving entropy requests.
-#[derive(Debug, thiserror::Error)]
-pub enum RngError {
-    /// The queue in guest memory is broken.
-    #[error("virtio-rng: bad request queue: {0}")]
-    Queue(#[from] virtio_queue::Error),
-    /// A buffer lies outside guest memory.
-    #[error("virtio-rng: request buffer outside guest memory: {0}")]
-    Memory(#[from] vm_memory::GuestMemoryError),
-    /// The host could not provide entropy.
-    #[error("virtio-rng: getrandom failed: {0}")]
-    Entropy(std::io::Error),
-    /// The interrupt could not be raised.
-    #[error("virtio-rng: cannot interrupt the guest: {0}")]
-    Signal(std::io::Error),
-}
-
-enum DeviceState {
-    Inactive,
-    Active(Worker),
-}
 
 /// The entropy device.
 pub struct Rng {
-    state: DeviceState,
+    core: DeviceCore,
 }
 
 impl Rng {
     /// An inactive device; it starts when the driver sets DRIVER_OK.
     pub fn new() -> Self {
         Self {
-            state: DeviceState::Inactive,
+            core: DeviceCore::new("virtio-rng"),
         }
     }
 }
@@ -62,7 +34,7 @@ impl VirtioDevice for Rng {
     }
 
     fn name(&self) -> &'static str {
-        "virtio-rng"
+        self.core.name()
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -79,99 +51,89 @@ impl VirtioDevice for Rng {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        let Activation {
-            mem,
-            mut queues,
-            mut kicks,
-            interrupt,
-            ..
-        } = activation;
-        let (Some(queue), Some(kick)) = (queues.pop(), kicks.pop()) else {
-            return Err(ActivateError::BadQueue {
-                device: self.name(),
-                queue: 0,
-            });
-        };
-        if !queue.ready() || !queue.is_valid(&mem) {
-            return Err(ActivateError::BadQueue {
-                device: self.name(),
-                queue: 0,
-            });
-        }
-        let worker = event_handler::start(mem, queue, kick, interrupt).map_err(|source| {
-            ActivateError::Backend {
-                device: self.name(),
-                what: "cannot start the worker thread".into(),
-                source,
-            }
-        })?;
-        self.state = DeviceState::Active(worker);
-        Ok(())
+        self.core
+            .activate(activation, 0..QUEUE_SIZES.len(), |activation| {
+                Ok(event_handler::serve(activation))
+            })
     }
 
     fn reset(&mut self) {
-        if let DeviceState::Active(mut worker) =
-            std::mem::replace(&mut self.state, DeviceState::Inactive)
-        {
-            worker.stop();
-        }
+        self.core.reset();
     }
-}
-
-/// Fills every pending request of `queue` with entropy and signals the guest if it wants to
-/// know. Returns the number of requests served.
-pub fn fill_requests<S: SignalGuest>(
-    queue: &mut Queue,
-    mem: &GuestMemoryMmap,
-    signal: &S,
-) -> Result<usize, RngError> {
-    let mut served = 0;
-    while let Some(chain) = queue.pop_descriptor_chain(mem) {
-        let head = chain.head_index();
-        let mut written: u32 = 0;
-        for descriptor in chain {
-            if !descriptor.is_write_only() {
-                continue;
-            }
-            let len = descriptor.len().min(MAX_REQUEST_BYTES - written);
-            if len == 0 {
-                break;
-            }
-            let mut bytes = vec![0u8; usize::try_from(len).expect("u32 fits in usize")];
-            getrandom(&mut bytes).map_err(RngError::Entropy)?;
-            mem.write_slice(&bytes, descriptor.addr())?;
-            written += len;
-        }
-        queue.add_used(mem, head, written)?;
-        served += 1;
-    }
-    if served > 0 && queue.needs_notification(mem)? {
-        signal.signal_used_queue().map_err(RngError::Signal)?;
-    }
-    Ok(served)
-}
-
-/// Fills `buf` from the kernel's CSPRNG.
-pub fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let rest = &mut buf[filled..];
-        // SAFETY: the pointer and length describe the writable slice `rest`, which outlives the
-        // call; getrandom writes at most `rest.len()` bytes.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        match usize::try_from(n) {
-            Ok(n) => filled += n,
-            Err(_) => {
-                let err = std::io::Error::last_os_error();
-                if err.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(err);
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
-#[path = "device_tests.rs"]
-mod tests;
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use virtio_queue::desc::split::Descriptor;
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::{Queue, QueueT};
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    use super::super::super::Interrupt;
+    use super::*;
+
+    fn eventfd() -> EventFd {
+        EventFd::new(EFD_NONBLOCK).expect("eventfd")
+    }
+
+    /// Waits until the worker answered one request on `mock` and raised the interrupt `irq`.
+    fn wait_served(mock: &MockSplitQueue<GuestMemoryMmap>, irq: &EventFd) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while mock.used().idx().load() == 0 {
+            assert!(Instant::now() < deadline, "request not served");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(mock.used().ring().ref_at(0).expect("used").load().len(), 32);
+        assert_eq!(irq.read().expect("interrupt raised"), 1);
+    }
+
+    #[test]
+    fn the_driver_can_reset_and_start_the_device_again_on_new_queues() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).expect("memory");
+        let write = u16::try_from(VRING_DESC_F_WRITE).expect("a flag bit");
+        let mut rng = Rng::new();
+        for base in [0x1_0000, 0x2_0000] {
+            let mock = MockSplitQueue::create(&mem, GuestAddress(base), 16);
+            let request = RawDescriptor::from(Descriptor::new(0x30_0000, 32, write, 0));
+            mock.add_desc_chains(&[request], 0).expect("chain");
+            let (kick, irq) = (eventfd(), eventfd());
+            rng.activate(Activation {
+                mem: mem.clone(),
+                queues: vec![mock.create_queue().expect("queue")],
+                kicks: vec![kick.try_clone().expect("clone")],
+                interrupt: Interrupt::new(irq.try_clone().expect("clone")),
+                acked_features: 0,
+            })
+            .expect("activate");
+            kick.write(1).expect("kick");
+            wait_served(&mock, &irq);
+            rng.reset();
+            assert!(!rng.core.is_active());
+        }
+    }
+
+    #[test]
+    fn an_unready_queue_is_refused_with_the_device_named() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1_0000)]).expect("memory");
+        let mut rng = Rng::new();
+        let err = rng
+            .activate(Activation {
+                mem,
+                queues: vec![Queue::new(256).expect("queue")],
+                kicks: vec![eventfd()],
+                interrupt: Interrupt::new(eventfd()),
+                acked_features: 0,
+            })
+            .expect_err("not ready");
+        assert_eq!(
+            err.to_string(),
+            "virtio-rng: queue 0 is not ready or not inside guest memory"
+        );
+        assert!(!rng.core.is_active());
+    }
+}

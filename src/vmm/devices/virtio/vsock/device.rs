@@ -7,8 +7,10 @@ use vhost::vsock::VhostVsock;
 use vhost::VhostBackend;
 use vm_memory::GuestMemoryMmap;
 
-use super::super::worker::Worker;
-use super::super::{read_config_bytes, vhost_setup, ActivateError, Activation, VirtioDevice};
+use super::super::worker::Serve;
+use super::super::{
+    read_config_bytes, vhost_setup, ActivateError, Activation, DeviceCore, VirtioDevice,
+};
 
 /// virtio device id of a socket device.
 pub const DEVICE_TYPE: u32 = 19;
@@ -43,16 +45,11 @@ pub enum VsockError {
     Random(std::io::Error),
 }
 
-enum DeviceState {
-    Inactive,
-    Active(Worker),
-}
-
 /// The vsock device backed by vhost-vsock.
 pub struct Vsock {
     cid: u32,
     backend: VhostVsockBackend<Arc<GuestMemoryMmap>>,
-    state: DeviceState,
+    core: DeviceCore,
 }
 
 impl Vsock {
@@ -66,7 +63,7 @@ impl Vsock {
         Ok(Self {
             cid,
             backend,
-            state: DeviceState::Inactive,
+            core: DeviceCore::new("virtio-vsock"),
         })
     }
 
@@ -74,16 +71,20 @@ impl Vsock {
     pub fn cid(&self) -> u32 {
         self.cid
     }
+}
 
-    fn start(&mut self, activation: Activation) -> Result<Worker, ActivateError> {
-        let name = self.name();
-        let (calls, interrupt) =
-            vhost_setup::start_vrings(&self.backend, name, activation, VHOST_QUEUES)?;
-        self.backend
-            .start()
-            .map_err(vhost_setup::backend_error(name, "VHOST_VSOCK_SET_RUNNING"))?;
-        vhost_setup::relay_calls(name, calls, interrupt)
-    }
+/// Hands rx and tx to vhost and lets it run; returns what the worker does (relay vhost's
+/// interrupts).
+fn start(
+    backend: &VhostVsockBackend<Arc<GuestMemoryMmap>>,
+    name: &'static str,
+    activation: Activation,
+) -> Result<impl Serve, ActivateError> {
+    let (calls, interrupt) = vhost_setup::start_vrings(backend, name, activation, VHOST_QUEUES)?;
+    backend
+        .start()
+        .map_err(vhost_setup::backend_error(name, "VHOST_VSOCK_SET_RUNNING"))?;
+    Ok(vhost_setup::relay_calls(name, calls, interrupt))
 }
 
 /// Claims a random free CID with VHOST_VSOCK_SET_GUEST_CID, retrying when another VM has it.
@@ -113,7 +114,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn name(&self) -> &'static str {
-        "virtio-vsock"
+        self.core.name()
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -130,19 +131,19 @@ impl VirtioDevice for Vsock {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        let worker = self.start(activation)?;
-        self.state = DeviceState::Active(worker);
-        Ok(())
+        let name = self.core.name();
+        // The event queue stays here, unused: only rx and tx must be ready.
+        self.core
+            .activate(activation, 0..VHOST_QUEUES, |activation| {
+                start(&self.backend, name, activation)
+            })
     }
 
     fn reset(&mut self) {
-        if let DeviceState::Active(mut worker) =
-            std::mem::replace(&mut self.state, DeviceState::Inactive)
-        {
+        self.core.reset_with(|| {
             if let Err(err) = self.backend.stop() {
                 eprintln!("podvm: virtio-vsock: cannot stop vhost: {err}");
             }
-            worker.stop();
-        }
+        });
     }
 }

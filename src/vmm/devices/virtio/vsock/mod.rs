@@ -6,8 +6,8 @@
 //! (virtio-mmio needs InterruptStatus set before the GSI fires). The event queue stays in the
 //! VMM and is unused (it only carries transport resets, e.g. after a snapshot).
 //!
-//! - `device.rs`: the device, guest CID allocation and the vhost setup at activation.
-//! - `event_handler.rs`: the worker woken by vhost's call eventfds.
+//! - `device.rs`: the device, guest CID allocation and the vhost setup at activation; its worker
+//!   relays vhost's call eventfds ([`vhost_setup::relay_calls`](super::vhost_setup::relay_calls)).
 
 mod device;
 
