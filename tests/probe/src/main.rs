@@ -13,6 +13,10 @@
 //!   first VM appears and the last one goes, and int3-based kernel text patching of that hot
 //!   path is what most samples of L1's rare livelocks under QEMU TCG show. With one VM held,
 //!   they stay set (tests/nested/README.md).
+//! * `vsock-sink PORT`: listen on AF_VSOCK (any CID) port PORT, print `listening`, accept one
+//!   connection, read it to EOF, print `bytes=N` and close: the host side of a guest agent's
+//!   boot session for a VMM other than podvm (a QEMU peer streaming the same workload's output
+//!   over vhost-vsock in an A/B run).
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -34,8 +38,18 @@ fn main() -> ExitCode {
         },
         ["sum", file] => sum(file).map(|s| println!("sum={s:016x}")),
         ["kvm-hold"] => kvm_hold(),
+        ["vsock-sink", port] => match port.parse::<u32>() {
+            Ok(port) => vsock_sink(port),
+            Err(err) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("port {port}: {err}"),
+            )),
+        },
         _ => {
-            eprintln!("usage: podvm-probe xattr FILE | mmap-write FILE SIZE | sum FILE | kvm-hold");
+            eprintln!(
+                "usage: podvm-probe xattr FILE | mmap-write FILE SIZE | sum FILE | kvm-hold | \
+                 vsock-sink PORT"
+            );
             return ExitCode::from(2);
         }
     };
@@ -228,4 +242,54 @@ fn kvm_ioctl(
         return Err(io::Error::last_os_error());
     }
     Ok(result)
+}
+
+fn vsock_sink(port: u32) -> io::Result<()> {
+    // SAFETY: socket() takes plain integers and returns a new descriptor or -1.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    check(fd, "socket(AF_VSOCK)")?;
+    // SAFETY: `fd` is the new socket and nothing else owns it.
+    let listener = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: sockaddr_vm is plain data; all-zero is a valid value to fill in.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_cid = libc::VMADDR_CID_ANY;
+    addr.svm_port = port;
+    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    // SAFETY: `addr` is a valid sockaddr_vm of `len` bytes, alive for the call.
+    let ret = unsafe {
+        libc::bind(
+            listener.as_raw_fd(),
+            std::ptr::from_ref(&addr).cast::<libc::sockaddr>(),
+            len,
+        )
+    };
+    check(ret, "bind")?;
+    // SAFETY: listen() on our socket takes plain integers.
+    check(unsafe { libc::listen(listener.as_raw_fd(), 1) }, "listen")?;
+    println!("listening");
+    // SAFETY: accept() on our listening socket; null address pointers are allowed.
+    let conn = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    check(conn, "accept")?;
+    // SAFETY: `conn` is the accepted socket and nothing else owns it.
+    let mut stream = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(conn) };
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total: u64 = 0;
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => total += n as u64,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        }
+    }
+    println!("bytes={total}");
+    Ok(())
 }
