@@ -5,7 +5,6 @@
 //! output one way and podvm's stdin and signals the other (see [`crate::relay`]), and returns how
 //! the workload ended.
 
-use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -17,6 +16,7 @@ use crate::agent_link::{self, AgentLink, AppOutputs, HostWriter, LinkReport};
 use crate::exec_info::{self, ExecInfo};
 use crate::pod::logs::{AppLog, LogStream};
 use crate::relay::{Relay, RelayError, RelayOptions};
+use crate::vmm::console_log::{self, ConsoleLog};
 use crate::vmm::{self, VmConfig, VmHandle, VmOutputs, VmStats};
 use crate::{artifacts, initramfs};
 
@@ -153,7 +153,7 @@ pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
         Some(path) => (path.clone(), true),
         None => (private_console_log()?, false),
     };
-    let console = ConsoleSink::create(&log_path, plan.console, !keep_log)?;
+    let console = create_console_log(&log_path, plan.console, !keep_log)?;
     let (stdout, stderr): (Box<dyn Write + Send>, Box<dyn Write + Send>) = match &plan.app_log {
         Some(log) => (
             Box::new(log.tee(LogStream::Stdout, Box::new(std::io::stdout()))),
@@ -346,19 +346,29 @@ fn exit_status(
     if let Some(status) = report.exit {
         return Ok(status);
     }
+    let console = std::fs::read(log_path)
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_default();
+    let death = console_log::guest_death_line(&console);
     let reason = if let Some(err) = &report.protocol_error {
         format!("the guest agent sent malformed data ({err}); host and agent may be from different builds")
+    } else if let Some(line) = death {
+        let when = if report.agent_ready {
+            "reported an exit status"
+        } else {
+            "started"
+        };
+        format!("the guest kernel died before the agent {when}: {line}")
     } else if report.agent_ready {
-        // Without a guest message, the vCPU state tells a reset by the guest (a triple fault)
-        // from a reboot and says where it happened.
-        match guest_end {
-            Some(end) => {
-                format!("the guest stopped before the agent reported an exit status ({end})")
-            }
-            None => "the guest stopped before the agent reported an exit status".to_string(),
-        }
+        // Nothing from the guest kernel: the CPU reset it (a triple fault). The vCPU state says
+        // where, except on AMD-V, where KVM shows the reset state instead.
+        let end = guest_end.map(|end| format!(" ({end})")).unwrap_or_default();
+        format!(
+            "the guest stopped before the agent reported an exit status: it was reset with \
+             nothing on its console (a triple fault){end}"
+        )
     } else {
-        "the guest stopped before the agent started (kernel panic, or the kernel cannot run the agent)".to_string()
+        "the guest stopped before the agent started (the kernel cannot run the agent, or it was reset with nothing on its console)".to_string()
     };
     Err(LaunchError::NoStatus {
         reason,
@@ -380,40 +390,22 @@ pub fn exit_code(status: ExitStatus) -> u8 {
     u8::try_from(status.shell_code().clamp(0, 255)).expect("clamped to 0..=255")
 }
 
-/// The guest console: always into the log file, and to stderr when asked.
-struct ConsoleSink {
-    file: File,
-    echo: bool,
-}
-
-impl ConsoleSink {
-    /// Creates the log at `path`: 0600, never through a symlink, and with `new` only if
-    /// nothing is there yet (O_EXCL). A pod's is in its private directory, others in a fresh
-    /// private one (see [`private_console_log`]).
-    fn create(path: &Path, echo: bool, new: bool) -> Result<Self, LaunchError> {
-        let file =
-            crate::private::create_file(path, new).map_err(|source| LaunchError::ConsoleLog {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        Ok(Self { file, echo })
-    }
-}
-
-impl Write for ConsoleSink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.file.write_all(buf)?;
-        if self.echo {
-            let mut stderr = std::io::stderr();
-            stderr.write_all(buf)?;
-            stderr.flush()?;
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
-    }
+/// Creates the guest's console log at `path` (see [`ConsoleLog`]: bounded, the last lines
+/// always kept), echoed to stderr with `echo`: 0600, never through a symlink, and with `new`
+/// only if nothing is there yet (O_EXCL). A pod's is in its private directory, others in a
+/// fresh private one (see [`private_console_log`]).
+fn create_console_log(path: &Path, echo: bool, new: bool) -> Result<ConsoleLog, LaunchError> {
+    let file =
+        crate::private::create_file(path, new).map_err(|source| LaunchError::ConsoleLog {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let echo: Option<Box<dyn Write + Send>> = if echo {
+        Some(Box::new(std::io::stderr()))
+    } else {
+        None
+    };
+    Ok(ConsoleLog::new(file, echo))
 }
 
 #[cfg(test)]
@@ -434,10 +426,41 @@ mod tests {
         let err = exit_status(&report, Some(end), &log).expect_err("no status");
         let text = err.to_string();
         assert!(
-            text.contains("before the agent reported an exit status (vCPU 0: Shutdown at rip"),
+            text.contains(
+                "the guest stopped before the agent reported an exit status: it was reset with \
+                 nothing on its console (a triple fault) (vCPU 0: Shutdown at rip"
+            ),
             "{text}"
         );
         assert!(text.contains("Run /init as init process"), "{text}");
+    }
+
+    #[test]
+    fn a_guest_kernel_that_died_is_named_with_its_first_panic_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("console.log");
+        std::fs::write(
+            &log,
+            "[    1.0] Run /init as init process\n\
+             [    9.5] Kernel panic - not syncing: Fatal exception in interrupt\n\
+             [    9.5] Kernel Offset: disabled\n",
+        )
+        .expect("log");
+        for (ready, when) in [(true, "reported an exit status"), (false, "started")] {
+            let report = LinkReport {
+                agent_ready: ready,
+                ..Default::default()
+            };
+            let err = exit_status(&report, Some("vCPU 0: Shutdown"), &log).expect_err("none");
+            let text = err.to_string();
+            assert!(
+                text.starts_with(&format!(
+                    "the guest kernel died before the agent {when}: Kernel panic - not \
+                     syncing: Fatal exception in interrupt\n"
+                )),
+                "{text}"
+            );
+        }
     }
 
     #[test]
@@ -449,13 +472,13 @@ mod tests {
         assert_ne!(first.parent(), second.parent(), "not predictable");
         let dir = first.parent().expect("dir");
         assert_eq!(std::fs::metadata(dir).expect("dir").mode() & 0o7777, 0o700);
-        ConsoleSink::create(&first, false, true).expect("create");
+        create_console_log(&first, false, true).expect("create");
         assert_eq!(
             std::fs::metadata(&first).expect("log").mode() & 0o7777,
             0o600
         );
         assert!(
-            ConsoleSink::create(&first, false, true).is_err(),
+            create_console_log(&first, false, true).is_err(),
             "O_EXCL: an existing file is never reused"
         );
         discard_console_log(&first);

@@ -5,6 +5,7 @@
 
 pub mod agent_vsock;
 pub mod boot;
+pub mod console_log;
 pub mod cpu;
 pub mod devices;
 pub mod host;
