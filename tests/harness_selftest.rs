@@ -7,7 +7,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use support::nested::{Batch, BatchResults, Mode};
+use support::nested::{Batch, BatchResults, Mode, RETRIES_LOG};
 
 const BLOB_LEN: usize = 3 * 1024 * 1024 + 17;
 
@@ -36,6 +36,12 @@ fn results() -> &'static BatchResults {
             // First, so it proves a failing (timed out) check does not stop the rest.
             .check_with_timeout("slow", "echo started; sleep 30; echo not reached", Duration::from_secs(2))
             .check("hello", "echo hello")
+            .check(
+                "retried",
+                "if [ ! -e retried.first ]; then touch retried.first; echo first-attempt; \
+                 echo 'podvm: pod 0a1b2c3d-0000-4000-8000-000000000001: the guest stopped before the agent reported an exit status (vcpu0 rip=0xdead)' >&2; \
+                 exit 125; fi; echo second-attempt",
+            )
             .check("oops", "echo oops >&2; exit 3")
             .check("kvm", "test -c /dev/kvm && exec 3<>/dev/kvm && echo kvm-open; ls /sys/module | grep -E '^kvm_(amd|intel)$'")
             .check("cpus", "grep -c ^processor /proc/cpuinfo; if grep -qw svm /proc/cpuinfo; then echo svm; fi")
@@ -74,6 +80,29 @@ fn stdout_is_captured() {
     let r = results().get("hello").expect_success("hello");
     assert_eq!(r.stdout, "hello\n");
     assert_eq!(r.stderr, "");
+}
+
+/// A check whose first attempt ends like a silent guest death is retried once; the retry keeps
+/// the first attempt's evidence in the check's stderr and in the run's retries log.
+#[test]
+fn a_retried_check_keeps_the_first_attempts_evidence() {
+    let r = results().get("retried").expect_success("retried");
+    assert_eq!(r.stdout, "second-attempt\n", "{r}");
+    assert!(r.stderr.contains("NOTE: retried once"), "{r}");
+    assert!(
+        r.stderr.contains(
+            "NOTE:   podvm: pod 0a1b2c3d-0000-4000-8000-000000000001: the guest stopped before \
+             the agent reported an exit status (vcpu0 rip=0xdead)"
+        ),
+        "{r}"
+    );
+    let log = std::fs::read_to_string(support::nested::work_root().join(RETRIES_LOG))
+        .expect("the run's retries log");
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("harness-selftest/retried: podvm: pod 0a1b2c3d")),
+        "{log}"
+    );
 }
 
 #[test]

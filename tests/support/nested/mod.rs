@@ -263,6 +263,7 @@ impl Batch {
             self.name
         );
         let names: Vec<String> = self.checks.iter().map(|c| c.name.clone()).collect();
+        self.report_retries(&results::retried(&results_dir, &names));
         Ok(BatchResults {
             checks: results::collect(&results_dir, &names),
             log_tail: results::tail(&log, LOG_TAIL_LINES),
@@ -272,6 +273,43 @@ impl Batch {
             status,
             elapsed,
         })
+    }
+
+    /// Prints each check the runner retried with its first attempt's evidence, and appends
+    /// them to [`RETRIES_LOG`] under [`work_root`], which `make test` sums up at the end of a
+    /// run so that a rise in silent guest deaths shows.
+    fn report_retries(&self, retried: &[(String, String)]) {
+        if retried.is_empty() {
+            return;
+        }
+        eprintln!(
+            "batch {}: {} of {} checks retried after a silent guest death",
+            self.name,
+            retried.len(),
+            self.checks.len()
+        );
+        let mut log = String::new();
+        for (check, evidence) in retried {
+            eprintln!(
+                "batch {}: check {check}: first attempt:\n{evidence}",
+                self.name
+            );
+            let first_line = evidence.lines().next().unwrap_or("(no podvm line)");
+            log.push_str(&format!("{}/{check}: {first_line}\n", self.name));
+        }
+        let path = work_root().join(RETRIES_LOG);
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| std::io::Write::write_all(&mut file, log.as_bytes()));
+        if let Err(err) = appended {
+            eprintln!(
+                "batch {}: cannot append to {}: {err}",
+                self.name,
+                path.display()
+            );
+        }
     }
 
     /// Fresh work dir with the payload, one script per check and the runner.
@@ -377,6 +415,9 @@ impl Batch {
         Ok(status.code())
     }
 }
+
+/// The file under [`work_root`] where every batch of a run appends the checks it retried.
+pub const RETRIES_LOG: &str = "retries.log";
 
 /// `$PODVM_E2E_WORK_DIR`, else `<cargo target tmpdir>/nested`: one subdirectory per batch,
 /// kept after the run for debugging and replaced by the next run.

@@ -126,6 +126,22 @@ pub(super) fn collect(dir: &Path, names: &[String]) -> BTreeMap<String, CheckRes
         .collect()
 }
 
+/// The checks of `names` that the runner retried after a silent guest death, each with the
+/// evidence of its first attempt (`<name>.first-attempt.evidence`).
+pub(super) fn retried(dir: &Path, names: &[String]) -> Vec<(String, String)> {
+    names
+        .iter()
+        .filter_map(|name| {
+            let path = dir.join(format!("{name}.first-attempt.evidence"));
+            let evidence = std::fs::read(path).ok()?;
+            Some((
+                name.clone(),
+                String::from_utf8_lossy(&evidence).into_owned(),
+            ))
+        })
+        .collect()
+}
+
 /// The last `lines` lines of a log file (empty if unreadable).
 pub(super) fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read(path)

@@ -33,13 +33,22 @@ run_check() {
   start=$(date +%s)
   attempt_check
   # (stdout too: a check may redirect podvm's stderr into its output)
-  if grep -q "podvm: the guest stopped before the agent" "$R/$name.err" "$R/$name.out"; then
+  if grep -qE "podvm: (pod [0-9a-f-]+: )?the guest stopped before the agent" "$R/$name.err" "$R/$name.out"; then
     # Known flake of nested KVM under TCG: a guest that dies silently (no panic, no console).
     # Retried once, visibly; a real crash happens again and fails the check.
+    # The first attempt's evidence (podvm's own lines: how the guest ended, where its vCPU was)
+    # is kept, shown on the console and appended to the check's stderr, so a retry never hides
+    # what happened; the harness counts retries per run (retries.log).
     cp "$R/$name.err" "$R/$name.first-attempt.err"; cp "$R/$name.out" "$R/$name.first-attempt.out"
-    echo "=== check $name: guest died without an exit status; retrying once (nested TCG flake)"
+    grep -h "podvm:" "$R/$name.first-attempt.err" "$R/$name.first-attempt.out" | tail -n 6 \
+      | cut -c1-800 >"$R/$name.first-attempt.evidence"
+    echo "=== check $name: guest died without an exit status; retrying once (nested TCG flake); first attempt:"
+    sed 's/^/===   /' "$R/$name.first-attempt.evidence"
     attempt_check
-    echo "NOTE: retried once after the first attempt's guest died without an exit status" >>"$R/$name.err"
+    {
+      echo "NOTE: retried once after the first attempt's guest died without an exit status; its evidence:"
+      sed 's/^/NOTE:   /' "$R/$name.first-attempt.evidence"
+    } >>"$R/$name.err"
   fi
   took=$(( $(date +%s) - start ))
   if [ "$took" -ge "$limit" ] && { [ $rc -eq 124 ] || [ $rc -eq 137 ] || [ $rc -eq 143 ]; }; then
