@@ -54,6 +54,14 @@ const XATTR_LIST_MAX: u32 = 65536;
 const USER_XATTR_PREFIX: &[u8] = b"user.";
 /// The mode bits a guest-written file never keeps on the host.
 const PRIVILEGE_BITS: u32 = libc::S_ISUID | libc::S_ISGID;
+/// What the guard asks of the guest's FUSE driver besides the passthrough's options (which are
+/// only readdirplus): writes of up to 1 MiB in one request instead of 4 KiB (BIG_WRITES,
+/// MAX_PAGES), reads it may send at once (ASYNC_READ) and lookups and listings in one
+/// directory at once (PARALLEL_DIROPS). None of them lets a request do more on the host.
+const THROUGHPUT_OPTIONS: FsOptions = FsOptions::BIG_WRITES
+    .union(FsOptions::MAX_PAGES)
+    .union(FsOptions::ASYNC_READ)
+    .union(FsOptions::PARALLEL_DIROPS);
 /// The renameat2 flags forwarded (RENAME_WHITEOUT would create a 0:0 char device).
 const RENAME_FLAGS: u32 = libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE;
 
@@ -192,7 +200,7 @@ where
     type Handle = F::Handle;
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
-        self.inner.init(capable)
+        Ok(self.inner.init(capable)? | (capable & THROUGHPUT_OPTIONS))
     }
 
     fn destroy(&self) {
