@@ -1,5 +1,5 @@
-//! Running a command in a running VM (an exec session, see the protocol crate): connect to the
-//! guest's CID on the agent's exec port, send the request with the VM's token, then relay like
+//! The client end of an exec session (see the protocol crate): once the VM's supervisor opened
+//! the session over its control socket ([`crate::control::client::open_exec`]), relay like
 //! `podvm boot` (output, stdin, signals, tty) until the agent reports how the command ended.
 //! This is what `podvm exec` and `podvm enter` use.
 
@@ -7,12 +7,10 @@ use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsRawFd;
 
-use nix::sys::socket::VsockAddr;
-use nix::sys::socket::{connect, shutdown, socket, AddressFamily, Shutdown, SockFlag, SockType};
-use podvm_protocol::{Control, ExecRequest, ExitStatus, Message};
+use nix::sys::socket::{shutdown, Shutdown};
+use podvm_protocol::ExitStatus;
 
 use crate::agent_link::{self, AgentLink, HostWriter};
-use crate::exec_info::ExecInfo;
 use crate::relay::{Relay, RelayError, RelayOptions};
 
 /// Size of one read from the connection.
@@ -21,19 +19,9 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Errors of an exec session.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecClientError {
-    /// The VM could not be reached.
-    #[error("cannot connect to the VM's agent at vsock {cid}:{port}: {source} (is the VM still running?)")]
-    Connect {
-        /// The guest CID.
-        cid: u32,
-        /// The port.
-        port: u32,
-        /// Why.
-        source: nix::errno::Errno,
-    },
-    /// The request could not be sent.
-    #[error("cannot send the exec request: {0}")]
-    Send(podvm_protocol::ProtocolError),
+    /// The session's connection could not be shared between its threads.
+    #[error("cannot set up the exec session: {0}")]
+    Setup(std::io::Error),
     /// The relay failed to start.
     #[error(transparent)]
     Relay(#[from] RelayError),
@@ -42,23 +30,11 @@ pub enum ExecClientError {
     NoStatus(String),
 }
 
-/// Runs `request` in the VM described by `info`; returns how the command ended.
-pub fn run(
-    info: &ExecInfo,
-    mut request: ExecRequest,
-    options: &RelayOptions,
-) -> Result<ExitStatus, ExecClientError> {
-    let stream = connect_vsock(info)?;
-    request.token = info.token.clone();
+/// Relays the exec session on `stream` (the request already accepted); returns how the
+/// command ended.
+pub fn run(stream: File, options: &RelayOptions) -> Result<ExitStatus, ExecClientError> {
     let writer = HostWriter::new();
-    writer.connect(stream.try_clone().map_err(|err| ExecClientError::Connect {
-        cid: info.cid,
-        port: info.port,
-        source: nix::errno::Errno::from_raw(err.raw_os_error().unwrap_or(0)),
-    })?);
-    writer
-        .send(&Message::Control(Control::Exec(request)))
-        .map_err(ExecClientError::Send)?;
+    writer.connect(stream.try_clone().map_err(ExecClientError::Setup)?);
     let hangup = stream.try_clone().ok();
     let on_timeout = stream.try_clone().ok();
     let relay = Relay::start(
@@ -91,23 +67,6 @@ pub fn run(
         reasons.push("the agent closed the connection".into());
     }
     Err(ExecClientError::NoStatus(reasons.join("; ")))
-}
-
-fn connect_vsock(info: &ExecInfo) -> Result<File, ExecClientError> {
-    let error = |source| ExecClientError::Connect {
-        cid: info.cid,
-        port: info.port,
-        source,
-    };
-    let fd = socket(
-        AddressFamily::Vsock,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(error)?;
-    connect(fd.as_raw_fd(), &VsockAddr::new(info.cid, info.port)).map_err(error)?;
-    Ok(File::from(fd))
 }
 
 /// Feeds the agent's bytes to `link` until the agent closes the connection.

@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use podvm_protocol::{BootSpec, Control, ExitStatus, Message, EXEC_PORT};
+use podvm_protocol::{BootSpec, Control, ExitStatus, Message};
 
 use crate::agent_link::{self, AgentLink, AppOutputs, HostWriter, LinkReport};
-use crate::exec_info::{self, ExecInfo};
+use crate::control::vm::VmControl;
 use crate::pod::logs::{AppLog, LogStream};
 use crate::relay::{Relay, RelayError, RelayOptions};
 use crate::vmm::console_log::{self, ConsoleLog};
@@ -63,8 +63,8 @@ pub struct LaunchPlan {
     pub nets: Vec<vmm::devices::virtio::net::NetConfig>,
     /// How podvm's stdin, signals and terminal reach the app.
     pub relay: RelayOptions,
-    /// Write the VM's exec info here (mode 0600) while it runs; needs `spec.exec_token`.
-    pub exec_info: Option<PathBuf>,
+    /// Serve the VM's control socket here while it runs (exec sessions need `spec.exec_token`).
+    pub control: Option<PathBuf>,
 }
 
 /// How a launch ended.
@@ -110,6 +110,9 @@ pub enum LaunchError {
     /// The stdin/signal relay could not start.
     #[error(transparent)]
     Relay(#[from] RelayError),
+    /// The control socket could not be served.
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
     /// The guest ended without an exit status.
     #[error("{reason}\n--- last guest console lines ({log}) ---\n{tail}")]
     NoStatus {
@@ -168,30 +171,31 @@ pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
     let writer = HostWriter::new();
     let vm: Arc<Mutex<Option<VmHandle>>> = Arc::new(Mutex::new(None));
     let relay = Relay::start(&plan.relay, writer.clone(), stop_hard(&writer, &vm))?;
-    let exec_info = plan.exec_info.clone().zip(plan.spec.exec_token.clone());
-    let info_path = exec_info.as_ref().map(|(path, _)| path.clone());
+    let control = plan.control.as_deref().map(|path| {
+        let token = plan.spec.exec_token.clone();
+        VmControl::serve(path, token, relay.injector(), plan.relay.stop_timeout)
+    });
+    let (control, vm_control) = match control.transpose() {
+        Ok(served) => served.unzip(),
+        Err(err) => {
+            relay.finish();
+            return Err(err.into());
+        }
+    };
     let outputs = VmOutputs {
         console: Box::new(console),
         agent: Box::new(link.with_writer(writer)),
         on_start: Some(Box::new(move |handle: VmHandle| {
-            if let Some((path, token)) = exec_info {
-                let info = ExecInfo {
-                    cid: handle.cid(),
-                    port: EXEC_PORT,
-                    token,
-                };
-                if let Err(err) = exec_info::write(&path, &info) {
-                    eprintln!("podvm: {err}");
-                }
+            if let Some(vm_control) = vm_control {
+                vm_control.vm_started(handle.cid());
             }
             *lock_any(&vm) = Some(handle);
         })),
     };
     let run = vmm::run(&config, outputs);
+    // The socket goes with the VM; its exec sessions are cut.
+    drop(control);
     let timed_out = relay.finish();
-    if let Some(path) = info_path {
-        let _ = std::fs::remove_file(path);
-    }
     let stats = run.map_err(|source| match source {
         vmm::VmmError::VcpuFailed { .. } => LaunchError::GuestFailed {
             source,

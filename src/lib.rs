@@ -6,8 +6,8 @@
 mod agent_link;
 mod artifacts;
 mod cli;
+mod control;
 mod exec_client;
-mod exec_info;
 #[doc(hidden)]
 pub mod fuzzing;
 mod image;

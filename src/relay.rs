@@ -5,11 +5,13 @@
 //! and the host terminal in raw mode for tty sessions (restored on every way out).
 //!
 //! Signals are blocked in the thread that starts the relay (and so in every thread it starts
-//! afterwards, e.g. the vCPUs) and read from a signalfd by the relay's signal thread.
+//! afterwards, e.g. the vCPUs) and read from a signalfd by the relay's signal thread. A
+//! [`SignalInjector`] hands that thread signals as if podvm had received them (the control
+//! socket's `stop`).
 
 use std::fs::File;
 use std::io::{IsTerminal, Read};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -91,6 +93,25 @@ pub struct Relay {
     timed_out: Arc<Mutex<Option<i32>>>,
     old_mask: SigSet,
     terminal: Option<RawTerminal>,
+    injector: SignalInjector,
+}
+
+/// Hands the relay signals as if podvm had received them: forwarded to the app, and a stop
+/// signal starts the stop timeout. Sending after the relay finished fails.
+#[derive(Debug, Clone)]
+pub struct SignalInjector {
+    pipe: Arc<OwnedFd>,
+}
+
+impl SignalInjector {
+    /// Passes `signo` to the relay.
+    pub fn send(&self, signo: i32) -> std::io::Result<()> {
+        // Four bytes to a pipe are written whole or not at all.
+        match nix::unistd::write(self.pipe.as_fd(), &signo.to_ne_bytes())? {
+            4 => Ok(()),
+            _ => Err(std::io::ErrorKind::WriteZero.into()),
+        }
+    }
 }
 
 impl Relay {
@@ -117,6 +138,9 @@ impl Relay {
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(RelayError::Signals)?;
         let stop = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(RelayError::Thread)?);
+        let (injected, injector) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .map_err(|errno| RelayError::Thread(errno.into()))?;
         let stopping = Arc::new(AtomicBool::new(false));
         let timed_out = Arc::new(Mutex::new(None));
         let mut relay = Self {
@@ -126,6 +150,9 @@ impl Relay {
             timed_out: timed_out.clone(),
             old_mask,
             terminal,
+            injector: SignalInjector {
+                pipe: Arc::new(injector),
+            },
         };
         let stdin_thread = StdinPump {
             writer: writer.clone(),
@@ -137,6 +164,7 @@ impl Relay {
         relay.spawn("relay-stdin", move || stdin_thread.run())?;
         let signal_thread = SignalForwarder {
             signals,
+            injected: File::from(injected),
             stop,
             writer,
             tty: options.tty,
@@ -146,6 +174,11 @@ impl Relay {
         };
         relay.spawn("relay-signals", move || signal_thread.run())?;
         Ok(relay)
+    }
+
+    /// A handle that passes signals to this relay.
+    pub fn injector(&self) -> SignalInjector {
+        self.injector.clone()
     }
 
     fn spawn(&mut self, name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), RelayError> {
@@ -232,9 +265,11 @@ fn wait_readable(fd: BorrowedFd<'_>, stop: &EventFd) -> bool {
     crate::stoppable::wait_readable(fd, stop).unwrap_or(false)
 }
 
-/// Forwards podvm's signals to the app and runs the stop timeout.
+/// Forwards podvm's signals (and injected ones) to the app and runs the stop timeout.
 struct SignalForwarder {
     signals: SignalFd,
+    /// The read end of the [`SignalInjector`]'s pipe: signal numbers, native-endian `i32`s.
+    injected: File,
     stop: Arc<EventFd>,
     writer: Arc<HostWriter>,
     tty: bool,
@@ -260,6 +295,7 @@ impl SignalForwarder {
             let mut fds = [
                 PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
                 PollFd::new(stop_fd, PollFlags::POLLIN),
+                PollFd::new(self.injected.as_fd(), PollFlags::POLLIN),
             ];
             match poll(&mut fds, timeout) {
                 Ok(_) | Err(Errno::EINTR) => {}
@@ -275,18 +311,27 @@ impl SignalForwarder {
                 }
             }
             while let Ok(Some(info)) = self.signals.read_signal() {
-                let signo = i32::try_from(info.ssi_signo).unwrap_or(0);
-                if signo == Signal::SIGWINCH as i32 {
-                    if self.tty {
-                        send_window_size(&self.writer);
-                    }
-                    continue;
-                }
-                self.forward(signo);
-                if is_stop_signal(signo) && self.on_timeout.is_some() && deadline.is_none() {
-                    deadline = Some((Instant::now() + self.stop_timeout, signo));
-                }
+                self.received(i32::try_from(info.ssi_signo).unwrap_or(0), &mut deadline);
             }
+            let mut signo = [0u8; 4];
+            while let Ok(4) = self.injected.read(&mut signo) {
+                self.received(i32::from_ne_bytes(signo), &mut deadline);
+            }
+        }
+    }
+
+    /// Handles signal `signo`: a window size change, or a signal to forward (a stop signal
+    /// starts the stop timeout `deadline` if it does not run yet).
+    fn received(&self, signo: i32, deadline: &mut Option<(Instant, i32)>) {
+        if signo == Signal::SIGWINCH as i32 {
+            if self.tty {
+                send_window_size(&self.writer);
+            }
+            return;
+        }
+        self.forward(signo);
+        if is_stop_signal(signo) && self.on_timeout.is_some() && deadline.is_none() {
+            *deadline = Some((Instant::now() + self.stop_timeout, signo));
         }
     }
 
@@ -417,6 +462,45 @@ mod tests {
         ] {
             assert!(!is_stop_signal(signal as i32), "{signal}");
         }
+    }
+
+    #[test]
+    fn an_injected_stop_signal_is_forwarded_and_starts_the_stop_timeout() {
+        use std::os::unix::net::UnixStream;
+        let writer = HostWriter::new();
+        let (host, mut agent) = UnixStream::pair().expect("pair");
+        writer.connect(File::from(OwnedFd::from(host)));
+        let (fired, timed_out) = std::sync::mpsc::channel();
+        let options = RelayOptions {
+            stop_timeout: Duration::from_millis(100),
+            ..RelayOptions::default()
+        };
+        let on_timeout = Box::new(move || fired.send(()).expect("send"));
+        let relay = Relay::start(&options, writer, on_timeout).expect("relay");
+        relay.injector().send(libc::SIGTERM).expect("inject");
+        timed_out
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the stop timeout ran");
+        let injector = relay.injector();
+        assert_eq!(relay.finish(), Some(libc::SIGTERM));
+        assert!(injector.send(libc::SIGTERM).is_err(), "the relay is gone");
+        agent
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            got.push(Message::read_from(&mut agent).expect("frame").expect("one"));
+        }
+        assert!(
+            got.contains(&Message::Control(Control::Signal {
+                signo: libc::SIGTERM
+            })),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&Message::Control(Control::StdinClose)),
+            "{got:?}"
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! End-to-end tests of the bidirectional host<->agent protocol: stdin, signals and graceful stop,
-//! users from the guest's passwd, exec sessions into a running VM (with and without a tty, and a
-//! wrong token). All checks run in ONE nested L1 boot (or directly on a host with real KVM).
+//! users from the guest's passwd, exec sessions into a running VM through its control socket
+//! (with and without a tty, and refused to another user). All checks run in ONE nested L1 boot (or directly on a host with real KVM).
 //! Large output is covered by e2e_boot (`big_output`).
 
 mod support;
@@ -31,20 +31,26 @@ const WAIT_FOR: &str = "wait_for() { n=0; until grep -q \"$2\" \"$1\" 2>/dev/nul
 
 static RESULTS: E2e = E2e::new("setup");
 
-/// One VM with exec sessions: plain, with stdin, on a tty, and with a wrong token; then stopped.
+/// setpriv from util-linux (busybox's cannot change uids), brought into L1.
+const SETPRIV: &str = "/usr/bin/setpriv";
+
+/// One VM with exec sessions through its control socket: plain, with stdin, on a tty, and from
+/// another user (refused); then stopped.
 fn exec_script(boot: &str) -> String {
     format!(
-        "{WAIT_FOR}; rm -f ex.json; {boot} --exec-info ex.json -- /bin/sh -c 'echo up; exec sleep 120' \
+        "{WAIT_FOR}; rm -f ex.sock; {boot} --exec-info ex.sock -- /bin/sh -c 'echo up; exec sleep 120' \
          > vm.out 2> vm.err & vm=$!; wait_for vm.out up || {{ cat vm.err; exit 1; }}; \
-         echo mode=$(stat -c %a ex.json); \
-         podvm exec --exec-info ex.json -- /bin/sh -c 'echo in-exec; exit 5'; echo plain=$?; \
-         echo piped | podvm exec --exec-info ex.json -- /bin/cat; echo stdin=$?; \
-         podvm exec --exec-info ex.json --user app -- /bin/id -u; echo user=$?; \
-         podvm exec --exec-info ex.json --tty -- /bin/sh -c 'tty; exit 6' < /dev/null; echo tty=$?; \
-         sed 's/\"token\":\"[0-9a-f]*\"/\"token\":\"00\"/' ex.json > bad.json; \
-         podvm exec --exec-info bad.json -- /bin/echo should-not-run 2> bad.err; echo bad=$?; \
-         cat bad.err; kill -TERM $vm; wait $vm; echo vm=$?; \
-         [ -e ex.json ] && echo info-left || echo info-removed"
+         [ -S ex.sock ] && echo is-a-socket; echo mode=$(stat -c %a ex.sock); \
+         podvm exec --exec-info ex.sock -- /bin/sh -c 'echo in-exec; exit 5'; echo plain=$?; \
+         echo piped | podvm exec --exec-info ex.sock -- /bin/cat; echo stdin=$?; \
+         podvm exec --exec-info ex.sock --user app -- /bin/id -u; echo user=$?; \
+         podvm exec --exec-info ex.sock --tty -- /bin/sh -c 'tty; exit 6' < /dev/null; echo tty=$?; \
+         chmod 666 ex.sock; \
+         {SETPRIV} --reuid=65534 --regid=65534 --clear-groups podvm exec --exec-info ex.sock -- /bin/echo should-not-run 2> bad.err; \
+         echo bad=$?; chmod 600 ex.sock; cat bad.err; \
+         podvm exec --exec-info ex.sock -- /bin/echo still-served; \
+         kill -TERM $vm; wait $vm; echo vm=$?; grep 'refused a connection' vm.err; \
+         [ -e ex.sock ] && echo socket-left || echo socket-removed"
     )
 }
 
@@ -123,7 +129,8 @@ fn batch() -> Option<Batch> {
             &format!("{boot} --tty -- /bin/sh -c 'tty; test -t 0 && echo stdin-is-a-tty; exit 4' < /dev/null"),
         )
         .check("exec", &exec_script(boot))
-        .check("interactive_tty", &tmux_script(boot));
+        .check("interactive_tty", &tmux_script(boot))
+        .host_tool(SETPRIV);
     let batch = match Path::new(TMUX).exists() {
         // tmux insists on a UTF-8 locale: bring glibc's C.UTF-8 along.
         true => batch.host_tool(TMUX).host_tool(C_UTF8),
@@ -253,6 +260,7 @@ fn boot_tty_gives_the_app_a_terminal() {
 #[test]
 fn exec_runs_commands_in_a_running_vm() {
     let Some(result) = check("exec") else { return };
+    assert!(result.stdout.contains("is-a-socket\n"), "{result:?}");
     assert_eq!(value(result, "mode"), Some("600"), "{result:?}");
     assert!(result.stdout.contains("in-exec\n"), "{result:?}");
     assert_eq!(value(result, "plain"), Some("5"), "{result:?}");
@@ -262,15 +270,28 @@ fn exec_runs_commands_in_a_running_vm() {
     assert_eq!(value(result, "tty"), Some("6"), "{result:?}");
     // The VM's app was `sleep`, killed by the forwarded SIGTERM.
     assert_eq!(value(result, "vm"), Some("143"), "{result:?}");
-    assert!(result.stdout.contains("info-removed"), "{result:?}");
+    assert!(result.stdout.contains("socket-removed"), "{result:?}");
 }
 
+/// Attack: another user connects to the VM's control socket (opened to everyone for the test,
+/// so that only the peer credential check stands) to run a command. It is refused, the VM's
+/// podvm logs the refusal and goes on serving root.
 #[test]
-fn exec_with_a_wrong_token_is_refused() {
+fn exec_from_another_user_is_refused() {
     let Some(result) = check("exec") else { return };
     assert_eq!(value(result, "bad"), Some("125"), "{result:?}");
-    assert!(result.stdout.contains("refused"), "{result:?}");
+    assert!(
+        result.stdout.contains("permission denied: uid 65534"),
+        "{result:?}"
+    );
     assert!(!result.stdout.contains("should-not-run"), "{result:?}");
+    assert!(result.stdout.contains("still-served\n"), "{result:?}");
+    assert!(
+        result
+            .stdout
+            .contains("refused a connection from uid 65534"),
+        "the refusal is logged: {result:?}"
+    );
 }
 
 #[test]

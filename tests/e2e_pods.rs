@@ -20,6 +20,8 @@ const IMAGE: &str = "oci:busybox-layout:latest";
 /// The `layers` fixture: user `app`, working dir /data, a volume (mount point) at /data whose
 /// image files include owners, modes, links, a fifo and a hard link.
 const LAYERS: &str = "oci:layers-layout:latest";
+/// setpriv from util-linux (busybox's cannot change uids), brought into L1.
+const SETPRIV: &str = "/usr/bin/setpriv";
 
 static RESULTS: E2e = E2e::new("fetch");
 
@@ -36,6 +38,7 @@ fn batch() -> Option<Batch> {
     let batch = e2e::batch("e2e-pods")?
         .payload_dir(fixtures.layout("busybox"), "busybox-layout")
         .payload_dir(fixtures.layout("layers"), "layers-layout")
+        .host_tool(SETPRIV)
         .check("fetch", &format!("{PODVM} fetch {IMAGE} {LAYERS}"))
         .check(
             "run_exit42",
@@ -93,6 +96,27 @@ fn batch() -> Option<Batch> {
                  for i in $(seq 600); do grep -q started f.out 2>/dev/null && break; sleep 0.2; done; \
                  {PODVM} stop --force $(cat f.uuid) >/dev/null; echo force-rc=$?; wait $pid; echo forced-run-rc=$?; \
                  {PODVM} status $(cat f.uuid) | grep reason="
+            ),
+        )
+        .check(
+            "control_socket",
+            &format!(
+                "{PODVM} run --uuid-file-save c.uuid {IMAGE} --exec /bin/sh -- -c 'trap \"echo got-term; exit 3\" TERM; echo started; sleep 600 & wait' >c.out 2>c.err & pid=$!; \
+                 for i in $(seq 600); do grep -q started c.out 2>/dev/null && break; sleep 0.2; done; \
+                 u=$(cat c.uuid); d=state/pods/run/$u; \
+                 [ -S $d/control.sock ] && echo socket-while-running; echo socket-mode=$(stat -c %a $d/control.sock); \
+                 [ -e $d/exec.json ] && echo exec-json-while-running; \
+                 {PODVM} status $u | grep -E '^(state|pid|vmm-pid|uptime)=' | sed \"s/=$pid$/=PID/; s/uptime=[0-9]*s/uptime=Ns/\"; \
+                 {PODVM} status --format json $u | grep -c uptime_secs; \
+                 {PODVM} enter $u /bin/sh -c 'echo entered; exit 4'; echo enter-rc=$?; \
+                 {SETPRIV} --reuid=65534 --regid=65534 --clear-groups podvm exec --exec-info $d/control.sock -- /bin/true 2>&1 | grep -o 'Permission denied' | head -1; \
+                 chmod 711 state state/pods state/pods/run $d && chmod 666 $d/control.sock; \
+                 {SETPRIV} --reuid=65534 --regid=65534 --clear-groups podvm exec --exec-info $d/control.sock -- /bin/echo should-not-run 2>&1; echo nobody-rc=$?; \
+                 chmod 700 state state/pods state/pods/run $d && chmod 600 $d/control.sock; \
+                 {PODVM} status $u | grep state=; \
+                 {PODVM} stop $u >/dev/null; echo stop-rc=$?; wait $pid; echo run-rc=$?; cat c.out; grep -c 'refused a connection from uid 65534' c.err; \
+                 [ -e $d/control.sock ] && echo socket-left; [ -e $d/exec.json ] && echo exec-json-left; \
+                 {PODVM} status $u | grep -E '^(state|vmm-pid|uptime)='; echo end"
             ),
         )
         .check(
@@ -346,6 +370,63 @@ fn enter_runs_in_the_app_and_stop_is_graceful_or_forced() {
         out.contains("reason=") && out.contains("--force"),
         "{result:?}"
     );
+}
+
+/// `enter`, `status` and `stop` of a running pod go over its control socket (no exec.json);
+/// attack: another user runs a command in the pod through the socket, once with podvm's modes
+/// (the pod's directory stops it) and once with the directories and socket opened to everyone
+/// (the supervisor's peer credential check refuses it, logs it and goes on serving root).
+#[test]
+fn a_running_pod_is_reached_over_its_control_socket_and_only_by_root() {
+    let Some(result) = check("control_socket") else {
+        return;
+    };
+    let lines: Vec<&str> = result.stdout.lines().collect();
+    assert!(lines.len() > 10, "{result:?}");
+    assert_eq!(
+        lines[..10],
+        [
+            "socket-while-running",
+            "socket-mode=600",
+            "state=running",
+            "pid=PID",
+            "vmm-pid=PID",
+            "uptime=Ns",
+            "1",
+            "entered",
+            "enter-rc=4",
+            "Permission denied",
+        ],
+        "the socket is there and private while the pod runs, status comes from the supervisor \
+         (pid, vmm-pid, uptime), enter works, and another user cannot reach the socket: {result:?}"
+    );
+    let out = &result.stdout;
+    assert!(
+        out.contains("permission denied: uid 65534") && out.contains("nobody-rc=125"),
+        "{result:?}"
+    );
+    assert!(!out.contains("should-not-run"), "{result:?}");
+    let after: Vec<&str> = out
+        .lines()
+        .skip_while(|line| !line.starts_with("nobody-rc="))
+        .skip(1)
+        .collect();
+    assert_eq!(
+        after,
+        [
+            "state=running",
+            "stop-rc=0",
+            "run-rc=3",
+            "started",
+            "got-term",
+            "1",
+            "state=exited",
+            "end"
+        ],
+        "still served after the refusal; stopped over the socket (the app saw SIGTERM); the \
+         refusal logged; no socket or exec.json left, and status reads the files: {result:?}"
+    );
+    assert!(!out.contains("exec-json"), "{result:?}");
 }
 
 #[test]

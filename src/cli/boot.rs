@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 use podvm_protocol::{BootSpec, RootfsSpec};
 
-use crate::exec_info::{self, ExecInfoError};
+use crate::control::{self, ControlError};
 use crate::launch::{self, LaunchError, LaunchPlan};
 use crate::relay::RelayOptions;
 use crate::vmm::devices::virtio::fs::FsShare;
@@ -76,8 +76,8 @@ pub struct BootArgs {
     /// killing the VM (seconds, or e.g. 1500ms).
     #[arg(long, value_name = "DURATION", default_value = "10", value_parser = super::duration::parse)]
     stop_timeout: Duration,
-    /// Accept exec sessions: write {cid, port, token} to FILE (mode 0600) while the VM runs,
-    /// for `podvm exec --exec-info FILE`.
+    /// Accept exec sessions: serve the VM's control socket at FILE (mode 0600, root and this
+    /// user only) while the VM runs, for `podvm exec --exec-info FILE`.
     #[arg(long, value_name = "FILE")]
     exec_info: Option<PathBuf>,
     /// Guest networking (one NIC).
@@ -104,7 +104,7 @@ pub enum BootCmdError {
     },
     /// The exec token could not be made.
     #[error(transparent)]
-    ExecInfo(#[from] ExecInfoError),
+    Control(#[from] ControlError),
     /// An --env entry without `=`.
     #[error("--env {0}: expected KEY=VALUE")]
     BadEnv(String),
@@ -132,7 +132,7 @@ pub fn run(args: BootArgs) -> Result<ExitCode, BootCmdError> {
     };
     let (nets, network) = args.net.resolve()?;
     let exec_token = match &args.exec_info {
-        Some(_) => Some(exec_info::new_token()?),
+        Some(_) => Some(control::new_token()?),
         None => None,
     };
     let plan = LaunchPlan {
@@ -160,7 +160,7 @@ pub fn run(args: BootArgs) -> Result<ExitCode, BootCmdError> {
         shares,
         nets,
         relay: RelayOptions::for_cli(args.interactive, args.tty, args.stop_timeout),
-        exec_info: args.exec_info,
+        control: args.exec_info,
         ..LaunchPlan::default()
     };
     if let Some(path) = &args.dump_initramfs {

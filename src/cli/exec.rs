@@ -1,6 +1,6 @@
 //! `podvm exec`: runs a command in a VM that `podvm boot --exec-info FILE` started, through the
-//! agent's exec service; exits with the command's status. (`podvm enter` builds on the same
-//! client.)
+//! control socket at FILE (the VM's supervisor opens the agent's exec session); exits with the
+//! command's status. (`podvm enter` builds on the same client.)
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,15 +9,15 @@ use std::time::Duration;
 use clap::Args;
 use podvm_protocol::ExecRequest;
 
+use crate::control::{self, ControlError};
 use crate::exec_client::{self, ExecClientError};
-use crate::exec_info::{self, ExecInfoError};
 use crate::launch;
 use crate::relay::RelayOptions;
 
 /// Flags of `podvm exec`.
 #[derive(Debug, Args)]
 pub struct ExecArgs {
-    /// The exec info file the VM's `podvm boot --exec-info` writes.
+    /// The control socket the VM's `podvm boot --exec-info FILE` serves.
     #[arg(long, value_name = "FILE")]
     exec_info: PathBuf,
     /// Run as this user (name from the guest's /etc/passwd, or a number).
@@ -49,9 +49,9 @@ pub struct ExecArgs {
 /// Errors of `podvm exec`.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecCmdError {
-    /// The exec info file is unusable.
+    /// The VM's control socket refused or failed.
     #[error(transparent)]
-    Info(#[from] ExecInfoError),
+    Control(#[from] ControlError),
     /// The session failed.
     #[error(transparent)]
     Session(#[from] ExecClientError),
@@ -59,7 +59,6 @@ pub enum ExecCmdError {
 
 /// Runs `podvm exec`.
 pub fn run(args: ExecArgs) -> Result<ExitCode, ExecCmdError> {
-    let info = exec_info::read(&args.exec_info)?;
     let request = ExecRequest {
         token: String::new(),
         command: args.command,
@@ -71,6 +70,7 @@ pub fn run(args: ExecArgs) -> Result<ExitCode, ExecCmdError> {
         app: None,
     };
     let options = RelayOptions::for_cli(args.interactive, args.tty, args.stop_timeout);
-    let status = exec_client::run(&info, request, &options)?;
+    let session = control::client::open_exec(&args.exec_info, request)?;
+    let status = exec_client::run(session, &options)?;
     Ok(ExitCode::from(launch::exit_code(status)))
 }

@@ -1,5 +1,6 @@
 //! `podvm enter`: runs a command (default `/bin/sh`) in a running pod's app, through the guest
-//! agent's exec service (no SSH, unlike rkt's kvm stage1); exits with the command's status.
+//! agent's exec service (no SSH, unlike rkt's kvm stage1), which the pod's supervisor opens for
+//! it over the pod's control socket; exits with the command's status.
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -9,9 +10,8 @@ use std::time::Duration;
 use clap::Args;
 use podvm_protocol::ExecRequest;
 
-use super::run::EXEC_INFO_FILE;
+use crate::control::{self, ControlError};
 use crate::exec_client::{self, ExecClientError};
-use crate::exec_info::{self, ExecInfoError};
 use crate::launch;
 use crate::pod::{PodError, PodState, PodStore};
 use crate::relay::RelayOptions;
@@ -38,9 +38,9 @@ pub enum EnterError {
     /// The pod cannot be entered.
     #[error(transparent)]
     Pod(#[from] PodError),
-    /// The pod's exec info is unusable.
+    /// The pod's control socket refused or failed.
     #[error(transparent)]
-    Info(#[from] ExecInfoError),
+    Control(#[from] ControlError),
     /// The session failed.
     #[error(transparent)]
     Session(#[from] ExecClientError),
@@ -77,7 +77,6 @@ pub fn enter(data_dir: &Path, args: EnterArgs) -> Result<ExitCode, EnterError> {
         }
         .into());
     };
-    let info = exec_info::read(&pod.dir.join(EXEC_INFO_FILE))?;
     let command = if args.command.is_empty() {
         vec!["/bin/sh".to_string()]
     } else {
@@ -95,6 +94,7 @@ pub fn enter(data_dir: &Path, args: EnterArgs) -> Result<ExitCode, EnterError> {
         app: Some(app.name.clone()),
     };
     let options = RelayOptions::for_cli(false, tty, ENTER_STOP_TIMEOUT);
-    let status = exec_client::run(&info, request, &options)?;
+    let session = control::client::open_exec(&pod.dir.join(control::SOCKET_FILE), request)?;
+    let status = exec_client::run(session, &options)?;
     Ok(ExitCode::from(launch::exit_code(status)))
 }

@@ -1,13 +1,15 @@
 //! `podvm stop`: ends running pods, gracefully by default.
 //!
-//! A running pod is a `podvm run` process holding the pod's lock, its pid recorded in the pod.
-//! Before any signal, `stop` pins that process with a pidfd and checks that it is the pod's:
-//! it is in the pod's cgroup (unless the pod runs `--allow-unlimited`) and holds the pod's lock
-//! (`/proc/locks`). Signals then go through the pidfd, so a pid recycled by another process
-//! after the pod's podvm died is never signalled.
-//! Graceful: SIGTERM to that process, which forwards it to the apps through the agent and ends
-//! the VM when they exit (or kills it after its stop timeout). `--force`: SIGKILL, which ends the
-//! in-process VMM at once; the exit is then recorded here.
+//! A running pod is a `podvm run` process (its supervisor) holding the pod's lock, its pid
+//! recorded in the pod. Graceful: `stop` asks the supervisor over the pod's control socket
+//! ([`crate::control`]), which does what SIGTERM does: forwards it to the apps through the agent
+//! and ends the VM when they exit (or kills it after its stop timeout).
+//! A supervisor that does not answer there (an older podvm), `--force`, and a graceful stop
+//! that takes too long fall back to signals: `stop` pins the process with a pidfd and checks that
+//! it is the pod's: it is in the pod's cgroup (unless the pod runs `--allow-unlimited`) and holds
+//! the pod's lock (`/proc/locks`). Signals then go through the pidfd, so a pid recycled by
+//! another process after the pod's podvm died is never signalled. `--force` is SIGKILL, which
+//! ends the in-process VMM at once; the exit is then recorded here.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -19,12 +21,16 @@ use clap::Args;
 use nix::sys::signal::Signal;
 
 use super::pod_gc::for_each_pod;
+use crate::control;
 use crate::pod::status::now;
 use crate::pod::status::PodStatus;
 use crate::pod::{cgroup, lock, Pod, PodError, PodState, PodStore};
 
-/// How long a graceful stop may take before `stop` kills the pod's podvm.
+/// How long a graceful stop may take before `stop` kills the pod's podvm (at least: a pod's
+/// supervisor says its stop timeout, which [`SUPERVISOR_MARGIN`] extends).
 const GRACEFUL_LIMIT: Duration = Duration::from_secs(30);
+/// After the supervisor's stop timeout, how long it may take to end the VM and record the pod.
+const SUPERVISOR_MARGIN: Duration = Duration::from_secs(15);
 /// How long a killed podvm may take to release the pod.
 const FORCE_LIMIT: Duration = Duration::from_secs(10);
 /// How often `stop` looks whether the pod was released.
@@ -73,13 +79,18 @@ fn stop_one(pods: &PodStore, pod: &Pod, force: bool) -> Result<String, PodError>
             hint: "only running pods can be stopped",
         });
     }
-    let status = pods.status(pod)?;
-    let pid = status.pid.ok_or_else(|| PodError::WrongState {
-        uuid: pod.uuid.clone(),
-        state: pod.state,
-        hint: "it recorded no podvm pid yet; try again in a moment",
-    })?;
-    let process = PodProcess::verify(pod, &status, pid)?;
+    let asked = match force {
+        true => None,
+        false => ask_supervisor(pod)?,
+    };
+    if let Some(stop_timeout) = asked {
+        let limit = GRACEFUL_LIMIT.max(stop_timeout + SUPERVISOR_MARGIN);
+        if wait_released(pod, limit) {
+            return Ok(pod.uuid.clone());
+        }
+        return kill_late(pods, pod, &pod_process(pods, pod)?, limit);
+    }
+    let process = pod_process(pods, pod)?;
     let signal = if force {
         Signal::SIGKILL
     } else {
@@ -90,25 +101,57 @@ fn stop_one(pods: &PodStore, pod: &Pod, force: bool) -> Result<String, PodError>
         if force {
             return Err(PodError::StopTimeout(pod.uuid.clone()));
         }
-        eprintln!(
-            "podvm: pod {} did not stop within {}s; killing it",
-            pod.uuid,
-            GRACEFUL_LIMIT.as_secs()
-        );
-        process.send(Signal::SIGKILL)?;
-        if !wait_released(pod, FORCE_LIMIT) {
-            return Err(PodError::StopTimeout(pod.uuid.clone()));
-        }
-        return record_kill(
-            pods,
-            pod,
-            "killed by `podvm stop` after the graceful stop timed out",
-        );
+        return kill_late(pods, pod, &process, GRACEFUL_LIMIT);
     }
     if force {
         return record_kill(pods, pod, "killed by `podvm stop --force`");
     }
     Ok(pod.uuid.clone())
+}
+
+/// Asks the pod's supervisor to stop the pod over its control socket; returns its stop
+/// timeout, or `None` when nothing answers there (a supervisor from an older podvm, or one
+/// that just ended).
+fn ask_supervisor(pod: &Pod) -> Result<Option<Duration>, PodError> {
+    match control::client::stop(&pod.dir.join(control::SOCKET_FILE)) {
+        Ok(stop_timeout) => Ok(Some(stop_timeout)),
+        Err(err) if err.is_unreachable() => Ok(None),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// The running pod's podvm process, pinned and checked (see [`PodProcess::verify`]).
+fn pod_process<'a>(pods: &PodStore, pod: &'a Pod) -> Result<PodProcess<'a>, PodError> {
+    let status = pods.status(pod)?;
+    let pid = status.pid.ok_or_else(|| PodError::WrongState {
+        uuid: pod.uuid.clone(),
+        state: pod.state,
+        hint: "it recorded no podvm pid yet; try again in a moment",
+    })?;
+    PodProcess::verify(pod, &status, pid)
+}
+
+/// Kills the pod's podvm after its graceful stop took longer than `limit`.
+fn kill_late(
+    pods: &PodStore,
+    pod: &Pod,
+    process: &PodProcess<'_>,
+    limit: Duration,
+) -> Result<String, PodError> {
+    eprintln!(
+        "podvm: pod {} did not stop within {}s; killing it",
+        pod.uuid,
+        limit.as_secs()
+    );
+    process.send(Signal::SIGKILL)?;
+    if !wait_released(pod, FORCE_LIMIT) {
+        return Err(PodError::StopTimeout(pod.uuid.clone()));
+    }
+    record_kill(
+        pods,
+        pod,
+        "killed by `podvm stop` after the graceful stop timed out",
+    )
 }
 
 /// The pod's podvm process, pinned by a pidfd and checked to be the pod's.

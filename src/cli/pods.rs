@@ -1,4 +1,6 @@
-//! Pod inspection verbs: `list`, `status`, `cat-manifest`.
+//! Pod inspection verbs: `list`, `status`, `cat-manifest`. `status` of a running pod asks its
+//! supervisor over the pod's control socket for the live figures (VMM pid, uptime), and reads
+//! the pod's files for the rest or when no supervisor answers.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -8,6 +10,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::prepare::HOSTNAME_ANNOTATION;
+use crate::control;
 use crate::pod::status::{now, PodStatus};
 use crate::pod::{Pod, PodError, PodState, PodStore};
 
@@ -64,6 +67,12 @@ pub struct PodView {
     /// Recorded times, pid and reason.
     #[serde(flatten)]
     pub status: PodStatus,
+    /// `status` of a running pod: the pid of its VMM, from its supervisor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vmm_pid: Option<u32>,
+    /// `status` of a running pod: seconds its VM has been running, from its supervisor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uptime_secs: Option<u64>,
 }
 
 /// One app in a [`PodView`].
@@ -121,7 +130,22 @@ pub fn view(pods: &PodStore, pod: &Pod) -> Result<PodView, PodError> {
         apps,
         networks: crate::net::status(&pod.dir),
         status,
+        vmm_pid: None,
+        uptime_secs: None,
     })
+}
+
+/// Adds what a running pod's supervisor says over its control socket to `view`; without an
+/// answer (it just ended, or is an older podvm) the view stays as the files tell it.
+fn add_live(view: &mut PodView, pod: &Pod) {
+    if pod.state != PodState::Running {
+        return;
+    }
+    if let Ok(live) = control::client::status(&pod.dir.join(control::SOCKET_FILE)) {
+        view.status.pid = Some(live.pid);
+        view.vmm_pid = Some(live.vmm_pid);
+        view.uptime_secs = Some(live.uptime_secs);
+    }
 }
 
 /// How often `status --wait` looks at the pod again.
@@ -223,7 +247,8 @@ pub fn status(data_dir: &Path, args: StatusArgs) -> Result<ExitCode, PodError> {
     if let Some(limit) = args.wait {
         pod = wait_for(&pods, &pod.uuid, limit, is_final)?;
     }
-    let view = view(&pods, &pod)?;
+    let mut view = view(&pods, &pod)?;
+    add_live(&mut view, &pod);
     if args.format == "json" {
         println!(
             "{}",
@@ -239,6 +264,12 @@ pub fn status(data_dir: &Path, args: StatusArgs) -> Result<ExitCode, PodError> {
     }
     if let Some(pid) = view.status.pid {
         println!("pid={pid}");
+    }
+    if let Some(pid) = view.vmm_pid {
+        println!("vmm-pid={pid}");
+    }
+    if let Some(uptime) = view.uptime_secs {
+        println!("uptime={uptime}s");
     }
     println!(
         "exited={}",

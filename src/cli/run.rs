@@ -19,7 +19,7 @@ use podvm_protocol::{AppSpec, BootSpec, MountSpec, RootfsSpec, VolumeSpec};
 
 use super::net;
 use super::prepare::{self, PrepareArgs, PrepareError};
-use crate::exec_info::{self, ExecInfoError};
+use crate::control::{self, ControlError};
 use crate::image::{self, ImageError};
 use crate::launch::{self, LaunchError, LaunchPlan};
 use crate::net::PodNetwork;
@@ -38,10 +38,6 @@ use crate::vmm::devices::virtio::fs::FsShare;
 
 /// The virtio-fs tag of the app's root filesystem.
 const ROOTFS_TAG: &str = "rootfs";
-
-/// The exec info file (`{cid, port, token}`, mode 0600) in a running pod's directory, for
-/// `podvm enter`.
-pub const EXEC_INFO_FILE: &str = "exec.json";
 
 /// Guest memory of a pod whose apps set no memory limit, in MiB.
 const DEFAULT_VM_MIB: u64 = 256;
@@ -135,7 +131,7 @@ pub enum RunError {
     Net(#[from] crate::net::NetError),
     /// The exec token could not be made.
     #[error(transparent)]
-    ExecInfo(#[from] ExecInfoError),
+    Control(#[from] ControlError),
     /// A volume could not be set up.
     #[error(transparent)]
     Volume(#[from] volumes::VolumeError),
@@ -271,7 +267,7 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
     shares.extend(extra_shares);
     let mut spec = BootSpec {
         tty: relay.tty,
-        exec_token: Some(exec_info::new_token()?),
+        exec_token: Some(control::new_token()?),
         network: network.guest.clone(),
         volumes: volume_specs,
         ..BootSpec::default()
@@ -309,7 +305,7 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
         shares,
         nets: net::vm_nets(&network),
         relay,
-        exec_info: Some(pod.dir.join(EXEC_INFO_FILE)),
+        control: Some(pod.dir.join(control::SOCKET_FILE)),
     };
     let outcome = launch::launch(&plan);
     drop(cgroup);

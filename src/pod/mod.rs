@@ -60,6 +60,9 @@ pub enum PodError {
     /// The pod's cgroup could not be made or removed.
     #[error(transparent)]
     Cgroup(#[from] cgroup::CgroupError),
+    /// The pod's supervisor could not be reached or refused over its control socket.
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
     /// Another podvm command holds the pod.
     #[error("pod {0} is busy: another podvm command holds it (running, or being changed)")]
     Busy(String),
