@@ -10,9 +10,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use podvm_protocol::{BootSpec, Control, ExitStatus, Message};
+use podvm_protocol::{BootSpec, Control, ExitStatus, Message, Stream};
 
 use crate::agent_link::{self, AgentLink, AppOutputs, HostWriter, LinkReport};
+use crate::control::attach::{AppTerminal, OutputHub};
+use crate::control::server::ControlServer;
 use crate::control::vm::VmControl;
 use crate::pod::logs::{AppLog, LogStream};
 use crate::relay::{Relay, RelayError, RelayOptions};
@@ -65,6 +67,9 @@ pub struct LaunchPlan {
     pub relay: RelayOptions,
     /// Serve the VM's control socket here while it runs (exec sessions need `spec.exec_token`).
     pub control: Option<PathBuf>,
+    /// The app's output goes to its logs and attached clients only, not to podvm's stdout
+    /// and stderr (`run --detach`).
+    pub detached: bool,
 }
 
 /// How a launch ended.
@@ -157,45 +162,56 @@ pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
         None => (private_console_log()?, false),
     };
     let console = create_console_log(&log_path, plan.console, !keep_log)?;
+    let terminal = AppTerminal {
+        detached: plan.detached,
+        hub: plan
+            .control
+            .as_ref()
+            .map(|_| Arc::new(OutputHub::default())),
+    };
     let (stdout, stderr): (Box<dyn Write + Send>, Box<dyn Write + Send>) = match &plan.app_log {
         Some(log) => (
-            Box::new(log.tee(LogStream::Stdout, Box::new(std::io::stdout()))),
-            Box::new(log.tee(LogStream::Stderr, Box::new(std::io::stderr()))),
+            Box::new(log.tee(LogStream::Stdout, terminal.writer(Stream::Stdout))),
+            Box::new(log.tee(LogStream::Stderr, terminal.writer(Stream::Stderr))),
         ),
-        None => (Box::new(std::io::stdout()), Box::new(std::io::stderr())),
+        None => (
+            terminal.writer(Stream::Stdout),
+            terminal.writer(Stream::Stderr),
+        ),
     };
     let (mut link, report) = AgentLink::new(stdout, stderr);
     if !plan.spec.apps.is_empty() {
-        link = link.with_apps(app_outputs(&plan.app_logs));
+        link = link.with_apps(app_outputs(&plan.app_logs, &terminal));
     }
     let writer = HostWriter::new();
     let vm: Arc<Mutex<Option<VmHandle>>> = Arc::new(Mutex::new(None));
     let relay = Relay::start(&plan.relay, writer.clone(), stop_hard(&writer, &vm))?;
-    let control = plan.control.as_deref().map(|path| {
-        let token = plan.spec.exec_token.clone();
-        VmControl::serve(path, token, relay.injector(), plan.relay.stop_timeout)
-    });
-    let (control, vm_control) = match control.transpose() {
+    let (control, vm_control) = match serve_control(plan, &relay, &writer, terminal.hub) {
         Ok(served) => served.unzip(),
         Err(err) => {
             relay.finish();
             return Err(err.into());
         }
     };
+    let started = vm_control.clone();
     let outputs = VmOutputs {
         console: Box::new(console),
         agent: Box::new(link.with_writer(writer)),
         on_start: Some(Box::new(move |handle: VmHandle| {
-            if let Some(vm_control) = vm_control {
+            if let Some(vm_control) = started {
                 vm_control.vm_started(handle.cid());
             }
             *lock_any(&vm) = Some(handle);
         })),
     };
     let run = vmm::run(&config, outputs);
-    // The socket goes with the VM; its exec sessions are cut.
-    drop(control);
     let timed_out = relay.finish();
+    if let Some(vm_control) = vm_control {
+        let exit = agent_link::lock(&report).exit;
+        vm_control.vm_ended(timed_out.map(ExitStatus::Signal).or(exit));
+    }
+    // The socket goes with the VM; its sessions are cut.
+    drop(control);
     let stats = run.map_err(|source| match source {
         vmm::VmmError::VcpuFailed { .. } => LaunchError::GuestFailed {
             source,
@@ -279,13 +295,35 @@ fn discard_console_log(path: &Path) {
     }
 }
 
-/// Where each app of a pod of several apps writes: podvm's stdout and stderr, and the app's log
-/// when it has one.
-fn app_outputs(logs: &[(String, AppLog)]) -> AppOutputs {
+/// The VM's control socket, if the plan has one: its server and the VM's side of it.
+fn serve_control(
+    plan: &LaunchPlan,
+    relay: &Relay,
+    writer: &Arc<HostWriter>,
+    hub: Option<Arc<OutputHub>>,
+) -> Result<Option<(ControlServer, Arc<VmControl>)>, crate::control::ControlError> {
+    let Some(path) = plan.control.as_deref() else {
+        return Ok(None);
+    };
+    let token = plan.spec.exec_token.clone();
+    let hub = hub.unwrap_or_default();
+    let mut control = VmControl::new(token, relay.injector(), plan.relay.stop_timeout, hub);
+    if plan.relay.hold_stdin {
+        control = control.with_stdin(writer.clone());
+    }
+    control.serve(path).map(Some)
+}
+
+/// Where each app of a pod of several apps writes: the app terminal (podvm's stdout and stderr,
+/// attached clients), and the app's log when it has one.
+fn app_outputs(logs: &[(String, AppLog)], terminal: &AppTerminal) -> AppOutputs {
     let logs = logs.to_vec();
+    let terminal = terminal.clone();
     Arc::new(move |name: &str| {
-        let (stdout, stderr): (Box<dyn Write + Send>, Box<dyn Write + Send>) =
-            (Box::new(std::io::stdout()), Box::new(std::io::stderr()));
+        let (stdout, stderr) = (
+            terminal.writer(Stream::Stdout),
+            terminal.writer(Stream::Stderr),
+        );
         match logs.iter().find(|(app, _)| app == name) {
             Some((_, log)) => (
                 Box::new(log.tee(LogStream::Stdout, stdout)),

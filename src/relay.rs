@@ -41,8 +41,15 @@ const PLAIN_SIGNALS: [Signal; 3] = [Signal::SIGHUP, Signal::SIGUSR1, Signal::SIG
 /// How a session's stdin, signals and terminal are relayed.
 #[derive(Debug, Clone)]
 pub struct RelayOptions {
-    /// Pump podvm's stdin to the app; otherwise the app's stdin is closed at once.
+    /// Pump podvm's stdin to the app; otherwise the app's stdin is closed at once (unless
+    /// `hold_stdin`).
     pub forward_stdin: bool,
+    /// Without `forward_stdin`: leave the app's stdin open (a detached pod's attached clients
+    /// feed it) instead of closing it.
+    pub hold_stdin: bool,
+    /// Forward podvm's signals to the app; otherwise they act on podvm as usual (SIGINT ends
+    /// `podvm attach --sig-proxy=false` and leaves the pod running).
+    pub forward_signals: bool,
     /// The app runs on a pty: raw host terminal, window size forwarded.
     pub tty: bool,
     /// Time between forwarding a stop signal and stopping the session hard.
@@ -53,6 +60,8 @@ impl Default for RelayOptions {
     fn default() -> Self {
         Self {
             forward_stdin: false,
+            hold_stdin: false,
+            forward_signals: true,
             tty: false,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
         }
@@ -67,6 +76,7 @@ impl RelayOptions {
             forward_stdin: tty || interactive || !std::io::stdin().is_terminal(),
             tty,
             stop_timeout,
+            ..Self::default()
         }
     }
 }
@@ -128,10 +138,12 @@ impl Relay {
             false => None,
         };
         let mut mask = SigSet::empty();
-        for signal in STOP_SIGNALS.iter().chain(&PLAIN_SIGNALS) {
-            mask.add(*signal);
+        if options.forward_signals {
+            for signal in STOP_SIGNALS.iter().chain(&PLAIN_SIGNALS) {
+                mask.add(*signal);
+            }
+            mask.add(Signal::SIGWINCH);
         }
-        mask.add(Signal::SIGWINCH);
         let mut old_mask = SigSet::empty();
         nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&mask), Some(&mut old_mask))
             .map_err(RelayError::Signals)?;
@@ -159,6 +171,7 @@ impl Relay {
             stop: stop.clone(),
             stopping,
             forward: options.forward_stdin,
+            hold: options.hold_stdin && !options.forward_stdin,
             tty: options.tty,
         };
         relay.spawn("relay-stdin", move || stdin_thread.run())?;
@@ -215,6 +228,7 @@ struct StdinPump {
     stop: Arc<EventFd>,
     stopping: Arc<AtomicBool>,
     forward: bool,
+    hold: bool,
     tty: bool,
 }
 
@@ -231,7 +245,9 @@ impl StdinPump {
         if self.forward {
             self.pump();
         }
-        let _ = self.writer.send(&Message::Control(Control::StdinClose));
+        if !self.hold {
+            let _ = self.writer.send(&Message::Control(Control::StdinClose));
+        }
     }
 
     fn pump(&self) {

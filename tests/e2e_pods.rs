@@ -120,6 +120,30 @@ fn batch() -> Option<Batch> {
             ),
         )
         .check(
+            "detach_attach",
+            &format!(
+                "u=$({PODVM} run --detach {IMAGE} --exec /bin/sh -- -c 'trap \"echo got-term; exit 3\" TERM; echo started; i=0; while :; do i=$((i+1)); echo tick-$i; sleep 0.5; done'); \
+                 echo detach-rc=$? uuid-lines=$(echo \"$u\" | grep -cE '^[0-9a-f-]{{36}}$'); \
+                 {PODVM} status $u | grep state=; sp=$({PODVM} status $u | sed -n 's/^pid=//p'); \
+                 echo supervisor: $(tr '\\0' ' ' < /proc/$sp/cmdline | cut -d' ' -f2-4); \
+                 {PODVM} attach --sig-proxy=false $u > a1.out 2>&1 & a1=$!; \
+                 for i in $(seq 300); do grep -q tick- a1.out 2>/dev/null && break; sleep 0.2; done; \
+                 kill -TERM $a1; wait $a1; echo detached-rc=$?; {PODVM} status $u | grep state=; \
+                 {PODVM} attach $u > a2.out 2>&1 & a2=$!; \
+                 for i in $(seq 300); do grep -q tick- a2.out 2>/dev/null && break; sleep 0.2; done; \
+                 {PODVM} stop $u >/dev/null; echo stop-rc=$?; wait $a2; echo attach-rc=$?; \
+                 echo attach-saw-term=$(grep -c got-term a2.out) attach-saw-start=$(grep -c started a2.out); \
+                 echo logs-have-start=$({PODVM} logs $u 2>/dev/null | grep -c started); \
+                 {PODVM} status $u | grep -E '^(state|app-busybox-layout)='; \
+                 for i in $(seq 50); do grep -q supervise /proc/$sp/cmdline 2>/dev/null || break; sleep 0.1; done; \
+                 grep -q supervise /proc/$sp/cmdline 2>/dev/null && echo supervisor-left; [ -e state/pods/run/$u/control.sock ] && echo socket-left; \
+                 u2=$({PODVM} run -d -i {IMAGE} --exec /bin/sh -- -c 'read line; echo got:$line; exit 5'); \
+                 echo hello | {PODVM} attach $u2; echo attach-i-rc=$?; \
+                 {PODVM} run -d --vm-memory 1 {IMAGE} --exec /bin/true 2>bad.err; echo bad-rc=$?; \
+                 grep -c 'did not start in the background' bad.err; grep -c 'at least' bad.err"
+            ),
+        )
+        .check(
             "kill9_then_gc",
             &format!(
                 "{PODVM} run --uuid-file-save k.uuid {IMAGE} --exec /bin/sh -- -c 'echo started; sleep 600' >k.out 2>&1 & pid=$!; \
@@ -427,6 +451,36 @@ fn a_running_pod_is_reached_over_its_control_socket_and_only_by_root() {
          refusal logged; no socket or exec.json left, and status reads the files: {result:?}"
     );
     assert!(!out.contains("exec-json"), "{result:?}");
+}
+
+/// `run --detach` prints the uuid and leaves the pod running under a supervisor in the
+/// background; `attach --sig-proxy=false` ends alone and the pod runs on; `attach` follows the
+/// app and exits with its code when `stop` ends the pod over the control socket; `logs` has
+/// what came before; an interactive detached pod takes `attach`'s stdin; a detached pod that
+/// cannot start says why.
+#[test]
+fn run_detach_attach_and_stop_end_to_end() {
+    let Some(result) = check("detach_attach") else {
+        return;
+    };
+    result.expect_lines(&[
+        "detach-rc=0 uuid-lines=1",
+        "state=running",
+        "supervisor: --dir state supervise",
+        "detached-rc=143",
+        "state=running",
+        "stop-rc=0",
+        "attach-rc=3",
+        "attach-saw-term=1 attach-saw-start=0",
+        "logs-have-start=1",
+        "state=exited",
+        "app-busybox-layout=3",
+        "got:hello",
+        "attach-i-rc=5",
+        "bad-rc=125",
+        "1",
+        "1",
+    ]);
 }
 
 #[test]

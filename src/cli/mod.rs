@@ -10,11 +10,13 @@ use clap::{Parser, Subcommand};
 mod boot;
 mod boot_net;
 mod check;
+mod detach;
 mod duration;
 mod exec;
 mod fetch;
 mod image;
 mod net;
+mod pod_attach;
 mod pod_enter;
 mod pod_gc;
 mod pod_logs;
@@ -61,10 +63,15 @@ pub enum Command {
     Image(image::ImageArgs),
     /// Trust an OpenPGP key to verify ACI signatures (for an image name prefix, or --root).
     Trust(trust::TrustArgs),
-    /// Run a pod from images in a microVM in the foreground; exits with the app's status.
+    /// Run a pod from images in a microVM in the foreground (exits with the app's status), or
+    /// in the background with `--detach` (prints the pod's uuid).
     Run(run::RunArgs),
-    /// Run a prepared pod in the foreground; exits with the app's status.
+    /// Run a prepared pod in the foreground (exits with the app's status), or in the
+    /// background with `--detach`.
     RunPrepared(run::RunPreparedArgs),
+    /// The supervisor of a pod run `--detach` (started by podvm itself).
+    #[command(hide = true)]
+    Supervise(run::SuperviseArgs),
     /// Create a pod from images (fetching them as needed), ready for run-prepared.
     Prepare(prepare::PrepareArgs),
     /// List pods.
@@ -75,6 +82,8 @@ pub enum Command {
     CatManifest(pods::CatManifestArgs),
     /// Run a command (default /bin/sh) in a running pod's app; exits with its status.
     Enter(pod_enter::EnterArgs),
+    /// Follow a running pod's apps (output, stdin, signals); exits with the pod's status.
+    Attach(pod_attach::AttachArgs),
     /// Stop running pods: SIGTERM to their apps through the agent, or `--force` to kill the VM.
     Stop(pod_stop::StopArgs),
     /// Print an app's recorded output (stdout and stderr apart); `--follow` while it runs.
@@ -98,11 +107,13 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Trust(args) => trust::run(&cli.data_dir, args).map_err(Into::into),
         Command::Run(args) => run::run(&cli.data_dir, args).map_err(Into::into),
         Command::RunPrepared(args) => run::run_prepared(&cli.data_dir, args).map_err(Into::into),
+        Command::Supervise(args) => run::supervise(&cli.data_dir, args).map_err(Into::into),
         Command::Prepare(args) => prepare::run(&cli.data_dir, args).map_err(Into::into),
         Command::List(args) => pods::list(&cli.data_dir, args).map_err(Into::into),
         Command::Status(args) => pods::status(&cli.data_dir, args).map_err(Into::into),
         Command::CatManifest(args) => pods::cat_manifest(&cli.data_dir, args).map_err(Into::into),
         Command::Enter(args) => pod_enter::enter(&cli.data_dir, args).map_err(Into::into),
+        Command::Attach(args) => pod_attach::attach(&cli.data_dir, args).map_err(Into::into),
         Command::Stop(args) => pod_stop::stop(&cli.data_dir, args).map_err(Into::into),
         Command::Logs(args) => pod_logs::logs(&cli.data_dir, args).map_err(Into::into),
         Command::Rm(args) => pod_gc::rm(&cli.data_dir, args).map_err(Into::into),

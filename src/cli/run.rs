@@ -1,5 +1,7 @@
 //! `podvm run` and `podvm run-prepared`: run a pod's app in a microVM in the foreground, record
-//! its exit in the pod, and exit with the app's status (never 0 for a failed app).
+//! its exit in the pod, and exit with the app's status (never 0 for a failed app); or, with
+//! `--detach`, hand the pod to a supervisor in the background ([`super::detach`]: the hidden
+//! `podvm supervise`) and print its uuid.
 //!
 //! The pod's lock is held for the VM's lifetime, so `list`/`status` see it running, and a
 //! killed podvm leaves a pod that reads as exited. Each app's root filesystem is a copy-on-write
@@ -16,7 +18,9 @@ use std::time::Duration;
 
 use clap::Args;
 use podvm_protocol::{AppSpec, BootSpec, MountSpec, RootfsSpec, VolumeSpec};
+use serde::{Deserialize, Serialize};
 
+use super::detach::{self, DetachError};
 use super::net;
 use super::prepare::{self, PrepareArgs, PrepareError};
 use crate::control::{self, ControlError};
@@ -42,8 +46,8 @@ const ROOTFS_TAG: &str = "rootfs";
 /// Guest memory of a pod whose apps set no memory limit, in MiB.
 const DEFAULT_VM_MIB: u64 = 256;
 
-/// VM flags shared by `run` and `run-prepared`.
-#[derive(Debug, Args)]
+/// VM flags shared by `run` and `run-prepared` (JSON for a detached supervisor).
+#[derive(Debug, Args, Serialize, Deserialize)]
 pub struct VmFlags {
     /// Guest kernel (default: the one built by `make`); on PVM hosts, a PVM-aware kernel.
     #[arg(long)]
@@ -62,8 +66,13 @@ pub struct VmFlags {
     #[arg(long = "vm-cpus")]
     vm_cpus: Option<u8>,
     /// Attach the app to this terminal (a pty when stdin is one; stdin forwarded in any case).
+    /// With `--detach`: keep the app's stdin open for `podvm attach` (no pty).
     #[arg(long, short = 'i')]
     interactive: bool,
+    /// Run the pod in the background: print its uuid once it runs, and return. Its apps'
+    /// output goes to their logs (`podvm logs`) and to `podvm attach UUID`; `podvm stop` ends it.
+    #[arg(long, short = 'd')]
+    detach: bool,
     /// After SIGTERM/SIGINT (e.g. `podvm stop`), how long the app may take to exit before the
     /// VM is stopped hard (seconds, or e.g. `1500ms`).
     #[arg(long = "stop-timeout", value_name = "DURATION", default_value = "10", value_parser = super::duration::parse)]
@@ -92,6 +101,14 @@ pub struct RunPreparedArgs {
     uuid: String,
     #[command(flatten)]
     vm: VmFlags,
+}
+
+/// Flags of the hidden `podvm supervise`: a detached pod's supervisor, which reads the VM
+/// flags as JSON from its stdin ([`super::detach`]).
+#[derive(Debug, Args)]
+pub struct SuperviseArgs {
+    /// The prepared pod.
+    uuid: String,
 }
 
 /// Flags of `podvm run`: those of `prepare`, then the VM's.
@@ -135,6 +152,15 @@ pub enum RunError {
     /// A volume could not be set up.
     #[error(transparent)]
     Volume(#[from] volumes::VolumeError),
+    /// The pod's supervisor could not go to the background.
+    #[error(transparent)]
+    Detach(#[from] DetachError),
+    /// A detached supervisor got no usable VM flags.
+    #[error("podvm {verb}: cannot read the VM flags from stdin: {why}", verb = detach::SUPERVISE_VERB)]
+    SuperviseFlags {
+        /// Why.
+        why: String,
+    },
     /// The pod's cgroup limits could not be set, so it did not start.
     #[error(
         "pod {uuid} did not start: its cgroup limits (memory, CPU, tasks) cannot be set: \
@@ -167,7 +193,10 @@ pub fn run(data_dir: &Path, args: RunArgs) -> Result<ExitCode, RunError> {
             source,
         })?;
     }
-    let result = run_pod(data_dir, &uuid, &args.vm);
+    let result = match args.vm.detach {
+        true => run_detached(data_dir, &uuid, &args.vm),
+        false => run_pod(data_dir, &uuid, &args.vm, false),
+    };
     if result.is_err() {
         // A pod `run` prepared but could not start is not left behind for `run-prepared`.
         let pods = PodStore::open(data_dir)?;
@@ -184,11 +213,36 @@ pub fn run(data_dir: &Path, args: RunArgs) -> Result<ExitCode, RunError> {
 
 /// Runs `podvm run-prepared`.
 pub fn run_prepared(data_dir: &Path, args: RunPreparedArgs) -> Result<ExitCode, RunError> {
-    run_pod(data_dir, &args.uuid, &args.vm)
+    match args.vm.detach {
+        true => run_detached(data_dir, &args.uuid, &args.vm),
+        false => run_pod(data_dir, &args.uuid, &args.vm, false),
+    }
 }
 
-fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunError> {
+/// Runs the hidden `podvm supervise`: a detached pod's supervisor.
+pub fn supervise(data_dir: &Path, args: SuperviseArgs) -> Result<ExitCode, RunError> {
+    let flags = detach::read_flags().map_err(|err| RunError::SuperviseFlags {
+        why: err.to_string(),
+    })?;
+    let vm: VmFlags = serde_json::from_slice(&flags).map_err(|err| RunError::SuperviseFlags {
+        why: err.to_string(),
+    })?;
+    run_pod(data_dir, &args.uuid, &vm, true)
+}
+
+/// `--detach`: starts the pod's supervisor in the background and prints the pod's uuid once
+/// the pod runs.
+fn run_detached(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunError> {
     let pods = PodStore::open(data_dir)?;
+    let pod = find_prepared(&pods, prefix)?;
+    let flags = serde_json::to_vec(vm).expect("VM flags always serialize");
+    detach::start(data_dir, &pod, &flags)?;
+    println!("{}", pod.uuid);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The prepared pod `prefix` names.
+fn find_prepared(pods: &PodStore, prefix: &str) -> Result<Pod, PodError> {
     let prepared = pods.find(prefix)?;
     if prepared.state != PodState::Prepared {
         let hint = "only prepared pods run; `podvm prepare` makes one";
@@ -196,9 +250,21 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
             uuid: prepared.uuid,
             state: prepared.state,
             hint,
-        }
-        .into());
+        });
     }
+    Ok(prepared)
+}
+
+/// Runs the prepared pod `prefix` until its VM ends, as its supervisor: in the foreground
+/// (podvm's terminal is the app's), or `detached` (output to the logs and attached clients).
+fn run_pod(
+    data_dir: &Path,
+    prefix: &str,
+    vm: &VmFlags,
+    detached: bool,
+) -> Result<ExitCode, RunError> {
+    let pods = PodStore::open(data_dir)?;
+    let prepared = find_prepared(&pods, prefix)?;
     let _held = lock::try_lock(&prepared.dir, &prepared.uuid)?;
     let manifest = pods.manifest(&prepared)?;
     check_apps(&prepared, &manifest.apps, vm)?;
@@ -241,8 +307,18 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
     status.unlimited = cgroup.is_none();
     pods.write_status(&pod, &status)?;
 
-    let interactive = vm.interactive && std::io::stdin().is_terminal();
-    let relay = RelayOptions::for_cli(vm.interactive, interactive, vm.stop_timeout);
+    let relay = match detached {
+        // Attached clients feed an interactive detached app's stdin.
+        true => RelayOptions {
+            hold_stdin: vm.interactive,
+            stop_timeout: vm.stop_timeout,
+            ..RelayOptions::default()
+        },
+        false => {
+            let interactive = vm.interactive && std::io::stdin().is_terminal();
+            RelayOptions::for_cli(vm.interactive, interactive, vm.stop_timeout)
+        }
+    };
     let hostname = manifest
         .annotation(prepare::HOSTNAME_ANNOTATION)
         .unwrap_or_else(|| format!("podvm-{}", pod.uuid));
@@ -306,6 +382,7 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
         nets: net::vm_nets(&network),
         relay,
         control: Some(pod.dir.join(control::SOCKET_FILE)),
+        detached,
     };
     let outcome = launch::launch(&plan);
     drop(cgroup);

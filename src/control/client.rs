@@ -1,6 +1,6 @@
 //! The client side of a control socket: connect (checking that root or this user serves it),
-//! send one request, read the answer. `exec` hands back the connection, which then carries
-//! the session ([`crate::exec_client`] relays it).
+//! send one request, read the answer. `exec` and `attach` hand back the connection, which then
+//! carries the session ([`crate::exec_client`] relays it).
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -38,7 +38,12 @@ pub fn stop(path: &Path) -> Result<Duration, ControlError> {
 /// Opens an exec session in the VM; the returned connection carries it (agent protocol
 /// frames, see [`super`]).
 pub fn open_exec(path: &Path, request: ExecRequest) -> Result<File, ControlError> {
-    let request = Request::Exec(request);
+    open_session(path, Request::Exec(request))
+}
+
+/// Sends `request` and, once the supervisor answers `session`, returns the connection without
+/// time limits.
+fn open_session(path: &Path, request: Request) -> Result<File, ControlError> {
     match ask(path, &request)? {
         (conn, Response::Session) => {
             let clear = conn
@@ -52,6 +57,12 @@ pub fn open_exec(path: &Path, request: ExecRequest) -> Result<File, ControlError
         }
         (_, other) => Err(unexpected(path, &request, &other)),
     }
+}
+
+/// Attaches to the VM's app; the returned connection carries its output and takes stdin and
+/// signals (agent protocol frames, see [`super`]).
+pub fn open_attach(path: &Path) -> Result<File, ControlError> {
+    open_session(path, Request::Attach)
 }
 
 /// Connects, sends `request` and reads the answer; an `error` answer is

@@ -53,6 +53,7 @@
 //! connecting and a response not read within [`server::REPLY_TIMEOUT`] is dropped. An exec
 //! session lasts as long as its command, on threads of its own, and is cut when the VM ends.
 
+pub mod attach;
 pub mod client;
 pub mod proto;
 pub mod server;

@@ -69,6 +69,8 @@ pub enum Request {
     /// Run a command in the VM through the agent's exec service ([`Response::Session`]). The
     /// request's `token` is ignored: the supervisor puts in the VM's, which never leaves it.
     Exec(ExecRequest),
+    /// Attach to the app ([`Response::Session`]): its output from now on, then its exit.
+    Attach,
 }
 
 /// A supervisor's answer.
@@ -82,8 +84,8 @@ pub enum Response {
         /// The stop timeout, in milliseconds.
         timeout_ms: u64,
     },
-    /// The exec session is open: from here the connection carries agent protocol frames
-    /// (the protocol crate's exec session) until the agent's `Exited` and EOF.
+    /// The exec or attach session is open: from here the connection carries agent protocol
+    /// frames (as an exec session does) until `Exited` and EOF.
     Session,
     /// The request failed or was refused; `message` says why.
     Error {
@@ -124,6 +126,7 @@ impl Request {
             Request::Status => "status",
             Request::Stop => "stop",
             Request::Exec(_) => "exec",
+            Request::Attach => "attach",
         }
     }
 }
@@ -237,7 +240,7 @@ mod tests {
             app: Some("web".into()),
             ..ExecRequest::default()
         });
-        for request in [Request::Status, Request::Stop, exec] {
+        for request in [Request::Status, Request::Stop, exec, Request::Attach] {
             let bytes = frame_of(&request);
             assert_eq!(&bytes[..4], b"PC\x01\x01");
             assert_eq!(

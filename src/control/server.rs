@@ -1,6 +1,7 @@
 //! The server side of a control socket: binds it private, accepts connections from root and
 //! the supervisor's own user only, reads one bounded request within a time limit, asks the
-//! [`Handler`] and answers; for `exec`, relays the session between the client and the agent.
+//! [`Handler`] and answers; for `exec`, relays the session between the client and the agent,
+//! and for `attach` between the client and the app's output and input.
 //! See [`super`] for the protocol and its bounds.
 
 use std::collections::HashMap;
@@ -20,6 +21,7 @@ use nix::sys::socket::{getsockopt, sockopt};
 use podvm_protocol::{Control, ExecRequest, FrameDecoder, Message, Stream};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::attach::{ClientQueue, Next};
 use super::proto::{self, LiveStatus, ProtoError, Request, Response};
 use super::{ControlError, HeldDir};
 use crate::vmm::ratelog::RateLimitedLog;
@@ -32,6 +34,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Size of one read from an exec session's client.
 const SESSION_CHUNK: usize = 64 * 1024;
+/// How often an attached client's output thread looks whether its client left.
+const ATTACH_POLL: Duration = Duration::from_secs(1);
 /// Pause after a failed accept (e.g. out of descriptors), so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -47,6 +51,10 @@ pub trait Handler: Send + Sync {
     /// Opens an exec session with the agent and sends it `request` (with the VM's token);
     /// returns the agent connection, which then carries the session.
     fn exec(&self, request: ExecRequest) -> Result<File, String>;
+    /// Attaches a client to the app: the queue of its output (ending with its exit).
+    fn attach(&self) -> Result<Arc<ClientQueue>, String>;
+    /// A frame an attached client sent: stdin data, `StdinClose`, `Signal` or `Resize`.
+    fn attach_input(&self, message: Message) -> Result<(), String>;
 }
 
 /// The bounds the server puts on its clients.
@@ -372,6 +380,17 @@ fn serve(mut conn: UnixStream, handler: &dyn Handler, limits: Limits) {
             }
             Err(message) => Err(message),
         },
+        Request::Attach => match handler.attach() {
+            Ok(queue) => {
+                if proto::write_response(&mut conn, &Response::Session).is_ok() {
+                    let _ = conn.set_write_timeout(None);
+                    relay_attach(conn, &queue, handler);
+                }
+                queue.finish();
+                return;
+            }
+            Err(message) => Err(message),
+        },
     };
     let response = response.unwrap_or_else(|message| Response::Error { message });
     let _ = proto::write_response(&mut conn, &response);
@@ -430,9 +449,56 @@ fn relay_session(client: UnixStream, agent: File) {
     }
 }
 
+/// Relays an attach session: the app's output from `queue` to the client, the client's frames
+/// to the handler, until the VM ends or the client leaves.
+fn relay_attach(client: UnixStream, queue: &Arc<ClientQueue>, handler: &dyn Handler) {
+    let Ok(mut client_in) = client.try_clone() else {
+        return;
+    };
+    let output = {
+        let queue = queue.clone();
+        std::thread::Builder::new()
+            .name("control-attach-out".into())
+            .spawn(move || {
+                loop {
+                    match queue.next(ATTACH_POLL) {
+                        Next::Frame(message) => {
+                            if message.write_to(&mut client_in).is_err() {
+                                break;
+                            }
+                        }
+                        Next::Idle => {}
+                        Next::Closed => break,
+                    }
+                }
+                let _ = client_in.shutdown(Shutdown::Write);
+                queue.finish();
+            })
+    };
+    read_client(&client, |message| {
+        handler.attach_input(message).map_err(|why| {
+            LOG.log(format_args!("ended an attach session: {why}"));
+        })
+    });
+    // The client left: its output thread stops, even in the middle of a write.
+    queue.finish();
+    let _ = client.shutdown(Shutdown::Both);
+    if let Ok(output) = output {
+        let _ = output.join();
+    }
+}
+
 /// Passes the client's frames to the agent until EOF, or until a frame a client may not send
 /// (a second `Exec`, `Shutdown`, output) ends the session.
-fn forward_client(mut client: &UnixStream, mut agent: &File) {
+fn forward_client(client: &UnixStream, mut agent: &File) {
+    read_client(client, |message| {
+        message.write_to(&mut agent).map_err(|_| ())
+    });
+}
+
+/// Reads a session client's frames until EOF and passes those a client may send to `deliver`;
+/// another frame, a malformed one or a failed delivery ends the session.
+fn read_client(mut client: &UnixStream, mut deliver: impl FnMut(Message) -> Result<(), ()>) {
     let mut decoder = FrameDecoder::new();
     let mut buffer = vec![0u8; SESSION_CHUNK];
     loop {
@@ -446,20 +512,20 @@ fn forward_client(mut client: &UnixStream, mut agent: &File) {
         loop {
             match decoder.next_message() {
                 Ok(Some(message)) if from_client(&message) => {
-                    if message.write_to(&mut agent).is_err() {
+                    if deliver(message).is_err() {
                         return;
                     }
                 }
                 Ok(Some(message)) => {
                     LOG.log(format_args!(
-                        "ended an exec session whose client sent {}",
+                        "ended a session whose client sent {}",
                         describe(&message)
                     ));
                     return;
                 }
                 Ok(None) => break,
                 Err(err) => {
-                    LOG.log(format_args!("ended an exec session: its client sent {err}"));
+                    LOG.log(format_args!("ended a session: its client sent {err}"));
                     return;
                 }
             }
@@ -467,7 +533,7 @@ fn forward_client(mut client: &UnixStream, mut agent: &File) {
     }
 }
 
-/// Whether a client may send `message` on an exec session.
+/// Whether a client may send `message` on a session.
 fn from_client(message: &Message) -> bool {
     matches!(
         message,

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use podvm_protocol::{Control, ExecRequest, ExitStatus, FrameDecoder, Message, Stream};
 
+use super::attach::{ClientQueue, OutputHub};
 use super::proto::{self, LiveState, LiveStatus, Response};
 use super::server::{ControlServer, Handler, Limits};
 use super::{client, ControlError};
@@ -21,11 +22,14 @@ use super::{client, ControlError};
 /// another user: the socket to try.
 const CHILD_SOCKET_ENV: &str = "PODVM_TEST_CONTROL_SOCKET";
 
-/// A VM that answers as a running one; its exec sessions go to `agent`.
+/// A VM that answers as a running one; its exec sessions go to `agent`, its attached
+/// clients get `hub`'s output and their input is kept in `input`.
 #[derive(Default)]
 struct FakeVm {
     stops: AtomicUsize,
     agent: Mutex<Option<File>>,
+    hub: OutputHub,
+    input: Mutex<Vec<Message>>,
 }
 
 impl Handler for FakeVm {
@@ -46,6 +50,15 @@ impl Handler for FakeVm {
     fn exec(&self, _request: ExecRequest) -> Result<File, String> {
         let agent = self.agent.lock().expect("lock").take();
         agent.ok_or_else(|| "no agent in this fake".to_string())
+    }
+
+    fn attach(&self) -> Result<Arc<ClientQueue>, String> {
+        self.hub.subscribe().ok_or_else(|| "ended".to_string())
+    }
+
+    fn attach_input(&self, message: Message) -> Result<(), String> {
+        self.input.lock().expect("lock").push(message);
+        Ok(())
     }
 }
 
@@ -384,4 +397,59 @@ fn a_held_dir_reaches_its_entries_by_a_short_path() {
     let short = dir.entry(&name);
     assert!(short.as_os_str().len() < 40, "{}", short.display());
     assert_eq!(std::fs::read(&short).expect("read"), b"x");
+}
+
+#[test]
+fn an_attached_client_gets_the_output_then_the_exit_and_its_input_reaches_the_vm() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (_server, vm, path) = serve(tmp.path(), Limits::default());
+    let mut session = client::open_attach(&path).expect("attach");
+    for message in [
+        Message::Data(Stream::Stdin, b"typed".to_vec()),
+        Message::Control(Control::Signal { signo: 2 }),
+        Message::Control(Control::StdinClose),
+    ] {
+        message.write_to(&mut session).expect("client writes");
+    }
+    for _ in 0..100 {
+        if vm.input.lock().expect("lock").len() == 3 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        vm.input.lock().expect("lock")[1],
+        Message::Control(Control::Signal { signo: 2 })
+    );
+    vm.hub.publish(Stream::Stdout, b"out");
+    vm.hub.publish(Stream::Stderr, b"err");
+    vm.hub.end(Some(ExitStatus::Code(7)));
+    let frames = frames_until_eof(&session);
+    assert_eq!(
+        frames,
+        [
+            Message::Data(Stream::Stdout, b"out".to_vec()),
+            Message::Data(Stream::Stderr, b"err".to_vec()),
+            Message::Control(Control::Exited {
+                status: ExitStatus::Code(7)
+            }),
+        ]
+    );
+    let err = client::open_attach(&path).expect_err("nothing to attach to");
+    assert!(
+        matches!(&err, ControlError::Refused { message } if message.contains("ended")),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_attached_client_that_sends_output_frames_is_cut_off() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (_server, vm, path) = serve(tmp.path(), Limits::default());
+    let mut session = client::open_attach(&path).expect("attach");
+    Message::Data(Stream::Stdout, b"forged".to_vec())
+        .write_to(&mut session)
+        .expect("client writes");
+    assert!(frames_until_eof(&session).is_empty(), "the session ended");
+    assert!(vm.input.lock().expect("lock").is_empty());
 }

@@ -1,6 +1,8 @@
 //! What a VM's supervisor answers on its control socket ([`VmControl`]): the VM's live state;
-//! a graceful stop, handed to the relay as SIGTERM to podvm would be; and exec sessions, which
-//! it opens to the agent itself with the exec token only it holds.
+//! a graceful stop, handed to the relay as SIGTERM to podvm would be; exec sessions, which it
+//! opens to the agent itself with the exec token only it holds; and attached clients, who get
+//! the app's output and whose signals reach the app as podvm's own would (their stdin only
+//! when the VM holds the app's stdin open for them: a detached interactive pod).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -10,11 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
-use podvm_protocol::{Control, ExecRequest, Message, EXEC_PORT};
+use podvm_protocol::{Control, ExecRequest, ExitStatus, Message, Stream, EXEC_PORT};
 
+use super::attach::{ClientQueue, OutputHub};
 use super::proto::{LiveState, LiveStatus};
 use super::server::{ControlServer, Handler};
 use super::ControlError;
+use crate::agent_link::HostWriter;
 use crate::relay::SignalInjector;
 
 /// A VM's side of its control socket.
@@ -24,27 +28,45 @@ pub struct VmControl {
     token: Option<String>,
     signals: SignalInjector,
     stop_timeout: Duration,
+    /// The app's output for attached clients.
+    hub: Arc<OutputHub>,
+    /// The app's stdin, when attached clients feed it.
+    stdin: Option<Arc<HostWriter>>,
     /// The guest's vsock CID and when the VM started, once it did.
     started: Mutex<Option<(u32, Instant)>>,
     stopping: AtomicBool,
 }
 
 impl VmControl {
-    /// Serves a VM's control socket at `path`: exec sessions with `token`, stops through
-    /// `signals` (the VM's relay) with `stop_timeout`. The socket goes when the server drops.
-    pub fn serve(
-        path: &Path,
+    /// A VM's side: exec sessions with `token`, stops and attached clients' signals through
+    /// `signals` (the VM's relay) with `stop_timeout`, attached clients' output from `hub`.
+    pub fn new(
         token: Option<String>,
         signals: SignalInjector,
         stop_timeout: Duration,
-    ) -> Result<(ControlServer, Arc<VmControl>), ControlError> {
-        let control = Arc::new(VmControl {
+        hub: Arc<OutputHub>,
+    ) -> Self {
+        VmControl {
             token,
             signals,
             stop_timeout,
+            hub,
+            stdin: None,
             started: Mutex::new(None),
             stopping: AtomicBool::new(false),
-        });
+        }
+    }
+
+    /// Attached clients' stdin goes to the app through `writer` (the VM's relay leaves the
+    /// app's stdin open for them).
+    pub fn with_stdin(mut self, writer: Arc<HostWriter>) -> Self {
+        self.stdin = Some(writer);
+        self
+    }
+
+    /// Serves the control socket at `path`; it goes when the server drops.
+    pub fn serve(self, path: &Path) -> Result<(ControlServer, Arc<VmControl>), ControlError> {
+        let control = Arc::new(self);
         let server = ControlServer::bind(path, control.clone())?;
         Ok((server, control))
     }
@@ -52,6 +74,11 @@ impl VmControl {
     /// The VM was built: its guest has vsock CID `cid`.
     pub fn vm_started(&self, cid: u32) {
         *self.lock_started() = Some((cid, Instant::now()));
+    }
+
+    /// The VM ended, its app with `status` if known: attached clients get it last.
+    pub fn vm_ended(&self, status: Option<ExitStatus>) {
+        self.hub.end(status);
     }
 
     fn lock_started(&self) -> std::sync::MutexGuard<'_, Option<(u32, Instant)>> {
@@ -101,6 +128,33 @@ impl Handler for VmControl {
             .write_to(&mut &agent)
             .map_err(|err| format!("cannot send the exec request to the agent: {err}"))?;
         Ok(agent)
+    }
+
+    fn attach(&self) -> Result<Arc<ClientQueue>, String> {
+        self.hub
+            .subscribe()
+            .ok_or_else(|| "the VM has ended".to_string())
+    }
+
+    fn attach_input(&self, message: Message) -> Result<(), String> {
+        match message {
+            Message::Control(Control::Signal { signo }) => self
+                .signals
+                .send(signo)
+                .map_err(|err| format!("cannot pass signal {signo} on to the app: {err}")),
+            Message::Data(Stream::Stdin, _) | Message::Control(Control::StdinClose) => {
+                // Without a stdin held open for attached clients, the app's stdin is podvm's
+                // own or closed: the client's is dropped.
+                if let Some(stdin) = &self.stdin {
+                    stdin
+                        .send(&message)
+                        .map_err(|err| format!("cannot pass stdin on to the app: {err}"))?;
+                }
+                Ok(())
+            }
+            // No terminal for attached clients: nothing to resize.
+            _ => Ok(()),
+        }
     }
 }
 

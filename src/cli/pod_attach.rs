@@ -1,0 +1,72 @@
+//! `podvm attach`: follows a running pod's apps from now on, as `podvm run` shows them (their
+//! stdout and stderr; what came before is in `podvm logs`), and exits with the pod's status when
+//! it ends. Signals to `attach` (Ctrl-C, SIGTERM, ...) go to the app as `run` passes them on,
+//! unless `--sig-proxy=false`: then Ctrl-C ends `attach` alone and the pod keeps running. Stdin
+//! reaches the app only in a pod run `--detach --interactive`; its end closes the app's stdin.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{ArgAction, Args};
+
+use crate::control::{self, ControlError};
+use crate::exec_client::{self, ExecClientError};
+use crate::launch;
+use crate::pod::{PodError, PodState, PodStore};
+use crate::relay::RelayOptions;
+
+/// After passing a stop signal on, how long `attach` waits for the pod's end on its own (the
+/// pod's supervisor applies the pod's stop timeout itself).
+const ATTACH_STOP_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Flags of `podvm attach`.
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// The running pod (a unique uuid prefix).
+    uuid: String,
+    /// Forward stdin even when it is a terminal (it is forwarded when it is not).
+    #[arg(long, short = 'i')]
+    interactive: bool,
+    /// Pass signals to `attach` on to the app (the default, as `run` does); with
+    /// `--sig-proxy=false`, Ctrl-C detaches and leaves the pod running.
+    #[arg(long = "sig-proxy", value_name = "BOOL", default_value_t = true, action = ArgAction::Set)]
+    sig_proxy: bool,
+}
+
+/// Errors of `podvm attach`.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// The pod cannot be attached to.
+    #[error(transparent)]
+    Pod(#[from] PodError),
+    /// The pod's control socket refused or failed.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// The session failed.
+    #[error(transparent)]
+    Session(#[from] ExecClientError),
+}
+
+/// Runs `podvm attach`.
+pub fn attach(data_dir: &Path, args: AttachArgs) -> Result<ExitCode, AttachError> {
+    let pods = PodStore::open(data_dir)?;
+    let pod = pods.find(&args.uuid)?;
+    if pod.state != PodState::Running {
+        return Err(PodError::WrongState {
+            uuid: pod.uuid,
+            state: pod.state,
+            hint: "only running pods can be attached to (`podvm logs` shows what an app wrote)",
+        }
+        .into());
+    }
+    let session = control::client::open_attach(&pod.dir.join(control::SOCKET_FILE))?;
+    let options = RelayOptions {
+        // Watching does not close the app's stdin; the end of a forwarded stdin does.
+        hold_stdin: true,
+        forward_signals: args.sig_proxy,
+        ..RelayOptions::for_cli(args.interactive, false, ATTACH_STOP_TIMEOUT)
+    };
+    let status = exec_client::run(session, &options)?;
+    Ok(ExitCode::from(launch::exit_code(status)))
+}
