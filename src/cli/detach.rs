@@ -51,9 +51,9 @@ pub enum DetachError {
     },
 }
 
-/// Starts the supervisor of the prepared `pod` in the background with the VM flags `flags`
-/// (JSON) and waits until the pod runs.
-pub fn start(data_dir: &Path, pod: &Pod, flags: &[u8]) -> Result<(), DetachError> {
+/// Starts the supervisor of the prepared `pod` (of `pods`, in data dir `data_dir`) in the
+/// background with the VM flags `flags` (JSON) and waits until the pod runs.
+pub fn start(data_dir: &Path, pods: &PodStore, pod: &Pod, flags: &[u8]) -> Result<(), DetachError> {
     let spawn_error = |source| DetachError::Spawn {
         uuid: pod.uuid.clone(),
         source,
@@ -87,7 +87,6 @@ pub fn start(data_dir: &Path, pod: &Pod, flags: &[u8]) -> Result<(), DetachError
         // A supervisor that died at once says why in its log, read below.
         let _ = stdin.write_all(flags);
     }
-    let pods = PodStore::open(data_dir)?;
     loop {
         if let Some(status) = child.try_wait().map_err(spawn_error)? {
             let mut text = String::new();
@@ -98,7 +97,7 @@ pub fn start(data_dir: &Path, pod: &Pod, flags: &[u8]) -> Result<(), DetachError
                 log: text.trim_end().to_string(),
             });
         }
-        if runs(&pods, &pod.uuid) {
+        if runs(pods, &pod.uuid) {
             return Ok(());
         }
         std::thread::sleep(POLL);

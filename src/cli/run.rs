@@ -236,7 +236,7 @@ fn run_detached(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode,
     let pods = PodStore::open(data_dir)?;
     let pod = find_prepared(&pods, prefix)?;
     let flags = serde_json::to_vec(vm).expect("VM flags always serialize");
-    detach::start(data_dir, &pod, &flags)?;
+    detach::start(data_dir, &pods, &pod, &flags)?;
     println!("{}", pod.uuid);
     Ok(ExitCode::SUCCESS)
 }

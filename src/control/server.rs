@@ -426,18 +426,18 @@ impl Read for Deadline<'_> {
 /// Relays an exec session: the agent's bytes to the client as they are, the client's frames
 /// to the agent if they are ones a client may send; EOF both ways.
 fn relay_session(client: UnixStream, agent: File) {
-    let (Ok(mut agent_out), Ok(mut client_in)) = (agent.try_clone(), client.try_clone()) else {
+    let (Ok(mut from_agent), Ok(mut to_client)) = (agent.try_clone(), client.try_clone()) else {
         return;
     };
     let output = std::thread::Builder::new()
         .name("control-exec-out".into())
         .spawn(move || {
-            let copied = io::copy(&mut agent_out, &mut client_in);
-            let _ = client_in.shutdown(Shutdown::Write);
+            let copied = io::copy(&mut from_agent, &mut to_client);
+            let _ = to_client.shutdown(Shutdown::Write);
             if copied.is_err() {
                 // The client is gone: the agent must not wait for it.
                 let _ = nix::sys::socket::shutdown(
-                    agent_out.as_raw_fd(),
+                    from_agent.as_raw_fd(),
                     nix::sys::socket::Shutdown::Both,
                 );
             }
@@ -452,7 +452,7 @@ fn relay_session(client: UnixStream, agent: File) {
 /// Relays an attach session: the app's output from `queue` to the client, the client's frames
 /// to the handler, until the VM ends or the client leaves.
 fn relay_attach(client: UnixStream, queue: &Arc<ClientQueue>, handler: &dyn Handler) {
-    let Ok(mut client_in) = client.try_clone() else {
+    let Ok(mut to_client) = client.try_clone() else {
         return;
     };
     let output = {
@@ -463,7 +463,7 @@ fn relay_attach(client: UnixStream, queue: &Arc<ClientQueue>, handler: &dyn Hand
                 loop {
                     match queue.next(ATTACH_POLL) {
                         Next::Frame(message) => {
-                            if message.write_to(&mut client_in).is_err() {
+                            if message.write_to(&mut to_client).is_err() {
                                 break;
                             }
                         }
@@ -471,7 +471,7 @@ fn relay_attach(client: UnixStream, queue: &Arc<ClientQueue>, handler: &dyn Hand
                         Next::Closed => break,
                     }
                 }
-                let _ = client_in.shutdown(Shutdown::Write);
+                let _ = to_client.shutdown(Shutdown::Write);
                 queue.finish();
             })
     };
