@@ -1,19 +1,20 @@
 //! `podvm run --detach` and `run-prepared --detach`: the pod's supervisor goes to the
 //! background. podvm starts itself again as `podvm supervise UUID` (a hidden verb) in a session
 //! of its own, hands it the VM flags as JSON on its stdin, and returns once the pod runs (its
-//! supervisor answers on the pod's control socket), or with the supervisor's messages when it
-//! ended before that. The supervisor's own messages go to `<pod>/supervisor.log`; the apps'
+//! supervisor answers on the pod's control socket that the VM is built), or with the
+//! supervisor's messages when it ended before that. The supervisor's own messages go to `<pod>/supervisor.log`; the apps'
 //! output to their logs and to `podvm attach`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::control;
+use crate::control::proto::LiveState;
 use crate::pod::{Pod, PodError, PodState, PodStore};
 
 /// The detached supervisor's own log in the pod's directory.
@@ -104,15 +105,13 @@ pub fn start(data_dir: &Path, pods: &PodStore, pod: &Pod, flags: &[u8]) -> Resul
     }
 }
 
-/// Whether the pod runs and its supervisor answers on its control socket.
+/// Whether the pod runs: its supervisor answers on its control socket, its VM built.
 fn runs(pods: &PodStore, uuid: &str) -> bool {
     pods.find(uuid).is_ok_and(|pod| {
-        pod.state == PodState::Running && control::client::status(&socket_of(&pod)).is_ok()
+        let socket = pod.dir.join(control::SOCKET_FILE);
+        pod.state == PodState::Running
+            && control::client::status(&socket).is_ok_and(|live| live.state != LiveState::Starting)
     })
-}
-
-fn socket_of(pod: &Pod) -> PathBuf {
-    pod.dir.join(control::SOCKET_FILE)
 }
 
 /// The supervisor's log: 0600, emptied, never through a symlink; readable by this process too.
