@@ -2,8 +2,8 @@
 //! background. podvm starts itself again as `podvm supervise UUID` (a hidden verb) in a session
 //! of its own, hands it the VM flags as JSON on its stdin, and returns once the pod runs (its
 //! supervisor answers on the pod's control socket that the VM is built), or with the
-//! supervisor's messages when it ended before that. The supervisor's own messages go to `<pod>/supervisor.log`; the apps'
-//! output to their logs and to `podvm attach`.
+//! supervisor's messages when it ended before that. The supervisor's own messages go to
+//! `<pod>/supervisor.log`; the apps' output to their logs and to `podvm attach`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};

@@ -193,10 +193,7 @@ pub fn run(data_dir: &Path, args: RunArgs) -> Result<ExitCode, RunError> {
             source,
         })?;
     }
-    let result = match args.vm.detach {
-        true => run_detached(data_dir, &uuid, &args.vm),
-        false => run_pod(data_dir, &uuid, &args.vm, false),
-    };
+    let result = start_pod(data_dir, &uuid, &args.vm);
     if result.is_err() {
         // A pod `run` prepared but could not start is not left behind for `run-prepared`.
         let pods = PodStore::open(data_dir)?;
@@ -213,9 +210,14 @@ pub fn run(data_dir: &Path, args: RunArgs) -> Result<ExitCode, RunError> {
 
 /// Runs `podvm run-prepared`.
 pub fn run_prepared(data_dir: &Path, args: RunPreparedArgs) -> Result<ExitCode, RunError> {
-    match args.vm.detach {
-        true => run_detached(data_dir, &args.uuid, &args.vm),
-        false => run_pod(data_dir, &args.uuid, &args.vm, false),
+    start_pod(data_dir, &args.uuid, &args.vm)
+}
+
+/// Runs the prepared pod `prefix` in the foreground, or with `--detach` in the background.
+fn start_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunError> {
+    match vm.detach {
+        true => run_detached(data_dir, prefix, vm),
+        false => run_pod(data_dir, prefix, vm, false),
     }
 }
 
