@@ -307,6 +307,40 @@ fn status_wait_returns_when_the_pod_ends_and_explains_a_dead_podvm() {
     );
 }
 
+/// A running pod whose supervisor serves no control socket (an older podvm; here a stand-in
+/// holding the pod's lock): `status` reads the pod's files (no live figures) and a graceful
+/// `stop` falls back to SIGTERM through a pidfd, after the same checks as `--force`.
+#[test]
+fn a_pod_without_a_control_socket_is_shown_from_its_files_and_stopped_by_signal() {
+    let Some((data, fixtures)) = setup() else {
+        return;
+    };
+    let dir = data.path();
+    let uuid = prepare_busybox(dir, fixtures);
+    let running = dir.join("pods/run").join(&uuid);
+    std::fs::rename(dir.join("pods/prepared").join(&uuid), &running).expect("move pod");
+    let mut holder = hold_pod(&running);
+    record_start_with(&running, holder.id(), true);
+    let status = ok(dir, &["status", &uuid]);
+    assert!(
+        status.contains("state=running") && status.contains(&format!("pid={}", holder.id())),
+        "{status}"
+    );
+    assert!(
+        !status.contains("uptime=") && !status.contains("vmm-pid="),
+        "no supervisor answered: {status}"
+    );
+    let json = json(dir, &["status", "--format", "json", &uuid]);
+    assert!(json.get("uptime_secs").is_none(), "{json}");
+    ok(dir, &["stop", &uuid]);
+    let ended = holder.wait().expect("holder ended");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&ended),
+        Some(libc::SIGTERM),
+        "the stand-in got SIGTERM: {ended:?}"
+    );
+}
+
 #[test]
 fn stop_refuses_pods_that_do_not_run_and_force_kills_the_pods_podvm() {
     let Some((data, fixtures)) = setup() else {
