@@ -307,9 +307,10 @@ fn serve_control(
     };
     let token = plan.spec.exec_token.clone();
     let hub = hub.unwrap_or_default();
-    let mut control = VmControl::new(token, relay.injector(), plan.relay.stop_timeout, hub);
+    let stop_timeout = plan.relay.stop_timeout;
+    let mut control = VmControl::new(token, relay.injector(), stop_timeout, hub, writer.clone());
     if plan.relay.hold_stdin {
-        control = control.with_stdin(writer.clone());
+        control = control.feeding_stdin();
     }
     control.serve(path).map(Some)
 }

@@ -138,7 +138,7 @@ fn batch() -> Option<Batch> {
                  for i in $(seq 50); do grep -q supervise /proc/$sp/cmdline 2>/dev/null || break; sleep 0.1; done; \
                  grep -q supervise /proc/$sp/cmdline 2>/dev/null && echo supervisor-left; [ -e state/pods/run/$u/control.sock ] && echo socket-left; \
                  u2=$({PODVM} run -d -i {IMAGE} --exec /bin/sh -- -c 'read line; echo got:$line; exit 5'); \
-                 echo hello | {PODVM} attach $u2; echo attach-i-rc=$?; \
+                 echo hello | {PODVM} attach $u2; echo attach-i-rc=$?; {PODVM} stop $u2 >/dev/null 2>&1; \
                  {PODVM} run -d --vm-memory 1 {IMAGE} --exec /bin/true 2>bad.err; echo bad-rc=$?; \
                  grep -c 'did not start in the background' bad.err; grep -c 'at least' bad.err"
             ),

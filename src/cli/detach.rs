@@ -1,7 +1,7 @@
 //! `podvm run --detach` and `run-prepared --detach`: the pod's supervisor goes to the
 //! background. podvm starts itself again as `podvm supervise UUID` (a hidden verb) in a session
 //! of its own, hands it the VM flags as JSON on its stdin, and returns once the pod runs (its
-//! supervisor answers on the pod's control socket that the VM is built), or with the
+//! supervisor answers on the pod's control socket that the VM's agent is up), or with the
 //! supervisor's messages when it ended before that. The supervisor's own messages go to
 //! `<pod>/supervisor.log`; the apps' output to their logs and to `podvm attach`.
 
@@ -105,7 +105,7 @@ pub fn start(data_dir: &Path, pods: &PodStore, pod: &Pod, flags: &[u8]) -> Resul
     }
 }
 
-/// Whether the pod runs: its supervisor answers on its control socket, its VM built.
+/// Whether the pod runs: its supervisor answers on its control socket, the VM's agent up.
 fn runs(pods: &PodStore, uuid: &str) -> bool {
     pods.find(uuid).is_ok_and(|pod| {
         let socket = pod.dir.join(control::SOCKET_FILE);

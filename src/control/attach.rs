@@ -45,6 +45,11 @@ impl OutputHub {
         Some(queue)
     }
 
+    /// Whether the VM ended.
+    pub fn has_ended(&self) -> bool {
+        lock(&self.state).ended
+    }
+
     /// Passes `bytes` of `stream` to every client; clients that are gone or too far behind are
     /// dropped.
     pub fn publish(&self, stream: Stream, bytes: &[u8]) {

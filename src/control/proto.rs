@@ -111,9 +111,9 @@ pub struct LiveStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LiveState {
-    /// The supervisor is up, the VM not built yet.
+    /// The supervisor is up, the VM or its agent not yet.
     Starting,
-    /// The VM runs.
+    /// The VM runs and its agent is up.
     Running,
     /// A stop was asked for; the app has until the stop timeout.
     Stopping,

@@ -21,6 +21,9 @@ use super::ControlError;
 use crate::agent_link::HostWriter;
 use crate::relay::SignalInjector;
 
+/// How often a wait for the agent looks whether the VM ended meanwhile.
+const AGENT_POLL: Duration = Duration::from_secs(1);
+
 /// A VM's side of its control socket.
 #[derive(Debug)]
 pub struct VmControl {
@@ -30,8 +33,10 @@ pub struct VmControl {
     stop_timeout: Duration,
     /// The app's output for attached clients.
     hub: Arc<OutputHub>,
-    /// The app's stdin, when attached clients feed it.
-    stdin: Option<Arc<HostWriter>>,
+    /// The host's side of the agent's boot session: connected once the agent is up.
+    agent: Arc<HostWriter>,
+    /// Attached clients feed the app's stdin (through `agent`).
+    feeds_stdin: bool,
     /// The guest's vsock CID and when the VM started, once it did.
     started: Mutex<Option<(u32, Instant)>>,
     stopping: AtomicBool,
@@ -39,29 +44,42 @@ pub struct VmControl {
 
 impl VmControl {
     /// A VM's side: exec sessions with `token`, stops and attached clients' signals through
-    /// `signals` (the VM's relay) with `stop_timeout`, attached clients' output from `hub`.
+    /// `signals` (the VM's relay) with `stop_timeout`, attached clients' output from `hub`;
+    /// `agent` is the host's side of the agent's boot session.
     pub fn new(
         token: Option<String>,
         signals: SignalInjector,
         stop_timeout: Duration,
         hub: Arc<OutputHub>,
+        agent: Arc<HostWriter>,
     ) -> Self {
         VmControl {
             token,
             signals,
             stop_timeout,
             hub,
-            stdin: None,
+            agent,
+            feeds_stdin: false,
             started: Mutex::new(None),
             stopping: AtomicBool::new(false),
         }
     }
 
-    /// Attached clients' stdin goes to the app through `writer` (the VM's relay leaves the
-    /// app's stdin open for them).
-    pub fn with_stdin(mut self, writer: Arc<HostWriter>) -> Self {
-        self.stdin = Some(writer);
+    /// Attached clients' stdin goes to the app (the VM's relay leaves the app's stdin open for
+    /// them).
+    pub fn feeding_stdin(mut self) -> Self {
+        self.feeds_stdin = true;
         self
+    }
+
+    /// Waits until the agent is up (true), or the VM ended first (false).
+    fn wait_for_agent(&self) -> bool {
+        while !self.agent.wait_connected(AGENT_POLL) {
+            if self.hub.has_ended() {
+                return false;
+            }
+        }
+        true
     }
 
     /// Serves the control socket at `path`; it goes when the server drops.
@@ -91,10 +109,11 @@ impl VmControl {
 impl Handler for VmControl {
     fn status(&self) -> Result<LiveStatus, String> {
         let started = *self.lock_started();
+        // Running once the agent is up: then exec and attached clients' stdin reach the app.
         let state = match started {
             _ if self.stopping.load(Ordering::SeqCst) => LiveState::Stopping,
-            None => LiveState::Starting,
-            Some(_) => LiveState::Running,
+            Some(_) if self.agent.wait_connected(Duration::ZERO) => LiveState::Running,
+            _ => LiveState::Starting,
         };
         let pid = std::process::id();
         Ok(LiveStatus {
@@ -145,12 +164,15 @@ impl Handler for VmControl {
             Message::Data(Stream::Stdin, _) | Message::Control(Control::StdinClose) => {
                 // Without a stdin held open for attached clients, the app's stdin is podvm's
                 // own or closed: the client's is dropped.
-                if let Some(stdin) = &self.stdin {
-                    stdin
-                        .send(&message)
-                        .map_err(|err| format!("cannot pass stdin on to the app: {err}"))?;
+                if !self.feeds_stdin {
+                    return Ok(());
                 }
-                Ok(())
+                if !self.wait_for_agent() {
+                    return Err("the VM ended".into());
+                }
+                self.agent
+                    .send(&message)
+                    .map_err(|err| format!("cannot pass stdin on to the app: {err}"))
             }
             // No terminal for attached clients: nothing to resize.
             _ => Ok(()),
