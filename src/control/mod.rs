@@ -1,8 +1,8 @@
 //! A control socket per running VM, served by its supervisor: the `podvm run`, `run-prepared` or
 //! `boot` process that holds the VM. A pod's is `<pod dir>/control.sock` ([`SOCKET_FILE`]);
 //! `podvm boot --exec-info FILE` serves one at FILE. `podvm enter`, `stop`, `status` (of a
-//! running pod) and `exec` are its clients ([`client`]); [`server`] serves it and [`vm`] answers
-//! for the VM.
+//! running pod), `attach` and `exec` are its clients ([`client`]); [`server`] serves it, [`vm`]
+//! answers for the VM and [`attach`] fans the app's output out to attached clients.
 //!
 //! # Access
 //!
@@ -35,15 +35,23 @@
 //! {"type":"stop"}    ->  {"type":"stopping","timeout_ms":10000}
 //! {"type":"exec","command":["/bin/sh"],"env":[],"tty":true,"app":"web",...}
 //!                    ->  {"type":"session"}, then agent protocol frames both ways
+//! {"type":"attach"}  ->  {"type":"session"}, then agent protocol frames both ways
 //! any failure        ->  {"type":"error","message":"..."}, and the server closes
 //! ```
+//!
+//! `status` says `starting` until the VM is built and its agent is up, then `running`, and
+//! `stopping` once a `stop` came.
 //!
 //! `stop` does what SIGTERM to the supervisor does: the app gets SIGTERM through the agent and
 //! the VM is stopped hard after the stop timeout. For `exec`, the supervisor opens the agent's
 //! exec session itself (vsock, with the token), answers `session`, and from then on relays the
 //! protocol crate's frames: the agent's output, `Error` and `Exited` to the client as they come;
 //! from the client only stdin data, `StdinClose`, `Signal` and `Resize` (anything else ends the
-//! session). EOF travels both ways, as on a direct exec session.
+//! session). EOF travels both ways, as on a direct exec session. An `attach` session carries
+//! the app's output from the moment it attached (as podvm's own terminal shows it) and, when
+//! the VM ends, the app's `Exited`; the client's `Signal`s go to the app as signals to the
+//! supervisor would (stop timeout included), its stdin data and `StdinClose` only to an app
+//! whose stdin the supervisor holds open for attached clients (`run --detach --interactive`).
 //!
 //! # Bounds
 //!
@@ -51,7 +59,9 @@
 //! from their header; at most [`server::MAX_CONNECTIONS`] connections are served at once
 //! (more get a `busy` error); a request must arrive within [`server::REQUEST_TIMEOUT`] of
 //! connecting and a response not read within [`server::REPLY_TIMEOUT`] is dropped. An exec
-//! session lasts as long as its command, on threads of its own, and is cut when the VM ends.
+//! session lasts as long as its command, on threads of its own, and is cut when the VM ends; an
+//! attached client that does not read is cut off after [`attach::CLIENT_BACKLOG`] bytes of
+//! output, so the app never waits for it.
 
 pub mod attach;
 pub mod client;
