@@ -94,7 +94,7 @@ def auth_challenge():
 
 
 def frame(kind, payload):
-    return b"PV" + bytes([3, kind]) + struct.pack("<I", len(payload)) + payload
+    return b"PV" + bytes([4, kind]) + struct.pack("<I", len(payload)) + payload
 
 
 def agent_protocol():
@@ -106,6 +106,9 @@ def agent_protocol():
     write("agent_protocol", "host", b"\x40" + frame(16, js({"type": "resize", "rows": 24, "cols": 80}))
           + frame(16, js({"type": "shutdown", "grace_ms": 1000})) + frame(3, b"in"))
     write("agent_protocol", "error", b"\x01" + frame(16, js({"type": "error", "message": "no"})))
+    write("agent_protocol", "boot", b"\x20" + frame(16, js({
+        "type": "boot", "command": ["sh", "-c", "echo hi"], "env": ["A=1"], "workdir": None,
+        "exec_token": "t", "apps": [{"name": "web", "command": ["httpd"]}]})))
 
 
 def raw_tar(entries):

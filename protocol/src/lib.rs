@@ -1,13 +1,13 @@
 //! Wire protocol between the podvm host and the guest agent (PID 1 in the VM).
 //!
-//! # Wire format (version 3)
+//! # Wire format (version 4)
 //!
 //! Every message is one frame:
 //!
 //! ```text
 //! offset  size  field
 //! 0       2     magic, the bytes "PV"
-//! 2       1     protocol version (currently 3)
+//! 2       1     protocol version (currently 4)
 //! 3       1     kind: 1 = stdout bytes, 2 = stderr bytes, 3 = stdin bytes,
 //!               16 = control message (JSON of [`Control`])
 //! 4       4     payload length, little endian, at most [`MAX_PAYLOAD`]
@@ -22,9 +22,10 @@
 //!
 //! # Messages
 //!
-//! Host to agent: [`Stream::Stdin`] data, [`Control::StdinClose`], [`Control::Signal`],
-//! [`Control::Resize`], [`Control::Exec`] (first and only once, on an exec connection) and
-//! [`Control::Shutdown`]. Agent to host: [`Control::Ready`] (or [`Control::App`] on an app
+//! Host to agent: [`Control::Boot`] (first and only once, on the boot session),
+//! [`Stream::Stdin`] data, [`Control::StdinClose`], [`Control::Signal`], [`Control::Resize`],
+//! [`Control::Exec`] (first and only once, on an exec connection) and [`Control::Shutdown`].
+//! Agent to host: [`Control::Ready`] (or [`Control::App`] on an app
 //! session), [`Stream::Stdout`] and [`Stream::Stderr`] data, [`Control::Error`] and, last,
 //! [`Control::Exited`].
 //!
@@ -38,9 +39,20 @@
 //!   so concurrent VMs never clash, and passes that port on the guest kernel command line as
 //!   `podvm.agent_port=<port>` ([`AGENT_PORT_PARAM`]). The agent connects to the host, CID 2
 //!   ([`HOST_CID`]), on that port as soon as it has mounted /proc; the host accepts only a
-//!   connection from the VM's own CID. The agent sends `Ready` and runs the [`BootSpec`] the
-//!   host packed as JSON at [`BOOT_SPEC_PATH`] into the initramfs. `Shutdown` on this session
-//!   stops every process (SIGTERM, SIGKILL after the grace period) and powers the VM off.
+//!   connection from the VM's own CID. The agent sends `Ready`; the host's first frame on this
+//!   session is [`Control::Boot`] carrying the [`BootSpec`] (version 4: the host may write it
+//!   as soon as it accepted the connection, before `Ready` arrives). The agent waits for it at
+//!   most [`BOOT_SPEC_PATIENCE_MS`]; if it does not come, or anything else comes first, or the
+//!   spec is invalid (an empty command without `apps`), the agent says so on the console, sends
+//!   `Error` and ends the VM. The guest's initramfs therefore holds the agent alone and is the
+//!   same for every VM. `Shutdown` on this session stops every process (SIGTERM, SIGKILL after
+//!   the grace period) and powers the VM off.
+//! * **Other VMMs** (e.g. QEMU in the benchmarks, the agent on a second UART, `/dev/ttyS1`,
+//!   when it finds no `podvm.agent_port=`, or on vsock to a plain sink) have no host side that
+//!   sends `Boot`: their initramfs carries the spec as JSON at [`BOOT_SPEC_PATH`] and their
+//!   kernel command line names it, `podvm.boot_spec=/podvm/boot.json` ([`BOOT_SPEC_PARAM`];
+//!   `podvm boot --dump-initramfs` writes both). The agent then reads that file instead of
+//!   waiting for `Boot`, and checks it as it checks a `Boot` message.
 //! * **Exec sessions** (what `podvm enter` uses). When the boot spec carries an
 //!   [`BootSpec::exec_token`], the agent also listens on vsock port [`EXEC_PORT`]. A host
 //!   process connects to the guest's CID on that port and sends [`Control::Exec`] as its first
@@ -79,15 +91,21 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this crate speaks.
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 /// The two magic bytes that open every frame.
 pub const MAGIC: [u8; 2] = *b"PV";
 /// Size of the fixed frame header in bytes.
 pub const HEADER_LEN: usize = 8;
 /// Largest payload a frame may carry (1 MiB).
 pub const MAX_PAYLOAD: usize = 1 << 20;
-/// Where the boot spec lives inside the initramfs.
+/// Where the boot spec lives inside the initramfs of a VMM other than podvm's (one that cannot
+/// send [`Control::Boot`]; see the sessions section).
 pub const BOOT_SPEC_PATH: &str = "/podvm/boot.json";
+/// Kernel command line parameter naming a boot spec file in the initramfs, for VMMs that
+/// cannot send [`Control::Boot`] (see the sessions section).
+pub const BOOT_SPEC_PARAM: &str = "podvm.boot_spec";
+/// How long the agent waits for [`Control::Boot`] after it sent `Ready`, in milliseconds.
+pub const BOOT_SPEC_PATIENCE_MS: u64 = 30_000;
 /// Kernel command line parameter that tells the agent the host's vsock port,
 /// e.g. `podvm.agent_port=1234` (see the transport section above).
 pub const AGENT_PORT_PARAM: &str = "podvm.agent_port";
@@ -414,6 +432,8 @@ pub enum Control {
     },
     /// Host to agent: run a command (first frame of an exec session).
     Exec(ExecRequest),
+    /// Host to agent: what the VM runs (first frame of the boot session).
+    Boot(Box<BootSpec>),
     /// Host to agent: stop every process (SIGTERM, then SIGKILL after `grace_ms`) and power off.
     Shutdown {
         /// Milliseconds between SIGTERM and SIGKILL.
@@ -430,11 +450,13 @@ impl Control {
                 | Control::Signal { .. }
                 | Control::Resize { .. }
                 | Control::Exec(_)
+                | Control::Boot(_)
                 | Control::Shutdown { .. }
         )
     }
 
-    /// A short name for diagnostics (never the payload: an exec request holds the token).
+    /// A short name for diagnostics (never the payload: an exec request and a boot spec hold
+    /// the exec token).
     pub fn name(&self) -> &'static str {
         match self {
             Control::Ready { .. } => "ready",
@@ -445,6 +467,7 @@ impl Control {
             Control::Signal { .. } => "signal",
             Control::Resize { .. } => "resize",
             Control::Exec(_) => "exec",
+            Control::Boot(_) => "boot",
             Control::Shutdown { .. } => "shutdown",
         }
     }
@@ -679,6 +702,16 @@ mod tests {
             })),
             Message::Control(Control::App { name: "web".into() }),
             Message::Control(Control::Shutdown { grace_ms: 5 }),
+            Message::Control(Control::Boot(Box::new(BootSpec {
+                command: vec!["sh".into(), "-c".into(), "true".into()],
+                exec_token: Some("t".into()),
+                apps: vec![AppSpec {
+                    name: "web".into(),
+                    command: vec!["httpd".into()],
+                    ..AppSpec::default()
+                }],
+                ..BootSpec::default()
+            }))),
         ]
     }
 
@@ -733,11 +766,12 @@ mod tests {
             (b"XX\x02\x01\0\0\0\0".to_vec(), "magic"),
             (b"PV\x01\x01\0\0\0\0".to_vec(), "version 1"),
             (b"PV\x02\x01\0\0\0\0".to_vec(), "version 2"),
+            (b"PV\x03\x01\0\0\0\0".to_vec(), "version 3"),
             (b"PV\x09\x01\0\0\0\0".to_vec(), "version"),
-            (b"PV\x03\x63\0\0\0\0".to_vec(), "kind"),
-            (b"PV\x03\x01\xff\xff\xff\x7f".to_vec(), "exceeds"),
-            (b"PV\x03\x10\x03\0\0\0{x}".to_vec(), "malformed"),
-            (b"PV\x03\x10\x05\0\0\0{}".to_vec(), "I/O"),
+            (b"PV\x04\x63\0\0\0\0".to_vec(), "kind"),
+            (b"PV\x04\x01\xff\xff\xff\x7f".to_vec(), "exceeds"),
+            (b"PV\x04\x10\x03\0\0\0{x}".to_vec(), "malformed"),
+            (b"PV\x04\x10\x05\0\0\0{}".to_vec(), "I/O"),
             (control_frame(r#"{"type":"zz"}"#), "malformed"),
             (
                 control_frame(r#"{"type":"signal","signo":"x"}"#),
@@ -813,7 +847,7 @@ mod tests {
             let len = rng.below(64);
             decode_all(&rng.bytes(len));
             // Random bytes behind a valid header prefix reach the payload decoders too.
-            let mut framed = b"PV\x03".to_vec();
+            let mut framed = b"PV\x04".to_vec();
             framed.push([1, 2, 3, 16][rng.below(4)]);
             let payload_len = rng.below(40);
             let payload = rng.bytes(payload_len);
@@ -857,7 +891,7 @@ mod tests {
     #[test]
     fn huge_lengths_fail_at_once() {
         for len in [MAX_PAYLOAD as u32 + 1, u32::MAX, 1 << 31] {
-            let mut frame = b"PV\x03\x01".to_vec();
+            let mut frame = b"PV\x04\x01".to_vec();
             frame.extend(len.to_le_bytes());
             let mut decoder = FrameDecoder::new();
             decoder.push(&frame);
