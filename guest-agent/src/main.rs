@@ -4,9 +4,11 @@
 //! to the host, on the port given as `podvm.agent_port=` on the kernel command line; without
 //! it, the second serial port if the VMM has one), send `Ready`, receive the boot spec (the
 //! host's first frame; another VMM's initramfs carries it in a file the kernel command line
-//! names, `podvm.boot_spec=/podvm/boot.json`), run its command in an event loop that relays
-//! stdin, output, signals and resizes and serves exec sessions (when the spec carries an exec
-//! token), send `Exited`, and end the VM (after the host confirmed it read everything).
+//! names, `podvm.boot_spec=/podvm/boot.json`), run its command (or the apps of a pod, `pod.rs`,
+//! or nothing in a sandbox) in an event loop (`workload.rs`) that relays stdin, output, signals
+//! and resizes, serves exec sessions (when the spec carries an exec token) and the host's
+//! container requests (`container.rs`), send `Exited`, and end the VM (after the host confirmed
+//! it read everything).
 //!
 //! Off the VM (any PID but 1) nothing is mounted and nothing reboots, which lets tests run the
 //! real workload and channel code: `PODVM_AGENT_CHANNEL` names the channel (`stdout`, the
@@ -14,13 +16,16 @@
 //! comes as in the VM, as the first frame the host side writes (to stdin on `stdout`), unless
 //! `PODVM_AGENT_SPEC` names a JSON file to read it from instead (then every frame on stdin
 //! belongs to the session). `PODVM_AGENT_EXEC_SOCKET` names a Unix socket to serve exec
-//! sessions on.
+//! sessions on, `PODVM_AGENT_APP_SOCKET` the Unix socket app and container sessions connect to,
+//! and `PODVM_AGENT_SHARES` the directory whose subdirectories stand for the boot spec's shares
+//! (nothing is mounted off the VM).
 
 #[macro_use]
 mod log;
 mod boot;
 mod cgroup;
 mod channel;
+mod container;
 mod exec;
 mod launch;
 mod net;
@@ -42,6 +47,7 @@ use std::time::Duration;
 use podvm_protocol::{BootSpec, Control, Message, BOOT_SPEC_PATIENCE_MS, EXEC_PORT};
 
 use crate::channel::{Channel, ChannelError, FdChannel, Target};
+use crate::container::Containers;
 use crate::exec::ExecListener;
 use crate::power::Role;
 use crate::session::{Phase, Session};
@@ -191,9 +197,13 @@ fn run(role: Role) -> Result<i32, AgentError> {
             return refuse_boot(Some("cannot configure the guest network"), &err);
         }
     }
-    if !spec.apps.is_empty() {
+    if !spec.apps.is_empty() || spec.sandbox {
         return run_pod(role, &spec, input);
     }
+    let containers = match Containers::new(role, &spec.shares) {
+        Ok(containers) => containers,
+        Err(err) => return refuse_boot(Some("cannot mount the shares for containers"), &err),
+    };
     let root = match &spec.rootfs {
         Some(rootfs) => match rootfs::prepare(rootfs) {
             Ok(root) => root,
@@ -215,7 +225,7 @@ fn run(role: Role) -> Result<i32, AgentError> {
         input,
         Phase::Done,
     );
-    let outcome = workload::run(&spec, boot, exec_service(role, &spec), &root)?;
+    let outcome = workload::run(&spec, boot, exec_service(role, &spec), &root, containers)?;
     diag!("workload exited: {:?}", outcome.status);
     Ok(0)
 }
@@ -245,7 +255,8 @@ fn mount_volumes(spec: &BootSpec, root: &Path) -> Result<(), volumes::VolumeErro
     volumes::bind_into(root, mounts, &spec.volumes)
 }
 
-/// Runs a pod of several apps (see `pod.rs`); the boot session carries only control messages.
+/// Runs a pod of several apps or a sandbox (see `pod.rs`); the boot session carries only
+/// control messages.
 fn run_pod(role: Role, spec: &BootSpec, input: Option<File>) -> Result<i32, AgentError> {
     let boot = Session::new(
         "pod".to_string(),

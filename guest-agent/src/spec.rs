@@ -50,6 +50,9 @@ pub enum SpecError {
     /// The spec names nothing to run.
     #[error("the boot spec {0} has an empty command: there is nothing to run")]
     EmptyCommand(String),
+    /// A sandbox spec also names a workload.
+    #[error("the boot spec {0} is a sandbox but has a command or apps: a sandbox runs only the containers created in it")]
+    SandboxWithWorkload(String),
 }
 
 /// The spec file named by `podvm.boot_spec=<path>` on a kernel command line, if any (a VMM
@@ -106,6 +109,12 @@ pub fn receive(input: &File, patience: Duration) -> Result<BootSpec, SpecError> 
 
 /// The checks every spec passes, wherever it came from (`origin` names it in errors).
 pub fn check(spec: BootSpec, origin: &str) -> Result<BootSpec, SpecError> {
+    if spec.sandbox {
+        if !spec.command.is_empty() || !spec.apps.is_empty() {
+            return Err(SpecError::SandboxWithWorkload(origin.to_string()));
+        }
+        return Ok(spec);
+    }
     if spec.apps.is_empty() && (spec.command.is_empty() || spec.command[0].is_empty()) {
         return Err(SpecError::EmptyCommand(origin.to_string()));
     }
@@ -226,6 +235,21 @@ mod tests {
         let err = receive(&read, Duration::from_secs(5)).expect_err("empty command");
         assert!(matches!(err, SpecError::EmptyCommand(_)), "{err}");
         assert!(err.to_string().contains("from the host"), "{err}");
+    }
+
+    #[test]
+    fn a_sandbox_runs_nothing_of_its_own() {
+        let sandbox = BootSpec {
+            sandbox: true,
+            ..BootSpec::default()
+        };
+        assert!(check(sandbox.clone(), "x").is_ok(), "no command needed");
+        let with_command = BootSpec {
+            command: vec!["sh".into()],
+            ..sandbox
+        };
+        let err = check(with_command, "x").expect_err("a workload too");
+        assert!(err.to_string().contains("is a sandbox"), "{err}");
     }
 
     #[test]
