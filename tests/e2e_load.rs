@@ -273,7 +273,9 @@ fn status_list_and_logs_agree_with_each_pod_once_all_have_exited() {
         return;
     };
     let list = json("final `list --format json`", &report.final_list);
-    let listed = list.as_array().unwrap_or_else(|| panic!("not a list: {list}"));
+    let listed = list
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {list}"));
     assert_eq!(listed.len(), PODS as usize, "every pod is listed: {result}");
     for n in 1..=PODS {
         let status = report
@@ -292,7 +294,11 @@ fn status_list_and_logs_agree_with_each_pod_once_all_have_exited() {
             .find(|pod| pod["uuid"] == view["uuid"])
             .unwrap_or_else(|| panic!("pod {n} ({}) is not listed: {list}", view["uuid"]));
         assert_eq!(in_list["state"], view["state"], "pod {n}: list and status");
-        assert_eq!(exit_code(in_list), exit_code(&view), "pod {n}: list and status");
+        assert_eq!(
+            exit_code(in_list),
+            exit_code(&view),
+            "pod {n}: list and status"
+        );
         assert_eq!(
             report.final_logs_rc.get(&n).map(String::as_str),
             Some("0"),
@@ -364,7 +370,10 @@ fn no_record_is_corrupted_and_no_pod_goes_back_in_its_life_while_commands_run() 
     let Some((result, report)) = at_once() else {
         return;
     };
-    assert!(!report.raw.is_empty(), "the loop read status.json: {result}");
+    assert!(
+        !report.raw.is_empty(),
+        "the loop read status.json: {result}"
+    );
     for (n, text) in &report.raw {
         let record = json(&format!("pod {n}'s status.json read during the run"), text);
         assert!(record["created"].is_u64(), "pod {n}: {record}");
