@@ -27,7 +27,7 @@ pod() {
   round=$1 i=$2 want=$3
   f=$tmp/$round-$i
   t0=$(now)
-  first=$( { timeout $limit $P run --memory 32Mi --uuid-file-save $f.uuid oci:demo:demo \
+  first=$( { timeout $limit $P run --uuid-file-save $f.uuid oci:demo:demo --memory 32Mi \
                --exec /bin/sh -- -c "echo pod-$i; exit $want" 2>$f.err; echo $? >$f.rc; } |
            { read -r line; echo "$line" >$f.out; now; cat >/dev/null; } )
   t1=$(now)

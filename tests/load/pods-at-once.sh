@@ -24,7 +24,7 @@ rm -rf $d; mkdir -p $d
 one_line() { tr '\n' ' ' <"$1" | sed 's/podvm: /podvm-said: /g'; }
 
 # The uuid of pod $1 once run has written it whole, else nothing.
-uuid_of() { [ "$(wc -c <$d/$1.uuid 2>/dev/null)" = 37 ] && cat $d/$1.uuid; }
+uuid_of() { [ -f $d/$1.uuid ] && [ "$(wc -c <$d/$1.uuid)" = 37 ] && cat $d/$1.uuid; }
 
 # try VERB CMD...: runs a podvm command, counting it and keeping its stdout in $d/try.out;
 # a failure is reported with its first stderr line.
@@ -66,7 +66,7 @@ hammer_pid=$!
 
 i=1
 while [ $i -le $n ]; do
-  $P run --memory $memory --uuid-file-save $d/$i.uuid $image \
+  $P run --uuid-file-save $d/$i.uuid $image --memory $memory \
     --exec /bin/sh -- -c "echo pod-$i; exit $i" >$d/$i.out 2>$d/$i.err &
   echo $! >$d/$i.pid
   i=$((i + 1))
