@@ -143,6 +143,8 @@ struct Report {
     totals: BTreeMap<String, (u32, u32)>,
     /// `seen status N JSON`, in order.
     seen: Vec<(u32, String)>,
+    /// `seen list JSON`, in order.
+    seen_lists: Vec<String>,
     /// `raw N JSON`, in order.
     raw: Vec<(u32, String)>,
     /// `final-status N JSON`, `final-logs N LINE`, `final-logs-rc N R`.
@@ -189,10 +191,11 @@ fn report(result: &CheckResult) -> Report {
                 let failed = count("failed=");
                 report.totals.insert(verb, (ok, failed));
             }
-            "seen" => {
-                let rest = rest.strip_prefix("status ").unwrap_or(rest);
-                report.seen.extend(numbered(rest));
-            }
+            "seen" => match rest.split_once(' ') {
+                Some(("status", rest)) => report.seen.extend(numbered(rest)),
+                Some(("list", rest)) => report.seen_lists.push(rest.to_owned()),
+                _ => panic!("bad line {line:?}"),
+            },
             "raw" => report.raw.extend(numbered(rest)),
             "final-status" => report.final_status.extend(numbered(rest)),
             "final-logs" => report.final_logs.extend(numbered(rest)),
@@ -399,5 +402,27 @@ fn no_record_is_corrupted_and_no_pod_goes_back_in_its_life_while_commands_run() 
             );
         }
         last.insert(*n, (rank, code, state));
+    }
+    // Every concurrent `list` parsed, and showed each exited pod with its own exit code.
+    let number: BTreeMap<String, u32> = report
+        .final_status
+        .iter()
+        .map(|(n, text)| (json("a final status", text)["uuid"].to_string(), *n))
+        .collect();
+    assert!(
+        !report.seen_lists.is_empty(),
+        "the loop listed pods: {result}"
+    );
+    for text in &report.seen_lists {
+        let list = json("a concurrent `list --format json`", text);
+        for pod in list
+            .as_array()
+            .unwrap_or_else(|| panic!("not a list: {list}"))
+        {
+            let n = number.get(&pod["uuid"].to_string());
+            if let (Some(n), Some(code)) = (n, exit_code(pod)) {
+                assert_eq!(code, i64::from(*n), "a concurrent list: {pod}");
+            }
+        }
     }
 }

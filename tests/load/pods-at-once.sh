@@ -1,13 +1,15 @@
 #!/bin/sh
 # Runs inside L1 (or on a host with real KVM) for tests/e2e_load.rs, from the payload root:
-# starts N pods at once (`podvm run` of IMAGE, pod n prints `pod-n` and exits n) while a loop runs
-# `podvm status`, `list`, `logs` and `gc` against them, then reports what everyone saw.
+# starts N pods at once (`podvm run` of IMAGE, pod n prints `pod-n` and exits n) while two loops
+# run `podvm status`, `logs` (one) and `list`, `gc` (the other) against them, then reports what
+# everyone saw.
 # Usage: pods-at-once.sh N IMAGE [MEMORY] [DEADLINE_SECONDS]
 # Output, one fact per line (tests/e2e_load.rs parses it):
 #   pod N rc=R | pod N out=LINE | pod N err=LINE | pod N timeout
 #   cmd VERB rc=R err=LINE        a concurrent command that failed
 #   cmds VERB ok=K failed=F       totals per verb
-#   seen VERB N JSON              what a concurrent `status --format json` printed (one line)
+#   seen status N JSON            what a concurrent `status --format json` printed (one line)
+#   seen list JSON                what a concurrent `list --format json` printed (one line)
 #   raw N JSON                    a snapshot of the pod's status.json taken during the loop
 #   final-status N JSON | final-logs N LINE | final-logs-rc N R | final-list JSON
 # podvm's own error lines are printed as `podvm-said: ...`: the nested runner retries a check
@@ -26,29 +28,30 @@ one_line() { tr '\n' ' ' <"$1" | sed 's/podvm: /podvm-said: /g'; }
 # The uuid of pod $1 once run has written it whole, else nothing.
 uuid_of() { [ -f $d/$1.uuid ] && [ "$(wc -c <$d/$1.uuid)" = 37 ] && cat $d/$1.uuid; }
 
-# try VERB CMD...: runs a podvm command, counting it and keeping its stdout in $d/try.out;
+# try VERB CMD...: runs a podvm command, counting it and keeping its stdout in $d/VERB.out;
 # a failure is reported with its first stderr line.
 try() {
   verb=$1; shift
-  "$@" >$d/try.out 2>$d/try.err
+  "$@" >$d/$verb.out 2>$d/$verb.err
   rc=$?
   if [ $rc -eq 0 ]; then
     echo ok >>$d/$verb.count
     return 0
   fi
   echo failed >>$d/$verb.count
-  echo "cmd $verb rc=$rc err=$(head -1 $d/try.err | sed 's/podvm: /podvm-said: /')"
+  echo "cmd $verb rc=$rc err=$(head -1 $d/$verb.err | sed 's/podvm: /podvm-said: /')"
   return 1
 }
 
-# The concurrent loop: until $d/stop appears, each round asks about every pod known so far.
-hammer() {
+# The concurrent loops, until $d/stop appears: one asks about every pod known so far (and reads
+# its status.json), the other lists the store and collects garbage, each as fast as it can.
+hammer_pods() {
   while [ ! -e $d/stop ]; do
     i=1
     while [ $i -le $n ]; do
       u=$(uuid_of $i)
       if [ -n "$u" ]; then
-        try status $P status --format json $u && echo "seen status $i $(tr -d '\n' <$d/try.out)"
+        try status $P status --format json $u && echo "seen status $i $(tr -d '\n' <$d/status.out)"
         try logs $P logs $u
         for f in state/pods/*/$u/status.json; do
           cat $f >$d/raw.json 2>/dev/null && echo "raw $i $(tr -d '\n' <$d/raw.json)"
@@ -56,13 +59,19 @@ hammer() {
       fi
       i=$((i + 1))
     done
-    try list $P list --format json
+  done
+}
+hammer_store() {
+  while [ ! -e $d/stop ]; do
+    try list $P list --format json && echo "seen list $(tr -d '\n' <$d/list.out)"
     try gc $P gc
   done
 }
 
-hammer >$d/hammer.txt &
-hammer_pid=$!
+hammer_pods >$d/hammer-pods.txt &
+pods_pid=$!
+hammer_store >$d/hammer-store.txt &
+store_pid=$!
 
 i=1
 while [ $i -le $n ]; do
@@ -90,10 +99,10 @@ while [ $i -le $n ]; do
 done
 
 touch $d/stop
-wait $hammer_pid
-cat $d/hammer.txt
+wait $pods_pid $store_pid
+cat $d/hammer-pods.txt $d/hammer-store.txt
 for verb in status logs list gc; do
-  echo "cmds $verb ok=$(grep -c ok $d/$verb.count 2>/dev/null) failed=$(grep -c failed $d/$verb.count 2>/dev/null)"
+  echo "cmds $verb ok=$(grep -cx ok $d/$verb.count 2>/dev/null) failed=$(grep -cx failed $d/$verb.count 2>/dev/null)"
 done
 
 # With everything quiet: what the records say now.
