@@ -232,6 +232,13 @@ fn pod_problem(n: u32, facts: &BTreeMap<String, String>) -> Option<String> {
              retry case, issue 20), podvm said: {err}"
         ));
     }
+    if err.contains(BUSY) {
+        return Some(format!(
+            "pod {n}: `podvm run` itself was refused as busy: a concurrent command (gc) held \
+             the pod's lock when run took it; `run` must hold the lock from prepare to the end; \
+             stderr: {err}"
+        ));
+    }
     Some(format!(
         "pod {n}: exit {rc:?} (want {n}), output {out:?} (want pod-{n}); stderr: {err}"
     ))
