@@ -45,7 +45,7 @@ const L1_FAILURES: [&str; 5] = [
     "general protection fault",
 ];
 
-static RESULTS: OnceLock<Option<(BatchResults, SystemTime)>> = OnceLock::new();
+static RESULTS: OnceLock<Option<BatchResults>> = OnceLock::new();
 
 /// Every check of this file, run in one L1 boot (or on a host with real KVM).
 fn batch() -> Option<Batch> {
@@ -69,16 +69,16 @@ fn batch() -> Option<Batch> {
 
 /// The batch's results, run on first use; `None` (reason printed) when it cannot run here.
 fn results() -> Option<&'static BatchResults> {
-    let (results, started) = RESULTS
+    RESULTS
         .get_or_init(|| {
             let started = SystemTime::now();
-            batch().map(|batch| (batch.run(), started))
+            let results = batch()?.run();
+            if let Some(note) = first_attempt_failure(&results, started) {
+                eprintln!("NOTE (environment, not podvm): {note}");
+            }
+            Some(results)
         })
-        .as_ref()?;
-    if let Some(note) = first_attempt_failure(results, *started) {
-        eprintln!("NOTE (environment, not podvm): {note}");
-    }
-    Some(results)
+        .as_ref()
 }
 
 /// The line of an L1 console that names how L1 itself failed, if any.
