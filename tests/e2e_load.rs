@@ -12,6 +12,7 @@ mod support;
 mod registry_support;
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
@@ -74,7 +75,8 @@ fn results() -> Option<&'static BatchResults> {
             let started = SystemTime::now();
             let results = batch()?.run();
             if let Some(note) = first_attempt_failure(&results, started) {
-                eprintln!("NOTE (environment, not podvm): {note}");
+                // Straight to stderr, past the test harness's capture: shown even when all pass.
+                let _ = writeln!(std::io::stderr(), "NOTE (environment, not podvm): {note}");
             }
             Some(results)
         })
