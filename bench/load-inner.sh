@@ -33,7 +33,8 @@ pod() {
   t1=$(now)
   rc=$(cat $f.rc)
   if [ "$rc" != "$want" ]; then
-    echo "$round $i $(head -3 $f.err | tr '\n' ' ')" >>$res/errors.txt
+    # podvm's error with the guest's last console lines it appends (up to 12 lines).
+    head -12 $f.err | grep -v '^$' | sed "s/^/$round $i /" >>$res/errors.txt
     u=$(cat $f.uuid 2>/dev/null)
     for c in state/pods/*/$u/console.log; do
       [ -n "$u" ] && [ -s "$c" ] && echo "$round $i console: $(tail -1 $c)" >>$res/errors.txt
