@@ -27,6 +27,10 @@ for tool in /usr/lib/cni /usr/sbin/iptables /usr/sbin/iptables-save /usr/sbin/ip
   /usr/sbin/ip6tables /usr/lib/x86_64-linux-gnu/xtables /usr/sbin/ip /usr/sbin/tc; do
   [ -e "$tool" ] && tools+=(-b "$tool")
 done
+# A failed or stopped L1 still leaves the results so far (l1.sh copies them out): summarize those.
+status=0
 "$here/tests/nested/l1.sh" -m "${L1_MEMORY_MIB:-3072}" -t 3600 "${tools[@]}" \
-  "$payload" "$work/results" -- "sh /payload/load-inner.sh $args"
+  "$payload" "$work/results" -- "sh /payload/load-inner.sh $args" || status=$?
+[ $status -eq 0 ] || echo "load.sh: L1 ended with status $status; results so far:"
 python3 "$here/bench/load-summarize.py" "$work/results"
+exit $status
