@@ -164,14 +164,17 @@ pub enum RunError {
 
 /// Runs `podvm run`: prepare, then run the prepared pod.
 pub fn run(data_dir: &Path, args: RunArgs) -> Result<ExitCode, RunError> {
-    let uuid = prepare::prepare(data_dir, &args.prepare)?;
+    // The lock taken when the pod was created is held until it has run: a `gc` (or any other
+    // command) in between would otherwise find the prepared pod unlocked, take it, and make
+    // this `run` fail as busy.
+    let (uuid, held) = prepare::prepare_locked(data_dir, &args.prepare)?;
     if let Some(path) = args.prepare.uuid_file() {
         std::fs::write(path, format!("{uuid}\n")).map_err(|source| PrepareError::UuidFile {
             path: path.to_path_buf(),
             source,
         })?;
     }
-    let result = run_pod(data_dir, &uuid, &args.vm);
+    let result = run_pod(data_dir, &uuid, &args.vm, Some(held));
     if result.is_err() {
         // A pod `run` prepared but could not start is not left behind for `run-prepared`.
         let pods = PodStore::open(data_dir)?;
@@ -188,10 +191,16 @@ pub fn run(data_dir: &Path, args: RunArgs) -> Result<ExitCode, RunError> {
 
 /// Runs `podvm run-prepared`.
 pub fn run_prepared(data_dir: &Path, args: RunPreparedArgs) -> Result<ExitCode, RunError> {
-    run_pod(data_dir, &args.uuid, &args.vm)
+    run_pod(data_dir, &args.uuid, &args.vm, None)
 }
 
-fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunError> {
+/// Runs the prepared pod `prefix`; `held` is its lock when the caller holds it already.
+fn run_pod(
+    data_dir: &Path,
+    prefix: &str,
+    vm: &VmFlags,
+    held: Option<lock::PodLock>,
+) -> Result<ExitCode, RunError> {
     let pods = PodStore::open(data_dir)?;
     let prepared = pods.find(prefix)?;
     if prepared.state != PodState::Prepared {
@@ -203,7 +212,10 @@ fn run_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunE
         }
         .into());
     }
-    let _held = lock::try_lock(&prepared.dir, &prepared.uuid)?;
+    let _held = match held {
+        Some(held) => held,
+        None => lock::try_lock(&prepared.dir, &prepared.uuid)?,
+    };
     let manifest = pods.manifest(&prepared)?;
     check_apps(&prepared, &manifest.apps, vm)?;
     let store = Store::open(data_dir)?;
