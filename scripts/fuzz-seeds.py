@@ -94,7 +94,7 @@ def auth_challenge():
 
 
 def frame(kind, payload):
-    return b"PV" + bytes([3, kind]) + struct.pack("<I", len(payload)) + payload
+    return b"PV" + bytes([5, kind]) + struct.pack("<I", len(payload)) + payload
 
 
 def agent_protocol():
@@ -106,6 +106,18 @@ def agent_protocol():
     write("agent_protocol", "host", b"\x40" + frame(16, js({"type": "resize", "rows": 24, "cols": 80}))
           + frame(16, js({"type": "shutdown", "grace_ms": 1000})) + frame(3, b"in"))
     write("agent_protocol", "error", b"\x01" + frame(16, js({"type": "error", "message": "no"})))
+    write("agent_protocol", "boot", b"\x20" + frame(16, js({
+        "type": "boot", "command": ["sh", "-c", "echo hi"], "env": ["A=1"], "workdir": None,
+        "exec_token": "t", "apps": [{"name": "web", "command": ["httpd"]}]})))
+    write("agent_protocol", "containers", b"\x11" + frame(16, js({
+        "type": "create_container", "id": "web",
+        "rootfs": {"share": "sandbox", "path": "web/rootfs", "read_only": True},
+        "process": {"command": ["httpd"], "env": ["A=1"], "limits": {"memory_bytes": 1048576}}}))
+        + frame(16, js({"type": "start_container", "id": "web"}))
+        + frame(16, js({"type": "container_done", "id": "web", "op": "start"}))
+        + frame(16, js({"type": "container_error", "id": "web", "op": "signal",
+                        "kind": "bad_signal", "message": "no"}))
+        + frame(16, js({"type": "container_exited", "id": "web", "status": {"Code": 0}})))
 
 
 def raw_tar(entries):

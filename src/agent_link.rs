@@ -1,7 +1,8 @@
 //! Host end of the agent channel: decodes the agent's frames as the guest writes them and
 //! dispatches them (app output to our stdout/stderr, status and errors into [`LinkReport`]);
-//! [`HostWriter`] sends the host's frames (stdin, signals, resizes) the other way once the agent
-//! connected. In a pod of several apps, each app session gets an [`AppLink`] that sends the app's
+//! when the agent connects, the boot spec is the first frame sent to it
+//! ([`AgentLink::with_boot_spec`]); [`HostWriter`] then sends the host's other frames (stdin,
+//! signals, resizes). In a pod of several apps, each app session gets an [`AppLink`] that sends the app's
 //! output to the writers [`AppOutputs`] gives for it and records its exit in the shared report.
 
 use std::fs::File;
@@ -71,6 +72,8 @@ pub struct LinkReport {
     pub agent_errors: Vec<String>,
     /// The first protocol violation, after which the channel is ignored.
     pub protocol_error: Option<String>,
+    /// Why the boot spec could not be sent to the agent, if it could not.
+    pub spec_error: Option<String>,
 }
 
 /// An app's stdout and stderr writers.
@@ -87,6 +90,7 @@ pub struct AgentLink {
     stderr: Box<dyn Write + Send>,
     writer: Option<Arc<HostWriter>>,
     apps: Option<AppOutputs>,
+    boot_spec: Option<Vec<u8>>,
 }
 
 impl AgentLink {
@@ -103,6 +107,7 @@ impl AgentLink {
             stderr,
             writer: None,
             apps: None,
+            boot_spec: None,
         };
         (link, report)
     }
@@ -110,6 +115,13 @@ impl AgentLink {
     /// Takes app sessions (a pod of several apps), whose output goes where `outputs` says.
     pub fn with_apps(mut self, outputs: AppOutputs) -> Self {
         self.apps = Some(outputs);
+        self
+    }
+
+    /// Sends `frame` (the encoded [`Control::Boot`]) first when the agent connects, before
+    /// the connection goes to the writer.
+    pub fn with_boot_spec(mut self, frame: Vec<u8>) -> Self {
+        self.boot_spec = Some(frame);
         self
     }
 
@@ -172,7 +184,12 @@ impl Write for AgentLink {
 }
 
 impl AgentSink for AgentLink {
-    fn connected(&mut self, stream: File) {
+    fn connected(&mut self, mut stream: File) {
+        if let Some(frame) = self.boot_spec.take() {
+            if let Err(err) = stream.write_all(&frame) {
+                lock(&self.report).spec_error = Some(err.to_string());
+            }
+        }
         if let Some(writer) = &self.writer {
             writer.connect(stream);
         }
@@ -370,6 +387,35 @@ mod tests {
         assert_eq!(
             Message::read_from(&mut frame.as_slice()).expect("decode"),
             Some(message)
+        );
+    }
+
+    #[test]
+    fn the_boot_spec_is_the_first_frame_the_agent_gets() {
+        use std::io::Read;
+        let spec = podvm_protocol::BootSpec {
+            command: vec!["true".into()],
+            ..Default::default()
+        };
+        let boot = Message::Control(Control::Boot(Box::new(spec)));
+        let writer = HostWriter::new();
+        let (link, _) = AgentLink::new(Box::new(io::sink()), Box::new(io::sink()));
+        let mut link = link
+            .with_boot_spec(boot.encode().expect("encode"))
+            .with_writer(writer.clone());
+        let (host, mut guest) = std::os::unix::net::UnixStream::pair().expect("pair");
+        link.connected(File::from(std::os::fd::OwnedFd::from(host)));
+        let signal = Message::Control(Control::Signal { signo: 15 });
+        writer.send(&signal).expect("send");
+        drop(writer);
+        drop(link);
+        let mut bytes = Vec::new();
+        guest.read_to_end(&mut bytes).expect("read");
+        let mut reader = bytes.as_slice();
+        assert_eq!(Message::read_from(&mut reader).expect("decode"), Some(boot));
+        assert_eq!(
+            Message::read_from(&mut reader).expect("decode"),
+            Some(signal)
         );
     }
 

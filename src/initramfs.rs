@@ -1,9 +1,13 @@
-//! Packs the guest's initramfs: the agent as `/init`, its boot spec, and optionally a host
-//! directory, as a newc cpio archive (what the kernel unpacks into its rootfs).
+//! Packs the guest's initramfs: the agent as `/init` and optionally a host directory, as a
+//! newc cpio archive (what the kernel unpacks into its rootfs). The boot spec is not in it (the
+//! host sends it over the agent channel), so the archive of the agent alone is the same for
+//! every VM: [`pack`] builds it once per agent binary and keeps it in memory. Only
+//! [`pack_with_spec`] adds the spec, for VMMs that cannot send it.
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use podvm_protocol::{BootSpec, BOOT_SPEC_PATH};
 
@@ -72,10 +76,75 @@ impl Archive {
     }
 }
 
-/// Builds the initramfs: `extra_dir`'s tree first, then podvm's own entries, which win.
-pub fn pack(
+/// Which agent binary an archive was built from: the file's identity and modification time,
+/// which change whenever the binary is rebuilt or replaced. (A content hash would cost as much
+/// as the packing it saves: both read the whole agent.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct AgentId {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl AgentId {
+    fn of(path: &Path) -> Result<Self, InitramfsError> {
+        let meta = std::fs::metadata(path).map_err(|source| InitramfsError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        })
+    }
+}
+
+/// The archive of the agent alone, for the agent it was built from.
+static AGENT_ONLY: Mutex<Option<(AgentId, Arc<Vec<u8>>)>> = Mutex::new(None);
+
+/// The initramfs podvm boots: the agent alone, the same for every VM and built once per agent
+/// binary; with `extra_dir` (`podvm boot --initrd-dir`), that tree first and the agent's
+/// entries after it (they win), built afresh.
+pub fn pack(agent: &Path, extra_dir: Option<&Path>) -> Result<Arc<Vec<u8>>, InitramfsError> {
+    if extra_dir.is_some() {
+        return build(agent, None, extra_dir).map(Arc::new);
+    }
+    let id = AgentId::of(agent)?;
+    let mut cache = AGENT_ONLY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((built_from, archive)) = cache.as_ref() {
+        if *built_from == id {
+            return Ok(archive.clone());
+        }
+    }
+    let archive = Arc::new(build(agent, None, None)?);
+    *cache = Some((id, archive.clone()));
+    Ok(archive)
+}
+
+/// [`pack`] with the boot spec as JSON at [`BOOT_SPEC_PATH`], for a VMM other than podvm's,
+/// which cannot send it over the agent channel (`podvm boot --dump-initramfs`, whose kernel
+/// command line names the file).
+pub fn pack_with_spec(
     agent: &Path,
     spec: &BootSpec,
+    extra_dir: Option<&Path>,
+) -> Result<Vec<u8>, InitramfsError> {
+    build(agent, Some(spec), extra_dir)
+}
+
+/// Builds an initramfs: `extra_dir`'s tree first, then podvm's own entries, which win.
+fn build(
+    agent: &Path,
+    spec: Option<&BootSpec>,
     extra_dir: Option<&Path>,
 ) -> Result<Vec<u8>, InitramfsError> {
     let mut archive = Archive {
@@ -91,12 +160,14 @@ pub fn pack(
     archive.entry("dev/console", S_IFCHR | 0o600, &[], (5, 1))?;
     let agent_bytes = read(agent)?;
     archive.entry("init", S_IFREG | 0o755, &agent_bytes, (0, 0))?;
-    archive.entry(
-        BOOT_SPEC_PATH,
-        S_IFREG | 0o644,
-        &serde_json::to_vec(spec)?,
-        (0, 0),
-    )?;
+    if let Some(spec) = spec {
+        archive.entry(
+            BOOT_SPEC_PATH,
+            S_IFREG | 0o644,
+            &serde_json::to_vec(spec)?,
+            (0, 0),
+        )?;
+    }
     archive.finish()
 }
 
@@ -152,23 +223,10 @@ fn add_tree(archive: &mut Archive, dir: &Path, prefix: &str) -> Result<(), Initr
 mod tests {
     use super::*;
 
-    #[test]
-    fn packs_agent_spec_and_tree() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let agent = dir.path().join("agent");
-        std::fs::write(&agent, b"\x7fELF fake agent").expect("write");
-        let tree = dir.path().join("tree");
-        std::fs::create_dir_all(tree.join("bin")).expect("mkdir");
-        std::fs::write(tree.join("bin/busybox"), b"bb").expect("write");
-        std::os::unix::fs::symlink("busybox", tree.join("bin/sh")).expect("symlink");
-        let spec = BootSpec {
-            command: vec!["/bin/sh".into()],
-            ..Default::default()
-        };
-        let archive = pack(&agent, &spec, Some(&tree)).expect("pack");
-
+    /// Each entry's name and mode, in archive order.
+    fn entries(archive: &[u8]) -> Vec<(String, u32)> {
         let mut names = Vec::new();
-        let mut rest = archive.as_slice();
+        let mut rest = archive;
         loop {
             let reader = cpio::NewcReader::new(rest).expect("entry");
             if reader.entry().is_trailer() {
@@ -177,16 +235,60 @@ mod tests {
             names.push((reader.entry().name().to_string(), reader.entry().mode()));
             rest = reader.finish().expect("next");
         }
+        names
+    }
+
+    #[test]
+    fn packs_agent_and_tree_without_a_spec() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let agent = dir.path().join("agent");
+        std::fs::write(&agent, b"\x7fELF fake agent").expect("write");
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("bin")).expect("mkdir");
+        std::fs::write(tree.join("bin/busybox"), b"bb").expect("write");
+        std::os::unix::fs::symlink("busybox", tree.join("bin/sh")).expect("symlink");
+        let archive = pack(&agent, Some(&tree)).expect("pack");
+        let names = entries(&archive);
         let find = |name: &str| names.iter().find(|(n, _)| n == name).map(|(_, mode)| *mode);
         assert_eq!(find("bin/sh"), Some(S_IFLNK | 0o777));
         assert_eq!(find("init"), Some(S_IFREG | 0o755));
         assert_eq!(find("dev/console"), Some(S_IFCHR | 0o600));
-        assert!(find("podvm/boot.json").is_some());
+        assert_eq!(find("podvm/boot.json"), None, "the spec travels over vsock");
         let init_pos = names.iter().position(|(n, _)| n == "init").expect("init");
         let busybox_pos = names
             .iter()
             .position(|(n, _)| n == "bin/busybox")
             .expect("busybox");
         assert!(busybox_pos < init_pos, "the agent comes last so it wins");
+
+        let spec = BootSpec {
+            command: vec!["/bin/sh".into()],
+            ..Default::default()
+        };
+        let foreign = pack_with_spec(&agent, &spec, Some(&tree)).expect("pack");
+        let names = entries(&foreign);
+        assert!(names.iter().any(|(n, _)| n == "podvm/boot.json"));
+    }
+
+    #[test]
+    fn the_agent_alone_is_packed_once_per_agent_binary() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let agent = dir.path().join("agent");
+        std::fs::write(&agent, b"\x7fELF agent one").expect("write");
+        let first = pack(&agent, None).expect("pack");
+        let again = pack(&agent, None).expect("pack");
+        assert!(Arc::ptr_eq(&first, &again), "built once, then reused");
+        assert_eq!(
+            *first,
+            build(&agent, None, None).expect("build"),
+            "the same bytes every time"
+        );
+        // A rebuilt agent (another inode, size or time) gets a new archive.
+        let rebuilt = dir.path().join("agent.new");
+        std::fs::write(&rebuilt, b"\x7fELF agent number two").expect("write");
+        std::fs::rename(&rebuilt, &agent).expect("replace");
+        let second = pack(&agent, None).expect("pack");
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert_eq!(*second, build(&agent, None, None).expect("build"));
     }
 }

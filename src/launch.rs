@@ -1,9 +1,10 @@
 //! Launching one workload in a microVM: the pipeline `podvm boot` and pods share.
 //!
 //! A [`LaunchPlan`] names the kernel, agent, boot spec, extra initramfs tree and VM size; [`launch`]
-//! packs the initramfs, runs the VM with the console going to a log file, relays the agent's
-//! output one way and podvm's stdin and signals the other (see [`crate::relay`]), and returns how
-//! the workload ended.
+//! packs the initramfs (the agent alone, the same for every VM), runs the VM with the console
+//! going to a log file, sends the boot spec as the first frame once the agent connects, relays
+//! the agent's output one way and podvm's stdin and signals the other (see [`crate::relay`]), and
+//! returns how the workload ended.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -93,6 +94,9 @@ pub enum LaunchError {
     /// The initramfs could not be built.
     #[error(transparent)]
     Initramfs(#[from] initramfs::InitramfsError),
+    /// The boot spec does not fit in a frame.
+    #[error("cannot encode the boot spec for the agent: {0}")]
+    Spec(podvm_protocol::ProtocolError),
     /// The VM could not be built.
     #[error(transparent)]
     Vmm(vmm::VmmError),
@@ -136,8 +140,25 @@ pub fn boot_media(plan: &LaunchPlan) -> Result<(Vec<u8>, String), LaunchError> {
         Some(path) => path.clone(),
         None => artifacts::agent()?,
     };
-    let initramfs = initramfs::pack(&agent, &plan.spec, plan.initrd_dir.as_deref())?;
-    Ok((initramfs, kernel_cmdline(plan)))
+    let initramfs = initramfs::pack(&agent, plan.initrd_dir.as_deref())?;
+    Ok((initramfs.as_ref().clone(), kernel_cmdline(plan)))
+}
+
+/// [`boot_media`] for another VMM, which cannot send the boot spec: it is packed in too, and
+/// the command line names it.
+pub fn foreign_boot_media(plan: &LaunchPlan) -> Result<(Vec<u8>, String), LaunchError> {
+    let agent = match &plan.agent {
+        Some(path) => path.clone(),
+        None => artifacts::agent()?,
+    };
+    let initramfs = initramfs::pack_with_spec(&agent, &plan.spec, plan.initrd_dir.as_deref())?;
+    let cmdline = format!(
+        "{} {}={}",
+        kernel_cmdline(plan),
+        podvm_protocol::BOOT_SPEC_PARAM,
+        podvm_protocol::BOOT_SPEC_PATH
+    );
+    Ok((initramfs, cmdline))
 }
 
 /// Runs the plan's workload in a VM until it ends.
@@ -179,7 +200,11 @@ pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
             terminal.writer(Stream::Stderr),
         ),
     };
+    let spec_frame = Message::Control(Control::Boot(Box::new(plan.spec.clone())))
+        .encode()
+        .map_err(LaunchError::Spec)?;
     let (mut link, report) = AgentLink::new(stdout, stderr);
+    link = link.with_boot_spec(spec_frame);
     if !plan.spec.apps.is_empty() {
         link = link.with_apps(app_outputs(&plan.app_logs, &terminal));
     }
@@ -383,6 +408,9 @@ fn exit_status(
     guest_end: Option<&str>,
     log_path: &Path,
 ) -> Result<ExitStatus, LaunchError> {
+    if let Some(err) = &report.spec_error {
+        eprintln!("podvm: cannot send the boot spec to the guest agent: {err}");
+    }
     for message in &report.agent_errors {
         eprintln!("podvm: guest agent: {message}");
     }

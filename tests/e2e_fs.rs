@@ -44,6 +44,25 @@ const ESCAPES: &str = "cd / && cd ../../../.. && ls -a | tr '\\n' ' ' && echo; \
      cat /proc/self/cwd/../outside/secret 2>/dev/null && echo LEAK-proc-cwd; \
      echo escapes-done";
 
+/// Whether a guest `sync` reaches the host's disk: with L1's periodic writeback off (restored
+/// after), the sectors written to the payload disk (where the share lives) while a guest writes
+/// 8 MiB and stays up, then while another guest writes 8 MiB, runs `sync` and stays up (a guest
+/// that exits is synced by its agent at power-off, so both stay up while the host measures).
+const SYNCFS: &str = "dev=$(basename $(awk '$2==\"/payload\"{print $1}' /proc/mounts)); \
+     written() { awk '{print $7}' /sys/block/$dev/stat; }; \
+     upto() { for i in $(seq 900); do grep -q $1 $2 && return; sleep 0.2; done; echo no-$1; }; \
+     e=$(cat /proc/sys/vm/dirty_expire_centisecs); w=$(cat /proc/sys/vm/dirty_writeback_centisecs); \
+     echo 360000 > /proc/sys/vm/dirty_expire_centisecs; echo 0 > /proc/sys/vm/dirty_writeback_centisecs; \
+     sync; s0=$(written); \
+     podvm boot --rootfs fsroot -- sh -c 'dd if=/dev/urandom of=/nosync.bin bs=1M count=8 2>/dev/null; \
+       echo written; exec sleep 600' >nosync.out 2>&1 & p1=$!; upto written nosync.out; s1=$(written); \
+     podvm boot --rootfs fsroot -- sh -c 'dd if=/dev/urandom of=/synced.bin bs=1M count=8 2>/dev/null; \
+       sync; echo synced; exec sleep 600' >synced.out 2>&1 & p2=$!; upto synced synced.out; s2=$(written); \
+     kill $p1 $p2; wait $p1 $p2; \
+     echo $e > /proc/sys/vm/dirty_expire_centisecs; echo $w > /proc/sys/vm/dirty_writeback_centisecs; \
+     echo nosync-sectors=$((s1 - s0)); echo synced-sectors=$((s2 - s1)); \
+     rm -f fsroot/nosync.bin fsroot/synced.bin";
+
 static RESULTS: E2e = E2e::new("setup");
 
 /// The result of check `name`, or `None` (test skipped) when artifacts are missing.
@@ -126,6 +145,7 @@ fn batch() -> Option<Batch> {
                 privilege::host_scan("fsroot", "rootfs"),
             ),
         )
+        .check("syncfs", SYNCFS)
         .check("missing_dir", "podvm boot --rootfs /payload/no-such-dir -- /bin/true")
         .check("not_a_dir", "podvm boot --rootfs fsro/existing -- /bin/true");
     Some(batch)
@@ -369,4 +389,38 @@ fn assert_privilege_stripped(result: &CheckResult, label: &str, victim_mode: &st
     privilege::assert_none_left(result, 1);
     assert!(result.stdout.lines().any(|l| l == "rc=0"), "{result}");
     privilege::assert_host_modes(result, label, victim_mode);
+}
+
+/// The sectors `key=` of the syncfs check's output.
+fn sectors(result: &CheckResult, key: &str) -> u64 {
+    result
+        .stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{key}=")))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in {result}"))
+}
+
+/// A guest's `sync` makes what it wrote durable on the host (FUSE_SYNCFS syncs the share's file
+/// system); without it only the host's own writeback, off here, would. The guest that does not
+/// sync shows the data stays in the host's page cache until then.
+#[test]
+fn a_guest_sync_puts_the_data_on_the_hosts_disk() {
+    let Some(result) = check("syncfs") else {
+        return;
+    };
+    let out = &result.stdout;
+    assert!(
+        !out.contains("no-written") && !out.contains("no-synced"),
+        "both guests wrote: {result}"
+    );
+    let eight_mib = 8 * 2048;
+    assert!(
+        sectors(result, "nosync-sectors") < eight_mib / 2,
+        "without a sync the 8 MiB stay in the host's page cache: {result}"
+    );
+    assert!(
+        sectors(result, "synced-sectors") >= eight_mib,
+        "the guest's sync wrote its 8 MiB to the host's disk: {result}"
+    );
 }

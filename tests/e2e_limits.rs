@@ -20,15 +20,8 @@ const IMAGE: &str = "oci:busybox-layout:latest";
 const FLOOD_MIB: u64 = 32;
 /// What it writes in the long flood checks: 1 GiB.
 const GIB_MIB: u64 = 1024;
-/// Set to `1` to add the 1 GiB floods (small and default cap) to the batch. They are left out of
-/// `make test`: in the nested L1 a guest streaming that much is reset by its vCPU (a KVM
-/// shutdown exit with no word from the guest kernel) in about half the runs, at a random point
-/// between 180 MB and 1 GB (issue 20 tracks those guest deaths).
-const LONG_FLOOD_VAR: &str = "PODVM_E2E_FLOOD";
-
-fn long_floods() -> bool {
-    std::env::var(LONG_FLOOD_VAR).is_ok_and(|v| v == "1")
-}
+/// How podvm reports a guest that ended without its agent's exit report.
+const SILENT_DEATH: &str = "the guest stopped before the agent reported an exit status";
 
 static RESULTS: E2e = E2e::new("fetch");
 
@@ -79,21 +72,17 @@ fn batch() -> Option<Batch> {
             &flood("--log-max 1Mi", "small", FLOOD_MIB),
             Duration::from_secs(600),
         );
-    let batch = if long_floods() {
-        batch
-            .check_with_timeout(
-                "flood_gib_small_cap",
-                &flood("--log-max 1Mi", "gib-small", GIB_MIB),
-                Duration::from_secs(900),
-            )
-            .check_with_timeout(
-                "flood_gib_default_cap",
-                &flood("", "gib-default", GIB_MIB),
-                Duration::from_secs(900),
-            )
-    } else {
-        batch
-    };
+    let batch = batch
+        .check_with_timeout(
+            "flood_gib_small_cap",
+            &flood("--log-max 1Mi", "gib-small", GIB_MIB),
+            Duration::from_secs(900),
+        )
+        .check_with_timeout(
+            "flood_gib_default_cap",
+            &flood("", "gib-default", GIB_MIB),
+            Duration::from_secs(900),
+        );
     Some(batch.timeout(Duration::from_secs(2700)))
 }
 
@@ -200,17 +189,26 @@ fn an_app_flooding_its_output_keeps_its_log_at_the_cap_set_by_log_max() {
     assert_capped(result, FLOOD_MIB, 1 << 20, "1 MiB");
 }
 
-/// The result of a long flood check, or `None` with the reason printed when they are off.
+/// The result of a 1 GiB flood check, or `None` with the reason and evidence printed when its
+/// guest died silently in both attempts the harness makes. In the nested L1 (QEMU TCG emulating
+/// AMD-V) some boots reset such guests mid-stream: a KVM shutdown exit with nothing on the
+/// console. It is the environment, not podvm: QEMU microvm running the same kernel, agent and
+/// flood over vhost-vsock under the same cgroup limits dies the same way in the same L1 boot
+/// (issue 20 has the A/B runs). The cap is asserted whenever a guest finishes.
 fn long_flood(name: &str) -> Option<&'static CheckResult> {
-    if !long_floods() {
+    let result = check(name)?;
+    let died_twice = value(&result.stdout, "rc") == "125"
+        && result.stdout.contains(SILENT_DEATH)
+        && result.stderr.contains("NOTE: retried once");
+    if died_twice {
         eprintln!(
-            "skipped: the 1 GiB flood runs only with {LONG_FLOOD_VAR}=1 (in the nested L1 about \
-             half of such guests are reset mid-stream, see the constant's doc); the {FLOOD_MIB} \
-             MiB flood checks the cap in every run"
+            "skipped {name}: its guest died silently in both attempts (a KVM shutdown exit with \
+             no console output: the nested L1, see issue 20); the log cap was not asserted in \
+             this run\n{result}"
         );
         return None;
     }
-    check(name)
+    Some(result)
 }
 
 #[test]

@@ -107,6 +107,17 @@ pub fn join_before_exec(command: &mut Command, procs: File) {
 }
 
 /// The app name as a cgroup directory name (no `/`, no leading dot).
+/// Removes app `app`'s cgroup, if it has one (its processes have all ended); a failure is only
+/// logged.
+pub fn remove(app: &str) {
+    let dir = Path::new(CGROUP_ROOT).join(format!("app-{}", sanitize(app)));
+    match std::fs::remove_dir(&dir) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => diag!("cannot remove the cgroup {}: {err}", dir.display()),
+    }
+}
+
 fn sanitize(app: &str) -> String {
     let name: String = app
         .chars()

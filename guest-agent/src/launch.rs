@@ -15,7 +15,7 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::unistd::{Gid, Pid, Uid};
 use podvm_protocol::{
-    AppLimits, AppSpec, BootSpec, ExecRequest, Stream, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND,
+    AppLimits, BootSpec, ExecRequest, ProcessSpec, Stream, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND,
 };
 
 use crate::users::{self, Identity, UserError};
@@ -62,17 +62,17 @@ impl<'a> Job<'a> {
         }
     }
 
-    /// An app of a pod of several apps (no terminal).
-    pub fn from_app(app: &'a AppSpec) -> Self {
+    /// The process of a container (or of an app of a pod of several apps) named `name`.
+    pub fn from_process(process: &'a ProcessSpec, name: &'a str) -> Self {
         Self {
-            command: &app.command,
-            env: &app.env,
-            workdir: app.workdir.as_deref(),
-            user: app.user.as_deref(),
-            group: app.group.as_deref(),
-            tty: false,
-            app: &app.name,
-            limits: app.limits,
+            command: &process.command,
+            env: &process.env,
+            workdir: process.workdir.as_deref(),
+            user: process.user.as_deref(),
+            group: process.group.as_deref(),
+            tty: process.tty,
+            app: name,
+            limits: process.limits,
         }
     }
 
@@ -206,6 +206,29 @@ pub fn resolve(program: &str, path: &str, workdir: &Path) -> Result<PathBuf, Lau
     })
 }
 
+/// Finds the program as [`resolve`] does, but inside `root`: names with a slash relative to
+/// `workdir`, others in each `path` entry. Returns the path inside the root.
+pub fn resolve_in_root(
+    root: &Path,
+    program: &str,
+    path: &str,
+    workdir: &Path,
+) -> Result<PathBuf, LaunchError> {
+    if program.contains('/') {
+        let candidate = workdir.join(program);
+        return match crate::rootfs::stat_in_root(root, &candidate) {
+            Ok(_) => Ok(candidate),
+            Err(_) => Err(LaunchError::NoSuchFile(candidate)),
+        };
+    }
+    let shown = format!("{path} inside {}", root.display());
+    search_path(program, path, &shown, workdir, |candidate| {
+        crate::rootfs::stat_in_root(root, candidate)
+            .ok()
+            .map(|st| (st.st_mode & libc::S_IFMT == libc::S_IFREG, st.st_mode))
+    })
+}
+
 /// Looks `program` up in each `path` entry (relative entries from `workdir`, empty ones mean
 /// `workdir`): the first regular file with an execute bit wins. `stat` gives (is a regular
 /// file, mode) of a candidate, or `None` if it does not exist; `path_shown` names the search
@@ -269,7 +292,7 @@ pub fn spawn(job: &Job<'_>, root: &Path) -> Result<Started, LaunchError> {
         .map(|(_, value)| value.as_str())
         .unwrap_or("");
     let resolved = if in_own_root {
-        crate::rootfs::resolve(root, program, path, &workdir)?
+        resolve_in_root(root, program, path, &workdir)?
     } else {
         resolve(program, path, &workdir)?
     };
@@ -529,6 +552,21 @@ mod tests {
         assert_eq!(err.exit_code(), 127);
         assert!(err.to_string().contains(&format!("PATH={path}")), "{err}");
         let err = resolve("./absent", &path, dir.path()).expect_err("missing");
+        assert_eq!(err.exit_code(), 127);
+    }
+
+    #[test]
+    fn programs_in_an_app_root_resolve_inside_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir(root.join("bin")).expect("bin");
+        write_file(&root.join("bin/busybox"), 0o755);
+        std::os::unix::fs::symlink("/bin/busybox", root.join("bin/sh")).expect("link");
+        let found = resolve_in_root(root, "sh", "/usr/bin:/bin", Path::new("/")).expect("found");
+        assert_eq!(found, Path::new("/bin/sh"));
+        let err = resolve_in_root(root, "nope", "/bin", Path::new("/")).expect_err("missing");
+        assert_eq!(err.exit_code(), 127);
+        let err = resolve_in_root(root, "./nope", "/bin", Path::new("/")).expect_err("missing");
         assert_eq!(err.exit_code(), 127);
     }
 

@@ -2,22 +2,30 @@
 //!
 //! Boot order: mount the kernel file systems, attach the console, open the agent channel (vsock
 //! to the host, on the port given as `podvm.agent_port=` on the kernel command line; without
-//! it, the second serial port if the VMM has one), send `Ready`, read the boot spec, run its
-//! command in an event loop that relays stdin, output, signals and resizes and serves exec
-//! sessions (when the spec carries an exec token), send `Exited`, and end the VM (after the host
-//! confirmed it read everything).
+//! it, the second serial port if the VMM has one), send `Ready`, receive the boot spec (the
+//! host's first frame; another VMM's initramfs carries it in a file the kernel command line
+//! names, `podvm.boot_spec=/podvm/boot.json`), run its command (or the apps of a pod, `pod.rs`,
+//! or nothing in a sandbox) in an event loop (`workload.rs`) that relays stdin, output, signals
+//! and resizes, serves exec sessions (when the spec carries an exec token) and the host's
+//! container requests (`container.rs`), send `Exited`, and end the VM (after the host confirmed
+//! it read everything).
 //!
 //! Off the VM (any PID but 1) nothing is mounted and nothing reboots, which lets tests run the
-//! real workload and channel code: `PODVM_AGENT_SPEC` names the boot spec (default
-//! `/podvm/boot.json`), `PODVM_AGENT_CHANNEL` the channel (`stdout`, the default off the VM,
-//! with the host's frames read from stdin, or a path) and `PODVM_AGENT_EXEC_SOCKET` a Unix socket
-//! to serve exec sessions on.
+//! real workload and channel code: `PODVM_AGENT_CHANNEL` names the channel (`stdout`, the
+//! default off the VM, with the host's frames read from stdin, or a path), and the boot spec
+//! comes as in the VM, as the first frame the host side writes (to stdin on `stdout`), unless
+//! `PODVM_AGENT_SPEC` names a JSON file to read it from instead (then every frame on stdin
+//! belongs to the session). `PODVM_AGENT_EXEC_SOCKET` names a Unix socket to serve exec
+//! sessions on, `PODVM_AGENT_APP_SOCKET` the Unix socket app and container sessions connect to,
+//! and `PODVM_AGENT_SHARES` the directory whose subdirectories stand for the boot spec's shares
+//! (nothing is mounted off the VM).
 
 #[macro_use]
 mod log;
 mod boot;
 mod cgroup;
 mod channel;
+mod container;
 mod exec;
 mod launch;
 mod net;
@@ -32,17 +40,20 @@ mod volumes;
 mod vsock;
 mod workload;
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use podvm_protocol::{BootSpec, Control, Message, BOOT_SPEC_PATH, EXEC_PORT};
+use podvm_protocol::{BootSpec, Control, Message, BOOT_SPEC_PATIENCE_MS, EXEC_PORT};
 
 use crate::channel::{Channel, ChannelError, FdChannel, Target};
+use crate::container::Containers;
 use crate::exec::ExecListener;
 use crate::power::Role;
 use crate::session::{Phase, Session};
 use crate::workload::ExecService;
 
-/// Environment variable naming the boot spec file.
+/// Environment variable naming a boot spec file off the VM.
 const SPEC_ENV: &str = "PODVM_AGENT_SPEC";
 /// Environment variable naming the channel target.
 const CHANNEL_ENV: &str = "PODVM_AGENT_CHANNEL";
@@ -134,6 +145,24 @@ fn open_channel(role: Role) -> Result<Box<dyn Channel>, AgentError> {
     }
 }
 
+/// The boot spec: from a file off the VM when `PODVM_AGENT_SPEC` names one, and in the VM of
+/// another VMM when the kernel command line names one (`podvm.boot_spec=`); otherwise the
+/// host's first frame on `input`.
+fn boot_spec(role: Role, input: Option<&File>) -> Result<BootSpec, spec::SpecError> {
+    let file = match role {
+        Role::Process => std::env::var_os(SPEC_ENV).map(PathBuf::from),
+        Role::Init => {
+            let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+            spec::path_from_cmdline(&cmdline)
+        }
+    };
+    if let Some(path) = file {
+        return spec::load(&path);
+    }
+    let input = input.ok_or(spec::SpecError::Unreadable)?;
+    spec::receive(input, Duration::from_millis(BOOT_SPEC_PATIENCE_MS))
+}
+
 /// The agent's life up to the end of the workload; returns the exit code for [`Role::Process`].
 fn run(role: Role) -> Result<i32, AgentError> {
     match role {
@@ -152,10 +181,14 @@ fn run(role: Role) -> Result<i32, AgentError> {
     channel::send(&Message::Control(Control::Ready {
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
     }))?;
-    let spec_path = std::env::var_os(SPEC_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(BOOT_SPEC_PATH));
-    let spec = match spec::load(&spec_path) {
+    let input = match channel::input() {
+        Ok(input) => Some(input),
+        Err(err) => {
+            diag!("{err}; the workload gets no stdin and no signals");
+            None
+        }
+    };
+    let spec = match boot_spec(role, input.as_ref()) {
         Ok(spec) => spec,
         Err(err) => return refuse_boot(None, &err),
     };
@@ -164,9 +197,13 @@ fn run(role: Role) -> Result<i32, AgentError> {
             return refuse_boot(Some("cannot configure the guest network"), &err);
         }
     }
-    if !spec.apps.is_empty() {
-        return run_pod(role, &spec);
+    if !spec.apps.is_empty() || spec.sandbox {
+        return run_pod(role, &spec, input);
     }
+    let containers = match Containers::new(role, &spec.shares) {
+        Ok(containers) => containers,
+        Err(err) => return refuse_boot(Some("cannot mount the shares for containers"), &err),
+    };
     let root = match &spec.rootfs {
         Some(rootfs) => match rootfs::prepare(rootfs) {
             Ok(root) => root,
@@ -182,20 +219,13 @@ fn run(role: Role) -> Result<i32, AgentError> {
             return refuse_boot(Some("cannot make the app's root read-only"), &err);
         }
     }
-    let input = match channel::input() {
-        Ok(input) => Some(input),
-        Err(err) => {
-            diag!("{err}; the app gets no stdin and no signals");
-            None
-        }
-    };
     let boot = Session::new(
         "app".to_string(),
         Box::new(channel::send),
         input,
         Phase::Done,
     );
-    let outcome = workload::run(&spec, boot, exec_service(role, &spec), &root)?;
+    let outcome = workload::run(&spec, boot, exec_service(role, &spec), &root, containers)?;
     diag!("workload exited: {:?}", outcome.status);
     Ok(0)
 }
@@ -225,15 +255,9 @@ fn mount_volumes(spec: &BootSpec, root: &Path) -> Result<(), volumes::VolumeErro
     volumes::bind_into(root, mounts, &spec.volumes)
 }
 
-/// Runs a pod of several apps (see `pod.rs`); the boot session carries only control messages.
-fn run_pod(role: Role, spec: &BootSpec) -> Result<i32, AgentError> {
-    let input = match channel::input() {
-        Ok(input) => Some(input),
-        Err(err) => {
-            diag!("{err}; the pod gets no signals from the host");
-            None
-        }
-    };
+/// Runs a pod of several apps or a sandbox (see `pod.rs`); the boot session carries only
+/// control messages.
+fn run_pod(role: Role, spec: &BootSpec, input: Option<File>) -> Result<i32, AgentError> {
     let boot = Session::new(
         "pod".to_string(),
         Box::new(channel::send),

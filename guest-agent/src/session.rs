@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use podvm_protocol::{Control, ExecRequest, ExitStatus, FrameDecoder, Message, Stream};
+use podvm_protocol::{
+    ContainerOp, ContainerSpec, Control, ExecRequest, ExitStatus, FrameDecoder, Message, Stream,
+};
 
 use crate::channel::ChannelError;
 use crate::launch::{self, Job, LaunchError, Started};
@@ -176,20 +178,59 @@ pub struct Session {
     pub launch_error: Option<String>,
     /// How its process ended, once it did.
     pub status: Option<ExitStatus>,
-    /// Whether `Shutdown` is allowed here (the boot session only).
+    /// Whether `Shutdown` and container requests are allowed here (the boot session only).
     pub is_boot: bool,
+    /// The app or container whose session this is.
+    pub container: Option<String>,
     /// Half-closes the connection at the end (exec sessions).
     finish: Option<Box<dyn FnMut()>>,
 }
 
 /// What a host message asks of the whole agent, beyond this session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// Stop everything within this grace period and power off.
     Shutdown(Duration),
     /// Deliver this signal to every app (a `Signal` on the boot session of a pod of several
     /// apps).
     SignalApps(i32),
+    /// A container request (on the boot session).
+    Container(ContainerRequest),
+}
+
+/// A container request of the host (see the protocol crate's containers section).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerRequest {
+    /// Create this container.
+    Create(Box<ContainerSpec>),
+    /// Start the container with this id.
+    Start(String),
+    /// Signal the container with this id.
+    Signal(String, i32),
+    /// Remove the container with this id.
+    Remove(String),
+}
+
+impl ContainerRequest {
+    /// The container it names.
+    pub fn id(&self) -> &str {
+        match self {
+            ContainerRequest::Create(spec) => &spec.id,
+            ContainerRequest::Start(id)
+            | ContainerRequest::Signal(id, _)
+            | ContainerRequest::Remove(id) => id,
+        }
+    }
+
+    /// Which request it is, for the answer.
+    pub fn op(&self) -> ContainerOp {
+        match self {
+            ContainerRequest::Create(_) => ContainerOp::Create,
+            ContainerRequest::Start(_) => ContainerOp::Start,
+            ContainerRequest::Signal(..) => ContainerOp::Signal,
+            ContainerRequest::Remove(_) => ContainerOp::Remove,
+        }
+    }
 }
 
 impl Session {
@@ -204,6 +245,7 @@ impl Session {
             launch_error: None,
             status: None,
             is_boot: false,
+            container: None,
             finish: None,
         }
     }
@@ -290,19 +332,21 @@ impl Session {
         }
     }
 
-    /// Reads what the host sent and acts on it. `exec` checks and runs an exec request.
+    /// Reads what the host sent and acts on it; returns what it asks of the whole agent, in
+    /// order. `exec` checks and runs an exec request.
     pub fn read_input(
         &mut self,
         exec: &mut dyn FnMut(&mut Session, ExecRequest),
-    ) -> Result<Option<Request>, ChannelError> {
+    ) -> Result<Vec<Request>, ChannelError> {
+        let mut requests = Vec::new();
         let Some(input) = self.input.as_mut() else {
-            return Ok(None);
+            return Ok(requests);
         };
         let mut buffer = [0u8; 64 * 1024];
         let n = match input.read(&mut buffer) {
             Ok(n) => n,
             Err(err) if matches!(err.kind(), ErrorKind::Interrupted | ErrorKind::WouldBlock) => {
-                return Ok(None)
+                return Ok(requests)
             }
             Err(err) => {
                 diag!("{}: reading from the host failed: {err}", self.name);
@@ -311,10 +355,9 @@ impl Session {
         };
         if n == 0 {
             self.input_closed();
-            return Ok(None);
+            return Ok(requests);
         }
         self.decoder.push(&buffer[..n]);
-        let mut request = None;
         loop {
             let message = match self.decoder.next_message() {
                 Ok(Some(message)) => message.check_from_host(),
@@ -322,11 +365,7 @@ impl Session {
                 Err(err) => Err(err),
             };
             match message {
-                Ok(message) => {
-                    if let Some(asked) = self.handle(message, exec)? {
-                        request = Some(asked);
-                    }
-                }
+                Ok(message) => requests.extend(self.handle(message, exec)?),
                 Err(err) => {
                     let message = format!("{}: refusing the host's frames: {err}", self.name);
                     diag!("{message}");
@@ -337,7 +376,7 @@ impl Session {
                 }
             }
         }
-        Ok(request)
+        Ok(requests)
     }
 
     /// The host will send nothing more: stdin ends, an exec connection without a request goes.
@@ -400,6 +439,20 @@ impl Session {
             Message::Control(Control::Resize { rows, cols }) => self.resize(rows, cols),
             Message::Control(Control::Shutdown { grace_ms }) if self.is_boot => {
                 return Ok(Some(Request::Shutdown(Duration::from_millis(grace_ms))));
+            }
+            Message::Control(Control::CreateContainer(spec)) if self.is_boot => {
+                return Ok(Some(Request::Container(ContainerRequest::Create(spec))));
+            }
+            Message::Control(Control::StartContainer { id }) if self.is_boot => {
+                return Ok(Some(Request::Container(ContainerRequest::Start(id))));
+            }
+            Message::Control(Control::SignalContainer { id, signo }) if self.is_boot => {
+                return Ok(Some(Request::Container(ContainerRequest::Signal(
+                    id, signo,
+                ))));
+            }
+            Message::Control(Control::RemoveContainer { id }) if self.is_boot => {
+                return Ok(Some(Request::Container(ContainerRequest::Remove(id))));
             }
             Message::Control(other) => {
                 let message = format!("{}: ignoring {} here", self.name, other.name());

@@ -9,7 +9,12 @@
 //! In a pod of several apps ([`run_pod`]) the boot session has no process; the apps' sessions
 //! follow it, and rkt's rule holds: the first app that fails has the others stopped (SIGTERM,
 //! SIGKILL after the spec's grace period); once every app ended and its session closed, the
-//! boot session reports the pod's status (the first failure, else code 0).
+//! boot session reports the pod's status (the first failure, else code 0). A sandbox is such a
+//! pod without apps that ends after `Shutdown`, once every container ended.
+//!
+//! Container requests on the boot session (`container.rs` keeps the table) are answered in
+//! order; a started container's session joins the others, and when its process has ended and
+//! its output was sent, the boot session says `ContainerExited`.
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -21,10 +26,11 @@ use nix::sys::signal::Signal;
 use podvm_protocol::{BootSpec, Control, ExecRequest, ExitStatus, Message, DEFAULT_GRACE_MS};
 
 use crate::channel::ChannelError;
+use crate::container::{ContainerError, Containers, Origin, State};
 use crate::exec::{self, ExecListener};
 use crate::launch::Job;
 use crate::reaper::{ReapError, Reaper};
-use crate::session::{Phase, Request, Session, SessionError};
+use crate::session::{ContainerRequest, Phase, Request, Session, SessionError};
 
 /// Errors that stop the agent from supervising the workload.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +47,9 @@ pub enum WorkloadError {
     /// The host cannot be told anything any more; the workload was killed.
     #[error(transparent)]
     Sink(#[from] ChannelError),
+    /// An app of the pod could not start.
+    #[error(transparent)]
+    App(#[from] ContainerError),
 }
 
 /// How the boot session's process ended.
@@ -70,15 +79,8 @@ enum Wake {
     Output(usize, usize),
 }
 
-/// One app of a pod of several apps, ready to run.
-pub struct PodApp {
-    /// Its app session (connected, `App` sent); its process is started by [`run_pod`].
-    pub session: Session,
-    /// Its root directory.
-    pub root: PathBuf,
-}
-
-/// rkt's rule over the apps of a pod of several apps (sessions 1..=apps).
+/// rkt's rule over the apps of a pod of several apps: their sessions are sessions 1..=apps
+/// (started first, and apps are never removed).
 struct PodRule {
     apps: usize,
     /// Between SIGTERM and SIGKILL when an app failed.
@@ -91,82 +93,94 @@ struct PodRule {
 
 struct Supervisor {
     reaper: Reaper,
-    /// Index 0 is the boot session; in a pod of several apps, the app sessions follow it.
+    /// Index 0 is the boot session; app, container and exec sessions follow it.
     sessions: Vec<Session>,
     exec: Option<ExecService>,
-    /// App names and their roots; exec requests naming no app get the first.
-    roots: Vec<(String, PathBuf)>,
+    /// The apps and containers.
+    containers: Containers,
+    /// The single app's name and root, when the boot session carries the app.
+    boot_root: Option<(String, PathBuf)>,
     pod: Option<PodRule>,
+    /// A sandbox: it ends after `Shutdown`, once its containers ended.
+    sandbox: bool,
+    /// `Shutdown` was asked for.
+    stopping: bool,
     kill_at: Option<Instant>,
     orphans: usize,
     exec_count: usize,
 }
 
+impl Supervisor {
+    fn new(
+        boot: Session,
+        exec: Option<ExecService>,
+        containers: Containers,
+    ) -> Result<Self, WorkloadError> {
+        let mut boot = boot;
+        boot.is_boot = true;
+        Ok(Self {
+            reaper: Reaper::new()?,
+            sessions: vec![boot],
+            exec,
+            containers,
+            boot_root: None,
+            pod: None,
+            sandbox: false,
+            stopping: false,
+            kill_at: None,
+            orphans: 0,
+            exec_count: 0,
+        })
+    }
+}
+
 /// Runs the spec's command in `boot` (a session whose frames go to the host) until it ended,
-/// serving exec sessions meanwhile. `root` is the app's root directory (for user lookup).
+/// serving exec sessions and container requests meanwhile. `root` is the app's root directory
+/// (for user lookup).
 pub fn run(
     spec: &BootSpec,
-    mut boot: Session,
+    boot: Session,
     exec: Option<ExecService>,
     root: &Path,
+    containers: Containers,
 ) -> Result<Outcome, WorkloadError> {
-    let reaper = Reaper::new()?;
-    boot.is_boot = true;
-    boot.start(&Job::from_spec(spec), root);
+    let mut supervisor = Supervisor::new(boot, exec, containers)?;
+    supervisor.sessions[0].start(&Job::from_spec(spec), root);
     let name = spec
         .rootfs
         .as_ref()
         .map(|rootfs| rootfs.app.clone())
         .unwrap_or_default();
-    let mut supervisor = Supervisor {
-        reaper,
-        sessions: vec![boot],
-        exec,
-        roots: vec![(name, root.to_path_buf())],
-        pod: None,
-        kill_at: None,
-        orphans: 0,
-        exec_count: 0,
-    };
+    supervisor.boot_root = Some((name, root.to_path_buf()));
     supervisor.supervise()
 }
 
-/// Runs the apps of a pod of several apps, each in its session, until all ended (see the
-/// module docs); `boot` carries only control messages. Exec sessions are served meanwhile.
+/// Starts the apps of a pod of several apps (created in `containers`), each on its session,
+/// and runs them until all ended (see the module docs); a sandbox (no apps) until `Shutdown`.
+/// `boot` carries only control messages. Exec sessions and container requests are served
+/// meanwhile.
 pub fn run_pod(
     spec: &BootSpec,
-    mut boot: Session,
+    boot: Session,
     exec: Option<ExecService>,
-    apps: Vec<PodApp>,
+    containers: Containers,
 ) -> Result<Outcome, WorkloadError> {
-    let reaper = Reaper::new()?;
-    boot.is_boot = true;
-    boot.phase = Phase::Control;
-    let mut sessions = vec![boot];
-    let mut roots = Vec::new();
-    for (app, PodApp { mut session, root }) in spec.apps.iter().zip(apps) {
-        session.start(&Job::from_app(app), &root);
-        session.close_stdin();
-        roots.push((app.name.clone(), root));
-        sessions.push(session);
+    let mut supervisor = Supervisor::new(boot, exec, containers)?;
+    supervisor.sessions[0].phase = Phase::Control;
+    supervisor.sandbox = spec.sandbox;
+    for app in &spec.apps {
+        let session = supervisor.containers.start(&app.name)?;
+        supervisor.sessions.push(session);
     }
-    let count = sessions.len() - 1;
-    let grace = Duration::from_millis(spec.stop_grace_ms.unwrap_or(DEFAULT_GRACE_MS));
-    let mut supervisor = Supervisor {
-        reaper,
-        sessions,
-        exec,
-        roots,
-        pod: Some(PodRule {
-            apps: count,
+    if !spec.apps.is_empty() {
+        let grace = Duration::from_millis(spec.stop_grace_ms.unwrap_or(DEFAULT_GRACE_MS));
+        supervisor.pod = Some(PodRule {
+            apps: spec.apps.len(),
             grace,
             failed: None,
-            ended: vec![false; count],
-        }),
-        kill_at: None,
-        orphans: 0,
-        exec_count: 0,
-    };
+            ended: vec![false; spec.apps.len()],
+        });
+    }
     supervisor.supervise()
 }
 
@@ -211,19 +225,26 @@ impl Supervisor {
                 }));
             }
         }
-        if let Some(status) = self.apply_pod_rule(now) {
+        self.report_container_ends()?;
+        let pod_status = self.apply_pod_rule(now).or_else(|| self.sandbox_status());
+        if let Some(status) = pod_status {
             self.sessions[0].send(&Message::Control(Control::Exited { status }))?;
             return Ok(Some(Outcome {
                 status,
                 launch_error: None,
             }));
         }
-        // The boot session and the app sessions keep their places; finished exec sessions go.
-        let keep = 1 + self.pod.as_ref().map_or(0, |pod| pod.apps);
+        // The boot session and the sessions of the apps and containers still there keep their
+        // places; finished exec sessions and those of removed containers go.
+        let containers = &self.containers;
         let mut index = 0;
         self.sessions.retain(|session| {
             index += 1;
-            index <= keep || !matches!(session.phase, Phase::Done)
+            let kept = match &session.container {
+                Some(id) => containers.get(id).is_some(),
+                None => false,
+            };
+            index == 1 || kept || !matches!(session.phase, Phase::Done)
         });
         if self.kill_at.is_some_and(|at| now >= at) {
             diag!("grace period over: killing what is left");
@@ -231,6 +252,47 @@ impl Supervisor {
             self.kill_at = None;
         }
         Ok(None)
+    }
+
+    /// Records the end of every started app and container whose session reported it (or
+    /// broke: its process was killed), and tells the host of containers' ends.
+    fn report_container_ends(&mut self) -> Result<(), ChannelError> {
+        let mut ends = Vec::new();
+        for session in &self.sessions[1..] {
+            let Some(id) = &session.container else {
+                continue;
+            };
+            let status = match (session.status, &session.phase) {
+                (Some(status), _) => status,
+                (None, Phase::Done) => ExitStatus::Signal(Signal::SIGKILL as i32),
+                (None, _) => continue,
+            };
+            if self.containers.ended(id, status) {
+                ends.push(Control::ContainerExited {
+                    id: id.clone(),
+                    status,
+                });
+            }
+        }
+        for end in ends {
+            if let Control::ContainerExited { id, status } = &end {
+                diag!("container {id}: ended with {status:?}");
+            }
+            self.sessions[0].send(&Message::Control(end))?;
+        }
+        Ok(())
+    }
+
+    /// A sandbox's status once `Shutdown` was asked for and every container's session closed.
+    fn sandbox_status(&self) -> Option<ExitStatus> {
+        if !(self.sandbox && self.stopping) {
+            return None;
+        }
+        let closed = self.sessions[1..]
+            .iter()
+            .filter(|session| session.container.is_some())
+            .all(|session| matches!(session.phase, Phase::Done));
+        closed.then_some(ExitStatus::Code(0))
     }
 
     /// rkt's rule in a pod of several apps: the first app that fails has the others stopped.
@@ -381,26 +443,126 @@ impl Supervisor {
 
     fn read_input(&mut self, index: usize) -> Result<(), WorkloadError> {
         let token = self.exec.as_ref().map(|exec| exec.token.clone());
-        let roots = &self.roots;
+        let roots = self.exec_roots();
         let mut run_exec = |session: &mut Session, request: ExecRequest| {
-            start_exec(session, request, token.as_deref(), roots)
+            start_exec(session, request, token.as_deref(), &roots)
         };
         let Some(session) = self.sessions.get_mut(index) else {
             return Ok(());
         };
-        match session.read_input(&mut run_exec) {
-            Ok(Some(Request::Shutdown(grace))) => self.shutdown(grace),
-            Ok(Some(Request::SignalApps(signo))) => self.signal_apps(signo),
-            Ok(None) => {}
+        let requests = match session.read_input(&mut run_exec) {
+            Ok(requests) => requests,
             Err(err) if index == 0 => return Err(err.into()),
-            Err(err) => drop_session(session, &err),
+            Err(err) => {
+                drop_session(session, &err);
+                return Ok(());
+            }
+        };
+        for request in requests {
+            match request {
+                Request::Shutdown(grace) => self.shutdown(grace),
+                Request::SignalApps(signo) => self.signal_apps(signo),
+                Request::Container(request) => self.container_request(request)?,
+            }
         }
         Ok(())
+    }
+
+    /// Where exec sessions may run: the single app's root or the apps' (the first is the
+    /// default), then the containers created by request (only by name).
+    fn exec_roots(&self) -> ExecRoots {
+        let apps = match &self.boot_root {
+            Some(root) => vec![root.clone()],
+            None => self
+                .containers
+                .iter()
+                .filter(|container| container.origin == Origin::App)
+                .map(|container| (container.id.clone(), container.root.clone()))
+                .collect(),
+        };
+        let containers = self
+            .containers
+            .iter()
+            .filter(|container| container.origin == Origin::Request)
+            .map(|container| (container.id.clone(), container.root.clone()))
+            .collect();
+        ExecRoots { apps, containers }
+    }
+
+    /// Carries out a container request and answers it on the boot session.
+    fn container_request(&mut self, request: ContainerRequest) -> Result<(), ChannelError> {
+        let (id, op) = (request.id().to_string(), request.op());
+        let answer = match self.do_container_request(request) {
+            Ok(()) => Control::ContainerDone { id, op },
+            Err(err) => {
+                diag!("{err}");
+                Control::ContainerError {
+                    id,
+                    op,
+                    kind: err.kind(),
+                    message: err.to_string(),
+                }
+            }
+        };
+        self.sessions[0].send(&Message::Control(answer))
+    }
+
+    fn do_container_request(&mut self, request: ContainerRequest) -> Result<(), ContainerError> {
+        match request {
+            ContainerRequest::Create(spec) => self.containers.create(&spec),
+            ContainerRequest::Start(id) => {
+                let session = self.containers.start(&id)?;
+                let not_started = session.launch_error.clone();
+                self.sessions.push(session);
+                match not_started {
+                    Some(message) => Err(ContainerError::NotStarted { id, message }),
+                    None => Ok(()),
+                }
+            }
+            ContainerRequest::Signal(id, signo) => {
+                let container = self
+                    .containers
+                    .get(&id)
+                    .ok_or_else(|| ContainerError::NotFound(id.clone()))?;
+                let Ok(signal) = Signal::try_from(signo) else {
+                    return Err(ContainerError::BadSignal { id, signo });
+                };
+                let running = container.state == State::Started;
+                let proc = self
+                    .sessions
+                    .iter_mut()
+                    .filter(|session| session.container.as_deref() == Some(id.as_str()))
+                    .find_map(Session::proc_mut)
+                    .filter(|proc| running && proc.exit.is_none());
+                match proc {
+                    Some(proc) => {
+                        proc.signal(signal);
+                        Ok(())
+                    }
+                    None => Err(ContainerError::WrongState {
+                        id,
+                        why: "it is not running",
+                    }),
+                }
+            }
+            ContainerRequest::Remove(id) => {
+                self.containers.remove(&id)?;
+                // Its session (closing, or never opened) goes with it.
+                for session in &mut self.sessions[1..] {
+                    if session.container.as_deref() == Some(id.as_str()) {
+                        session.container = None;
+                        session.phase = Phase::Done;
+                    }
+                }
+                Ok(())
+            }
+        }
     }
 
     /// SIGTERM to every process now, SIGKILL after `grace`.
     fn shutdown(&mut self, grace: Duration) {
         diag!("shutdown requested: SIGTERM now, SIGKILL in {grace:?}");
+        self.stopping = true;
         self.kill_all(Signal::SIGTERM);
         self.kill_at = Some(Instant::now() + grace);
     }
@@ -431,30 +593,45 @@ impl Supervisor {
     }
 }
 
-/// Checks an exec request's token and starts its command in `session`, in the root of the app
-/// it names (the first app's when it names none, or when there is only one).
-fn start_exec(
-    session: &mut Session,
-    request: ExecRequest,
-    token: Option<&str>,
-    roots: &[(String, PathBuf)],
-) {
+/// The roots exec sessions may run in, by app or container name.
+struct ExecRoots {
+    /// The single app's, or the apps' of a pod of several apps.
+    apps: Vec<(String, PathBuf)>,
+    /// The containers' created by request.
+    containers: Vec<(String, PathBuf)>,
+}
+
+/// Checks an exec request's token and starts its command in `session`, in the root of the
+/// container it names, else of the app it names (the first app's when it names none, or
+/// when there is only one).
+fn start_exec(session: &mut Session, request: ExecRequest, token: Option<&str>, roots: &ExecRoots) {
     let allowed = token.is_some_and(|token| exec::token_matches(token, &request.token));
     if !allowed {
         let _ = session.refuse("exec refused: wrong or missing token");
         return;
     }
-    let root = match (&request.app, roots) {
-        (_, [(_, only)]) => only.as_path(),
-        (None, [(_, first), ..]) => first.as_path(),
-        (Some(name), _) => match roots.iter().find(|(app, _)| app == name) {
+    let container = request.app.as_ref().and_then(|name| {
+        roots
+            .containers
+            .iter()
+            .find(|(id, _)| id == name)
+            .map(|(_, root)| root.as_path())
+    });
+    let apps = roots.apps.as_slice();
+    let root = match (container, &request.app, apps) {
+        (Some(root), _, _) => root,
+        (None, _, [(_, only)]) => only.as_path(),
+        (None, None, [(_, first), ..]) => first.as_path(),
+        (None, Some(name), _) => match apps.iter().find(|(app, _)| app == name) {
             Some((_, root)) => root.as_path(),
             None => {
-                let _ = session.refuse(&format!("exec refused: the pod has no app {name:?}"));
+                let _ = session.refuse(&format!(
+                    "exec refused: the pod has no app or container {name:?}"
+                ));
                 return;
             }
         },
-        (None, []) => Path::new("/"),
+        (None, None, []) => Path::new("/"),
     };
     diag!("{}: running {:?}", session.name, request.command);
     let ready = Message::Control(Control::Ready {

@@ -1,5 +1,6 @@
 //! Runs the real agent binary off the VM (not PID 1: no mounts, no reboot) with a boot spec from
-//! `PODVM_AGENT_SPEC` and decodes the frames it writes with the protocol crate.
+//! `PODVM_AGENT_SPEC` (or, as in the VM, as the first frame on its stdin) and decodes the frames
+//! it writes with the protocol crate.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -320,6 +321,90 @@ fn an_invalid_spec_is_reported() {
         "{messages:?}"
     );
     assert_eq!(code, Some(1));
+}
+
+#[test]
+fn the_spec_can_come_as_the_hosts_first_frame() {
+    let mut child = Command::new(AGENT)
+        .env_remove("PODVM_AGENT_SPEC")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the agent");
+    let mut stdin = child.stdin.take().expect("piped");
+    let frames = decode_in_thread(child.stdout.take().expect("piped"));
+    let mut bytes = Message::Control(Control::Boot(Box::new(spec(&["cat"]))))
+        .encode()
+        .expect("encode");
+    bytes.extend(
+        Message::Data(Stream::Stdin, b"after the spec\n".to_vec())
+            .encode()
+            .expect("encode"),
+    );
+    bytes.extend(
+        Message::Control(Control::StdinClose)
+            .encode()
+            .expect("encode"),
+    );
+    std::io::Write::write_all(&mut stdin, &bytes).expect("send");
+    let mut messages = Vec::new();
+    while let Ok(message) = frames.recv_timeout(HANG_LIMIT) {
+        messages.push(message);
+    }
+    drop(stdin);
+    assert_eq!(child.wait().expect("wait").code(), Some(0));
+    assert!(matches!(
+        messages.first(),
+        Some(Message::Control(Control::Ready { .. }))
+    ));
+    assert_eq!(collect(&messages, Stream::Stdout), b"after the spec\n");
+    assert_eq!(exited(&messages), Some(ExitStatus::Code(0)));
+}
+
+#[test]
+fn a_host_that_sends_no_spec_or_a_bad_one_is_refused_on_the_console_too() {
+    let empty = Message::Control(Control::Boot(Box::new(spec(&[]))))
+        .encode()
+        .expect("encode");
+    let signal = Message::Control(Control::Signal { signo: 15 })
+        .encode()
+        .expect("encode");
+    let cases: [(&[u8], &str); 3] = [
+        (b"", "closed the agent channel before it sent the boot spec"),
+        (&empty, "the boot spec from the host has an empty command"),
+        (
+            &signal,
+            "the host's first frame was signal, not the boot spec",
+        ),
+    ];
+    for (sent, expected) in cases {
+        let mut child = Command::new(AGENT)
+            .env_remove("PODVM_AGENT_SPEC")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the agent");
+        let mut stdin = child.stdin.take().expect("piped");
+        std::io::Write::write_all(&mut stdin, sent).expect("send");
+        drop(stdin);
+        let output = child.wait_with_output().expect("wait");
+        let messages = decode(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(messages.len(), 2, "{messages:?}");
+        match &messages[1] {
+            Message::Control(Control::Error { message }) => {
+                assert!(message.contains(expected), "{message}")
+            }
+            other => panic!("expected Error, got {other:?}"),
+        }
+        let said = stderr
+            .lines()
+            .any(|line| line.starts_with("podvm-agent: ") && line.contains(expected));
+        assert!(said, "{stderr}");
+        assert_eq!(output.status.code(), Some(1));
+    }
 }
 
 #[test]

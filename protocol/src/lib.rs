@@ -1,13 +1,13 @@
 //! Wire protocol between the podvm host and the guest agent (PID 1 in the VM).
 //!
-//! # Wire format (version 3)
+//! # Wire format (version 5)
 //!
 //! Every message is one frame:
 //!
 //! ```text
 //! offset  size  field
 //! 0       2     magic, the bytes "PV"
-//! 2       1     protocol version (currently 3)
+//! 2       1     protocol version (currently 5)
 //! 3       1     kind: 1 = stdout bytes, 2 = stderr bytes, 3 = stdin bytes,
 //!               16 = control message (JSON of [`Control`])
 //! 4       4     payload length, little endian, at most [`MAX_PAYLOAD`]
@@ -22,11 +22,15 @@
 //!
 //! # Messages
 //!
-//! Host to agent: [`Stream::Stdin`] data, [`Control::StdinClose`], [`Control::Signal`],
-//! [`Control::Resize`], [`Control::Exec`] (first and only once, on an exec connection) and
-//! [`Control::Shutdown`]. Agent to host: [`Control::Ready`] (or [`Control::App`] on an app
-//! session), [`Stream::Stdout`] and [`Stream::Stderr`] data, [`Control::Error`] and, last,
-//! [`Control::Exited`].
+//! Host to agent: [`Control::Boot`] (first and only once, on the boot session),
+//! [`Stream::Stdin`] data, [`Control::StdinClose`], [`Control::Signal`], [`Control::Resize`],
+//! [`Control::Exec`] (first and only once, on an exec connection), [`Control::Shutdown`] and,
+//! on the boot session, the container requests [`Control::CreateContainer`],
+//! [`Control::StartContainer`], [`Control::SignalContainer`] and [`Control::RemoveContainer`].
+//! Agent to host: [`Control::Ready`] (or [`Control::App`] on an app session),
+//! [`Stream::Stdout`] and [`Stream::Stderr`] data, [`Control::Error`] and, last,
+//! [`Control::Exited`]; on the boot session also [`Control::ContainerDone`],
+//! [`Control::ContainerError`] and [`Control::ContainerExited`].
 //!
 //! # Sessions: one vsock connection per process
 //!
@@ -38,9 +42,20 @@
 //!   so concurrent VMs never clash, and passes that port on the guest kernel command line as
 //!   `podvm.agent_port=<port>` ([`AGENT_PORT_PARAM`]). The agent connects to the host, CID 2
 //!   ([`HOST_CID`]), on that port as soon as it has mounted /proc; the host accepts only a
-//!   connection from the VM's own CID. The agent sends `Ready` and runs the [`BootSpec`] the
-//!   host packed as JSON at [`BOOT_SPEC_PATH`] into the initramfs. `Shutdown` on this session
-//!   stops every process (SIGTERM, SIGKILL after the grace period) and powers the VM off.
+//!   connection from the VM's own CID. The agent sends `Ready`; the host's first frame on this
+//!   session is [`Control::Boot`] carrying the [`BootSpec`] (version 4: the host may write it
+//!   as soon as it accepted the connection, before `Ready` arrives). The agent waits for it at
+//!   most [`BOOT_SPEC_PATIENCE_MS`]; if it does not come, or anything else comes first, or the
+//!   spec is invalid (an empty command without `apps`), the agent says so on the console, sends
+//!   `Error` and ends the VM. The guest's initramfs therefore holds the agent alone and is the
+//!   same for every VM. `Shutdown` on this session stops every process (SIGTERM, SIGKILL after
+//!   the grace period) and powers the VM off.
+//! * **Other VMMs** (e.g. QEMU in the benchmarks, the agent on a second UART, `/dev/ttyS1`,
+//!   when it finds no `podvm.agent_port=`, or on vsock to a plain sink) have no host side that
+//!   sends `Boot`: their initramfs carries the spec as JSON at [`BOOT_SPEC_PATH`] and their
+//!   kernel command line names it, `podvm.boot_spec=/podvm/boot.json` ([`BOOT_SPEC_PARAM`];
+//!   `podvm boot --dump-initramfs` writes both). The agent then reads that file instead of
+//!   waiting for `Boot`, and checks it as it checks a `Boot` message.
 //! * **Exec sessions** (what `podvm enter` uses). When the boot spec carries an
 //!   [`BootSpec::exec_token`], the agent also listens on vsock port [`EXEC_PORT`]. A host
 //!   process connects to the guest's CID on that port and sends [`Control::Exec`] as its first
@@ -60,6 +75,34 @@
 //!   that failed, else code 0. Without `apps`, the top-level fields of [`BootSpec`] describe
 //!   the one app and it runs on the boot session itself (what `podvm boot` and single-app pods
 //!   use, with stdin and terminals).
+//! * **Containers** (version 5): processes added to a running VM, each in a root of its own, by
+//!   requests on the boot session. A VM booted with [`BootSpec::sandbox`] runs nothing else
+//!   until the host asks; requests are also taken in the other modes. The agent answers each
+//!   request, in order, with [`Control::ContainerDone`] or a [`Control::ContainerError`] that
+//!   names the container, the request ([`ContainerOp`]) and the kind of failure
+//!   ([`ContainerErrorKind`]):
+//!   - `CreateContainer` ([`ContainerSpec`]): the id must be an appc ACName of at most
+//!     [`MAX_CONTAINER_ID`] bytes ([`check_container_id`]), unused by any app or container,
+//!     and the VM may hold at most [`MAX_CONTAINERS`] apps and containers. Its root is a
+//!     directory of a share the agent mounted at boot ([`BootSpec::shares`]), given relative
+//!     to the share; a path with `..`, `.` or an absolute component is refused, and it is
+//!     resolved beneath the share without following any symlink. The agent binds it at
+//!     `/opt/stage2/<id>/rootfs` with proc, sys, dev and /tmp inside, as for apps.
+//!   - `StartContainer`: the agent opens the container's session, a connection to the host
+//!     like an app session (first frame [`Control::App`] with the id), and starts its process
+//!     there ([`ProcessSpec`]); the session then carries its stdout, stderr, stdin (when
+//!     [`ProcessSpec::stdin`]; else stdin is closed at once), signals and resizes, `Error`s and
+//!     its `Exited`. A process that cannot start answers `ContainerError` and still ends (127
+//!     or 126), like any other.
+//!   - When the process ended and its output was sent, the agent sends
+//!     [`Control::ContainerExited`] on the boot session.
+//!   - `SignalContainer` signals the process group of a running container.
+//!   - `RemoveContainer` of a container that is not running unmounts its root and forgets it.
+//!   - Exec sessions run in a container's root when [`ExecRequest::app`] names its id.
+//!
+//!   In a sandbox, `Shutdown` stops every container (SIGTERM, SIGKILL after the grace
+//!   period); once all ended and their sessions closed, the agent sends `Exited` with code 0
+//!   on the boot session and powers off. Containers are not under rkt's rule of apps.
 //!
 //! To end a session the agent sends its last frame and shuts down its write side; the host reads
 //! to EOF and closes, which tells the agent everything arrived (for the boot session: that it
@@ -79,15 +122,21 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this crate speaks.
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 5;
 /// The two magic bytes that open every frame.
 pub const MAGIC: [u8; 2] = *b"PV";
 /// Size of the fixed frame header in bytes.
 pub const HEADER_LEN: usize = 8;
 /// Largest payload a frame may carry (1 MiB).
 pub const MAX_PAYLOAD: usize = 1 << 20;
-/// Where the boot spec lives inside the initramfs.
+/// Where the boot spec lives inside the initramfs of a VMM other than podvm's (one that cannot
+/// send [`Control::Boot`]; see the sessions section).
 pub const BOOT_SPEC_PATH: &str = "/podvm/boot.json";
+/// Kernel command line parameter naming a boot spec file in the initramfs, for VMMs that
+/// cannot send [`Control::Boot`] (see the sessions section).
+pub const BOOT_SPEC_PARAM: &str = "podvm.boot_spec";
+/// How long the agent waits for [`Control::Boot`] after it sent `Ready`, in milliseconds.
+pub const BOOT_SPEC_PATIENCE_MS: u64 = 30_000;
 /// Kernel command line parameter that tells the agent the host's vsock port,
 /// e.g. `podvm.agent_port=1234` (see the transport section above).
 pub const AGENT_PORT_PARAM: &str = "podvm.agent_port";
@@ -102,6 +151,10 @@ pub const EXIT_NOT_FOUND: i32 = 127;
 pub const EXIT_CANNOT_EXEC: i32 = 126;
 /// Grace period between SIGTERM and SIGKILL when a `Shutdown` names none.
 pub const DEFAULT_GRACE_MS: u64 = 10_000;
+/// Longest container id, in bytes.
+pub const MAX_CONTAINER_ID: usize = 128;
+/// Most apps and containers one VM holds at a time.
+pub const MAX_CONTAINERS: usize = 64;
 
 /// Errors while encoding or decoding frames.
 #[derive(Debug, thiserror::Error)]
@@ -159,7 +212,8 @@ impl ExitStatus {
     }
 }
 
-/// What the agent runs at boot.
+/// What the agent runs at boot. Exactly one of: a `command` (one app on the boot session),
+/// `apps` (a pod of several apps), or `sandbox` (no workload until containers are created).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BootSpec {
     /// Program and arguments; the program is looked up in `PATH` when it has no slash.
@@ -205,6 +259,14 @@ pub struct BootSpec {
     /// Resource limits of the single app ([`BootSpec::command`]).
     #[serde(default)]
     pub limits: AppLimits,
+    /// Run no workload of its own: containers come by request and the VM runs until
+    /// `Shutdown` (see the containers section); `command` and `apps` must be empty.
+    #[serde(default)]
+    pub sandbox: bool,
+    /// Shares that hold containers' roots, each mounted once at boot at
+    /// `/podvm/shares/<tag>`.
+    #[serde(default)]
+    pub shares: Vec<ShareSpec>,
 }
 
 /// An app's resource limits inside the VM (its appc isolators): the agent runs the app in its
@@ -275,6 +337,163 @@ pub struct AppSpec {
     /// Resource limits, as in [`BootSpec::limits`].
     #[serde(default)]
     pub limits: AppLimits,
+}
+
+impl AppSpec {
+    /// The app's process, as a container's is described.
+    pub fn process(&self) -> ProcessSpec {
+        ProcessSpec {
+            command: self.command.clone(),
+            env: self.env.clone(),
+            workdir: self.workdir.clone(),
+            user: self.user.clone(),
+            group: self.group.clone(),
+            limits: self.limits,
+            tty: false,
+            stdin: false,
+        }
+    }
+}
+
+/// A process to run in a container (an app's is [`AppSpec::process`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSpec {
+    /// Program and arguments, as in [`BootSpec::command`].
+    pub command: Vec<String>,
+    /// Environment as `KEY=VALUE` entries.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Working directory inside the container's root; `/` when absent.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// User, as in [`BootSpec::user`] (looked up in the container's root).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Group, as in [`BootSpec::group`].
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Resource limits: its own cgroup `app-<id>`, as for apps.
+    #[serde(default)]
+    pub limits: AppLimits,
+    /// Run on a pty (its output then arrives as stdout).
+    #[serde(default)]
+    pub tty: bool,
+    /// Keep stdin open for the host to write on the container's session; else it is closed at
+    /// once, as for apps.
+    #[serde(default)]
+    pub stdin: bool,
+}
+
+/// A virtio-fs share the agent mounts at boot for containers' roots.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareSpec {
+    /// The virtio-fs tag; also the share's directory name, `/podvm/shares/<tag>`.
+    pub tag: String,
+    /// Mount it read-only.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// Where a container's root is: a directory inside a share mounted at boot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRootfs {
+    /// The share ([`ShareSpec::tag`]).
+    pub share: String,
+    /// The directory, relative to the share's root (e.g. `web/rootfs`; empty: the share's
+    /// root itself); no `..`, `.` or absolute components, no symlinks on the way.
+    pub path: String,
+    /// The container's root is read-only.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// A container to create in a running VM.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    /// Its id ([`check_container_id`]); names its session, its cgroup, its root's mount point
+    /// and its exec target.
+    pub id: String,
+    /// Its root.
+    pub rootfs: ContainerRootfs,
+    /// Its process, started by [`Control::StartContainer`].
+    pub process: ProcessSpec,
+}
+
+/// Which container request an answer is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerOp {
+    /// [`Control::CreateContainer`].
+    Create,
+    /// [`Control::StartContainer`].
+    Start,
+    /// [`Control::SignalContainer`].
+    Signal,
+    /// [`Control::RemoveContainer`].
+    Remove,
+}
+
+/// Why a container request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerErrorKind {
+    /// The id is not a valid container id.
+    BadId,
+    /// The root location is invalid: unknown share, escaping path, symlink, not a directory.
+    BadRootfs,
+    /// The process cannot be run: an empty command, or it did not start (127 / 126 follows).
+    BadProcess,
+    /// No such signal.
+    BadSignal,
+    /// An app or container already has this id.
+    Exists,
+    /// No container has this id.
+    NotFound,
+    /// The VM holds [`MAX_CONTAINERS`] already.
+    TooMany,
+    /// The container is not in a state that allows the request (start twice, signal one that
+    /// is not running, remove one that runs, remove an app).
+    WrongState,
+    /// The agent failed to do it (a mount, the session's connection).
+    Failed,
+}
+
+/// Why a string is not a container id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    /// Nothing.
+    #[error("it is empty")]
+    Empty,
+    /// Longer than [`MAX_CONTAINER_ID`].
+    #[error("it is longer than {MAX_CONTAINER_ID} bytes")]
+    TooLong,
+    /// A character other than `a-z`, `0-9` and `-`.
+    #[error("it contains a character other than a-z, 0-9 and '-'")]
+    BadChar,
+    /// A `-` at either end or next to another.
+    #[error("a '-' must stand between two letters or digits")]
+    BadDash,
+}
+
+/// Checks a container id: an appc ACName (`^[a-z0-9]+(-[a-z0-9]+)*$`) of at most
+/// [`MAX_CONTAINER_ID`] bytes, so it can name a directory, a cgroup and a session.
+pub fn check_container_id(id: &str) -> Result<(), IdError> {
+    if id.is_empty() {
+        return Err(IdError::Empty);
+    }
+    if id.len() > MAX_CONTAINER_ID {
+        return Err(IdError::TooLong);
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(IdError::BadChar);
+    }
+    if id.starts_with('-') || id.ends_with('-') || id.contains("--") {
+        return Err(IdError::BadDash);
+    }
+    Ok(())
 }
 
 /// The guest's network as the host decided it (from CNI results): the agent brings up `lo`,
@@ -368,8 +587,8 @@ pub struct ExecRequest {
     /// Run on a pty.
     #[serde(default)]
     pub tty: bool,
-    /// The app whose root the command runs in (its [`RootfsSpec::app`] or [`AppSpec::name`]);
-    /// the pod's first app when absent.
+    /// The app or container whose root the command runs in (its [`RootfsSpec::app`],
+    /// [`AppSpec::name`] or [`ContainerSpec::id`]); the pod's first app when absent.
     #[serde(default)]
     pub app: Option<String>,
 }
@@ -414,6 +633,54 @@ pub enum Control {
     },
     /// Host to agent: run a command (first frame of an exec session).
     Exec(ExecRequest),
+    /// Host to agent: what the VM runs (first frame of the boot session).
+    Boot(Box<BootSpec>),
+    /// Host to agent, boot session: create a container (its root is prepared, its process
+    /// waits for `StartContainer`).
+    CreateContainer(Box<ContainerSpec>),
+    /// Host to agent, boot session: start a created container's process on its session.
+    StartContainer {
+        /// The container.
+        id: String,
+    },
+    /// Host to agent, boot session: deliver a signal to a running container's process group.
+    SignalContainer {
+        /// The container.
+        id: String,
+        /// The signal number.
+        signo: i32,
+    },
+    /// Host to agent, boot session: forget a container that is not running; its root is
+    /// unmounted.
+    RemoveContainer {
+        /// The container.
+        id: String,
+    },
+    /// Agent to host, boot session: a container request succeeded.
+    ContainerDone {
+        /// The container.
+        id: String,
+        /// The request.
+        op: ContainerOp,
+    },
+    /// Agent to host, boot session: a container request failed.
+    ContainerError {
+        /// The container named by the request.
+        id: String,
+        /// The request.
+        op: ContainerOp,
+        /// What kind of failure.
+        kind: ContainerErrorKind,
+        /// What failed and why, naming the container.
+        message: String,
+    },
+    /// Agent to host, boot session: a container's process ended and its output was sent.
+    ContainerExited {
+        /// The container.
+        id: String,
+        /// How it ended.
+        status: ExitStatus,
+    },
     /// Host to agent: stop every process (SIGTERM, then SIGKILL after `grace_ms`) and power off.
     Shutdown {
         /// Milliseconds between SIGTERM and SIGKILL.
@@ -430,11 +697,17 @@ impl Control {
                 | Control::Signal { .. }
                 | Control::Resize { .. }
                 | Control::Exec(_)
+                | Control::Boot(_)
                 | Control::Shutdown { .. }
+                | Control::CreateContainer(_)
+                | Control::StartContainer { .. }
+                | Control::SignalContainer { .. }
+                | Control::RemoveContainer { .. }
         )
     }
 
-    /// A short name for diagnostics (never the payload: an exec request holds the token).
+    /// A short name for diagnostics (never the payload: an exec request and a boot spec hold
+    /// the exec token).
     pub fn name(&self) -> &'static str {
         match self {
             Control::Ready { .. } => "ready",
@@ -445,6 +718,14 @@ impl Control {
             Control::Signal { .. } => "signal",
             Control::Resize { .. } => "resize",
             Control::Exec(_) => "exec",
+            Control::Boot(_) => "boot",
+            Control::CreateContainer(_) => "create_container",
+            Control::StartContainer { .. } => "start_container",
+            Control::SignalContainer { .. } => "signal_container",
+            Control::RemoveContainer { .. } => "remove_container",
+            Control::ContainerDone { .. } => "container_done",
+            Control::ContainerError { .. } => "container_error",
+            Control::ContainerExited { .. } => "container_exited",
             Control::Shutdown { .. } => "shutdown",
         }
     }
@@ -679,6 +960,57 @@ mod tests {
             })),
             Message::Control(Control::App { name: "web".into() }),
             Message::Control(Control::Shutdown { grace_ms: 5 }),
+            Message::Control(Control::CreateContainer(Box::new(ContainerSpec {
+                id: "web-1".into(),
+                rootfs: ContainerRootfs {
+                    share: "sandbox".into(),
+                    path: "web-1/rootfs".into(),
+                    read_only: true,
+                },
+                process: ProcessSpec {
+                    command: vec!["httpd".into(), "-f".into()],
+                    env: vec!["A=1".into()],
+                    workdir: Some("/srv".into()),
+                    user: Some("www".into()),
+                    group: Some("7".into()),
+                    limits: AppLimits {
+                        memory_bytes: Some(1 << 20),
+                        cpu_millis: Some(500),
+                    },
+                    tty: true,
+                    stdin: true,
+                },
+            }))),
+            Message::Control(Control::StartContainer { id: "web-1".into() }),
+            Message::Control(Control::SignalContainer {
+                id: "web-1".into(),
+                signo: 15,
+            }),
+            Message::Control(Control::RemoveContainer { id: "web-1".into() }),
+            Message::Control(Control::ContainerDone {
+                id: "web-1".into(),
+                op: ContainerOp::Create,
+            }),
+            Message::Control(Control::ContainerError {
+                id: "db".into(),
+                op: ContainerOp::Start,
+                kind: ContainerErrorKind::NotFound,
+                message: "container db: no such container".into(),
+            }),
+            Message::Control(Control::ContainerExited {
+                id: "web-1".into(),
+                status: ExitStatus::Code(3),
+            }),
+            Message::Control(Control::Boot(Box::new(BootSpec {
+                command: vec!["sh".into(), "-c".into(), "true".into()],
+                exec_token: Some("t".into()),
+                apps: vec![AppSpec {
+                    name: "web".into(),
+                    command: vec!["httpd".into()],
+                    ..AppSpec::default()
+                }],
+                ..BootSpec::default()
+            }))),
         ]
     }
 
@@ -733,11 +1065,13 @@ mod tests {
             (b"XX\x02\x01\0\0\0\0".to_vec(), "magic"),
             (b"PV\x01\x01\0\0\0\0".to_vec(), "version 1"),
             (b"PV\x02\x01\0\0\0\0".to_vec(), "version 2"),
+            (b"PV\x03\x01\0\0\0\0".to_vec(), "version 3"),
+            (b"PV\x04\x01\0\0\0\0".to_vec(), "version 4"),
             (b"PV\x09\x01\0\0\0\0".to_vec(), "version"),
-            (b"PV\x03\x63\0\0\0\0".to_vec(), "kind"),
-            (b"PV\x03\x01\xff\xff\xff\x7f".to_vec(), "exceeds"),
-            (b"PV\x03\x10\x03\0\0\0{x}".to_vec(), "malformed"),
-            (b"PV\x03\x10\x05\0\0\0{}".to_vec(), "I/O"),
+            (b"PV\x05\x63\0\0\0\0".to_vec(), "kind"),
+            (b"PV\x05\x01\xff\xff\xff\x7f".to_vec(), "exceeds"),
+            (b"PV\x05\x10\x03\0\0\0{x}".to_vec(), "malformed"),
+            (b"PV\x05\x10\x05\0\0\0{}".to_vec(), "I/O"),
             (control_frame(r#"{"type":"zz"}"#), "malformed"),
             (
                 control_frame(r#"{"type":"signal","signo":"x"}"#),
@@ -813,7 +1147,7 @@ mod tests {
             let len = rng.below(64);
             decode_all(&rng.bytes(len));
             // Random bytes behind a valid header prefix reach the payload decoders too.
-            let mut framed = b"PV\x03".to_vec();
+            let mut framed = b"PV\x05".to_vec();
             framed.push([1, 2, 3, 16][rng.below(4)]);
             let payload_len = rng.below(40);
             let payload = rng.bytes(payload_len);
@@ -857,7 +1191,7 @@ mod tests {
     #[test]
     fn huge_lengths_fail_at_once() {
         for len in [MAX_PAYLOAD as u32 + 1, u32::MAX, 1 << 31] {
-            let mut frame = b"PV\x03\x01".to_vec();
+            let mut frame = b"PV\x05\x01".to_vec();
             frame.extend(len.to_le_bytes());
             let mut decoder = FrameDecoder::new();
             decoder.push(&frame);

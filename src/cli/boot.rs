@@ -50,8 +50,10 @@ pub struct BootArgs {
     /// Working directory of the command inside the guest.
     #[arg(long)]
     workdir: Option<String>,
-    /// Write the initramfs podvm would boot to FILE and exit without booting (for comparisons
-    /// with other VMMs and for debugging).
+    /// Write the initramfs podvm would boot to FILE, plus the boot spec at /podvm/boot.json
+    /// (another VMM cannot send it over the agent channel), print the kernel command line (which
+    /// names that file) and exit without booting (for comparisons with other VMMs and for
+    /// debugging).
     #[arg(long, value_name = "FILE")]
     dump_initramfs: Option<PathBuf>,
     /// Print memory figures (process RSS, guest RAM touched, VMM overhead) as JSON on stderr.
@@ -164,7 +166,7 @@ pub fn run(args: BootArgs) -> Result<ExitCode, BootCmdError> {
         ..LaunchPlan::default()
     };
     if let Some(path) = &args.dump_initramfs {
-        let (initramfs, cmdline) = launch::boot_media(&plan)?;
+        let (initramfs, cmdline) = launch::foreign_boot_media(&plan)?;
         std::fs::write(path, initramfs).map_err(|source| BootCmdError::Dump {
             path: path.clone(),
             source,

@@ -1,6 +1,8 @@
 //! `podvm run --detach` and `run-prepared --detach`: the pod's supervisor goes to the
 //! background. podvm starts itself again as `podvm supervise UUID` (a hidden verb) in a session
-//! of its own, hands it the VM flags as JSON on its stdin, and returns once the pod runs (its
+//! of its own, hands it the pod's lock (the locked descriptor, inherited: the pod is never
+//! unlocked in between, see [`crate::pod::lock`]) and the VM flags as JSON on its stdin, and
+//! returns once the pod runs (its
 //! supervisor answers on the pod's control socket that the VM's agent is up), or with the
 //! supervisor's messages when it ended before that. The supervisor's own messages go to
 //! `<pod>/supervisor.log`; the apps' output to their logs and to `podvm attach`.
@@ -13,8 +15,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
 use crate::control;
 use crate::control::proto::LiveState;
+use crate::pod::lock::{self, PodLock};
 use crate::pod::{Pod, PodError, PodState, PodStore};
 
 /// The detached supervisor's own log in the pod's directory.
@@ -53,8 +58,15 @@ pub enum DetachError {
 }
 
 /// Starts the supervisor of the prepared `pod` (of `pods`, in data dir `data_dir`) in the
-/// background with the VM flags `flags` (JSON) and waits until the pod runs.
-pub fn start(data_dir: &Path, pods: &PodStore, pod: &Pod, flags: &[u8]) -> Result<(), DetachError> {
+/// background with its lock `held` and the VM flags `flags` (JSON), and waits until the pod
+/// runs; the caller then hands the lock over ([`PodLock::hand_over`]).
+pub fn start(
+    data_dir: &Path,
+    pods: &PodStore,
+    pod: &Pod,
+    held: &PodLock,
+    flags: &[u8],
+) -> Result<(), DetachError> {
     let spawn_error = |source| DetachError::Spawn {
         uuid: pod.uuid.clone(),
         source,
@@ -71,16 +83,19 @@ pub fn start(data_dir: &Path, pods: &PodStore, pod: &Pod, flags: &[u8]) -> Resul
         .arg(data_dir)
         .arg(SUPERVISE_VERB)
         .arg(&pod.uuid)
+        .arg(format!("--lock-fd={}", held.as_fd().as_raw_fd()))
         .stdin(Stdio::piped())
         .stdout(log.try_clone().map_err(spawn_error)?)
         .stderr(log.try_clone().map_err(spawn_error)?);
-    // SAFETY: between fork and exec the child only calls setsid(2), which is async-signal-safe
-    // and touches no memory of ours.
+    let lock_fd = held.as_fd().as_raw_fd();
+    // SAFETY: between fork and exec the child only calls fcntl(2) (to keep the lock's
+    // descriptor across exec) and setsid(2), both async-signal-safe, on no memory of ours.
     unsafe {
-        command.pre_exec(|| {
-            nix::unistd::setsid()
-                .map(drop)
-                .map_err(std::io::Error::from)
+        command.pre_exec(move || {
+            let keep = nix::fcntl::FdFlag::empty();
+            nix::fcntl::fcntl(lock_fd, nix::fcntl::FcntlArg::F_SETFD(keep))?;
+            nix::unistd::setsid()?;
+            Ok(())
         });
     }
     let mut child = command.spawn().map_err(spawn_error)?;
@@ -126,6 +141,22 @@ fn open_log(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
+/// The pod's lock a detached supervisor was handed as descriptor `fd`.
+pub fn adopt_lock(pod: &Pod, fd: RawFd) -> Result<PodLock, PodError> {
+    let not_handed = |source| PodError::Io {
+        what: "no lock was handed over for the pod in",
+        path: pod.dir.clone(),
+        source,
+    };
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD)
+        .map_err(|errno| not_handed(errno.into()))?;
+    // SAFETY: `fd` is open (checked just above) and was left open across exec by the podvm
+    // that started this one; nothing else in this process owns it (no descriptor it opens can
+    // have that number while the inherited one is open). `adopt` checks it is the pod's lock.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    lock::adopt(&pod.dir, &pod.uuid, fd)
+}
+
 /// The VM flags a detached supervisor was handed on its stdin.
 pub fn read_flags() -> std::io::Result<Vec<u8>> {
     let mut flags = Vec::new();
@@ -141,7 +172,8 @@ mod tests {
 
     #[test]
     fn the_supervise_verb_is_the_hidden_command() {
-        let cli = crate::cli::Cli::try_parse_from(["podvm", SUPERVISE_VERB, "some-uuid"]);
+        let cli =
+            crate::cli::Cli::try_parse_from(["podvm", SUPERVISE_VERB, "some-uuid", "--lock-fd=3"]);
         assert!(
             matches!(
                 cli,

@@ -12,6 +12,7 @@ use super::fetch::{options, InsecureOption};
 use super::net::{NetFlags, NetFlagsError};
 use crate::image::fetch::{fetch, PullPolicy};
 use crate::image::{self, ImageError, PreparedImage};
+use crate::pod::lock::PodLock;
 use crate::pod::manifest::{self, App, ImageRef, NameValue, PodManifest, RuntimeApp};
 use crate::pod::resources::{Isolator, ResourceError};
 use crate::pod::status::{now, PodStatus};
@@ -204,12 +205,21 @@ pub fn run(data_dir: &Path, args: PrepareArgs) -> Result<ExitCode, PrepareError>
 
 /// Creates the pod and returns its uuid; on failure nothing of the pod is left behind.
 pub fn prepare(data_dir: &Path, args: &PrepareArgs) -> Result<String, PrepareError> {
+    prepare_locked(data_dir, args).map(|(uuid, _lock)| uuid)
+}
+
+/// [`prepare`], returning the pod's lock still held, so that `run` goes on to start the pod
+/// without a moment in which another command (a `gc`) could take it.
+pub fn prepare_locked(
+    data_dir: &Path,
+    args: &PrepareArgs,
+) -> Result<(String, PodLock), PrepareError> {
     let set_env = pod_env(args)?;
     let mut annotations = parse_pairs("--annotation", &args.annotations)?;
     annotations.push(args.net.annotation()?);
     let app_args = split_apps(&args.apps)?;
     let pods = PodStore::open(data_dir)?;
-    let (embryo, _held) = pods.create()?;
+    let (embryo, held) = pods.create()?;
     let pod = pods.transition(&embryo, "prepare")?;
     let result = build_manifest(data_dir, args, &app_args, &set_env, annotations, &pod.uuid)
         .and_then(|manifest| {
@@ -224,7 +234,7 @@ pub fn prepare(data_dir: &Path, args: &PrepareArgs) -> Result<String, PrepareErr
             Ok(pods.transition(&pod, "prepared")?)
         });
     match result {
-        Ok(prepared) => Ok(prepared.uuid),
+        Ok(prepared) => Ok((prepared.uuid, held)),
         Err(err) => {
             let _ = pods.delete(&pod);
             Err(err)

@@ -28,7 +28,7 @@ use crate::image::{self, ImageError};
 use crate::launch::{self, LaunchError, LaunchPlan};
 use crate::net::PodNetwork;
 use crate::pod::cgroup::{CgroupLimits, PodCgroup};
-use crate::pod::lock;
+use crate::pod::lock::{self, PodLock};
 use crate::pod::logs::{self, AppLog};
 use crate::pod::manifest::RuntimeApp;
 use crate::pod::resources;
@@ -109,6 +109,9 @@ pub struct RunPreparedArgs {
 pub struct SuperviseArgs {
     /// The prepared pod.
     uuid: String,
+    /// The descriptor of the pod's lock, held for it by the `--detach` that started this.
+    #[arg(long = "lock-fd")]
+    lock_fd: i32,
 }
 
 /// Flags of `podvm run`: those of `prepare`, then the VM's.
@@ -186,14 +189,17 @@ pub enum RunError {
 
 /// Runs `podvm run`: prepare, then run the prepared pod.
 pub fn run(data_dir: &Path, args: RunArgs) -> Result<ExitCode, RunError> {
-    let uuid = prepare::prepare(data_dir, &args.prepare)?;
+    // The lock taken when the pod was created is held until it has run: a `gc` (or any other
+    // command) in between would otherwise find the prepared pod unlocked, take it, and make
+    // this `run` fail as busy.
+    let (uuid, held) = prepare::prepare_locked(data_dir, &args.prepare)?;
     if let Some(path) = args.prepare.uuid_file() {
         std::fs::write(path, format!("{uuid}\n")).map_err(|source| PrepareError::UuidFile {
             path: path.to_path_buf(),
             source,
         })?;
     }
-    let result = start_pod(data_dir, &uuid, &args.vm);
+    let result = start_pod(data_dir, &uuid, &args.vm, Some(held));
     if result.is_err() {
         // A pod `run` prepared but could not start is not left behind for `run-prepared`.
         let pods = PodStore::open(data_dir)?;
@@ -210,18 +216,25 @@ pub fn run(data_dir: &Path, args: RunArgs) -> Result<ExitCode, RunError> {
 
 /// Runs `podvm run-prepared`.
 pub fn run_prepared(data_dir: &Path, args: RunPreparedArgs) -> Result<ExitCode, RunError> {
-    start_pod(data_dir, &args.uuid, &args.vm)
+    start_pod(data_dir, &args.uuid, &args.vm, None)
 }
 
-/// Runs the prepared pod `prefix` in the foreground, or with `--detach` in the background.
-fn start_pod(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunError> {
+/// Runs the prepared pod `prefix` in the foreground, or with `--detach` in the background;
+/// `held` is its lock when the caller holds it already.
+fn start_pod(
+    data_dir: &Path,
+    prefix: &str,
+    vm: &VmFlags,
+    held: Option<PodLock>,
+) -> Result<ExitCode, RunError> {
     match vm.detach {
-        true => run_detached(data_dir, prefix, vm),
-        false => run_pod(data_dir, prefix, vm, false),
+        true => run_detached(data_dir, prefix, vm, held),
+        false => run_pod(data_dir, prefix, vm, held, false),
     }
 }
 
-/// Runs the hidden `podvm supervise`: a detached pod's supervisor.
+/// Runs the hidden `podvm supervise`: a detached pod's supervisor, handed the pod's lock by
+/// the `--detach` that started it.
 pub fn supervise(data_dir: &Path, args: SuperviseArgs) -> Result<ExitCode, RunError> {
     let flags = detach::read_flags().map_err(|err| RunError::SuperviseFlags {
         why: err.to_string(),
@@ -229,16 +242,30 @@ pub fn supervise(data_dir: &Path, args: SuperviseArgs) -> Result<ExitCode, RunEr
     let vm: VmFlags = serde_json::from_slice(&flags).map_err(|err| RunError::SuperviseFlags {
         why: err.to_string(),
     })?;
-    run_pod(data_dir, &args.uuid, &vm, true)
+    let pods = PodStore::open(data_dir)?;
+    let pod = find_prepared(&pods, &args.uuid)?;
+    let held = detach::adopt_lock(&pod, args.lock_fd)?;
+    run_pod(data_dir, &pod.uuid, &vm, Some(held), true)
 }
 
-/// `--detach`: starts the pod's supervisor in the background and prints the pod's uuid once
-/// the pod runs.
-fn run_detached(data_dir: &Path, prefix: &str, vm: &VmFlags) -> Result<ExitCode, RunError> {
+/// `--detach`: starts the pod's supervisor in the background, hands it the pod's lock (`held`,
+/// or taken here) and prints the pod's uuid once the pod runs.
+fn run_detached(
+    data_dir: &Path,
+    prefix: &str,
+    vm: &VmFlags,
+    held: Option<PodLock>,
+) -> Result<ExitCode, RunError> {
     let pods = PodStore::open(data_dir)?;
     let pod = find_prepared(&pods, prefix)?;
+    let held = match held {
+        Some(held) => held,
+        None => lock::try_lock(&pod.dir, &pod.uuid)?,
+    };
     let flags = serde_json::to_vec(vm).expect("VM flags always serialize");
-    detach::start(data_dir, &pods, &pod, &flags)?;
+    detach::start(data_dir, &pods, &pod, &held, &flags)?;
+    // The supervisor holds the lock now, through the descriptor it inherited.
+    held.hand_over();
     println!("{}", pod.uuid);
     Ok(ExitCode::SUCCESS)
 }
@@ -258,16 +285,21 @@ fn find_prepared(pods: &PodStore, prefix: &str) -> Result<Pod, PodError> {
 }
 
 /// Runs the prepared pod `prefix` until its VM ends, as its supervisor: in the foreground
-/// (podvm's terminal is the app's), or `detached` (output to the logs and attached clients).
+/// (podvm's terminal is the app's), or `detached` (output to the logs and attached clients);
+/// `held` is its lock when the caller holds it already.
 fn run_pod(
     data_dir: &Path,
     prefix: &str,
     vm: &VmFlags,
+    held: Option<PodLock>,
     detached: bool,
 ) -> Result<ExitCode, RunError> {
     let pods = PodStore::open(data_dir)?;
     let prepared = find_prepared(&pods, prefix)?;
-    let _held = lock::try_lock(&prepared.dir, &prepared.uuid)?;
+    let _held = match held {
+        Some(held) => held,
+        None => lock::try_lock(&prepared.dir, &prepared.uuid)?,
+    };
     let manifest = pods.manifest(&prepared)?;
     check_apps(&prepared, &manifest.apps, vm)?;
     let store = Store::open(data_dir)?;

@@ -18,7 +18,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::input::Input;
 use super::tree::Scratch;
-use super::virtio::Signals;
+use super::virtio::{NoSync, Signals};
 use crate::vmm::devices::virtio::fs::{passthrough_config, process_queue, Guard};
 
 const MEM_SIZE: u64 = 0x4_0000;
@@ -314,6 +314,7 @@ impl Session {
             &mut self.queue,
             &self.mem,
             &self.server,
+            &NoSync,
             &Signals::default(),
         )
         .is_err()

@@ -81,7 +81,7 @@ impl PodStore {
             uuids.sort();
             for uuid in uuids {
                 let dir = path.join(&uuid);
-                let state = PodState::from_dir(state_dir, lock::is_locked(&dir))
+                let state = PodState::from_dir(state_dir, holds_lock(state_dir, &dir))
                     .expect("STATE_DIRS are all known states");
                 pods.push(Pod {
                     uuid,
@@ -117,8 +117,7 @@ impl PodStore {
     pub fn transition(&self, pod: &Pod, to: &'static str) -> Result<Pod> {
         let dir = self.root.join(to).join(&pod.uuid);
         fs::rename(&pod.dir, &dir).map_err(io_err("cannot move pod to", &dir))?;
-        let locked = lock::is_locked(&dir);
-        let state = PodState::from_dir(to, locked).unwrap_or(pod.state);
+        let state = PodState::from_dir(to, holds_lock(to, &dir)).unwrap_or(pod.state);
         Ok(Pod {
             uuid: pod.uuid.clone(),
             dir,
@@ -184,6 +183,21 @@ impl PodStore {
     }
 }
 
+/// Whether the pod in `dir` (in state directory `state_dir`) is held by the process working on
+/// it: its lock is taken and, for a pod in `run`, its VM's end is not recorded yet. A `gc` or
+/// another command that takes an exited pod's lock to look at it does not make it running.
+fn holds_lock(state_dir: &str, dir: &Path) -> bool {
+    lock::is_locked(dir) && !(state_dir == "run" && finished(dir))
+}
+
+/// Whether the status record in `dir` says the pod's VM ended.
+fn finished(dir: &Path) -> bool {
+    fs::read(dir.join(STATUS_FILE))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<PodStatus>(&bytes).ok())
+        .is_some_and(|status| status.finished.is_some())
+}
+
 fn read_json<T: DeserializeOwned>(pod: &Pod, name: &'static str, what: &'static str) -> Result<T> {
     let path = pod.dir.join(name);
     let bytes = fs::read(&path).map_err(io_err("cannot read", &path))?;
@@ -240,6 +254,32 @@ mod tests {
         assert_eq!(store.garbage_since(&marked), Some(42));
         store.delete(&marked).expect("delete");
         assert!(matches!(store.find(&pod.uuid), Err(PodError::NotFound(_))));
+    }
+
+    /// A `gc` (or `status`) holding an exited pod's lock to look at it does not make the pod
+    /// read as running to a concurrent `list`; the lock of a pod whose end is not recorded does.
+    #[test]
+    fn a_lock_on_a_pod_whose_vm_ended_does_not_make_it_running() {
+        let data = tempfile::tempdir().expect("tempdir");
+        let store = PodStore::open(data.path()).expect("open");
+        let (pod, held) = store.create().expect("create");
+        let run = store.transition(&pod, "run").expect("to run");
+        store
+            .write_status(&run, &PodStatus::default())
+            .expect("status");
+        assert_eq!(
+            store.find(&pod.uuid).expect("find").state,
+            PodState::Running
+        );
+        let ended = PodStatus {
+            finished: Some(7),
+            ..Default::default()
+        };
+        store.write_status(&run, &ended).expect("status");
+        assert_eq!(store.find(&pod.uuid).expect("find").state, PodState::Exited);
+        drop(held);
+        let _gc = lock::try_lock(&run.dir, &run.uuid).expect("another command's lock");
+        assert_eq!(store.find(&pod.uuid).expect("find").state, PodState::Exited);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 
 use super::super::{read_config_bytes, ActivateError, Activation, DeviceCore, VirtioDevice};
 use super::guard::Guard;
-use super::queue::FsServer;
+use super::queue::{FsServer, ShareRoot};
 use super::{event_handler, FsShare};
 
 /// virtio device id of a file system device.
@@ -54,6 +54,7 @@ pub enum FsError {
 pub struct Fs {
     config: Vec<u8>,
     server: Arc<FsServer>,
+    root: Arc<ShareRoot>,
     core: DeviceCore,
 }
 
@@ -69,9 +70,15 @@ impl Fs {
                 source,
             }
         })?;
+        let root_dir = std::fs::File::open(&root).map_err(|source| FsError::Passthrough {
+            tag: share.tag.clone(),
+            dir: root.clone(),
+            source,
+        })?;
         Ok(Self {
             config,
             server: Arc::new(Server::new(Guard::new(passthrough, share.read_only))),
+            root: Arc::new(ShareRoot(root_dir.into())),
             core: DeviceCore::with_worker_name("virtio-fs", format!("virtio-fs-{}", share.tag)),
         })
     }
@@ -154,7 +161,11 @@ impl VirtioDevice for Fs {
         // The high-priority queue (0) may stay unused, and unready, by the driver.
         self.core
             .activate(activation, 1..QUEUE_SIZES.len(), |activation| {
-                Ok(event_handler::serve(activation, self.server.clone()))
+                Ok(event_handler::serve(
+                    activation,
+                    self.server.clone(),
+                    self.root.clone(),
+                ))
             })
     }
 

@@ -4,12 +4,13 @@ use std::sync::Arc;
 
 use super::super::worker::Serve;
 use super::super::Activation;
-use super::queue::{process_queue, FsServer};
+use super::queue::{process_queue, FsServer, ShareRoot};
 
-/// What the worker does: answer the requests of queue `i` each time the driver kicks it.
-pub fn serve(activation: Activation, server: Arc<FsServer>) -> impl Serve {
+/// What the worker does: answer the requests of queue `i` each time the driver kicks it
+/// (`root`: the share's root, synced on the guest's FUSE_SYNCFS).
+pub fn serve(activation: Activation, server: Arc<FsServer>, root: Arc<ShareRoot>) -> impl Serve {
     activation.serve_queues(move |queue, mem, interrupt| {
-        if let Err(err) = process_queue(queue, mem, server.as_ref(), interrupt) {
+        if let Err(err) = process_queue(queue, mem, server.as_ref(), root.as_ref(), interrupt) {
             // A broken queue is the driver's problem; the VM runs on.
             QUEUE_ERRORS.log(format_args!("{err}"));
         }

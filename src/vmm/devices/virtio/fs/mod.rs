@@ -27,7 +27,7 @@ use std::path::PathBuf;
 
 pub use self::device::{Fs, FsError};
 #[doc(hidden)]
-pub use self::{device::passthrough_config, guard::Guard, queue::process_queue};
+pub use self::{device::passthrough_config, guard::Guard, queue::process_queue, queue::SyncShare};
 
 /// One shared host directory: what the guest mounts with `mount -t virtiofs <tag> <dir>`.
 #[derive(Debug, Clone, PartialEq, Eq)]

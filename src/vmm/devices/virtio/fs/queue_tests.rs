@@ -157,7 +157,7 @@ fn init_and_lookups_are_answered_in_guest_memory() {
     let signal = CountSignals::default();
 
     assert_eq!(
-        process_queue(&mut queue, &mem, &server, &signal).expect("served"),
+        process_queue(&mut queue, &mem, &server, &Syncs::default(), &signal).expect("served"),
         3
     );
 
@@ -184,7 +184,13 @@ fn a_request_outside_guest_memory_is_returned_empty() {
     ];
     mock.add_desc_chains(&descs, 0).expect("chain");
     let mut queue: Queue = mock.create_queue().expect("queue");
-    let handled = process_queue(&mut queue, &mem, &server, &CountSignals::default());
+    let handled = process_queue(
+        &mut queue,
+        &mem,
+        &server,
+        &Syncs::default(),
+        &CountSignals::default(),
+    );
     assert_eq!(handled.expect("queue still served"), 1);
     assert_eq!(mock.used().ring().ref_at(0).expect("used").load().len(), 0);
 }
@@ -209,7 +215,8 @@ fn dotdot_of_a_directory_moved_out_of_the_share_stays_inside() {
     let signal = CountSignals::default();
     let mut serve = |first: u16, requests: &[Vec<u8>]| {
         queue_requests_from(&mem, &mock, first, requests);
-        let handled = process_queue(&mut queue, &mem, &server, &signal).expect("served");
+        let handled =
+            process_queue(&mut queue, &mem, &server, &Syncs::default(), &signal).expect("served");
         assert_eq!(handled, requests.len());
     };
 
@@ -269,7 +276,14 @@ fn init_offers_one_mib_writes_to_a_driver_that_can_take_them() {
             &[request(FUSE_INIT, 1, 0, &init_args_with(offered))],
         );
         let mut queue: Queue = mock.create_queue().expect("queue");
-        process_queue(&mut queue, &mem, &server, &CountSignals::default()).expect("served");
+        process_queue(
+            &mut queue,
+            &mem,
+            &server,
+            &Syncs::default(),
+            &CountSignals::default(),
+        )
+        .expect("served");
         assert_eq!(reply(&mem, &mock, 0).1, 0, "init");
         let word = reply_u64(&mem, 0, INIT_OUT_FLAGS);
         let flags = u32::try_from(word & 0xffff_ffff).expect("low word");
@@ -281,4 +295,48 @@ fn init_offers_one_mib_writes_to_a_driver_that_can_take_them() {
             "offered {offered:#x}"
         );
     }
+}
+
+/// Counts the syncs of the share a test's requests asked for; fails them with `fail`.
+#[derive(Default)]
+struct Syncs {
+    count: std::cell::Cell<u32>,
+    fail: Option<i32>,
+}
+
+impl SyncShare for Syncs {
+    fn sync_share(&self) -> std::io::Result<()> {
+        self.count.set(self.count.get() + 1);
+        match self.fail {
+            Some(errno) => Err(std::io::Error::from_raw_os_error(errno)),
+            None => Ok(()),
+        }
+    }
+}
+
+const FUSE_SYNCFS: u32 = 50;
+
+/// A guest `sync` (FUSE_SYNCFS) syncs the share's host file system once and gets its result;
+/// before, it got ENOSYS and the guest kernel stopped asking, so its `sync` left the data in the
+/// host's page cache. The real share root syncs too.
+#[test]
+fn syncfs_syncs_the_share_and_answers_with_the_result() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = guarded_server(dir.path(), false);
+    for (fail, error) in [(None, 0), (Some(libc::EIO), -libc::EIO)] {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).expect("memory");
+        let mock = MockSplitQueue::new(&mem, 16);
+        queue_requests(&mem, &mock, &[request(FUSE_SYNCFS, 9, 1, &[0u8; 8])]);
+        let mut queue: Queue = mock.create_queue().expect("queue");
+        let syncs = Syncs {
+            fail,
+            ..Syncs::default()
+        };
+        process_queue(&mut queue, &mem, &server, &syncs, &CountSignals::default()).expect("served");
+        assert_eq!(syncs.count.get(), 1, "synced once");
+        assert_eq!(reply(&mem, &mock, 0), (16, error, 9), "reply header only");
+    }
+    let root = ShareRoot(std::fs::File::open(dir.path()).expect("root").into());
+    root.sync_share()
+        .expect("syncfs of the share's file system");
 }
