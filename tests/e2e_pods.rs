@@ -139,6 +139,8 @@ fn batch() -> Option<Batch> {
                  grep -q supervise /proc/$sp/cmdline 2>/dev/null && echo supervisor-left; [ -e state/pods/run/$u/control.sock ] && echo socket-left; \
                  u2=$({PODVM} run -d -i {IMAGE} --exec /bin/sh -- -c 'read line; echo got:$line; exit 5'); \
                  echo hello | {PODVM} attach $u2; echo attach-i-rc=$?; {PODVM} stop $u2 >/dev/null 2>&1; \
+                 u3=$({PODVM} run -d {IMAGE} --exec /bin/sleep -- 600); {PODVM} stop --force $u3 >/dev/null; echo force-rc=$?; \
+                 {PODVM} status $u3 | grep -E '^(state|reason)='; \
                  {PODVM} run -d --vm-memory 1 {IMAGE} --exec /bin/true 2>bad.err; echo bad-rc=$?; \
                  grep -c 'did not start in the background' bad.err; grep -c 'at least' bad.err"
             ),
@@ -456,8 +458,9 @@ fn a_running_pod_is_reached_over_its_control_socket_and_only_by_root() {
 /// `run --detach` prints the uuid and leaves the pod running under a supervisor in the
 /// background; `attach --sig-proxy=false` ends alone and the pod runs on; `attach` follows the
 /// app and exits with its code when `stop` ends the pod over the control socket; `logs` has
-/// what came before; an interactive detached pod takes `attach`'s stdin; a detached pod that
-/// cannot start says why.
+/// what came before; an interactive detached pod takes `attach`'s stdin; `stop --force` finds
+/// the detached supervisor holding the pod's lock it was handed; a detached pod that cannot
+/// start says why.
 #[test]
 fn run_detach_attach_and_stop_end_to_end() {
     let Some(result) = check("detach_attach") else {
@@ -477,6 +480,9 @@ fn run_detach_attach_and_stop_end_to_end() {
         "app-busybox-layout=3",
         "got:hello",
         "attach-i-rc=5",
+        "force-rc=0",
+        "state=exited",
+        "reason=killed by `podvm stop --force`",
         "bad-rc=125",
         "1",
         "1",
