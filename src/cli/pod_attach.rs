@@ -13,7 +13,7 @@ use clap::{ArgAction, Args};
 use crate::control::{self, ControlError};
 use crate::exec_client::{self, ExecClientError};
 use crate::launch;
-use crate::pod::{PodError, PodState, PodStore};
+use crate::pod::{PodError, PodStore};
 use crate::relay::RelayOptions;
 
 /// After passing a stop signal on, how long `attach` waits for the pod's end on its own (the
@@ -52,14 +52,9 @@ pub enum AttachError {
 pub fn attach(data_dir: &Path, args: AttachArgs) -> Result<ExitCode, AttachError> {
     let pods = PodStore::open(data_dir)?;
     let pod = pods.find(&args.uuid)?;
-    if pod.state != PodState::Running {
-        return Err(PodError::WrongState {
-            uuid: pod.uuid,
-            state: pod.state,
-            hint: "only running pods can be attached to (`podvm logs` shows what an app wrote)",
-        }
-        .into());
-    }
+    pod.expect_running(
+        "only running pods can be attached to (`podvm logs` shows what an app wrote)",
+    )?;
     let session = control::client::open_attach(&pod.dir.join(control::SOCKET_FILE))?;
     let options = RelayOptions {
         // Watching does not close the app's stdin; the end of a forwarded stdin does.

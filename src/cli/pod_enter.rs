@@ -13,7 +13,7 @@ use podvm_protocol::ExecRequest;
 use crate::control::{self, ControlError};
 use crate::exec_client::{self, ExecClientError};
 use crate::launch;
-use crate::pod::{PodError, PodState, PodStore};
+use crate::pod::{PodError, PodStore};
 use crate::relay::RelayOptions;
 
 /// How long an entered command may take to exit after podvm forwarded a stop signal.
@@ -50,14 +50,7 @@ pub enum EnterError {
 pub fn enter(data_dir: &Path, args: EnterArgs) -> Result<ExitCode, EnterError> {
     let pods = PodStore::open(data_dir)?;
     let pod = pods.find(&args.uuid)?;
-    if pod.state != PodState::Running {
-        return Err(PodError::WrongState {
-            uuid: pod.uuid,
-            state: pod.state,
-            hint: "only running pods can be entered",
-        }
-        .into());
-    }
+    pod.expect_running("only running pods can be entered")?;
     let manifest = pods.manifest(&pod)?;
     let app = match (&args.app, manifest.apps.as_slice()) {
         (Some(name), apps) => apps.iter().find(|app| &app.name == name),

@@ -24,7 +24,7 @@ use super::pod_gc::for_each_pod;
 use crate::control;
 use crate::pod::status::now;
 use crate::pod::status::PodStatus;
-use crate::pod::{cgroup, lock, Pod, PodError, PodState, PodStore};
+use crate::pod::{cgroup, lock, Pod, PodError, PodStore};
 
 /// How long a graceful stop may take before `stop` kills the pod's podvm (at least: a pod's
 /// supervisor says its stop timeout, which [`SUPERVISOR_MARGIN`] extends).
@@ -72,13 +72,7 @@ pub fn stop(data_dir: &Path, args: StopArgs) -> Result<ExitCode, PodError> {
 }
 
 fn stop_one(pods: &PodStore, pod: &Pod, force: bool) -> Result<String, PodError> {
-    if pod.state != PodState::Running {
-        return Err(PodError::WrongState {
-            uuid: pod.uuid.clone(),
-            state: pod.state,
-            hint: "only running pods can be stopped",
-        });
-    }
+    pod.expect_running("only running pods can be stopped")?;
     let asked = match force {
         true => None,
         false => ask_supervisor(pod)?,

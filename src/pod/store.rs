@@ -31,6 +31,21 @@ pub struct Pod {
     state_dir: &'static str,
 }
 
+impl Pod {
+    /// Ok if the pod is running; else [`PodError::WrongState`] with `hint` (what the command
+    /// needs and what to do instead).
+    pub fn expect_running(&self, hint: &'static str) -> Result<()> {
+        if self.state == PodState::Running {
+            return Ok(());
+        }
+        Err(PodError::WrongState {
+            uuid: self.uuid.clone(),
+            state: self.state,
+            hint,
+        })
+    }
+}
+
 /// The pods under `<dir>/pods`.
 #[derive(Debug, Clone)]
 pub struct PodStore {
