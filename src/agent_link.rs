@@ -82,6 +82,10 @@ pub type AppWriters = (Box<dyn Write + Send>, Box<dyn Write + Send>);
 /// The writers of the app named by the argument (a pod of several apps).
 pub type AppOutputs = Arc<dyn Fn(&str) -> AppWriters + Send + Sync>;
 
+/// Called with every control message the agent sends on the boot session (after the report
+/// took it): a runtime follows its container requests' answers with it.
+pub type ControlHook = Arc<dyn Fn(&Control) + Send + Sync>;
+
 /// A `Write` sink for the guest side of the channel that decodes frames as they arrive.
 pub struct AgentLink {
     decoder: FrameDecoder,
@@ -91,6 +95,7 @@ pub struct AgentLink {
     writer: Option<Arc<HostWriter>>,
     apps: Option<AppOutputs>,
     boot_spec: Option<Vec<u8>>,
+    hook: Option<ControlHook>,
 }
 
 impl AgentLink {
@@ -108,6 +113,7 @@ impl AgentLink {
             writer: None,
             apps: None,
             boot_spec: None,
+            hook: None,
         };
         (link, report)
     }
@@ -122,6 +128,12 @@ impl AgentLink {
     /// the connection goes to the writer.
     pub fn with_boot_spec(mut self, frame: Vec<u8>) -> Self {
         self.boot_spec = Some(frame);
+        self
+    }
+
+    /// Also tells `hook` every control message of the agent (container answers and exits).
+    pub fn with_control_hook(mut self, hook: ControlHook) -> Self {
+        self.hook = Some(hook);
         self
     }
 
@@ -142,13 +154,18 @@ impl AgentLink {
                 self.stderr.flush()
             }
             Message::Control(control) => {
-                let mut report = lock(&self.report);
-                match control {
-                    Control::Ready { .. } => report.agent_ready = true,
-                    Control::Exited { status } => report.exit = Some(status),
-                    Control::Error { message } => report.agent_errors.push(message),
-                    // check_from_agent let only agent messages through.
-                    _ => {}
+                {
+                    let mut report = lock(&self.report);
+                    match &control {
+                        Control::Ready { .. } => report.agent_ready = true,
+                        Control::Exited { status } => report.exit = Some(*status),
+                        Control::Error { message } => report.agent_errors.push(message.clone()),
+                        // check_from_agent let only agent messages through.
+                        _ => {}
+                    }
+                }
+                if let Some(hook) = &self.hook {
+                    hook(&control);
                 }
                 Ok(())
             }

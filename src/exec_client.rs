@@ -4,7 +4,6 @@
 //! This is what `podvm exec` and `podvm enter` use.
 
 use std::fs::File;
-use std::io::Read;
 use std::os::fd::AsRawFd;
 
 use nix::sys::socket::{shutdown, Shutdown};
@@ -12,9 +11,6 @@ use podvm_protocol::ExitStatus;
 
 use crate::agent_link::{self, AgentLink, HostWriter};
 use crate::relay::{Relay, RelayError, RelayOptions};
-
-/// Size of one read from the connection.
-const READ_CHUNK: usize = 64 * 1024;
 
 /// Errors of an exec session.
 #[derive(Debug, thiserror::Error)]
@@ -70,20 +66,8 @@ pub fn run(stream: File, options: &RelayOptions) -> Result<ExitStatus, ExecClien
 }
 
 /// Feeds the agent's bytes to `link` until the agent closes the connection.
-fn pump(mut stream: File, link: &mut AgentLink) {
-    use std::io::Write;
-    let mut buffer = vec![0u8; READ_CHUNK];
-    loop {
-        match stream.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(n) => {
-                if let Err(err) = link.write_all(&buffer[..n]) {
-                    eprintln!("podvm: exec: cannot deliver output: {err}");
-                }
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
+fn pump(stream: File, link: &mut AgentLink) {
+    if let Err(err) = crate::runtime::sandbox::pump(stream, link) {
+        eprintln!("podvm: exec: cannot deliver output: {err}");
     }
-    let _ = link.flush();
 }

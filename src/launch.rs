@@ -23,11 +23,6 @@ use crate::vmm::console_log::{self, ConsoleLog};
 use crate::vmm::{self, VmConfig, VmHandle, VmOutputs, VmStats};
 use crate::{artifacts, initramfs};
 
-/// Kernel command line every podvm guest gets: console on COM1 (the only UART), a reboot that
-/// triple-faults (KVM reports it as a shutdown), and panics that reboot at once. The VMM appends
-/// its virtio-mmio devices and the agent's vsock port.
-const BASE_CMDLINE: &str = "console=ttyS0 8250.nr_uarts=1 reboot=t panic=-1 rdinit=/init";
-
 /// After the stop timeout asked the agent to kill everything, how long before the VM is killed.
 const KILL_AFTER: Duration = Duration::from_secs(5);
 
@@ -391,15 +386,7 @@ fn lock_any<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn kernel_cmdline(plan: &LaunchPlan) -> String {
-    let mut cmdline = BASE_CMDLINE.to_string();
-    if !plan.console {
-        cmdline.push_str(" quiet");
-    }
-    for arg in &plan.kernel_args {
-        cmdline.push(' ');
-        cmdline.push_str(arg);
-    }
-    cmdline
+    crate::runtime::boot::kernel_cmdline(!plan.console, &plan.kernel_args)
 }
 
 /// The workload's exit from the agent's report, or why there is none.
@@ -466,17 +453,17 @@ pub fn exit_code(status: ExitStatus) -> u8 {
 /// only if nothing is there yet (O_EXCL). A pod's is in its private directory, others in a
 /// fresh private one (see [`private_console_log`]).
 fn create_console_log(path: &Path, echo: bool, new: bool) -> Result<ConsoleLog, LaunchError> {
-    let file =
-        crate::private::create_file(path, new).map_err(|source| LaunchError::ConsoleLog {
-            path: path.to_path_buf(),
-            source,
-        })?;
     let echo: Option<Box<dyn Write + Send>> = if echo {
         Some(Box::new(std::io::stderr()))
     } else {
         None
     };
-    Ok(ConsoleLog::new(file, echo))
+    crate::runtime::boot::create_console_log(path, echo, new).map_err(|source| {
+        LaunchError::ConsoleLog {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ mod net;
 mod pod;
 mod private;
 mod relay;
+pub mod runtime;
 mod stoppable;
 mod store;
 mod tree_copy;

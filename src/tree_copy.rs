@@ -78,13 +78,19 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<CopyReport, CopyError> {
 /// Copies the contents of the open directory `from` into the existing directory `to`.
 pub fn copy_contents(from: &OwnedFd, to: &Path) -> Result<CopyReport, CopyError> {
     let to_fd = open_dir(None, to.as_os_str(), to)?;
+    copy_into(from, &to_fd)
+}
+
+/// Copies the contents of the open directory `from` into the open directory `to`: nothing is
+/// looked up by a path, so a tree another party can change (a share) cannot redirect it.
+pub fn copy_into(from: &OwnedFd, to_fd: &OwnedFd) -> Result<CopyReport, CopyError> {
     let mut copier = Copier {
         to_top: to_fd.as_raw_fd(),
         links: HashMap::new(),
         report: CopyReport::default(),
         privileged: nix::unistd::geteuid().is_root(),
     };
-    copier.copy_dir(from, &to_fd, Path::new(""))?;
+    copier.copy_dir(from, to_fd, Path::new(""))?;
     let top = Path::new(".");
     let stat = nix::sys::stat::fstat(from.as_raw_fd()).map_err(fail("stat", top))?;
     copier.set_attributes(

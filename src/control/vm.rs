@@ -5,13 +5,11 @@
 //! when the VM holds the app's stdin open for them: a detached interactive pod).
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
 use podvm_protocol::{Control, ExecRequest, ExitStatus, Message, Stream, EXEC_PORT};
 
 use super::attach::{ClientQueue, OutputHub};
@@ -139,7 +137,7 @@ impl Handler for VmControl {
         let Some((cid, _)) = *self.lock_started() else {
             return Err("the VM is still starting; try again in a moment".into());
         };
-        let agent = connect_vsock(cid, EXEC_PORT).map_err(|errno| {
+        let agent = crate::vmm::agent_vsock::connect(cid, EXEC_PORT).map_err(|errno| {
             format!("cannot reach the agent's exec service at vsock {cid}:{EXEC_PORT}: {errno}")
         })?;
         request.token = token.clone();
@@ -178,16 +176,4 @@ impl Handler for VmControl {
             _ => Ok(()),
         }
     }
-}
-
-/// A stream connected to vsock `cid`:`port`.
-fn connect_vsock(cid: u32, port: u32) -> Result<File, nix::errno::Errno> {
-    let fd = socket(
-        AddressFamily::Vsock,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    connect(fd.as_raw_fd(), &VsockAddr::new(cid, port))?;
-    Ok(File::from(fd))
 }

@@ -139,6 +139,18 @@ impl AgentReader {
     }
 }
 
+/// A stream connected to vsock `cid`:`port` (e.g. a guest's exec service).
+pub fn connect(cid: u32, port: u32) -> Result<File, nix::errno::Errno> {
+    let fd = socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    nix::sys::socket::connect(fd.as_raw_fd(), &VsockAddr::new(cid, port))?;
+    Ok(File::from(fd))
+}
+
 /// Whether `fd` became readable (false: stopped, or the poll failed, which is reported).
 fn wait(fd: BorrowedFd<'_>, stop: &EventFd) -> bool {
     crate::stoppable::wait_readable(fd, stop).unwrap_or_else(|err| {

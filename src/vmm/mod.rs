@@ -23,7 +23,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 
-pub use self::stats::VmStats;
+pub use self::stats::{LiveStats, VmStats};
 use self::vcpu::VcpuEvent;
 
 /// Most vCPUs a podvm guest may have.
@@ -62,17 +62,24 @@ pub struct VmOutputs {
     pub on_start: Option<Box<dyn FnOnce(VmHandle) + Send>>,
 }
 
-/// The running VM as other threads see it: its vsock CID, and a way to stop it hard.
+/// The running VM as other threads see it: its vsock CID, its live figures, and a way to stop
+/// it hard.
 #[derive(Debug, Clone)]
 pub struct VmHandle {
     cid: u32,
     events: mpsc::Sender<VcpuEvent>,
+    live: Arc<stats::LiveSource>,
 }
 
 impl VmHandle {
     /// The guest's vsock CID.
     pub fn cid(&self) -> u32 {
         self.cid
+    }
+
+    /// The VM's memory and vCPU time now.
+    pub fn stats(&self) -> LiveStats {
+        self.live.sample()
     }
 
     /// Stops the VM at once, as if the guest had powered off (its processes get no warning).
@@ -190,10 +197,12 @@ pub fn run(config: &VmConfig, outputs: VmOutputs) -> Result<VmStats, VmmError> {
     let cpuid = cpu::supported_cpuid(&kvm)?;
     let stop = Arc::new(AtomicBool::new(false));
     let (events_tx, events_rx) = mpsc::channel();
+    let live = Arc::new(stats::LiveSource::new(&guest_memory));
     if let Some(on_start) = outputs.on_start {
         on_start(VmHandle {
             cid: guest_cid,
             events: events_tx.clone(),
+            live: live.clone(),
         });
     }
     let mut threads = Vec::with_capacity(usize::from(config.vcpus));
@@ -212,7 +221,12 @@ pub fn run(config: &VmConfig, outputs: VmOutputs) -> Result<VmStats, VmmError> {
             pio: bus.clone(),
             mmio: mmio.clone(),
         };
-        let thread = vcpu::spawn(vcpu, index, buses, stop.clone(), events_tx.clone())
+        let vcpu = vcpu::Vcpu {
+            fd: vcpu,
+            index,
+            live: live.clone(),
+        };
+        let thread = vcpu::spawn(vcpu, buses, stop.clone(), events_tx.clone())
             .map_err(|source| VmmError::Thread { cpu: index, source })?;
         threads.push(thread);
     }

@@ -23,11 +23,20 @@ pub struct VmStats {
 
 /// Measures the process and the guest mappings of `memory`.
 pub fn measure(memory: &GuestMemoryMmap) -> VmStats {
+    measure_regions(&guest_starts(memory))
+}
+
+/// The host addresses where the guest RAM regions of `memory` are mapped.
+fn guest_starts(memory: &GuestMemoryMmap) -> Vec<u64> {
+    memory.iter().map(|region| region.as_ptr() as u64).collect()
+}
+
+/// Measures the process and the guest mappings starting at `guest_starts`.
+fn measure_regions(guest_starts: &[u64]) -> VmStats {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
-    let guest_starts: Vec<u64> = memory.iter().map(|region| region.as_ptr() as u64).collect();
     let process_rss_kib = status_field(&status, "VmRSS:");
-    let guest_resident_kib = guest_rss_kib(&smaps, &guest_starts);
+    let guest_resident_kib = guest_rss_kib(&smaps, guest_starts);
     VmStats {
         process_peak_rss_kib: status_field(&status, "VmHWM:"),
         process_rss_kib,
@@ -35,6 +44,81 @@ pub fn measure(memory: &GuestMemoryMmap) -> VmStats {
         vmm_overhead_kib: process_rss_kib.saturating_sub(guest_resident_kib),
         guest_end: None,
     }
+}
+
+/// What a running VM's figures are read from while it runs: where its guest RAM is mapped and
+/// which threads are its vCPUs (each records its own thread id when it starts).
+#[derive(Debug, Default)]
+pub struct LiveSource {
+    guest_starts: Vec<u64>,
+    vcpu_tids: std::sync::Mutex<Vec<libc::pid_t>>,
+}
+
+/// A VM's figures while it runs.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct LiveStats {
+    /// Memory of the process and of the guest, as at the end of a run.
+    pub memory: VmStats,
+    /// CPU time the VM's vCPU threads used so far (user and system), in milliseconds.
+    pub vcpu_time_ms: u64,
+    /// vCPU threads seen.
+    pub vcpus: usize,
+}
+
+impl LiveSource {
+    /// A source for the VM whose guest RAM is `memory`.
+    pub fn new(memory: &GuestMemoryMmap) -> Self {
+        Self {
+            guest_starts: guest_starts(memory),
+            vcpu_tids: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Records the calling thread as one of the VM's vCPUs.
+    pub fn register_vcpu_thread(&self) {
+        // SAFETY: gettid has no preconditions and cannot fail.
+        let tid = unsafe { libc::gettid() };
+        self.tids().push(tid);
+    }
+
+    /// The VM's figures now (a vCPU thread that ended counts no more).
+    pub fn sample(&self) -> LiveStats {
+        let tids = self.tids().clone();
+        // SAFETY: sysconf has no preconditions; it returns -1 for an unknown name.
+        let ticks = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+            .ok()
+            .filter(|ticks| *ticks > 0)
+            .unwrap_or(100);
+        let cpu_ticks: u64 = tids.iter().filter_map(|tid| thread_cpu_ticks(*tid)).sum();
+        LiveStats {
+            memory: measure_regions(&self.guest_starts),
+            vcpu_time_ms: cpu_ticks * 1000 / ticks,
+            vcpus: tids.len(),
+        }
+    }
+
+    fn tids(&self) -> std::sync::MutexGuard<'_, Vec<libc::pid_t>> {
+        self.vcpu_tids
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// utime + stime of thread `tid` of this process, in clock ticks; `None` once it ended.
+fn thread_cpu_ticks(tid: libc::pid_t) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    cpu_ticks_of_stat(&stat)
+}
+
+/// utime + stime (fields 14 and 15) of a /proc stat line; the name in parentheses may hold
+/// spaces, so the fields are counted after its closing parenthesis.
+fn cpu_ticks_of_stat(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state): utime is field 14, stime field 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
 }
 
 fn status_field(status: &str, name: &str) -> u64 {
@@ -91,6 +175,22 @@ mod tests {
             status_field("VmHWM:\t  2048 kB\nVmRSS: 1024 kB\n", "VmHWM:"),
             2048
         );
+    }
+
+    #[test]
+    fn cpu_time_is_read_after_the_thread_name() {
+        let stat = "42 (vcpu 0) S 1 1 1 0 -1 4194368 0 0 0 0 170 30 0 0 20 0 1 0 5 0 0";
+        assert_eq!(cpu_ticks_of_stat(stat), Some(200));
+    }
+
+    #[test]
+    fn a_live_source_counts_registered_threads() {
+        let memory = crate::vmm::memory::create(64).expect("alloc");
+        let source = std::sync::Arc::new(LiveSource::new(&memory));
+        source.register_vcpu_thread();
+        let sample = source.sample();
+        assert_eq!(sample.vcpus, 1);
+        assert!(sample.memory.process_rss_kib > 0, "{sample:?}");
     }
 
     #[test]

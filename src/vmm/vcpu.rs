@@ -45,18 +45,34 @@ pub struct VcpuThread {
     handle: JoinHandle<()>,
 }
 
+/// One vCPU to run: its KVM descriptor, its index, and where its thread registers for the
+/// VM's live figures.
+pub struct Vcpu {
+    /// The KVM vCPU.
+    pub fd: VcpuFd,
+    /// Its index.
+    pub index: u8,
+    /// The VM's live figures.
+    pub live: Arc<super::stats::LiveSource>,
+}
+
 /// Starts a thread that runs `vcpu` until the guest ends or `stop` is set.
 pub fn spawn(
-    mut vcpu: VcpuFd,
-    cpu: u8,
+    vcpu: Vcpu,
     buses: Buses,
     stop: Arc<AtomicBool>,
     events: Sender<VcpuEvent>,
 ) -> std::io::Result<VcpuThread> {
     register_signal_handler(SIGRTMIN(), kick_handler).map_err(std::io::Error::other)?;
+    let Vcpu {
+        fd: mut vcpu,
+        index: cpu,
+        live,
+    } = vcpu;
     let handle = std::thread::Builder::new()
         .name(format!("vcpu{cpu}"))
         .spawn(move || {
+            live.register_vcpu_thread();
             if let Some(event) = run_loop(&mut vcpu, cpu, &buses, &stop) {
                 // The receiver only disappears once the VMM is tearing down anyway.
                 let _ = events.send(event);

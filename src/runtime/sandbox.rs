@@ -1,0 +1,751 @@
+//! A live sandbox: a VM booted with the agent and no workload, whose containers are added,
+//! started, signalled, waited for, exec'd into and removed while it runs, then stopped with
+//! everything it made on the host.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use podvm_protocol::{
+    BootSpec, ContainerOp, ContainerRootfs, ContainerSpec, Control, ExecRequest, ExitStatus,
+    IdError, Message, ProcessSpec, ShareSpec, EXEC_PORT,
+};
+
+use super::boot;
+use super::session::{Events, SessionError, Waited};
+use super::share::{ContainerRoot, ContainerShare, ShareError, SHARE_TAG};
+use crate::agent_link::{self, AgentLink, HostWriter};
+use crate::vmm::devices::virtio::fs::FsShare;
+use crate::vmm::{self, VmConfig, VmHandle, VmOutputs, VmStats, VmmError};
+use crate::{artifacts, initramfs};
+
+/// How long after the grace period of a stop the VM may take to power off before it is killed.
+const POWER_OFF_PATIENCE: Duration = Duration::from_secs(30);
+/// Size of one read from an exec session.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// What a sandbox is made from.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// The sandbox's private directory (created, 0700; it must not exist): the share of the
+    /// containers' roots, their overlays' upper directories, the console log. Removed by
+    /// [`Sandbox::stop`].
+    pub dir: PathBuf,
+    /// Guest kernel; the installed one when `None`.
+    pub kernel: Option<PathBuf>,
+    /// Guest agent; the installed one when `None`.
+    pub agent: Option<PathBuf>,
+    /// vCPUs.
+    pub cpus: u8,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// Extra kernel command line arguments.
+    pub kernel_args: Vec<String>,
+    /// How long the agent may take to come up.
+    pub boot_timeout: Duration,
+    /// How long the agent may take to answer a container request.
+    pub request_timeout: Duration,
+    /// At a stop, how long processes get between SIGTERM and SIGKILL.
+    pub stop_grace: Duration,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::new(),
+            kernel: None,
+            agent: None,
+            cpus: 1,
+            memory_mib: 512,
+            kernel_args: Vec::new(),
+            boot_timeout: Duration::from_secs(120),
+            request_timeout: Duration::from_secs(60),
+            stop_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A container to add to a sandbox.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerConfig {
+    /// Its id: an appc ACName ([`podvm_protocol::check_container_id`]), unique in the sandbox.
+    pub id: String,
+    /// The image's rendered root filesystem on the host (never modified: the container's
+    /// writes go to an overlay of it, or to a copy).
+    pub rootfs: PathBuf,
+    /// Its process, started by [`Sandbox::start`]; `stdin` must be false (not supported yet).
+    pub process: ProcessSpec,
+    /// Its root is read-only.
+    pub read_only: bool,
+}
+
+/// A command to run in a container's root while the sandbox runs.
+#[derive(Debug, Clone, Default)]
+pub struct ExecConfig {
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// Environment as `KEY=VALUE` entries.
+    pub env: Vec<String>,
+    /// Working directory; `/` when absent.
+    pub workdir: Option<String>,
+    /// User, a name or number; root when absent.
+    pub user: Option<String>,
+    /// Group, a name or number; the user's when absent.
+    pub group: Option<String>,
+}
+
+/// Where a process's output goes (the caller's sinks; nothing is printed by the runtime).
+pub struct Io {
+    /// Its standard output.
+    pub stdout: Box<dyn Write + Send>,
+    /// Its standard error.
+    pub stderr: Box<dyn Write + Send>,
+}
+
+impl Io {
+    /// Output thrown away.
+    pub fn discard() -> Self {
+        Self {
+            stdout: Box::new(io::sink()),
+            stderr: Box::new(io::sink()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Io {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Io")
+    }
+}
+
+/// Where a container is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerStatus {
+    /// Created; its process not started.
+    Created,
+    /// Its process was started.
+    Running,
+    /// Its process ended so.
+    Exited(ExitStatus),
+}
+
+/// A sandbox's figures now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SandboxStats {
+    /// Since the VM started.
+    pub uptime: Duration,
+    /// Guest memory configured, MiB.
+    pub memory_mib: u64,
+    /// Guest RAM the guest touched (resident on the host), KiB.
+    pub guest_resident_kib: u64,
+    /// Resident set of the whole process holding the VMM, KiB.
+    pub process_rss_kib: u64,
+    /// CPU time of the VM's vCPU threads so far, milliseconds.
+    pub vcpu_time_ms: u64,
+    /// vCPUs.
+    pub vcpus: usize,
+    /// Containers by status: created, running, exited.
+    pub containers: (usize, usize, usize),
+}
+
+/// Errors of the runtime; each names what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The sandbox directory could not be made or removed.
+    #[error("sandbox {path}: {what}: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The step.
+        what: &'static str,
+        /// Why.
+        source: io::Error,
+    },
+    /// A kernel or agent was not found.
+    #[error(transparent)]
+    Artifact(#[from] artifacts::ArtifactError),
+    /// The initramfs could not be built.
+    #[error(transparent)]
+    Initramfs(#[from] initramfs::InitramfsError),
+    /// The boot spec could not be encoded.
+    #[error("cannot encode the boot spec: {0}")]
+    Spec(podvm_protocol::ProtocolError),
+    /// The VM's thread could not be started.
+    #[error("cannot start the VM's thread: {0}")]
+    Thread(io::Error),
+    /// The VM could not be built, or failed while it ran.
+    #[error(transparent)]
+    Vmm(#[from] VmmError),
+    /// The agent did not come up.
+    #[error("the sandbox's agent did not come up: {reason}\n--- last guest console lines ---\n{console}")]
+    Boot {
+        /// What happened instead.
+        reason: String,
+        /// The end of the guest's console log.
+        console: String,
+    },
+    /// The share of the containers' roots failed.
+    #[error(transparent)]
+    Share(#[from] ShareError),
+    /// A container id is invalid.
+    #[error("container {id:?}: bad id: {source}")]
+    BadId {
+        /// The id.
+        id: String,
+        /// What is wrong.
+        source: IdError,
+    },
+    /// A container with the id exists.
+    #[error("container {0}: the sandbox has one with this id already")]
+    Exists(String),
+    /// No container has the id.
+    #[error("container {0}: no such container in the sandbox")]
+    NotFound(String),
+    /// The request is not possible in the container's state.
+    #[error("container {id}: {why}")]
+    WrongState {
+        /// The container.
+        id: String,
+        /// Why not.
+        why: &'static str,
+    },
+    /// What is asked is not supported yet.
+    #[error("container {id}: {what} is not supported yet")]
+    Unsupported {
+        /// The container.
+        id: String,
+        /// What.
+        what: &'static str,
+    },
+    /// The agent refused a request, or did not answer.
+    #[error(transparent)]
+    Request(#[from] SessionError),
+    /// An exec session failed.
+    #[error("container {id}: exec: {reason}")]
+    Exec {
+        /// The container.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The VM ended while the request waited.
+    #[error("the sandbox's VM has ended")]
+    VmEnded,
+}
+
+/// One container of the sandbox.
+#[derive(Debug)]
+struct Entry {
+    root: Option<ContainerRoot>,
+    status: ContainerStatus,
+}
+
+/// A running sandbox; see the module docs. Dropping it without [`Sandbox::stop`] kills the VM
+/// and removes what it made, silently.
+#[derive(Debug)]
+pub struct Sandbox {
+    dir: PathBuf,
+    config: SandboxConfig,
+    share: Option<ContainerShare>,
+    containers: Mutex<BTreeMap<String, Entry>>,
+    events: Arc<Events>,
+    writer: Arc<HostWriter>,
+    vm: VmHandle,
+    thread: Option<JoinHandle<Result<VmStats, VmmError>>>,
+    token: String,
+    started: Instant,
+}
+
+impl Sandbox {
+    /// Boots the sandbox's VM: the agent alone, waiting for containers, with the share of
+    /// their roots mounted. Returns once the agent is up.
+    pub fn create(config: SandboxConfig) -> Result<Self, SandboxError> {
+        crate::private::create_dir(&config.dir).map_err(|source| SandboxError::Dir {
+            path: config.dir.clone(),
+            what: "create",
+            source,
+        })?;
+        let share = match ContainerShare::create(&config.dir) {
+            Ok(share) => share,
+            Err(err) => {
+                let _ = std::fs::remove_dir_all(&config.dir);
+                return Err(err.into());
+            }
+        };
+        Self::boot(config, share)
+    }
+
+    fn boot(config: SandboxConfig, share: ContainerShare) -> Result<Self, SandboxError> {
+        let dir = config.dir.clone();
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let booted = start_vm(&config, &share, &token);
+        let (vm, thread, events, writer) = match booted {
+            Ok(started) => started,
+            Err(err) => {
+                let _ = share.destroy();
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(err);
+            }
+        };
+        let sandbox = Self {
+            dir,
+            share: Some(share),
+            containers: Mutex::new(BTreeMap::new()),
+            events,
+            writer,
+            vm,
+            thread: Some(thread),
+            token,
+            started: Instant::now(),
+            config,
+        };
+        let reason = match sandbox.events.wait_ready(sandbox.config.boot_timeout) {
+            Waited::Done(()) => return Ok(sandbox),
+            Waited::VmEnded => "the VM ended".to_string(),
+            Waited::TimedOut => format!("no agent within {:?}", sandbox.config.boot_timeout),
+        };
+        let console = console_tail(&sandbox.dir.join("console.log"), 25);
+        let mut sandbox = sandbox;
+        match sandbox.teardown(false) {
+            Err(SandboxError::Vmm(err)) => Err(SandboxError::Vmm(err)),
+            _ => Err(SandboxError::Boot { reason, console }),
+        }
+    }
+
+    /// The sandbox's private directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The guest's vsock CID.
+    pub fn cid(&self) -> u32 {
+        self.vm.cid()
+    }
+
+    fn table(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.containers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn share(&self) -> Result<&ContainerShare, SandboxError> {
+        self.share.as_ref().ok_or(SandboxError::VmEnded)
+    }
+
+    fn request(&self, id: &str, op: ContainerOp, message: Control) -> Result<(), SandboxError> {
+        let timeout = self.config.request_timeout;
+        Ok(self
+            .events
+            .request(&self.writer, id, op, message, timeout)?)
+    }
+
+    /// Adds a container: fills its root in the share from the image tree, then has the agent
+    /// create it (its process waits for [`Self::start`]).
+    pub fn add_container(&self, config: ContainerConfig) -> Result<(), SandboxError> {
+        let id = config.id.clone();
+        podvm_protocol::check_container_id(&id).map_err(|source| SandboxError::BadId {
+            id: id.clone(),
+            source,
+        })?;
+        if config.process.stdin {
+            return Err(SandboxError::Unsupported {
+                id,
+                what: "stdin for a container",
+            });
+        }
+        if self.table().contains_key(&id) {
+            return Err(SandboxError::Exists(id));
+        }
+        let share = self.share()?;
+        let root = share.fill(&id, &config.rootfs)?;
+        let spec = ContainerSpec {
+            id: id.clone(),
+            rootfs: ContainerRootfs {
+                share: SHARE_TAG.to_string(),
+                path: root.share_path(),
+                read_only: config.read_only,
+            },
+            process: config.process,
+        };
+        let created = self.request(
+            &id,
+            ContainerOp::Create,
+            Control::CreateContainer(Box::new(spec)),
+        );
+        if let Err(err) = created {
+            let _ = share.release(root);
+            return Err(err);
+        }
+        self.table().insert(
+            id,
+            Entry {
+                root: Some(root),
+                status: ContainerStatus::Created,
+            },
+        );
+        Ok(())
+    }
+
+    /// Starts a created container's process; its output goes to `io`.
+    pub fn start(&self, id: &str, io: Io) -> Result<(), SandboxError> {
+        self.expect(id, ContainerStatus::Created, "it was started already")?;
+        self.events.set_outputs(id, (io.stdout, io.stderr));
+        let request = Control::StartContainer { id: id.to_string() };
+        if let Err(err) = self.request(id, ContainerOp::Start, request) {
+            // A process that could not start still ends (127 or 126): it is running for now.
+            if !matches!(err, SandboxError::Request(SessionError::Refused { .. })) {
+                return Err(err);
+            }
+            self.set_status(id, ContainerStatus::Running);
+            return Err(err);
+        }
+        self.set_status(id, ContainerStatus::Running);
+        Ok(())
+    }
+
+    /// Waits until a started container's process ended and all its output was written;
+    /// `None` waits as long as it takes (or until the VM ends).
+    pub fn wait(&self, id: &str, timeout: Option<Duration>) -> Result<ExitStatus, SandboxError> {
+        match self.status(id)? {
+            ContainerStatus::Exited(status) => return Ok(status),
+            ContainerStatus::Created => {
+                return Err(SandboxError::WrongState {
+                    id: id.to_string(),
+                    why: "it was not started",
+                })
+            }
+            ContainerStatus::Running => {}
+        }
+        match self.events.wait_exit(id, timeout) {
+            Waited::Done(status) => {
+                self.set_status(id, ContainerStatus::Exited(status));
+                Ok(status)
+            }
+            Waited::VmEnded => Err(SandboxError::VmEnded),
+            Waited::TimedOut => Err(SandboxError::WrongState {
+                id: id.to_string(),
+                why: "it is still running at the end of the wait",
+            }),
+        }
+    }
+
+    /// Sends signal `signo` to a running container's process group.
+    pub fn signal(&self, id: &str, signo: i32) -> Result<(), SandboxError> {
+        self.expect(id, ContainerStatus::Running, "it is not running")?;
+        let request = Control::SignalContainer {
+            id: id.to_string(),
+            signo,
+        };
+        self.request(id, ContainerOp::Signal, request)
+    }
+
+    /// Runs a command in a container's root until it ends; its output goes to `io`, its stdin
+    /// is closed.
+    pub fn exec(&self, id: &str, exec: ExecConfig, io: Io) -> Result<ExitStatus, SandboxError> {
+        self.status(id)?;
+        let failed = |reason: String| SandboxError::Exec {
+            id: id.to_string(),
+            reason,
+        };
+        let stream = vmm::agent_vsock::connect(self.vm.cid(), EXEC_PORT)
+            .map_err(|errno| failed(format!("cannot reach the agent's exec service: {errno}")))?;
+        let request = ExecRequest {
+            token: self.token.clone(),
+            command: exec.command,
+            env: exec.env,
+            workdir: exec.workdir,
+            user: exec.user,
+            group: exec.group,
+            tty: false,
+            app: Some(id.to_string()),
+        };
+        for message in [Control::Exec(request), Control::StdinClose] {
+            Message::Control(message)
+                .write_to(&mut &stream)
+                .map_err(|err| failed(format!("cannot send the request: {err}")))?;
+        }
+        let (mut link, report) = AgentLink::new(io.stdout, io.stderr);
+        let pumped = pump(stream, &mut link);
+        drop(link);
+        let report = agent_link::lock(&report).clone();
+        if let Some(status) = report.exit {
+            return Ok(status);
+        }
+        let mut reasons = report.agent_errors;
+        reasons.extend(report.protocol_error);
+        if let Err(err) = pumped {
+            reasons.push(format!("its output could not be delivered: {err}"));
+        }
+        if reasons.is_empty() {
+            reasons.push("the agent closed the session without an exit status".into());
+        }
+        Err(failed(reasons.join("; ")))
+    }
+
+    /// Removes a container that is not running: the agent unmounts and forgets it, then its
+    /// root is emptied out of the share.
+    pub fn remove(&self, id: &str) -> Result<(), SandboxError> {
+        if self.status(id)? == ContainerStatus::Running {
+            return Err(SandboxError::WrongState {
+                id: id.to_string(),
+                why: "it is running: signal it and wait for its end first",
+            });
+        }
+        let request = Control::RemoveContainer { id: id.to_string() };
+        self.request(id, ContainerOp::Remove, request)?;
+        let root = self.table().remove(id).and_then(|entry| entry.root);
+        self.events.forget(id);
+        if let Some(root) = root {
+            self.share()?.release(root)?;
+        }
+        Ok(())
+    }
+
+    /// A container's status.
+    pub fn status(&self, id: &str) -> Result<ContainerStatus, SandboxError> {
+        self.table()
+            .get(id)
+            .map(|entry| entry.status)
+            .ok_or_else(|| SandboxError::NotFound(id.to_string()))
+    }
+
+    /// The sandbox's figures now: the VM's memory and vCPU time, its containers.
+    pub fn stats(&self) -> SandboxStats {
+        let live = self.vm.stats();
+        let mut containers = (0, 0, 0);
+        for entry in self.table().values() {
+            match entry.status {
+                ContainerStatus::Created => containers.0 += 1,
+                ContainerStatus::Running => containers.1 += 1,
+                ContainerStatus::Exited(_) => containers.2 += 1,
+            }
+        }
+        SandboxStats {
+            uptime: self.started.elapsed(),
+            memory_mib: self.config.memory_mib,
+            guest_resident_kib: live.memory.guest_resident_kib,
+            process_rss_kib: live.memory.process_rss_kib,
+            vcpu_time_ms: live.vcpu_time_ms,
+            vcpus: live.vcpus,
+            containers,
+        }
+    }
+
+    /// Stops the sandbox: the agent stops every process (SIGTERM, SIGKILL after the grace
+    /// period) and powers off (the VM is killed if it does not), then every container's root
+    /// is unmounted and the sandbox's directory removed.
+    pub fn stop(mut self) -> Result<(), SandboxError> {
+        self.teardown(true)
+    }
+
+    fn expect(
+        &self,
+        id: &str,
+        want: ContainerStatus,
+        why: &'static str,
+    ) -> Result<(), SandboxError> {
+        if self.status(id)? == want {
+            Ok(())
+        } else {
+            Err(SandboxError::WrongState {
+                id: id.to_string(),
+                why,
+            })
+        }
+    }
+
+    fn set_status(&self, id: &str, status: ContainerStatus) {
+        if let Some(entry) = self.table().get_mut(id) {
+            entry.status = status;
+        }
+    }
+
+    /// Ends the VM (gracefully: by the agent), then removes what the sandbox made; the first
+    /// error, after doing all it can.
+    fn teardown(&mut self, graceful: bool) -> Result<(), SandboxError> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        let mut first_error = None;
+        if graceful {
+            let grace_ms = u64::try_from(self.config.stop_grace.as_millis()).unwrap_or(u64::MAX);
+            let shutdown = Message::Control(Control::Shutdown { grace_ms });
+            let patience = self.config.stop_grace + POWER_OFF_PATIENCE;
+            let sent = self.writer.send(&shutdown).is_ok();
+            if !sent || !self.events.wait_vm_end(patience) {
+                self.vm.kill();
+            }
+        } else {
+            self.vm.kill();
+        }
+        match thread.join() {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => first_error = Some(SandboxError::Vmm(err)),
+            Err(_) => first_error = Some(SandboxError::VmEnded),
+        }
+        self.events.vm_ended();
+        let roots: Vec<ContainerRoot> = std::mem::take(&mut *self.table())
+            .into_values()
+            .filter_map(|entry| entry.root)
+            .collect();
+        if let Some(share) = self.share.take() {
+            for root in roots {
+                if let Err(err) = share.release(root) {
+                    first_error.get_or_insert(err.into());
+                }
+            }
+            if let Err(err) = share.destroy() {
+                first_error.get_or_insert(err.into());
+            }
+        }
+        if let Err(source) = remove_sandbox_dir(&self.dir) {
+            first_error.get_or_insert(SandboxError::Dir {
+                path: self.dir.clone(),
+                what: "remove",
+                source,
+            });
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = self.teardown(false);
+    }
+}
+
+/// The running VM's parts: its handle, its thread, the agent's events and the writer of the
+/// boot session.
+type Started = (
+    VmHandle,
+    JoinHandle<Result<VmStats, VmmError>>,
+    Arc<Events>,
+    Arc<HostWriter>,
+);
+
+/// Starts the VM in a thread of its own; returns once it is built (not yet booted).
+fn start_vm(
+    config: &SandboxConfig,
+    share: &ContainerShare,
+    token: &str,
+) -> Result<Started, SandboxError> {
+    let spec = BootSpec {
+        sandbox: true,
+        shares: vec![ShareSpec {
+            tag: SHARE_TAG.to_string(),
+            read_only: false,
+        }],
+        exec_token: Some(token.to_string()),
+        stop_grace_ms: u64::try_from(config.stop_grace.as_millis()).ok(),
+        ..BootSpec::default()
+    };
+    let kernel = match &config.kernel {
+        Some(path) => path.clone(),
+        None => artifacts::kernel()?,
+    };
+    let agent = match &config.agent {
+        Some(path) => path.clone(),
+        None => artifacts::agent()?,
+    };
+    let vm_config = VmConfig {
+        kernel,
+        kernel_chosen_by_user: config.kernel.is_some(),
+        cmdline: boot::kernel_cmdline(true, &config.kernel_args),
+        initramfs: initramfs::pack(&agent, None)?.as_ref().clone(),
+        memory_mib: config.memory_mib,
+        vcpus: config.cpus,
+        shares: vec![FsShare {
+            tag: SHARE_TAG.to_string(),
+            host_dir: share.dir().to_path_buf(),
+            read_only: false,
+        }],
+        nets: Vec::new(),
+    };
+    let log = config.dir.join("console.log");
+    let console =
+        boot::create_console_log(&log, None, true).map_err(|source| SandboxError::Dir {
+            path: log.clone(),
+            what: "create the console log",
+            source,
+        })?;
+    let frame = Message::Control(Control::Boot(Box::new(spec)))
+        .encode()
+        .map_err(SandboxError::Spec)?;
+    let events = Events::new();
+    let writer = HostWriter::new();
+    let (link, _report) = AgentLink::new(Box::new(io::sink()), Box::new(io::sink()));
+    let link = link
+        .with_boot_spec(frame)
+        .with_writer(writer.clone())
+        .with_apps(events.outputs())
+        .with_control_hook(events.hook());
+    let (handle_tx, handle_rx) = mpsc::channel();
+    let ended = events.clone();
+    let thread = std::thread::Builder::new()
+        .name("sandbox-vm".into())
+        .spawn(move || {
+            let outputs = VmOutputs {
+                console: Box::new(console),
+                agent: Box::new(link),
+                on_start: Some(Box::new(move |handle: VmHandle| {
+                    let _ = handle_tx.send(handle);
+                })),
+            };
+            let result = vmm::run(&vm_config, outputs);
+            ended.vm_ended();
+            result
+        })
+        .map_err(SandboxError::Thread)?;
+    match handle_rx.recv() {
+        Ok(handle) => Ok((handle, thread, events, writer)),
+        Err(_) => Err(match thread.join() {
+            Ok(Err(err)) => SandboxError::Vmm(err),
+            _ => SandboxError::VmEnded,
+        }),
+    }
+}
+
+/// Feeds an exec session's bytes to `link` until the agent closes it (or the connection
+/// breaks: the missing exit status tells). Output that cannot be delivered is dropped (the
+/// session goes on, so the agent is never blocked); the first such error is returned.
+pub fn pump(mut stream: File, link: &mut AgentLink) -> io::Result<()> {
+    let mut buffer = vec![0u8; READ_CHUNK];
+    let mut first_error = None;
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => {
+                if let Err(err) = link.write_all(&buffer[..n]) {
+                    first_error.get_or_insert(err);
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    let _ = link.flush();
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Removes the sandbox's directory once its share is gone: the console log, then itself.
+fn remove_sandbox_dir(dir: &Path) -> io::Result<()> {
+    match std::fs::remove_file(dir.join("console.log")) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
+        _ => {}
+    }
+    std::fs::remove_dir(dir)
+}
+
+/// The last `lines` lines of the console log.
+fn console_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read(path)
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
