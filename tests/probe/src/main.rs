@@ -17,6 +17,11 @@
 //!   connection, read it to EOF, print `bytes=N` and close: the host side of a guest agent's
 //!   boot session for a VMM other than podvm (a QEMU peer streaming the same workload's output
 //!   over vhost-vsock in an A/B run).
+//! * `sandbox-demo DIR BUSYBOX_ROOT LAYERS_ROOT`: drives podvm's runtime library directly (a
+//!   sandbox, two containers added at different times, exec, signal, wait, stats, stop); see
+//!   `sandbox_demo.rs`.
+
+mod sandbox_demo;
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -38,6 +43,7 @@ fn main() -> ExitCode {
         },
         ["sum", file] => sum(file).map(|s| println!("sum={s:016x}")),
         ["kvm-hold"] => kvm_hold(),
+        ["sandbox-demo", dir, busybox, layers] => sandbox_demo::run(dir, busybox, layers),
         ["vsock-sink", port] => match port.parse::<u32>() {
             Ok(port) => vsock_sink(port),
             Err(err) => Err(io::Error::new(
@@ -48,7 +54,7 @@ fn main() -> ExitCode {
         _ => {
             eprintln!(
                 "usage: podvm-probe xattr FILE | mmap-write FILE SIZE | sum FILE | kvm-hold | \
-                 vsock-sink PORT"
+                 vsock-sink PORT | sandbox-demo DIR BUSYBOX_ROOT LAYERS_ROOT"
             );
             return ExitCode::from(2);
         }
