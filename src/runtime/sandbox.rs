@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -264,15 +265,20 @@ impl Sandbox {
     /// Boots the sandbox's VM: the agent alone, waiting for containers, with the share of
     /// their roots mounted. Returns once the agent is up.
     pub fn create(config: SandboxConfig) -> Result<Self, SandboxError> {
-        crate::private::create_dir(&config.dir).map_err(|source| SandboxError::Dir {
-            path: config.dir.clone(),
-            what: "create",
-            source,
-        })?;
+        // A fresh directory of its own (never one that is there already: it is removed at
+        // the end), root's alone.
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&config.dir)
+            .map_err(|source| SandboxError::Dir {
+                path: config.dir.clone(),
+                what: "create",
+                source,
+            })?;
         let share = match ContainerShare::create(&config.dir) {
             Ok(share) => share,
             Err(err) => {
-                let _ = std::fs::remove_dir_all(&config.dir);
+                let _ = std::fs::remove_dir(&config.dir);
                 return Err(err.into());
             }
         };
@@ -287,7 +293,7 @@ impl Sandbox {
             Ok(started) => started,
             Err(err) => {
                 let _ = share.destroy();
-                let _ = std::fs::remove_dir_all(&dir);
+                let _ = remove_sandbox_dir(&dir);
                 return Err(err);
             }
         };
@@ -748,4 +754,42 @@ fn console_tail(path: &Path, lines: usize) -> String {
         .unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sandbox_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Sandbox>();
+    }
+
+    #[test]
+    fn a_sandbox_that_cannot_boot_leaves_no_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sandbox_dir = dir.path().join("sandbox");
+        let config = SandboxConfig {
+            dir: sandbox_dir.clone(),
+            kernel: Some(dir.path().join("no-such-kernel")),
+            agent: Some(dir.path().join("no-such-agent")),
+            ..SandboxConfig::default()
+        };
+        let err = Sandbox::create(config).expect_err("no agent to pack");
+        assert!(matches!(err, SandboxError::Initramfs(_)), "{err}");
+        assert!(!sandbox_dir.exists(), "{err}");
+    }
+
+    #[test]
+    fn an_existing_directory_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = SandboxConfig {
+            dir: dir.path().to_path_buf(),
+            ..SandboxConfig::default()
+        };
+        let err = Sandbox::create(config).expect_err("exists");
+        assert!(matches!(err, SandboxError::Dir { .. }), "{err}");
+        assert!(dir.path().exists(), "what was there stays");
+    }
 }
