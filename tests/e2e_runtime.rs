@@ -48,7 +48,7 @@ fn batch() -> Option<Batch> {
             "sandbox_demo",
             "start=$(date +%s); test/podvm-probe sandbox-demo sbx bb-root ly-root; echo rc=$?; \
              echo seconds=$(( $(date +%s) - start )); \
-             echo mounts-left=$(grep -c \" $PWD/sbx\" /proc/self/mountinfo); \
+             echo mounts-left=$(grep -c \" $(pwd -P)/sbx\" /proc/self/mountinfo); \
              echo sbx-left=$(test -e sbx && echo yes || echo no); \
              echo probes-left=$(pgrep -c -f 'podvm-probe sandbox-demo' || true); \
              echo images-intact=$(test -e ly-root/hello.txt && test ! -e ly-root/ly-release && echo yes)",

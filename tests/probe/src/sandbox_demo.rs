@@ -108,6 +108,8 @@ pub fn run(dir: &str, busybox: &str, layers: &str) -> io::Result<()> {
     };
     let sandbox = Sandbox::create(config).map_err(failed("create"))?;
     println!("created cid={}", sandbox.cid());
+    // mountinfo shows paths without symlinks.
+    let real_dir = std::fs::canonicalize(&dir)?;
     let (bb_out, bb_err) = (Captured::default(), Captured::default());
     sandbox
         .add_container(container(
@@ -137,7 +139,7 @@ pub fn run(dir: &str, busybox: &str, layers: &str) -> io::Result<()> {
     sandbox
         .start("ly", io_of(&ly_out, &ly_err))
         .map_err(failed("start ly"))?;
-    println!("mounts-running={}", mounts_below(&dir));
+    println!("mounts-running={}", mounts_below(&real_dir));
     exec(
         &sandbox,
         "ly",
@@ -178,7 +180,7 @@ pub fn run(dir: &str, busybox: &str, layers: &str) -> io::Result<()> {
     }
     sandbox.stop().map_err(failed("stop"))?;
     println!("stopped");
-    println!("mounts-after={}", mounts_below(&dir));
+    println!("mounts-after={}", mounts_below(&real_dir));
     println!("dir-left={}", dir.exists());
     println!("threads-after={}", threads());
     Ok(())
