@@ -12,8 +12,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use podvm_protocol::{
-    BootSpec, ContainerOp, ContainerRootfs, ContainerSpec, Control, ExecRequest, ExitStatus,
-    IdError, Message, ProcessSpec, ShareSpec, EXEC_PORT,
+    BootSpec, ContainerErrorKind, ContainerOp, ContainerRootfs, ContainerSpec, Control,
+    ExecRequest, ExitStatus, IdError, Message, ProcessSpec, ShareSpec, EXEC_PORT,
 };
 
 use super::boot;
@@ -214,6 +214,14 @@ pub enum SandboxError {
         /// Why not.
         why: &'static str,
     },
+    /// A wait ran out of time.
+    #[error("container {id}: still running after {waited:?}")]
+    StillRunning {
+        /// The container.
+        id: String,
+        /// How long the wait was.
+        waited: Duration,
+    },
     /// What is asked is not supported yet.
     #[error("container {id}: {what} is not supported yet")]
     Unsupported {
@@ -402,11 +410,16 @@ impl Sandbox {
         self.events.set_outputs(id, (io.stdout, io.stderr));
         let request = Control::StartContainer { id: id.to_string() };
         if let Err(err) = self.request(id, ContainerOp::Start, request) {
-            // A process that could not start still ends (127 or 126): it is running for now.
-            if !matches!(err, SandboxError::Request(SessionError::Refused { .. })) {
-                return Err(err);
+            // A process that could not start still ends (127 or 126) and can be waited for.
+            if matches!(
+                err,
+                SandboxError::Request(SessionError::Refused {
+                    kind: ContainerErrorKind::BadProcess,
+                    ..
+                })
+            ) {
+                self.set_status(id, ContainerStatus::Running);
             }
-            self.set_status(id, ContainerStatus::Running);
             return Err(err);
         }
         self.set_status(id, ContainerStatus::Running);
@@ -432,9 +445,9 @@ impl Sandbox {
                 Ok(status)
             }
             Waited::VmEnded => Err(SandboxError::VmEnded),
-            Waited::TimedOut => Err(SandboxError::WrongState {
+            Waited::TimedOut => Err(SandboxError::StillRunning {
                 id: id.to_string(),
-                why: "it is still running at the end of the wait",
+                waited: timeout.unwrap_or_default(),
             }),
         }
     }
