@@ -154,7 +154,7 @@ fn batch() -> Option<Batch> {
                  grep -qx $pid $cg/cgroup.procs && echo podvm-in-pod-cgroup; echo memory.max=$(cat $cg/memory.max) cpu.max=$(cat $cg/cpu.max); \
                  kill -9 $pid; wait $pid; echo rc=$?; \
                  {PODVM} status $(cat k.uuid) | grep -E 'state=|reason='; \
-                 {PODVM} gc --grace-period 0s >/dev/null && {PODVM} gc --grace-period 0s >/dev/null; \
+                 {PODVM} gc --grace-period 0s >/dev/null; \
                  echo pods-left=$(find state/pods -mindepth 2 -maxdepth 2 | wc -l); echo vm-procs=$(ps | grep -c '[p]odvm run'); \
                  [ -e $cg ] || echo cgroup-gone"
             ),
@@ -163,7 +163,7 @@ fn batch() -> Option<Batch> {
             "gc",
             &format!(
                 "{PODVM} run {IMAGE} --exec /bin/true && {PODVM} gc >/dev/null && echo kept-within-30m=$({PODVM} list --no-legend | wc -l) && \
-                 {PODVM} gc --grace-period 0s >/dev/null && {PODVM} gc --grace-period 0s >/dev/null && {PODVM} list --format json"
+                 {PODVM} gc --grace-period 0s >/dev/null && {PODVM} list --format json"
             ),
         )
         .check(

@@ -183,6 +183,32 @@ fn prepare_two_apps_with_per_app_flags_then_inspect_and_remove() {
     let table = ok(dir, &["list", "--no-legend"]);
     assert_eq!(table.lines().count(), 2, "one row per app: {table}");
     assert!(!table.contains("UUID"));
+    // rkt's --fields, in the order given, and --full.
+    let table = ok(dir, &["list", "--fields=state,uuid", "--full"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["STATE", "UUID"]
+    );
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        ["prepared", uuid.as_str()],
+        "{table}"
+    );
+    let images = ok(
+        dir,
+        &["image", "list", "--fields=id,name", "--full", "--no-legend"],
+    );
+    let image_id = pods[0]["apps"][0]["image_id"].as_str().expect("image id");
+    assert!(
+        images.lines().any(|line| line.starts_with(image_id)) && !images.contains("ago"),
+        "{image_id} in {images}"
+    );
+    let bad = podvm(dir, &["image", "list", "--fields=id,colour"]);
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("unknown field \"colour\""),
+        "{bad:?}"
+    );
 
     let status = ok(dir, &["status", &uuid]);
     assert!(status.contains("state=prepared"), "{status}");
@@ -451,7 +477,11 @@ fn env_file_and_inherited_env_take_their_place_in_the_precedence() {
     };
     let dir = data.path();
     let env_file = dir.join("env");
-    std::fs::write(&env_file, "# comment\n\nFROM_FILE=file\nBOTH=file\n").expect("env file");
+    std::fs::write(
+        &env_file,
+        "# comment\n\n; an rkt-style comment=not a variable\nFROM_FILE=file\nBOTH=file\n",
+    )
+    .expect("env file");
     let out = Command::new(env!("CARGO_BIN_EXE_podvm"))
         .arg("--dir")
         .arg(dir)
@@ -472,6 +502,10 @@ fn env_file_and_inherited_env_take_their_place_in_the_precedence() {
     let get = |name: &str| env.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
     assert_eq!(get("PODVM_TEST_INHERITED"), Some("host"), "{env:?}");
     assert_eq!(get("FROM_FILE"), Some("file"), "{env:?}");
+    assert!(
+        env.iter().all(|(name, _)| !name.starts_with(';')),
+        "a `;` line is a comment: {env:?}"
+    );
     assert_eq!(
         get("BOTH"),
         Some("flag"),

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
+use super::table::{self, Column};
 use crate::image::{self, ImageError};
 use crate::store::{ImageRecord, Store, StoreError};
 
@@ -30,6 +31,13 @@ pub enum ImageVerb {
         /// Omit the table header.
         #[arg(long = "no-legend")]
         no_legend: bool,
+        /// The columns, in order: id,name,size,importtime,lastused,latest (default: all but
+        /// latest).
+        #[arg(long, value_delimiter = ',')]
+        fields: Vec<String>,
+        /// Full image ids, sizes in bytes and dates instead of ages.
+        #[arg(long)]
+        full: bool,
     },
     /// Remove images (by name or id); their blobs and trees go at the next `image gc`.
     Rm {
@@ -123,6 +131,9 @@ pub enum ImageCliError {
         /// Why.
         source: Box<crate::tree_copy::CopyError>,
     },
+    /// `--fields` named no column.
+    #[error(transparent)]
+    Fields(#[from] table::UnknownField),
     /// The store is corrupt.
     #[error("the image store has {0} problem(s) (listed above); remove the affected images and fetch them again")]
     Corrupt(usize),
@@ -140,7 +151,20 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Ima
 pub fn run(data_dir: &Path, args: ImageArgs) -> Result<ExitCode, ImageCliError> {
     let store = Store::open(data_dir)?;
     match args.verb {
-        ImageVerb::List { format, no_legend } => list(&store, format, no_legend)?,
+        ImageVerb::List {
+            format,
+            no_legend,
+            fields,
+            full,
+        } => list(
+            &store,
+            format,
+            &ListTable {
+                fields,
+                full,
+                legend: !no_legend,
+            },
+        )?,
         ImageVerb::Rm { images } => {
             let _lock = store.lock(true)?;
             for i in images {
@@ -214,7 +238,7 @@ pub fn run(data_dir: &Path, args: ImageArgs) -> Result<ExitCode, ImageCliError> 
     Ok(ExitCode::SUCCESS)
 }
 
-fn list(store: &Store, format: Format, no_legend: bool) -> Result<(), ImageCliError> {
+fn list(store: &Store, format: Format, shape: &ListTable) -> Result<(), ImageCliError> {
     let recs = store.records()?;
     if format == Format::Json {
         let v: Vec<_> = recs
@@ -235,23 +259,72 @@ fn list(store: &Store, format: Format, no_legend: bool) -> Result<(), ImageCliEr
         println!("{}", serde_json::Value::Array(v));
         return Ok(());
     }
-    if !no_legend {
-        println!(
-            "{:<19}  {:<60}  {:>10}  {:<20}  {:<20}",
-            "ID", "NAME", "SIZE", "IMPORT TIME", "LAST USED"
-        );
-    }
-    for r in recs {
-        println!(
-            "{:<19}  {:<60}  {:>10}  {:<20}  {:<20}",
-            format!("sha256:{}", &r.id.hex()[..12]),
-            r.names.first().map(String::as_str).unwrap_or("-"),
-            human_size(r.size()),
-            ago(r.import_time),
-            ago(r.last_used)
-        );
-    }
+    let columns = table::select(&IMAGE_COLUMNS, &shape.fields, DEFAULT_IMAGE_FIELDS)?;
+    table::print(&columns, &recs, shape.full, shape.legend);
     Ok(())
+}
+
+/// How `image list` prints its table.
+struct ListTable {
+    fields: Vec<String>,
+    full: bool,
+    legend: bool,
+}
+
+/// The columns of `image list`, as rkt's.
+const IMAGE_COLUMNS: [Column<ImageRecord>; 6] = [
+    Column {
+        field: "id",
+        header: "ID",
+        cell: |r, full| match full {
+            true => r.id.to_string(),
+            false => format!("sha256:{}", &r.id.hex()[..12]),
+        },
+    },
+    Column {
+        field: "name",
+        header: "NAME",
+        cell: |r, _| r.names.first().cloned().unwrap_or_else(|| "-".into()),
+    },
+    Column {
+        field: "size",
+        header: "SIZE",
+        cell: |r, full| match full {
+            true => r.size().to_string(),
+            false => human_size(r.size()),
+        },
+    },
+    Column {
+        field: "importtime",
+        header: "IMPORT TIME",
+        cell: |r, full| time_cell(r.import_time, full),
+    },
+    Column {
+        field: "lastused",
+        header: "LAST USED",
+        cell: |r, full| time_cell(r.last_used, full),
+    },
+    Column {
+        field: "latest",
+        header: "LATEST",
+        cell: |r, _| {
+            r.names
+                .iter()
+                .any(|name| name.ends_with(":latest"))
+                .to_string()
+        },
+    },
+];
+
+/// The columns `image list` shows without `--fields`.
+const DEFAULT_IMAGE_FIELDS: &[&str] = &["id", "name", "size", "importtime", "lastused"];
+
+/// A time as an age, or with `--full` as a date.
+fn time_cell(then: u64, full: bool) -> String {
+    match full {
+        true => table::timestamp(then),
+        false => table::ago(then),
+    }
 }
 
 fn human_size(n: u64) -> String {
@@ -266,16 +339,6 @@ fn human_size(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
-    }
-}
-
-fn ago(t: u64) -> String {
-    let d = crate::store::record::now().saturating_sub(t);
-    match d {
-        0..=59 => format!("{d} seconds ago"),
-        60..=3599 => format!("{} minutes ago", d / 60),
-        3600..=86399 => format!("{} hours ago", d / 3600),
-        _ => format!("{} days ago", d / 86400),
     }
 }
 

@@ -24,6 +24,7 @@ mod pod_stop;
 mod pods;
 mod prepare;
 mod run;
+mod table;
 mod trust;
 mod version;
 
@@ -45,6 +46,21 @@ pub struct Cli {
     /// The verb.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parses the process's arguments (exits with clap's message on a bad command line), with
+    /// the app flags listed in the help of `run` and `prepare`.
+    pub fn parse_args() -> Cli {
+        use clap::{CommandFactory, FromArgMatches};
+
+        let with_app_flags = |verb: clap::Command| verb.after_help(prepare::app_flags_help());
+        let matches = Cli::command()
+            .mut_subcommand("run", with_app_flags)
+            .mut_subcommand("prepare", with_app_flags)
+            .get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit())
+    }
 }
 
 /// podvm's verbs.

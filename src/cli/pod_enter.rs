@@ -19,6 +19,9 @@ use crate::relay::RelayOptions;
 /// How long an entered command may take to exit after podvm forwarded a stop signal.
 const ENTER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long `enter` waits for the agent of a pod that is still booting.
+const AGENT_UP_WAIT: Duration = Duration::from_secs(30);
+
 /// Flags of `podvm enter`.
 #[derive(Debug, Args)]
 pub struct EnterArgs {
@@ -87,7 +90,9 @@ pub fn enter(data_dir: &Path, args: EnterArgs) -> Result<ExitCode, EnterError> {
         app: Some(app.name.clone()),
     };
     let options = RelayOptions::for_cli(false, tty, ENTER_STOP_TIMEOUT);
-    let session = control::client::open_exec(&pod.dir.join(control::SOCKET_FILE), request)?;
+    let socket = pod.dir.join(control::SOCKET_FILE);
+    control::client::wait_until_up(&socket, AGENT_UP_WAIT)?;
+    let session = control::client::open_exec(&socket, request)?;
     let status = exec_client::run(session, &options)?;
     Ok(ExitCode::from(launch::exit_code(status)))
 }

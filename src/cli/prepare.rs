@@ -29,7 +29,7 @@ pub struct PrepareArgs {
     /// Environment for every app, KEY=VALUE (repeatable); app `--environment` wins over it.
     #[arg(long = "set-env", value_name = "KEY=VALUE")]
     set_env: Vec<String>,
-    /// File of KEY=VALUE lines (blank lines and `#` comments skipped) for every app, below
+    /// File of KEY=VALUE lines (blank lines and `#` or `;` comments skipped) for every app, below
     /// `--set-env`.
     #[arg(long = "set-env-file", value_name = "FILE")]
     set_env_file: Option<PathBuf>,
@@ -111,6 +111,31 @@ struct AppArgs {
     /// Arguments replacing the image's (after `--`).
     #[arg(last = true)]
     args: Vec<String>,
+}
+
+/// The app flags (given after each IMAGE) with their meaning, for the help of the verbs that
+/// take images: clap cannot list them itself, as they are parsed per app.
+pub fn app_flags_help() -> String {
+    use clap::CommandFactory;
+    use std::fmt::Write as _;
+
+    let command = AppArgs::command();
+    let mut text = String::from("App flags (after each IMAGE, as in rkt):\n");
+    for arg in command.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if matches!(long, "help" | "version") {
+            continue;
+        }
+        let value = match arg.get_value_names() {
+            Some(names) if arg.get_action().takes_values() => format!("={}", names.join(" ")),
+            _ => String::new(),
+        };
+        let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+        let _ = writeln!(text, "  --{long}{value}\n          {help}");
+    }
+    text.push_str("  -- ARGS\n          Arguments replacing the image's\n");
+    text.push_str("  --- IMAGE [APP FLAGS] [-- ARGS]\n          Another app of the same pod\n");
+    text
 }
 
 /// Errors of `podvm prepare`.
@@ -307,13 +332,18 @@ fn pod_env(args: &PrepareArgs) -> Result<PodEnv, PrepareError> {
         let lines: Vec<String> = text
             .lines()
             .map(str::trim)
-            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .filter(|line| !is_env_file_comment(line))
             .map(String::from)
             .collect();
         set.extend(parse_pairs("--set-env-file", &lines)?);
     }
     set.extend(parse_pairs("--set-env", &args.set_env)?);
     Ok(PodEnv { inherited, set })
+}
+
+/// Whether a `--set-env-file` line is skipped: blank, or a `#` or `;` comment (as rkt).
+fn is_env_file_comment(line: &str) -> bool {
+    line.is_empty() || line.starts_with('#') || line.starts_with(';')
 }
 
 /// Pod-level environment for the apps.
