@@ -17,6 +17,15 @@ use support::privilege;
 /// podvm with its own data dir inside the run directory, and the busybox image.
 const PODVM: &str = "podvm --dir state";
 const IMAGE: &str = "oci:busybox-layout:latest";
+/// An appc pod manifest of two apps sharing an empty volume: the first writes, the second waits
+/// for it and reads.
+const POD_MANIFEST: &str = r#"{"acKind":"PodManifest","acVersion":"0.8.11","apps":[
+{"name":"first","image":{"name":"oci:busybox-layout:latest"},"mounts":[{"volume":"v","path":"/v"}],
+ "app":{"exec":["/bin/sh","-c","echo first-from-$FROM; echo reads-first > /v/x"],"environment":[{"name":"FROM","value":"manifest"}]}},
+{"name":"second","image":{"name":"oci:busybox-layout:latest"},"mounts":[{"volume":"v","path":"/v"}],
+ "app":{"exec":["/bin/sh","-c","for i in $(seq 100); do [ -s /v/x ] && break; sleep 0.1; done; echo second-$(cat /v/x)"]}}],
+"volumes":[{"name":"v","kind":"empty"}]}"#;
+
 /// The `layers` fixture: user `app`, working dir /data, a volume (mount point) at /data whose
 /// image files include owners, modes, links, a fifo and a hard link.
 const LAYERS: &str = "oci:layers-layout:latest";
@@ -242,6 +251,23 @@ fn batch() -> Option<Batch> {
                  --exec /bin/sh -- -c 'for i in $(seq 100); do [ -f /mnt/v/x ] && break; sleep 0.1; done; cat /mnt/v/x'; echo shared-rc=$?; \
                  echo in-pod: $(ls state/pods/run/$(cat v.uuid)/volumes/shared); {PODVM} rm $(cat v.uuid) >/dev/null; \
                  echo left: $(ls -d state/pods/*/$(cat v.uuid) 2>/dev/null | wc -l)"
+            ),
+        )
+        .check(
+            "rkt_parity",
+            &format!(
+                "mkdir -p clampvol && {PODVM} run --volume c,kind=host,source=$PWD/clampvol {IMAGE} --mount volume=c,target=/dir1/../../../x \
+                 --exec /bin/sh -- -c 'echo clamped > /x/f'; echo clamp-rc=$? clamp-host=$(cat clampvol/f); \
+                 {PODVM} run --uuid-file-save e.uuid {IMAGE} --exec /bin/sleep -- 600 >e.out 2>&1 & pid=$!; \
+                 for i in $(seq 1200); do [ -s e.uuid ] && {PODVM} status $(cat e.uuid) 2>/dev/null | grep -q state=running && break; sleep 0.05; done; \
+                 {PODVM} enter $(cat e.uuid) /bin/echo entered-at-once; echo enter-at-once-rc=$?; \
+                 {PODVM} stop --force $(cat e.uuid) >/dev/null; wait $pid; \
+                 printf '%s' '{POD_MANIFEST}' > pod.json; \
+                 {PODVM} run --pod-manifest pod.json > manifest.out 2>&1; echo manifest-rc=$?; sort manifest.out; \
+                 {PODVM} run --uuid-file-save x.uuid {IMAGE} --exec /bin/sh -- -c 'echo from-the-pod > /exported; rm /bin/true'; \
+                 {PODVM} export $(cat x.uuid) $PWD/out.aci; echo export-rc=$?; \
+                 {PODVM} export $(cat x.uuid) $PWD/out.aci 2>&1; echo again-rc=$?; \
+                 {PODVM} run --insecure-options=image $PWD/out.aci --exec /bin/sh -- -c 'cat /exported; [ -e /bin/true ] || echo removed-stays-removed'; echo exported-run-rc=$?"
             ),
         )
         .check(
@@ -677,6 +703,60 @@ fn host_volumes_rw_and_ro_and_an_empty_volume_shared_by_two_apps() {
         "two apps share an empty volume that lives in the pod: {result:?}"
     );
     assert!(out.contains("left: 0"), "rm removes it: {result:?}");
+}
+
+#[test]
+fn a_mount_target_with_dot_dots_lands_inside_the_apps_root_as_in_rkt() {
+    let Some(result) = check("rkt_parity") else {
+        return;
+    };
+    assert!(
+        result.stdout.contains("clamp-rc=0 clamp-host=clamped"),
+        "/dir1/../../../x is /x, where the volume is mounted: {result:?}"
+    );
+}
+
+#[test]
+fn a_pod_manifest_runs_its_two_apps() {
+    let Some(result) = check("rkt_parity") else {
+        return;
+    };
+    let out = &result.stdout;
+    assert!(
+        out.contains("manifest-rc=0") && out.contains("first-from-manifest\n"),
+        "{result:?}"
+    );
+    assert!(out.contains("second-reads-first\n"), "{result:?}");
+}
+
+#[test]
+fn an_exported_app_runs_with_what_its_pod_wrote_and_removed() {
+    let Some(result) = check("rkt_parity") else {
+        return;
+    };
+    let out = &result.stdout;
+    assert!(out.contains("export-rc=0"), "{result:?}");
+    assert!(
+        out.contains("exists: pass --overwrite") && out.contains("again-rc=125"),
+        "a second export does not replace the first unasked: {result:?}"
+    );
+    assert!(
+        out.contains("from-the-pod\nremoved-stays-removed\nexported-run-rc=0"),
+        "the ACI holds the pod's writes and deletions over its image: {result:?}"
+    );
+}
+
+#[test]
+fn enter_issued_the_moment_status_says_running_reaches_the_app() {
+    let Some(result) = check("rkt_parity") else {
+        return;
+    };
+    assert!(
+        result
+            .stdout
+            .contains("entered-at-once\nenter-at-once-rc=0"),
+        "enter waits for the booting pod's agent: {result:?}"
+    );
 }
 
 #[test]

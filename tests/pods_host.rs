@@ -844,3 +844,78 @@ fn a_pod_that_cannot_get_its_cgroup_limits_does_not_start() {
         "the pod that did not start is not left behind"
     );
 }
+
+#[test]
+fn a_pod_manifest_describes_the_pod_and_app_flags_beside_it_are_refused() {
+    let Some((data, fixtures)) = setup() else {
+        return;
+    };
+    let dir = data.path();
+    let image = fixtures.oci_reference("busybox");
+    let manifest = serde_json::json!({
+        "acKind": "PodManifest",
+        "acVersion": "0.8.11",
+        "apps": [
+            {"name": "first", "image": {"name": image},
+             "app": {"exec": ["/bin/echo", "from-first"], "user": "0", "group": "0",
+                     "environment": [{"name": "FROM", "value": "manifest"}]},
+             "mounts": [{"volume": "work", "path": "/work"}]},
+            {"name": "second", "image": {"name": image}, "readOnlyRootFS": true,
+             "app": {"exec": ["/bin/echo", "from-second"]}}
+        ],
+        "volumes": [{"name": "work", "kind": "empty"}],
+        "annotations": [{"name": "team", "value": "ci"}]
+    });
+    let path = dir.join("pod.json");
+    std::fs::write(&path, manifest.to_string()).expect("manifest");
+    let path = path.to_str().expect("utf-8");
+    let uuid = ok(dir, &["prepare", "--pod-manifest", path])
+        .trim()
+        .to_string();
+    let written = json(dir, &["cat-manifest", &uuid]);
+    let apps = written["apps"].as_array().expect("apps");
+    assert_eq!(apps.len(), 2, "{written}");
+    assert_eq!(apps[0]["name"], "first");
+    assert_eq!(
+        apps[0]["app"]["exec"],
+        serde_json::json!(["/bin/echo", "from-first"])
+    );
+    assert!(env_of(&written, 0).contains(&("FROM".into(), "manifest".into())));
+    assert_eq!(apps[0]["mounts"][0]["path"], "/work");
+    assert_eq!(apps[1]["name"], "second");
+    assert_eq!(apps[1]["readOnlyRootFS"], true);
+    assert_eq!(written["volumes"][0]["name"], "work");
+    assert!(
+        written["annotations"].to_string().contains("\"team\""),
+        "{written}"
+    );
+
+    // As rkt: app flags and images come from the manifest alone.
+    let both = podvm(
+        dir,
+        &[
+            "prepare",
+            "--pod-manifest",
+            path,
+            &image,
+            "--exec",
+            "/bin/true",
+        ],
+    );
+    let err = String::from_utf8_lossy(&both.stderr);
+    assert!(
+        !both.status.success() && err.contains("conflicting flags") && err.contains("IMAGE"),
+        "{err}"
+    );
+    std::fs::write(dir.join("bad.json"), "{\"acKind\": \"PodManifest\"").expect("bad");
+    let bad = podvm(
+        dir,
+        &[
+            "prepare",
+            "--pod-manifest",
+            &format!("{}/bad.json", dir.display()),
+        ],
+    );
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("is not an appc pod manifest"), "{err}");
+}

@@ -18,8 +18,10 @@ mod image;
 mod net;
 mod pod_attach;
 mod pod_enter;
+mod pod_export;
 mod pod_gc;
 mod pod_logs;
+mod pod_manifest;
 mod pod_stop;
 mod pods;
 mod prepare;
@@ -108,6 +110,8 @@ pub enum Command {
     Rm(pod_gc::RmArgs),
     /// Garbage-collect exited pods after a grace period, and leftovers of failed prepares.
     Gc(pod_gc::GcArgs),
+    /// Write an app of an exited pod (its image with the pod's writes) as an ACI.
+    Export(pod_export::ExportArgs),
     /// Print podvm's version, its agent protocol version and the guest artifacts it boots.
     Version(version::VersionArgs),
 }
@@ -134,6 +138,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Logs(args) => pod_logs::logs(&cli.data_dir, args).map_err(Into::into),
         Command::Rm(args) => pod_gc::rm(&cli.data_dir, args).map_err(Into::into),
         Command::Gc(args) => pod_gc::gc(&cli.data_dir, args).map_err(Into::into),
+        Command::Export(args) => pod_export::export(&cli.data_dir, args).map_err(Into::into),
         Command::Version(args) => Ok(version::run(args)),
     };
     result.unwrap_or_else(|err| {

@@ -55,24 +55,7 @@ pub fn enter(data_dir: &Path, args: EnterArgs) -> Result<ExitCode, EnterError> {
     let pod = pods.find(&args.uuid)?;
     pod.expect_running("only running pods can be entered")?;
     let manifest = pods.manifest(&pod)?;
-    let app = match (&args.app, manifest.apps.as_slice()) {
-        (Some(name), apps) => apps.iter().find(|app| &app.name == name),
-        (None, [only]) => Some(only),
-        (None, _) => None,
-    };
-    let Some(app) = app else {
-        return Err(PodError::NoSuchApp {
-            uuid: pod.uuid.clone(),
-            app: args.app.clone().unwrap_or_default(),
-            apps: manifest
-                .apps
-                .iter()
-                .map(|app| app.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        }
-        .into());
-    };
+    let app = crate::pod::select_app(&pod.uuid, &manifest, args.app.as_deref())?;
     let command = if args.command.is_empty() {
         vec!["/bin/sh".to_string()]
     } else {
