@@ -10,10 +10,11 @@ use std::time::Duration;
 use clap::Args;
 use podvm_protocol::ExecRequest;
 
-use crate::control::{self, ControlError};
-use crate::exec_client::{self, ExecClientError};
+use super::pod_attach::SessionError;
+use crate::control;
+use crate::exec_client;
 use crate::launch;
-use crate::pod::{PodError, PodStore};
+use crate::pod::PodStore;
 use crate::relay::RelayOptions;
 
 /// How long an entered command may take to exit after podvm forwarded a stop signal.
@@ -35,22 +36,8 @@ pub struct EnterArgs {
     command: Vec<String>,
 }
 
-/// Errors of `podvm enter`.
-#[derive(Debug, thiserror::Error)]
-pub enum EnterError {
-    /// The pod cannot be entered.
-    #[error(transparent)]
-    Pod(#[from] PodError),
-    /// The pod's control socket refused or failed.
-    #[error(transparent)]
-    Control(#[from] ControlError),
-    /// The session failed.
-    #[error(transparent)]
-    Session(#[from] ExecClientError),
-}
-
 /// Runs `podvm enter`.
-pub fn enter(data_dir: &Path, args: EnterArgs) -> Result<ExitCode, EnterError> {
+pub fn enter(data_dir: &Path, args: EnterArgs) -> Result<ExitCode, SessionError> {
     let pods = PodStore::open(data_dir)?;
     let pod = pods.find(&args.uuid)?;
     pod.expect_running("only running pods can be entered")?;
