@@ -271,6 +271,17 @@ fn batch() -> Option<Batch> {
             ),
         )
         .check(
+            "ci_job",
+            &format!(
+                "{PODVM} run --uuid-file-save t.uuid --timeout 8s --stop-timeout 2s {IMAGE} --exec /bin/sleep -- 600; echo timeout-rc=$?; \
+                 {PODVM} status $(cat t.uuid) | grep reason=; \
+                 {PODVM} run --rm --uuid-file-save r.uuid {IMAGE} --exec /bin/sh -- -c 'echo job-output; exit 7'; echo rm-rc=$?; \
+                 echo rm-pods-left=$(ls -d state/pods/*/$(cat r.uuid) 2>/dev/null | wc -l); \
+                 [ -e /sys/fs/cgroup/podvm/pod-$(cat r.uuid) ] || echo rm-cgroup-gone; \
+                 grep -c $(cat r.uuid) /proc/mounts"
+            ),
+        )
+        .check(
             "privilege",
             &format!(
                 "mkdir -p privvol && printf \"#!/bin/sh\\n\" > privvol/victim && chmod 6755 privvol/victim && \
@@ -743,6 +754,34 @@ fn an_exported_app_runs_with_what_its_pod_wrote_and_removed() {
     assert!(
         out.contains("from-the-pod\nremoved-stays-removed\nexported-run-rc=0"),
         "the ACI holds the pod's writes and deletions over its image: {result:?}"
+    );
+}
+
+#[test]
+fn a_pod_past_its_timeout_is_stopped_with_124_and_status_says_timeout() {
+    let Some(result) = check("ci_job") else {
+        return;
+    };
+    let out = &result.stdout;
+    assert!(out.contains("timeout-rc=124\n"), "{result:?}");
+    assert!(
+        out.contains("reason=timeout: the pod ran past its --timeout of 8s"),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn a_pod_run_with_rm_keeps_its_exit_code_and_leaves_nothing() {
+    let Some(result) = check("ci_job") else {
+        return;
+    };
+    let out = &result.stdout;
+    assert!(out.contains("job-output\nrm-rc=7\n"), "{result:?}");
+    assert!(out.contains("rm-pods-left=0\n"), "{result:?}");
+    assert!(out.contains("rm-cgroup-gone\n"), "{result:?}");
+    assert!(
+        out.trim_end().ends_with("\n0"),
+        "no mount of the pod is left: {result:?}"
     );
 }
 

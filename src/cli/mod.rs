@@ -26,6 +26,7 @@ mod pod_stop;
 mod pods;
 mod prepare;
 mod run;
+mod run_timeout;
 mod table;
 mod trust;
 mod version;

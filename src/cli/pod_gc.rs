@@ -61,7 +61,8 @@ pub fn for_each_pod(
     }
 }
 
-fn remove(pods: &PodStore, pod: &Pod) -> Result<String, PodError> {
+/// Removes a pod that does not run (and its network), as `rm` does; returns its uuid.
+pub fn remove(pods: &PodStore, pod: &Pod) -> Result<String, PodError> {
     if matches!(
         pod.state,
         PodState::Running | PodState::Preparing | PodState::Embryo

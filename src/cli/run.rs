@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::detach::{self, DetachError};
 use super::net;
 use super::prepare::{self, PrepareArgs, PrepareError};
+use super::run_timeout::{Watchdog, EXIT_TIMEOUT};
 use crate::control::{self, ControlError};
 use crate::image::{self, ImageError};
 use crate::launch::{self, LaunchError, LaunchPlan};
@@ -86,6 +87,16 @@ pub struct VmFlags {
     /// flag such a pod does not start.
     #[arg(long = "allow-unlimited")]
     allow_unlimited: bool,
+    /// Stop the pod once it has run this long (e.g. `60s`, `10m`), as `podvm stop` does: the
+    /// app gets SIGTERM, and the VM is stopped hard after `--stop-timeout`. podvm then exits
+    /// with 124, as timeout(1), and `status` says why.
+    #[arg(long, value_name = "DURATION", value_parser = super::duration::parse)]
+    #[serde(default)]
+    timeout: Option<Duration>,
+    /// Remove the pod and everything it held once it has ended (the exit code is kept).
+    #[arg(long)]
+    #[serde(default)]
+    rm: bool,
 }
 
 /// A byte size flag: 100Mi, 10M, 1Gi, 4096.
@@ -126,6 +137,9 @@ pub struct RunArgs {
 /// Errors of the run verbs.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The `--timeout` watchdog could not be started.
+    #[error("cannot start the --timeout watchdog: {0}")]
+    Watchdog(std::io::Error),
     /// Preparing the pod failed.
     #[error(transparent)]
     Prepare(#[from] PrepareError),
@@ -229,8 +243,30 @@ fn start_pod(
 ) -> Result<ExitCode, RunError> {
     match vm.detach {
         true => run_detached(data_dir, prefix, vm, held),
-        false => run_pod(data_dir, prefix, vm, held, false),
+        false => run_then_remove(data_dir, prefix, vm, held, false),
     }
+}
+
+/// [`run_pod`], then with `--rm` the pod's removal (once its VM, mounts and network are gone);
+/// the run's result is kept, a failed removal only reported.
+fn run_then_remove(
+    data_dir: &Path,
+    prefix: &str,
+    vm: &VmFlags,
+    held: Option<PodLock>,
+    detached: bool,
+) -> Result<ExitCode, RunError> {
+    let result = run_pod(data_dir, prefix, vm, held, detached);
+    if vm.rm {
+        let pods = PodStore::open(data_dir)?;
+        let removed = pods
+            .find(prefix)
+            .and_then(|pod| super::pod_gc::remove(&pods, &pod));
+        if let Err(err) = removed {
+            eprintln!("podvm: --rm: {err}");
+        }
+    }
+    result
 }
 
 /// Runs the hidden `podvm supervise`: a detached pod's supervisor, handed the pod's lock by
@@ -245,7 +281,7 @@ pub fn supervise(data_dir: &Path, args: SuperviseArgs) -> Result<ExitCode, RunEr
     let pods = PodStore::open(data_dir)?;
     let pod = find_prepared(&pods, &args.uuid)?;
     let held = detach::adopt_lock(&pod, args.lock_fd)?;
-    run_pod(data_dir, &pod.uuid, &vm, Some(held), true)
+    run_then_remove(data_dir, &pod.uuid, &vm, Some(held), true)
 }
 
 /// `--detach`: starts the pod's supervisor in the background, hands it the pod's lock (`held`,
@@ -418,9 +454,25 @@ fn run_pod(
         control: Some(pod.dir.join(control::SOCKET_FILE)),
         detached,
     };
+    let watchdog = match vm.timeout {
+        Some(limit) => Some(
+            Watchdog::start(pod.dir.join(control::SOCKET_FILE), limit)
+                .map_err(RunError::Watchdog)?,
+        ),
+        None => None,
+    };
     let outcome = launch::launch(&plan);
+    let timed_out = watchdog.is_some_and(Watchdog::finish);
     drop(cgroup);
     status.finished = Some(now());
+    if timed_out {
+        let limit = vm.timeout.unwrap_or_default();
+        status.reason = Some(format!(
+            "timeout: the pod ran past its --timeout of {limit:?} and was stopped"
+        ));
+        pods.write_status(&pod, &status)?;
+        return Ok(ExitCode::from(EXIT_TIMEOUT));
+    }
     match outcome {
         Ok(outcome) => {
             let exit_code = launch::exit_code(outcome.status);
