@@ -278,6 +278,11 @@ fn batch() -> Option<Batch> {
                  {PODVM} run --rm --uuid-file-save r.uuid {IMAGE} --exec /bin/sh -- -c 'echo job-output; exit 7'; echo rm-rc=$?; \
                  echo rm-pods-left=$(ls -d state/pods/*/$(cat r.uuid) 2>/dev/null | wc -l); \
                  [ -e /sys/fs/cgroup/podvm/pod-$(cat r.uuid) ] || echo rm-cgroup-gone; \
+                 mkdir -p src && head -c 300000 /dev/urandom > src/input && \
+                 {PODVM} run --rm --timeout 60s --uuid-file-save j.uuid --copy-in $PWD/src:/src --copy-out /src/out:$PWD/artifacts {IMAGE} \
+                 --exec /bin/sh -- -c 'cd /src && mkdir -p out && cp input out/ && sha256sum input > out/sum && exit 3'; echo job-rc=$?; \
+                 cmp src/input artifacts/input && echo artifacts-exact; (cd src && sha256sum input) | cmp - artifacts/sum && echo sum-exact; \
+                 echo job-pods-left=$(ls -d state/pods/*/$(cat j.uuid) 2>/dev/null | wc -l); \
                  grep -c $(cat r.uuid) /proc/mounts"
             ),
         )
@@ -768,6 +773,21 @@ fn a_pod_past_its_timeout_is_stopped_with_124_and_status_says_timeout() {
         out.contains("reason=timeout: the pod ran past its --timeout of 8s"),
         "{result:?}"
     );
+}
+
+#[test]
+fn a_ci_job_gets_its_sources_in_and_its_artifacts_out_byte_exact() {
+    let Some(result) = check("ci_job") else {
+        return;
+    };
+    let out = &result.stdout;
+    assert!(
+        out.contains("job-rc=3\n"),
+        "the job's exit code: {result:?}"
+    );
+    assert!(out.contains("artifacts-exact\n"), "{result:?}");
+    assert!(out.contains("sum-exact\n"), "{result:?}");
+    assert!(out.contains("job-pods-left=0\n"), "--rm: {result:?}");
 }
 
 #[test]

@@ -29,6 +29,7 @@ use crate::image::{self, ImageError};
 use crate::launch::{self, LaunchError, LaunchPlan};
 use crate::net::PodNetwork;
 use crate::pod::cgroup::{CgroupLimits, PodCgroup};
+use crate::pod::copy::{self, CopySpec, PodCopyError};
 use crate::pod::lock::{self, PodLock};
 use crate::pod::logs::{self, AppLog};
 use crate::pod::manifest::RuntimeApp;
@@ -97,6 +98,31 @@ pub struct VmFlags {
     #[arg(long)]
     #[serde(default)]
     rm: bool,
+    /// Copy the contents of host directory HOST into GUEST in the (first) app's root before
+    /// the VM starts (repeatable); GUEST's missing directories are made.
+    #[arg(long = "copy-in", value_name = "HOST:GUEST", value_parser = copy_in_flag)]
+    #[serde(default)]
+    copy_in: Vec<String>,
+    /// Copy the contents of GUEST in the (first) app's root into host directory HOST once the
+    /// VM has ended, whatever its outcome (repeatable); the files are the caller's, without
+    /// setuid/setgid bits or device nodes.
+    #[arg(long = "copy-out", value_name = "GUEST:HOST", value_parser = copy_out_flag)]
+    #[serde(default)]
+    copy_out: Vec<String>,
+}
+
+/// A `--copy-in` value, checked.
+fn copy_in_flag(text: &str) -> Result<String, String> {
+    CopySpec::copy_in(text)
+        .map(|_| text.to_string())
+        .map_err(|err| err.to_string())
+}
+
+/// A `--copy-out` value, checked.
+fn copy_out_flag(text: &str) -> Result<String, String> {
+    CopySpec::copy_out(text)
+        .map(|_| text.to_string())
+        .map_err(|err| err.to_string())
 }
 
 /// A byte size flag: 100Mi, 10M, 1Gi, 4096.
@@ -137,6 +163,9 @@ pub struct RunArgs {
 /// Errors of the run verbs.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// A `--copy-in` or `--copy-out` failed.
+    #[error(transparent)]
+    Copy(#[from] PodCopyError),
     /// The `--timeout` watchdog could not be started.
     #[error("cannot start the --timeout watchdog: {0}")]
     Watchdog(std::io::Error),
@@ -454,6 +483,11 @@ fn run_pod(
         control: Some(pod.dir.join(control::SOCKET_FILE)),
         detached,
     };
+    if let Some(first) = rootfs.first() {
+        for text in &vm.copy_in {
+            copy::copy_in(&first.merged, &CopySpec::copy_in(text)?)?;
+        }
+    }
     let watchdog = match vm.timeout {
         Some(limit) => Some(
             Watchdog::start(pod.dir.join(control::SOCKET_FILE), limit)
@@ -463,6 +497,7 @@ fn run_pod(
     };
     let outcome = launch::launch(&plan);
     let timed_out = watchdog.is_some_and(Watchdog::finish);
+    let copied_out = copy_out(vm, rootfs.first());
     drop(cgroup);
     status.finished = Some(now());
     if timed_out {
@@ -471,6 +506,7 @@ fn run_pod(
             "timeout: the pod ran past its --timeout of {limit:?} and was stopped"
         ));
         pods.write_status(&pod, &status)?;
+        copied_out?;
         return Ok(ExitCode::from(EXIT_TIMEOUT));
     }
     match outcome {
@@ -491,6 +527,7 @@ fn run_pod(
                     .collect(),
             };
             pods.write_status(&pod, &status)?;
+            copied_out?;
             Ok(ExitCode::from(exit_code))
         }
         Err(source) => {
@@ -502,6 +539,23 @@ fn run_pod(
             })
         }
     }
+}
+
+/// `--copy-out`s from the app's root once its VM has ended; all are tried, the first failure
+/// is returned.
+fn copy_out(vm: &VmFlags, root: Option<&AppRootfs>) -> Result<(), RunError> {
+    let Some(root) = root else { return Ok(()) };
+    let mut first_error = None;
+    for text in &vm.copy_out {
+        let copied = CopySpec::copy_out(text).and_then(|spec| copy::copy_out(&root.merged, &spec));
+        match (copied, &first_error) {
+            (Ok(_), _) => {}
+            (Err(err), None) => first_error = Some(err),
+            // The first failure is the run's error; later ones are told here.
+            (Err(err), Some(_)) => eprintln!("podvm: --copy-out {text}: {err}"),
+        }
+    }
+    first_error.map_or(Ok(()), |err| Err(err.into()))
 }
 
 /// Moves podvm into the pod's cgroup, sized for the VM. Without its limits the pod does not

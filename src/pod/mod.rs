@@ -15,6 +15,7 @@
 //! and `status.json`.
 
 pub mod cgroup;
+pub mod copy;
 pub mod export;
 pub mod lock;
 pub mod logs;
