@@ -919,3 +919,31 @@ fn a_pod_manifest_describes_the_pod_and_app_flags_beside_it_are_refused() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("is not an appc pod manifest"), "{err}");
 }
+
+#[test]
+fn cp_puts_files_into_a_prepared_pods_app_and_takes_them_out_again() {
+    let Some((data, fixtures)) = setup() else {
+        return;
+    };
+    let dir = data.path();
+    let uuid = prepare_busybox(dir, fixtures);
+    let src = dir.join("src");
+    std::fs::create_dir_all(src.join("sub")).expect("src");
+    std::fs::write(src.join("sub/file"), "from-the-host").expect("file");
+    let into = format!("{}:/work", &uuid[..8]);
+    ok(dir, &["cp", src.to_str().expect("utf-8"), &into]);
+    let out = dir.join("out");
+    ok(dir, &["cp", &into, out.to_str().expect("utf-8")]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("sub/file")).expect("copied back"),
+        "from-the-host"
+    );
+    // The app's tree was mounted for the copy only.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!mounts.contains(&uuid), "{mounts}");
+    let both = podvm(dir, &["cp", "a", "b"]);
+    assert!(
+        String::from_utf8_lossy(&both.stderr).contains("exactly one of SOURCE and DEST"),
+        "{both:?}"
+    );
+}

@@ -17,6 +17,7 @@ mod fetch;
 mod image;
 mod net;
 mod pod_attach;
+mod pod_cp;
 mod pod_enter;
 mod pod_export;
 mod pod_gc;
@@ -113,6 +114,8 @@ pub enum Command {
     Gc(pod_gc::GcArgs),
     /// Write an app of an exited pod (its image with the pod's writes) as an ACI.
     Export(pod_export::ExportArgs),
+    /// Copy a directory's contents into or out of a pod's app (`SRC UUID:DST`, `UUID:SRC DST`).
+    Cp(pod_cp::CpArgs),
     /// Print podvm's version, its agent protocol version and the guest artifacts it boots.
     Version(version::VersionArgs),
 }
@@ -140,6 +143,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Rm(args) => pod_gc::rm(&cli.data_dir, args).map_err(Into::into),
         Command::Gc(args) => pod_gc::gc(&cli.data_dir, args).map_err(Into::into),
         Command::Export(args) => pod_export::export(&cli.data_dir, args).map_err(Into::into),
+        Command::Cp(args) => pod_cp::cp(&cli.data_dir, args).map_err(Into::into),
         Command::Version(args) => Ok(version::run(args)),
     };
     result.unwrap_or_else(|err| {
