@@ -283,6 +283,8 @@ fn batch() -> Option<Batch> {
                  --exec /bin/sh -- -c 'cd /src && mkdir -p out && cp input out/ && sha256sum input > out/sum && exit 3'; echo job-rc=$?; \
                  cmp src/input artifacts/input && echo artifacts-exact; (cd src && sha256sum input) | cmp - artifacts/sum && echo sum-exact; \
                  echo job-pods-left=$(ls -d state/pods/*/$(cat j.uuid) 2>/dev/null | wc -l); \
+                 {PODVM} run --uuid-file-save b.uuid {IMAGE} --exec /bin/sh -- -c 'end=$(($(date +%s)+4)); while [ $(date +%s) -lt $end ]; do :; done'; \
+                 echo usage=$({PODVM} status --format json $(cat b.uuid) | tr -d ' \n'); \
                  grep -c $(cat r.uuid) /proc/mounts"
             ),
         )
@@ -788,6 +790,38 @@ fn a_ci_job_gets_its_sources_in_and_its_artifacts_out_byte_exact() {
     assert!(out.contains("artifacts-exact\n"), "{result:?}");
     assert!(out.contains("sum-exact\n"), "{result:?}");
     assert!(out.contains("job-pods-left=0\n"), "--rm: {result:?}");
+}
+
+#[test]
+fn status_accounts_a_busy_loops_cpu_time_close_to_its_wall_time() {
+    let Some(result) = check("ci_job") else {
+        return;
+    };
+    let line = result
+        .stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("usage="))
+        .unwrap_or_else(|| panic!("no usage= line: {result:?}"));
+    let status: Value = serde_json::from_str(line).expect("status json");
+    let usage = &status["usage"];
+    let number = |key: &str| {
+        usage[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("usage.{key} in {status}"))
+    };
+    let cpu_usec = number("cpu_user_usec") + number("cpu_system_usec");
+    let wall_usec = number("wall_ms") * 1000;
+    // The app spins for 4 s of its pod's wall time (boot and exit included) on one vCPU.
+    assert!(
+        cpu_usec >= 3_000_000,
+        "the busy loop's 4 s are counted: {cpu_usec} us of CPU; {status}"
+    );
+    assert!(
+        cpu_usec <= wall_usec * 2,
+        "no more than the VMM's threads could use: {cpu_usec} us of CPU in {wall_usec} us; {status}"
+    );
+    assert!(number("memory_peak_bytes") > 0, "{status}");
+    assert!(number("vmm_peak_rss_kib") > 0, "{status}");
 }
 
 #[test]

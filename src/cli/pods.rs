@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::prepare::HOSTNAME_ANNOTATION;
 use super::table::{self, Column};
 use crate::control;
-use crate::pod::status::PodStatus;
+use crate::pod::status::{PodStatus, PodUsage};
 use crate::pod::{Pod, PodError, PodState, PodStore};
 
 /// Flags of `podvm list`.
@@ -150,7 +150,17 @@ fn add_live(view: &mut PodView, pod: &Pod) {
         view.status.pid = Some(live.pid);
         view.vmm_pid = Some(live.vmm_pid);
         view.uptime_secs = Some(live.uptime_secs);
+        view.status.usage = live_usage(&pod.uuid, live.vmm_pid, live.uptime_secs);
     }
+}
+
+/// What a running pod used so far: its cgroup's counters (found through its VMM's process).
+fn live_usage(uuid: &str, vmm_pid: u32, uptime_secs: u64) -> Option<PodUsage> {
+    Some(PodUsage {
+        wall_ms: uptime_secs.saturating_mul(1000),
+        cgroup: crate::pod::cgroup::usage_of_process(vmm_pid, uuid)?,
+        ..PodUsage::default()
+    })
 }
 
 /// How often `status --wait` looks at the pod again.

@@ -14,7 +14,7 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use podvm_protocol::{AppSpec, BootSpec, MountSpec, RootfsSpec, VolumeSpec};
@@ -35,7 +35,7 @@ use crate::pod::logs::{self, AppLog};
 use crate::pod::manifest::RuntimeApp;
 use crate::pod::resources;
 use crate::pod::rootfs::AppRootfs;
-use crate::pod::status::{now, AppExit};
+use crate::pod::status::{now, AppExit, PodUsage};
 use crate::pod::volumes::{self, Volume, VolumeKind};
 use crate::pod::{Pod, PodError, PodState, PodStore};
 use crate::relay::RelayOptions;
@@ -495,8 +495,19 @@ fn run_pod(
         ),
         None => None,
     };
+    let vm_started = Instant::now();
     let outcome = launch::launch(&plan);
     let timed_out = watchdog.is_some_and(Watchdog::finish);
+    let mut usage = PodUsage {
+        wall_ms: u64::try_from(vm_started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        cgroup: cgroup.as_ref().map(PodCgroup::usage).unwrap_or_default(),
+        ..PodUsage::default()
+    };
+    if let Ok(outcome) = &outcome {
+        usage.guest_memory_kib = Some(outcome.stats.guest_resident_kib);
+        usage.vmm_peak_rss_kib = Some(outcome.stats.process_peak_rss_kib);
+    }
+    status.usage = Some(usage);
     let copied_out = copy_out(vm, rootfs.first());
     drop(cgroup);
     status.finished = Some(now());
