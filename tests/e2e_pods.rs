@@ -285,6 +285,11 @@ fn batch() -> Option<Batch> {
                  echo job-pods-left=$(ls -d state/pods/*/$(cat j.uuid) 2>/dev/null | wc -l); \
                  {PODVM} run --uuid-file-save b.uuid {IMAGE} --exec /bin/sh -- -c 'end=$(($(date +%s)+4)); while [ $(date +%s) -lt $end ]; do :; done'; \
                  echo usage=$({PODVM} status --format json $(cat b.uuid) | tr -d ' \n'); \
+                 {PODVM} image render {IMAGE} built >/dev/null && printf '#!/bin/sh\necho built-image-says $MODE\n' > built/job && chmod 755 built/job && \
+                 printf '{{\"entrypoint\":[\"/job\"],\"env\":[\"MODE=ci\"]}}' > spec.json && \
+                 {PODVM} image build --tag localhost/job:1 --spec spec.json built > build1.out && {PODVM} image build --tag localhost/job:2 --spec spec.json built > build2.out && \
+                 [ \"$(cut -d' ' -f2 build1.out)\" = \"$(cut -d' ' -f2 build2.out)\" ] && echo build-reproducible; \
+                 {PODVM} run docker://localhost/job:1; echo built-rc=$?; \
                  grep -c $(cat r.uuid) /proc/mounts"
             ),
         )
@@ -822,6 +827,19 @@ fn status_accounts_a_busy_loops_cpu_time_close_to_its_wall_time() {
     );
     assert!(number("memory_peak_bytes") > 0, "{status}");
     assert!(number("vmm_peak_rss_kib") > 0, "{status}");
+}
+
+#[test]
+fn a_built_image_is_reproducible_and_runs_as_a_pod() {
+    let Some(result) = check("ci_job") else {
+        return;
+    };
+    let out = &result.stdout;
+    assert!(out.contains("build-reproducible\n"), "{result:?}");
+    assert!(
+        out.contains("built-image-says ci\nbuilt-rc=0\n"),
+        "{result:?}"
+    );
 }
 
 #[test]

@@ -947,3 +947,42 @@ fn cp_puts_files_into_a_prepared_pods_app_and_takes_them_out_again() {
         "{both:?}"
     );
 }
+
+#[test]
+fn image_build_is_reproducible_and_lands_in_the_store_by_its_name() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let dir = data.path();
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(tree.join("bin")).expect("tree");
+    std::fs::write(tree.join("bin/job"), "#!/bin/sh\necho built\n").expect("job");
+    let spec = dir.join("spec.json");
+    std::fs::write(
+        &spec,
+        r#"{"entrypoint":["/bin/job"],"env":["MODE=ci"],"labels":{"team":"ci"},"ports":["8080/tcp"]}"#,
+    )
+    .expect("spec");
+    let build = |tag: &str| {
+        let out = ok(
+            dir,
+            &[
+                "image",
+                "build",
+                "--tag",
+                tag,
+                "--spec",
+                spec.to_str().expect("utf-8"),
+                tree.to_str().expect("utf-8"),
+            ],
+        );
+        out.split_whitespace().nth(1).expect("digest").to_string()
+    };
+    let first = build("localhost/job:1");
+    // Newer times on the same files: the same image.
+    std::fs::write(tree.join("bin/job"), "#!/bin/sh\necho built\n").expect("job");
+    let second = build("localhost/job:2");
+    assert_eq!(first, second, "the same tree and spec give the same digest");
+    let config = json(dir, &["image", "cat-config", "docker://localhost/job:1"]);
+    assert!(config.to_string().contains("/bin/job"), "{config}");
+    let images = json(dir, &["image", "list", "--format", "json"]);
+    assert!(images.to_string().contains("localhost/job:1"), "{images}");
+}

@@ -9,6 +9,8 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 use super::table::{self, Column};
+use crate::image::build::{self, BuildError, BuildSpec};
+use crate::image::fetch::{self, FetchError};
 use crate::image::{self, ImageError};
 use crate::store::{ImageRecord, Store, StoreError};
 
@@ -81,6 +83,20 @@ pub enum ImageVerb {
         #[arg(long)]
         overwrite: bool,
     },
+    /// Build an OCI image from a directory (its whole tree is the image's one layer) and a
+    /// JSON spec (entrypoint, cmd, env, user, workdir, ports, labels), into the store;
+    /// reproducible: the same input gives the same digest. Run it by the name given.
+    Build {
+        /// The image's name, a docker reference such as `localhost/tool:1` (run it as
+        /// `docker://localhost/tool:1`).
+        #[arg(long)]
+        tag: String,
+        /// The spec (JSON); without it, the image has no command (pass `--exec` to run it).
+        #[arg(long)]
+        spec: Option<PathBuf>,
+        /// The directory that becomes the image's root.
+        dir: PathBuf,
+    },
     /// Print the image manifest.
     CatManifest {
         /// Image.
@@ -131,6 +147,12 @@ pub enum ImageCliError {
         /// Why.
         source: Box<crate::tree_copy::CopyError>,
     },
+    /// `image build` failed.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// A bad `--tag`.
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
     /// `--fields` named no column.
     #[error(transparent)]
     Fields(#[from] table::UnknownField),
@@ -203,6 +225,7 @@ pub fn run(data_dir: &Path, args: ImageArgs) -> Result<ExitCode, ImageCliError> 
             file,
             overwrite,
         } => export(&store, &image, &file, overwrite)?,
+        ImageVerb::Build { tag, spec, dir } => build(&store, &tag, spec.as_deref(), &dir)?,
         ImageVerb::CatManifest { image } => {
             let rec = image::resolve(&store, &image)?;
             let data = store.read_blob(&rec.manifest.digest)?;
@@ -371,6 +394,32 @@ fn render(
             fs::write(&path, store.read_blob(d)?).map_err(io_err("writing", &path))?;
         }
     }
+    Ok(())
+}
+
+/// Builds `dir` with `spec` into an OCI layout in the store's temporary space, imports it as
+/// `tag` and prints the image id and manifest digest.
+fn build(store: &Store, tag: &str, spec: Option<&Path>, dir: &Path) -> Result<(), ImageCliError> {
+    let spec = match spec {
+        Some(path) => BuildSpec::read(path)?,
+        None => BuildSpec::default(),
+    };
+    let reference = match tag.strip_prefix("docker://") {
+        Some(_) => tag.to_string(),
+        None => format!("docker://{tag}"),
+    };
+    let name = fetch::canonical_name(&reference)?;
+    // (a leftover of a crashed build goes with the store's next `image gc`)
+    let layout = store
+        .tmp_dir()
+        .join(format!("build-{}.partial", std::process::id()));
+    let _ = fs::remove_dir_all(&layout);
+    let built = build::write_layout(dir, &spec, &layout)
+        .map_err(ImageCliError::from)
+        .and_then(|digest| Ok((digest, fetch::import_layout(store, &name, &layout)?)));
+    let _ = fs::remove_dir_all(&layout);
+    let (digest, record) = built?;
+    println!("{} {digest} {name}", record.id);
     Ok(())
 }
 
