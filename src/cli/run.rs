@@ -291,8 +291,10 @@ fn run_then_remove(
         let removed = pods
             .find(prefix)
             .and_then(|pod| super::pod_gc::remove(&pods, &pod));
-        if let Err(err) = removed {
-            eprintln!("podvm: --rm: {err}");
+        match removed {
+            // (a pod that never started is removed by `run` already)
+            Ok(_) | Err(PodError::NotFound(_)) => {}
+            Err(err) => eprintln!("podvm: --rm: {err}"),
         }
     }
     result
