@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use podvm_protocol::{BootSpec, BOOT_SPEC_PATH};
 
@@ -106,11 +106,13 @@ impl AgentId {
     }
 }
 
-/// The archive of the agent alone, for the agent it was built from.
-static AGENT_ONLY: Mutex<Option<(AgentId, Arc<Vec<u8>>)>> = Mutex::new(None);
+/// The archive of the agent alone, for the agent it was built from, while some VM still holds
+/// it: once every VM has loaded it into guest memory and let go, its memory is freed (a
+/// pod's podvm boots one VM; the archive is megabytes of the VMM's resident memory otherwise).
+static AGENT_ONLY: Mutex<Option<(AgentId, Weak<Vec<u8>>)>> = Mutex::new(None);
 
 /// The initramfs podvm boots: the agent alone, the same for every VM and built once per agent
-/// binary; with `extra_dir` (`podvm boot --initrd-dir`), that tree first and the agent's
+/// binary while VMs hold it; with `extra_dir` (`podvm boot --initrd-dir`), that tree first and the agent's
 /// entries after it (they win), built afresh.
 pub fn pack(agent: &Path, extra_dir: Option<&Path>) -> Result<Arc<Vec<u8>>, InitramfsError> {
     if extra_dir.is_some() {
@@ -121,12 +123,12 @@ pub fn pack(agent: &Path, extra_dir: Option<&Path>) -> Result<Arc<Vec<u8>>, Init
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some((built_from, archive)) = cache.as_ref() {
-        if *built_from == id {
-            return Ok(archive.clone());
+        if let Some(archive) = archive.upgrade().filter(|_| *built_from == id) {
+            return Ok(archive);
         }
     }
     let archive = Arc::new(build(agent, None, None)?);
-    *cache = Some((id, archive.clone()));
+    *cache = Some((id, Arc::downgrade(&archive)));
     Ok(archive)
 }
 

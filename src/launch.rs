@@ -130,13 +130,13 @@ pub enum LaunchError {
 }
 
 /// The initramfs and kernel command line the plan boots with.
-pub fn boot_media(plan: &LaunchPlan) -> Result<(Vec<u8>, String), LaunchError> {
+pub fn boot_media(plan: &LaunchPlan) -> Result<(Arc<Vec<u8>>, String), LaunchError> {
     let agent = match &plan.agent {
         Some(path) => path.clone(),
         None => artifacts::agent()?,
     };
     let initramfs = initramfs::pack(&agent, plan.initrd_dir.as_deref())?;
-    Ok((initramfs.as_ref().clone(), kernel_cmdline(plan)))
+    Ok((initramfs, kernel_cmdline(plan)))
 }
 
 /// [`boot_media`] for another VMM, which cannot send the boot spec: it is packed in too, and
@@ -224,7 +224,7 @@ pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
             *lock_any(&vm) = Some(handle);
         })),
     };
-    let run = vmm::run(&config, outputs);
+    let run = vmm::run(config, outputs);
     let timed_out = relay.finish();
     if let Some(vm_control) = vm_control {
         let exit = agent_link::lock(&report).exit;

@@ -2,9 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let args = podvm::Cli::parse();
+    let args = podvm::Cli::parse_args();
     podvm::run(args)
 }

@@ -78,17 +78,35 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<CopyReport, CopyError> {
 /// Copies the contents of the open directory `from` into the existing directory `to`.
 pub fn copy_contents(from: &OwnedFd, to: &Path) -> Result<CopyReport, CopyError> {
     let to_fd = open_dir(None, to.as_os_str(), to)?;
-    copy_into(from, &to_fd)
+    copy_into(from, &to_fd, Fidelity::Faithful)
 }
 
-/// Copies the contents of the open directory `from` into the open directory `to`: nothing is
-/// looked up by a path, so a tree another party can change (a share) cannot redirect it.
-pub fn copy_into(from: &OwnedFd, to_fd: &OwnedFd) -> Result<CopyReport, CopyError> {
+/// What a copy keeps of the entries' metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fidelity {
+    /// Everything (owners and device nodes too when running as root): a faithful copy.
+    Faithful,
+    /// For files a hostile tree hands to the host (e.g. a job's artifacts): modes without
+    /// setuid/setgid, times; no owners (the copy is the caller's), no device nodes.
+    Untrusted,
+}
+
+/// Copies the contents of the open directory `from` into the open directory `to`, which also
+/// takes `from`'s mode and times (and owner, if `fidelity` keeps owners).
+pub fn copy_into(
+    from: &OwnedFd,
+    to_fd: &OwnedFd,
+    fidelity: Fidelity,
+) -> Result<CopyReport, CopyError> {
     let mut copier = Copier {
         to_top: to_fd.as_raw_fd(),
         links: HashMap::new(),
         report: CopyReport::default(),
-        privileged: nix::unistd::geteuid().is_root(),
+        privileged: fidelity == Fidelity::Faithful && nix::unistd::geteuid().is_root(),
+        mode_mask: match fidelity {
+            Fidelity::Faithful => 0o7777,
+            Fidelity::Untrusted => 0o1777,
+        },
     };
     copier.copy_dir(from, to_fd, Path::new(""))?;
     let top = Path::new(".");
@@ -125,6 +143,8 @@ struct Copier {
     report: CopyReport,
     /// Running as root: owners are kept and device nodes made.
     privileged: bool,
+    /// The permission bits kept.
+    mode_mask: u32,
 }
 
 impl Copier {
@@ -233,7 +253,7 @@ impl Copier {
             .map_err(fail("set the owner of", path))?;
         }
         if kind != SFlag::S_IFLNK {
-            let mode = Mode::from_bits_truncate(stat.st_mode & 0o7777);
+            let mode = Mode::from_bits_truncate(stat.st_mode & self.mode_mask);
             nix::sys::stat::fchmodat(
                 Some(dst),
                 name,

@@ -133,3 +133,28 @@ fn version_reports_podvm_and_protocol_versions_as_json() {
         "{view}"
     );
 }
+
+#[test]
+fn run_and_prepare_help_list_every_app_flag() {
+    for verb in ["run", "prepare"] {
+        let out = podvm(&[verb, "--help"], None);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let help = String::from_utf8_lossy(&out.stdout);
+        let (_, app_flags) = help
+            .split_once("App flags (after each IMAGE")
+            .unwrap_or_else(|| panic!("`{verb} --help` has a section of app flags:\n{help}"));
+        for flag in [
+            "--exec=",
+            "--user=",
+            "--group=",
+            "--mount=",
+            "--readonly-rootfs",
+        ] {
+            assert!(app_flags.contains(flag), "{verb}: {flag} in\n{app_flags}");
+        }
+        assert!(
+            app_flags.contains("Program to run instead of the image's"),
+            "with their meaning: {app_flags}"
+        );
+    }
+}

@@ -18,8 +18,15 @@ const PODVM: &str = "podvm --dir state";
 const IMAGE: &str = "oci:busybox-layout:latest";
 /// What the app writes in the flood checks of every run: 32 MiB, past a 1 MiB cap.
 const FLOOD_MIB: u64 = 32;
-/// What it writes in the long flood checks: 1 GiB.
+/// What it writes in the long flood check, past a 1 MiB cap: 1 GiB.
 const GIB_MIB: u64 = 1024;
+/// What it writes in the check of the default 100 MiB cap: past it by a half.
+const PAST_DEFAULT_MIB: u64 = 150;
+/// How long one flood may run before it counts as hung (a 1 GiB flood takes about a minute in
+/// the nested L1).
+const FLOOD_DEADLINE: Duration = Duration::from_secs(300);
+/// A flood check's own timeout: two attempts of [`FLOOD_DEADLINE`] and the log reads.
+const FLOOD_CHECK_TIMEOUT: Duration = Duration::from_secs(900);
 /// How podvm reports a guest that ended without its agent's exit report.
 const SILENT_DEATH: &str = "the guest stopped before the agent reported an exit status";
 
@@ -29,20 +36,12 @@ fn check(name: &str) -> Option<&'static CheckResult> {
     RESULTS.check(name, batch)
 }
 
-/// A pod writing `mib` MiB to stdout with `flags`, then what its log holds: the log file's size,
-/// the bytes `podvm logs` replays, its last stderr line, and the modes of the pod's files.
-fn flood(flags: &str, id: &str, mib: u64) -> String {
-    format!(
-        "{PODVM} run {flags} --uuid-file-save {id}.uuid {IMAGE} --exec /bin/sh -- -c \
-         'dd if=/dev/zero bs=1M count={mib} 2>/dev/null' >/dev/null 2>{id}.run.err; echo rc=$?; \
-         echo \"run-err=$(head -3 {id}.run.err | tr '\\n' ' ')\"; \
-         p=state/pods/run/$(cat {id}.uuid); \
-         echo size=$(stat -c %s $p/logs/*.log); \
-         echo replayed=$({PODVM} logs $(cat {id}.uuid) 2>{id}.err | wc -c); \
-         echo \"note=$(tail -1 {id}.err)\"; \
-         for f in state state/pods state/pods/run $p $p/logs $p/logs/*.log $p/lock $p/pod $p/status.json $p/console.log; do \
-           echo mode $(stat -c '%a %u' $f) ${{f#$p/}}; done"
-    )
+/// A pod writing `mib` MiB to stdout with `flags` (tests/limits/flood.sh: a pod still running
+/// after `deadline` is stopped, with evidence of what it was doing, and the flood runs once more),
+/// then what its log holds: the log file's size, the bytes `podvm logs` replays, its last stderr
+/// line, and the modes of the pod's files.
+fn flood(id: &str, mib: u64, deadline: Duration, flags: &str) -> String {
+    format!("flood.sh {id} {mib} {} {flags}", deadline.as_secs())
 }
 
 /// Every check of this file, run in one L1 boot (or on a host with real KVM).
@@ -53,6 +52,7 @@ fn batch() -> Option<Batch> {
     let fixtures = Fixtures::get();
     let batch = e2e::batch("e2e-limits")?
         .payload_dir(fixtures.layout("busybox"), "busybox-layout")
+        .payload_executable("bin/flood.sh", include_str!("limits/flood.sh"))
         .check("fetch", &format!("{PODVM} fetch {IMAGE}"))
         .check(
             "stop_checks_the_pid",
@@ -69,47 +69,53 @@ fn batch() -> Option<Batch> {
         )
         .check_with_timeout(
             "flood_small_cap",
-            &flood("--log-max 1Mi", "small", FLOOD_MIB),
-            Duration::from_secs(600),
+            &flood("small", FLOOD_MIB, FLOOD_DEADLINE, "--log-max 1Mi"),
+            FLOOD_CHECK_TIMEOUT,
         );
     let batch = batch
         .check_with_timeout(
             "flood_gib_small_cap",
-            &flood("--log-max 1Mi", "gib-small", GIB_MIB),
-            Duration::from_secs(900),
+            &flood("gib-small", GIB_MIB, FLOOD_DEADLINE, "--log-max 1Mi"),
+            FLOOD_CHECK_TIMEOUT,
         )
         .check_with_timeout(
-            "flood_gib_default_cap",
-            &flood("", "gib-default", GIB_MIB),
-            Duration::from_secs(900),
+            "flood_default_cap",
+            &flood("default", PAST_DEFAULT_MIB, FLOOD_DEADLINE, ""),
+            FLOOD_CHECK_TIMEOUT,
         );
     Some(batch.timeout(Duration::from_secs(2700)))
 }
 
-/// The value of `key=` in the check's output.
-fn value<'a>(out: &'a str, key: &str) -> &'a str {
-    out.lines()
+/// The value of `key=` in the check's output; panics with the whole result if it has none.
+fn value<'a>(result: &'a CheckResult, key: &str) -> &'a str {
+    result
+        .stdout
+        .lines()
         .find_map(|line| line.strip_prefix(&format!("{key}=")))
-        .unwrap_or_else(|| panic!("no {key}= in {out}"))
+        .unwrap_or_else(|| panic!("no {key}= in the check's output:\n{result}"))
 }
 
-fn number(out: &str, key: &str) -> u64 {
-    value(out, key)
+fn number(result: &CheckResult, key: &str) -> u64 {
+    value(result, key)
         .trim()
         .parse()
-        .unwrap_or_else(|_| panic!("{key}= is not a number in {out}"))
+        .unwrap_or_else(|_| panic!("{key}= is not a number:\n{result}"))
 }
 
 /// Asserts the flood's log stayed at `cap`, was filled up to it, and `podvm logs` said how
 /// much was dropped: exactly what the log does not hold.
 fn assert_capped(result: &CheckResult, written_mib: u64, cap: u64, cap_text: &str) {
-    let out = &result.stdout;
+    assert!(
+        !result.stdout.contains("hung=1"),
+        "the pod was still running {FLOOD_DEADLINE:?} after it started, in both attempts (its \
+         threads and console are in the NOTE lines): {result}"
+    );
     assert_eq!(
-        value(out, "rc"),
+        value(result, "rc"),
         "0",
         "the app wrote {written_mib} MiB and exited: {result}"
     );
-    let size = number(out, "size");
+    let size = number(result, "size");
     assert!(
         size <= cap,
         "the log stays at its cap ({cap}): {size}; {result}"
@@ -118,8 +124,8 @@ fn assert_capped(result: &CheckResult, written_mib: u64, cap: u64, cap_text: &st
         size > cap - (64 << 10),
         "the log was filled up to its cap: {size}; {result}"
     );
-    let replayed = number(out, "replayed");
-    let note = value(out, "note");
+    let replayed = number(result, "replayed");
+    let note = value(result, "note");
     let dropped: u64 = note
         .strip_prefix("podvm: ")
         .and_then(|rest| rest.split_whitespace().next())
@@ -137,7 +143,11 @@ fn assert_capped(result: &CheckResult, written_mib: u64, cap: u64, cap_text: &st
         "every byte the app wrote is either kept or counted as dropped: {result}"
     );
     // Host side: what the run left is root's alone.
-    for line in out.lines().filter_map(|line| line.strip_prefix("mode ")) {
+    for line in result
+        .stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("mode "))
+    {
         let mut fields = line.split_whitespace();
         let (mode, owner, name) = (fields.next(), fields.next(), fields.next());
         assert_eq!(owner, Some("0"), "{line}: root's");
@@ -197,7 +207,7 @@ fn an_app_flooding_its_output_keeps_its_log_at_the_cap_set_by_log_max() {
 /// (issue 20 has the A/B runs). The cap is asserted whenever a guest finishes.
 fn long_flood(name: &str) -> Option<&'static CheckResult> {
     let result = check(name)?;
-    let died_twice = value(&result.stdout, "rc") == "125"
+    let died_twice = result.stdout.contains("rc=125")
         && result.stdout.contains(SILENT_DEATH)
         && result.stderr.contains("NOTE: retried once");
     if died_twice {
@@ -221,10 +231,10 @@ fn an_app_writing_a_gib_keeps_its_log_at_the_cap_set_by_log_max() {
 }
 
 #[test]
-fn an_app_writing_a_gib_keeps_its_log_at_the_default_100_mib_cap() {
+fn an_app_writing_past_the_default_100_mib_cap_keeps_its_log_at_it() {
     // Attack: as above, with the default cap.
-    let Some(result) = long_flood("flood_gib_default_cap") else {
+    let Some(result) = long_flood("flood_default_cap") else {
         return;
     };
-    assert_capped(result, GIB_MIB, 100 << 20, "100 MiB");
+    assert_capped(result, PAST_DEFAULT_MIB, 100 << 20, "100 MiB");
 }

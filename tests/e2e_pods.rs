@@ -17,6 +17,15 @@ use support::privilege;
 /// podvm with its own data dir inside the run directory, and the busybox image.
 const PODVM: &str = "podvm --dir state";
 const IMAGE: &str = "oci:busybox-layout:latest";
+/// An appc pod manifest of two apps sharing an empty volume: the first writes, the second waits
+/// for it and reads.
+const POD_MANIFEST: &str = r#"{"acKind":"PodManifest","acVersion":"0.8.11","apps":[
+{"name":"first","image":{"name":"oci:busybox-layout:latest"},"mounts":[{"volume":"v","path":"/v"}],
+ "app":{"exec":["/bin/sh","-c","echo first-from-$FROM; echo reads-first > /v/x"],"environment":[{"name":"FROM","value":"manifest"}]}},
+{"name":"second","image":{"name":"oci:busybox-layout:latest"},"mounts":[{"volume":"v","path":"/v"}],
+ "app":{"exec":["/bin/sh","-c","for i in $(seq 100); do [ -s /v/x ] && break; sleep 0.1; done; echo second-$(cat /v/x)"]}}],
+"volumes":[{"name":"v","kind":"empty"}]}"#;
+
 /// The `layers` fixture: user `app`, working dir /data, a volume (mount point) at /data whose
 /// image files include owners, modes, links, a fifo and a hard link.
 const LAYERS: &str = "oci:layers-layout:latest";
@@ -154,7 +163,7 @@ fn batch() -> Option<Batch> {
                  grep -qx $pid $cg/cgroup.procs && echo podvm-in-pod-cgroup; echo memory.max=$(cat $cg/memory.max) cpu.max=$(cat $cg/cpu.max); \
                  kill -9 $pid; wait $pid; echo rc=$?; \
                  {PODVM} status $(cat k.uuid) | grep -E 'state=|reason='; \
-                 {PODVM} gc --grace-period 0s >/dev/null && {PODVM} gc --grace-period 0s >/dev/null; \
+                 {PODVM} gc --grace-period 0s >/dev/null; \
                  echo pods-left=$(find state/pods -mindepth 2 -maxdepth 2 | wc -l); echo vm-procs=$(ps | grep -c '[p]odvm run'); \
                  [ -e $cg ] || echo cgroup-gone"
             ),
@@ -163,7 +172,7 @@ fn batch() -> Option<Batch> {
             "gc",
             &format!(
                 "{PODVM} run {IMAGE} --exec /bin/true && {PODVM} gc >/dev/null && echo kept-within-30m=$({PODVM} list --no-legend | wc -l) && \
-                 {PODVM} gc --grace-period 0s >/dev/null && {PODVM} gc --grace-period 0s >/dev/null && {PODVM} list --format json"
+                 {PODVM} gc --grace-period 0s >/dev/null && {PODVM} list --format json"
             ),
         )
         .check(
@@ -242,6 +251,46 @@ fn batch() -> Option<Batch> {
                  --exec /bin/sh -- -c 'for i in $(seq 100); do [ -f /mnt/v/x ] && break; sleep 0.1; done; cat /mnt/v/x'; echo shared-rc=$?; \
                  echo in-pod: $(ls state/pods/run/$(cat v.uuid)/volumes/shared); {PODVM} rm $(cat v.uuid) >/dev/null; \
                  echo left: $(ls -d state/pods/*/$(cat v.uuid) 2>/dev/null | wc -l)"
+            ),
+        )
+        .check(
+            "rkt_parity",
+            &format!(
+                "mkdir -p clampvol && {PODVM} run --volume c,kind=host,source=$PWD/clampvol {IMAGE} --mount volume=c,target=/dir1/../../../x \
+                 --exec /bin/sh -- -c 'echo clamped > /x/f'; echo clamp-rc=$? clamp-host=$(cat clampvol/f); \
+                 {PODVM} run --uuid-file-save e.uuid {IMAGE} --exec /bin/sleep -- 600 >e.out 2>&1 & pid=$!; \
+                 for i in $(seq 1200); do [ -s e.uuid ] && {PODVM} status $(cat e.uuid) 2>/dev/null | grep -q state=running && break; sleep 0.05; done; \
+                 {PODVM} enter $(cat e.uuid) /bin/echo entered-at-once; echo enter-at-once-rc=$?; \
+                 {PODVM} stop --force $(cat e.uuid) >/dev/null; wait $pid; \
+                 printf '%s' '{POD_MANIFEST}' > pod.json; \
+                 {PODVM} run --pod-manifest pod.json > manifest.out 2>&1; echo manifest-rc=$?; sort manifest.out; \
+                 {PODVM} run --uuid-file-save x.uuid {IMAGE} --exec /bin/sh -- -c 'echo from-the-pod > /exported; rm /bin/true'; \
+                 {PODVM} export $(cat x.uuid) $PWD/out.aci; echo export-rc=$?; \
+                 {PODVM} export $(cat x.uuid) $PWD/out.aci 2>&1; echo again-rc=$?; \
+                 {PODVM} run --insecure-options=image $PWD/out.aci --exec /bin/sh -- -c 'cat /exported; [ -e /bin/true ] || echo removed-stays-removed'; echo exported-run-rc=$?"
+            ),
+        )
+        .check(
+            "ci_job",
+            &format!(
+                "{PODVM} run --uuid-file-save t.uuid --timeout 8s --stop-timeout 2s {IMAGE} --exec /bin/sleep -- 600; echo timeout-rc=$?; \
+                 {PODVM} status $(cat t.uuid) | grep reason=; \
+                 {PODVM} run --rm --uuid-file-save r.uuid {IMAGE} --exec /bin/sh -- -c 'echo job-output; exit 7'; echo rm-rc=$?; \
+                 echo rm-pods-left=$(ls -d state/pods/*/$(cat r.uuid) 2>/dev/null | wc -l); \
+                 [ -e /sys/fs/cgroup/podvm/pod-$(cat r.uuid) ] || echo rm-cgroup-gone; \
+                 mkdir -p src && head -c 300000 /dev/urandom > src/input && \
+                 {PODVM} run --rm --timeout 60s --uuid-file-save j.uuid --copy-in $PWD/src:/src --copy-out /src/out:$PWD/artifacts {IMAGE} \
+                 --exec /bin/sh -- -c 'cd /src && mkdir -p out && cp input out/ && sha256sum input > out/sum && exit 3'; echo job-rc=$?; \
+                 cmp src/input artifacts/input && echo artifacts-exact; (cd src && sha256sum input) | cmp - artifacts/sum && echo sum-exact; \
+                 echo job-pods-left=$(ls -d state/pods/*/$(cat j.uuid) 2>/dev/null | wc -l); \
+                 {PODVM} run --uuid-file-save b.uuid {IMAGE} --exec /bin/sh -- -c 'end=$(($(date +%s)+4)); while [ $(date +%s) -lt $end ]; do :; done'; \
+                 echo usage=$({PODVM} status --format json $(cat b.uuid) | tr -d ' \n'); \
+                 {PODVM} image render {IMAGE} built >/dev/null && printf '#!/bin/sh\necho built-image-says $MODE\n' > built/job && chmod 755 built/job && \
+                 printf '{{\"entrypoint\":[\"/job\"],\"env\":[\"MODE=ci\"]}}' > spec.json && \
+                 {PODVM} image build --tag localhost/job:1 --spec spec.json built > build1.out && {PODVM} image build --tag localhost/job:2 --spec spec.json built > build2.out && \
+                 [ \"$(cut -d' ' -f2 build1.out)\" = \"$(cut -d' ' -f2 build2.out)\" ] && echo build-reproducible; \
+                 {PODVM} run docker://localhost/job:1; echo built-rc=$?; \
+                 grep -c $(cat r.uuid) /proc/mounts"
             ),
         )
         .check(
@@ -677,6 +726,148 @@ fn host_volumes_rw_and_ro_and_an_empty_volume_shared_by_two_apps() {
         "two apps share an empty volume that lives in the pod: {result:?}"
     );
     assert!(out.contains("left: 0"), "rm removes it: {result:?}");
+}
+
+#[test]
+fn a_mount_target_with_dot_dots_lands_inside_the_apps_root_as_in_rkt() {
+    let Some(result) = check("rkt_parity") else {
+        return;
+    };
+    assert!(
+        result.stdout.contains("clamp-rc=0 clamp-host=clamped"),
+        "/dir1/../../../x is /x, where the volume is mounted: {result:?}"
+    );
+}
+
+#[test]
+fn a_pod_manifest_runs_its_two_apps() {
+    let Some(result) = check("rkt_parity") else {
+        return;
+    };
+    let out = &result.stdout;
+    assert!(
+        out.contains("manifest-rc=0") && out.contains("first-from-manifest\n"),
+        "{result:?}"
+    );
+    assert!(out.contains("second-reads-first\n"), "{result:?}");
+}
+
+#[test]
+fn an_exported_app_runs_with_what_its_pod_wrote_and_removed() {
+    let Some(result) = check("rkt_parity") else {
+        return;
+    };
+    let out = &result.stdout;
+    assert!(out.contains("export-rc=0"), "{result:?}");
+    assert!(
+        out.contains("exists: pass --overwrite") && out.contains("again-rc=125"),
+        "a second export does not replace the first unasked: {result:?}"
+    );
+    assert!(
+        out.contains("from-the-pod\nremoved-stays-removed\nexported-run-rc=0"),
+        "the ACI holds the pod's writes and deletions over its image: {result:?}"
+    );
+}
+
+#[test]
+fn a_pod_past_its_timeout_is_stopped_with_124_and_status_says_timeout() {
+    let Some(result) = check("ci_job") else {
+        return;
+    };
+    let out = &result.stdout;
+    assert!(out.contains("timeout-rc=124\n"), "{result:?}");
+    assert!(
+        out.contains("reason=timeout: the pod ran past its --timeout of 8s"),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn a_ci_job_gets_its_sources_in_and_its_artifacts_out_byte_exact() {
+    let Some(result) = check("ci_job") else {
+        return;
+    };
+    let out = &result.stdout;
+    assert!(
+        out.contains("job-rc=3\n"),
+        "the job's exit code: {result:?}"
+    );
+    assert!(out.contains("artifacts-exact\n"), "{result:?}");
+    assert!(out.contains("sum-exact\n"), "{result:?}");
+    assert!(out.contains("job-pods-left=0\n"), "--rm: {result:?}");
+}
+
+#[test]
+fn status_accounts_a_busy_loops_cpu_time_close_to_its_wall_time() {
+    let Some(result) = check("ci_job") else {
+        return;
+    };
+    let line = result
+        .stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("usage="))
+        .unwrap_or_else(|| panic!("no usage= line: {result:?}"));
+    let status: Value = serde_json::from_str(line).expect("status json");
+    let usage = &status["usage"];
+    let number = |key: &str| {
+        usage[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("usage.{key} in {status}"))
+    };
+    let cpu_usec = number("cpu_user_usec") + number("cpu_system_usec");
+    let wall_usec = number("wall_ms") * 1000;
+    // The app spins for 4 s of its pod's wall time (boot and exit included) on one vCPU.
+    assert!(
+        cpu_usec >= 3_000_000,
+        "the busy loop's 4 s are counted: {cpu_usec} us of CPU; {status}"
+    );
+    assert!(
+        cpu_usec <= wall_usec * 2,
+        "no more than the VMM's threads could use: {cpu_usec} us of CPU in {wall_usec} us; {status}"
+    );
+    assert!(number("memory_peak_bytes") > 0, "{status}");
+    assert!(number("vmm_peak_rss_kib") > 0, "{status}");
+}
+
+#[test]
+fn a_built_image_is_reproducible_and_runs_as_a_pod() {
+    let Some(result) = check("ci_job") else {
+        return;
+    };
+    let out = &result.stdout;
+    assert!(out.contains("build-reproducible\n"), "{result:?}");
+    assert!(
+        out.contains("built-image-says ci\nbuilt-rc=0\n"),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn a_pod_run_with_rm_keeps_its_exit_code_and_leaves_nothing() {
+    let Some(result) = check("ci_job") else {
+        return;
+    };
+    let out = &result.stdout;
+    assert!(out.contains("job-output\nrm-rc=7\n"), "{result:?}");
+    assert!(out.contains("rm-pods-left=0\n"), "{result:?}");
+    assert!(out.contains("rm-cgroup-gone\n"), "{result:?}");
+    assert!(
+        out.trim_end().ends_with("\n0"),
+        "no mount of the pod is left: {result:?}"
+    );
+}
+
+#[test]
+fn enter_issued_the_moment_status_says_running_reaches_the_app() {
+    let Some(result) = check("rkt_parity") else {
+        return;
+    };
+    assert!(
+        result
+            .stdout
+            .contains("entered-at-once\nenter-at-once-rc=0"),
+        "enter waits for the booting pod's agent: {result:?}"
+    );
 }
 
 #[test]

@@ -183,6 +183,32 @@ fn prepare_two_apps_with_per_app_flags_then_inspect_and_remove() {
     let table = ok(dir, &["list", "--no-legend"]);
     assert_eq!(table.lines().count(), 2, "one row per app: {table}");
     assert!(!table.contains("UUID"));
+    // rkt's --fields, in the order given, and --full.
+    let table = ok(dir, &["list", "--fields=state,uuid", "--full"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["STATE", "UUID"]
+    );
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        ["prepared", uuid.as_str()],
+        "{table}"
+    );
+    let images = ok(
+        dir,
+        &["image", "list", "--fields=id,name", "--full", "--no-legend"],
+    );
+    let image_id = pods[0]["apps"][0]["image_id"].as_str().expect("image id");
+    assert!(
+        images.lines().any(|line| line.starts_with(image_id)) && !images.contains("ago"),
+        "{image_id} in {images}"
+    );
+    let bad = podvm(dir, &["image", "list", "--fields=id,colour"]);
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("unknown field \"colour\""),
+        "{bad:?}"
+    );
 
     let status = ok(dir, &["status", &uuid]);
     assert!(status.contains("state=prepared"), "{status}");
@@ -451,7 +477,11 @@ fn env_file_and_inherited_env_take_their_place_in_the_precedence() {
     };
     let dir = data.path();
     let env_file = dir.join("env");
-    std::fs::write(&env_file, "# comment\n\nFROM_FILE=file\nBOTH=file\n").expect("env file");
+    std::fs::write(
+        &env_file,
+        "# comment\n\n; an rkt-style comment=not a variable\nFROM_FILE=file\nBOTH=file\n",
+    )
+    .expect("env file");
     let out = Command::new(env!("CARGO_BIN_EXE_podvm"))
         .arg("--dir")
         .arg(dir)
@@ -472,6 +502,10 @@ fn env_file_and_inherited_env_take_their_place_in_the_precedence() {
     let get = |name: &str| env.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
     assert_eq!(get("PODVM_TEST_INHERITED"), Some("host"), "{env:?}");
     assert_eq!(get("FROM_FILE"), Some("file"), "{env:?}");
+    assert!(
+        env.iter().all(|(name, _)| !name.starts_with(';')),
+        "a `;` line is a comment: {env:?}"
+    );
     assert_eq!(
         get("BOTH"),
         Some("flag"),
@@ -809,4 +843,146 @@ fn a_pod_that_cannot_get_its_cgroup_limits_does_not_start() {
         serde_json::json!([]),
         "the pod that did not start is not left behind"
     );
+}
+
+#[test]
+fn a_pod_manifest_describes_the_pod_and_app_flags_beside_it_are_refused() {
+    let Some((data, fixtures)) = setup() else {
+        return;
+    };
+    let dir = data.path();
+    let image = fixtures.oci_reference("busybox");
+    let manifest = serde_json::json!({
+        "acKind": "PodManifest",
+        "acVersion": "0.8.11",
+        "apps": [
+            {"name": "first", "image": {"name": image},
+             "app": {"exec": ["/bin/echo", "from-first"], "user": "0", "group": "0",
+                     "environment": [{"name": "FROM", "value": "manifest"}]},
+             "mounts": [{"volume": "work", "path": "/work"}]},
+            {"name": "second", "image": {"name": image}, "readOnlyRootFS": true,
+             "app": {"exec": ["/bin/echo", "from-second"]}}
+        ],
+        "volumes": [{"name": "work", "kind": "empty"}],
+        "annotations": [{"name": "team", "value": "ci"}]
+    });
+    let path = dir.join("pod.json");
+    std::fs::write(&path, manifest.to_string()).expect("manifest");
+    let path = path.to_str().expect("utf-8");
+    let uuid = ok(dir, &["prepare", "--pod-manifest", path])
+        .trim()
+        .to_string();
+    let written = json(dir, &["cat-manifest", &uuid]);
+    let apps = written["apps"].as_array().expect("apps");
+    assert_eq!(apps.len(), 2, "{written}");
+    assert_eq!(apps[0]["name"], "first");
+    assert_eq!(
+        apps[0]["app"]["exec"],
+        serde_json::json!(["/bin/echo", "from-first"])
+    );
+    assert!(env_of(&written, 0).contains(&("FROM".into(), "manifest".into())));
+    assert_eq!(apps[0]["mounts"][0]["path"], "/work");
+    assert_eq!(apps[1]["name"], "second");
+    assert_eq!(apps[1]["readOnlyRootFS"], true);
+    assert_eq!(written["volumes"][0]["name"], "work");
+    assert!(
+        written["annotations"].to_string().contains("\"team\""),
+        "{written}"
+    );
+
+    // As rkt: app flags and images come from the manifest alone.
+    let both = podvm(
+        dir,
+        &[
+            "prepare",
+            "--pod-manifest",
+            path,
+            &image,
+            "--exec",
+            "/bin/true",
+        ],
+    );
+    let err = String::from_utf8_lossy(&both.stderr);
+    assert!(
+        !both.status.success() && err.contains("conflicting flags") && err.contains("IMAGE"),
+        "{err}"
+    );
+    std::fs::write(dir.join("bad.json"), "{\"acKind\": \"PodManifest\"").expect("bad");
+    let bad = podvm(
+        dir,
+        &[
+            "prepare",
+            "--pod-manifest",
+            &format!("{}/bad.json", dir.display()),
+        ],
+    );
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("is not an appc pod manifest"), "{err}");
+}
+
+#[test]
+fn cp_puts_files_into_a_prepared_pods_app_and_takes_them_out_again() {
+    let Some((data, fixtures)) = setup() else {
+        return;
+    };
+    let dir = data.path();
+    let uuid = prepare_busybox(dir, fixtures);
+    let src = dir.join("src");
+    std::fs::create_dir_all(src.join("sub")).expect("src");
+    std::fs::write(src.join("sub/file"), "from-the-host").expect("file");
+    let into = format!("{}:/work", &uuid[..8]);
+    ok(dir, &["cp", src.to_str().expect("utf-8"), &into]);
+    let out = dir.join("out");
+    ok(dir, &["cp", &into, out.to_str().expect("utf-8")]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("sub/file")).expect("copied back"),
+        "from-the-host"
+    );
+    // The app's tree was mounted for the copy only.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!mounts.contains(&uuid), "{mounts}");
+    let both = podvm(dir, &["cp", "a", "b"]);
+    assert!(
+        String::from_utf8_lossy(&both.stderr).contains("exactly one of SOURCE and DEST"),
+        "{both:?}"
+    );
+}
+
+#[test]
+fn image_build_is_reproducible_and_lands_in_the_store_by_its_name() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let dir = data.path();
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(tree.join("bin")).expect("tree");
+    std::fs::write(tree.join("bin/job"), "#!/bin/sh\necho built\n").expect("job");
+    let spec = dir.join("spec.json");
+    std::fs::write(
+        &spec,
+        r#"{"entrypoint":["/bin/job"],"env":["MODE=ci"],"labels":{"team":"ci"},"ports":["8080/tcp"]}"#,
+    )
+    .expect("spec");
+    let build = |tag: &str| {
+        let out = ok(
+            dir,
+            &[
+                "image",
+                "build",
+                "--tag",
+                tag,
+                "--spec",
+                spec.to_str().expect("utf-8"),
+                tree.to_str().expect("utf-8"),
+            ],
+        );
+        out.split_whitespace().nth(1).expect("digest").to_string()
+    };
+    let first = build("localhost/job:1");
+    // Newer times on the same files: the same image.
+    std::fs::write(tree.join("bin/job"), "#!/bin/sh\necho built\n").expect("job");
+    let second = build("localhost/job:2");
+    assert_eq!(first, second, "the same tree and spec give the same digest");
+    let config = json(dir, &["image", "cat-config", "docker://localhost/job:1"]);
+    assert!(config.to_string().contains("/bin/job"), "{config}");
+    let images = json(dir, &["image", "list", "--format", "json"]);
+    assert!(images.to_string().contains("localhost/job:1"), "{images}");
 }

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
+use super::table::{self, Column};
+use crate::image::build::{self, BuildError, BuildSpec};
+use crate::image::fetch::{self, FetchError};
 use crate::image::{self, ImageError};
 use crate::store::{ImageRecord, Store, StoreError};
 
@@ -30,6 +33,13 @@ pub enum ImageVerb {
         /// Omit the table header.
         #[arg(long = "no-legend")]
         no_legend: bool,
+        /// The columns, in order: id,name,size,importtime,lastused,latest (default: all but
+        /// latest).
+        #[arg(long, value_delimiter = ',')]
+        fields: Vec<String>,
+        /// Full image ids, sizes in bytes and dates instead of ages.
+        #[arg(long)]
+        full: bool,
     },
     /// Remove images (by name or id); their blobs and trees go at the next `image gc`.
     Rm {
@@ -72,6 +82,20 @@ pub enum ImageVerb {
         /// Overwrite FILE if it exists.
         #[arg(long)]
         overwrite: bool,
+    },
+    /// Build an OCI image from a directory (its whole tree is the image's one layer) and a
+    /// JSON spec (entrypoint, cmd, env, user, workdir, ports, labels), into the store;
+    /// reproducible: the same input gives the same digest. Run it by the name given.
+    Build {
+        /// The image's name, a docker reference such as `localhost/tool:1` (run it as
+        /// `docker://localhost/tool:1`).
+        #[arg(long)]
+        tag: String,
+        /// The spec (JSON); without it, the image has no command (pass `--exec` to run it).
+        #[arg(long)]
+        spec: Option<PathBuf>,
+        /// The directory that becomes the image's root.
+        dir: PathBuf,
     },
     /// Print the image manifest.
     CatManifest {
@@ -123,6 +147,15 @@ pub enum ImageCliError {
         /// Why.
         source: Box<crate::tree_copy::CopyError>,
     },
+    /// `image build` failed.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// A bad `--tag`.
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    /// `--fields` named no column.
+    #[error(transparent)]
+    Fields(#[from] table::UnknownField),
     /// The store is corrupt.
     #[error("the image store has {0} problem(s) (listed above); remove the affected images and fetch them again")]
     Corrupt(usize),
@@ -140,7 +173,20 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Ima
 pub fn run(data_dir: &Path, args: ImageArgs) -> Result<ExitCode, ImageCliError> {
     let store = Store::open(data_dir)?;
     match args.verb {
-        ImageVerb::List { format, no_legend } => list(&store, format, no_legend)?,
+        ImageVerb::List {
+            format,
+            no_legend,
+            fields,
+            full,
+        } => list(
+            &store,
+            format,
+            &ListTable {
+                fields,
+                full,
+                legend: !no_legend,
+            },
+        )?,
         ImageVerb::Rm { images } => {
             let _lock = store.lock(true)?;
             for i in images {
@@ -179,6 +225,7 @@ pub fn run(data_dir: &Path, args: ImageArgs) -> Result<ExitCode, ImageCliError> 
             file,
             overwrite,
         } => export(&store, &image, &file, overwrite)?,
+        ImageVerb::Build { tag, spec, dir } => build(&store, &tag, spec.as_deref(), &dir)?,
         ImageVerb::CatManifest { image } => {
             let rec = image::resolve(&store, &image)?;
             let data = store.read_blob(&rec.manifest.digest)?;
@@ -214,7 +261,7 @@ pub fn run(data_dir: &Path, args: ImageArgs) -> Result<ExitCode, ImageCliError> 
     Ok(ExitCode::SUCCESS)
 }
 
-fn list(store: &Store, format: Format, no_legend: bool) -> Result<(), ImageCliError> {
+fn list(store: &Store, format: Format, shape: &ListTable) -> Result<(), ImageCliError> {
     let recs = store.records()?;
     if format == Format::Json {
         let v: Vec<_> = recs
@@ -235,23 +282,72 @@ fn list(store: &Store, format: Format, no_legend: bool) -> Result<(), ImageCliEr
         println!("{}", serde_json::Value::Array(v));
         return Ok(());
     }
-    if !no_legend {
-        println!(
-            "{:<19}  {:<60}  {:>10}  {:<20}  {:<20}",
-            "ID", "NAME", "SIZE", "IMPORT TIME", "LAST USED"
-        );
-    }
-    for r in recs {
-        println!(
-            "{:<19}  {:<60}  {:>10}  {:<20}  {:<20}",
-            format!("sha256:{}", &r.id.hex()[..12]),
-            r.names.first().map(String::as_str).unwrap_or("-"),
-            human_size(r.size()),
-            ago(r.import_time),
-            ago(r.last_used)
-        );
-    }
+    let columns = table::select(&IMAGE_COLUMNS, &shape.fields, DEFAULT_IMAGE_FIELDS)?;
+    table::print(&columns, &recs, shape.full, shape.legend);
     Ok(())
+}
+
+/// How `image list` prints its table.
+struct ListTable {
+    fields: Vec<String>,
+    full: bool,
+    legend: bool,
+}
+
+/// The columns of `image list`, as rkt's.
+const IMAGE_COLUMNS: [Column<ImageRecord>; 6] = [
+    Column {
+        field: "id",
+        header: "ID",
+        cell: |r, full| match full {
+            true => r.id.to_string(),
+            false => format!("sha256:{}", &r.id.hex()[..12]),
+        },
+    },
+    Column {
+        field: "name",
+        header: "NAME",
+        cell: |r, _| r.names.first().cloned().unwrap_or_else(|| "-".into()),
+    },
+    Column {
+        field: "size",
+        header: "SIZE",
+        cell: |r, full| match full {
+            true => r.size().to_string(),
+            false => human_size(r.size()),
+        },
+    },
+    Column {
+        field: "importtime",
+        header: "IMPORT TIME",
+        cell: |r, full| time_cell(r.import_time, full),
+    },
+    Column {
+        field: "lastused",
+        header: "LAST USED",
+        cell: |r, full| time_cell(r.last_used, full),
+    },
+    Column {
+        field: "latest",
+        header: "LATEST",
+        cell: |r, _| {
+            r.names
+                .iter()
+                .any(|name| name.ends_with(":latest"))
+                .to_string()
+        },
+    },
+];
+
+/// The columns `image list` shows without `--fields`.
+const DEFAULT_IMAGE_FIELDS: &[&str] = &["id", "name", "size", "importtime", "lastused"];
+
+/// A time as an age, or with `--full` as a date.
+fn time_cell(then: u64, full: bool) -> String {
+    match full {
+        true => table::timestamp(then),
+        false => table::ago(then),
+    }
 }
 
 fn human_size(n: u64) -> String {
@@ -266,16 +362,6 @@ fn human_size(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
-    }
-}
-
-fn ago(t: u64) -> String {
-    let d = crate::store::record::now().saturating_sub(t);
-    match d {
-        0..=59 => format!("{d} seconds ago"),
-        60..=3599 => format!("{} minutes ago", d / 60),
-        3600..=86399 => format!("{} hours ago", d / 3600),
-        _ => format!("{} days ago", d / 86400),
     }
 }
 
@@ -308,6 +394,32 @@ fn render(
             fs::write(&path, store.read_blob(d)?).map_err(io_err("writing", &path))?;
         }
     }
+    Ok(())
+}
+
+/// Builds `dir` with `spec` into an OCI layout in the store's temporary space, imports it as
+/// `tag` and prints the image id and manifest digest.
+fn build(store: &Store, tag: &str, spec: Option<&Path>, dir: &Path) -> Result<(), ImageCliError> {
+    let spec = match spec {
+        Some(path) => BuildSpec::read(path)?,
+        None => BuildSpec::default(),
+    };
+    let reference = match tag.strip_prefix("docker://") {
+        Some(_) => tag.to_string(),
+        None => format!("docker://{tag}"),
+    };
+    let name = fetch::canonical_name(&reference)?;
+    // (a leftover of a crashed build goes with the store's next `image gc`)
+    let layout = store
+        .tmp_dir()
+        .join(format!("build-{}.partial", std::process::id()));
+    let _ = fs::remove_dir_all(&layout);
+    let built = build::write_layout(dir, &spec, &layout)
+        .map_err(ImageCliError::from)
+        .and_then(|digest| Ok((digest, fetch::import_layout(store, &name, &layout)?)));
+    let _ = fs::remove_dir_all(&layout);
+    let (digest, record) = built?;
+    println!("{} {digest} {name}", record.id);
     Ok(())
 }
 

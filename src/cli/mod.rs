@@ -17,13 +17,18 @@ mod fetch;
 mod image;
 mod net;
 mod pod_attach;
+mod pod_cp;
 mod pod_enter;
+mod pod_export;
 mod pod_gc;
 mod pod_logs;
+mod pod_manifest;
 mod pod_stop;
 mod pods;
 mod prepare;
 mod run;
+mod run_timeout;
+mod table;
 mod trust;
 mod version;
 
@@ -45,6 +50,21 @@ pub struct Cli {
     /// The verb.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parses the process's arguments (exits with clap's message on a bad command line), with
+    /// the app flags listed in the help of `run` and `prepare`.
+    pub fn parse_args() -> Cli {
+        use clap::{CommandFactory, FromArgMatches};
+
+        let with_app_flags = |verb: clap::Command| verb.after_help(prepare::app_flags_help());
+        let matches = Cli::command()
+            .mut_subcommand("run", with_app_flags)
+            .mut_subcommand("prepare", with_app_flags)
+            .get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit())
+    }
 }
 
 /// podvm's verbs.
@@ -92,6 +112,10 @@ pub enum Command {
     Rm(pod_gc::RmArgs),
     /// Garbage-collect exited pods after a grace period, and leftovers of failed prepares.
     Gc(pod_gc::GcArgs),
+    /// Write an app of an exited pod (its image with the pod's writes) as an ACI.
+    Export(pod_export::ExportArgs),
+    /// Copy a directory's contents into or out of a pod's app (`SRC UUID:DST`, `UUID:SRC DST`).
+    Cp(pod_cp::CpArgs),
     /// Print podvm's version, its agent protocol version and the guest artifacts it boots.
     Version(version::VersionArgs),
 }
@@ -118,6 +142,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Logs(args) => pod_logs::logs(&cli.data_dir, args).map_err(Into::into),
         Command::Rm(args) => pod_gc::rm(&cli.data_dir, args).map_err(Into::into),
         Command::Gc(args) => pod_gc::gc(&cli.data_dir, args).map_err(Into::into),
+        Command::Export(args) => pod_export::export(&cli.data_dir, args).map_err(Into::into),
+        Command::Cp(args) => pod_cp::cp(&cli.data_dir, args).map_err(Into::into),
         Command::Version(args) => Ok(version::run(args)),
     };
     result.unwrap_or_else(|err| {

@@ -14,7 +14,7 @@ use crate::pod::{Pod, PodError, PodStore};
 use crate::vmm::devices::virtio::net::NetConfig;
 
 /// Network flags (rkt's), shared by `run` and `prepare`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct NetFlags {
     /// Networks to join: `default` (bridge podvm0 with NAT, the default), `default-restricted`
     /// (host only), `none` (loopback only), or a network from the config directory, with CNI

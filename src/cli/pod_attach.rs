@@ -34,10 +34,11 @@ pub struct AttachArgs {
     sig_proxy: bool,
 }
 
-/// Errors of `podvm attach`.
+/// Errors of the verbs that open a session in a running pod over its control socket
+/// (`attach`, `enter`).
 #[derive(Debug, thiserror::Error)]
-pub enum AttachError {
-    /// The pod cannot be attached to.
+pub enum SessionError {
+    /// The pod is not there or not running.
     #[error(transparent)]
     Pod(#[from] PodError),
     /// The pod's control socket refused or failed.
@@ -49,7 +50,7 @@ pub enum AttachError {
 }
 
 /// Runs `podvm attach`.
-pub fn attach(data_dir: &Path, args: AttachArgs) -> Result<ExitCode, AttachError> {
+pub fn attach(data_dir: &Path, args: AttachArgs) -> Result<ExitCode, SessionError> {
     let pods = PodStore::open(data_dir)?;
     let pod = pods.find(&args.uuid)?;
     pod.expect_running(

@@ -10,14 +10,18 @@ use std::time::Duration;
 use clap::Args;
 use podvm_protocol::ExecRequest;
 
-use crate::control::{self, ControlError};
-use crate::exec_client::{self, ExecClientError};
+use super::pod_attach::SessionError;
+use crate::control;
+use crate::exec_client;
 use crate::launch;
-use crate::pod::{PodError, PodStore};
+use crate::pod::PodStore;
 use crate::relay::RelayOptions;
 
 /// How long an entered command may take to exit after podvm forwarded a stop signal.
 const ENTER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long `enter` waits for the agent of a pod that is still booting.
+const AGENT_UP_WAIT: Duration = Duration::from_secs(30);
 
 /// Flags of `podvm enter`.
 #[derive(Debug, Args)]
@@ -32,44 +36,13 @@ pub struct EnterArgs {
     command: Vec<String>,
 }
 
-/// Errors of `podvm enter`.
-#[derive(Debug, thiserror::Error)]
-pub enum EnterError {
-    /// The pod cannot be entered.
-    #[error(transparent)]
-    Pod(#[from] PodError),
-    /// The pod's control socket refused or failed.
-    #[error(transparent)]
-    Control(#[from] ControlError),
-    /// The session failed.
-    #[error(transparent)]
-    Session(#[from] ExecClientError),
-}
-
 /// Runs `podvm enter`.
-pub fn enter(data_dir: &Path, args: EnterArgs) -> Result<ExitCode, EnterError> {
+pub fn enter(data_dir: &Path, args: EnterArgs) -> Result<ExitCode, SessionError> {
     let pods = PodStore::open(data_dir)?;
     let pod = pods.find(&args.uuid)?;
     pod.expect_running("only running pods can be entered")?;
     let manifest = pods.manifest(&pod)?;
-    let app = match (&args.app, manifest.apps.as_slice()) {
-        (Some(name), apps) => apps.iter().find(|app| &app.name == name),
-        (None, [only]) => Some(only),
-        (None, _) => None,
-    };
-    let Some(app) = app else {
-        return Err(PodError::NoSuchApp {
-            uuid: pod.uuid.clone(),
-            app: args.app.clone().unwrap_or_default(),
-            apps: manifest
-                .apps
-                .iter()
-                .map(|app| app.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        }
-        .into());
-    };
+    let app = crate::pod::select_app(&pod.uuid, &manifest, args.app.as_deref())?;
     let command = if args.command.is_empty() {
         vec!["/bin/sh".to_string()]
     } else {
@@ -87,7 +60,9 @@ pub fn enter(data_dir: &Path, args: EnterArgs) -> Result<ExitCode, EnterError> {
         app: Some(app.name.clone()),
     };
     let options = RelayOptions::for_cli(false, tty, ENTER_STOP_TIMEOUT);
-    let session = control::client::open_exec(&pod.dir.join(control::SOCKET_FILE), request)?;
+    let socket = pod.dir.join(control::SOCKET_FILE);
+    control::client::wait_until_up(&socket, AGENT_UP_WAIT)?;
+    let session = control::client::open_exec(&socket, request)?;
     let status = exec_client::run(session, &options)?;
     Ok(ExitCode::from(launch::exit_code(status)))
 }

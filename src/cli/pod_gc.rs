@@ -21,7 +21,8 @@ pub struct RmArgs {
 /// Flags of `podvm gc`.
 #[derive(Debug, Args)]
 pub struct GcArgs {
-    /// How long an exited pod is kept after gc marked it as garbage.
+    /// How long an exited pod is kept after gc marked it as garbage (0s: it is deleted in the
+    /// pass that marks it, as rkt does).
     #[arg(long = "grace-period", default_value = "30m", value_parser = super::duration::parse)]
     grace_period: Duration,
     /// How long a prepared pod may wait for run-prepared.
@@ -60,7 +61,8 @@ pub fn for_each_pod(
     }
 }
 
-fn remove(pods: &PodStore, pod: &Pod) -> Result<String, PodError> {
+/// Removes a pod that does not run (and its network), as `rm` does; returns its uuid.
+pub fn remove(pods: &PodStore, pod: &Pod) -> Result<String, PodError> {
     if matches!(
         pod.state,
         PodState::Running | PodState::Preparing | PodState::Embryo
@@ -94,9 +96,14 @@ pub fn gc(data_dir: &Path, args: GcArgs) -> Result<ExitCode, PodError> {
             continue;
         }
         let outcome = match pod.state {
-            PodState::Exited => pods
-                .mark_garbage(&pod, now)
-                .map(|_| "marked exited pod as garbage"),
+            // As rkt: marked, and deleted in the same pass if the grace period is already over
+            // (`--grace-period=0s`).
+            PodState::Exited => match pods.mark_garbage(&pod, now) {
+                Ok(_) if args.grace_period.is_zero() => {
+                    pods.delete(&pod).map(|()| "deleted exited pod")
+                }
+                marked => marked.map(|_| "marked exited pod as garbage"),
+            },
             PodState::ExitedGarbage => {
                 let since = pods.garbage_since(&pod).unwrap_or(0);
                 if now.saturating_sub(since) < args.grace_period.as_secs() {

@@ -31,30 +31,10 @@ pub struct LogsArgs {
 pub fn logs(data_dir: &Path, args: LogsArgs) -> Result<ExitCode, PodError> {
     let pods = PodStore::open(data_dir)?;
     let pod = pods.find(&args.uuid)?;
-    let apps: Vec<String> = pods
-        .manifest(&pod)?
-        .apps
-        .into_iter()
-        .map(|app| app.name)
-        .collect();
-    let app = match (&args.app, apps.as_slice()) {
-        (Some(name), _) if apps.contains(name) => name.clone(),
-        (Some(name), _) => {
-            return Err(PodError::NoSuchApp {
-                uuid: pod.uuid.clone(),
-                app: name.clone(),
-                apps: apps.join(", "),
-            })
-        }
-        (None, [only]) => only.clone(),
-        (None, _) => {
-            return Err(PodError::NoSuchApp {
-                uuid: pod.uuid.clone(),
-                app: String::new(),
-                apps: apps.join(", "),
-            })
-        }
-    };
+    let manifest = pods.manifest(&pod)?;
+    let app = crate::pod::select_app(&pod.uuid, &manifest, args.app.as_deref())?
+        .name
+        .clone();
     let path = logs::path(&pod.dir, &app);
     let Ok(file) = File::open(&path) else {
         eprintln!("podvm: pod {} app {app} has no output yet", pod.uuid);

@@ -10,8 +10,9 @@ use clap::Args;
 use serde::Serialize;
 
 use super::prepare::HOSTNAME_ANNOTATION;
+use super::table::{self, Column};
 use crate::control;
-use crate::pod::status::{now, PodStatus};
+use crate::pod::status::{PodStatus, PodUsage};
 use crate::pod::{Pod, PodError, PodState, PodStore};
 
 /// Flags of `podvm list`.
@@ -20,9 +21,13 @@ pub struct ListArgs {
     /// Do not print the header line.
     #[arg(long = "no-legend")]
     no_legend: bool,
-    /// Full uuids and image ids.
+    /// Full uuids and image ids, and dates instead of ages.
     #[arg(long)]
     full: bool,
+    /// The columns, in order: uuid,app,image_name,image_id,state,created,started,networks
+    /// (default: all but image_id).
+    #[arg(long, value_delimiter = ',')]
+    fields: Vec<String>,
     /// Output format: `table` or `json`.
     #[arg(long, default_value = "table", value_parser = ["table", "json"])]
     format: String,
@@ -145,7 +150,17 @@ fn add_live(view: &mut PodView, pod: &Pod) {
         view.status.pid = Some(live.pid);
         view.vmm_pid = Some(live.vmm_pid);
         view.uptime_secs = Some(live.uptime_secs);
+        view.status.usage = live_usage(&pod.uuid, live.vmm_pid, live.uptime_secs);
     }
+}
+
+/// What a running pod used so far: its cgroup's counters (found through its VMM's process).
+fn live_usage(uuid: &str, vmm_pid: u32, uptime_secs: u64) -> Option<PodUsage> {
+    Some(PodUsage {
+        wall_ms: uptime_secs.saturating_mul(1000),
+        cgroup: crate::pod::cgroup::usage_of_process(vmm_pid, uuid)?,
+        ..PodUsage::default()
+    })
 }
 
 /// How often `status --wait` looks at the pod again.
@@ -187,8 +202,19 @@ fn is_final(pod: &Pod) -> bool {
     )
 }
 
+/// Errors of `podvm list`.
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    /// The pods could not be read.
+    #[error(transparent)]
+    Pod(#[from] PodError),
+    /// `--fields` named no column.
+    #[error(transparent)]
+    Fields(#[from] table::UnknownField),
+}
+
 /// Runs `podvm list`.
-pub fn list(data_dir: &Path, args: ListArgs) -> Result<ExitCode, PodError> {
+pub fn list(data_dir: &Path, args: ListArgs) -> Result<ExitCode, ListError> {
     let pods = PodStore::open(data_dir)?;
     let views = pods
         .list()?
@@ -202,37 +228,106 @@ pub fn list(data_dir: &Path, args: ListArgs) -> Result<ExitCode, PodError> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    if !args.no_legend {
-        println!(
-            "{:<36}  {:<16}  {:<40}  {:<15}  CREATED",
-            "UUID", "APP", "IMAGE", "STATE"
-        );
-    }
-    for pod in &views {
-        let uuid = if args.full {
-            pod.uuid.clone()
-        } else {
-            pod.uuid.chars().take(8).collect()
-        };
-        let created = ago(pod.status.created);
-        let rows = if pod.apps.is_empty() {
-            vec![None]
-        } else {
-            pod.apps.iter().map(Some).collect()
-        };
-        for app in rows {
-            let (name, image) = match app {
-                Some(app) if args.full => (app.name.as_str(), app.image_id.as_str()),
-                Some(app) => (app.name.as_str(), app.image_name.as_str()),
-                None => ("-", "-"),
-            };
-            println!(
-                "{uuid:<36}  {name:<16}  {image:<40}  {:<15}  {created}",
-                pod.state.name()
-            );
-        }
-    }
+    let columns = pod_columns();
+    let columns = table::select(&columns, &args.fields, DEFAULT_POD_FIELDS)?;
+    let rows: Vec<PodRow> = views
+        .iter()
+        .flat_map(|pod| match pod.apps.as_slice() {
+            [] => vec![PodRow { pod, app: None }],
+            apps => apps
+                .iter()
+                .map(|app| PodRow {
+                    pod,
+                    app: Some(app),
+                })
+                .collect(),
+        })
+        .collect();
+    table::print(&columns, &rows, args.full, !args.no_legend);
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line of `list`: a pod's app (a pod without apps has a line of its own).
+struct PodRow<'a> {
+    pod: &'a PodView,
+    app: Option<&'a AppView>,
+}
+
+/// The columns of `list`, as rkt's.
+fn pod_columns<'a>() -> [Column<PodRow<'a>>; 8] {
+    [
+        Column {
+            field: "uuid",
+            header: "UUID",
+            cell: |row, full| match full {
+                true => row.pod.uuid.clone(),
+                false => row.pod.uuid.chars().take(8).collect(),
+            },
+        },
+        Column {
+            field: "app",
+            header: "APP",
+            cell: |row, _| row.app.map_or("-".into(), |app| app.name.clone()),
+        },
+        Column {
+            field: "image_name",
+            header: "IMAGE NAME",
+            cell: |row, _| row.app.map_or("-".into(), |app| app.image_name.clone()),
+        },
+        Column {
+            field: "image_id",
+            header: "IMAGE ID",
+            cell: |row, full| match row.app {
+                Some(app) if full => app.image_id.clone(),
+                Some(app) => app.image_id.chars().take(19).collect(),
+                None => "-".into(),
+            },
+        },
+        Column {
+            field: "state",
+            header: "STATE",
+            cell: |row, _| row.pod.state.name().to_string(),
+        },
+        Column {
+            field: "created",
+            header: "CREATED",
+            cell: |row, full| time_cell(Some(row.pod.status.created), full),
+        },
+        Column {
+            field: "started",
+            header: "STARTED",
+            cell: |row, full| time_cell(row.pod.status.started, full),
+        },
+        Column {
+            field: "networks",
+            header: "NETWORKS",
+            cell: |row, _| {
+                super::net::status_line(&row.pod.networks).map_or("-".into(), |line| {
+                    line.trim_start_matches("networks=").into()
+                })
+            },
+        },
+    ]
+}
+
+/// The columns `list` shows without `--fields`.
+const DEFAULT_POD_FIELDS: &[&str] = &[
+    "uuid",
+    "app",
+    "image_name",
+    "state",
+    "created",
+    "started",
+    "networks",
+];
+
+/// A time as an age, or with `--full` as a date; `-` when there is none.
+fn time_cell(then: Option<u64>, full: bool) -> String {
+    match then {
+        Some(then) if full => table::timestamp(then),
+        Some(then) => table::ago(then),
+        None => "-".into(),
+    }
 }
 
 /// Runs `podvm status`.
@@ -258,9 +353,9 @@ pub fn status(data_dir: &Path, args: StatusArgs) -> Result<ExitCode, PodError> {
     }
     println!("uuid={}", view.uuid);
     println!("state={}", view.state.name());
-    println!("created={}", view.status.created);
+    println!("created={}", table::timestamp(view.status.created));
     if let Some(started) = view.status.started {
-        println!("started={started}");
+        println!("started={}", table::timestamp(started));
     }
     if let Some(pid) = view.status.pid {
         println!("pid={pid}");
@@ -299,13 +394,4 @@ pub fn cat_manifest(data_dir: &Path, args: CatManifestArgs) -> Result<ExitCode, 
         serde_json::to_string_pretty(&manifest).expect("manifests always serialize")
     );
     Ok(ExitCode::SUCCESS)
-}
-
-fn ago(then: u64) -> String {
-    match now().saturating_sub(then) {
-        0..=59 => "just now".to_string(),
-        secs @ 60..=3599 => format!("{} minutes ago", secs / 60),
-        secs @ 3600..=86399 => format!("{} hours ago", secs / 3600),
-        secs => format!("{} days ago", secs / 86400),
-    }
 }

@@ -10,6 +10,7 @@ use clap::{Args, Parser};
 
 use super::fetch::{options, InsecureOption};
 use super::net::{NetFlags, NetFlagsError};
+use super::pod_manifest::{self, PodManifestError};
 use crate::image::fetch::{fetch, PullPolicy};
 use crate::image::{self, ImageError, PreparedImage};
 use crate::pod::lock::PodLock;
@@ -24,12 +25,12 @@ use crate::store::{Store, StoreError};
 pub const HOSTNAME_ANNOTATION: &str = "podvm.io/hostname";
 
 /// Pod-level flags of `podvm prepare`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct PrepareArgs {
     /// Environment for every app, KEY=VALUE (repeatable); app `--environment` wins over it.
     #[arg(long = "set-env", value_name = "KEY=VALUE")]
     set_env: Vec<String>,
-    /// File of KEY=VALUE lines (blank lines and `#` comments skipped) for every app, below
+    /// File of KEY=VALUE lines (blank lines and `#` or `;` comments skipped) for every app, below
     /// `--set-env`.
     #[arg(long = "set-env-file", value_name = "FILE")]
     set_env_file: Option<PathBuf>,
@@ -61,9 +62,13 @@ pub struct PrepareArgs {
     pull_policy: PullPolicy,
     #[command(flatten)]
     net: NetFlags,
+    /// An appc pod manifest describing the pod (its apps, volumes and annotations), instead of
+    /// images with app flags (as rkt's `--pod-manifest`).
+    #[arg(long = "pod-manifest", value_name = "FILE")]
+    pod_manifest: Option<PathBuf>,
     /// IMAGE [APP FLAGS] [-- ARGS] [--- IMAGE ...]
     #[arg(
-        required = true,
+        required_unless_present = "pod_manifest",
         trailing_var_arg = true,
         allow_hyphen_values = true,
         value_name = "IMAGE"
@@ -111,6 +116,31 @@ struct AppArgs {
     /// Arguments replacing the image's (after `--`).
     #[arg(last = true)]
     args: Vec<String>,
+}
+
+/// The app flags (given after each IMAGE) with their meaning, for the help of the verbs that
+/// take images: clap cannot list them itself, as they are parsed per app.
+pub fn app_flags_help() -> String {
+    use clap::CommandFactory;
+    use std::fmt::Write as _;
+
+    let command = AppArgs::command();
+    let mut text = String::from("App flags (after each IMAGE, as in rkt):\n");
+    for arg in command.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if matches!(long, "help" | "version") {
+            continue;
+        }
+        let value = match arg.get_value_names() {
+            Some(names) if arg.get_action().takes_values() => format!("={}", names.join(" ")),
+            _ => String::new(),
+        };
+        let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+        let _ = writeln!(text, "  --{long}{value}\n          {help}");
+    }
+    text.push_str("  -- ARGS\n          Arguments replacing the image's\n");
+    text.push_str("  --- IMAGE [APP FLAGS] [-- ARGS]\n          Another app of the same pod\n");
+    text
 }
 
 /// Errors of `podvm prepare`.
@@ -173,6 +203,17 @@ pub enum PrepareError {
     /// Bad network flags.
     #[error(transparent)]
     Net(#[from] NetFlagsError),
+    /// A bad `--pod-manifest`.
+    #[error(transparent)]
+    PodManifest(#[from] PodManifestError),
+    /// Flags given with `--pod-manifest` that the manifest decides.
+    #[error(
+        "conflicting flags: --pod-manifest describes the pod; {flags} cannot be given with it"
+    )]
+    ConflictingFlags {
+        /// The flags.
+        flags: String,
+    },
     /// The uuid file could not be written.
     #[error("cannot write the pod uuid to {path}: {source}")]
     UuidFile {
@@ -187,6 +228,37 @@ impl PrepareArgs {
     /// Where `--uuid-file-save` asks the uuid to be written.
     pub fn uuid_file(&self) -> Option<&Path> {
         self.uuid_file_save.as_deref()
+    }
+}
+
+impl PrepareArgs {
+    /// These flags with what the pod manifest at `path` says in place of images, app flags,
+    /// volumes and annotations; flags that the manifest decides are refused, as rkt does.
+    fn with_pod_manifest(&self, path: &Path) -> Result<PrepareArgs, PrepareError> {
+        let given = [
+            ("IMAGE and app flags", !self.apps.is_empty()),
+            ("--volume", !self.volumes.is_empty()),
+            ("--set-env", !self.set_env.is_empty()),
+            ("--set-env-file", self.set_env_file.is_some()),
+            ("--inherit-env", self.inherit_env),
+        ];
+        let conflicting: Vec<&str> = given
+            .iter()
+            .filter(|(_, given)| *given)
+            .map(|(flag, _)| *flag)
+            .collect();
+        if !conflicting.is_empty() {
+            return Err(PrepareError::ConflictingFlags {
+                flags: conflicting.join(", "),
+            });
+        }
+        let words = pod_manifest::read(path)?;
+        let mut args = self.clone();
+        args.pod_manifest = None;
+        args.apps = words.apps;
+        args.volumes = words.volumes;
+        args.annotations.extend(words.annotations);
+        Ok(args)
     }
 }
 
@@ -214,6 +286,14 @@ pub fn prepare_locked(
     data_dir: &Path,
     args: &PrepareArgs,
 ) -> Result<(String, PodLock), PrepareError> {
+    let from_manifest;
+    let args = match &args.pod_manifest {
+        Some(path) => {
+            from_manifest = args.with_pod_manifest(path)?;
+            &from_manifest
+        }
+        None => args,
+    };
     let set_env = pod_env(args)?;
     let mut annotations = parse_pairs("--annotation", &args.annotations)?;
     annotations.push(args.net.annotation()?);
@@ -307,13 +387,18 @@ fn pod_env(args: &PrepareArgs) -> Result<PodEnv, PrepareError> {
         let lines: Vec<String> = text
             .lines()
             .map(str::trim)
-            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .filter(|line| !is_env_file_comment(line))
             .map(String::from)
             .collect();
         set.extend(parse_pairs("--set-env-file", &lines)?);
     }
     set.extend(parse_pairs("--set-env", &args.set_env)?);
     Ok(PodEnv { inherited, set })
+}
+
+/// Whether a `--set-env-file` line is skipped: blank, or a `#` or `;` comment (as rkt).
+fn is_env_file_comment(line: &str) -> bool {
+    line.is_empty() || line.starts_with('#') || line.starts_with(';')
 }
 
 /// Pod-level environment for the apps.

@@ -14,7 +14,7 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use podvm_protocol::{AppSpec, BootSpec, MountSpec, RootfsSpec, VolumeSpec};
@@ -23,17 +23,19 @@ use serde::{Deserialize, Serialize};
 use super::detach::{self, DetachError};
 use super::net;
 use super::prepare::{self, PrepareArgs, PrepareError};
+use super::run_timeout::{Watchdog, EXIT_TIMEOUT};
 use crate::control::{self, ControlError};
 use crate::image::{self, ImageError};
 use crate::launch::{self, LaunchError, LaunchPlan};
 use crate::net::PodNetwork;
 use crate::pod::cgroup::{CgroupLimits, PodCgroup};
+use crate::pod::copy::{self, CopySpec, PodCopyError};
 use crate::pod::lock::{self, PodLock};
 use crate::pod::logs::{self, AppLog};
 use crate::pod::manifest::RuntimeApp;
 use crate::pod::resources;
 use crate::pod::rootfs::AppRootfs;
-use crate::pod::status::{now, AppExit};
+use crate::pod::status::{now, AppExit, PodUsage};
 use crate::pod::volumes::{self, Volume, VolumeKind};
 use crate::pod::{Pod, PodError, PodState, PodStore};
 use crate::relay::RelayOptions;
@@ -86,6 +88,41 @@ pub struct VmFlags {
     /// flag such a pod does not start.
     #[arg(long = "allow-unlimited")]
     allow_unlimited: bool,
+    /// Stop the pod once it has run this long (e.g. `60s`, `10m`), as `podvm stop` does: the
+    /// app gets SIGTERM, and the VM is stopped hard after `--stop-timeout`. podvm then exits
+    /// with 124, as timeout(1), and `status` says why.
+    #[arg(long, value_name = "DURATION", value_parser = super::duration::parse)]
+    #[serde(default)]
+    timeout: Option<Duration>,
+    /// Remove the pod and everything it held once it has ended (the exit code is kept).
+    #[arg(long)]
+    #[serde(default)]
+    rm: bool,
+    /// Copy the contents of host directory HOST into GUEST in the (first) app's root before
+    /// the VM starts (repeatable); GUEST's missing directories are made.
+    #[arg(long = "copy-in", value_name = "HOST:GUEST", value_parser = copy_in_flag)]
+    #[serde(default)]
+    copy_in: Vec<String>,
+    /// Copy the contents of GUEST in the (first) app's root into host directory HOST once the
+    /// VM has ended, whatever its outcome (repeatable); the files are the caller's, without
+    /// setuid/setgid bits or device nodes.
+    #[arg(long = "copy-out", value_name = "GUEST:HOST", value_parser = copy_out_flag)]
+    #[serde(default)]
+    copy_out: Vec<String>,
+}
+
+/// A `--copy-in` value, checked.
+fn copy_in_flag(text: &str) -> Result<String, String> {
+    CopySpec::copy_in(text)
+        .map(|_| text.to_string())
+        .map_err(|err| err.to_string())
+}
+
+/// A `--copy-out` value, checked.
+fn copy_out_flag(text: &str) -> Result<String, String> {
+    CopySpec::copy_out(text)
+        .map(|_| text.to_string())
+        .map_err(|err| err.to_string())
 }
 
 /// A byte size flag: 100Mi, 10M, 1Gi, 4096.
@@ -126,6 +163,12 @@ pub struct RunArgs {
 /// Errors of the run verbs.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// A `--copy-in` or `--copy-out` failed.
+    #[error(transparent)]
+    Copy(#[from] PodCopyError),
+    /// The `--timeout` watchdog could not be started.
+    #[error("cannot start the --timeout watchdog: {0}")]
+    Watchdog(std::io::Error),
     /// Preparing the pod failed.
     #[error(transparent)]
     Prepare(#[from] PrepareError),
@@ -229,8 +272,32 @@ fn start_pod(
 ) -> Result<ExitCode, RunError> {
     match vm.detach {
         true => run_detached(data_dir, prefix, vm, held),
-        false => run_pod(data_dir, prefix, vm, held, false),
+        false => run_then_remove(data_dir, prefix, vm, held, false),
     }
+}
+
+/// [`run_pod`], then with `--rm` the pod's removal (once its VM, mounts and network are gone);
+/// the run's result is kept, a failed removal only reported.
+fn run_then_remove(
+    data_dir: &Path,
+    prefix: &str,
+    vm: &VmFlags,
+    held: Option<PodLock>,
+    detached: bool,
+) -> Result<ExitCode, RunError> {
+    let result = run_pod(data_dir, prefix, vm, held, detached);
+    if vm.rm {
+        let pods = PodStore::open(data_dir)?;
+        let removed = pods
+            .find(prefix)
+            .and_then(|pod| super::pod_gc::remove(&pods, &pod));
+        match removed {
+            // (a pod that never started is removed by `run` already)
+            Ok(_) | Err(PodError::NotFound(_)) => {}
+            Err(err) => eprintln!("podvm: --rm: {err}"),
+        }
+    }
+    result
 }
 
 /// Runs the hidden `podvm supervise`: a detached pod's supervisor, handed the pod's lock by
@@ -245,7 +312,7 @@ pub fn supervise(data_dir: &Path, args: SuperviseArgs) -> Result<ExitCode, RunEr
     let pods = PodStore::open(data_dir)?;
     let pod = find_prepared(&pods, &args.uuid)?;
     let held = detach::adopt_lock(&pod, args.lock_fd)?;
-    run_pod(data_dir, &pod.uuid, &vm, Some(held), true)
+    run_then_remove(data_dir, &pod.uuid, &vm, Some(held), true)
 }
 
 /// `--detach`: starts the pod's supervisor in the background, hands it the pod's lock (`held`,
@@ -418,9 +485,43 @@ fn run_pod(
         control: Some(pod.dir.join(control::SOCKET_FILE)),
         detached,
     };
+    if let Some(first) = rootfs.first() {
+        for text in &vm.copy_in {
+            copy::copy_in(&first.merged, &CopySpec::copy_in(text)?)?;
+        }
+    }
+    let watchdog = match vm.timeout {
+        Some(limit) => Some(
+            Watchdog::start(pod.dir.join(control::SOCKET_FILE), limit)
+                .map_err(RunError::Watchdog)?,
+        ),
+        None => None,
+    };
+    let vm_started = Instant::now();
     let outcome = launch::launch(&plan);
+    let timed_out = watchdog.is_some_and(Watchdog::finish);
+    let mut usage = PodUsage {
+        wall_ms: u64::try_from(vm_started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        cgroup: cgroup.as_ref().map(PodCgroup::usage).unwrap_or_default(),
+        ..PodUsage::default()
+    };
+    if let Ok(outcome) = &outcome {
+        usage.guest_memory_kib = Some(outcome.stats.guest_resident_kib);
+        usage.vmm_peak_rss_kib = Some(outcome.stats.process_peak_rss_kib);
+    }
+    status.usage = Some(usage);
+    let copied_out = copy_out(vm, rootfs.first());
     drop(cgroup);
     status.finished = Some(now());
+    if timed_out {
+        let limit = vm.timeout.unwrap_or_default();
+        status.reason = Some(format!(
+            "timeout: the pod ran past its --timeout of {limit:?} and was stopped"
+        ));
+        pods.write_status(&pod, &status)?;
+        copied_out?;
+        return Ok(ExitCode::from(EXIT_TIMEOUT));
+    }
     match outcome {
         Ok(outcome) => {
             let exit_code = launch::exit_code(outcome.status);
@@ -439,6 +540,7 @@ fn run_pod(
                     .collect(),
             };
             pods.write_status(&pod, &status)?;
+            copied_out?;
             Ok(ExitCode::from(exit_code))
         }
         Err(source) => {
@@ -450,6 +552,23 @@ fn run_pod(
             })
         }
     }
+}
+
+/// `--copy-out`s from the app's root once its VM has ended; all are tried, the first failure
+/// is returned.
+fn copy_out(vm: &VmFlags, root: Option<&AppRootfs>) -> Result<(), RunError> {
+    let Some(root) = root else { return Ok(()) };
+    let mut first_error = None;
+    for text in &vm.copy_out {
+        let copied = CopySpec::copy_out(text).and_then(|spec| copy::copy_out(&root.merged, &spec));
+        match (copied, &first_error) {
+            (Ok(_), _) => {}
+            (Err(err), None) => first_error = Some(err),
+            // The first failure is the run's error; later ones are told here.
+            (Err(err), Some(_)) => eprintln!("podvm: --copy-out {text}: {err}"),
+        }
+    }
+    first_error.map_or(Ok(()), |err| Err(err.into()))
 }
 
 /// Moves podvm into the pod's cgroup, sized for the VM. Without its limits the pod does not

@@ -6,16 +6,19 @@ use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::socket::{getsockopt, sockopt};
 use podvm_protocol::ExecRequest;
 
-use super::proto::{self, LiveStatus, ProtoError, Request, Response};
+use super::proto::{self, LiveState, LiveStatus, ProtoError, Request, Response};
 use super::{ControlError, HeldDir};
 
 /// How long the client waits for the supervisor to take a request and answer it.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often [`wait_until_up`] asks.
+const UP_POLL: Duration = Duration::from_millis(100);
 
 /// The VM's live state.
 pub fn status(path: &Path) -> Result<LiveStatus, ControlError> {
@@ -23,6 +26,31 @@ pub fn status(path: &Path) -> Result<LiveStatus, ControlError> {
     match ask(path, &request)? {
         (_, Response::Status(status)) => Ok(status),
         (_, other) => Err(unexpected(path, &request, &other)),
+    }
+}
+
+/// Waits until the VM's agent is up (its live state is past `starting`), for at most `limit`:
+/// a pod that `status` shows running may still be booting, or its supervisor may not have bound
+/// the socket yet. After `limit`, the last connect error, or [`ControlError::NotUp`].
+pub fn wait_until_up(path: &Path, limit: Duration) -> Result<(), ControlError> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let last_error = match status(path) {
+            Ok(LiveStatus {
+                state: LiveState::Starting,
+                ..
+            }) => None,
+            Ok(_) => return Ok(()),
+            Err(err @ ControlError::Connect { .. }) => Some(err),
+            Err(err) => return Err(err),
+        };
+        if Instant::now() >= deadline {
+            return Err(last_error.unwrap_or_else(|| ControlError::NotUp {
+                path: path.to_path_buf(),
+                waited: limit,
+            }));
+        }
+        std::thread::sleep(UP_POLL);
     }
 }
 

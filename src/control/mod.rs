@@ -137,6 +137,14 @@ pub enum ControlError {
         /// What it said.
         message: String,
     },
+    /// The VM's agent did not come up in time.
+    #[error("the pod's VM at {path} is still starting after {waited:?}: its agent is not up (see `podvm status` and the pod's console log)")]
+    NotUp {
+        /// The socket's path.
+        path: PathBuf,
+        /// How long the client waited.
+        waited: std::time::Duration,
+    },
     /// No randomness for the exec token.
     #[error("cannot read /dev/urandom for the exec token: {0}")]
     Random(std::io::Error),

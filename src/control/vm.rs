@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
 use podvm_protocol::{Control, ExecRequest, ExitStatus, Message, Stream, EXEC_PORT};
 
 use super::attach::{ClientQueue, OutputHub};
@@ -21,6 +22,11 @@ use crate::relay::SignalInjector;
 
 /// How often a wait for the agent looks whether the VM ended meanwhile.
 const AGENT_POLL: Duration = Duration::from_secs(1);
+
+/// How long an exec waits for the agent's exec service once the agent is up.
+const EXEC_SERVICE_WAIT: Duration = Duration::from_secs(5);
+/// How often it tries meanwhile.
+const EXEC_SERVICE_POLL: Duration = Duration::from_millis(50);
 
 /// A VM's side of its control socket.
 #[derive(Debug)]
@@ -97,6 +103,28 @@ impl VmControl {
         self.hub.end(status);
     }
 
+    /// Connects to the agent's exec service. The agent binds it just after its boot session is
+    /// up, so a connection refused in that moment is tried again, for at most
+    /// [`EXEC_SERVICE_WAIT`] and while the VM lives.
+    fn connect_exec(&self, cid: u32) -> Result<File, String> {
+        let deadline = Instant::now() + EXEC_SERVICE_WAIT;
+        loop {
+            match crate::vmm::agent_vsock::connect(cid, EXEC_PORT) {
+                Ok(agent) => return Ok(agent),
+                Err(Errno::ECONNRESET | Errno::ECONNREFUSED)
+                    if Instant::now() < deadline && !self.hub.has_ended() =>
+                {
+                    std::thread::sleep(EXEC_SERVICE_POLL);
+                }
+                Err(errno) => {
+                    return Err(format!(
+                        "cannot reach the agent's exec service at vsock {cid}:{EXEC_PORT}: {errno}"
+                    ))
+                }
+            }
+        }
+    }
+
     fn lock_started(&self) -> std::sync::MutexGuard<'_, Option<(u32, Instant)>> {
         self.started
             .lock()
@@ -137,9 +165,7 @@ impl Handler for VmControl {
         let Some((cid, _)) = *self.lock_started() else {
             return Err("the VM is still starting; try again in a moment".into());
         };
-        let agent = crate::vmm::agent_vsock::connect(cid, EXEC_PORT).map_err(|errno| {
-            format!("cannot reach the agent's exec service at vsock {cid}:{EXEC_PORT}: {errno}")
-        })?;
+        let agent = self.connect_exec(cid)?;
         request.token = token.clone();
         Message::Control(Control::Exec(request))
             .write_to(&mut &agent)

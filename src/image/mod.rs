@@ -11,6 +11,7 @@
 pub mod aci;
 pub mod acname;
 pub mod auth;
+pub mod build;
 pub mod config;
 pub mod dirfd;
 pub mod discovery;

@@ -182,6 +182,49 @@ fn prepare_podvm_group() -> Result<()> {
     Ok(())
 }
 
+/// What a pod's cgroup counted for its VMM and vCPUs; `None` where the kernel has no such file
+/// or field (e.g. `memory.peak` before Linux 5.19).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CgroupUsage {
+    /// User CPU time (`cpu.stat` user_usec), microseconds.
+    pub cpu_user_usec: Option<u64>,
+    /// System CPU time (`cpu.stat` system_usec), microseconds.
+    pub cpu_system_usec: Option<u64>,
+    /// Peak memory (`memory.peak`), bytes.
+    pub memory_peak_bytes: Option<u64>,
+    /// Processes the kernel OOM-killed in it (`memory.events` oom_kill).
+    pub oom_kills: Option<u64>,
+}
+
+/// What the cgroup at `dir` counted.
+pub fn usage_of(dir: &Path) -> CgroupUsage {
+    let read = |file: &str| fs::read_to_string(dir.join(file)).unwrap_or_default();
+    let field = |text: &str, key: &str| {
+        text.lines().find_map(|line| {
+            line.strip_prefix(key)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    };
+    let (cpu, events) = (read("cpu.stat"), read("memory.events"));
+    CgroupUsage {
+        cpu_user_usec: field(&cpu, "user_usec"),
+        cpu_system_usec: field(&cpu, "system_usec"),
+        memory_peak_bytes: read("memory.peak").trim().parse().ok(),
+        oom_kills: field(&events, "oom_kill"),
+    }
+}
+
+/// What pod `uuid`'s cgroup counted, found through process `pid` in it (its VMM); `None` when
+/// that process is not in the pod's cgroup (gone, or a pod run without limits).
+pub fn usage_of_process(pid: u32, uuid: &str) -> Option<CgroupUsage> {
+    let cgroup = of_process(pid).ok().filter(|dir| is_pods(dir, uuid))?;
+    let relative = cgroup.strip_prefix("/").unwrap_or(&cgroup);
+    Some(usage_of(&Path::new(CGROUP_MOUNT).join(relative)))
+}
+
 /// The pod cgroup this process is in; when dropped, the process moves back to the cgroup it came
 /// from and the pod's cgroup is removed.
 #[derive(Debug)]
@@ -221,6 +264,11 @@ impl PodCgroup {
         cgroup.set("cpu.max", &limits.cpu_max(), true)?;
         cgroup.set("pids.max", &limits.pids_max(), true)?;
         Ok(cgroup)
+    }
+
+    /// What the pod's cgroup counted so far.
+    pub fn usage(&self) -> CgroupUsage {
+        usage_of(&self.dir)
     }
 
     /// Writes a limit file; one that is not `required` may be missing (e.g. no
@@ -348,6 +396,29 @@ fn write(path: &Path, value: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn usage_reads_cpu_time_peak_memory_and_oom_kills() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("cpu.stat"),
+            "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n",
+        )
+        .expect("cpu.stat");
+        std::fs::write(dir.path().join("memory.peak"), "4096\n").expect("memory.peak");
+        std::fs::write(
+            dir.path().join("memory.events"),
+            "low 0\noom 1\noom_kill 2\n",
+        )
+        .expect("memory.events");
+        let usage = usage_of(dir.path());
+        assert_eq!(usage.cpu_user_usec, Some(1000));
+        assert_eq!(usage.cpu_system_usec, Some(500));
+        assert_eq!(usage.memory_peak_bytes, Some(4096));
+        assert_eq!(usage.oom_kills, Some(2), "oom_kill, not oom");
+        assert_eq!(usage_of(&dir.path().join("gone")), CgroupUsage::default());
+    }
+
     use super::*;
 
     #[test]

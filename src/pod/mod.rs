@@ -15,6 +15,8 @@
 //! and `status.json`.
 
 pub mod cgroup;
+pub mod copy;
+pub mod export;
 pub mod lock;
 pub mod logs;
 pub mod manifest;
@@ -27,6 +29,29 @@ pub mod volumes;
 
 pub use self::state::PodState;
 pub use self::store::{Pod, PodStore};
+
+/// The app of pod `uuid` that `name` names, or its only app when no name is given.
+pub fn select_app<'a>(
+    uuid: &str,
+    manifest: &'a manifest::PodManifest,
+    name: Option<&str>,
+) -> Result<&'a manifest::RuntimeApp> {
+    let found = match (name, manifest.apps.as_slice()) {
+        (Some(name), apps) => apps.iter().find(|app| app.name == name),
+        (None, [only]) => Some(only),
+        (None, _) => None,
+    };
+    found.ok_or_else(|| PodError::NoSuchApp {
+        uuid: uuid.to_string(),
+        app: name.unwrap_or_default().to_string(),
+        apps: manifest
+            .apps
+            .iter()
+            .map(|app| app.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
 
 use std::path::PathBuf;
 

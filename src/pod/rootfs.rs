@@ -180,7 +180,7 @@ fn create(dir: &Path) -> Result<(), RootfsError> {
 }
 
 /// Escapes the characters overlayfs options treat specially (`,` `:` `\`).
-fn escape(path: &Path) -> String {
+pub fn escape(path: &Path) -> String {
     let mut out = String::new();
     for c in path.to_string_lossy().chars() {
         if matches!(c, ',' | ':' | '\\') {

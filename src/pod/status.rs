@@ -34,6 +34,25 @@ pub struct PodStatus {
     /// is not in a pod cgroup.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unlimited: bool,
+    /// What the pod used, recorded when its VM ended (`status` reads a running pod's live).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<PodUsage>,
+}
+
+/// What a pod used, for accounting (`status --format json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodUsage {
+    /// Wall time of the VM, milliseconds.
+    pub wall_ms: u64,
+    /// What its cgroup counted (the VMM and the vCPUs: the guest's CPU time and memory).
+    #[serde(flatten)]
+    pub cgroup: super::cgroup::CgroupUsage,
+    /// Guest RAM the guest touched, KiB (after the VM ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_memory_kib: Option<u64>,
+    /// Peak resident memory of the VMM process, guest RAM included, KiB (after the VM ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm_peak_rss_kib: Option<u64>,
 }
 
 /// Seconds since the epoch.

@@ -173,7 +173,9 @@ pub fn parse_mount(text: &str) -> Result<Mount, VolumeError> {
     for (key, value) in pairs(text) {
         match (key, value) {
             ("volume", Some(name)) if valid_name(name) => volume = Some(name.to_string()),
-            ("target", Some(target)) if target.starts_with('/') => path = Some(target.to_string()),
+            ("target", Some(target)) if target.starts_with('/') => {
+                path = Some(clamp_target(target))
+            }
             _ => return Err(bad(format!("unknown or bad {key:?}"))),
         }
     }
@@ -181,6 +183,23 @@ pub fn parse_mount(text: &str) -> Result<Mount, VolumeError> {
         volume: volume.ok_or_else(|| bad("volume= is missing".into()))?,
         path: path.ok_or_else(|| bad("target= is missing".into()))?,
     })
+}
+
+/// `target` with `.` and `..` resolved lexically inside the app's root, as rkt does: `..` at the
+/// root stays at the root, so `/dir1/../../../x` is `/x`. (The agent still refuses a target that
+/// a symlink in the image takes outside the root.)
+pub fn clamp_target(target: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            name => parts.push(name),
+        }
+    }
+    format!("/{}", parts.join("/"))
 }
 
 /// An appc ACName (a volume's name ends up in a host path of the pod).
@@ -394,6 +413,11 @@ mod tests {
         assert_eq!(mount.volume, "data");
         assert_eq!(mount.path, "/var/data");
         assert!(parse_mount("volume=data,target=rel").is_err());
+        // As rkt: `..` never leaves the app's root.
+        let clamped = parse_mount("volume=data,target=/dir1/../../../x").expect("ok");
+        assert_eq!(clamped.path, "/x");
+        assert_eq!(clamp_target("/a/./b/../c/"), "/a/c");
+        assert_eq!(clamp_target("/.."), "/");
         assert!(parse_mount("volume=data").is_err());
         let volumes = [parse_volume("data,kind=empty").expect("ok")];
         let good = [mount.clone()];

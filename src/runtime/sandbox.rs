@@ -675,7 +675,7 @@ fn start_vm(
         kernel,
         kernel_chosen_by_user: config.kernel.is_some(),
         cmdline: boot::kernel_cmdline(true, &config.kernel_args),
-        initramfs: initramfs::pack(&agent, None)?.as_ref().clone(),
+        initramfs: initramfs::pack(&agent, None)?,
         memory_mib: config.memory_mib,
         vcpus: config.cpus,
         shares: vec![FsShare {
@@ -715,7 +715,7 @@ fn start_vm(
                     let _ = handle_tx.send(handle);
                 })),
             };
-            let result = vmm::run(&vm_config, outputs);
+            let result = vmm::run(vm_config, outputs);
             ended.vm_ended();
             result
         })

@@ -228,13 +228,12 @@ impl ContainerShare {
         let fill = match self.mount_overlay(id, image, &root) {
             Ok(mount) => Fill::Overlay(mount),
             Err(overlay) => {
-                crate::tree_copy::copy_into(image_fd, &root).map_err(|source| {
-                    ShareError::Fill {
+                crate::tree_copy::copy_into(image_fd, &root, crate::tree_copy::Fidelity::Faithful)
+                    .map_err(|source| ShareError::Fill {
                         id: id.to_string(),
                         overlay,
                         source,
-                    }
-                })?;
+                    })?;
                 Fill::Copy
             }
         };

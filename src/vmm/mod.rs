@@ -40,8 +40,9 @@ pub struct VmConfig {
     pub kernel_chosen_by_user: bool,
     /// Kernel command line.
     pub cmdline: String,
-    /// The initramfs, a newc cpio archive.
-    pub initramfs: Vec<u8>,
+    /// The initramfs, a newc cpio archive (shared with other VMs of this process; let go once
+    /// it is in guest memory).
+    pub initramfs: Arc<Vec<u8>>,
     /// Guest memory in MiB.
     pub memory_mib: u64,
     /// Number of vCPUs.
@@ -164,9 +165,9 @@ pub enum VmmError {
 /// Builds the VM described by `config` and runs it until the guest shuts down.
 ///
 /// Returns the memory figures measured just before teardown.
-pub fn run(config: &VmConfig, outputs: VmOutputs) -> Result<VmStats, VmmError> {
-    check_host(config)?;
-    check_resources(config)?;
+pub fn run(mut config: VmConfig, outputs: VmOutputs) -> Result<VmStats, VmmError> {
+    check_host(&config)?;
+    check_resources(&config)?;
     let kvm = Kvm::new().map_err(|source| VmmError::Kvm {
         what: "open /dev/kvm",
         source,
@@ -191,6 +192,9 @@ pub fn run(config: &VmConfig, outputs: VmOutputs) -> Result<VmStats, VmmError> {
         agent_listener.port()
     );
     let kernel = boot::load(&guest_memory, &config.kernel, &config.initramfs, &cmdline)?;
+    // In guest memory now: the VMM's own copy goes (the guest's stays resident until its
+    // kernel has unpacked and freed it).
+    config.initramfs = Arc::default();
     mptable::write(&guest_memory, config.vcpus)?;
     let bus = Arc::new(Mutex::new(devices::PioBus::new(&vm, outputs.console)?));
     let agent_reader = agent_listener.serve(guest_cid, outputs.agent)?;

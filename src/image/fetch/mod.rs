@@ -19,6 +19,21 @@ use crate::image::{discovery, local, ImageError};
 use crate::store::record::ImageRecord;
 use crate::store::{Store, StoreError};
 
+/// Imports the image tagged `latest` in the OCI layout at `dir` under `name` (a canonical
+/// name, e.g. `docker://localhost/tool:1`), as `image build` does with what it built.
+pub fn import_layout(store: &Store, name: &str, dir: &Path) -> Result<ImageRecord, ImageError> {
+    let _lock = store.lock(false)?;
+    let (manifest, blobs) =
+        local::oci_layout_manifest(name, dir, Some("latest")).map_err(FetchError::from)?;
+    Ok(layout::import_local_manifest(
+        store,
+        name,
+        &manifest,
+        &blobs,
+        Vec::new(),
+    )?)
+}
+
 /// Fetches `input` into the store (obeying the pull policy) and returns its record.
 pub fn fetch(store: &Store, opts: &FetchOptions, input: &str) -> Result<ImageRecord, ImageError> {
     let name = canonical_name(input)?;
