@@ -67,7 +67,7 @@ pub fn run(stream: File, options: &RelayOptions) -> Result<ExitStatus, ExecClien
 
 /// Feeds the agent's bytes to `link` until the agent closes the connection.
 fn pump(stream: File, link: &mut AgentLink) {
-    if let Err(err) = crate::runtime::sandbox::pump(stream, link) {
+    if let Err(err) = crate::runtime::session::pump(stream, link) {
         eprintln!("podvm: exec: cannot deliver output: {err}");
     }
 }

@@ -36,13 +36,12 @@
 //! it starts, carrying its output; exec sessions are opened by the host to the agent's exec
 //! port with the sandbox's secret token.
 
-pub mod boot;
+pub(crate) mod boot;
+pub mod config;
 pub mod sandbox;
 pub mod session;
 pub mod share;
 
+pub use config::{ContainerConfig, ContainerStatus, ExecConfig, Io, SandboxConfig, SandboxStats};
 pub use podvm_protocol::{AppLimits, ExitStatus, ProcessSpec};
-pub use sandbox::{
-    ContainerConfig, ContainerStatus, ExecConfig, Io, Sandbox, SandboxConfig, SandboxError,
-    SandboxStats,
-};
+pub use sandbox::{Sandbox, SandboxError};

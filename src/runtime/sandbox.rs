@@ -3,8 +3,7 @@
 //! everything it made on the host.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
@@ -13,11 +12,14 @@ use std::time::{Duration, Instant};
 
 use podvm_protocol::{
     BootSpec, ContainerErrorKind, ContainerOp, ContainerRootfs, ContainerSpec, Control,
-    ExecRequest, ExitStatus, IdError, Message, ProcessSpec, ShareSpec, EXEC_PORT,
+    ExecRequest, ExitStatus, IdError, Message, ShareSpec, EXEC_PORT,
 };
 
 use super::boot;
-use super::session::{Events, SessionError, Waited};
+use super::config::{
+    ContainerConfig, ContainerStatus, ExecConfig, Io, SandboxConfig, SandboxStats,
+};
+use super::session::{self, Events, SessionError, Waited};
 use super::share::{ContainerRoot, ContainerShare, ShareError, SHARE_TAG};
 use crate::agent_link::{self, AgentLink, HostWriter};
 use crate::vmm::devices::virtio::fs::FsShare;
@@ -26,132 +28,6 @@ use crate::{artifacts, initramfs};
 
 /// How long after the grace period of a stop the VM may take to power off before it is killed.
 const POWER_OFF_PATIENCE: Duration = Duration::from_secs(30);
-/// Size of one read from an exec session.
-const READ_CHUNK: usize = 64 * 1024;
-
-/// What a sandbox is made from.
-#[derive(Debug, Clone)]
-pub struct SandboxConfig {
-    /// The sandbox's private directory (created, 0700; it must not exist): the share of the
-    /// containers' roots, their overlays' upper directories, the console log. Removed by
-    /// [`Sandbox::stop`].
-    pub dir: PathBuf,
-    /// Guest kernel; the installed one when `None`.
-    pub kernel: Option<PathBuf>,
-    /// Guest agent; the installed one when `None`.
-    pub agent: Option<PathBuf>,
-    /// vCPUs.
-    pub cpus: u8,
-    /// Guest memory in MiB.
-    pub memory_mib: u64,
-    /// Extra kernel command line arguments.
-    pub kernel_args: Vec<String>,
-    /// How long the agent may take to come up.
-    pub boot_timeout: Duration,
-    /// How long the agent may take to answer a container request.
-    pub request_timeout: Duration,
-    /// At a stop, how long processes get between SIGTERM and SIGKILL.
-    pub stop_grace: Duration,
-}
-
-impl Default for SandboxConfig {
-    fn default() -> Self {
-        Self {
-            dir: PathBuf::new(),
-            kernel: None,
-            agent: None,
-            cpus: 1,
-            memory_mib: 512,
-            kernel_args: Vec::new(),
-            boot_timeout: Duration::from_secs(120),
-            request_timeout: Duration::from_secs(60),
-            stop_grace: Duration::from_secs(10),
-        }
-    }
-}
-
-/// A container to add to a sandbox.
-#[derive(Debug, Clone, Default)]
-pub struct ContainerConfig {
-    /// Its id: an appc ACName ([`podvm_protocol::check_container_id`]), unique in the sandbox.
-    pub id: String,
-    /// The image's rendered root filesystem on the host (never modified: the container's
-    /// writes go to an overlay of it, or to a copy).
-    pub rootfs: PathBuf,
-    /// Its process, started by [`Sandbox::start`]; `stdin` must be false (not supported yet).
-    pub process: ProcessSpec,
-    /// Its root is read-only.
-    pub read_only: bool,
-}
-
-/// A command to run in a container's root while the sandbox runs.
-#[derive(Debug, Clone, Default)]
-pub struct ExecConfig {
-    /// Program and arguments.
-    pub command: Vec<String>,
-    /// Environment as `KEY=VALUE` entries.
-    pub env: Vec<String>,
-    /// Working directory; `/` when absent.
-    pub workdir: Option<String>,
-    /// User, a name or number; root when absent.
-    pub user: Option<String>,
-    /// Group, a name or number; the user's when absent.
-    pub group: Option<String>,
-}
-
-/// Where a process's output goes (the caller's sinks; nothing is printed by the runtime).
-pub struct Io {
-    /// Its standard output.
-    pub stdout: Box<dyn Write + Send>,
-    /// Its standard error.
-    pub stderr: Box<dyn Write + Send>,
-}
-
-impl Io {
-    /// Output thrown away.
-    pub fn discard() -> Self {
-        Self {
-            stdout: Box::new(io::sink()),
-            stderr: Box::new(io::sink()),
-        }
-    }
-}
-
-impl std::fmt::Debug for Io {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Io")
-    }
-}
-
-/// Where a container is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ContainerStatus {
-    /// Created; its process not started.
-    Created,
-    /// Its process was started.
-    Running,
-    /// Its process ended so.
-    Exited(ExitStatus),
-}
-
-/// A sandbox's figures now.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SandboxStats {
-    /// Since the VM started.
-    pub uptime: Duration,
-    /// Guest memory configured, MiB.
-    pub memory_mib: u64,
-    /// Guest RAM the guest touched (resident on the host), KiB.
-    pub guest_resident_kib: u64,
-    /// Resident set of the whole process holding the VMM, KiB.
-    pub process_rss_kib: u64,
-    /// CPU time of the VM's vCPU threads so far, milliseconds.
-    pub vcpu_time_ms: u64,
-    /// vCPUs.
-    pub vcpus: usize,
-    /// Containers by status: created, running, exited.
-    pub containers: (usize, usize, usize),
-}
 
 /// Errors of the runtime; each names what failed.
 #[derive(Debug, thiserror::Error)]
@@ -488,7 +364,7 @@ impl Sandbox {
                 .map_err(|err| failed(format!("cannot send the request: {err}")))?;
         }
         let (mut link, report) = AgentLink::new(io.stdout, io.stderr);
-        let pumped = pump(stream, &mut link);
+        let pumped = session::pump(stream, &mut link);
         drop(link);
         let report = agent_link::lock(&report).clone();
         if let Some(status) = report.exit {
@@ -727,28 +603,6 @@ fn start_vm(
             _ => SandboxError::VmEnded,
         }),
     }
-}
-
-/// Feeds an exec session's bytes to `link` until the agent closes it (or the connection
-/// breaks: the missing exit status tells). Output that cannot be delivered is dropped (the
-/// session goes on, so the agent is never blocked); the first such error is returned.
-pub fn pump(mut stream: File, link: &mut AgentLink) -> io::Result<()> {
-    let mut buffer = vec![0u8; READ_CHUNK];
-    let mut first_error = None;
-    loop {
-        match stream.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(n) => {
-                if let Err(err) = link.write_all(&buffer[..n]) {
-                    first_error.get_or_insert(err);
-                }
-            }
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
-    let _ = link.flush();
-    first_error.map_or(Ok(()), Err)
 }
 
 /// Removes the sandbox's directory once its share is gone: the console log, then itself.

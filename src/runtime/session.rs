@@ -6,13 +6,17 @@
 //! ([`Events::request`] holds a lock across send and answer) and the next answer is its own.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::io::{self, Write};
+use std::fs::File;
+use std::io::{self, Read, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use podvm_protocol::{ContainerErrorKind, ContainerOp, Control, ExitStatus, Message};
 
-use crate::agent_link::{AppOutputs, AppWriters, ControlHook, HostWriter};
+use crate::agent_link::{AgentLink, AppOutputs, AppWriters, ControlHook, HostWriter};
+
+/// Size of one read from an exec session.
+const READ_CHUNK: usize = 64 * 1024;
 
 /// Errors of a request to the agent.
 #[derive(Debug, thiserror::Error)]
@@ -350,6 +354,28 @@ impl Drop for Closing {
             state.closed.insert(id);
         });
     }
+}
+
+/// Feeds an exec session's bytes to `link` until the agent closes it (or the connection
+/// breaks: the missing exit status tells). Output that cannot be delivered is dropped (the
+/// session goes on, so the agent is never blocked); the first such error is returned.
+pub(crate) fn pump(mut stream: File, link: &mut AgentLink) -> io::Result<()> {
+    let mut buffer = vec![0u8; READ_CHUNK];
+    let mut first_error = None;
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => {
+                if let Err(err) = link.write_all(&buffer[..n]) {
+                    first_error.get_or_insert(err);
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    let _ = link.flush();
+    first_error.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]
