@@ -986,3 +986,33 @@ fn image_build_is_reproducible_and_lands_in_the_store_by_its_name() {
     let images = json(dir, &["image", "list", "--format", "json"]);
     assert!(images.to_string().contains("localhost/job:1"), "{images}");
 }
+
+#[test]
+fn gc_with_a_zero_grace_period_removes_an_exited_pod_in_one_pass() {
+    let Some((data, fixtures)) = setup() else {
+        return;
+    };
+    let dir = data.path();
+    let uuid = prepare_busybox(dir, fixtures);
+    // What a run leaves: the pod in run/, started, nobody holding its lock: exited.
+    let prepared = dir.join("pods/prepared").join(&uuid);
+    record_start(&prepared, 4_000_000);
+    std::fs::create_dir_all(dir.join("pods/run")).expect("run dir");
+    std::fs::rename(&prepared, dir.join("pods/run").join(&uuid)).expect("move pod");
+    assert_eq!(
+        json(dir, &["status", "--format", "json", &uuid])["state"],
+        "exited"
+    );
+    // As rkt: marked as garbage and, its grace period over at once, deleted in the same pass.
+    let out = podvm(dir, &["gc", "--grace-period", "0s"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !said.contains("podvm: gc:"),
+        "{said}"
+    );
+    assert_eq!(
+        json(dir, &["list", "--format", "json"]),
+        serde_json::json!([]),
+        "{said}"
+    );
+}
