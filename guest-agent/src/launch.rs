@@ -15,9 +15,11 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::unistd::{Gid, Pid, Uid};
 use podvm_protocol::{
-    AppLimits, BootSpec, ExecRequest, ProcessSpec, Stream, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND,
+    AppLimits, BootSpec, ExecRequest, ProcessSpec, Security, Stream, EXIT_CANNOT_EXEC,
+    EXIT_NOT_FOUND,
 };
 
+use crate::security::{self, SecurityError};
 use crate::users::{self, Identity, UserError};
 
 /// The search path every process starts with; the spec's `PATH` overrides it.
@@ -42,6 +44,8 @@ pub struct Job<'a> {
     pub app: &'a str,
     /// Resource limits: run in the app's own cgroup when any is set.
     pub limits: AppLimits,
+    /// Capabilities and seccomp filter.
+    pub security: &'a Security,
 }
 
 impl<'a> Job<'a> {
@@ -59,6 +63,7 @@ impl<'a> Job<'a> {
                 .as_ref()
                 .map_or("app", |rootfs| rootfs.app.as_str()),
             limits: spec.limits,
+            security: &spec.security,
         }
     }
 
@@ -73,11 +78,12 @@ impl<'a> Job<'a> {
             tty: process.tty,
             app: name,
             limits: process.limits,
+            security: &process.security,
         }
     }
 
-    /// An exec session's process.
-    pub fn from_exec(request: &'a ExecRequest) -> Self {
+    /// An exec session's process, with the security settings of the app it runs in.
+    pub fn from_exec(request: &'a ExecRequest, security: &'a Security) -> Self {
         Self {
             command: &request.command,
             env: &request.env,
@@ -87,6 +93,7 @@ impl<'a> Job<'a> {
             tty: request.tty,
             app: "exec",
             limits: AppLimits::default(),
+            security,
         }
     }
 }
@@ -135,6 +142,9 @@ pub enum LaunchError {
     /// The app's cgroup could not be set up.
     #[error(transparent)]
     Cgroup(#[from] crate::cgroup::CgroupError),
+    /// The app's capabilities or seccomp filter could not be prepared.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
     /// The terminal or pipes could not be set up.
     #[error("cannot set up the standard streams ({what}): {source}")]
     Streams {
@@ -164,6 +174,7 @@ impl LaunchError {
             | LaunchError::Workdir { .. }
             | LaunchError::User(_)
             | LaunchError::Cgroup(_)
+            | LaunchError::Security(_)
             | LaunchError::Streams { .. } => EXIT_CANNOT_EXEC,
         }
     }
@@ -297,6 +308,7 @@ pub fn spawn(job: &Job<'_>, root: &Path) -> Result<Started, LaunchError> {
         resolve(program, path, &workdir)?
     };
     let exec_args = ExecArgs::new(&resolved, program, args, &env)?;
+    let privileges = security::prepare(job.security)?;
     let mut command = Command::new(&resolved);
     command
         .arg0(program)
@@ -323,7 +335,14 @@ pub fn spawn(job: &Job<'_>, root: &Path) -> Result<Started, LaunchError> {
             .stderr(Stdio::piped());
         (None, None)
     };
-    before_exec(&mut command, identity, change_ids, job.tty, exec_args);
+    before_exec(
+        &mut command,
+        identity,
+        change_ids,
+        job.tty,
+        privileges,
+        exec_args,
+    );
     let mut child = command.spawn().map_err(|err| exec_error(resolved, &err))?;
     // The pty's slave ends went into the child; dropping the command closes ours, so the
     // master sees EOF (EIO) once the app and its children are gone.
@@ -427,14 +446,16 @@ impl ExecArgs {
 }
 
 /// In the child, between fork and exec: a new session (its own process group), the pty as
-/// controlling terminal, then groups, gid and uid (in that order: dropping uid comes last), and
-/// the exec itself: execve, not the execvp std would use, which runs files it cannot execute
-/// as shell scripts instead of failing with ENOEXEC.
+/// controlling terminal, the capability bounding set cut (while still root), then groups, gid
+/// and uid (in that order: dropping uid comes last), the seccomp filter, and the exec itself:
+/// execve, not the execvp std would use, which runs files it cannot execute as shell scripts
+/// instead of failing with ENOEXEC.
 fn before_exec(
     command: &mut Command,
     identity: Identity,
     change_ids: bool,
     tty: bool,
+    privileges: security::Prepared,
     exec_args: ExecArgs,
 ) {
     let groups: Vec<Gid> = identity
@@ -454,11 +475,13 @@ fn before_exec(
                 return Err(std::io::Error::last_os_error());
             }
         }
+        security::drop_bounding(&privileges)?;
         if change_ids {
             nix::unistd::setgroups(&groups)?;
             nix::unistd::setgid(gid)?;
             nix::unistd::setuid(uid)?;
         }
+        security::install_filter(&privileges)?;
         // SAFETY: program, argv and envp are NUL-terminated strings and NULL-terminated
         // pointer arrays owned by `exec_args`, alive for the call; execve only returns on error.
         unsafe {
@@ -470,8 +493,9 @@ fn before_exec(
         }
         Err(std::io::Error::last_os_error())
     };
-    // SAFETY: the hook only makes async-signal-safe system calls (setsid, ioctl, setgroups,
-    // setgid, setuid, execve) on data prepared before the fork; it allocates nothing.
+    // SAFETY: the hook only makes async-signal-safe system calls (setsid, ioctl, prctl,
+    // setgroups, setgid, setuid, seccomp, execve) on data prepared before the fork; it
+    // allocates nothing.
     unsafe {
         command.pre_exec(hook);
     }

@@ -267,6 +267,10 @@ pub struct BootSpec {
     /// `/podvm/shares/<tag>`.
     #[serde(default)]
     pub shares: Vec<ShareSpec>,
+    /// Capabilities and seccomp filter of the single app ([`BootSpec::command`]) and of the
+    /// exec sessions in its root.
+    #[serde(default)]
+    pub security: Security,
 }
 
 /// An app's resource limits inside the VM (its appc isolators): the agent runs the app in its
@@ -337,6 +341,9 @@ pub struct AppSpec {
     /// Resource limits, as in [`BootSpec::limits`].
     #[serde(default)]
     pub limits: AppLimits,
+    /// Capabilities and seccomp filter, as in [`BootSpec::security`].
+    #[serde(default)]
+    pub security: Security,
 }
 
 impl AppSpec {
@@ -351,6 +358,7 @@ impl AppSpec {
             limits: self.limits,
             tty: false,
             stdin: false,
+            security: self.security.clone(),
         }
     }
 }
@@ -382,6 +390,46 @@ pub struct ProcessSpec {
     /// once, as for apps.
     #[serde(default)]
     pub stdin: bool,
+    /// Capabilities and seccomp filter, as in [`BootSpec::security`].
+    #[serde(default)]
+    pub security: Security,
+}
+
+/// What an app's processes may do (rkt's capability and seccomp isolators), applied by the
+/// agent between fork and exec to the app and to the exec sessions in its root. The default
+/// restricts nothing: the host decides the policy (rkt's defaults) and sends it whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Security {
+    /// The capabilities kept in the bounding set, by name (`CAP_CHOWN`, ...); a process run as
+    /// root has exactly these as permitted and effective, one run as another user none (as in
+    /// rkt). All capabilities when absent.
+    #[serde(default)]
+    pub capabilities: Option<Vec<String>>,
+    /// The seccomp filter, installed last before the exec (with no_new_privs); none when absent.
+    #[serde(default)]
+    pub seccomp: Option<SeccompSpec>,
+}
+
+/// A seccomp filter over system call numbers of the guest's architecture (x86_64).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeccompSpec {
+    /// Whether [`SeccompSpec::syscalls`] are the only ones allowed or the ones refused.
+    pub mode: SeccompMode,
+    /// System call numbers.
+    pub syscalls: Vec<i64>,
+    /// The errno a refused call fails with; absent: the process is killed (SIGSYS), as rkt does.
+    #[serde(default)]
+    pub errno: Option<u32>,
+}
+
+/// How a seccomp filter treats its system calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeccompMode {
+    /// Only the listed calls are allowed (`os/linux/seccomp-retain-set`).
+    Retain,
+    /// The listed calls are refused (`os/linux/seccomp-remove-set`).
+    Remove,
 }
 
 /// A virtio-fs share the agent mounts at boot for containers' roots.
@@ -979,6 +1027,14 @@ mod tests {
                     },
                     tty: true,
                     stdin: true,
+                    security: Security {
+                        capabilities: Some(vec!["CAP_CHOWN".into()]),
+                        seccomp: Some(SeccompSpec {
+                            mode: SeccompMode::Remove,
+                            syscalls: vec![4, 262, 332],
+                            errno: Some(54),
+                        }),
+                    },
                 },
             }))),
             Message::Control(Control::StartContainer { id: "web-1".into() }),

@@ -15,6 +15,7 @@ use crate::image::{self, ImageError, PreparedImage};
 use crate::pod::lock::PodLock;
 use crate::pod::manifest::{self, App, ImageRef, NameValue, PodManifest, RuntimeApp};
 use crate::pod::resources::{Isolator, ResourceError};
+use crate::pod::security::{self, SecurityError};
 use crate::pod::status::{now, PodStatus};
 use crate::pod::volumes::{self, VolumeError};
 use crate::pod::{PodError, PodStore};
@@ -108,6 +109,20 @@ struct AppArgs {
     /// Mount a pod volume into this app, volume=NAME,target=PATH (repeatable).
     #[arg(long = "mount", value_name = "volume=NAME,target=PATH")]
     mounts: Vec<String>,
+    /// Keep only these capabilities, e.g. CAP_NET_ADMIN,CAP_CHOWN (default: rkt's set).
+    #[arg(
+        long = "caps-retain",
+        value_name = "CAP,...",
+        conflicts_with = "caps_remove"
+    )]
+    caps_retain: Option<String>,
+    /// Remove these capabilities from rkt's default set.
+    #[arg(long = "caps-remove", value_name = "CAP,...")]
+    caps_remove: Option<String>,
+    /// Seccomp filter: mode=retain|remove[,errno=NAME],SYSCALL,... (wildcards such as
+    /// @rkt/default-whitelist; default: rkt's whitelist, other calls killed).
+    #[arg(long = "seccomp", value_name = "mode=MODE,...")]
+    seccomp: Option<String>,
     /// Arguments replacing the image's (after `--`).
     #[arg(last = true)]
     args: Vec<String>,
@@ -158,6 +173,9 @@ pub enum PrepareError {
     /// A bad `--memory` or `--cpu`.
     #[error(transparent)]
     Resource(#[from] ResourceError),
+    /// A bad `--caps-retain`, `--caps-remove` or `--seccomp`.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
     /// The image has no command and none was given.
     #[error("image {0} has no command: pass --exec")]
     NoCommand(String),
@@ -402,11 +420,24 @@ fn runtime_app(
     })
 }
 
-/// The app's `--memory` and `--cpu` as appc isolators.
+/// The app's `--memory`, `--cpu`, capability and seccomp flags as appc isolators.
 fn isolators(app: &AppArgs) -> Result<Vec<Isolator>, PrepareError> {
     let memory = app.memory.as_deref().map(Isolator::memory);
     let cpu = app.cpu.as_deref().map(Isolator::cpu);
-    Ok(memory.into_iter().chain(cpu).collect::<Result<_, _>>()?)
+    let mut isolators: Vec<Isolator> = memory.into_iter().chain(cpu).collect::<Result<_, _>>()?;
+    let retain = app
+        .caps_retain
+        .as_deref()
+        .map(|v| security::caps_isolator(true, v));
+    let remove = app
+        .caps_remove
+        .as_deref()
+        .map(|v| security::caps_isolator(false, v));
+    let seccomp = app.seccomp.as_deref().map(security::seccomp_isolator);
+    for isolator in retain.into_iter().chain(remove).chain(seccomp) {
+        isolators.push(isolator?);
+    }
+    Ok(isolators)
 }
 
 /// Splits the raw words at `---` and parses each app's flags.

@@ -30,20 +30,29 @@ pub enum ResourceError {
     },
 }
 
-/// An appc isolator: a named limit.
+/// An appc isolator: a named limit or set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Isolator {
-    /// `resource/memory` or `resource/cpu`.
+    /// `resource/memory`, `resource/cpu`, or one of the `os/linux/...-set` isolators of
+    /// [`super::security`].
     pub name: String,
     /// Its value.
     pub value: Limit,
 }
 
-/// The value of a resource isolator.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The value of an isolator: `limit` for a resource, `set` (and `errno`) for the capability and
+/// seccomp sets; the fields of the other kind stay empty and are not written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limit {
     /// The limit as given (a quantity string).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub limit: String,
+    /// Capability or system call names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<String>,
+    /// The errno name a seccomp set's refused calls fail with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errno: Option<String>,
 }
 
 impl Isolator {
@@ -64,6 +73,7 @@ impl Isolator {
             name: name.to_string(),
             value: Limit {
                 limit: limit.to_string(),
+                ..Limit::default()
             },
         }
     }
