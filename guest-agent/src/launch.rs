@@ -46,6 +46,8 @@ pub struct Job<'a> {
     pub limits: AppLimits,
     /// Capabilities and seccomp filter.
     pub security: &'a Security,
+    /// Groups besides the user's.
+    pub supplementary_gids: &'a [u32],
 }
 
 impl<'a> Job<'a> {
@@ -64,6 +66,7 @@ impl<'a> Job<'a> {
                 .map_or("app", |rootfs| rootfs.app.as_str()),
             limits: spec.limits,
             security: &spec.security,
+            supplementary_gids: &spec.supplementary_gids,
         }
     }
 
@@ -79,6 +82,7 @@ impl<'a> Job<'a> {
             app: name,
             limits: process.limits,
             security: &process.security,
+            supplementary_gids: &process.supplementary_gids,
         }
     }
 
@@ -94,6 +98,7 @@ impl<'a> Job<'a> {
             app: "exec",
             limits: AppLimits::default(),
             security,
+            supplementary_gids: &[],
         }
     }
 }
@@ -283,7 +288,12 @@ pub fn spawn(job: &Job<'_>, root: &Path) -> Result<Started, LaunchError> {
     let Some((program, args)) = job.command.split_first() else {
         return Err(LaunchError::EmptyCommand);
     };
-    let identity = users::resolve(root, job.user, job.group)?;
+    let mut identity = users::resolve(root, job.user, job.group)?;
+    for gid in job.supplementary_gids {
+        if !identity.groups.contains(gid) {
+            identity.groups.push(*gid);
+        }
+    }
     let workdir = PathBuf::from(job.workdir.unwrap_or("/"));
     // The app's own root (a virtio-fs share) or the agent's: then nothing is chrooted.
     let in_own_root = root != Path::new("/");
@@ -325,7 +335,8 @@ pub fn spawn(job: &Job<'_>, root: &Path) -> Result<Started, LaunchError> {
     } else {
         command.current_dir(&workdir);
     }
-    let change_ids = job.user.is_some() || job.group.is_some();
+    let change_ids =
+        job.user.is_some() || job.group.is_some() || !job.supplementary_gids.is_empty();
     let (streams, terminal) = if job.tty {
         pty_streams(&mut command)?
     } else {

@@ -271,6 +271,10 @@ pub struct BootSpec {
     /// exec sessions in its root.
     #[serde(default)]
     pub security: Security,
+    /// Groups the single app's process is in besides its user's (rkt's
+    /// `--supplementary-gids`).
+    #[serde(default)]
+    pub supplementary_gids: Vec<u32>,
 }
 
 /// An app's resource limits inside the VM (its appc isolators): the agent runs the app in its
@@ -344,6 +348,9 @@ pub struct AppSpec {
     /// Capabilities and seccomp filter, as in [`BootSpec::security`].
     #[serde(default)]
     pub security: Security,
+    /// Supplementary groups, as in [`BootSpec::supplementary_gids`].
+    #[serde(default)]
+    pub supplementary_gids: Vec<u32>,
 }
 
 impl AppSpec {
@@ -359,6 +366,7 @@ impl AppSpec {
             tty: false,
             stdin: false,
             security: self.security.clone(),
+            supplementary_gids: self.supplementary_gids.clone(),
         }
     }
 }
@@ -393,6 +401,9 @@ pub struct ProcessSpec {
     /// Capabilities and seccomp filter, as in [`BootSpec::security`].
     #[serde(default)]
     pub security: Security,
+    /// Supplementary groups, as in [`BootSpec::supplementary_gids`].
+    #[serde(default)]
+    pub supplementary_gids: Vec<u32>,
 }
 
 /// What an app's processes may do (rkt's capability and seccomp isolators), applied by the
@@ -1035,6 +1046,7 @@ mod tests {
                             errno: Some(54),
                         }),
                     },
+                    supplementary_gids: vec![10, 27],
                 },
             }))),
             Message::Control(Control::StartContainer { id: "web-1".into() }),

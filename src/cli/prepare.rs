@@ -123,6 +123,19 @@ struct AppArgs {
     /// @rkt/default-whitelist; default: rkt's whitelist, other calls killed).
     #[arg(long = "seccomp", value_name = "mode=MODE,...")]
     seccomp: Option<String>,
+    /// Groups the app's process is in besides its user's, by number, e.g. 10,27.
+    #[arg(
+        long = "supplementary-gids",
+        value_name = "GID,...",
+        value_delimiter = ','
+    )]
+    supplementary_gids: Vec<u32>,
+    /// An annotation of the app, NAME=VALUE (repeatable), kept in the pod manifest.
+    #[arg(long = "user-annotation", value_name = "NAME=VALUE")]
+    user_annotations: Vec<String>,
+    /// A label of the app, NAME=VALUE (repeatable), kept in the pod manifest.
+    #[arg(long = "user-label", value_name = "NAME=VALUE")]
+    user_labels: Vec<String>,
     /// Arguments replacing the image's (after `--`).
     #[arg(last = true)]
     args: Vec<String>,
@@ -410,6 +423,9 @@ fn runtime_app(
                 .unwrap_or_else(|| defaults.working_dir.clone()),
             environment,
             isolators: isolators(app)?,
+            supplementary_gids: app.supplementary_gids.clone(),
+            user_annotations: parse_map("--user-annotation", &app.user_annotations)?,
+            user_labels: parse_map("--user-label", &app.user_labels)?,
         },
         read_only_root_fs: app.readonly_rootfs,
         mounts: app
@@ -461,6 +477,17 @@ fn split_apps(words: &[String]) -> Result<Vec<AppArgs>, PrepareError> {
             Ok(app)
         })
         .collect()
+}
+
+/// NAME=VALUE flags as a map (a later NAME wins).
+fn parse_map(
+    flag: &'static str,
+    values: &[String],
+) -> Result<std::collections::BTreeMap<String, String>, PrepareError> {
+    Ok(parse_pairs(flag, values)?
+        .into_iter()
+        .map(|pair| (pair.name, pair.value))
+        .collect())
 }
 
 fn parse_pairs(flag: &'static str, values: &[String]) -> Result<Vec<NameValue>, PrepareError> {

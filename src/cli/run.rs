@@ -396,6 +396,7 @@ fn run_pod(
         spec.group = non_empty(&app.app.group);
         spec.limits = resources::app_limits(&app.app.isolators);
         spec.security = crate::pod::security::security(&app.app.isolators)?;
+        spec.supplementary_gids = app.app.supplementary_gids.clone();
         app_log = Some(open_app_log(&pod, &app.name, vm.log_max)?);
     } else {
         for (index, app) in manifest.apps.iter().enumerate() {
@@ -575,6 +576,7 @@ fn app_spec(
         group: non_empty(&app.app.group),
         limits: resources::app_limits(&app.app.isolators),
         security: crate::pod::security::security(&app.app.isolators)?,
+        supplementary_gids: app.app.supplementary_gids.clone(),
     })
 }
 
