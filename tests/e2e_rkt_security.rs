@@ -95,7 +95,8 @@ fn batch() -> Option<Batch> {
             "extra_flags",
             &format!(
                 "u=$({PODVM} prepare {IMAGE} --supplementary-gids=10,27 --user-annotation team=web \
-                 --user-label tier=front --exec /bin/sh -- -c 'echo groups=$(id -G)') && \
+                 --user-label tier=front --oom-score-adj=-500 --cpu-shares=512 --exec /bin/sh -- -c \
+                 'echo groups=$(id -G) oom=$(cat /proc/self/oom_score_adj) weight=$(cat /sys/fs/cgroup/app-*/cpu.weight)') && \
                  {PODVM} cat-manifest $u | tr -d ' \n' && echo && {PODVM} run-prepared $u"
             ),
         )
@@ -296,7 +297,7 @@ fn enter_gets_each_apps_own_set_in_a_pod_of_two() {
 }
 
 #[test]
-fn supplementary_gids_annotations_and_labels_reach_the_manifest_and_the_app() {
+fn supplementary_gids_annotations_labels_oom_and_shares_reach_the_manifest_and_the_app() {
     let Some(result) = check("extra_flags") else {
         return;
     };
@@ -305,7 +306,10 @@ fn supplementary_gids_annotations_and_labels_reach_the_manifest_and_the_app() {
         "\"supplementaryGIDs\":[10,27]",
         "\"userAnnotations\":{\"team\":\"web\"}",
         "\"userLabels\":{\"tier\":\"front\"}",
-        "groups=0 10 27",
+        "{\"name\":\"os/linux/oom-score-adj\",\"value\":-500}",
+        "{\"name\":\"os/linux/cpu-shares\",\"value\":512}",
+        // cpu.weight 20 is cpu.shares 512 mapped as runc maps it.
+        "groups=0 10 27 oom=-500 weight=20",
     ] {
         assert!(out.contains(text), "{text}: {result}");
     }

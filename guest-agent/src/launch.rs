@@ -319,6 +319,10 @@ pub fn spawn(job: &Job<'_>, root: &Path) -> Result<Started, LaunchError> {
     };
     let exec_args = ExecArgs::new(&resolved, program, args, &env)?;
     let privileges = security::prepare(job.security)?;
+    let oom_score_adj = job
+        .limits
+        .oom_score_adj
+        .map(|adj| adj.to_string().into_bytes());
     let mut command = Command::new(&resolved);
     command
         .arg0(program)
@@ -351,6 +355,7 @@ pub fn spawn(job: &Job<'_>, root: &Path) -> Result<Started, LaunchError> {
         identity,
         change_ids,
         job.tty,
+        oom_score_adj,
         privileges,
         exec_args,
     );
@@ -456,6 +461,25 @@ impl ExecArgs {
     }
 }
 
+/// In the child: writes `value` (decimal) to its own `oom_score_adj` (in the app's root, whose
+/// /proc is the guest's). Allocates nothing.
+fn write_oom_score_adj(value: &[u8]) -> std::io::Result<()> {
+    // SAFETY: a NUL-terminated literal path; open touches no other memory of ours.
+    let fd = unsafe { libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `value` is a live slice of `value.len()` bytes; fd was just opened.
+    let written = unsafe { libc::write(fd, value.as_ptr().cast(), value.len()) };
+    let result = match written {
+        n if n < 0 => Err(std::io::Error::last_os_error()),
+        _ => Ok(()),
+    };
+    // SAFETY: closes the descriptor opened above, which nothing else holds.
+    unsafe { libc::close(fd) };
+    result
+}
+
 /// In the child, between fork and exec: a new session (its own process group), the pty as
 /// controlling terminal, the capability bounding set cut (while still root), then groups, gid
 /// and uid (in that order: dropping uid comes last), the seccomp filter, and the exec itself:
@@ -466,6 +490,7 @@ fn before_exec(
     identity: Identity,
     change_ids: bool,
     tty: bool,
+    oom_score_adj: Option<Vec<u8>>,
     privileges: security::Prepared,
     exec_args: ExecArgs,
 ) {
@@ -485,6 +510,10 @@ fn before_exec(
             if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+        }
+        if let Some(adj) = &oom_score_adj {
+            // First: lowering it needs CAP_SYS_RESOURCE, which the bounding set may lose.
+            write_oom_score_adj(adj)?;
         }
         security::drop_bounding(&privileges)?;
         if change_ids {

@@ -287,12 +287,19 @@ pub struct AppLimits {
     /// CPU time in thousandths of a CPU (`cpu.max` = millis x 100 us per 100 ms).
     #[serde(default)]
     pub cpu_millis: Option<u64>,
+    /// rkt's `--cpu-shares` (cgroup v1 shares, 2 to 262144), as `cpu.weight`.
+    #[serde(default)]
+    pub cpu_shares: Option<u64>,
+    /// rkt's `--oom-score-adj` (-1000 to 1000), written to the process's `oom_score_adj`
+    /// before it execs; not a cgroup setting ([`AppLimits::is_empty`] leaves it out).
+    #[serde(default)]
+    pub oom_score_adj: Option<i32>,
 }
 
 impl AppLimits {
-    /// Whether any limit is set.
+    /// Whether no cgroup limit is set (then the app needs no cgroup of its own).
     pub fn is_empty(&self) -> bool {
-        self.memory_bytes.is_none() && self.cpu_millis.is_none()
+        self.memory_bytes.is_none() && self.cpu_millis.is_none() && self.cpu_shares.is_none()
     }
 }
 
@@ -1035,6 +1042,8 @@ mod tests {
                     limits: AppLimits {
                         memory_bytes: Some(1 << 20),
                         cpu_millis: Some(500),
+                        cpu_shares: Some(512),
+                        oom_score_adj: Some(-500),
                     },
                     tty: true,
                     stdin: true,

@@ -136,6 +136,16 @@ struct AppArgs {
     /// A label of the app, NAME=VALUE (repeatable), kept in the pod manifest.
     #[arg(long = "user-label", value_name = "NAME=VALUE")]
     user_labels: Vec<String>,
+    /// The app's OOM score adjustment, -1000 (never killed) to 1000.
+    #[arg(
+        long = "oom-score-adj",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    oom_score_adj: Option<i64>,
+    /// The app's CPU shares (2 to 262144, default 1024), relative to the pod's other apps.
+    #[arg(long = "cpu-shares", value_name = "N")]
+    cpu_shares: Option<i64>,
     /// Arguments replacing the image's (after `--`).
     #[arg(last = true)]
     args: Vec<String>,
@@ -436,11 +446,19 @@ fn runtime_app(
     })
 }
 
-/// The app's `--memory`, `--cpu`, capability and seccomp flags as appc isolators.
+/// The app's `--memory`, `--cpu`, `--oom-score-adj`, `--cpu-shares`, capability and seccomp
+/// flags as appc isolators.
 fn isolators(app: &AppArgs) -> Result<Vec<Isolator>, PrepareError> {
     let memory = app.memory.as_deref().map(Isolator::memory);
     let cpu = app.cpu.as_deref().map(Isolator::cpu);
-    let mut isolators: Vec<Isolator> = memory.into_iter().chain(cpu).collect::<Result<_, _>>()?;
+    let oom = app.oom_score_adj.map(Isolator::oom_score_adj);
+    let shares = app.cpu_shares.map(Isolator::cpu_shares);
+    let mut isolators: Vec<Isolator> = memory
+        .into_iter()
+        .chain(cpu)
+        .chain(oom)
+        .chain(shares)
+        .collect::<Result<_, _>>()?;
     let retain = app
         .caps_retain
         .as_deref()

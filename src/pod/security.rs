@@ -13,7 +13,7 @@ use std::str::FromStr;
 use caps::Capability;
 use podvm_protocol::{SeccompMode, SeccompSpec, Security};
 
-use super::resources::{Isolator, Limit};
+use super::resources::{Isolator, Limit, LimitFields};
 use super::syscalls::SYSCALLS;
 
 /// appc isolator: the capabilities an app keeps (all others are dropped).
@@ -281,9 +281,12 @@ fn set_isolator(name: &str, set: Vec<String>, errno: Option<String>) -> Isolator
     Isolator {
         name: name.to_string(),
         value: Limit {
-            set,
-            errno,
-            ..Limit::default()
+            number: None,
+            fields: LimitFields {
+                set,
+                errno,
+                ..LimitFields::default()
+            },
         },
     }
 }
