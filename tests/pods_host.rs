@@ -858,7 +858,10 @@ fn a_pod_manifest_describes_the_pod_and_app_flags_beside_it_are_refused() {
         "apps": [
             {"name": "first", "image": {"name": image},
              "app": {"exec": ["/bin/echo", "from-first"], "user": "0", "group": "0",
-                     "environment": [{"name": "FROM", "value": "manifest"}]},
+                     "environment": [{"name": "FROM", "value": "manifest"}],
+                     "isolators": [{"name": "os/linux/capabilities-retain-set",
+                                    "value": {"set": ["CAP_NET_ADMIN"]}}],
+                     "supplementaryGIDs": [10]},
              "mounts": [{"volume": "work", "path": "/work"}]},
             {"name": "second", "image": {"name": image}, "readOnlyRootFS": true,
              "app": {"exec": ["/bin/echo", "from-second"]}}
@@ -882,6 +885,12 @@ fn a_pod_manifest_describes_the_pod_and_app_flags_beside_it_are_refused() {
     );
     assert!(env_of(&written, 0).contains(&("FROM".into(), "manifest".into())));
     assert_eq!(apps[0]["mounts"][0]["path"], "/work");
+    assert!(
+        apps[0]["app"]["isolators"]
+            .to_string()
+            .contains("CAP_NET_ADMIN"),
+        "the manifest's isolators reach the pod: {written}"
+    );
     assert_eq!(apps[1]["name"], "second");
     assert_eq!(apps[1]["readOnlyRootFS"], true);
     assert_eq!(written["volumes"][0]["name"], "work");
