@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
+use virtio_queue::QueueT;
 
 use super::super::{read_config_bytes, ActivateError, Activation, DeviceCore, VirtioDevice};
 use super::guard::Guard;
@@ -18,6 +19,15 @@ pub const DEVICE_TYPE: u32 = 26;
 pub const TAG_LEN: usize = 36;
 /// Queue 0 is the high-priority queue (FORGET, INTERRUPT), queue 1 the one request queue.
 const QUEUE_SIZES: [u16; 2] = [128, 1024];
+/// VIRTIO_RING_F_INDIRECT_DESC: a request's buffers may sit in one indirect table, so a 1 MiB
+/// write takes one ring slot instead of ~260 and more requests fit in the ring at once.
+const RING_INDIRECT_DESC: u32 = 28;
+/// VIRTIO_RING_F_EVENT_IDX: driver and device say up to which entry they want to be notified,
+/// so a busy queue is served without a kick per request and the guest without an interrupt
+/// per reply.
+const RING_EVENT_IDX: u32 = 29;
+/// The feature bits offered (the transport adds VIRTIO_F_VERSION_1).
+const FEATURES: u64 = (1 << RING_INDIRECT_DESC) | (1 << RING_EVENT_IDX);
 
 /// Errors while creating a virtio-fs device.
 #[derive(Debug, thiserror::Error)]
@@ -150,14 +160,18 @@ impl VirtioDevice for Fs {
     }
 
     fn features(&self) -> u64 {
-        0
+        FEATURES
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
     }
 
-    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+    fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
+        let event_idx = activation.acked_features & (1 << RING_EVENT_IDX) != 0;
+        for queue in &mut activation.queues {
+            queue.set_event_idx(event_idx);
+        }
         // The high-priority queue (0) may stay unused, and unready, by the driver.
         self.core
             .activate(activation, 1..QUEUE_SIZES.len(), |activation| {
@@ -204,6 +218,11 @@ mod tests {
         assert_eq!(word, [0; 4]);
         assert_eq!(device.device_type(), 26);
         assert_eq!(device.queue_max_sizes().len(), 2);
+        assert_eq!(
+            device.features(),
+            (1 << 28) | (1 << 29),
+            "indirect, event idx"
+        );
     }
 
     #[test]

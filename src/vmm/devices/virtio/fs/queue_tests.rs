@@ -8,7 +8,7 @@ use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRI
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::*;
 
@@ -339,4 +339,88 @@ fn syncfs_syncs_the_share_and_answers_with_the_result() {
     let root = ShareRoot(std::fs::File::open(dir.path()).expect("root").into());
     root.sync_share()
         .expect("syncfs of the share's file system");
+}
+
+/// `used_event` (driver → device, after the avail ring) and `avail_event` (device → driver,
+/// after the used ring) of a mock queue of `size` entries.
+fn event_addrs(mock: &MockSplitQueue<GuestMemoryMmap>, size: u16) -> (GuestAddress, GuestAddress) {
+    let used_event = mock.avail_addr().unchecked_add(4 + 2 * u64::from(size));
+    let avail_event = mock.used_addr().unchecked_add(4 + 8 * u64::from(size));
+    (used_event, avail_event)
+}
+
+/// With EVENT_IDX the device leaves `avail_event` at the next request it has not seen (the
+/// driver kicks only past it) and interrupts only when the used index passes the driver's
+/// `used_event`; without it, kicks are re-enabled (used flags 0) when the queue is drained.
+#[test]
+fn notifications_follow_event_idx_and_are_reenabled_when_drained() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = guarded_server(dir.path(), true);
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).expect("memory");
+    let mock = MockSplitQueue::new(&mem, 16);
+    let (used_event, avail_event) = event_addrs(&mock, 16);
+    queue_requests(
+        &mem,
+        &mock,
+        &[
+            request(FUSE_INIT, 1, 0, &init_args()),
+            request(FUSE_LOOKUP, 2, 1, b"missing\0"),
+        ],
+    );
+    let mut queue: Queue = mock.create_queue().expect("queue");
+    queue.set_event_idx(true);
+    // The driver wants an interrupt only once the used index passes 5.
+    mem.write_obj(5u16, used_event).expect("used_event");
+    let signal = CountSignals::default();
+    let served = process_queue(&mut queue, &mem, &server, &Syncs::default(), &signal);
+    assert_eq!(served.expect("served"), 2);
+    assert_eq!(mem.read_obj::<u16>(avail_event).expect("avail_event"), 2);
+    assert_eq!(
+        signal.0.get(),
+        0,
+        "used index 2 has not passed used_event 5"
+    );
+    // Now it wants the next one.
+    mem.write_obj(2u16, used_event).expect("used_event");
+    queue_requests_from(&mem, &mock, 2, &[request(FUSE_LOOKUP, 3, 1, b"x\0")]);
+    let served = process_queue(&mut queue, &mem, &server, &Syncs::default(), &signal);
+    assert_eq!(served.expect("served"), 1);
+    assert_eq!(mem.read_obj::<u16>(avail_event).expect("avail_event"), 3);
+    assert_eq!(signal.0.get(), 1);
+
+    let mock = MockSplitQueue::new(&mem, 16);
+    queue_requests(&mem, &mock, &[request(FUSE_INIT, 1, 0, &init_args())]);
+    let mut queue: Queue = mock.create_queue().expect("queue");
+    let served = process_queue(&mut queue, &mem, &server, &Syncs::default(), &signal);
+    assert_eq!(served.expect("served"), 1);
+    let flags: u16 = mem.read_obj(mock.used_addr()).expect("used flags");
+    assert_eq!(flags, 0, "kicks enabled again");
+    assert_eq!(
+        signal.0.get(),
+        2,
+        "without EVENT_IDX every batch interrupts"
+    );
+}
+
+/// An avail index far ahead of the ring (a broken driver) makes the queue yield nothing while
+/// it still says there is more: the call returns instead of spinning.
+#[test]
+fn a_broken_avail_index_does_not_spin() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = guarded_server(dir.path(), true);
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).expect("memory");
+    let mock = MockSplitQueue::new(&mem, 16);
+    mock.avail().idx().store(1000);
+    for event_idx in [false, true] {
+        let mut queue: Queue = mock.create_queue().expect("queue");
+        queue.set_event_idx(event_idx);
+        let served = process_queue(
+            &mut queue,
+            &mem,
+            &server,
+            &Syncs::default(),
+            &CountSignals::default(),
+        );
+        assert_eq!(served.expect("returns"), 0);
+    }
 }
