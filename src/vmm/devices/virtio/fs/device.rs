@@ -95,7 +95,19 @@ impl Fs {
 }
 
 /// The passthrough configuration: no file handles (O_PATH fds only, no open_by_handle_at), no
-/// writeback cache or DAX, xattrs on (the guard limits them to `user.*`), killpriv_v2 off.
+/// DAX, xattrs on (the guard limits them to `user.*`), killpriv_v2 off, and the writeback cache
+/// offered (FUSE_WRITEBACK_CACHE, if the driver asks for it).
+///
+/// Writeback cache: the guest's writes land in its page cache and reach the host as large
+/// writes, in the background or when the guest flushes. What is durable stays the same:
+/// fsync(2) in the guest writes the file's dirty pages back before its FUSE_FSYNC makes the
+/// host fsync; `sync`/syncfs(2) writes back every dirty page before FUSE_SYNCFS syncs the
+/// share's host file system; close(2) writes the file back (FUSE_FLUSH), so a closed file is in
+/// the host's page cache as without the cache, and the agent syncs before power-off. Only data
+/// a guest that is killed wrote without closing, fsyncing or syncing can now be lost, as on any
+/// crash. The passthrough opens write-only files read-write on the host (the guest kernel reads
+/// to fill partial pages) and drops O_APPEND (the guest kernel appends); the guard checks the
+/// guest's own flags, so neither lets a read-only share or a setuid file be written.
 pub fn passthrough_config(root: &str) -> Config {
     Config {
         root_dir: root.to_owned(),
@@ -103,7 +115,7 @@ pub fn passthrough_config(root: &str) -> Config {
         xattr: true,
         inode_file_handles: false,
         killpriv_v2: false,
-        writeback: false,
+        writeback: true,
         no_open: false,
         no_opendir: false,
         dax_file_size: None,

@@ -424,3 +424,78 @@ fn a_broken_avail_index_does_not_spin() {
         assert_eq!(served.expect("returns"), 0);
     }
 }
+
+const FUSE_OPEN: u32 = 14;
+const FUSE_READ: u32 = 15;
+const FUSE_WRITEBACK_CACHE: u32 = 1 << 16;
+
+/// Serves `req` as request number `index` of the queue and returns its reply header.
+fn serve_one(
+    mem: &GuestMemoryMmap,
+    mock: &MockSplitQueue<GuestMemoryMmap>,
+    queue: &mut Queue,
+    server: &FsServer,
+    index: u16,
+    req: Vec<u8>,
+) -> (u32, i32, u64) {
+    queue_requests_from(mem, mock, index, &[req]);
+    let served = process_queue(
+        queue,
+        mem,
+        server,
+        &Syncs::default(),
+        &CountSignals::default(),
+    );
+    assert_eq!(served.expect("served"), 1);
+    reply(mem, mock, index)
+}
+
+/// The device's own configuration takes the writeback cache a driver offers; a file the guest
+/// opens write-only can then be read through its handle (the guest kernel fills partial pages
+/// that way), because the host file is open read-write.
+#[test]
+fn the_writeback_cache_is_taken_and_write_only_handles_can_fill_pages() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("file"), b"hello").expect("file");
+    let root = dir.path().to_str().expect("utf-8");
+    let passthrough = PassthroughFs::new(super::super::passthrough_config(root)).expect("fs");
+    let server = Server::new(Guard::new(passthrough, false));
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).expect("memory");
+    let mock = MockSplitQueue::new(&mem, 16);
+    let mut queue: Queue = mock.create_queue().expect("queue");
+    let offered = FUSE_WRITEBACK_CACHE | FUSE_BIG_WRITES | FUSE_MAX_PAGES;
+    let init = request(FUSE_INIT, 1, 0, &init_args_with(offered));
+    assert_eq!(serve_one(&mem, &mock, &mut queue, &server, 0, init).1, 0);
+    let flags = reply_u64(&mem, 0, INIT_OUT_FLAGS) & 0xffff_ffff;
+    assert_ne!(
+        flags & u64::from(FUSE_WRITEBACK_CACHE),
+        0,
+        "writeback taken"
+    );
+
+    let lookup = request(FUSE_LOOKUP, 2, 1, b"file\0");
+    assert_eq!(serve_one(&mem, &mock, &mut queue, &server, 1, lookup).1, 0);
+    let node = reply_u64(&mem, 1, ENTRY_NODEID);
+    let write_only = u32::try_from(libc::O_WRONLY).expect("flag");
+    let open_args: Vec<u8> = [write_only, 0]
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .collect();
+    let open = request(FUSE_OPEN, 3, node, &open_args);
+    assert_eq!(serve_one(&mem, &mock, &mut queue, &server, 2, open).1, 0);
+    let handle = reply_u64(&mem, 2, 16);
+    let mut read_args = Vec::new();
+    read_args.extend_from_slice(&handle.to_le_bytes());
+    read_args.extend_from_slice(&0u64.to_le_bytes()); // offset
+    read_args.extend_from_slice(&5u32.to_le_bytes()); // size
+    read_args.extend_from_slice(&[0u8; 20]); // read_flags, lock_owner, flags, padding
+    let read = request(FUSE_READ, 4, node, &read_args);
+    assert_eq!(
+        serve_one(&mem, &mock, &mut queue, &server, 3, read),
+        (21, 0, 4)
+    );
+    let mut data = [0u8; 5];
+    let addr = GuestAddress(0x10_0000 + 3 * 0x1_0000 + 0x8000 + 16);
+    mem.read_slice(&mut data, addr).expect("read data");
+    assert_eq!(&data, b"hello");
+}
