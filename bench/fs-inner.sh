@@ -23,7 +23,7 @@ qemu_run() {
     2>>$res/virtiofsd.err &
   vpid=$!
   w=0; while [ ! -S /tmp/vfsd.sock ] && [ $w -lt 100 ]; do sleep 0.1; w=$((w + 1)); done
-  timeout 900 $qemu -M microvm,isa-serial=on,rtc=off,acpi=off,memory-backend=mem -enable-kvm -cpu host -smp 1 -m 256 \
+  timeout 240 $qemu -M microvm,isa-serial=on,rtc=off,acpi=off,memory-backend=mem -enable-kvm -cpu host -smp 1 -m 256 \
     -object memory-backend-memfd,id=mem,size=256M,share=on -nodefaults -no-user-config -nographic \
     -no-reboot -serial file:/tmp/qemu-console.log \
     -chardev file,id=agent,path=/tmp/qemu-agent.out -device isa-serial,chardev=agent,iobase=0x2f8,irq=3 \

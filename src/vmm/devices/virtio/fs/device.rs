@@ -73,6 +73,8 @@ impl Fs {
     pub fn new(share: &FsShare) -> Result<Self, FsError> {
         let config = config_space(&share.tag)?;
         let root = checked_root(share)?;
+        // Best effort: with the limit it has, the share still works for fewer files.
+        let _ = raise_fd_limit();
         let passthrough = PassthroughFs::new(passthrough_config(&root)).map_err(|source| {
             FsError::Passthrough {
                 tag: share.tag.clone(),
@@ -125,6 +127,42 @@ pub fn passthrough_config(root: &str) -> Config {
         cache_policy: CachePolicy::Auto,
         ..Config::default()
     }
+}
+
+/// Raises this process's RLIMIT_NOFILE to what the kernel allows (`/proc/sys/fs/nr_open`, as
+/// virtiofsd does), or failing that (no CAP_SYS_RESOURCE) the soft limit to the hard one, and
+/// returns the soft limit in force. The passthrough holds one O_PATH descriptor per inode the
+/// guest has looked up and not forgotten, so with the usual soft limit of 1024 a guest walking
+/// a tree of a few thousand files got EMFILE ("Too many open files") from the host.
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|text| text.trim().parse::<libc::rlim_t>().ok())
+        .unwrap_or(limit.rlim_max);
+    let wanted = nr_open.max(limit.rlim_max);
+    for candidate in [wanted, limit.rlim_max] {
+        if limit.rlim_cur >= candidate {
+            break;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: candidate,
+            rlim_max: candidate.max(limit.rlim_max),
+        };
+        // SAFETY: setrlimit reads one rlimit from a struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+            break;
+        }
+    }
+    Ok(limit.rlim_cur)
 }
 
 /// The share's directory, canonical (symlinks on the way resolved once, here, on the host).
@@ -235,6 +273,22 @@ mod tests {
             (1 << 28) | (1 << 29),
             "indirect, event idx"
         );
+    }
+
+    /// The descriptor limit ends at least at the hard limit there was (the passthrough needs
+    /// one descriptor per inode the guest holds).
+    #[test]
+    fn the_descriptor_limit_is_raised_to_at_least_the_hard_limit() {
+        let mut before = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one rlimit into the struct we own.
+        let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut before) };
+        assert_eq!(got, 0);
+        let soft = raise_fd_limit().expect("getrlimit");
+        assert!(soft >= before.rlim_max, "{soft} < {}", before.rlim_max);
+        assert_eq!(raise_fd_limit().expect("again"), soft, "idempotent");
     }
 
     #[test]
