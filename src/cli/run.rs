@@ -375,10 +375,7 @@ fn run_pod(
     let store = Store::open(data_dir)?;
     let mut images = Vec::new();
     for app in &manifest.apps {
-        images.push(image::prepare(
-            &store,
-            &image::resolve(&store, &app.image.id)?,
-        )?);
+        images.push(image::prepare_named(&store, &app.image.id)?);
     }
     let (sized_mib, sized_cpus) = resources::vm_size(
         manifest.apps.iter().flat_map(|app| &app.app.isolators),
