@@ -6,8 +6,9 @@
 runs=$1; mib=$2; qemu=$3; vfsd=$4
 res=/payload/results; mkdir -p $res
 cd /payload
-# In the guest: centisecond clock from /proc/uptime (busybox date has no %N).
-guest='now() { cut -d" " -f1 /proc/uptime | tr -d .; }; rm -rf /bench.bin /untar; mkdir /untar;
+# In the guest: centisecond clock from /proc/uptime (busybox date has no %N), leading zeros
+# dropped (under 1 s of uptime "0.89" would be 089, which sh arithmetic rejects as octal).
+guest='now() { cut -d" " -f1 /proc/uptime | tr -d . | sed "s/^0*//"; }; rm -rf /bench.bin /untar; mkdir /untar;
 t0=$(now); dd if=/dev/zero of=/bench.bin bs=1M count='$mib' 2>/dev/null; sync /bench.bin; t1=$(now);
 echo 3 > /proc/sys/vm/drop_caches; t2=$(now); cat /bench.bin > /dev/null; t3=$(now);
 t4=$(now); tar xf /tree.tar -C /untar; sync; t5=$(now);

@@ -3,7 +3,8 @@
 and writes them as a summary JSON: a list with one entry per case,
 {"name", "podvm", "peer", "ratio", "runs", "spread"}: medians in ms, ratio = podvm / peer (lower
 is better), runs = the runs of each side, spread = the larger of the two sides' (max - min) /
-median.
+median. A case is left out where a side has no valid run (negative time; for the metadata walk,
+also an entry count other than the tree's).
 
 Usage: fs-summarize.py RESULTS_DIR MIB FILES META [SUMMARY_JSON]
 """
@@ -46,7 +47,11 @@ for key, label, index, rate in CASES:
     line = f"  {label:28}"
     medians, spreads, runs = {}, [], {}
     for name in ("podvm", "qemu"):
-        values = [row[index] for row in rows[name] if len(row) > index]
+        values = [row[index] for row in rows[name] if len(row) > index and row[index] >= 0]
+        if key == "fs-meta":
+            # A walk that did not find the whole tree (e.g. EMFILE on the host) measured nothing.
+            values = [row[index] for row in rows[name]
+                      if len(row) > 5 and row[5] == meta + 101 and row[index] >= 0]
         if values:
             medians[name] = statistics.median(values)
             spreads.append(spread(values))

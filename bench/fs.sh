@@ -38,7 +38,8 @@ qemu=$(command -v qemu-system-x86_64)
 extra=(-b "$qemu" -b /usr/share/qemu -b /usr/share/seabios)
 vfsd=${VIRTIOFSD:-}
 [ -n "$vfsd" ] && extra+=(-b "$vfsd")
-"$here/tests/nested/l1.sh" -m 4096 -t 3000 "${extra[@]}" \
+# -s: end an L1 whose console stays silent 5 minutes (a livelocked L1) instead of at -t.
+"$here/tests/nested/l1.sh" -m 4096 -t 3000 -s 300 "${extra[@]}" \
   "$payload" "$results" -- "sh /payload/fs-inner.sh $runs $mib $qemu ${vfsd:-none}"
 mkdir -p "$here/bench/results"
 python3 "$here/bench/fs-summarize.py" "$results" "$mib" "$files" "$meta" "$here/bench/results/fs.json"
