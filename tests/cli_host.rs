@@ -149,6 +149,9 @@ fn run_and_prepare_help_list_every_app_flag() {
             "--group=",
             "--mount=",
             "--readonly-rootfs",
+            "--caps-retain=",
+            "--caps-remove=",
+            "--seccomp=",
         ] {
             assert!(app_flags.contains(flag), "{verb}: {flag} in\n{app_flags}");
         }

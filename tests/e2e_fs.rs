@@ -44,10 +44,13 @@ const ESCAPES: &str = "cd / && cd ../../../.. && ls -a | tr '\\n' ' ' && echo; \
      cat /proc/self/cwd/../outside/secret 2>/dev/null && echo LEAK-proc-cwd; \
      echo escapes-done";
 
-/// Whether a guest `sync` reaches the host's disk: with L1's periodic writeback off (restored
-/// after), the sectors written to the payload disk (where the share lives) while a guest writes
-/// 8 MiB and stays up, then while another guest writes 8 MiB, runs `sync` and stays up (a guest
-/// that exits is synced by its agent at power-off, so both stay up while the host measures).
+/// Whether a guest `sync` or fsync reaches the host's disk: with L1's periodic writeback off
+/// (restored after), the sectors written to the payload disk (where the share lives) while a
+/// guest writes 8 MiB and stays up, then while another guest writes 8 MiB, runs `sync` and stays
+/// up, then while a third writes 8 MiB with `conv=fsync` and stays up (a guest that exits is
+/// synced by its agent at power-off, so all stay up while the host measures). With the
+/// writeback cache the data sits in the guest's page cache first: fsync and sync must still
+/// bring it to the host's disk.
 const SYNCFS: &str = "dev=$(basename $(awk '$2==\"/payload\"{print $1}' /proc/mounts)); \
      written() { awk '{print $7}' /sys/block/$dev/stat; }; \
      upto() { for i in $(seq 900); do grep -q $1 $2 && return; sleep 0.2; done; echo no-$1; }; \
@@ -58,10 +61,12 @@ const SYNCFS: &str = "dev=$(basename $(awk '$2==\"/payload\"{print $1}' /proc/mo
        echo written; exec sleep 600' >nosync.out 2>&1 & p1=$!; upto written nosync.out; s1=$(written); \
      podvm boot --rootfs fsroot -- sh -c 'dd if=/dev/urandom of=/synced.bin bs=1M count=8 2>/dev/null; \
        sync; echo synced; exec sleep 600' >synced.out 2>&1 & p2=$!; upto synced synced.out; s2=$(written); \
-     kill $p1 $p2; wait $p1 $p2; \
+     podvm boot --rootfs fsroot -- sh -c 'dd if=/dev/urandom of=/fsynced.bin bs=1M count=8 conv=fsync \
+       2>/dev/null; echo fsynced; exec sleep 600' >fsynced.out 2>&1 & p3=$!; upto fsynced fsynced.out; \
+     s3=$(written); kill $p1 $p2 $p3; wait $p1 $p2 $p3; \
      echo $e > /proc/sys/vm/dirty_expire_centisecs; echo $w > /proc/sys/vm/dirty_writeback_centisecs; \
-     echo nosync-sectors=$((s1 - s0)); echo synced-sectors=$((s2 - s1)); \
-     rm -f fsroot/nosync.bin fsroot/synced.bin";
+     echo nosync-sectors=$((s1 - s0)); echo synced-sectors=$((s2 - s1)); echo fsynced-sectors=$((s3 - s2)); \
+     rm -f fsroot/nosync.bin fsroot/synced.bin fsroot/fsynced.bin";
 
 static RESULTS: E2e = E2e::new("setup");
 
@@ -402,7 +407,8 @@ fn sectors(result: &CheckResult, key: &str) -> u64 {
 }
 
 /// A guest's `sync` makes what it wrote durable on the host (FUSE_SYNCFS syncs the share's file
-/// system); without it only the host's own writeback, off here, would. The guest that does not
+/// system), and so does its fsync of a file (dirty pages written back, then FUSE_FSYNC); without
+/// either only the host's own writeback, off here, would. The guest that does not
 /// sync shows the data stays in the host's page cache until then.
 #[test]
 fn a_guest_sync_puts_the_data_on_the_hosts_disk() {
@@ -422,5 +428,9 @@ fn a_guest_sync_puts_the_data_on_the_hosts_disk() {
     assert!(
         sectors(result, "synced-sectors") >= eight_mib,
         "the guest's sync wrote its 8 MiB to the host's disk: {result}"
+    );
+    assert!(
+        !out.contains("no-fsynced") && sectors(result, "fsynced-sectors") >= eight_mib,
+        "the guest's fsync wrote its 8 MiB to the host's disk: {result}"
     );
 }

@@ -858,7 +858,10 @@ fn a_pod_manifest_describes_the_pod_and_app_flags_beside_it_are_refused() {
         "apps": [
             {"name": "first", "image": {"name": image},
              "app": {"exec": ["/bin/echo", "from-first"], "user": "0", "group": "0",
-                     "environment": [{"name": "FROM", "value": "manifest"}]},
+                     "environment": [{"name": "FROM", "value": "manifest"}],
+                     "isolators": [{"name": "os/linux/capabilities-retain-set",
+                                    "value": {"set": ["CAP_NET_ADMIN"]}}],
+                     "supplementaryGIDs": [10]},
              "mounts": [{"volume": "work", "path": "/work"}]},
             {"name": "second", "image": {"name": image}, "readOnlyRootFS": true,
              "app": {"exec": ["/bin/echo", "from-second"]}}
@@ -882,6 +885,12 @@ fn a_pod_manifest_describes_the_pod_and_app_flags_beside_it_are_refused() {
     );
     assert!(env_of(&written, 0).contains(&("FROM".into(), "manifest".into())));
     assert_eq!(apps[0]["mounts"][0]["path"], "/work");
+    assert!(
+        apps[0]["app"]["isolators"]
+            .to_string()
+            .contains("CAP_NET_ADMIN"),
+        "the manifest's isolators reach the pod: {written}"
+    );
     assert_eq!(apps[1]["name"], "second");
     assert_eq!(apps[1]["readOnlyRootFS"], true);
     assert_eq!(written["volumes"][0]["name"], "work");
@@ -985,4 +994,34 @@ fn image_build_is_reproducible_and_lands_in_the_store_by_its_name() {
     assert!(config.to_string().contains("/bin/job"), "{config}");
     let images = json(dir, &["image", "list", "--format", "json"]);
     assert!(images.to_string().contains("localhost/job:1"), "{images}");
+}
+
+#[test]
+fn gc_with_a_zero_grace_period_removes_an_exited_pod_in_one_pass() {
+    let Some((data, fixtures)) = setup() else {
+        return;
+    };
+    let dir = data.path();
+    let uuid = prepare_busybox(dir, fixtures);
+    // What a run leaves: the pod in run/, started, nobody holding its lock: exited.
+    let prepared = dir.join("pods/prepared").join(&uuid);
+    record_start(&prepared, 4_000_000);
+    std::fs::create_dir_all(dir.join("pods/run")).expect("run dir");
+    std::fs::rename(&prepared, dir.join("pods/run").join(&uuid)).expect("move pod");
+    assert_eq!(
+        json(dir, &["status", "--format", "json", &uuid])["state"],
+        "exited"
+    );
+    // As rkt: marked as garbage and, its grace period over at once, deleted in the same pass.
+    let out = podvm(dir, &["gc", "--grace-period", "0s"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !said.contains("podvm: gc:"),
+        "{said}"
+    );
+    assert_eq!(
+        json(dir, &["list", "--format", "json"]),
+        serde_json::json!([]),
+        "{said}"
+    );
 }

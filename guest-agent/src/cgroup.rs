@@ -82,12 +82,22 @@ pub fn prepare(app: &str, limits: &AppLimits) -> Result<Option<File>, CgroupErro
         let quota = (millis * CPU_PERIOD_US / 1000).max(1000);
         write(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
     }
+    if let Some(shares) = limits.cpu_shares {
+        write(&dir.join("cpu.weight"), &cpu_weight(shares).to_string())?;
+    }
     let procs = dir.join("cgroup.procs");
     let file = OpenOptions::new()
         .write(true)
         .open(&procs)
         .map_err(|err| io_err("open", &procs, err))?;
     Ok(Some(file))
+}
+
+/// cgroup v2 `cpu.weight` (1 to 10000, default 100) for cgroup v1 `cpu.shares` (2 to 262144,
+/// default 1024), mapped linearly as runc and systemd map them.
+fn cpu_weight(shares: u64) -> u64 {
+    let shares = shares.clamp(2, 262_144);
+    1 + (shares - 2) * 9999 / 262_142
 }
 
 /// Makes the command's child join the cgroup whose `cgroup.procs` is `procs` before it execs
@@ -151,6 +161,14 @@ fn io_err(what: &'static str, path: &Path, source: std::io::Error) -> CgroupErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_shares_map_to_weights_as_runc_maps_them() {
+        assert_eq!(cpu_weight(2), 1);
+        assert_eq!(cpu_weight(1024), 39);
+        assert_eq!(cpu_weight(262_144), 10_000);
+        assert_eq!(cpu_weight(1), 1, "clamped");
+    }
 
     #[test]
     fn app_names_become_plain_directory_names() {

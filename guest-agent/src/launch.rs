@@ -15,9 +15,11 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::unistd::{Gid, Pid, Uid};
 use podvm_protocol::{
-    AppLimits, BootSpec, ExecRequest, ProcessSpec, Stream, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND,
+    AppLimits, BootSpec, ExecRequest, ProcessSpec, Security, Stream, EXIT_CANNOT_EXEC,
+    EXIT_NOT_FOUND,
 };
 
+use crate::security::{self, SecurityError};
 use crate::users::{self, Identity, UserError};
 
 /// The search path every process starts with; the spec's `PATH` overrides it.
@@ -42,6 +44,10 @@ pub struct Job<'a> {
     pub app: &'a str,
     /// Resource limits: run in the app's own cgroup when any is set.
     pub limits: AppLimits,
+    /// Capabilities and seccomp filter.
+    pub security: &'a Security,
+    /// Groups besides the user's.
+    pub supplementary_gids: &'a [u32],
 }
 
 impl<'a> Job<'a> {
@@ -59,6 +65,8 @@ impl<'a> Job<'a> {
                 .as_ref()
                 .map_or("app", |rootfs| rootfs.app.as_str()),
             limits: spec.limits,
+            security: &spec.security,
+            supplementary_gids: &spec.supplementary_gids,
         }
     }
 
@@ -73,11 +81,13 @@ impl<'a> Job<'a> {
             tty: process.tty,
             app: name,
             limits: process.limits,
+            security: &process.security,
+            supplementary_gids: &process.supplementary_gids,
         }
     }
 
-    /// An exec session's process.
-    pub fn from_exec(request: &'a ExecRequest) -> Self {
+    /// An exec session's process, with the security settings of the app it runs in.
+    pub fn from_exec(request: &'a ExecRequest, security: &'a Security) -> Self {
         Self {
             command: &request.command,
             env: &request.env,
@@ -87,6 +97,8 @@ impl<'a> Job<'a> {
             tty: request.tty,
             app: "exec",
             limits: AppLimits::default(),
+            security,
+            supplementary_gids: &[],
         }
     }
 }
@@ -135,6 +147,9 @@ pub enum LaunchError {
     /// The app's cgroup could not be set up.
     #[error(transparent)]
     Cgroup(#[from] crate::cgroup::CgroupError),
+    /// The app's capabilities or seccomp filter could not be prepared.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
     /// The terminal or pipes could not be set up.
     #[error("cannot set up the standard streams ({what}): {source}")]
     Streams {
@@ -164,6 +179,7 @@ impl LaunchError {
             | LaunchError::Workdir { .. }
             | LaunchError::User(_)
             | LaunchError::Cgroup(_)
+            | LaunchError::Security(_)
             | LaunchError::Streams { .. } => EXIT_CANNOT_EXEC,
         }
     }
@@ -272,7 +288,12 @@ pub fn spawn(job: &Job<'_>, root: &Path) -> Result<Started, LaunchError> {
     let Some((program, args)) = job.command.split_first() else {
         return Err(LaunchError::EmptyCommand);
     };
-    let identity = users::resolve(root, job.user, job.group)?;
+    let mut identity = users::resolve(root, job.user, job.group)?;
+    for gid in job.supplementary_gids {
+        if !identity.groups.contains(gid) {
+            identity.groups.push(*gid);
+        }
+    }
     let workdir = PathBuf::from(job.workdir.unwrap_or("/"));
     // The app's own root (a virtio-fs share) or the agent's: then nothing is chrooted.
     let in_own_root = root != Path::new("/");
@@ -297,6 +318,11 @@ pub fn spawn(job: &Job<'_>, root: &Path) -> Result<Started, LaunchError> {
         resolve(program, path, &workdir)?
     };
     let exec_args = ExecArgs::new(&resolved, program, args, &env)?;
+    let privileges = security::prepare(job.security)?;
+    let oom_score_adj = job
+        .limits
+        .oom_score_adj
+        .map(|adj| adj.to_string().into_bytes());
     let mut command = Command::new(&resolved);
     command
         .arg0(program)
@@ -313,7 +339,8 @@ pub fn spawn(job: &Job<'_>, root: &Path) -> Result<Started, LaunchError> {
     } else {
         command.current_dir(&workdir);
     }
-    let change_ids = job.user.is_some() || job.group.is_some();
+    let change_ids =
+        job.user.is_some() || job.group.is_some() || !job.supplementary_gids.is_empty();
     let (streams, terminal) = if job.tty {
         pty_streams(&mut command)?
     } else {
@@ -323,7 +350,15 @@ pub fn spawn(job: &Job<'_>, root: &Path) -> Result<Started, LaunchError> {
             .stderr(Stdio::piped());
         (None, None)
     };
-    before_exec(&mut command, identity, change_ids, job.tty, exec_args);
+    before_exec(
+        &mut command,
+        identity,
+        change_ids,
+        job.tty,
+        oom_score_adj,
+        privileges,
+        exec_args,
+    );
     let mut child = command.spawn().map_err(|err| exec_error(resolved, &err))?;
     // The pty's slave ends went into the child; dropping the command closes ours, so the
     // master sees EOF (EIO) once the app and its children are gone.
@@ -426,15 +461,37 @@ impl ExecArgs {
     }
 }
 
+/// In the child: writes `value` (decimal) to its own `oom_score_adj` (in the app's root, whose
+/// /proc is the guest's). Allocates nothing.
+fn write_oom_score_adj(value: &[u8]) -> std::io::Result<()> {
+    // SAFETY: a NUL-terminated literal path; open touches no other memory of ours.
+    let fd = unsafe { libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `value` is a live slice of `value.len()` bytes; fd was just opened.
+    let written = unsafe { libc::write(fd, value.as_ptr().cast(), value.len()) };
+    let result = match written {
+        n if n < 0 => Err(std::io::Error::last_os_error()),
+        _ => Ok(()),
+    };
+    // SAFETY: closes the descriptor opened above, which nothing else holds.
+    unsafe { libc::close(fd) };
+    result
+}
+
 /// In the child, between fork and exec: a new session (its own process group), the pty as
-/// controlling terminal, then groups, gid and uid (in that order: dropping uid comes last), and
-/// the exec itself: execve, not the execvp std would use, which runs files it cannot execute
-/// as shell scripts instead of failing with ENOEXEC.
+/// controlling terminal, the capability bounding set cut (while still root), then groups, gid
+/// and uid (in that order: dropping uid comes last), the seccomp filter, and the exec itself:
+/// execve, not the execvp std would use, which runs files it cannot execute as shell scripts
+/// instead of failing with ENOEXEC.
 fn before_exec(
     command: &mut Command,
     identity: Identity,
     change_ids: bool,
     tty: bool,
+    oom_score_adj: Option<Vec<u8>>,
+    privileges: security::Prepared,
     exec_args: ExecArgs,
 ) {
     let groups: Vec<Gid> = identity
@@ -454,11 +511,17 @@ fn before_exec(
                 return Err(std::io::Error::last_os_error());
             }
         }
+        if let Some(adj) = &oom_score_adj {
+            // First: lowering it needs CAP_SYS_RESOURCE, which the bounding set may lose.
+            write_oom_score_adj(adj)?;
+        }
+        security::drop_bounding(&privileges)?;
         if change_ids {
             nix::unistd::setgroups(&groups)?;
             nix::unistd::setgid(gid)?;
             nix::unistd::setuid(uid)?;
         }
+        security::install_filter(&privileges)?;
         // SAFETY: program, argv and envp are NUL-terminated strings and NULL-terminated
         // pointer arrays owned by `exec_args`, alive for the call; execve only returns on error.
         unsafe {
@@ -470,8 +533,9 @@ fn before_exec(
         }
         Err(std::io::Error::last_os_error())
     };
-    // SAFETY: the hook only makes async-signal-safe system calls (setsid, ioctl, setgroups,
-    // setgid, setuid, execve) on data prepared before the fork; it allocates nothing.
+    // SAFETY: the hook only makes async-signal-safe system calls (setsid, ioctl, prctl,
+    // setgroups, setgid, setuid, seccomp, execve) on data prepared before the fork; it
+    // allocates nothing.
     unsafe {
         command.pre_exec(hook);
     }

@@ -33,6 +33,7 @@ mod pod;
 mod power;
 mod reaper;
 mod rootfs;
+mod security;
 mod session;
 mod spec;
 mod users;

@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
-use podvm_protocol::{BootSpec, Control, ExecRequest, ExitStatus, Message, DEFAULT_GRACE_MS};
+use podvm_protocol::{
+    BootSpec, Control, ExecRequest, ExitStatus, Message, Security, DEFAULT_GRACE_MS,
+};
 
 use crate::channel::ChannelError;
 use crate::container::{ContainerError, Containers, Origin, State};
@@ -100,6 +102,8 @@ struct Supervisor {
     containers: Containers,
     /// The single app's name and root, when the boot session carries the app.
     boot_root: Option<(String, PathBuf)>,
+    /// The single app's capabilities and seccomp filter, which its exec sessions get too.
+    boot_security: Security,
     pod: Option<PodRule>,
     /// A sandbox: it ends after `Shutdown`, once its containers ended.
     sandbox: bool,
@@ -124,6 +128,7 @@ impl Supervisor {
             exec,
             containers,
             boot_root: None,
+            boot_security: Security::default(),
             pod: None,
             sandbox: false,
             stopping: false,
@@ -152,6 +157,7 @@ pub fn run(
         .map(|rootfs| rootfs.app.clone())
         .unwrap_or_default();
     supervisor.boot_root = Some((name, root.to_path_buf()));
+    supervisor.boot_security = spec.security.clone();
     supervisor.supervise()
 }
 
@@ -486,7 +492,19 @@ impl Supervisor {
             .filter(|container| container.origin == Origin::Request)
             .map(|container| (container.id.clone(), container.root.clone()))
             .collect();
-        ExecRoots { apps, containers }
+        let mut security: Vec<(String, Security)> = self
+            .containers
+            .iter()
+            .map(|container| (container.id.clone(), container.process.security.clone()))
+            .collect();
+        if let Some((name, _)) = &self.boot_root {
+            security.push((name.clone(), self.boot_security.clone()));
+        }
+        ExecRoots {
+            apps,
+            containers,
+            security,
+        }
     }
 
     /// Carries out a container request and answers it on the boot session.
@@ -599,6 +617,9 @@ struct ExecRoots {
     apps: Vec<(String, PathBuf)>,
     /// The containers' created by request.
     containers: Vec<(String, PathBuf)>,
+    /// The capabilities and seccomp filter of each app and container, which exec sessions in
+    /// its root get.
+    security: Vec<(String, Security)>,
 }
 
 /// Checks an exec request's token and starts its command in `session`, in the root of the
@@ -610,20 +631,17 @@ fn start_exec(session: &mut Session, request: ExecRequest, token: Option<&str>, 
         let _ = session.refuse("exec refused: wrong or missing token");
         return;
     }
-    let container = request.app.as_ref().and_then(|name| {
-        roots
-            .containers
-            .iter()
-            .find(|(id, _)| id == name)
-            .map(|(_, root)| root.as_path())
-    });
+    let container = request
+        .app
+        .as_ref()
+        .and_then(|name| roots.containers.iter().find(|(id, _)| id == name));
     let apps = roots.apps.as_slice();
-    let root = match (container, &request.app, apps) {
-        (Some(root), _, _) => root,
-        (None, _, [(_, only)]) => only.as_path(),
-        (None, None, [(_, first), ..]) => first.as_path(),
+    let (target, root) = match (container, &request.app, apps) {
+        (Some((id, root)), _, _) => (id.as_str(), root.as_path()),
+        (None, _, [(app, only)]) => (app.as_str(), only.as_path()),
+        (None, None, [(app, first), ..]) => (app.as_str(), first.as_path()),
         (None, Some(name), _) => match apps.iter().find(|(app, _)| app == name) {
-            Some((_, root)) => root.as_path(),
+            Some((app, root)) => (app.as_str(), root.as_path()),
             None => {
                 let _ = session.refuse(&format!(
                     "exec refused: the pod has no app or container {name:?}"
@@ -631,8 +649,14 @@ fn start_exec(session: &mut Session, request: ExecRequest, token: Option<&str>, 
                 return;
             }
         },
-        (None, None, []) => Path::new("/"),
+        (None, None, []) => ("", Path::new("/")),
     };
+    let no_restriction = Security::default();
+    let security = roots
+        .security
+        .iter()
+        .find(|(name, _)| name == target)
+        .map_or(&no_restriction, |(_, security)| security);
     diag!("{}: running {:?}", session.name, request.command);
     let ready = Message::Control(Control::Ready {
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -641,7 +665,7 @@ fn start_exec(session: &mut Session, request: ExecRequest, token: Option<&str>, 
         drop_session(session, &err);
         return;
     }
-    session.start(&Job::from_exec(&request), root);
+    session.start(&Job::from_exec(&request, security), root);
 }
 
 /// Ends an exec session whose host went away: its process group is killed.

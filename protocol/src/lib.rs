@@ -267,6 +267,14 @@ pub struct BootSpec {
     /// `/podvm/shares/<tag>`.
     #[serde(default)]
     pub shares: Vec<ShareSpec>,
+    /// Capabilities and seccomp filter of the single app ([`BootSpec::command`]) and of the
+    /// exec sessions in its root.
+    #[serde(default)]
+    pub security: Security,
+    /// Groups the single app's process is in besides its user's (rkt's
+    /// `--supplementary-gids`).
+    #[serde(default)]
+    pub supplementary_gids: Vec<u32>,
 }
 
 /// An app's resource limits inside the VM (its appc isolators): the agent runs the app in its
@@ -279,12 +287,19 @@ pub struct AppLimits {
     /// CPU time in thousandths of a CPU (`cpu.max` = millis x 100 us per 100 ms).
     #[serde(default)]
     pub cpu_millis: Option<u64>,
+    /// rkt's `--cpu-shares` (cgroup v1 shares, 2 to 262144), as `cpu.weight`.
+    #[serde(default)]
+    pub cpu_shares: Option<u64>,
+    /// rkt's `--oom-score-adj` (-1000 to 1000), written to the process's `oom_score_adj`
+    /// before it execs; not a cgroup setting ([`AppLimits::is_empty`] leaves it out).
+    #[serde(default)]
+    pub oom_score_adj: Option<i32>,
 }
 
 impl AppLimits {
-    /// Whether any limit is set.
+    /// Whether no cgroup limit is set (then the app needs no cgroup of its own).
     pub fn is_empty(&self) -> bool {
-        self.memory_bytes.is_none() && self.cpu_millis.is_none()
+        self.memory_bytes.is_none() && self.cpu_millis.is_none() && self.cpu_shares.is_none()
     }
 }
 
@@ -337,6 +352,12 @@ pub struct AppSpec {
     /// Resource limits, as in [`BootSpec::limits`].
     #[serde(default)]
     pub limits: AppLimits,
+    /// Capabilities and seccomp filter, as in [`BootSpec::security`].
+    #[serde(default)]
+    pub security: Security,
+    /// Supplementary groups, as in [`BootSpec::supplementary_gids`].
+    #[serde(default)]
+    pub supplementary_gids: Vec<u32>,
 }
 
 impl AppSpec {
@@ -351,6 +372,8 @@ impl AppSpec {
             limits: self.limits,
             tty: false,
             stdin: false,
+            security: self.security.clone(),
+            supplementary_gids: self.supplementary_gids.clone(),
         }
     }
 }
@@ -382,6 +405,49 @@ pub struct ProcessSpec {
     /// once, as for apps.
     #[serde(default)]
     pub stdin: bool,
+    /// Capabilities and seccomp filter, as in [`BootSpec::security`].
+    #[serde(default)]
+    pub security: Security,
+    /// Supplementary groups, as in [`BootSpec::supplementary_gids`].
+    #[serde(default)]
+    pub supplementary_gids: Vec<u32>,
+}
+
+/// What an app's processes may do (rkt's capability and seccomp isolators), applied by the
+/// agent between fork and exec to the app and to the exec sessions in its root. The default
+/// restricts nothing: the host decides the policy (rkt's defaults) and sends it whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Security {
+    /// The capabilities kept in the bounding set, by name (`CAP_CHOWN`, ...); a process run as
+    /// root has exactly these as permitted and effective, one run as another user none (as in
+    /// rkt). All capabilities when absent.
+    #[serde(default)]
+    pub capabilities: Option<Vec<String>>,
+    /// The seccomp filter, installed last before the exec (with no_new_privs); none when absent.
+    #[serde(default)]
+    pub seccomp: Option<SeccompSpec>,
+}
+
+/// A seccomp filter over system call numbers of the guest's architecture (x86_64).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeccompSpec {
+    /// Whether [`SeccompSpec::syscalls`] are the only ones allowed or the ones refused.
+    pub mode: SeccompMode,
+    /// System call numbers.
+    pub syscalls: Vec<i64>,
+    /// The errno a refused call fails with; absent: the process is killed (SIGSYS), as rkt does.
+    #[serde(default)]
+    pub errno: Option<u32>,
+}
+
+/// How a seccomp filter treats its system calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeccompMode {
+    /// Only the listed calls are allowed (`os/linux/seccomp-retain-set`).
+    Retain,
+    /// The listed calls are refused (`os/linux/seccomp-remove-set`).
+    Remove,
 }
 
 /// A virtio-fs share the agent mounts at boot for containers' roots.
@@ -976,9 +1042,20 @@ mod tests {
                     limits: AppLimits {
                         memory_bytes: Some(1 << 20),
                         cpu_millis: Some(500),
+                        cpu_shares: Some(512),
+                        oom_score_adj: Some(-500),
                     },
                     tty: true,
                     stdin: true,
+                    security: Security {
+                        capabilities: Some(vec!["CAP_CHOWN".into()]),
+                        seccomp: Some(SeccompSpec {
+                            mode: SeccompMode::Remove,
+                            syscalls: vec![4, 262, 332],
+                            errno: Some(54),
+                        }),
+                    },
+                    supplementary_gids: vec![10, 27],
                 },
             }))),
             Message::Control(Control::StartContainer { id: "web-1".into() }),

@@ -165,7 +165,7 @@ fn an_apps_process_is_described_as_a_containers() {
         group: Some("www".into()),
         limits: AppLimits {
             memory_bytes: Some(1),
-            cpu_millis: None,
+            ..AppLimits::default()
         },
         ..AppSpec::default()
     };

@@ -95,7 +95,7 @@ pub fn cp(data_dir: &Path, args: CpArgs) -> Result<ExitCode, CpError> {
         PodState::Prepared | PodState::Exited | PodState::ExitedGarbage => {
             let held = lock::try_lock(&pod.dir, &pod.uuid)?;
             let store = Store::open(data_dir)?;
-            let tree = image::prepare(&store, &image::resolve(&store, &app.image.id)?)?.rootfs;
+            let tree = image::prepare_named(&store, &app.image.id)?.rootfs;
             let mounted = AppRootfs::prepare(&pod.dir, &app.name, &tree)?;
             let root = mounted.merged.clone();
             (Some(held), Some(mounted), root)

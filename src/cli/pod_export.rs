@@ -64,8 +64,7 @@ pub fn export(data_dir: &Path, args: ExportArgs) -> Result<ExitCode, ExportCliEr
     let manifest = pods.manifest(&pod)?;
     let app = crate::pod::select_app(&pod.uuid, &manifest, args.app.as_deref())?;
     let store = Store::open(data_dir)?;
-    let record = image::resolve(&store, &app.image.id)?;
-    let tree = image::prepare(&store, &record)?.rootfs;
+    let tree = image::prepare_named(&store, &app.image.id)?.rootfs;
     export::export_app(&pod.dir, app, &tree, &args.file, args.overwrite).map_err(|source| {
         ExportCliError::Export {
             uuid: pod.uuid.clone(),

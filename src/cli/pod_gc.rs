@@ -99,8 +99,9 @@ pub fn gc(data_dir: &Path, args: GcArgs) -> Result<ExitCode, PodError> {
             // As rkt: marked, and deleted in the same pass if the grace period is already over
             // (`--grace-period=0s`).
             PodState::Exited => match pods.mark_garbage(&pod, now) {
-                Ok(_) if args.grace_period.is_zero() => {
-                    pods.delete(&pod).map(|()| "deleted exited pod")
+                // (marking moved it: the pod is where `mark_garbage` says)
+                Ok(marked) if args.grace_period.is_zero() => {
+                    pods.delete(&marked).map(|()| "deleted exited pod")
                 }
                 marked => marked.map(|_| "marked exited pod as garbage"),
             },

@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::pod::manifest::NameValue;
-use crate::pod::resources::Isolator;
+use std::collections::BTreeMap;
+
+use crate::pod::resources::{self, Isolator};
+use crate::pod::security;
 use crate::pod::volumes::{Mount, Volume, VolumeKind};
 
 /// The largest pod manifest read.
@@ -109,6 +112,12 @@ struct InputAppSpec {
     environment: Vec<NameValue>,
     #[serde(default)]
     isolators: Vec<Isolator>,
+    #[serde(default, rename = "supplementaryGIDs")]
+    supplementary_gids: Vec<u32>,
+    #[serde(default)]
+    user_annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    user_labels: BTreeMap<String, String>,
 }
 
 /// Reads the pod manifest at `path` and translates it.
@@ -210,6 +219,20 @@ fn app_words(app: &InputApp) -> Result<Vec<String>, String> {
     for isolator in &spec.isolators {
         words.push(isolator_word(isolator)?);
     }
+    if !spec.supplementary_gids.is_empty() {
+        let gids: Vec<String> = spec.supplementary_gids.iter().map(u32::to_string).collect();
+        words.push(format!("--supplementary-gids={}", gids.join(",")));
+    }
+    for (flag, pairs) in [
+        ("--user-annotation", &spec.user_annotations),
+        ("--user-label", &spec.user_labels),
+    ] {
+        words.extend(
+            pairs
+                .iter()
+                .map(|(name, value)| format!("{flag}={name}={value}")),
+        );
+    }
     if let Some((program, args)) = spec.exec.split_first() {
         words.push(format!("--exec={program}"));
         if !args.is_empty() {
@@ -220,18 +243,35 @@ fn app_words(app: &InputApp) -> Result<Vec<String>, String> {
     Ok(words)
 }
 
-/// The app flag of a resource isolator.
+/// The app flag of an isolator: resources, the capability and seccomp sets, OOM score and CPU
+/// shares (the values are checked where the flags are parsed).
 fn isolator_word(isolator: &Isolator) -> Result<String, String> {
-    let flag = match isolator.name.as_str() {
-        crate::pod::resources::MEMORY_ISOLATOR => "--memory",
-        crate::pod::resources::CPU_ISOLATOR => "--cpu",
-        other => {
-            return Err(format!(
-                "isolator {other:?} is not supported here (resource/memory and resource/cpu are)"
-            ))
-        }
+    let value = &isolator.value;
+    let number = || {
+        value
+            .number
+            .map(|n| n.to_string())
+            .ok_or(format!("isolator {:?} needs a number", isolator.name))
     };
-    Ok(format!("{flag}={}", isolator.value.limit))
+    let seccomp = |mode: &str| {
+        let errno = value
+            .errno
+            .as_ref()
+            .map(|errno| format!(",errno={errno}"))
+            .unwrap_or_default();
+        format!("--seccomp=mode={mode}{errno},{}", value.set.join(","))
+    };
+    Ok(match isolator.name.as_str() {
+        resources::MEMORY_ISOLATOR => format!("--memory={}", value.limit),
+        resources::CPU_ISOLATOR => format!("--cpu={}", value.limit),
+        resources::OOM_SCORE_ADJ_ISOLATOR => format!("--oom-score-adj={}", number()?),
+        resources::CPU_SHARES_ISOLATOR => format!("--cpu-shares={}", number()?),
+        security::CAPS_RETAIN_ISOLATOR => format!("--caps-retain={}", value.set.join(",")),
+        security::CAPS_REMOVE_ISOLATOR => format!("--caps-remove={}", value.set.join(",")),
+        security::SECCOMP_RETAIN_ISOLATOR => seccomp("retain"),
+        security::SECCOMP_REMOVE_ISOLATOR => seccomp("remove"),
+        other => return Err(format!("isolator {other:?} is not supported")),
+    })
 }
 
 /// The `--volume` value of a pod volume.
@@ -273,7 +313,11 @@ mod tests {
               "apps":[{"name":"one","image":{"name":"oci:bb:latest"},
                        "app":{"exec":["/bin/sh","-c","echo hi"],"user":"0","group":"0",
                               "environment":[{"name":"A","value":"b c"}],
-                              "isolators":[{"name":"resource/memory","value":{"limit":"64Mi"}}]},
+                              "isolators":[{"name":"resource/memory","value":{"limit":"64Mi"}},
+                                           {"name":"os/linux/capabilities-retain-set","value":{"set":["CAP_NET_ADMIN"]}},
+                                           {"name":"os/linux/seccomp-remove-set","value":{"set":["stat"],"errno":"EXFULL"}},
+                                           {"name":"os/linux/oom-score-adj","value":100}],
+                              "supplementaryGIDs":[10,27],"userLabels":{"tier":"web"}},
                        "mounts":[{"volume":"data","path":"/data"}]},
                       {"name":"two","image":{"id":"sha256:ab"},"readOnlyRootFS":true}],
               "volumes":[{"name":"data","kind":"host","source":"/srv/d","readOnly":true}],
@@ -290,6 +334,11 @@ mod tests {
                 "--group=0",
                 "--environment=A=b c",
                 "--memory=64Mi",
+                "--caps-retain=CAP_NET_ADMIN",
+                "--seccomp=mode=remove,errno=EXFULL,stat",
+                "--oom-score-adj=100",
+                "--supplementary-gids=10,27",
+                "--user-label=tier=web",
                 "--exec=/bin/sh",
                 "--",
                 "-c",
@@ -311,6 +360,11 @@ mod tests {
               "app":{"isolators":[{"name":"os/linux/no-new-privileges","value":{"limit":"1"}}]}}]}"#,
         );
         assert!(isolator.is_err_and(|why| why.contains("os/linux/no-new-privileges")));
+        let shares = words(
+            r#"{"acKind":"PodManifest","apps":[{"name":"a","image":{"name":"x"},
+              "app":{"isolators":[{"name":"os/linux/cpu-shares","value":{"limit":"1"}}]}}]}"#,
+        );
+        assert!(shares.is_err_and(|why| why.contains("needs a number")));
         let kind = words(r#"{"acKind":"ImageManifest","apps":[]}"#);
         assert!(kind.is_err_and(|why| why.contains("ImageManifest")));
         let empty = words(r#"{"acKind":"PodManifest","apps":[]}"#);

@@ -16,6 +16,7 @@ use crate::image::{self, ImageError, PreparedImage};
 use crate::pod::lock::PodLock;
 use crate::pod::manifest::{self, App, ImageRef, NameValue, PodManifest, RuntimeApp};
 use crate::pod::resources::{Isolator, ResourceError};
+use crate::pod::security::{self, SecurityError};
 use crate::pod::status::{now, PodStatus};
 use crate::pod::volumes::{self, VolumeError};
 use crate::pod::{PodError, PodStore};
@@ -113,6 +114,43 @@ struct AppArgs {
     /// Mount a pod volume into this app, volume=NAME,target=PATH (repeatable).
     #[arg(long = "mount", value_name = "volume=NAME,target=PATH")]
     mounts: Vec<String>,
+    /// Keep only these capabilities, e.g. CAP_NET_ADMIN,CAP_CHOWN (default: rkt's set).
+    #[arg(
+        long = "caps-retain",
+        value_name = "CAP,...",
+        conflicts_with = "caps_remove"
+    )]
+    caps_retain: Option<String>,
+    /// Remove these capabilities from rkt's default set.
+    #[arg(long = "caps-remove", value_name = "CAP,...")]
+    caps_remove: Option<String>,
+    /// Seccomp filter: mode=retain|remove[,errno=NAME],SYSCALL,... (wildcards such as
+    /// @rkt/default-whitelist; default: rkt's whitelist, other calls killed).
+    #[arg(long = "seccomp", value_name = "mode=MODE,...")]
+    seccomp: Option<String>,
+    /// Groups the app's process is in besides its user's, by number, e.g. 10,27.
+    #[arg(
+        long = "supplementary-gids",
+        value_name = "GID,...",
+        value_delimiter = ','
+    )]
+    supplementary_gids: Vec<u32>,
+    /// An annotation of the app, NAME=VALUE (repeatable), kept in the pod manifest.
+    #[arg(long = "user-annotation", value_name = "NAME=VALUE")]
+    user_annotations: Vec<String>,
+    /// A label of the app, NAME=VALUE (repeatable), kept in the pod manifest.
+    #[arg(long = "user-label", value_name = "NAME=VALUE")]
+    user_labels: Vec<String>,
+    /// The app's OOM score adjustment, -1000 (never killed) to 1000.
+    #[arg(
+        long = "oom-score-adj",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    oom_score_adj: Option<i64>,
+    /// The app's CPU shares (2 to 262144, default 1024), relative to the pod's other apps.
+    #[arg(long = "cpu-shares", value_name = "N")]
+    cpu_shares: Option<i64>,
     /// Arguments replacing the image's (after `--`).
     #[arg(last = true)]
     args: Vec<String>,
@@ -188,6 +226,9 @@ pub enum PrepareError {
     /// A bad `--memory` or `--cpu`.
     #[error(transparent)]
     Resource(#[from] ResourceError),
+    /// A bad `--caps-retain`, `--caps-remove` or `--seccomp`.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
     /// The image has no command and none was given.
     #[error("image {0} has no command: pass --exec")]
     NoCommand(String),
@@ -477,6 +518,9 @@ fn runtime_app(
                 .unwrap_or_else(|| defaults.working_dir.clone()),
             environment,
             isolators: isolators(app)?,
+            supplementary_gids: app.supplementary_gids.clone(),
+            user_annotations: parse_map("--user-annotation", &app.user_annotations)?,
+            user_labels: parse_map("--user-label", &app.user_labels)?,
         },
         read_only_root_fs: app.readonly_rootfs,
         mounts: app
@@ -487,11 +531,32 @@ fn runtime_app(
     })
 }
 
-/// The app's `--memory` and `--cpu` as appc isolators.
+/// The app's `--memory`, `--cpu`, `--oom-score-adj`, `--cpu-shares`, capability and seccomp
+/// flags as appc isolators.
 fn isolators(app: &AppArgs) -> Result<Vec<Isolator>, PrepareError> {
     let memory = app.memory.as_deref().map(Isolator::memory);
     let cpu = app.cpu.as_deref().map(Isolator::cpu);
-    Ok(memory.into_iter().chain(cpu).collect::<Result<_, _>>()?)
+    let oom = app.oom_score_adj.map(Isolator::oom_score_adj);
+    let shares = app.cpu_shares.map(Isolator::cpu_shares);
+    let mut isolators: Vec<Isolator> = memory
+        .into_iter()
+        .chain(cpu)
+        .chain(oom)
+        .chain(shares)
+        .collect::<Result<_, _>>()?;
+    let retain = app
+        .caps_retain
+        .as_deref()
+        .map(|v| security::caps_isolator(true, v));
+    let remove = app
+        .caps_remove
+        .as_deref()
+        .map(|v| security::caps_isolator(false, v));
+    let seccomp = app.seccomp.as_deref().map(security::seccomp_isolator);
+    for isolator in retain.into_iter().chain(remove).chain(seccomp) {
+        isolators.push(isolator?);
+    }
+    Ok(isolators)
 }
 
 /// Splits the raw words at `---` and parses each app's flags.
@@ -515,6 +580,17 @@ fn split_apps(words: &[String]) -> Result<Vec<AppArgs>, PrepareError> {
             Ok(app)
         })
         .collect()
+}
+
+/// NAME=VALUE flags as a map (a later NAME wins).
+fn parse_map(
+    flag: &'static str,
+    values: &[String],
+) -> Result<std::collections::BTreeMap<String, String>, PrepareError> {
+    Ok(parse_pairs(flag, values)?
+        .into_iter()
+        .map(|pair| (pair.name, pair.value))
+        .collect())
 }
 
 fn parse_pairs(flag: &'static str, values: &[String]) -> Result<Vec<NameValue>, PrepareError> {

@@ -201,6 +201,9 @@ pub enum RunError {
     /// The pod's supervisor could not go to the background.
     #[error(transparent)]
     Detach(#[from] DetachError),
+    /// An app's capability or seccomp isolators are invalid.
+    #[error(transparent)]
+    Security(#[from] crate::pod::security::SecurityError),
     /// A detached supervisor got no usable VM flags.
     #[error("podvm {verb}: cannot read the VM flags from stdin: {why}", verb = detach::SUPERVISE_VERB)]
     SuperviseFlags {
@@ -372,10 +375,7 @@ fn run_pod(
     let store = Store::open(data_dir)?;
     let mut images = Vec::new();
     for app in &manifest.apps {
-        images.push(image::prepare(
-            &store,
-            &image::resolve(&store, &app.image.id)?,
-        )?);
+        images.push(image::prepare_named(&store, &app.image.id)?);
     }
     let (sized_mib, sized_cpus) = resources::vm_size(
         manifest.apps.iter().flat_map(|app| &app.app.isolators),
@@ -459,10 +459,12 @@ fn run_pod(
         spec.user = non_empty(&app.app.user);
         spec.group = non_empty(&app.app.group);
         spec.limits = resources::app_limits(&app.app.isolators);
+        spec.security = crate::pod::security::security(&app.app.isolators)?;
+        spec.supplementary_gids = app.app.supplementary_gids.clone();
         app_log = Some(open_app_log(&pod, &app.name, vm.log_max)?);
     } else {
         for (index, app) in manifest.apps.iter().enumerate() {
-            spec.apps.push(app_spec(app, index, &hostname, &network));
+            spec.apps.push(app_spec(app, index, &hostname, &network)?);
             app_logs.push((app.name.clone(), open_app_log(&pod, &app.name, vm.log_max)?));
         }
         spec.stop_grace_ms = Some(u64::try_from(vm.stop_timeout.as_millis()).unwrap_or(u64::MAX));
@@ -674,8 +676,13 @@ fn create_empty_volume(dir: &Path) -> Result<bool, PodError> {
 }
 
 /// The app number `index` of a pod of several apps, as the agent runs it.
-fn app_spec(app: &RuntimeApp, index: usize, hostname: &str, network: &PodNetwork) -> AppSpec {
-    AppSpec {
+fn app_spec(
+    app: &RuntimeApp,
+    index: usize,
+    hostname: &str,
+    network: &PodNetwork,
+) -> Result<AppSpec, crate::pod::security::SecurityError> {
+    Ok(AppSpec {
         name: app.name.clone(),
         command: app.app.exec.clone(),
         env: app.app.env_entries(),
@@ -684,7 +691,9 @@ fn app_spec(app: &RuntimeApp, index: usize, hostname: &str, network: &PodNetwork
         user: non_empty(&app.app.user),
         group: non_empty(&app.app.group),
         limits: resources::app_limits(&app.app.isolators),
-    }
+        security: crate::pod::security::security(&app.app.isolators)?,
+        supplementary_gids: app.app.supplementary_gids.clone(),
+    })
 }
 
 /// The app's log in the pod directory, for `podvm logs`, capped at `max` bytes.

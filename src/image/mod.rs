@@ -71,6 +71,11 @@ pub fn resolve(store: &Store, query: &str) -> Result<ImageRecord, ImageError> {
     Ok(store.find(query, canonical.as_deref())?)
 }
 
+/// [`prepare`] of the image `query` names (a pod manifest's image id, say).
+pub fn prepare_named(store: &Store, query: &str) -> Result<PreparedImage, ImageError> {
+    prepare(store, &resolve(store, query)?)
+}
+
 /// Renders (if not cached) the image's rootfs and reads its app defaults; marks it used.
 pub fn prepare(store: &Store, rec: &ImageRecord) -> Result<PreparedImage, ImageError> {
     let name = rec

@@ -1,6 +1,8 @@
 //! The appc pod manifest (`acKind: PodManifest`), written into every pod before its VM starts.
 //! Field names follow the appc spec, so rkt tooling can read `podvm cat-manifest`.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::resources::Isolator;
@@ -41,9 +43,22 @@ pub struct App {
     pub working_directory: String,
     /// Environment, in precedence order already applied.
     pub environment: Vec<NameValue>,
-    /// Resource limits (`--memory`, `--cpu`).
+    /// Resource limits (`--memory`, `--cpu`), capabilities and seccomp sets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub isolators: Vec<Isolator>,
+    /// Groups the app's process is in besides its user's (`--supplementary-gids`).
+    #[serde(
+        rename = "supplementaryGIDs",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub supplementary_gids: Vec<u32>,
+    /// The app's annotations (`--user-annotation`), for people and tools; podvm reads none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub user_annotations: BTreeMap<String, String>,
+    /// The app's labels (`--user-label`), for people and tools; podvm reads none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub user_labels: BTreeMap<String, String>,
 }
 
 impl App {
@@ -192,6 +207,9 @@ mod tests {
                 working_directory: "/".into(),
                 environment: vec![],
                 isolators: vec![Isolator::memory("64Mi").expect("valid")],
+                supplementary_gids: vec![10, 27],
+                user_annotations: BTreeMap::from([("team".into(), "web".into())]),
+                user_labels: BTreeMap::from([("tier".into(), "front".into())]),
             },
             read_only_root_fs: true,
             mounts: vec![Mount {
@@ -212,6 +230,9 @@ mod tests {
             "\"workingDirectory\"",
             "\"isolators\":[{\"name\":\"resource/memory\",\"value\":{\"limit\":\"64Mi\"}}]",
             "\"readOnlyRootFS\":true",
+            "\"supplementaryGIDs\":[10,27]",
+            "\"userAnnotations\":{\"team\":\"web\"}",
+            "\"userLabels\":{\"tier\":\"front\"}",
             "\"mounts\":[{\"volume\":\"data\",\"path\":\"/data\"}]",
             "\"volumes\":[{\"name\":\"data\",\"kind\":\"host\",\"source\":\"/srv\",\"readOnly\":true}]",
         ] {

@@ -22,9 +22,11 @@ pub mod logs;
 pub mod manifest;
 pub mod resources;
 pub mod rootfs;
+pub mod security;
 pub mod state;
 pub mod status;
 pub mod store;
+pub mod syscalls;
 pub mod volumes;
 
 pub use self::state::PodState;

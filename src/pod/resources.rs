@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 pub const MEMORY_ISOLATOR: &str = "resource/memory";
 /// appc isolator name of a CPU limit.
 pub const CPU_ISOLATOR: &str = "resource/cpu";
+/// appc isolator of the app's OOM score adjustment (a number, -1000 to 1000).
+pub const OOM_SCORE_ADJ_ISOLATOR: &str = "os/linux/oom-score-adj";
+/// appc isolator of the app's CPU shares (a number, 2 to 262144; cgroup v1's `cpu.shares`).
+pub const CPU_SHARES_ISOLATOR: &str = "os/linux/cpu-shares";
 /// Guest memory for the kernel and the agent on top of the apps' limits, in MiB.
 pub const GUEST_OVERHEAD_MIB: u64 = 128;
 /// Smallest VM podvm boots for a pod, in MiB.
@@ -30,20 +34,79 @@ pub enum ResourceError {
     },
 }
 
-/// An appc isolator: a named limit.
+/// An appc isolator: a named limit or set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Isolator {
-    /// `resource/memory` or `resource/cpu`.
+    /// `resource/memory`, `resource/cpu`, or one of the `os/linux/...-set` isolators of
+    /// [`super::security`].
     pub name: String,
     /// Its value.
     pub value: Limit,
 }
 
-/// The value of a resource isolator.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The value of an isolator: `limit` for a resource, `set` (and `errno`) for the capability and
+/// seccomp sets, a bare number for `os/linux/oom-score-adj` and `os/linux/cpu-shares`; the
+/// fields of the other kinds stay empty and are not written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "LimitJson", into = "LimitJson")]
 pub struct Limit {
+    /// The value of an isolator whose value is a number (then the only one written).
+    pub number: Option<i64>,
+    /// The fields of an isolator whose value is an object.
+    pub fields: LimitFields,
+}
+
+/// How [`Limit`] is written: a number or an object.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum LimitJson {
+    Number(i64),
+    Fields(LimitFields),
+}
+
+impl From<LimitJson> for Limit {
+    fn from(json: LimitJson) -> Self {
+        match json {
+            LimitJson::Number(number) => Limit {
+                number: Some(number),
+                fields: LimitFields::default(),
+            },
+            LimitJson::Fields(fields) => Limit {
+                number: None,
+                fields,
+            },
+        }
+    }
+}
+
+impl From<Limit> for LimitJson {
+    fn from(limit: Limit) -> Self {
+        match limit.number {
+            Some(number) => LimitJson::Number(number),
+            None => LimitJson::Fields(limit.fields),
+        }
+    }
+}
+
+impl std::ops::Deref for Limit {
+    type Target = LimitFields;
+    fn deref(&self) -> &LimitFields {
+        &self.fields
+    }
+}
+
+/// The object value of an isolator.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitFields {
     /// The limit as given (a quantity string).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub limit: String,
+    /// Capability or system call names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<String>,
+    /// The errno name a seccomp set's refused calls fail with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errno: Option<String>,
 }
 
 impl Isolator {
@@ -59,11 +122,62 @@ impl Isolator {
         Ok(Self::new(CPU_ISOLATOR, value))
     }
 
+    /// An OOM score adjustment isolator, after checking the range.
+    pub fn oom_score_adj(value: i64) -> Result<Self, ResourceError> {
+        let expected = "expected a number from -1000 to 1000";
+        Self::number(
+            OOM_SCORE_ADJ_ISOLATOR,
+            "--oom-score-adj",
+            value,
+            -1000..=1000,
+            expected,
+        )
+    }
+
+    /// A CPU shares isolator, after checking the range.
+    pub fn cpu_shares(value: i64) -> Result<Self, ResourceError> {
+        let expected = "expected a number from 2 to 262144";
+        Self::number(
+            CPU_SHARES_ISOLATOR,
+            "--cpu-shares",
+            value,
+            2..=262_144,
+            expected,
+        )
+    }
+
+    fn number(
+        name: &str,
+        flag: &'static str,
+        value: i64,
+        range: std::ops::RangeInclusive<i64>,
+        expected: &'static str,
+    ) -> Result<Self, ResourceError> {
+        if !range.contains(&value) {
+            return Err(ResourceError::Bad {
+                flag,
+                value: value.to_string(),
+                expected,
+            });
+        }
+        Ok(Self {
+            name: name.to_string(),
+            value: Limit {
+                number: Some(value),
+                fields: LimitFields::default(),
+            },
+        })
+    }
+
     fn new(name: &str, limit: &str) -> Self {
         Self {
             name: name.to_string(),
             value: Limit {
-                limit: limit.to_string(),
+                number: None,
+                fields: LimitFields {
+                    limit: limit.to_string(),
+                    ..LimitFields::default()
+                },
             },
         }
     }
@@ -153,6 +267,12 @@ pub fn app_limits<'a>(isolators: impl IntoIterator<Item = &'a Isolator>) -> AppL
         match isolator.name.as_str() {
             MEMORY_ISOLATOR => limits.memory_bytes = memory_bytes(&isolator.value.limit).ok(),
             CPU_ISOLATOR => limits.cpu_millis = cpu_millis(&isolator.value.limit).ok(),
+            CPU_SHARES_ISOLATOR => {
+                limits.cpu_shares = isolator.value.number.and_then(|n| u64::try_from(n).ok());
+            }
+            OOM_SCORE_ADJ_ISOLATOR => {
+                limits.oom_score_adj = isolator.value.number.and_then(|n| i32::try_from(n).ok());
+            }
             _ => {}
         }
     }
@@ -172,6 +292,22 @@ mod tests {
         let limits = app_limits(&isolators);
         assert_eq!(limits.memory_bytes, Some(64 << 20));
         assert_eq!(limits.cpu_millis, Some(500));
+        let numbers = [
+            Isolator::oom_score_adj(-500).expect("valid"),
+            Isolator::cpu_shares(512).expect("valid"),
+        ];
+        let json = serde_json::to_string(&numbers).expect("json");
+        assert_eq!(
+            json,
+            r#"[{"name":"os/linux/oom-score-adj","value":-500},{"name":"os/linux/cpu-shares","value":512}]"#
+        );
+        let back: Vec<Isolator> = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back, numbers);
+        let limits = app_limits(&back);
+        assert_eq!(limits.oom_score_adj, Some(-500));
+        assert_eq!(limits.cpu_shares, Some(512));
+        assert!(Isolator::oom_score_adj(1001).is_err());
+        assert!(Isolator::cpu_shares(1).is_err());
         assert!(app_limits(&[]).is_empty());
     }
 

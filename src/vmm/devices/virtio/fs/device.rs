@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
+use virtio_queue::QueueT;
 
 use super::super::{read_config_bytes, ActivateError, Activation, DeviceCore, VirtioDevice};
 use super::guard::Guard;
@@ -18,6 +19,15 @@ pub const DEVICE_TYPE: u32 = 26;
 pub const TAG_LEN: usize = 36;
 /// Queue 0 is the high-priority queue (FORGET, INTERRUPT), queue 1 the one request queue.
 const QUEUE_SIZES: [u16; 2] = [128, 1024];
+/// VIRTIO_RING_F_INDIRECT_DESC: a request's buffers may sit in one indirect table, so a 1 MiB
+/// write takes one ring slot instead of ~260 and more requests fit in the ring at once.
+const RING_INDIRECT_DESC: u32 = 28;
+/// VIRTIO_RING_F_EVENT_IDX: driver and device say up to which entry they want to be notified,
+/// so a busy queue is served without a kick per request and the guest without an interrupt
+/// per reply.
+const RING_EVENT_IDX: u32 = 29;
+/// The feature bits offered (the transport adds VIRTIO_F_VERSION_1).
+const FEATURES: u64 = (1 << RING_INDIRECT_DESC) | (1 << RING_EVENT_IDX);
 
 /// Errors while creating a virtio-fs device.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +73,8 @@ impl Fs {
     pub fn new(share: &FsShare) -> Result<Self, FsError> {
         let config = config_space(&share.tag)?;
         let root = checked_root(share)?;
+        // Best effort: with the limit it has, the share still works for fewer files.
+        let _ = raise_fd_limit();
         let passthrough = PassthroughFs::new(passthrough_config(&root)).map_err(|source| {
             FsError::Passthrough {
                 tag: share.tag.clone(),
@@ -85,7 +97,19 @@ impl Fs {
 }
 
 /// The passthrough configuration: no file handles (O_PATH fds only, no open_by_handle_at), no
-/// writeback cache or DAX, xattrs on (the guard limits them to `user.*`), killpriv_v2 off.
+/// DAX, xattrs on (the guard limits them to `user.*`), killpriv_v2 off, and the writeback cache
+/// offered (FUSE_WRITEBACK_CACHE, if the driver asks for it).
+///
+/// Writeback cache: the guest's writes land in its page cache and reach the host as large
+/// writes, in the background or when the guest flushes. What is durable stays the same:
+/// fsync(2) in the guest writes the file's dirty pages back before its FUSE_FSYNC makes the
+/// host fsync; `sync`/syncfs(2) writes back every dirty page before FUSE_SYNCFS syncs the
+/// share's host file system; close(2) writes the file back (FUSE_FLUSH), so a closed file is in
+/// the host's page cache as without the cache, and the agent syncs before power-off. Only data
+/// a guest that is killed wrote without closing, fsyncing or syncing can now be lost, as on any
+/// crash. The passthrough opens write-only files read-write on the host (the guest kernel reads
+/// to fill partial pages) and drops O_APPEND (the guest kernel appends); the guard checks the
+/// guest's own flags, so neither lets a read-only share or a setuid file be written.
 pub fn passthrough_config(root: &str) -> Config {
     Config {
         root_dir: root.to_owned(),
@@ -93,7 +117,7 @@ pub fn passthrough_config(root: &str) -> Config {
         xattr: true,
         inode_file_handles: false,
         killpriv_v2: false,
-        writeback: false,
+        writeback: true,
         no_open: false,
         no_opendir: false,
         dax_file_size: None,
@@ -103,6 +127,42 @@ pub fn passthrough_config(root: &str) -> Config {
         cache_policy: CachePolicy::Auto,
         ..Config::default()
     }
+}
+
+/// Raises this process's RLIMIT_NOFILE to what the kernel allows (`/proc/sys/fs/nr_open`, as
+/// virtiofsd does), or failing that (no CAP_SYS_RESOURCE) the soft limit to the hard one, and
+/// returns the soft limit in force. The passthrough holds one O_PATH descriptor per inode the
+/// guest has looked up and not forgotten, so with the usual soft limit of 1024 a guest walking
+/// a tree of a few thousand files got EMFILE ("Too many open files") from the host.
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|text| text.trim().parse::<libc::rlim_t>().ok())
+        .unwrap_or(limit.rlim_max);
+    let wanted = nr_open.max(limit.rlim_max);
+    for candidate in [wanted, limit.rlim_max] {
+        if limit.rlim_cur >= candidate {
+            break;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: candidate,
+            rlim_max: candidate.max(limit.rlim_max),
+        };
+        // SAFETY: setrlimit reads one rlimit from a struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+            break;
+        }
+    }
+    Ok(limit.rlim_cur)
 }
 
 /// The share's directory, canonical (symlinks on the way resolved once, here, on the host).
@@ -150,14 +210,18 @@ impl VirtioDevice for Fs {
     }
 
     fn features(&self) -> u64 {
-        0
+        FEATURES
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
     }
 
-    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+    fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
+        let event_idx = activation.acked_features & (1 << RING_EVENT_IDX) != 0;
+        for queue in &mut activation.queues {
+            queue.set_event_idx(event_idx);
+        }
         // The high-priority queue (0) may stay unused, and unready, by the driver.
         self.core
             .activate(activation, 1..QUEUE_SIZES.len(), |activation| {
@@ -204,6 +268,27 @@ mod tests {
         assert_eq!(word, [0; 4]);
         assert_eq!(device.device_type(), 26);
         assert_eq!(device.queue_max_sizes().len(), 2);
+        assert_eq!(
+            device.features(),
+            (1 << 28) | (1 << 29),
+            "indirect, event idx"
+        );
+    }
+
+    /// The descriptor limit ends at least at the hard limit there was (the passthrough needs
+    /// one descriptor per inode the guest holds).
+    #[test]
+    fn the_descriptor_limit_is_raised_to_at_least_the_hard_limit() {
+        let mut before = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one rlimit into the struct we own.
+        let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut before) };
+        assert_eq!(got, 0);
+        let soft = raise_fd_limit().expect("getrlimit");
+        assert!(soft >= before.rlim_max, "{soft} < {}", before.rlim_max);
+        assert_eq!(raise_fd_limit().expect("again"), soft, "idempotent");
     }
 
     #[test]

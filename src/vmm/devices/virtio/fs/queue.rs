@@ -66,6 +66,12 @@ static DROPPED: crate::vmm::ratelog::RateLimitedLog =
 /// Answers every pending request of `queue` with `server`, then signals the guest if it wants
 /// to know. A malformed request (buffers outside guest memory, undecodable header) is returned
 /// to the driver with no reply bytes; it does not stop the queue. Returns the requests handled.
+///
+/// While it works the driver is asked not to kick (VRING_USED_F_NO_NOTIFY, or with EVENT_IDX
+/// the avail event left behind), and before it returns it re-enables kicks and looks once more,
+/// so requests queued meanwhile are served in the same call without a kick of their own. A
+/// pass that finds nothing although the ring says there is more (a broken avail index) ends
+/// the call instead of looping.
 pub fn process_queue<F, S>(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
@@ -78,17 +84,24 @@ where
     S: SignalGuest,
 {
     let mut handled = 0;
-    while let Some(chain) = queue.pop_descriptor_chain(mem) {
-        let head = chain.head_index();
-        let written = match answer(mem, chain, server, share) {
-            Ok(written) => written,
-            Err(err) => {
-                DROPPED.log(format_args!("request dropped: {err}"));
-                0
-            }
-        };
-        queue.add_used(mem, head, written)?;
-        handled += 1;
+    loop {
+        queue.disable_notification(mem)?;
+        let before = handled;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let written = match answer(mem, chain, server, share) {
+                Ok(written) => written,
+                Err(err) => {
+                    DROPPED.log(format_args!("request dropped: {err}"));
+                    0
+                }
+            };
+            queue.add_used(mem, head, written)?;
+            handled += 1;
+        }
+        if !queue.enable_notification(mem)? || handled == before {
+            break;
+        }
     }
     if handled > 0 && queue.needs_notification(mem)? {
         signal.signal_used_queue().map_err(QueueError::Signal)?;

@@ -8,7 +8,7 @@ use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRI
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::*;
 
@@ -339,4 +339,163 @@ fn syncfs_syncs_the_share_and_answers_with_the_result() {
     let root = ShareRoot(std::fs::File::open(dir.path()).expect("root").into());
     root.sync_share()
         .expect("syncfs of the share's file system");
+}
+
+/// `used_event` (driver → device, after the avail ring) and `avail_event` (device → driver,
+/// after the used ring) of a mock queue of `size` entries.
+fn event_addrs(mock: &MockSplitQueue<GuestMemoryMmap>, size: u16) -> (GuestAddress, GuestAddress) {
+    let used_event = mock.avail_addr().unchecked_add(4 + 2 * u64::from(size));
+    let avail_event = mock.used_addr().unchecked_add(4 + 8 * u64::from(size));
+    (used_event, avail_event)
+}
+
+/// With EVENT_IDX the device leaves `avail_event` at the next request it has not seen (the
+/// driver kicks only past it) and interrupts only when the used index passes the driver's
+/// `used_event`; without it, kicks are re-enabled (used flags 0) when the queue is drained.
+#[test]
+fn notifications_follow_event_idx_and_are_reenabled_when_drained() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = guarded_server(dir.path(), true);
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).expect("memory");
+    let mock = MockSplitQueue::new(&mem, 16);
+    let (used_event, avail_event) = event_addrs(&mock, 16);
+    queue_requests(
+        &mem,
+        &mock,
+        &[
+            request(FUSE_INIT, 1, 0, &init_args()),
+            request(FUSE_LOOKUP, 2, 1, b"missing\0"),
+        ],
+    );
+    let mut queue: Queue = mock.create_queue().expect("queue");
+    queue.set_event_idx(true);
+    // The driver wants an interrupt only once the used index passes 5.
+    mem.write_obj(5u16, used_event).expect("used_event");
+    let signal = CountSignals::default();
+    let served = process_queue(&mut queue, &mem, &server, &Syncs::default(), &signal);
+    assert_eq!(served.expect("served"), 2);
+    assert_eq!(mem.read_obj::<u16>(avail_event).expect("avail_event"), 2);
+    assert_eq!(
+        signal.0.get(),
+        0,
+        "used index 2 has not passed used_event 5"
+    );
+    // Now it wants the next one.
+    mem.write_obj(2u16, used_event).expect("used_event");
+    queue_requests_from(&mem, &mock, 2, &[request(FUSE_LOOKUP, 3, 1, b"x\0")]);
+    let served = process_queue(&mut queue, &mem, &server, &Syncs::default(), &signal);
+    assert_eq!(served.expect("served"), 1);
+    assert_eq!(mem.read_obj::<u16>(avail_event).expect("avail_event"), 3);
+    assert_eq!(signal.0.get(), 1);
+
+    let mock = MockSplitQueue::new(&mem, 16);
+    queue_requests(&mem, &mock, &[request(FUSE_INIT, 1, 0, &init_args())]);
+    let mut queue: Queue = mock.create_queue().expect("queue");
+    let served = process_queue(&mut queue, &mem, &server, &Syncs::default(), &signal);
+    assert_eq!(served.expect("served"), 1);
+    let flags: u16 = mem.read_obj(mock.used_addr()).expect("used flags");
+    assert_eq!(flags, 0, "kicks enabled again");
+    assert_eq!(
+        signal.0.get(),
+        2,
+        "without EVENT_IDX every batch interrupts"
+    );
+}
+
+/// An avail index far ahead of the ring (a broken driver) makes the queue yield nothing while
+/// it still says there is more: the call returns instead of spinning.
+#[test]
+fn a_broken_avail_index_does_not_spin() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = guarded_server(dir.path(), true);
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).expect("memory");
+    let mock = MockSplitQueue::new(&mem, 16);
+    mock.avail().idx().store(1000);
+    for event_idx in [false, true] {
+        let mut queue: Queue = mock.create_queue().expect("queue");
+        queue.set_event_idx(event_idx);
+        let served = process_queue(
+            &mut queue,
+            &mem,
+            &server,
+            &Syncs::default(),
+            &CountSignals::default(),
+        );
+        assert_eq!(served.expect("returns"), 0);
+    }
+}
+
+const FUSE_OPEN: u32 = 14;
+const FUSE_READ: u32 = 15;
+const FUSE_WRITEBACK_CACHE: u32 = 1 << 16;
+
+/// Serves `req` as request number `index` of the queue and returns its reply header.
+fn serve_one(
+    mem: &GuestMemoryMmap,
+    mock: &MockSplitQueue<GuestMemoryMmap>,
+    queue: &mut Queue,
+    server: &FsServer,
+    index: u16,
+    req: Vec<u8>,
+) -> (u32, i32, u64) {
+    queue_requests_from(mem, mock, index, &[req]);
+    let served = process_queue(
+        queue,
+        mem,
+        server,
+        &Syncs::default(),
+        &CountSignals::default(),
+    );
+    assert_eq!(served.expect("served"), 1);
+    reply(mem, mock, index)
+}
+
+/// The device's own configuration takes the writeback cache a driver offers; a file the guest
+/// opens write-only can then be read through its handle (the guest kernel fills partial pages
+/// that way), because the host file is open read-write.
+#[test]
+fn the_writeback_cache_is_taken_and_write_only_handles_can_fill_pages() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("file"), b"hello").expect("file");
+    let root = dir.path().to_str().expect("utf-8");
+    let passthrough = PassthroughFs::new(super::super::passthrough_config(root)).expect("fs");
+    let server = Server::new(Guard::new(passthrough, false));
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).expect("memory");
+    let mock = MockSplitQueue::new(&mem, 16);
+    let mut queue: Queue = mock.create_queue().expect("queue");
+    let offered = FUSE_WRITEBACK_CACHE | FUSE_BIG_WRITES | FUSE_MAX_PAGES;
+    let init = request(FUSE_INIT, 1, 0, &init_args_with(offered));
+    assert_eq!(serve_one(&mem, &mock, &mut queue, &server, 0, init).1, 0);
+    let flags = reply_u64(&mem, 0, INIT_OUT_FLAGS) & 0xffff_ffff;
+    assert_ne!(
+        flags & u64::from(FUSE_WRITEBACK_CACHE),
+        0,
+        "writeback taken"
+    );
+
+    let lookup = request(FUSE_LOOKUP, 2, 1, b"file\0");
+    assert_eq!(serve_one(&mem, &mock, &mut queue, &server, 1, lookup).1, 0);
+    let node = reply_u64(&mem, 1, ENTRY_NODEID);
+    let write_only = u32::try_from(libc::O_WRONLY).expect("flag");
+    let open_args: Vec<u8> = [write_only, 0]
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .collect();
+    let open = request(FUSE_OPEN, 3, node, &open_args);
+    assert_eq!(serve_one(&mem, &mock, &mut queue, &server, 2, open).1, 0);
+    let handle = reply_u64(&mem, 2, 16);
+    let mut read_args = Vec::new();
+    read_args.extend_from_slice(&handle.to_le_bytes());
+    read_args.extend_from_slice(&0u64.to_le_bytes()); // offset
+    read_args.extend_from_slice(&5u32.to_le_bytes()); // size
+    read_args.extend_from_slice(&[0u8; 20]); // read_flags, lock_owner, flags, padding
+    let read = request(FUSE_READ, 4, node, &read_args);
+    assert_eq!(
+        serve_one(&mem, &mock, &mut queue, &server, 3, read),
+        (21, 0, 4)
+    );
+    let mut data = [0u8; 5];
+    let addr = GuestAddress(0x10_0000 + 3 * 0x1_0000 + 0x8000 + 16);
+    mem.read_slice(&mut data, addr).expect("read data");
+    assert_eq!(&data, b"hello");
 }
