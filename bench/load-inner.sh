@@ -6,7 +6,8 @@
 #                "N avail KIB" samples of L1's MemAvailable
 #   skipped.txt  "N REASON" for a round L1 has too little memory for
 #   soak.txt     "I WANT T0 FIRST T1 RC OUTPUT" per sequential pod (WANT: its exit code)
-#   errors.txt   "ROUND I LINE" podvm's stderr (and the pod's last console line) of a failed pod
+#   errors.txt   "ROUND I LINE" podvm's stderr (and the pod's last console line) of a failed pod,
+#                and "ROUND I cause: CAUSE", the cause `podvm status` names (none if it names none)
 # Usage: load-inner.sh at-once N... | load-inner.sh soak COUNT
 mode=$1; shift
 res=/payload/results; mkdir -p $res
@@ -41,6 +42,9 @@ pod() {
     for c in state/pods/*/$u/console.log; do
       [ -n "$u" ] && [ -s "$c" ] && echo "$round $i console: $(tail -1 $c)" >>$res/errors.txt
     done
+    # The cause `podvm status` names (guest-panic, triple-fault, no-agent, killed, ...).
+    cause=$([ -n "$u" ] && $P status --format json $u 2>/dev/null | sed -n 's/^ *"cause": "\(.*\)",*$/\1/p')
+    echo "$round $i cause: ${cause:-none}" >>$res/errors.txt
   fi
   echo "$t0 $first $t1 $rc $(cat $f.out)"
 }

@@ -34,6 +34,10 @@ def spread(values_cs):
 def cause(rc, want, output, expected, err, took_cs, mode="at-once"):
     if took_cs >= TIMEOUT_CS[mode] or rc in (124, 143):
         return "timeout"
+    named = [line.split(": ", 1)[1] for line in err if line.startswith("cause: ")]
+    if named and named[0] != "none":
+        # The cause podvm's status names: guest-panic, triple-fault, no-agent, killed, ...
+        return f"guest ended without an exit status ({named[0]})"
     if any(SILENT in line for line in err):
         return "guest died silently"
     if rc != want:

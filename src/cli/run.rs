@@ -443,6 +443,7 @@ fn run_pod(
         }
         Err(source) => {
             status.reason = Some(source.to_string());
+            status.cause = source.cause();
             pods.write_status(&pod, &status)?;
             Err(RunError::Launch {
                 uuid: pod.uuid,
