@@ -8,7 +8,8 @@
 #   soak.txt     "I WANT T0 FIRST T1 RC OUTPUT" per sequential pod (WANT: its exit code)
 #   errors.txt   "ROUND I LINE" podvm's stderr (and the pod's last console line) of a failed pod,
 #                and "ROUND I cause: CAUSE", the cause `podvm status` names (none if it names none)
-# Usage: load-inner.sh at-once N... | load-inner.sh soak COUNT
+#   soak-stopped.txt  why a soak stopped before COUNT pods (its MAX_SECS were up)
+# Usage: load-inner.sh at-once N... | load-inner.sh soak COUNT [MAX_SECS]
 mode=$1; shift
 res=/payload/results; mkdir -p $res
 tmp=/tmp/load; mkdir -p $tmp
@@ -85,10 +86,15 @@ at-once)
   done
   ;;
 soak)
-  count=$1
+  count=$1 max_secs=${2:-0}
   touch $tmp/done
+  soak_start=$(date +%s)
   i=1
   while [ $i -le $count ]; do
+    if [ "$max_secs" -gt 0 ] && [ $(( $(date +%s) - soak_start )) -ge "$max_secs" ]; then
+      echo "$((i - 1)) of $count pods started when the soak's $max_secs s were up" >>$res/soak-stopped.txt
+      break
+    fi
     want=$(( i % 100 + 1 ))
     echo "$i $want $(pod soak $i $want)" >>$res/soak.txt
     [ $((i % 10)) -eq 0 ] && clean

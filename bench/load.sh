@@ -5,12 +5,15 @@
 # start-to-first-output and exit times, pods per minute, memory per pod (peak of each pod's
 # cgroup) and, for the soak, failures by cause.
 # Usage: bench/load.sh OUT_DIR [N...]        e.g. bench/load.sh out 10 25
-#        bench/load.sh OUT_DIR soak COUNT    e.g. bench/load.sh out soak 200
+#        bench/load.sh OUT_DIR soak COUNT [MAX_SECS]
+#                                            e.g. bench/load.sh out soak 300 780: 300 pods, or
+#                                            as many as start in 780 s (an L1 run blocks every
+#                                            other L1 user of the machine)
 set -euo pipefail
-out=${1:?usage: load.sh OUT_DIR [N...] | load.sh OUT_DIR soak COUNT}
+out=${1:?usage: load.sh OUT_DIR [N...] | load.sh OUT_DIR soak COUNT [MAX_SECS]}
 shift
 if [ "${1:-}" = soak ]; then
-  args="soak ${2:?usage: load.sh OUT_DIR soak COUNT}"
+  args="soak ${2:?usage: load.sh OUT_DIR soak COUNT [MAX_SECS]} ${3:-}"
 else
   args="at-once ${*:-10 25 50}"
 fi

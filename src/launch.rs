@@ -462,9 +462,13 @@ fn exit_status(
             ),
         )
     } else {
+        let end = guest_end.map(|end| format!(" ({end})")).unwrap_or_default();
         (
             EndCause::NoAgent,
-            "the guest stopped before the agent started (the kernel cannot run the agent, or it was reset with nothing on its console)".to_string(),
+            format!(
+                "the guest stopped before the agent started (the kernel cannot run the agent, \
+                 or it was reset with nothing on its console){end}"
+            ),
         )
     };
     Err(LaunchError::NoStatus {
@@ -532,6 +536,16 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("Run /init as init process"), "{text}");
+        let report = LinkReport::default();
+        let err = exit_status(&report, Some(end), &log).expect_err("no status");
+        assert_eq!(err.cause(), Some(EndCause::NoAgent));
+        assert!(
+            err.to_string().starts_with(
+                "the guest stopped before the agent started (the kernel cannot run the agent, \
+                 or it was reset with nothing on its console) (vCPU 0: Shutdown at rip"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -75,7 +75,7 @@ fn report(id: &str, mask: bool) -> String {
 /// `podvm run` of an app that runs `script` as root in the guest, then its exit code.
 fn run_app(id: &str, script: &str) -> String {
     format!(
-        "{PODVM} run --memory {MEMORY} --uuid-file-save {id}.uuid {IMAGE} --exec /bin/sh -- -c \
+        "{PODVM} run --uuid-file-save {id}.uuid {IMAGE} --memory {MEMORY} --exec /bin/sh -- -c \
          '{script}' >{id}.out 2>{id}.err; echo rc=$?"
     )
 }
@@ -102,25 +102,28 @@ fn triple_fault_check() -> String {
     format!("{}; {}", run_app("triple", &script), report("triple", true))
 }
 
-/// The VMM killed: the app writes its marker and sleeps; once the marker is on the console and
-/// the app said so, the `podvm run` process (pid from `podvm status`) gets SIGKILL.
+/// The VMM killed: a detached pod (its supervisor, `podvm supervise`, is the VMM process), with
+/// `podvm attach` following it; the app writes its marker and sleeps; once the marker is on the
+/// console and in the app's log, the VMM process (pid from `podvm status`) gets SIGKILL. The
+/// error is `attach`'s.
 fn kill_check() -> String {
     let script = format!(
         "echo \"<0>{}\" >/dev/kmsg; echo ready; exec sleep 600",
         marker("VMM kill")
     );
     format!(
-        "{PODVM} run --memory {MEMORY} --uuid-file-save kill.uuid {IMAGE} --exec /bin/sh -- -c \
-         '{script}' >kill.out 2>kill.err & run=$!; \
-         for i in $(seq 900); do \
-           [ -s kill.uuid ] && grep -q ready kill.out 2>/dev/null && \
-           grep -q 'podvm-death:' state/pods/run/$(cat kill.uuid)/console.log 2>/dev/null && break; \
-           kill -0 $run 2>/dev/null || break; sleep 0.2; done; \
+        "{PODVM} run --detach --uuid-file-save kill.uuid {IMAGE} --memory {MEMORY} --exec \
+         /bin/sh -- -c '{script}' >kill.run.out 2>kill.run.err; echo detach-rc=$?; \
          u=$(cat kill.uuid); \
+         {PODVM} attach --sig-proxy=false $u >kill.out 2>kill.err & attach=$!; \
+         for i in $(seq 900); do \
+           {PODVM} logs $u 2>/dev/null | grep -q ready && \
+           grep -q 'podvm-death:' state/pods/run/$u/console.log 2>/dev/null && break; \
+           sleep 0.2; done; \
          echo \"before=$({PODVM} status $u | grep '^state=')\"; \
          pid=$({PODVM} status $u | sed -n 's/^pid=//p'); \
-         [ \"$pid\" = \"$run\" ] && echo pid-is-run; \
-         kill -9 \"$pid\"; wait $run; echo rc=$?; {}",
+         echo \"vmm-cmd=$(tr '\\0' ' ' </proc/$pid/cmdline)\"; \
+         kill -9 \"$pid\"; wait $attach; echo attach-rc=$?; {}",
         report("kill", false)
     )
 }
@@ -179,12 +182,20 @@ impl<'a> Sections<'a> {
     }
 }
 
-/// Asserts what the host says of a pod that died: `rc` from `podvm run`, the `cause` in status
-/// (table, JSON) and list, the `reason` beginning, and the guest's last console line, read
-/// independently from its console log, in status (table and JSON). Returns the sections.
-fn assert_died<'a>(result: &'a CheckResult, rc: &str, cause: &str, reason: &str) -> Sections<'a> {
+/// Asserts what the host says of a pod that died: `rc` from `podvm run` (when it ran in the
+/// foreground), the `cause` in status (table, JSON) and list, the `reason` beginning, and the
+/// guest's last console line, read independently from its console log, in status (table and
+/// JSON). Returns the sections.
+fn assert_died<'a>(
+    result: &'a CheckResult,
+    rc: Option<&str>,
+    cause: &str,
+    reason: &str,
+) -> Sections<'a> {
     let out = Sections { result };
-    assert_eq!(out.value("rc"), rc, "podvm run's exit code: {result}");
+    if let Some(rc) = rc {
+        assert_eq!(out.value("rc"), rc, "podvm run's exit code: {result}");
+    }
     let last = out.value("console-last");
     assert!(!last.is_empty(), "the guest wrote to its console: {result}");
     assert_ne!(
@@ -275,7 +286,7 @@ fn a_guest_kernel_panic_is_named_with_its_panic_line_and_last_console_line() {
     assert!(!out.get("app-out").contains("still-alive"), "{result}");
     let reason = "the guest kernel died before the agent reported an exit status: Kernel panic - \
                   not syncing: Out of memory";
-    let out = assert_died(result, NO_STATUS_RC, "guest-panic", reason);
+    let out = assert_died(result, Some(NO_STATUS_RC), "guest-panic", reason);
     assert_run_error(&out, reason, "kernel panic");
 }
 
@@ -288,7 +299,7 @@ fn a_triple_fault_is_named_with_the_last_console_line() {
     assert!(!out.get("app-out").contains("still-alive"), "{result}");
     let reason = "the guest stopped before the agent reported an exit status: it was reset with \
                   nothing on its console (a triple fault)";
-    let out = assert_died(result, NO_STATUS_RC, "triple-fault", reason);
+    let out = assert_died(result, Some(NO_STATUS_RC), "triple-fault", reason);
     assert_run_error(&out, reason, "triple fault");
     assert!(
         out.value("console-last").ends_with(&marker("triple fault")),
@@ -302,18 +313,25 @@ fn a_killed_vmm_is_named_killed_with_the_last_console_line() {
         return;
     };
     let out = Sections { result };
+    assert_eq!(out.value("detach-rc"), "0", "{result}");
     assert_eq!(out.value("before"), "state=running", "{result}");
     assert!(
-        result.stdout.contains("pid-is-run"),
-        "status names the podvm process that runs the pod: {result}"
+        out.value("vmm-cmd").contains(" supervise "),
+        "status names the pod's VMM process, its supervisor: {result}"
     );
-    let died = assert_died(result, "137", "killed", "killed: the pod's podvm process");
+    let reason = "killed: the pod's podvm process";
+    let died = assert_died(result, None, "killed", reason);
+    let last = died.value("console-last");
+    assert!(last.ends_with(&marker("VMM kill")), "{result}");
+    assert_ne!(died.value("attach-rc"), "0", "{result}");
+    let err = died.get("run-err");
     assert!(
-        died.value("console-last").ends_with(&marker("VMM kill")),
-        "{result}"
+        err.contains("ended without an exit status: killed: the pod's podvm process")
+            && err.contains("(cause: killed)"),
+        "attach's error names the cause: {result}"
     );
     assert!(
-        died.get("run-err").trim().is_empty(),
-        "a SIGKILLed podvm says nothing: {result}"
+        err.contains(&format!("the guest's last console line: {last}")),
+        "attach's error shows the guest's last console line: {result}"
     );
 }

@@ -223,6 +223,17 @@ fn wait_for(
     }
 }
 
+/// The pod `uuid` once it has ended (or as it is after `limit`), with its view: what an
+/// attached client reports when its session ends without an exit status.
+pub(crate) fn view_once_ended(
+    pods: &PodStore,
+    uuid: &str,
+    limit: Duration,
+) -> Result<PodView, PodError> {
+    let pod = wait_for(pods, uuid, limit, is_final)?;
+    view(pods, &pod)
+}
+
 /// Whether a pod will not change state on its own any more.
 fn is_final(pod: &Pod) -> bool {
     matches!(
