@@ -36,4 +36,6 @@ status=0
   "$payload" "$work/results" -- "sh /payload/load-inner.sh $args" || status=$?
 [ $status -eq 0 ] || echo "load.sh: L1 ended with status $status; results so far:"
 python3 "$here/bench/load-summarize.py" "$work/results"
+# LOAD_RESULTS=DIR keeps the raw results (and L1's console log) there.
+[ -z "${LOAD_RESULTS:-}" ] || { mkdir -p "$LOAD_RESULTS"; cp -a "$work/results" "$work"/*.log "$LOAD_RESULTS/" 2>/dev/null || true; }
 exit $status

@@ -127,7 +127,8 @@ pub fn view(pods: &PodStore, pod: &Pod) -> Result<PodView, PodError> {
         // Each app's code is in its entry of `apps`: the view has one `apps` key.
         status.apps.clear();
     }
-    if pod.state == PodState::Exited && status.finished.is_none() && status.reason.is_none() {
+    let ended = matches!(pod.state, PodState::Exited | PodState::ExitedGarbage);
+    if ended && status.finished.is_none() && status.reason.is_none() {
         let (cause, reason) = killed(&pod.uuid, status.pid);
         status.cause = Some(cause);
         status.reason = Some(reason);
@@ -422,6 +423,14 @@ mod tests {
         let json = serde_json::to_value(&view).expect("json");
         assert_eq!(json["cause"], "killed");
         assert_eq!(json["console_last_line"], "[    3.1] app: last words");
+        let marked = pods.mark_garbage(&pod, 5).expect("gc marks it");
+        let view = super::view(&pods, &marked).expect("view");
+        assert_eq!(
+            view.status.cause,
+            Some(EndCause::Killed),
+            "still named once gc marked it"
+        );
+        let pod = pods.transition(&marked, "run").expect("back");
 
         let ended = PodStatus {
             finished: Some(3),
