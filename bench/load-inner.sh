@@ -6,8 +6,10 @@
 #                "N avail KIB" samples of L1's MemAvailable
 #   skipped.txt  "N REASON" for a round L1 has too little memory for
 #   soak.txt     "I WANT T0 FIRST T1 RC OUTPUT" per sequential pod (WANT: its exit code)
-#   errors.txt   "ROUND I LINE" podvm's stderr (and the pod's last console line) of a failed pod
-# Usage: load-inner.sh at-once N... | load-inner.sh soak COUNT
+#   errors.txt   "ROUND I LINE" podvm's stderr (and the pod's last console line) of a failed pod,
+#                and "ROUND I cause: CAUSE", the cause `podvm status` names (none if it names none)
+#   soak-stopped.txt  why a soak stopped before COUNT pods (its MAX_SECS were up)
+# Usage: load-inner.sh at-once N... | load-inner.sh soak COUNT [MAX_SECS]
 mode=$1; shift
 res=/payload/results; mkdir -p $res
 tmp=/tmp/load; mkdir -p $tmp
@@ -41,6 +43,9 @@ pod() {
     for c in state/pods/*/$u/console.log; do
       [ -n "$u" ] && [ -s "$c" ] && echo "$round $i console: $(tail -1 $c)" >>$res/errors.txt
     done
+    # The cause `podvm status` names (guest-panic, triple-fault, no-agent, killed, ...).
+    cause=$([ -n "$u" ] && $P status --format json $u 2>/dev/null | sed -n 's/^ *"cause": "\(.*\)",*$/\1/p')
+    echo "$round $i cause: ${cause:-none}" >>$res/errors.txt
   fi
   echo "$t0 $first $t1 $rc $(cat $f.out)"
 }
@@ -81,10 +86,15 @@ at-once)
   done
   ;;
 soak)
-  count=$1
+  count=$1 max_secs=${2:-0}
   touch $tmp/done
+  soak_start=$(date +%s)
   i=1
   while [ $i -le $count ]; do
+    if [ "$max_secs" -gt 0 ] && [ $(( $(date +%s) - soak_start )) -ge "$max_secs" ]; then
+      echo "$((i - 1)) of $count pods started when the soak's $max_secs s were up" >>$res/soak-stopped.txt
+      break
+    fi
     want=$(( i % 100 + 1 ))
     echo "$i $want $(pod soak $i $want)" >>$res/soak.txt
     [ $((i % 10)) -eq 0 ] && clean

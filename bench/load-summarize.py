@@ -34,6 +34,10 @@ def spread(values_cs):
 def cause(rc, want, output, expected, err, took_cs, mode="at-once"):
     if took_cs >= TIMEOUT_CS[mode] or rc in (124, 143):
         return "timeout"
+    named = [line.split(": ", 1)[1] for line in err if line.startswith("cause: ")]
+    if named and named[0] != "none":
+        # The cause podvm's status names: guest-panic, triple-fault, no-agent, killed, ...
+        return f"guest ended without an exit status ({named[0]})"
     if any(SILENT in line for line in err):
         return "guest died silently"
     if rc != want:
@@ -91,8 +95,13 @@ def soak(errs):
     causes = Counter(
         cause(rc, want, out, f"pod-{i}", errs.get("soak", {}).get(str(i), []), t1 - t0, "soak") for i, want, t0, _, t1, rc, out in pods
     )
+    for row in lines("soak-stopped.txt"):
+        print(f"soak stopped early: {' '.join(row)}")
     took = sum(p[4] - p[2] for p in pods)
-    print(f"soak: {causes['right']}/{len(pods)} sequential pods right, {len(pods) * 6000 / took:.1f} pods per minute")
+    wall = max(p[4] for p in pods) - min(p[2] for p in pods)
+    print(f"soak: {causes['right']}/{len(pods)} sequential pods right, {len(pods) * 6000 / took:.1f} pods per "
+          f"minute of pod time, {len(pods) * 6000 / wall:.1f} per minute of wall time ({wall / 100:.0f} s, "
+          f"gc every 10 pods included)")
     for what, count in causes.most_common():
         if what != "right":
             print(f"  {what}: {count}")

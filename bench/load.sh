@@ -5,12 +5,15 @@
 # start-to-first-output and exit times, pods per minute, memory per pod (peak of each pod's
 # cgroup) and, for the soak, failures by cause.
 # Usage: bench/load.sh OUT_DIR [N...]        e.g. bench/load.sh out 10 25
-#        bench/load.sh OUT_DIR soak COUNT    e.g. bench/load.sh out soak 200
+#        bench/load.sh OUT_DIR soak COUNT [MAX_SECS]
+#                                            e.g. bench/load.sh out soak 300 780: 300 pods, or
+#                                            as many as start in 780 s (an L1 run blocks every
+#                                            other L1 user of the machine)
 set -euo pipefail
-out=${1:?usage: load.sh OUT_DIR [N...] | load.sh OUT_DIR soak COUNT}
+out=${1:?usage: load.sh OUT_DIR [N...] | load.sh OUT_DIR soak COUNT [MAX_SECS]}
 shift
 if [ "${1:-}" = soak ]; then
-  args="soak ${2:?usage: load.sh OUT_DIR soak COUNT}"
+  args="soak ${2:?usage: load.sh OUT_DIR soak COUNT [MAX_SECS]} ${3:-}"
 else
   args="at-once ${*:-10 25 50}"
 fi
@@ -33,4 +36,6 @@ status=0
   "$payload" "$work/results" -- "sh /payload/load-inner.sh $args" || status=$?
 [ $status -eq 0 ] || echo "load.sh: L1 ended with status $status; results so far:"
 python3 "$here/bench/load-summarize.py" "$work/results"
+# LOAD_RESULTS=DIR keeps the raw results (and L1's console log) there.
+[ -z "${LOAD_RESULTS:-}" ] || { mkdir -p "$LOAD_RESULTS"; cp -a "$work/results" "$work"/*.log "$LOAD_RESULTS/" 2>/dev/null || true; }
 exit $status

@@ -18,6 +18,7 @@ use crate::control::attach::{AppTerminal, OutputHub};
 use crate::control::server::ControlServer;
 use crate::control::vm::VmControl;
 use crate::pod::logs::{AppLog, LogStream};
+use crate::pod::status::EndCause;
 use crate::relay::{Relay, RelayError, RelayOptions};
 use crate::vmm::console_log::{self, ConsoleLog};
 use crate::vmm::{self, VmConfig, VmHandle, VmOutputs, VmStats};
@@ -120,6 +121,8 @@ pub enum LaunchError {
     /// The guest ended without an exit status.
     #[error("{reason}\n--- last guest console lines ({log}) ---\n{tail}")]
     NoStatus {
+        /// What ended the guest.
+        cause: EndCause,
         /// What went wrong.
         reason: String,
         /// Where the console log was kept.
@@ -127,6 +130,17 @@ pub enum LaunchError {
         /// Its last lines.
         tail: String,
     },
+}
+
+impl LaunchError {
+    /// What ended the guest, when the launch failed because of the guest or the VMM.
+    pub fn cause(&self) -> Option<EndCause> {
+        match self {
+            LaunchError::NoStatus { cause, .. } => Some(*cause),
+            LaunchError::Vmm(_) | LaunchError::GuestFailed { .. } => Some(EndCause::VmmError),
+            _ => None,
+        }
+    }
 }
 
 /// The initramfs and kernel command line the plan boots with.
@@ -408,27 +422,44 @@ fn exit_status(
         .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
         .unwrap_or_default();
     let death = console_log::guest_death_line(&console);
-    let reason = if let Some(err) = &report.protocol_error {
-        format!("the guest agent sent malformed data ({err}); host and agent may be from different builds")
+    let (cause, reason) = if let Some(err) = &report.protocol_error {
+        (
+            EndCause::AgentProtocol,
+            format!("the guest agent sent malformed data ({err}); host and agent may be from different builds"),
+        )
     } else if let Some(line) = death {
         let when = if report.agent_ready {
             "reported an exit status"
         } else {
             "started"
         };
-        format!("the guest kernel died before the agent {when}: {line}")
+        (
+            EndCause::GuestPanic,
+            format!("the guest kernel died before the agent {when}: {line}"),
+        )
     } else if report.agent_ready {
         // Nothing from the guest kernel: the CPU reset it (a triple fault). The vCPU state says
         // where, except on AMD-V, where KVM shows the reset state instead.
         let end = guest_end.map(|end| format!(" ({end})")).unwrap_or_default();
-        format!(
-            "the guest stopped before the agent reported an exit status: it was reset with \
-             nothing on its console (a triple fault){end}"
+        (
+            EndCause::TripleFault,
+            format!(
+                "the guest stopped before the agent reported an exit status: it was reset with \
+                 nothing on its console (a triple fault){end}"
+            ),
         )
     } else {
-        "the guest stopped before the agent started (the kernel cannot run the agent, or it was reset with nothing on its console)".to_string()
+        let end = guest_end.map(|end| format!(" ({end})")).unwrap_or_default();
+        (
+            EndCause::NoAgent,
+            format!(
+                "the guest stopped before the agent started (the kernel cannot run the agent, \
+                 or it was reset with nothing on its console){end}"
+            ),
+        )
     };
     Err(LaunchError::NoStatus {
+        cause,
         reason,
         log: log_path.display().to_string(),
         tail: log_tail(log_path, 25),
@@ -482,6 +513,7 @@ mod tests {
         };
         let end = "vCPU 0: Shutdown at rip 0xffffffff81000000";
         let err = exit_status(&report, Some(end), &log).expect_err("no status");
+        assert_eq!(err.cause(), Some(EndCause::TripleFault));
         let text = err.to_string();
         assert!(
             text.contains(
@@ -491,6 +523,16 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("Run /init as init process"), "{text}");
+        let report = LinkReport::default();
+        let err = exit_status(&report, Some(end), &log).expect_err("no status");
+        assert_eq!(err.cause(), Some(EndCause::NoAgent));
+        assert!(
+            err.to_string().starts_with(
+                "the guest stopped before the agent started (the kernel cannot run the agent, \
+                 or it was reset with nothing on its console) (vCPU 0: Shutdown at rip"
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -510,6 +552,7 @@ mod tests {
                 ..Default::default()
             };
             let err = exit_status(&report, Some("vCPU 0: Shutdown"), &log).expect_err("none");
+            assert_eq!(err.cause(), Some(EndCause::GuestPanic));
             let text = err.to_string();
             assert!(
                 text.starts_with(&format!(

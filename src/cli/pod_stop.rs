@@ -22,8 +22,8 @@ use nix::sys::signal::Signal;
 
 use super::pod_gc::for_each_pod;
 use crate::control;
-use crate::pod::status::now;
 use crate::pod::status::PodStatus;
+use crate::pod::status::{now, EndCause};
 use crate::pod::{cgroup, lock, Pod, PodError, PodStore};
 
 /// How long a graceful stop may take before `stop` kills the pod's podvm (at least: a pod's
@@ -260,6 +260,7 @@ fn record_kill(pods: &PodStore, pod: &Pod, reason: &str) -> Result<String, PodEr
     if status.finished.is_none() {
         status.finished = Some(now());
         status.reason = Some(reason.to_string());
+        status.cause = Some(EndCause::Killed);
         pods.write_status(pod, &status)?;
     }
     Ok(pod.uuid.clone())

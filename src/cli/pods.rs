@@ -12,8 +12,12 @@ use serde::Serialize;
 use super::prepare::HOSTNAME_ANNOTATION;
 use super::table::{self, Column};
 use crate::control;
-use crate::pod::status::{PodStatus, PodUsage};
-use crate::pod::{Pod, PodError, PodState, PodStore};
+use crate::pod::status::{EndCause, PodStatus, PodUsage};
+use crate::pod::{cgroup, Pod, PodError, PodState, PodStore};
+use crate::vmm::console_log;
+
+/// The guest's console log in a pod's directory.
+const CONSOLE_LOG: &str = "console.log";
 
 /// Flags of `podvm list`.
 #[derive(Debug, Args)]
@@ -78,6 +82,12 @@ pub struct PodView {
     /// `status` of a running pod: seconds its VM has been running, from its supervisor.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uptime_secs: Option<u64>,
+    /// A pod that ended abnormally: the guest's last console line (control characters escaped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub console_last_line: Option<String>,
+    /// A pod that ended abnormally: its guest's console log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub console_log: Option<String>,
 }
 
 /// One app in a [`PodView`].
@@ -122,12 +132,20 @@ pub fn view(pods: &PodStore, pod: &Pod) -> Result<PodView, PodError> {
         // Each app's code is in its entry of `apps`: the view has one `apps` key.
         status.apps.clear();
     }
-    if pod.state == PodState::Exited && status.finished.is_none() && status.reason.is_none() {
-        status.reason = Some(match status.pid {
-            Some(pid) => format!("podvm process {pid} died without recording the pod's exit"),
-            None => "podvm died without recording the pod's exit".to_string(),
-        });
+    let ended = matches!(pod.state, PodState::Exited | PodState::ExitedGarbage);
+    if ended && status.finished.is_none() && status.reason.is_none() {
+        let (cause, reason) = killed(&pod.uuid, status.pid);
+        status.cause = Some(cause);
+        status.reason = Some(reason);
     }
+    let console = pod.dir.join(CONSOLE_LOG);
+    let (console_last_line, console_log) = match status.reason.is_some() && console.exists() {
+        true => (
+            console_log::last_line(&console),
+            Some(console.display().to_string()),
+        ),
+        false => (None, None),
+    };
     Ok(PodView {
         uuid: pod.uuid.clone(),
         state: pod.state,
@@ -137,7 +155,34 @@ pub fn view(pods: &PodStore, pod: &Pod) -> Result<PodView, PodError> {
         status,
         vmm_pid: None,
         uptime_secs: None,
+        console_last_line,
+        console_log,
     })
+}
+
+/// Why a pod whose podvm process `pid` (its VMM) is gone without recording the end ended: the
+/// kernel's OOM killer when the pod's cgroup counted a kill, else killed (or crashed).
+fn killed(uuid: &str, pid: Option<u32>) -> (EndCause, String) {
+    let process = match pid {
+        Some(pid) => format!("the pod's podvm process {pid}, which ran its VM,"),
+        None => "the pod's podvm process, which ran its VM,".to_string(),
+    };
+    match cgroup::oom_kills(uuid).filter(|&kills| kills > 0) {
+        Some(kills) => (
+            EndCause::OomKilled,
+            format!(
+                "killed by the kernel's OOM killer: {process} was in the pod's cgroup when it \
+                 reached its memory limit (memory.events: oom_kill {kills})"
+            ),
+        ),
+        None => (
+            EndCause::Killed,
+            format!(
+                "killed: {process} died without recording the pod's exit (a SIGKILL, or a \
+                 crash)"
+            ),
+        ),
+    }
 }
 
 /// Adds what a running pod's supervisor says over its control socket to `view`; without an
@@ -192,6 +237,17 @@ fn wait_for(
         }
         std::thread::sleep(WAIT_INTERVAL);
     }
+}
+
+/// The pod `uuid` once it has ended (or as it is after `limit`), with its view: what an
+/// attached client reports when its session ends without an exit status.
+pub(crate) fn view_once_ended(
+    pods: &PodStore,
+    uuid: &str,
+    limit: Duration,
+) -> Result<PodView, PodError> {
+    let pod = wait_for(pods, uuid, limit, is_final)?;
+    view(pods, &pod)
 }
 
 /// Whether a pod will not change state on its own any more.
@@ -378,10 +434,26 @@ pub fn status(data_dir: &Path, args: StatusArgs) -> Result<ExitCode, PodError> {
     if let Some(line) = super::net::status_line(&view.networks) {
         println!("{line}");
     }
-    if let Some(reason) = &view.status.reason {
-        println!("reason={reason}");
-    }
+    print_end(&view);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `status` lines of why a pod ended abnormally: the reason's first line (the rest, the
+/// console's last lines, is in `--format json` and the console log), its cause, and the guest's
+/// last console line.
+fn print_end(view: &PodView) {
+    if let Some(reason) = &view.status.reason {
+        println!("reason={}", reason.lines().next().unwrap_or_default());
+    }
+    if let Some(cause) = view.status.cause {
+        println!("cause={cause}");
+    }
+    if let Some(line) = &view.console_last_line {
+        println!("console-last-line={line}");
+    }
+    if let Some(log) = &view.console_log {
+        println!("console-log={log}");
+    }
 }
 
 /// Runs `podvm cat-manifest`.
@@ -394,4 +466,65 @@ pub fn cat_manifest(data_dir: &Path, args: CatManifestArgs) -> Result<ExitCode, 
         serde_json::to_string_pretty(&manifest).expect("manifests always serialize")
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pod whose podvm was killed (no end recorded, no lock held) reads as exited, killed,
+    /// with its guest's last console line; one that ended well shows no console line.
+    #[test]
+    fn a_pod_whose_podvm_was_killed_is_named_killed_with_its_last_console_line() {
+        let data = tempfile::tempdir().expect("tempdir");
+        let pods = PodStore::open(data.path()).expect("open");
+        let (embryo, held) = pods.create().expect("create");
+        let pod = pods.transition(&embryo, "run").expect("to run");
+        let status = PodStatus {
+            created: 1,
+            started: Some(2),
+            pid: Some(4242),
+            ..Default::default()
+        };
+        pods.write_status(&pod, &status).expect("status");
+        std::fs::write(
+            pod.dir.join(CONSOLE_LOG),
+            "[    0.5] Run /init as init process\n[    3.1] app: last words\r\n",
+        )
+        .expect("console");
+        drop(held);
+        let pod = pods.find(&pod.uuid).expect("find");
+        assert_eq!(pod.state, PodState::Exited);
+        let view = view(&pods, &pod).expect("view");
+        assert_eq!(view.status.cause, Some(EndCause::Killed));
+        let reason = view.status.reason.as_deref().expect("reason");
+        assert!(
+            reason.starts_with("killed: the pod's podvm process 4242"),
+            "{reason}"
+        );
+        assert_eq!(
+            view.console_last_line.as_deref(),
+            Some("[    3.1] app: last words")
+        );
+        let json = serde_json::to_value(&view).expect("json");
+        assert_eq!(json["cause"], "killed");
+        assert_eq!(json["console_last_line"], "[    3.1] app: last words");
+        let marked = pods.mark_garbage(&pod, 5).expect("gc marks it");
+        let view = super::view(&pods, &marked).expect("view");
+        assert_eq!(
+            view.status.cause,
+            Some(EndCause::Killed),
+            "still named once gc marked it"
+        );
+        let pod = pods.transition(&marked, "run").expect("back");
+
+        let ended = PodStatus {
+            finished: Some(3),
+            ..status
+        };
+        pods.write_status(&pod, &ended).expect("status");
+        let view = super::view(&pods, &pod).expect("view");
+        assert_eq!((view.status.cause, view.status.reason), (None, None));
+        assert_eq!(view.console_last_line, None, "only for an abnormal end");
+    }
 }

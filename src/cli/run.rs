@@ -35,7 +35,7 @@ use crate::pod::logs::{self, AppLog};
 use crate::pod::manifest::RuntimeApp;
 use crate::pod::resources;
 use crate::pod::rootfs::AppRootfs;
-use crate::pod::status::{now, AppExit, PodUsage};
+use crate::pod::status::{now, AppExit, EndCause, PodUsage};
 use crate::pod::volumes::{self, Volume, VolumeKind};
 use crate::pod::{Pod, PodError, PodState, PodStore};
 use crate::relay::RelayOptions;
@@ -520,6 +520,7 @@ fn run_pod(
         status.reason = Some(format!(
             "timeout: the pod ran past its --timeout of {limit:?} and was stopped"
         ));
+        status.cause = Some(EndCause::Timeout);
         pods.write_status(&pod, &status)?;
         copied_out?;
         return Ok(ExitCode::from(EXIT_TIMEOUT));
@@ -547,6 +548,7 @@ fn run_pod(
         }
         Err(source) => {
             status.reason = Some(source.to_string());
+            status.cause = source.cause();
             pods.write_status(&pod, &status)?;
             Err(RunError::Launch {
                 uuid: pod.uuid,

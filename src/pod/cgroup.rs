@@ -125,6 +125,16 @@ pub fn path(uuid: &str) -> PathBuf {
         .join(format!("pod-{uuid}"))
 }
 
+/// How many processes of pod `uuid`'s cgroup (in podvm's shared group) the kernel's OOM killer
+/// killed, from its `memory.events`; `None` when the cgroup or the count is not there.
+pub fn oom_kills(uuid: &str) -> Option<u64> {
+    let events = fs::read_to_string(path(uuid).join("memory.events")).ok()?;
+    events
+        .lines()
+        .find_map(|line| line.strip_prefix("oom_kill "))
+        .and_then(|count| count.trim().parse().ok())
+}
+
 /// Whether `cgroup`, a process's cgroup v2 path as `/proc/<pid>/cgroup` names it, is one pod
 /// `uuid`'s cgroup can have: `/podvm/pod-<uuid>`, or `<unit>.service/pod-<uuid>` below a
 /// systemd service (see the module docs).

@@ -28,8 +28,12 @@ pub struct PodStatus {
     /// Exit codes of the apps that ended.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub apps: Vec<AppExit>,
-    /// Why the pod ended abnormally (e.g. its podvm process died), if it did.
+    /// Why the pod ended abnormally (e.g. its podvm process died), if it did: the whole error,
+    /// with the guest's last console lines when there are some.
     pub reason: Option<String>,
+    /// What ended the pod abnormally, when it is known (see [`EndCause`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<EndCause>,
     /// The pod runs without its cgroup limits (`run --allow-unlimited`), so its podvm process
     /// is not in a pod cgroup.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -55,10 +59,83 @@ pub struct PodUsage {
     pub vmm_peak_rss_kib: Option<u64>,
 }
 
+/// What ended a pod without its apps' exit report, as `status` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndCause {
+    /// The guest kernel died on its own: its console shows a panic, an Oops or a BUG.
+    GuestPanic,
+    /// The guest was reset with nothing from its kernel on the console: a triple fault.
+    TripleFault,
+    /// The guest ended before its agent started, with nothing from its kernel on the console.
+    NoAgent,
+    /// The guest agent sent data the host cannot read.
+    AgentProtocol,
+    /// The VMM failed: KVM, a device, or the VM could not be built.
+    VmmError,
+    /// The pod's podvm process (its VMM) was killed, or crashed, before it recorded the end.
+    Killed,
+    /// Killed by the kernel's OOM killer: the pod's cgroup reached its memory limit.
+    OomKilled,
+    /// Stopped at its `run --timeout`.
+    Timeout,
+}
+
+impl EndCause {
+    /// The name `status` shows.
+    pub fn name(self) -> &'static str {
+        match self {
+            EndCause::GuestPanic => "guest-panic",
+            EndCause::TripleFault => "triple-fault",
+            EndCause::NoAgent => "no-agent",
+            EndCause::AgentProtocol => "agent-protocol",
+            EndCause::VmmError => "vmm-error",
+            EndCause::Killed => "killed",
+            EndCause::OomKilled => "oom-killed",
+            EndCause::Timeout => "timeout",
+        }
+    }
+}
+
+impl std::fmt::Display for EndCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Seconds since the epoch.
 pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|elapsed| elapsed.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_are_named_as_they_are_recorded() {
+        for cause in [
+            EndCause::GuestPanic,
+            EndCause::TripleFault,
+            EndCause::NoAgent,
+            EndCause::AgentProtocol,
+            EndCause::VmmError,
+            EndCause::Killed,
+            EndCause::OomKilled,
+            EndCause::Timeout,
+        ] {
+            let json = serde_json::to_string(&cause).expect("serialize");
+            assert_eq!(json, format!("\"{}\"", cause.name()));
+            let back: EndCause = serde_json::from_str(&json).expect("parse");
+            assert_eq!(back, cause);
+        }
+        let old: PodStatus = serde_json::from_str(
+            r#"{"created": 1, "started": null, "finished": 2, "pid": 3, "reason": "x"}"#,
+        )
+        .expect("a record without a cause still reads");
+        assert_eq!(old.cause, None);
+    }
 }

@@ -8,7 +8,8 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::Path;
 
 /// What the log file keeps from the start of the console (boot messages).
 pub const HEAD_BYTES: usize = 1 << 20;
@@ -108,6 +109,45 @@ pub fn guest_death_line(console: &str) -> Option<String> {
         .map(|line| without_timestamp(line).trim().to_string())
 }
 
+/// How much of the end of a console log [`last_line`] reads.
+const LAST_LINE_WINDOW: u64 = 8 << 10;
+/// How much of the last line [`last_line`] keeps.
+const LAST_LINE_MAX_CHARS: usize = 300;
+
+/// The guest's last non-empty console line in the log at `path`, as a host terminal can show
+/// it: control characters escaped, cut at [`LAST_LINE_MAX_CHARS`]. Only the file's last
+/// [`LAST_LINE_WINDOW`] bytes are read (the guest wrote it); `None` when there is no such
+/// line or no log.
+pub fn last_line(path: &Path) -> Option<String> {
+    let mut file = File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(LAST_LINE_WINDOW)))
+        .ok()?;
+    let mut end = Vec::new();
+    file.take(LAST_LINE_WINDOW).read_to_end(&mut end).ok()?;
+    let text = String::from_utf8_lossy(&end);
+    let line = text.lines().rev().find(|line| !line.trim().is_empty())?;
+    Some(printable(line.trim_end(), LAST_LINE_MAX_CHARS))
+}
+
+/// `text` with control characters escaped (a guest's bytes must not drive the host's terminal),
+/// cut at `max` characters.
+fn printable(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (count, c) in text.chars().enumerate() {
+        if count == max {
+            out.push_str("...");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// `line` without a leading `[   12.345678] ` kernel timestamp.
 fn without_timestamp(line: &str) -> &str {
     let trimmed = line.trim_start();
@@ -199,5 +239,24 @@ mod tests {
             guest_death_line("[    5.5] Run /init as init process\n"),
             None
         );
+    }
+
+    #[test]
+    fn the_last_line_is_read_from_the_end_and_made_printable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("console.log");
+        assert_eq!(last_line(&path), None, "no log");
+        let mut text = "x".repeat(3 * LAST_LINE_WINDOW as usize);
+        text.push_str("\n[    2.0] reboot: going \x1b[2Jaway\x07\r\n\r\n  \n");
+        std::fs::write(&path, &text).expect("write");
+        assert_eq!(
+            last_line(&path).as_deref(),
+            Some("[    2.0] reboot: going \\u{1b}[2Jaway\\u{7}")
+        );
+        std::fs::write(&path, "y".repeat(2 * LAST_LINE_MAX_CHARS)).expect("write");
+        let line = last_line(&path).expect("line");
+        assert_eq!(line, format!("{}...", "y".repeat(LAST_LINE_MAX_CHARS)));
+        std::fs::write(&path, "\n \n").expect("write");
+        assert_eq!(last_line(&path), None, "nothing but blank lines");
     }
 }
