@@ -1025,3 +1025,45 @@ fn gc_with_a_zero_grace_period_removes_an_exited_pod_in_one_pass() {
         "{said}"
     );
 }
+
+#[test]
+fn pod_level_user_annotations_and_labels_show_in_cat_manifest_and_status() {
+    let Some((data, fixtures)) = setup() else {
+        return;
+    };
+    let dir = data.path();
+    let image = fixtures.oci_reference("busybox");
+    let uuid = ok(
+        dir,
+        &[
+            "prepare",
+            "--user-annotation",
+            "team=ci",
+            "--user-label",
+            "tier=web",
+            &image,
+            "--user-label",
+            "app=only-the-app",
+        ],
+    )
+    .trim()
+    .to_string();
+    let manifest = json(dir, &["cat-manifest", &uuid]);
+    assert_eq!(manifest["userAnnotations"]["team"], "ci", "{manifest}");
+    assert_eq!(manifest["userLabels"]["tier"], "web", "{manifest}");
+    assert_eq!(
+        manifest["apps"][0]["app"]["userLabels"]["app"], "only-the-app",
+        "{manifest}"
+    );
+    assert!(
+        manifest["userLabels"].get("app").is_none(),
+        "the app's label stays the app's"
+    );
+    let status = ok(dir, &["status", &uuid]);
+    assert!(
+        status.contains("user-annotations=team=ci\n") && status.contains("user-labels=tier=web\n"),
+        "{status}"
+    );
+    let status = json(dir, &["status", "--format", "json", &uuid]);
+    assert_eq!(status["user_labels"]["tier"], "web", "{status}");
+}

@@ -62,6 +62,10 @@ pub struct ManifestWords {
     pub volumes: Vec<String>,
     /// `--annotation` values.
     pub annotations: Vec<String>,
+    /// Pod-level `--user-annotation` values.
+    pub user_annotations: Vec<String>,
+    /// Pod-level `--user-label` values.
+    pub user_labels: Vec<String>,
 }
 
 /// An appc pod manifest as input: what may be left out is optional.
@@ -74,6 +78,10 @@ struct InputManifest {
     volumes: Vec<Volume>,
     #[serde(default)]
     annotations: Vec<NameValue>,
+    #[serde(default)]
+    user_annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    user_labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,10 +184,17 @@ fn translate(manifest: &InputManifest) -> Result<ManifestWords, String> {
         .iter()
         .map(|pair| format!("{}={}", pair.name, pair.value))
         .collect();
+    let pairs = |map: &BTreeMap<String, String>| -> Vec<String> {
+        map.iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect()
+    };
     Ok(ManifestWords {
         apps,
         volumes,
         annotations,
+        user_annotations: pairs(&manifest.user_annotations),
+        user_labels: pairs(&manifest.user_labels),
     })
 }
 

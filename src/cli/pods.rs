@@ -2,6 +2,7 @@
 //! supervisor over the pod's control socket for the live figures (VMM pid, uptime), and reads
 //! the pod's files for the rest or when no supervisor answers.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -69,6 +70,12 @@ pub struct PodView {
     pub state: PodState,
     /// Hostname.
     pub hostname: Option<String>,
+    /// The pod's own annotations (`--user-annotation` before the first image).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub user_annotations: BTreeMap<String, String>,
+    /// The pod's own labels (`--user-label` before the first image).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub user_labels: BTreeMap<String, String>,
     /// Apps with their images and, once they ended, exit codes.
     pub apps: Vec<AppView>,
     /// The pod's networks while it has them (running, or not yet cleaned by `gc`).
@@ -110,6 +117,10 @@ pub fn view(pods: &PodStore, pod: &Pod) -> Result<PodView, PodError> {
     let hostname = manifest
         .as_ref()
         .and_then(|m| m.annotation(HOSTNAME_ANNOTATION));
+    let (user_annotations, user_labels) = manifest
+        .as_ref()
+        .map(|m| (m.user_annotations.clone(), m.user_labels.clone()))
+        .unwrap_or_default();
     let apps: Vec<AppView> = manifest
         .map(|m| {
             m.apps
@@ -150,6 +161,8 @@ pub fn view(pods: &PodStore, pod: &Pod) -> Result<PodView, PodError> {
         uuid: pod.uuid.clone(),
         state: pod.state,
         hostname,
+        user_annotations,
+        user_labels,
         apps,
         networks: crate::net::status(&pod.dir),
         status,
@@ -409,6 +422,15 @@ pub fn status(data_dir: &Path, args: StatusArgs) -> Result<ExitCode, PodError> {
     }
     println!("uuid={}", view.uuid);
     println!("state={}", view.state.name());
+    for (key, pairs) in [
+        ("user-annotations", &view.user_annotations),
+        ("user-labels", &view.user_labels),
+    ] {
+        if !pairs.is_empty() {
+            let listed: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!("{key}={}", listed.join(","));
+        }
+    }
     println!("created={}", table::timestamp(view.status.created));
     if let Some(started) = view.status.started {
         println!("started={}", table::timestamp(started));

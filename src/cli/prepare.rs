@@ -63,6 +63,14 @@ pub struct PrepareArgs {
     pull_policy: PullPolicy,
     #[command(flatten)]
     net: NetFlags,
+    /// An annotation of the pod, NAME=VALUE (repeatable; before the first image: after it, the
+    /// app's), kept in the pod manifest and shown by `status`.
+    #[arg(long = "user-annotation", value_name = "NAME=VALUE")]
+    pod_user_annotations: Vec<String>,
+    /// A label of the pod, NAME=VALUE (repeatable; before the first image), kept in the pod
+    /// manifest and shown by `status`.
+    #[arg(long = "user-label", value_name = "NAME=VALUE")]
+    pod_user_labels: Vec<String>,
     /// An appc pod manifest describing the pod (its apps, volumes and annotations), instead of
     /// images with app flags (as rkt's `--pod-manifest`).
     #[arg(long = "pod-manifest", value_name = "FILE")]
@@ -299,6 +307,8 @@ impl PrepareArgs {
         args.apps = words.apps;
         args.volumes = words.volumes;
         args.annotations.extend(words.annotations);
+        args.pod_user_annotations.extend(words.user_annotations);
+        args.pod_user_labels.extend(words.user_labels);
         Ok(args)
     }
 }
@@ -391,6 +401,8 @@ fn build_manifest(
         value: hostname,
     });
     let mut manifest = PodManifest::new(apps, annotations);
+    manifest.user_annotations = parse_map("--user-annotation", &args.pod_user_annotations)?;
+    manifest.user_labels = parse_map("--user-label", &args.pod_user_labels)?;
     manifest.volumes = args
         .volumes
         .iter()

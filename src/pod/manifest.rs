@@ -104,6 +104,12 @@ pub struct PodManifest {
     /// The pod's volumes (`--volume`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
+    /// The pod's annotations for people and tools (pod-level `--user-annotation`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub user_annotations: BTreeMap<String, String>,
+    /// The pod's labels for people and tools (pod-level `--user-label`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub user_labels: BTreeMap<String, String>,
 }
 
 impl PodManifest {
@@ -123,6 +129,8 @@ impl PodManifest {
             apps,
             annotations,
             volumes: Vec::new(),
+            user_annotations: BTreeMap::new(),
+            user_labels: BTreeMap::new(),
         }
     }
 }
