@@ -72,11 +72,18 @@ fn report(id: &str, mask: bool) -> String {
     )
 }
 
-/// `podvm run` of an app that runs `script` as root in the guest, then its exit code.
+/// What the apps that kill their guest need beyond rkt's defaults: mounting a tmpfs and
+/// rebooting (CAP_SYS_ADMIN, CAP_SYS_BOOT; `mount` and `reboot` are not in rkt's seccomp
+/// whitelist).
+const GUEST_KILLER: &str = "--caps-retain=CAP_SYS_ADMIN,CAP_SYS_BOOT,CAP_DAC_OVERRIDE \
+                            --seccomp mode=retain,@appc.io/all";
+
+/// `podvm run` of an app that runs `script` as root in the guest, with the privileges to kill
+/// it, then its exit code.
 fn run_app(id: &str, script: &str) -> String {
     format!(
-        "{PODVM} run --uuid-file-save {id}.uuid {IMAGE} --memory {MEMORY} --exec /bin/sh -- -c \
-         '{script}' >{id}.out 2>{id}.err; echo rc=$?"
+        "{PODVM} run --uuid-file-save {id}.uuid {IMAGE} --memory {MEMORY} {GUEST_KILLER} \
+         --exec /bin/sh -- -c '{script}' >{id}.out 2>{id}.err; echo rc=$?"
     )
 }
 
