@@ -153,6 +153,8 @@ struct Report {
     final_status: BTreeMap<u32, String>,
     final_logs: BTreeMap<u32, String>,
     final_logs_rc: BTreeMap<u32, String>,
+    /// `retry N first-err=LINE`: pods run again after a silent death before their agent.
+    retries: Vec<String>,
     /// `final-list JSON`.
     final_list: String,
 }
@@ -203,6 +205,7 @@ fn report(result: &CheckResult) -> Report {
             "final-logs" => report.final_logs.extend(numbered(rest)),
             "final-logs-rc" => report.final_logs_rc.extend(numbered(rest)),
             "final-list" => report.final_list = rest.to_owned(),
+            "retry" => report.retries.push(rest.to_owned()),
             _ => {}
         }
     }
@@ -256,6 +259,10 @@ fn ten_pods_started_at_once_each_exit_with_their_own_code_and_output() {
         (1..=PODS).collect::<Vec<_>>(),
         "every pod was reported: {result}"
     );
+    // The evidence of every retry is shown, whatever the outcome (the nested runner's policy).
+    for retry in &report.retries {
+        eprintln!("NOTE: e2e_load: pod {retry}; it was run once more");
+    }
     let problems: Vec<String> = report
         .pods
         .iter()
