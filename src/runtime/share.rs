@@ -27,6 +27,7 @@ use nix::mount::{umount2, MntFlags};
 use nix::sys::stat::{mkdirat, Mode};
 
 use crate::image::dirfd;
+use crate::pod::rootfs;
 
 /// The share's virtio-fs tag; the agent mounts it at `/podvm/shares/<tag>`.
 pub const SHARE_TAG: &str = "containers";
@@ -274,9 +275,9 @@ impl ContainerShare {
         }
         let base = self.overlay_dir.join(id);
         let fs = fsopen("overlay")?;
-        fsconfig_string(&fs, "lowerdir", &escape(image))?;
-        fsconfig_string(&fs, "upperdir", &escape(&base.join("upper")))?;
-        fsconfig_string(&fs, "workdir", &escape(&base.join("work")))?;
+        fsconfig_string(&fs, "lowerdir", &rootfs::escape(image))?;
+        fsconfig_string(&fs, "upperdir", &rootfs::escape(&base.join("upper")))?;
+        fsconfig_string(&fs, "workdir", &rootfs::escape(&base.join("work")))?;
         fsconfig_create(&fs)?;
         let mount = fsmount(&fs, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)?;
         move_mount_onto(&mount, target)?;
@@ -342,18 +343,6 @@ fn errno_of(err: std::io::Error) -> Errno {
 /// `/proc/self/fd/<fd>`: the object of `fd` itself, whatever its path is now.
 fn fd_path(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-}
-
-/// Escapes the characters overlayfs options treat specially (`,` `:` `\`).
-fn escape(path: &Path) -> String {
-    let mut out = String::new();
-    for c in path.to_string_lossy().chars() {
-        if matches!(c, ',' | ':' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn c_string(text: &str) -> Result<CString, Errno> {
