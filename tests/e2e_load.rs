@@ -397,9 +397,12 @@ fn no_record_is_corrupted_and_no_pod_goes_back_in_its_life_while_commands_run() 
         let record = json(&format!("pod {n}'s status.json read during the run"), text);
         assert!(record["created"].is_u64(), "pod {n}: {record}");
     }
-    let mut last: BTreeMap<u32, (u32, Option<i64>, String)> = BTreeMap::new();
+    // By uuid: a pod number run again after a silent death (`retry N`) is a second pod, with a
+    // life of its own.
+    let mut last: BTreeMap<String, (u32, Option<i64>, String)> = BTreeMap::new();
     for (n, text) in &report.seen {
         let view = json(&format!("concurrent status of pod {n}"), text);
+        let uuid = view["uuid"].as_str().unwrap_or_default().to_owned();
         let state = view["state"].as_str().unwrap_or_default().to_owned();
         let rank = state_rank(&state)
             .unwrap_or_else(|| panic!("pod {n} in an unexpected state {state}: {view}"));
@@ -407,7 +410,7 @@ fn no_record_is_corrupted_and_no_pod_goes_back_in_its_life_while_commands_run() 
         if let Some(code) = code {
             assert_eq!(code, i64::from(*n), "pod {n}'s recorded exit code: {view}");
         }
-        if let Some((before, before_code, before_state)) = last.get(n) {
+        if let Some((before, before_code, before_state)) = last.get(&uuid) {
             assert!(
                 rank >= *before,
                 "pod {n} went back from {before_state} to {state}: {view}"
@@ -417,7 +420,7 @@ fn no_record_is_corrupted_and_no_pod_goes_back_in_its_life_while_commands_run() 
                 "pod {n} lost its exit code: {view}"
             );
         }
-        last.insert(*n, (rank, code, state));
+        last.insert(uuid, (rank, code, state));
     }
     // Every concurrent `list` parsed, and showed each exited pod with its own exit code.
     let number: BTreeMap<String, u32> = report
