@@ -141,6 +141,8 @@ struct Report {
     pods: BTreeMap<u32, BTreeMap<String, String>>,
     /// `cmd VERB rc=R err=LINE`: the failed concurrent commands.
     failed_commands: Vec<String>,
+    /// `gone VERB UUID err=LINE`: concurrent commands about a pod removed for a retry.
+    gone: Vec<String>,
     /// `cmds VERB ok=K failed=F`: verb to (ok, failed).
     totals: BTreeMap<String, (u32, u32)>,
     /// `seen status N JSON`, in order.
@@ -181,6 +183,7 @@ fn report(result: &CheckResult) -> Report {
                     .insert(key.to_owned(), value.trim_end().to_owned());
             }
             "cmd" => report.failed_commands.push(rest.to_owned()),
+            "gone" => report.gone.push(rest.to_owned()),
             "cmds" => {
                 let mut words = rest.split_whitespace();
                 let verb = words.next().unwrap_or_default().to_owned();
@@ -336,6 +339,11 @@ fn concurrent_status_list_logs_and_gc_succeed_or_say_busy() {
     let Some((result, report)) = at_once() else {
         return;
     };
+    for gone in &report.gone {
+        eprintln!(
+            "NOTE: e2e_load: a concurrent command was about a pod removed for a retry: {gone}"
+        );
+    }
     let other: Vec<&String> = report
         .failed_commands
         .iter()

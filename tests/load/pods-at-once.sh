@@ -8,6 +8,8 @@
 #   pod N rc=R | pod N out=LINE | pod N err=LINE | pod N timeout
 #   retry N first-err=LINE       pod N's guest died silently before its agent started: run again
 #   cmd VERB rc=R err=LINE        a concurrent command that failed
+#   gone VERB UUID err=LINE       a concurrent command that failed because the pod it had picked
+#                                 was removed by a retry (below): not a failure of podvm
 #   cmds VERB ok=K failed=F       totals per verb
 #   seen status N JSON            what a concurrent `status --format json` printed (one line)
 #   seen list JSON                what a concurrent `list --format json` printed (one line)
@@ -30,7 +32,8 @@ one_line() { tr '\n' ' ' <"$1" | sed 's/podvm: /podvm-said: /g'; }
 uuid_of() { [ -f $d/$1.uuid ] && [ "$(wc -c <$d/$1.uuid)" = 37 ] && cat $d/$1.uuid; }
 
 # try VERB CMD...: runs a podvm command, counting it and keeping its stdout in $d/VERB.out;
-# a failure is reported with its first stderr line.
+# a failure is reported with its first stderr line. With $about set to a pod's uuid, a failure
+# after that pod was retired (removed for a retry, see below) is reported as `gone` instead.
 try() {
   verb=$1; shift
   "$@" >$d/$verb.out 2>$d/$verb.err
@@ -38,6 +41,10 @@ try() {
   if [ $rc -eq 0 ]; then
     echo ok >>$d/$verb.count
     return 0
+  fi
+  if [ -n "$about" ] && grep -qxF "$about" $d/retired 2>/dev/null; then
+    echo "gone $verb $about err=$(head -1 $d/$verb.err | sed 's/podvm: /podvm-said: /')"
+    return 1
   fi
   echo failed >>$d/$verb.count
   echo "cmd $verb rc=$rc err=$(head -1 $d/$verb.err | sed 's/podvm: /podvm-said: /')"
@@ -51,6 +58,7 @@ hammer_pods() {
     i=1
     while [ $i -le $n ]; do
       u=$(uuid_of $i)
+      about=$u
       if [ -n "$u" ]; then
         try status $P status --format json $u && echo "seen status $i $(tr -d '\n' <$d/status.out)"
         try logs $P logs $u
@@ -61,6 +69,7 @@ hammer_pods() {
       i=$((i + 1))
     done
   done
+  about=
 }
 hammer_store() {
   while [ ! -e $d/stop ]; do
@@ -106,6 +115,8 @@ while [ $i -le $n ]; do
   if [ "$(cat $d/$i.rc)" = 125 ] && grep -q "the guest stopped before the agent started" $d/$i.err; then
     echo "retry $i first-err=$(one_line $d/$i.err)"
     first=$(uuid_of $i)
+    # Retired before it is removed: the loop may have picked its uuid already.
+    echo "$first" >>$d/retired
     for k in $(seq 50); do $P rm $first >/dev/null 2>&1 && break; sleep 0.2; done
     $P run --uuid-file-save $d/$i.uuid $image --memory $memory \
       --exec /bin/sh -- -c "echo pod-$i; exit $i" >$d/$i.out 2>$d/$i.err
