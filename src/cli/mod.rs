@@ -39,17 +39,39 @@ pub const EXIT_PODVM_ERROR: u8 = 125;
 #[derive(Debug, Parser)]
 #[command(name = "podvm", version, about, propagate_version = true)]
 pub struct Cli {
-    /// Root of podvm's state (image store, pods).
+    /// Root of podvm's state (image store, pods): /var/lib/podvm for root,
+    /// $XDG_DATA_HOME/podvm (~/.local/share/podvm) for other users.
     #[arg(
         long = "dir",
         global = true,
         env = "PODVM_DIR",
-        default_value = "/var/lib/podvm"
+        default_value_os_t = default_data_dir(),
+        hide_default_value = true
     )]
     pub data_dir: std::path::PathBuf,
     /// The verb.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// podvm's data dir when `--dir` is not given: the system's for root, the user's own for an
+/// ordinary user (rootless podvm), as XDG's base directory spec places user data.
+fn default_data_dir() -> std::path::PathBuf {
+    let absolute = |var: &str| {
+        std::env::var_os(var)
+            .map(std::path::PathBuf::from)
+            .filter(|dir| dir.is_absolute())
+    };
+    let system = std::path::PathBuf::from("/var/lib/podvm");
+    if nix::unistd::geteuid().is_root() {
+        return system;
+    }
+    match (absolute("XDG_DATA_HOME"), absolute("HOME")) {
+        (Some(data), _) => data.join("podvm"),
+        (None, Some(home)) => home.join(".local/share/podvm"),
+        // No home to keep it in: the system's, whose error says to pass --dir.
+        (None, None) => system,
+    }
 }
 
 impl Cli {

@@ -45,6 +45,18 @@ pub enum NetError {
         /// Why.
         source: ports::PortError,
     },
+    /// An ordinary user asked for networks: CNI, namespaces and taps need root.
+    #[error(
+        "pod {uuid}: network {} needs root (CNI plugins, a network namespace, taps); a \
+         rootless pod runs with --net=none (user-mode networking is not there yet)",
+        networks.join(",")
+    )]
+    Rootless {
+        /// The pod.
+        uuid: String,
+        /// The networks asked for.
+        networks: Vec<String>,
+    },
     /// A CNI plugin failed.
     #[error("pod {uuid}: {source}")]
     Cni {

@@ -47,6 +47,12 @@ pub fn setup(
             ..Default::default()
         });
     }
+    if !nix::unistd::geteuid().is_root() {
+        return Err(NetError::Rootless {
+            uuid: uuid.into(),
+            networks: request.networks.iter().map(|n| n.name.clone()).collect(),
+        });
+    }
     // A record left by a podvm killed during an earlier attempt is undone first.
     teardown(pod_dir, uuid)?;
     let dir = config::config_dir(request.config_dir.as_deref());

@@ -21,6 +21,16 @@
 //! it, and the journal, which names a process's unit from its cgroup path, keeps attributing the
 //! pod's stdout and stderr to the unit (`journalctl -u`). A crashed run's cgroup there goes
 //! with the unit's, which systemd removes when the unit stops.
+//!
+//! Run by an ordinary user (rootless), podvm cannot write `/sys/fs/cgroup/podvm`; its pods'
+//! cgroups go below its own cgroup when that one is delegated to the user, i.e. owned by the
+//! user, as systemd makes it for `systemd-run --user --scope -p Delegate=yes podvm run ...`
+//! (`.../user@<uid>.service/app.slice/run-<id>.scope/pod-<uuid>`). Without a delegated cgroup
+//! the pod does not start (its limits cannot be set) and the error says how to get one.
+//! The processes in that scope (the user's podvm runs, `run --detach`'s waiting parent) first
+//! move to a leaf of it, `<scope>/podvm-init`, and go back there after their pod: cgroup v2
+//! lets a cgroup hand controllers to children only while it has no processes of its own, and
+//! the controllers stay enabled for the user's other pods.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -39,6 +49,9 @@ const MEMORY_MARGIN_MIB: u64 = 192;
 const TASKS_BASE: u64 = 256;
 /// CPU accounting period for `cpu.max`, in microseconds.
 const CPU_PERIOD_US: u64 = 100_000;
+/// The leaf, below a rootless podvm's delegated cgroup, that holds the cgroup's processes when
+/// they are not in a pod's.
+const ROOTLESS_LEAF: &str = "podvm-init";
 /// How long `remove` waits for killed members to leave.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
@@ -56,6 +69,19 @@ pub enum CgroupError {
         path: PathBuf,
         /// Why.
         source: std::io::Error,
+    },
+    /// Run by an ordinary user whose cgroup is not delegated to it: no cgroup of its own to put
+    /// the pod's under.
+    #[error(
+        "cgroup {home} is not delegated to uid {uid} (a rootless podvm puts its pods' cgroups \
+         below its own): run podvm in a delegated cgroup, e.g. `systemd-run --user --scope -p \
+         Delegate=yes podvm run ...`"
+    )]
+    NotDelegated {
+        /// podvm's own cgroup.
+        home: PathBuf,
+        /// The user podvm runs as.
+        uid: u32,
     },
     /// The pod's cgroup lacks a controller, so one of its limits cannot be set.
     #[error(
@@ -144,7 +170,9 @@ pub fn is_pods(cgroup: &Path, uuid: &str) -> bool {
         return false;
     }
     cgroup.parent().is_some_and(|parent| {
-        parent.file_name() == Some(std::ffi::OsStr::new(PODVM_GROUP)) || is_service(parent)
+        parent.file_name() == Some(std::ffi::OsStr::new(PODVM_GROUP))
+            || is_service(parent)
+            || is_scope(parent)
     })
 }
 
@@ -172,10 +200,58 @@ fn is_service(cgroup: &Path) -> bool {
         .is_some_and(|unit| !unit.is_empty())
 }
 
-/// Where pod `uuid`'s cgroup goes for a podvm running in cgroup `home`: below a systemd
-/// service's cgroup, else [`path`] (see the module docs).
-fn dir_for(home: &Path, uuid: &str) -> PathBuf {
-    match is_service(home) {
+/// True if `cgroup` is a systemd scope's (`systemd-run --scope`).
+fn is_scope(cgroup: &Path) -> bool {
+    cgroup
+        .file_name()
+        .and_then(|name| name.to_str())
+        .and_then(|name| name.strip_suffix(".scope"))
+        .is_some_and(|unit| !unit.is_empty())
+}
+
+/// The cgroup a rootless podvm in `own` puts its pods below: `own`, or its parent when `own`
+/// is the [`ROOTLESS_LEAF`] an earlier pod moved the delegated cgroup's processes to (a shell in
+/// the scope, and every podvm it starts afterwards, are there).
+fn rootless_home(own: PathBuf) -> PathBuf {
+    let in_leaf = own.file_name() == Some(std::ffi::OsStr::new(ROOTLESS_LEAF));
+    match (in_leaf && !nix::unistd::geteuid().is_root(), own.parent()) {
+        (true, Some(parent)) => parent.to_path_buf(),
+        _ => own,
+    }
+}
+
+/// Whether pods' cgroups go below `home`, podvm's own cgroup, rather than in the shared group.
+fn below_home(home: &Path) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt as _;
+    let euid = nix::unistd::geteuid().as_raw();
+    let owner = || {
+        Ok(fs::metadata(home)
+            .map_err(io_err("cannot read", home))?
+            .uid())
+    };
+    placement(home, euid, owner)
+}
+
+/// [`below_home`] for a podvm running as `euid`, `home_owner` giving the owner of `home`: for
+/// root, when `home` is a systemd service's; for an ordinary user, always, and `home` must be a
+/// scope or service delegated to the user (owned by it), else [`CgroupError::NotDelegated`].
+fn placement(home: &Path, euid: u32, home_owner: impl FnOnce() -> Result<u32>) -> Result<bool> {
+    if euid == 0 {
+        return Ok(is_service(home));
+    }
+    match (is_scope(home) || is_service(home)) && home_owner()? == euid {
+        true => Ok(true),
+        false => Err(CgroupError::NotDelegated {
+            home: home.to_path_buf(),
+            uid: euid,
+        }),
+    }
+}
+
+/// Where pod `uuid`'s cgroup goes for a podvm running in cgroup `home`: below it when
+/// `below_home`, else [`path`] (see the module docs).
+fn dir_for(home: &Path, below_home: bool, uuid: &str) -> PathBuf {
+    match below_home {
         true => home.join(format!("pod-{uuid}")),
         false => path(uuid),
     }
@@ -243,28 +319,39 @@ pub struct PodCgroup {
     home: PathBuf,
     /// Controllers podvm enabled in `home`'s subtree (a service's cgroup) for the pod's cgroup.
     enabled_in_home: Vec<String>,
+    /// Where this process goes back to when not `home` (rootless: [`ROOTLESS_LEAF`]).
+    leaf: Option<PathBuf>,
 }
 
 impl PodCgroup {
     /// Creates pod `uuid`'s cgroup with `limits` and moves this whole process into it.
     pub fn enter(uuid: &str, limits: CgroupLimits) -> Result<PodCgroup> {
-        let home = own_cgroup()?;
-        let below_home = is_service(&home);
-        let dir = dir_for(&home, uuid);
+        let home = rootless_home(own_cgroup()?);
+        let below_home = below_home(&home)?;
+        let dir = dir_for(&home, below_home, uuid);
         if !below_home {
             prepare_podvm_group()?;
         }
         create_dir(&dir)?;
+        let rootless = below_home && !nix::unistd::geteuid().is_root();
         let mut cgroup = PodCgroup {
             dir,
             home,
             enabled_in_home: Vec::new(),
+            leaf: None,
         };
+        if rootless {
+            let leaf = cgroup.home.join(ROOTLESS_LEAF);
+            create_dir(&leaf)?;
+            move_members(&cgroup.home, &leaf)?;
+            enable_controllers(&cgroup.home, &CONTROLLERS)?;
+            cgroup.leaf = Some(leaf);
+        }
         write(
             &cgroup.dir.join("cgroup.procs"),
             &std::process::id().to_string(),
         )?;
-        if below_home {
+        if below_home && !rootless {
             // Only now: a cgroup with processes of its own cannot hand controllers to children.
             cgroup.enabled_in_home = enable_controllers(&cgroup.home, &CONTROLLERS)?;
         }
@@ -290,7 +377,7 @@ impl PodCgroup {
             false if required => Err(CgroupError::NoController {
                 file: file.to_string(),
                 dir: self.dir.clone(),
-                below_unit: is_service(&self.home),
+                below_unit: self.dir.parent() != Some(&Path::new(CGROUP_MOUNT).join(PODVM_GROUP)),
             }),
             false => Ok(()),
         }
@@ -298,6 +385,10 @@ impl PodCgroup {
 
     /// Moves this process back to the cgroup it came from and removes the pod's cgroup.
     fn leave(&self) -> Result<()> {
+        if let Some(leaf) = &self.leaf {
+            write(&leaf.join("cgroup.procs"), &std::process::id().to_string())?;
+            return remove_dir(&self.dir);
+        }
         // (the home cgroup takes its process back only without controllers for children)
         let control = self.home.join("cgroup.subtree_control");
         for controller in &self.enabled_in_home {
@@ -340,6 +431,22 @@ pub fn remove(uuid: &str) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     remove_dir(&dir)
+}
+
+/// Moves every process of cgroup `from` to cgroup `to` (one that exits meanwhile is skipped).
+fn move_members(from: &Path, to: &Path) -> Result<()> {
+    let procs = from.join("cgroup.procs");
+    let text = fs::read_to_string(&procs).map_err(io_err("cannot read", &procs))?;
+    let target = to.join("cgroup.procs");
+    for pid in text.split_whitespace() {
+        match fs::write(&target, pid) {
+            Err(err) if err.raw_os_error() != Some(libc::ESRCH) => {
+                return Err(io_err("cannot write", &target)(err))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn has_members(dir: &Path) -> Result<bool> {
@@ -473,10 +580,13 @@ mod tests {
     #[test]
     fn a_systemd_service_keeps_its_pods_cgroup_below_its_own() {
         let unit = Path::new("/sys/fs/cgroup/system.slice/pod-exit.service");
+        let root = |home: &Path| placement(home, 0, || panic!("root never asks the owner"));
+        assert!(root(unit).expect("root"));
         assert_eq!(
-            dir_for(unit, "1234"),
+            dir_for(unit, true, "1234"),
             PathBuf::from("/sys/fs/cgroup/system.slice/pod-exit.service/pod-1234")
         );
+        assert_eq!(dir_for(unit, false, "1234"), path("1234"));
         for elsewhere in [
             "/sys/fs/cgroup",
             "/sys/fs/cgroup/user.slice/user-0.slice/session-1.scope",
@@ -484,11 +594,26 @@ mod tests {
             "/sys/fs/cgroup/.service",
             "/sys/fs/cgroup/podvm/pod-9",
         ] {
-            assert_eq!(
-                dir_for(Path::new(elsewhere), "1234"),
-                path("1234"),
-                "{elsewhere}"
-            );
+            assert!(!root(Path::new(elsewhere)).expect("root"), "{elsewhere}");
         }
+    }
+
+    #[test]
+    fn a_rootless_podvm_needs_a_scope_delegated_to_it() {
+        let scope = Path::new("/sys/fs/cgroup/user.slice/user@1000.service/app.slice/run-r1.scope");
+        assert!(placement(scope, 1000, || Ok(1000)).expect("delegated"));
+        let service = Path::new("/sys/fs/cgroup/user.slice/user@1000.service");
+        assert!(placement(service, 1000, || Ok(1000)).expect("delegated"));
+        // A login session's scope belongs to root: not delegated.
+        let session = Path::new("/sys/fs/cgroup/user.slice/user-1000.slice/session-3.scope");
+        let err = placement(session, 1000, || Ok(0)).expect_err("root's scope");
+        assert!(
+            err.to_string().contains("systemd-run --user --scope"),
+            "{err}"
+        );
+        // Owned by the user but no unit of systemd's: not taken either.
+        let plain = Path::new("/sys/fs/cgroup/mine");
+        assert!(placement(plain, 1000, || Ok(1000)).is_err());
+        assert!(is_pods(&scope.join("pod-1234"), "1234"));
     }
 }
