@@ -193,19 +193,20 @@ pub fn of_process(pid: u32) -> Result<PathBuf> {
 
 /// True if `cgroup` is a systemd service's (its last component names a `.service` unit).
 fn is_service(cgroup: &Path) -> bool {
-    cgroup
-        .file_name()
-        .and_then(|name| name.to_str())
-        .and_then(|name| name.strip_suffix(".service"))
-        .is_some_and(|unit| !unit.is_empty())
+    is_unit(cgroup, ".service")
 }
 
 /// True if `cgroup` is a systemd scope's (`systemd-run --scope`).
 fn is_scope(cgroup: &Path) -> bool {
+    is_unit(cgroup, ".scope")
+}
+
+/// True if the last component of `cgroup` names a systemd unit of the kind `suffix`.
+fn is_unit(cgroup: &Path, suffix: &str) -> bool {
     cgroup
         .file_name()
         .and_then(|name| name.to_str())
-        .and_then(|name| name.strip_suffix(".scope"))
+        .and_then(|name| name.strip_suffix(suffix))
         .is_some_and(|unit| !unit.is_empty())
 }
 
