@@ -1,6 +1,7 @@
 # podvm build, test and demo entry points. See README.md.
 #
-#   make            static podvm + guest agent + guest kernel into out/ (an install-prefix layout)
+#   make            static podvm, its containerd shim, the guest agent and kernel into out/
+#                   (an install-prefix layout)
 #   make test       formatting, lints, unit, host and nested E2E tests, then make fuzz
 #   make fuzz       every fuzz target for FUZZ_SECONDS (default 20) each (fuzz/, scripts/fuzz.sh)
 #   make demo       install what is missing, build, run a command in a microVM
@@ -17,10 +18,11 @@ STATIC  := RUSTFLAGS="-C target-feature=+crt-static"
 all: binaries kernel
 
 binaries:
-	$(STATIC) $(CARGO) build --release --target $(TARGET) -p podvm -p podvm-agent -p podvm-probe
+	$(STATIC) $(CARGO) build --release --target $(TARGET) -p podvm -p podvm-agent -p podvm-probe -p podvm-shim
 	install -D -m 0755 target/$(TARGET)/release/podvm $(OUT)/bin/podvm
 	install -D -m 0755 target/$(TARGET)/release/podvm-agent $(OUT)/lib/podvm/podvm-agent
 	install -D -m 0755 target/$(TARGET)/release/podvm-probe $(OUT)/test/podvm-probe
+	install -D -m 0755 target/$(TARGET)/release/containerd-shim-podvm-v2 $(OUT)/bin/containerd-shim-podvm-v2
 
 kernel:
 	kernel-config/build.sh $(OUT)/lib/podvm/vmlinux
@@ -58,6 +60,7 @@ demo: deps all
 
 install: all
 	install -D -m 0755 $(OUT)/bin/podvm $(PREFIX)/bin/podvm
+	install -D -m 0755 $(OUT)/bin/containerd-shim-podvm-v2 $(PREFIX)/bin/containerd-shim-podvm-v2
 	install -D -m 0755 $(OUT)/lib/podvm/podvm-agent $(PREFIX)/lib/podvm/podvm-agent
 	install -D -m 0644 $(OUT)/lib/podvm/vmlinux $(PREFIX)/lib/podvm/vmlinux
 

@@ -17,6 +17,8 @@ packages=(
   containernetworking-plugins iptables iproute2
   # podvm as a systemd service (tests/e2e_systemd.rs): systemd, journald, D-Bus, carried into L1
   systemd dbus util-linux
+  # the containerd shim's E2E test (tests/e2e_containerd.rs): Debian's containerd 1.6 and ctr
+  containerd
   # fuzzing (make fuzz): libfuzzer-sys compiles libFuzzer's C++ with the system compiler
   g++
 )

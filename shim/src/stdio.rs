@@ -1,0 +1,154 @@
+//! The task's output: the FIFOs containerd's client made (`ctr`, CRI) for stdout and stderr,
+//! opened when the task is created and handed to the runtime as its [`podvm::runtime::Io`]
+//! sinks. A reader that went away (a `ctr run -d` that exited) does not stop the container:
+//! from then on its output is dropped. The container's stdin is not forwarded yet: it reads
+//! end-of-file.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+
+/// Errors opening an output.
+#[derive(Debug, thiserror::Error)]
+pub enum StdioError {
+    /// The path is a URI scheme the shim does not take.
+    #[error("{stream} {path:?}: log URIs (binary://, file://) are not supported yet")]
+    Uri {
+        /// stdout or stderr.
+        stream: &'static str,
+        /// What containerd passed.
+        path: String,
+    },
+    /// The FIFO could not be opened.
+    #[error("{stream} {path:?}: {source}")]
+    Open {
+        /// stdout or stderr.
+        stream: &'static str,
+        /// The FIFO.
+        path: String,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// A FIFO written until its reader goes away, then silent.
+#[derive(Debug)]
+pub struct FifoSink {
+    file: Option<File>,
+    stream: &'static str,
+}
+
+impl Write for FifoSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let Some(file) = self.file.as_mut() else {
+            return Ok(buf.len());
+        };
+        match file.write_all(buf) {
+            Ok(()) => Ok(buf.len()),
+            Err(err) => {
+                log::warn!(
+                    "{}: the reader went away ({err}); output dropped",
+                    self.stream
+                );
+                self.file = None;
+                Ok(buf.len())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Opens the FIFO `path` for `stream` (stdout or stderr) for writing; an empty path, or a FIFO
+/// with no reader now, gives a sink that drops what it is given.
+pub fn open_output(stream: &'static str, path: &str) -> Result<FifoSink, StdioError> {
+    if path.is_empty() {
+        return Ok(FifoSink { file: None, stream });
+    }
+    if path.contains("://") {
+        return Err(StdioError::Uri {
+            stream,
+            path: path.to_string(),
+        });
+    }
+    let failed = |source| StdioError::Open {
+        stream,
+        path: path.to_string(),
+        source,
+    };
+    // Non-blocking, so that a FIFO nobody reads fails (ENXIO) instead of hanging Create.
+    let opened = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path);
+    let file = match opened {
+        Ok(file) => file,
+        Err(err) if err.raw_os_error() == Some(libc::ENXIO) => {
+            log::warn!("{stream} {path}: no reader; output dropped");
+            return Ok(FifoSink { file: None, stream });
+        }
+        Err(err) => return Err(failed(err)),
+    };
+    let meta = file.metadata().map_err(failed)?;
+    if !meta.file_type().is_fifo() {
+        return Err(failed(io::Error::other("not a FIFO")));
+    }
+    // Blocking writes from now on: a slow reader slows the container's output down.
+    fcntl(file.as_fd(), FcntlArg::F_SETFL(OFlag::empty())).map_err(|e| failed(e.into()))?;
+    Ok(FifoSink {
+        file: Some(file),
+        stream,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    fn fifo(dir: &std::path::Path) -> String {
+        let path = dir.join("out");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("mkfifo");
+        path.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn output_reaches_the_reader_and_is_dropped_once_it_left() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = fifo(dir.path());
+        let mut reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .expect("reader");
+        let mut sink = open_output("stdout", &path).expect("open");
+        sink.write_all(b"hi\n").expect("write");
+        let mut got = [0u8; 3];
+        reader.read_exact(&mut got).expect("read");
+        assert_eq!(&got, b"hi\n");
+        drop(reader);
+        sink.write_all(b"more\n").expect("dropped, not failed");
+        assert!(sink.file.is_none());
+    }
+
+    #[test]
+    fn a_fifo_without_reader_or_an_empty_path_drops_output_and_a_file_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut sink = open_output("stdout", &fifo(dir.path())).expect("no reader");
+        sink.write_all(b"lost\n").expect("dropped");
+        assert!(open_output("stderr", "").expect("empty").file.is_none());
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").expect("write");
+        let err = open_output("stdout", &file.to_string_lossy()).expect_err("a file");
+        assert!(err.to_string().contains("not a FIFO"), "{err}");
+        let err = open_output("stdout", "binary:///bin/logger").expect_err("uri");
+        assert!(matches!(err, StdioError::Uri { .. }), "{err}");
+    }
+}
