@@ -294,6 +294,16 @@ fn batch() -> Option<Batch> {
             ),
         )
         .check(
+            "ci_oom",
+            &format!(
+                "{PODVM} run --uuid-file-save o.uuid {IMAGE} --memory 64Mi --exec /bin/sh -- -c 'head -c 629145600 /dev/zero | tail' 2>oom.err; \
+                 echo oom-rc=$?; grep -o 'podvm: oom-killed: .*' oom.err; {PODVM} status $(cat o.uuid) | grep -E '^(app-|cause=)'; \
+                 echo oom-json=$({PODVM} status --format json $(cat o.uuid) | tr -d '\n'); \
+                 {PODVM} run --uuid-file-save n.uuid {IMAGE} --memory 64Mi --exec /bin/sh -- -c 'head -c 31457280 /dev/zero | wc -c'; echo normal-rc=$?; \
+                 echo normal-json=$({PODVM} status --format json $(cat n.uuid) | tr -d '\n')"
+            ),
+        )
+        .check(
             "privilege",
             &format!(
                 "mkdir -p privvol && printf \"#!/bin/sh\\n\" > privvol/victim && chmod 6755 privvol/victim && \
@@ -855,6 +865,42 @@ fn a_pod_run_with_rm_keeps_its_exit_code_and_leaves_nothing() {
         out.trim_end().ends_with("\n0"),
         "no mount of the pod is left: {result:?}"
     );
+}
+
+/// The JSON after `key=` on its own line of `out`.
+fn json_line(out: &str, key: &str) -> Value {
+    let line = out
+        .lines()
+        .find_map(|line| line.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} line in {out}"));
+    serde_json::from_str(line).unwrap_or_else(|err| panic!("{key} {err}: {line}"))
+}
+
+#[test]
+fn an_app_the_guest_oom_killer_struck_reads_oom_killed_and_a_normal_one_does_not() {
+    let Some(result) = check("ci_oom") else {
+        return;
+    };
+    let out = &result.stdout;
+    // `tail` holds all of 600 MiB without a newline: past the app's 64Mi the guest kernel kills it.
+    assert!(out.contains("oom-rc=137\n"), "{result:?}");
+    assert!(
+        out.contains("podvm: oom-killed: the guest kernel's OOM killer killed"),
+        "run names it: {result:?}"
+    );
+    assert!(out.contains("-reason=oom-killed\n"), "{result:?}");
+    assert!(out.contains("cause=oom-killed\n"), "{result:?}");
+    let status = json_line(out, "oom-json=");
+    let app = &status["apps"][0];
+    assert_eq!(app["reason"], "oom-killed", "{status}");
+    assert!(app["oom_kills"].as_u64().unwrap_or(0) >= 1, "{status}");
+    assert_eq!(app["exit_code"], 137, "{status}");
+    assert_eq!(status["cause"], "oom-killed", "{status}");
+    assert!(out.contains("31457280\nnormal-rc=0\n"), "{result:?}");
+    let normal = json_line(out, "normal-json=");
+    assert!(normal["apps"][0].get("reason").is_none(), "{normal}");
+    assert!(normal["apps"][0].get("oom_kills").is_none(), "{normal}");
+    assert!(normal.get("cause").is_none(), "{normal}");
 }
 
 #[test]

@@ -108,6 +108,12 @@ pub struct AppView {
     pub image_id: String,
     /// Exit code, once the app ended.
     pub exit_code: Option<i32>,
+    /// What ended it, when not its own doing (`oom-killed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<EndCause>,
+    /// Its processes the guest kernel's OOM killer killed, when it killed some.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oom_kills: Option<u64>,
 }
 
 /// Builds the view of a pod from its manifest and status record.
@@ -125,15 +131,16 @@ pub fn view(pods: &PodStore, pod: &Pod) -> Result<PodView, PodError> {
         .map(|m| {
             m.apps
                 .into_iter()
-                .map(|app| AppView {
-                    exit_code: status
-                        .apps
-                        .iter()
-                        .find(|exit| exit.name == app.name)
-                        .map(|exit| exit.exit_code),
-                    name: app.name,
-                    image_name: app.image.name,
-                    image_id: app.image.id,
+                .map(|app| {
+                    let exit = status.apps.iter().find(|exit| exit.name == app.name);
+                    AppView {
+                        exit_code: exit.map(|exit| exit.exit_code),
+                        reason: exit.and_then(|exit| exit.reason),
+                        oom_kills: exit.and_then(|exit| exit.oom_kills),
+                        name: app.name,
+                        image_name: app.image.name,
+                        image_id: app.image.id,
+                    }
                 })
                 .collect()
         })
@@ -451,6 +458,9 @@ pub fn status(data_dir: &Path, args: StatusArgs) -> Result<ExitCode, PodError> {
     for app in &view.apps {
         if let Some(code) = app.exit_code {
             println!("app-{}={code}", app.name);
+        }
+        if let Some(reason) = app.reason {
+            println!("app-{}-reason={reason}", app.name);
         }
     }
     if let Some(line) = super::net::status_line(&view.networks) {
