@@ -304,6 +304,18 @@ fn batch() -> Option<Batch> {
             ),
         )
         .check(
+            "ci_bytes",
+            &format!(
+                "mkdir -p bytesvol && {PODVM} run --uuid-file-save y.uuid --volume v,kind=host,source=$PWD/bytesvol {IMAGE} --mount volume=v,target=/vol \
+                 --exec /bin/sh -- -c 'head -c 8388608 /dev/zero > /vol/f; sync; set -- $(ip route | grep ^default); \
+                 wget -q -T 3 -O /dev/null http://$3:9/; echo gw=$3 > /vol/done; sync; exec sleep 600' >bytes.out 2>&1 & bpid=$!; \
+                 for i in $(seq 1200); do [ -s bytesvol/done ] && break; sleep 0.05; done; cat bytesvol/done; \
+                 echo live-json=$({PODVM} status --format json $(cat y.uuid) | tr -d '\n'); \
+                 {PODVM} stop $(cat y.uuid) >/dev/null; wait $bpid; \
+                 echo exited-json=$({PODVM} status --format json $(cat y.uuid) | tr -d '\n')"
+            ),
+        )
+        .check(
             "privilege",
             &format!(
                 "mkdir -p privvol && printf \"#!/bin/sh\\n\" > privvol/victim && chmod 6755 privvol/victim && \
@@ -901,6 +913,43 @@ fn an_app_the_guest_oom_killer_struck_reads_oom_killed_and_a_normal_one_does_not
     assert!(normal["apps"][0].get("reason").is_none(), "{normal}");
     assert!(normal["apps"][0].get("oom_kills").is_none(), "{normal}");
     assert!(normal.get("cause").is_none(), "{normal}");
+}
+
+#[test]
+fn usage_counts_bytes_on_shares_and_network_live_and_after_exit() {
+    let Some(result) = check("ci_bytes") else {
+        return;
+    };
+    let out = &result.stdout;
+    assert!(
+        out.contains("gw="),
+        "the app got its write done: {result:?}"
+    );
+    let bytes = |status: &Value, key: &str| {
+        status["usage"][key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("usage.{key} in {status}"))
+    };
+    let live = json_line(out, "live-json=");
+    assert_eq!(live["state"], "running", "{live}");
+    let exited = json_line(out, "exited-json=");
+    for status in [&live, &exited] {
+        // 8 MiB written to the volume and synced before the app said so.
+        assert!(bytes(status, "share_written_bytes") >= 8 << 20, "{status}");
+        assert!(
+            bytes(status, "share_read_bytes") > 0,
+            "busybox was read: {status}"
+        );
+        // ARP and a TCP attempt to the gateway, both ways.
+        assert!(bytes(status, "net_rx_bytes") > 0, "{status}");
+        assert!(bytes(status, "net_tx_bytes") > 0, "{status}");
+    }
+    for key in ["share_written_bytes", "net_rx_bytes", "net_tx_bytes"] {
+        assert!(
+            bytes(&exited, key) >= bytes(&live, key),
+            "{key} kept and not less after the exit: {live} {exited}"
+        );
+    }
 }
 
 #[test]

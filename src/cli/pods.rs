@@ -215,17 +215,21 @@ fn add_live(view: &mut PodView, pod: &Pod) {
         view.status.pid = Some(live.pid);
         view.vmm_pid = Some(live.vmm_pid);
         view.uptime_secs = Some(live.uptime_secs);
-        view.status.usage = live_usage(&pod.uuid, live.vmm_pid, live.uptime_secs);
+        view.status.usage = live_usage(pod, &live);
     }
 }
 
-/// What a running pod used so far: its cgroup's counters (found through its VMM's process).
-fn live_usage(uuid: &str, vmm_pid: u32, uptime_secs: u64) -> Option<PodUsage> {
-    Some(PodUsage {
-        wall_ms: uptime_secs.saturating_mul(1000),
-        cgroup: crate::pod::cgroup::usage_of_process(vmm_pid, uuid)?,
+/// What a running pod used so far: its cgroup's counters (found through its VMM's process),
+/// the bytes through its shares (from its supervisor) and its network's.
+fn live_usage(pod: &Pod, live: &control::proto::LiveStatus) -> Option<PodUsage> {
+    let mut usage = PodUsage {
+        wall_ms: live.uptime_secs.saturating_mul(1000),
+        cgroup: crate::pod::cgroup::usage_of_process(live.vmm_pid, &pod.uuid)?,
         ..PodUsage::default()
-    })
+    };
+    usage.set_share_bytes(live.share_read_bytes, live.share_written_bytes);
+    usage.add_net_bytes(&pod.dir);
+    Some(usage)
 }
 
 /// How often `status --wait` looks at the pod again.

@@ -511,6 +511,10 @@ fn run_pod(
         usage.guest_memory_kib = Some(outcome.stats.guest_resident_kib);
         usage.vmm_peak_rss_kib = Some(outcome.stats.process_peak_rss_kib);
     }
+    let shares = crate::vmm::devices::virtio::fs::share_bytes();
+    usage.set_share_bytes(shares.read, shares.written);
+    // (the network, released after this function, still has its taps)
+    usage.add_net_bytes(&pod.dir);
     status.usage = Some(usage);
     let copied_out = copy_out(vm, rootfs.first());
     drop(cgroup);

@@ -39,6 +39,8 @@ impl Handler for FakeVm {
             pid: 4242,
             vmm_pid: 4243,
             uptime_secs: 9,
+            share_read_bytes: 0,
+            share_written_bytes: 0,
         })
     }
 

@@ -104,6 +104,34 @@ pub struct PodUsage {
     /// Peak resident memory of the VMM process, guest RAM included, KiB (after the VM ended).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vmm_peak_rss_kib: Option<u64>,
+    /// Bytes the guest read from its shares (root filesystems and volumes) over virtio-fs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_read_bytes: Option<u64>,
+    /// Bytes the guest wrote to its shares over virtio-fs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_written_bytes: Option<u64>,
+    /// Bytes the pod received on its network interfaces (pods with a network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_rx_bytes: Option<u64>,
+    /// Bytes the pod sent on its network interfaces (pods with a network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_tx_bytes: Option<u64>,
+}
+
+impl PodUsage {
+    /// Adds the bytes through the shares, as the VMM counted them.
+    pub fn set_share_bytes(&mut self, read: u64, written: u64) {
+        self.share_read_bytes = Some(read);
+        self.share_written_bytes = Some(written);
+    }
+
+    /// Adds the network bytes of the pod in `pod_dir`, when it has a network.
+    pub fn add_net_bytes(&mut self, pod_dir: &std::path::Path) {
+        if let Some(bytes) = crate::net::stats::pod_bytes(pod_dir) {
+            self.net_rx_bytes = Some(bytes.rx);
+            self.net_tx_bytes = Some(bytes.tx);
+        }
+    }
 }
 
 /// What ended a pod without its apps' exit report, as `status` names it.
