@@ -316,6 +316,19 @@ fn batch() -> Option<Batch> {
             ),
         )
         .check(
+            "ci_build_from",
+            &format!(
+                "pods_before=$(ls -d state/pods/*/* 2>/dev/null | wc -l); \
+                 {PODVM} image build --from {IMAGE} --run 'echo built > /built; rm /bin/vi' --tag localhost/from:1 > from1.out; echo from1-rc=$?; \
+                 {PODVM} image build --from {IMAGE} --run 'echo built > /built; rm /bin/vi' --tag localhost/from:2 > from2.out; echo from2-rc=$?; \
+                 cat from1.out from2.out; [ -n \"$(cut -d' ' -f2 from1.out)\" ] && [ \"$(cut -d' ' -f2 from1.out)\" = \"$(cut -d' ' -f2 from2.out)\" ] && echo from-reproducible; \
+                 {PODVM} run --rm docker://localhost/from:1 --exec /bin/sh -- -c 'cat /built; [ -e /bin/vi ] || echo vi-gone; [ -e /bin/ls ] && echo ls-kept'; echo from-run-rc=$?; \
+                 {PODVM} image build --from {IMAGE} --run 'echo first-ok' --run 'echo failing-output; exit 5' --run 'echo never-runs' --tag localhost/from:3 2>&1; echo from3-rc=$?; \
+                 {PODVM} image list --no-legend --fields=name | grep -c from:3; \
+                 echo pods-left=$(( $(ls -d state/pods/*/* 2>/dev/null | wc -l) - pods_before ))"
+            ),
+        )
+        .check(
             "privilege",
             &format!(
                 "mkdir -p privvol && printf \"#!/bin/sh\\n\" > privvol/victim && chmod 6755 privvol/victim && \
@@ -950,6 +963,27 @@ fn usage_counts_bytes_on_shares_and_network_live_and_after_exit() {
             "{key} kept and not less after the exit: {live} {exited}"
         );
     }
+}
+
+#[test]
+fn an_image_built_from_an_image_and_commands_has_their_result_and_is_reproducible() {
+    let Some(result) = check("ci_build_from") else {
+        return;
+    };
+    let out = &result.stdout;
+    assert!(out.contains("from1-rc=0\n"), "{result:?}");
+    assert!(out.contains("from2-rc=0\n"), "{result:?}");
+    assert!(out.contains("from-reproducible\n"), "{result:?}");
+    assert!(
+        out.contains("built\nvi-gone\nls-kept\nfrom-run-rc=0\n"),
+        "the new layer's file and whiteout, the base's files: {result:?}"
+    );
+    // The failing command: its output and code; the next never ran; no image; no pod left.
+    assert!(out.contains("first-ok\n"), "{result:?}");
+    assert!(out.contains("failing-output\n"), "{result:?}");
+    assert!(!out.contains("never-runs"), "{result:?}");
+    assert!(out.contains("from3-rc=5\n0\n"), "{result:?}");
+    assert!(out.contains("pods-left=0\n"), "{result:?}");
 }
 
 #[test]
