@@ -68,6 +68,11 @@ pub struct LinkReport {
     pub exit: Option<ExitStatus>,
     /// In a pod of several apps: each app's exit, in the order the host learnt them.
     pub app_exits: Vec<(String, ExitStatus)>,
+    /// Processes of the workload the guest kernel's OOM killer killed, from its `Exited` (in a
+    /// pod of several apps: all apps').
+    pub oom_kills: u64,
+    /// In a pod of several apps: each app's OOM kills, when it had some.
+    pub app_oom_kills: Vec<(String, u64)>,
     /// Errors the agent reported.
     pub agent_errors: Vec<String>,
     /// The first protocol violation, after which the channel is ignored.
@@ -158,7 +163,10 @@ impl AgentLink {
                     let mut report = lock(&self.report);
                     match &control {
                         Control::Ready { .. } => report.agent_ready = true,
-                        Control::Exited { status } => report.exit = Some(*status),
+                        Control::Exited { status, oom_kills } => {
+                            report.exit = Some(*status);
+                            report.oom_kills = *oom_kills;
+                        }
                         Control::Error { message } => report.agent_errors.push(message.clone()),
                         // check_from_agent let only agent messages through.
                         _ => {}
@@ -275,8 +283,12 @@ impl AppLink {
                 stderr.write_all(&bytes)?;
                 stderr.flush()
             }
-            Message::Control(Control::Exited { status }) => {
-                lock(&self.report).app_exits.push((name.clone(), status));
+            Message::Control(Control::Exited { status, oom_kills }) => {
+                let mut report = lock(&self.report);
+                report.app_exits.push((name.clone(), status));
+                if oom_kills > 0 {
+                    report.app_oom_kills.push((name.clone(), oom_kills));
+                }
                 Ok(())
             }
             Message::Control(Control::Error { message }) => {
@@ -361,6 +373,7 @@ mod tests {
             Message::Data(Stream::Stderr, b"oops\n".to_vec()),
             Message::Control(Control::Exited {
                 status: ExitStatus::Code(7),
+                oom_kills: 0,
             }),
         ] {
             bytes.extend(message.encode().expect("encode"));
@@ -455,22 +468,22 @@ mod tests {
         let mut link = link.with_apps(outputs);
         let mut sinks = link.app_sessions().expect("takes app sessions");
         let (mut first, mut second) = (sinks(), sinks());
-        let frames = |name: &str, text: &[u8], status| {
+        let frames = |name: &str, text: &[u8], status, oom_kills| {
             let mut bytes = Vec::new();
             for message in [
                 Message::Control(Control::App { name: name.into() }),
                 Message::Data(Stream::Stdout, text.to_vec()),
-                Message::Control(Control::Exited { status }),
+                Message::Control(Control::Exited { status, oom_kills }),
             ] {
                 bytes.extend(message.encode().expect("encode"));
             }
             bytes
         };
         first
-            .write_all(&frames("db", b"db-out", ExitStatus::Code(7)))
+            .write_all(&frames("db", b"db-out", ExitStatus::Code(7), 2))
             .expect("write");
         second
-            .write_all(&frames("web", b"web-out", ExitStatus::Signal(15)))
+            .write_all(&frames("web", b"web-out", ExitStatus::Signal(15), 0))
             .expect("write");
         assert_eq!(web.0.lock().expect("lock").as_slice(), b"web-out");
         assert_eq!(db.0.lock().expect("lock").as_slice(), b"db-out");
@@ -481,6 +494,11 @@ mod tests {
                 ("db".to_string(), ExitStatus::Code(7)),
                 ("web".to_string(), ExitStatus::Signal(15))
             ]
+        );
+        assert_eq!(
+            report.app_oom_kills,
+            vec![("db".to_string(), 2)],
+            "web had none"
         );
         assert!(report.protocol_error.is_none());
     }

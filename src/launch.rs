@@ -77,6 +77,10 @@ pub struct LaunchOutcome {
     pub status: ExitStatus,
     /// In a pod of several apps: each app's exit, in the order they were reported.
     pub apps: Vec<(String, ExitStatus)>,
+    /// Processes of the workload the guest kernel's OOM killer killed (all apps').
+    pub oom_kills: u64,
+    /// In a pod of several apps: each app's OOM kills, when it had some.
+    pub app_oom_kills: Vec<(String, u64)>,
     /// Memory figures of the VMM.
     pub stats: VmStats,
 }
@@ -280,6 +284,8 @@ pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
         status,
         stats,
         apps: report.app_exits,
+        oom_kills: report.oom_kills,
+        app_oom_kills: report.app_oom_kills,
     })
 }
 

@@ -294,6 +294,41 @@ fn batch() -> Option<Batch> {
             ),
         )
         .check(
+            "ci_oom",
+            &format!(
+                "{PODVM} run --uuid-file-save o.uuid {IMAGE} --memory 64Mi --exec /bin/sh -- -c 'head -c 629145600 /dev/zero | tail' 2>oom.err; \
+                 echo oom-rc=$?; grep -o 'podvm: oom-killed: .*' oom.err; {PODVM} status $(cat o.uuid) | grep -E '^(app-|cause=)'; \
+                 echo oom-json=$({PODVM} status --format json $(cat o.uuid) | tr -d '\n'); \
+                 {PODVM} run --uuid-file-save n.uuid {IMAGE} --memory 64Mi --exec /bin/sh -- -c 'head -c 31457280 /dev/zero | wc -c'; echo normal-rc=$?; \
+                 echo normal-json=$({PODVM} status --format json $(cat n.uuid) | tr -d '\n')"
+            ),
+        )
+        .check(
+            "ci_bytes",
+            &format!(
+                "mkdir -p bytesvol && {PODVM} run --uuid-file-save y.uuid --volume v,kind=host,source=$PWD/bytesvol {IMAGE} --mount volume=v,target=/vol \
+                 --exec /bin/sh -- -c 'head -c 8388608 /dev/zero > /vol/f; sync; set -- $(ip route | grep ^default); \
+                 wget -q -T 3 -O /dev/null http://$3:9/; echo gw=$3 > /vol/done; sync; exec sleep 600' >bytes.out 2>&1 & bpid=$!; \
+                 for i in $(seq 1200); do [ -s bytesvol/done ] && break; sleep 0.05; done; cat bytesvol/done; \
+                 echo live-json=$({PODVM} status --format json $(cat y.uuid) | tr -d '\n'); \
+                 {PODVM} stop $(cat y.uuid) >/dev/null; wait $bpid; \
+                 echo exited-json=$({PODVM} status --format json $(cat y.uuid) | tr -d '\n')"
+            ),
+        )
+        .check(
+            "ci_build_from",
+            &format!(
+                "pods_before=$(ls -d state/pods/*/* 2>/dev/null | wc -l); \
+                 {PODVM} image build --from {IMAGE} --run 'echo built > /built; rm /bin/vi' --tag localhost/from:1 > from1.out; echo from1-rc=$?; \
+                 {PODVM} image build --from {IMAGE} --run 'echo built > /built; rm /bin/vi' --tag localhost/from:2 > from2.out; echo from2-rc=$?; \
+                 cat from1.out from2.out; [ -n \"$(cut -d' ' -f2 from1.out)\" ] && [ \"$(cut -d' ' -f2 from1.out)\" = \"$(cut -d' ' -f2 from2.out)\" ] && echo from-reproducible; \
+                 {PODVM} run --rm docker://localhost/from:1 --exec /bin/sh -- -c 'cat /built; [ -e /bin/vi ] || echo vi-gone; [ -e /bin/ls ] && echo ls-kept'; echo from-run-rc=$?; \
+                 {PODVM} image build --from {IMAGE} --run 'echo first-ok' --run 'echo failing-output; exit 5' --run 'echo never-runs' --tag localhost/from:3 2>&1; echo from3-rc=$?; \
+                 {PODVM} image list --no-legend --fields=name | grep -c from:3; \
+                 echo pods-left=$(( $(ls -d state/pods/*/* 2>/dev/null | wc -l) - pods_before ))"
+            ),
+        )
+        .check(
             "privilege",
             &format!(
                 "mkdir -p privvol && printf \"#!/bin/sh\\n\" > privvol/victim && chmod 6755 privvol/victim && \
@@ -855,6 +890,100 @@ fn a_pod_run_with_rm_keeps_its_exit_code_and_leaves_nothing() {
         out.trim_end().ends_with("\n0"),
         "no mount of the pod is left: {result:?}"
     );
+}
+
+/// The JSON after `key=` on its own line of `out`.
+fn json_line(out: &str, key: &str) -> Value {
+    let line = out
+        .lines()
+        .find_map(|line| line.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} line in {out}"));
+    serde_json::from_str(line).unwrap_or_else(|err| panic!("{key} {err}: {line}"))
+}
+
+#[test]
+fn an_app_the_guest_oom_killer_struck_reads_oom_killed_and_a_normal_one_does_not() {
+    let Some(result) = check("ci_oom") else {
+        return;
+    };
+    let out = &result.stdout;
+    // `tail` holds all of 600 MiB without a newline: past the app's 64Mi the guest kernel kills it.
+    assert!(out.contains("oom-rc=137\n"), "{result:?}");
+    assert!(
+        out.contains("podvm: oom-killed: the guest kernel's OOM killer killed"),
+        "run names it: {result:?}"
+    );
+    assert!(out.contains("-reason=oom-killed\n"), "{result:?}");
+    assert!(out.contains("cause=oom-killed\n"), "{result:?}");
+    let status = json_line(out, "oom-json=");
+    let app = &status["apps"][0];
+    assert_eq!(app["reason"], "oom-killed", "{status}");
+    assert!(app["oom_kills"].as_u64().unwrap_or(0) >= 1, "{status}");
+    assert_eq!(app["exit_code"], 137, "{status}");
+    assert_eq!(status["cause"], "oom-killed", "{status}");
+    assert!(out.contains("31457280\nnormal-rc=0\n"), "{result:?}");
+    let normal = json_line(out, "normal-json=");
+    assert!(normal["apps"][0].get("reason").is_none(), "{normal}");
+    assert!(normal["apps"][0].get("oom_kills").is_none(), "{normal}");
+    assert!(normal.get("cause").is_none(), "{normal}");
+}
+
+#[test]
+fn usage_counts_bytes_on_shares_and_network_live_and_after_exit() {
+    let Some(result) = check("ci_bytes") else {
+        return;
+    };
+    let out = &result.stdout;
+    assert!(
+        out.contains("gw="),
+        "the app got its write done: {result:?}"
+    );
+    let bytes = |status: &Value, key: &str| {
+        status["usage"][key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("usage.{key} in {status}"))
+    };
+    let live = json_line(out, "live-json=");
+    assert_eq!(live["state"], "running", "{live}");
+    let exited = json_line(out, "exited-json=");
+    for status in [&live, &exited] {
+        // 8 MiB written to the volume and synced before the app said so.
+        assert!(bytes(status, "share_written_bytes") >= 8 << 20, "{status}");
+        assert!(
+            bytes(status, "share_read_bytes") > 0,
+            "busybox was read: {status}"
+        );
+        // ARP and a TCP attempt to the gateway, both ways.
+        assert!(bytes(status, "net_rx_bytes") > 0, "{status}");
+        assert!(bytes(status, "net_tx_bytes") > 0, "{status}");
+    }
+    for key in ["share_written_bytes", "net_rx_bytes", "net_tx_bytes"] {
+        assert!(
+            bytes(&exited, key) >= bytes(&live, key),
+            "{key} kept and not less after the exit: {live} {exited}"
+        );
+    }
+}
+
+#[test]
+fn an_image_built_from_an_image_and_commands_has_their_result_and_is_reproducible() {
+    let Some(result) = check("ci_build_from") else {
+        return;
+    };
+    let out = &result.stdout;
+    assert!(out.contains("from1-rc=0\n"), "{result:?}");
+    assert!(out.contains("from2-rc=0\n"), "{result:?}");
+    assert!(out.contains("from-reproducible\n"), "{result:?}");
+    assert!(
+        out.contains("built\nvi-gone\nls-kept\nfrom-run-rc=0\n"),
+        "the new layer's file and whiteout, the base's files: {result:?}"
+    );
+    // The failing command: its output and code; the next never ran; no image; no pod left.
+    assert!(out.contains("first-ok\n"), "{result:?}");
+    assert!(out.contains("failing-output\n"), "{result:?}");
+    assert!(!out.contains("never-runs"), "{result:?}");
+    assert!(out.contains("from3-rc=5\n0\n"), "{result:?}");
+    assert!(out.contains("pods-left=0\n"), "{result:?}");
 }
 
 #[test]

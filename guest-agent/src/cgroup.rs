@@ -40,9 +40,16 @@ pub enum CgroupError {
     },
 }
 
-/// Makes app `app`'s cgroup with `limits` and returns its `cgroup.procs`, open for writing;
-/// `None` when the app has no limits.
-pub fn prepare(app: &str, limits: &AppLimits) -> Result<Option<File>, CgroupError> {
+/// An app's cgroup, made by [`prepare`].
+pub struct AppCgroup {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its `cgroup.procs`, open for writing.
+    pub procs: File,
+}
+
+/// Makes app `app`'s cgroup with `limits`; `None` when the app has no limits.
+pub fn prepare(app: &str, limits: &AppLimits) -> Result<Option<AppCgroup>, CgroupError> {
     if limits.is_empty() {
         return Ok(None);
     }
@@ -90,7 +97,7 @@ pub fn prepare(app: &str, limits: &AppLimits) -> Result<Option<File>, CgroupErro
         .write(true)
         .open(&procs)
         .map_err(|err| io_err("open", &procs, err))?;
-    Ok(Some(file))
+    Ok(Some(AppCgroup { dir, procs: file }))
 }
 
 /// cgroup v2 `cpu.weight` (1 to 10000, default 100) for cgroup v1 `cpu.shares` (2 to 262144,

@@ -19,6 +19,7 @@ use podvm_protocol::{
     EXIT_NOT_FOUND,
 };
 
+use crate::oom::OomWatch;
 use crate::security::{self, SecurityError};
 use crate::users::{self, Identity, UserError};
 
@@ -114,6 +115,8 @@ pub struct Started {
     pub outputs: Vec<(Stream, File)>,
     /// The pty master, for resizing, when it runs on a terminal.
     pub terminal: Option<File>,
+    /// Where the OOM killer's kills among its processes are counted.
+    pub oom: OomWatch,
 }
 
 /// Why the workload did not start.
@@ -329,9 +332,11 @@ pub fn spawn(job: &Job<'_>, root: &Path) -> Result<Started, LaunchError> {
         .args(args)
         .env_clear()
         .envs(env.iter().map(|(key, value)| (key, value)));
-    if let Some(procs) = crate::cgroup::prepare(job.app, &job.limits)? {
+    let cgroup = crate::cgroup::prepare(job.app, &job.limits)?;
+    let oom = OomWatch::start(cgroup.as_ref().map(|cgroup| cgroup.dir.as_path()));
+    if let Some(cgroup) = cgroup {
         // Joins while still root, before the hooks below chroot and drop privileges.
-        crate::cgroup::join_before_exec(&mut command, procs);
+        crate::cgroup::join_before_exec(&mut command, cgroup.procs);
     }
     if in_own_root {
         // chroot + chdir, before the hook of `before_exec` (which ends in execve) runs.
@@ -382,6 +387,7 @@ pub fn spawn(job: &Job<'_>, root: &Path) -> Result<Started, LaunchError> {
         stdin,
         outputs,
         terminal,
+        oom,
     })
 }
 

@@ -29,6 +29,7 @@ mod container;
 mod exec;
 mod launch;
 mod net;
+mod oom;
 mod pod;
 mod power;
 mod reaper;

@@ -20,6 +20,7 @@ use podvm_protocol::{
 
 use crate::channel::ChannelError;
 use crate::launch::{self, Job, LaunchError, Started};
+use crate::oom::OomWatch;
 
 /// Largest chunk of output carried by one frame (well under the protocol's limit).
 pub const CHUNK: usize = 32 * 1024;
@@ -93,6 +94,8 @@ pub struct Proc {
     pub exit: Option<(ExitStatus, Instant)>,
     /// When it last produced output.
     pub last_output: Instant,
+    /// Where the OOM killer's kills among its processes are counted.
+    oom: OomWatch,
 }
 
 impl Proc {
@@ -110,6 +113,7 @@ impl Proc {
             terminal: started.terminal,
             exit: None,
             last_output: Instant::now(),
+            oom: started.oom,
         }
     }
 
@@ -178,6 +182,8 @@ pub struct Session {
     pub launch_error: Option<String>,
     /// How its process ended, once it did.
     pub status: Option<ExitStatus>,
+    /// How many of its processes the OOM killer killed, once it ended.
+    pub oom_kills: u64,
     /// Whether `Shutdown` and container requests are allowed here (the boot session only).
     pub is_boot: bool,
     /// The app or container whose session this is.
@@ -244,6 +250,7 @@ impl Session {
             phase,
             launch_error: None,
             status: None,
+            oom_kills: 0,
             is_boot: false,
             container: None,
             finish: None,
@@ -310,6 +317,7 @@ impl Session {
             terminal: None,
             exit: Some((ExitStatus::Code(err.exit_code()), Instant::now())),
             last_output: Instant::now(),
+            oom: OomWatch::idle(),
         });
     }
 
@@ -538,11 +546,19 @@ impl Session {
         let Some((status, _)) = proc.exit else {
             return Ok(false);
         };
+        let oom_kills = proc.oom.kills(status);
         if let Some(message) = self.launch_error.clone() {
             self.send(&Message::Control(Control::Error { message }))?;
         }
-        self.send(&Message::Control(Control::Exited { status }))?;
+        if oom_kills > 0 {
+            diag!(
+                "{}: the OOM killer killed {oom_kills} of its processes",
+                self.name
+            );
+        }
+        self.send(&Message::Control(Control::Exited { status, oom_kills }))?;
         self.status = Some(status);
+        self.oom_kills = oom_kills;
         self.close();
         Ok(true)
     }

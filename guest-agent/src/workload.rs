@@ -234,7 +234,9 @@ impl Supervisor {
         self.report_container_ends()?;
         let pod_status = self.apply_pod_rule(now).or_else(|| self.sandbox_status());
         if let Some(status) = pod_status {
-            self.sessions[0].send(&Message::Control(Control::Exited { status }))?;
+            // The pod's count is its apps'.
+            let oom_kills = self.sessions[1..].iter().map(|s| s.oom_kills).sum();
+            self.sessions[0].send(&Message::Control(Control::Exited { status, oom_kills }))?;
             return Ok(Some(Outcome {
                 status,
                 launch_error: None,

@@ -45,7 +45,7 @@ impl Run {
 
     fn exit(&self) -> ExitStatus {
         match self.messages.last() {
-            Some(Message::Control(Control::Exited { status })) => *status,
+            Some(Message::Control(Control::Exited { status, .. })) => *status,
             other => panic!("the last frame must be Exited, got {other:?}"),
         }
     }
@@ -551,7 +551,7 @@ fn collect(messages: &[Message], stream: Stream) -> Vec<u8> {
 
 fn exited(messages: &[Message]) -> Option<ExitStatus> {
     messages.iter().find_map(|message| match message {
-        Message::Control(Control::Exited { status }) => Some(*status),
+        Message::Control(Control::Exited { status, .. }) => Some(*status),
         _ => None,
     })
 }
@@ -639,6 +639,7 @@ fn bad_host_frames_are_refused_without_harm() {
     // An agent-to-host message from the host, then garbage.
     live.send(Message::Control(Control::Exited {
         status: ExitStatus::Code(0),
+        oom_kills: 0,
     }));
     let messages = live.finish();
     let errors = errors(&messages);

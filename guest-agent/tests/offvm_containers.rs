@@ -252,7 +252,7 @@ impl Sandbox {
             let run = self.runs.entry(name).or_default();
             match message {
                 Message::Data(Stream::Stdout, bytes) => run.stdout.extend(bytes),
-                Message::Control(Control::Exited { status }) => run.exit = Some(status),
+                Message::Control(Control::Exited { status, .. }) => run.exit = Some(status),
                 Message::Control(Control::Error { message }) => run.errors.push(message),
                 _ => {}
             }
@@ -299,7 +299,7 @@ impl Sandbox {
         while let Ok(message) = frames.recv_timeout(HANG_LIMIT) {
             match message {
                 Message::Data(Stream::Stdout, bytes) => stdout.extend(bytes),
-                Message::Control(Control::Exited { status }) => exit = Some(status),
+                Message::Control(Control::Exited { status, .. }) => exit = Some(status),
                 Message::Control(Control::Error { message }) => errors.push(message),
                 _ => {}
             }
@@ -317,7 +317,8 @@ impl Sandbox {
         assert_eq!(
             last,
             Some(Message::Control(Control::Exited {
-                status: ExitStatus::Code(0)
+                status: ExitStatus::Code(0),
+                oom_kills: 0,
             }))
         );
         self.stdin = None;

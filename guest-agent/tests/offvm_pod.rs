@@ -67,7 +67,7 @@ fn read_app_session(mut stream: std::os::unix::net::UnixStream) -> (String, AppR
     for message in messages {
         match message {
             Message::Data(Stream::Stdout, data) => run.stdout.extend(data),
-            Message::Control(Control::Exited { status }) => run.exit = Some(status),
+            Message::Control(Control::Exited { status, .. }) => run.exit = Some(status),
             Message::Control(Control::Error { message }) => run.errors.push(message),
             _ => {}
         }
@@ -147,7 +147,7 @@ fn pod_exit(boot: &[Message]) -> ExitStatus {
         "{boot:?}"
     );
     match boot.last() {
-        Some(Message::Control(Control::Exited { status })) => *status,
+        Some(Message::Control(Control::Exited { status, .. })) => *status,
         other => panic!("the boot session must end with Exited, got {other:?}"),
     }
 }

@@ -114,6 +114,13 @@
 //! [`EXIT_CANNOT_EXEC`] (126) when it cannot be started: not executable, or the requested user
 //! or group does not exist in the app root's /etc/passwd or /etc/group (an `Error` frame before
 //! it says which).
+//!
+//! # OOM kills
+//!
+//! `Exited` may carry `oom_kills`, how many of the process's own processes the guest kernel's
+//! OOM killer killed while it ran (the agent counts them in the app's cgroup, see the agent's
+//! `oom` module). The field is left out when it is 0 and read as 0 when absent, so agents and
+//! hosts from before it still understand every frame of a process the OOM killer spared.
 
 pub mod mac;
 
@@ -677,6 +684,12 @@ pub enum Control {
     Exited {
         /// How it ended.
         status: ExitStatus,
+        /// Processes of its own that the guest kernel's OOM killer killed while it ran (it, or
+        /// any process it started): counted in its cgroup's `memory.events` when it has limits.
+        /// Absent (0) from older agents and when there were none, so the frame of a process
+        /// the OOM killer spared is what it always was.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        oom_kills: u64,
     },
     /// Agent to host: the agent could not do what was asked; `message` says what and why.
     Error {
@@ -935,6 +948,11 @@ impl FrameDecoder {
     }
 }
 
+/// Whether a counter is zero (such fields are left out of the JSON).
+fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
 fn stream_kind(stream: Stream) -> u8 {
     match stream {
         Stream::Stdout => KIND_STDOUT,
@@ -1007,6 +1025,11 @@ mod tests {
             }),
             Message::Control(Control::Exited {
                 status: ExitStatus::Signal(9),
+                oom_kills: 0,
+            }),
+            Message::Control(Control::Exited {
+                status: ExitStatus::Code(137),
+                oom_kills: 2,
             }),
             Message::Control(Control::Error {
                 message: "nope".into(),
@@ -1337,5 +1360,31 @@ mod tests {
         let app: AppSpec =
             serde_json::from_str(r#"{"name":"a","command":["true"]}"#).expect("minimal");
         assert_eq!(app.rootfs, None);
+    }
+
+    #[test]
+    fn oom_kills_are_left_out_when_none_and_read_as_none_when_absent() {
+        let spared = Control::Exited {
+            status: ExitStatus::Code(0),
+            oom_kills: 0,
+        };
+        let json = serde_json::to_string(&spared).expect("encode");
+        assert_eq!(
+            json, r#"{"type":"exited","status":{"Code":0}}"#,
+            "as before"
+        );
+        let old: Control = serde_json::from_str(r#"{"type":"exited","status":{"Signal":9}}"#)
+            .expect("an older agent's frame");
+        assert_eq!(
+            old,
+            Control::Exited {
+                status: ExitStatus::Signal(9),
+                oom_kills: 0
+            }
+        );
+        let killed: Control =
+            serde_json::from_str(r#"{"type":"exited","status":{"Code":137},"oom_kills":1}"#)
+                .expect("decode");
+        assert!(matches!(killed, Control::Exited { oom_kills: 1, .. }));
     }
 }

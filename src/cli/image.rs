@@ -84,18 +84,28 @@ pub enum ImageVerb {
         overwrite: bool,
     },
     /// Build an OCI image from a directory (its whole tree is the image's one layer) and a
-    /// JSON spec (entrypoint, cmd, env, user, workdir, ports, labels), into the store;
-    /// reproducible: the same input gives the same digest. Run it by the name given.
+    /// JSON spec (entrypoint, cmd, env, user, workdir, ports, labels), or from an image and
+    /// commands run in a pod of it (`--from IMAGE --run CMD...`: the pod's writes become one
+    /// more layer), into the store; reproducible: the same input gives the same digest. Run
+    /// it by the name given.
     Build {
         /// The image's name, a docker reference such as `localhost/tool:1` (run it as
         /// `docker://localhost/tool:1`).
         #[arg(long)]
         tag: String,
         /// The spec (JSON); without it, the image has no command (pass `--exec` to run it).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "from")]
         spec: Option<PathBuf>,
+        /// The image to build on (fetched as `run` fetches); needs `--run`.
+        #[arg(long, requires = "run", conflicts_with = "dir")]
+        from: Option<String>,
+        /// A command run by the image's `/bin/sh -c` in the build pod; repeat for more, run in
+        /// order; the first that fails ends the build with its exit code.
+        #[arg(long, requires = "from")]
+        run: Vec<String>,
         /// The directory that becomes the image's root.
-        dir: PathBuf,
+        #[arg(required_unless_present = "from")]
+        dir: Option<PathBuf>,
     },
     /// Print the image manifest.
     CatManifest {
@@ -150,6 +160,9 @@ pub enum ImageCliError {
     /// `image build` failed.
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// `image build --from` failed.
+    #[error(transparent)]
+    BuildFrom(#[from] super::image_build_from::BuildFromError),
     /// A bad `--tag`.
     #[error(transparent)]
     Fetch(#[from] FetchError),
@@ -225,7 +238,21 @@ pub fn run(data_dir: &Path, args: ImageArgs) -> Result<ExitCode, ImageCliError> 
             file,
             overwrite,
         } => export(&store, &image, &file, overwrite)?,
-        ImageVerb::Build { tag, spec, dir } => build(&store, &tag, spec.as_deref(), &dir)?,
+        ImageVerb::Build {
+            tag,
+            spec,
+            from,
+            run,
+            dir,
+        } => match (from, dir) {
+            (Some(from), _) => {
+                let built =
+                    super::image_build_from::build_from(data_dir, &store, &tag, &from, &run);
+                return Ok(built?);
+            }
+            (None, Some(dir)) => build(&store, &tag, spec.as_deref(), &dir)?,
+            (None, None) => return Err(ImageCliError::Usage("image build: DIR or --from".into())),
+        },
         ImageVerb::CatManifest { image } => {
             let rec = image::resolve(&store, &image)?;
             let data = store.read_blob(&rec.manifest.digest)?;
@@ -404,11 +431,7 @@ fn build(store: &Store, tag: &str, spec: Option<&Path>, dir: &Path) -> Result<()
         Some(path) => BuildSpec::read(path)?,
         None => BuildSpec::default(),
     };
-    let reference = match tag.strip_prefix("docker://") {
-        Some(_) => tag.to_string(),
-        None => format!("docker://{tag}"),
-    };
-    let name = fetch::canonical_name(&reference)?;
+    let name = fetch::canonical_name(&super::image_build_from::docker_reference(tag))?;
     // (a leftover of a crashed build goes with the store's next `image gc`)
     let layout = store
         .tmp_dir()

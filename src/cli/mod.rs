@@ -15,6 +15,7 @@ mod duration;
 mod exec;
 mod fetch;
 mod image;
+mod image_build_from;
 mod net;
 mod pod_attach;
 mod pod_cp;

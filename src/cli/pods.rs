@@ -108,6 +108,12 @@ pub struct AppView {
     pub image_id: String,
     /// Exit code, once the app ended.
     pub exit_code: Option<i32>,
+    /// What ended it, when not its own doing (`oom-killed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<EndCause>,
+    /// Its processes the guest kernel's OOM killer killed, when it killed some.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oom_kills: Option<u64>,
 }
 
 /// Builds the view of a pod from its manifest and status record.
@@ -125,15 +131,16 @@ pub fn view(pods: &PodStore, pod: &Pod) -> Result<PodView, PodError> {
         .map(|m| {
             m.apps
                 .into_iter()
-                .map(|app| AppView {
-                    exit_code: status
-                        .apps
-                        .iter()
-                        .find(|exit| exit.name == app.name)
-                        .map(|exit| exit.exit_code),
-                    name: app.name,
-                    image_name: app.image.name,
-                    image_id: app.image.id,
+                .map(|app| {
+                    let exit = status.apps.iter().find(|exit| exit.name == app.name);
+                    AppView {
+                        exit_code: exit.map(|exit| exit.exit_code),
+                        reason: exit.and_then(|exit| exit.reason),
+                        oom_kills: exit.and_then(|exit| exit.oom_kills),
+                        name: app.name,
+                        image_name: app.image.name,
+                        image_id: app.image.id,
+                    }
                 })
                 .collect()
         })
@@ -208,17 +215,21 @@ fn add_live(view: &mut PodView, pod: &Pod) {
         view.status.pid = Some(live.pid);
         view.vmm_pid = Some(live.vmm_pid);
         view.uptime_secs = Some(live.uptime_secs);
-        view.status.usage = live_usage(&pod.uuid, live.vmm_pid, live.uptime_secs);
+        view.status.usage = live_usage(pod, &live);
     }
 }
 
-/// What a running pod used so far: its cgroup's counters (found through its VMM's process).
-fn live_usage(uuid: &str, vmm_pid: u32, uptime_secs: u64) -> Option<PodUsage> {
-    Some(PodUsage {
-        wall_ms: uptime_secs.saturating_mul(1000),
-        cgroup: crate::pod::cgroup::usage_of_process(vmm_pid, uuid)?,
+/// What a running pod used so far: its cgroup's counters (found through its VMM's process),
+/// the bytes through its shares (from its supervisor) and its network's.
+fn live_usage(pod: &Pod, live: &control::proto::LiveStatus) -> Option<PodUsage> {
+    let mut usage = PodUsage {
+        wall_ms: live.uptime_secs.saturating_mul(1000),
+        cgroup: crate::pod::cgroup::usage_of_process(live.vmm_pid, &pod.uuid)?,
         ..PodUsage::default()
-    })
+    };
+    usage.set_share_bytes(live.share_read_bytes, live.share_written_bytes);
+    usage.add_net_bytes(&pod.dir);
+    Some(usage)
 }
 
 /// How often `status --wait` looks at the pod again.
@@ -451,6 +462,9 @@ pub fn status(data_dir: &Path, args: StatusArgs) -> Result<ExitCode, PodError> {
     for app in &view.apps {
         if let Some(code) = app.exit_code {
             println!("app-{}={code}", app.name);
+        }
+        if let Some(reason) = app.reason {
+            println!("app-{}-reason={reason}", app.name);
         }
     }
     if let Some(line) = super::net::status_line(&view.networks) {

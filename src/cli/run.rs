@@ -511,6 +511,10 @@ fn run_pod(
         usage.guest_memory_kib = Some(outcome.stats.guest_resident_kib);
         usage.vmm_peak_rss_kib = Some(outcome.stats.process_peak_rss_kib);
     }
+    let shares = crate::vmm::devices::virtio::fs::share_bytes();
+    usage.set_share_bytes(shares.read, shares.written);
+    // (the network, released after this function, still has its taps)
+    usage.add_net_bytes(&pod.dir);
     status.usage = Some(usage);
     let copied_out = copy_out(vm, rootfs.first());
     drop(cgroup);
@@ -528,20 +532,24 @@ fn run_pod(
     match outcome {
         Ok(outcome) => {
             let exit_code = launch::exit_code(outcome.status);
-            status.apps = match manifest.apps.as_slice() {
-                [app] => vec![AppExit {
-                    name: app.name.clone(),
-                    exit_code: i32::from(exit_code),
-                }],
+            let apps = match manifest.apps.as_slice() {
+                [app] => vec![AppExit::new(
+                    &app.name,
+                    i32::from(exit_code),
+                    outcome.oom_kills,
+                )],
                 _ => outcome
                     .apps
                     .iter()
-                    .map(|(name, status)| AppExit {
-                        name: name.clone(),
-                        exit_code: status.shell_code(),
+                    .map(|(name, status)| {
+                        let kills = outcome.app_oom_kills.iter().find(|(app, _)| app == name);
+                        AppExit::new(name, status.shell_code(), kills.map_or(0, |k| k.1))
                     })
                     .collect(),
             };
+            for line in status.record_apps(apps) {
+                eprintln!("podvm: {line}");
+            }
             pods.write_status(&pod, &status)?;
             copied_out?;
             Ok(ExitCode::from(exit_code))

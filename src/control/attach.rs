@@ -74,7 +74,8 @@ impl OutputHub {
         let deadline = Instant::now() + DRAIN_LIMIT;
         for client in &clients {
             if let Some(status) = status {
-                client.push(Message::Control(Control::Exited { status }), 0);
+                let oom_kills = 0;
+                client.push(Message::Control(Control::Exited { status, oom_kills }), 0);
             }
             client.close();
         }
@@ -270,7 +271,8 @@ mod tests {
                 Message::Data(Stream::Stdout, b"one".to_vec()),
                 Message::Data(Stream::Stderr, b"two".to_vec()),
                 Message::Control(Control::Exited {
-                    status: ExitStatus::Code(3)
+                    status: ExitStatus::Code(3),
+                    oom_kills: 0,
                 }),
             ]
         );

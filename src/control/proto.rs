@@ -105,6 +105,12 @@ pub struct LiveStatus {
     pub vmm_pid: u32,
     /// Seconds the VM has been running (0 before it started).
     pub uptime_secs: u64,
+    /// Bytes the guest read from its virtio-fs shares so far (0 from older supervisors).
+    #[serde(default)]
+    pub share_read_bytes: u64,
+    /// Bytes the guest wrote to its virtio-fs shares so far (0 from older supervisors).
+    #[serde(default)]
+    pub share_written_bytes: u64,
 }
 
 /// Where a VM is in its life.
@@ -254,6 +260,8 @@ mod tests {
                 pid: 42,
                 vmm_pid: 42,
                 uptime_secs: 7,
+                share_read_bytes: 5,
+                share_written_bytes: 6,
             }),
             Response::Stopping { timeout_ms: 10_000 },
             Response::Session,

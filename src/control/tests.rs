@@ -39,6 +39,8 @@ impl Handler for FakeVm {
             pid: 4242,
             vmm_pid: 4243,
             uptime_secs: 9,
+            share_read_bytes: 0,
+            share_written_bytes: 0,
         })
     }
 
@@ -290,6 +292,7 @@ fn fake_agent(agent: UnixStream) -> std::thread::JoinHandle<Vec<Message>> {
                 if answer {
                     Message::Control(Control::Exited {
                         status: ExitStatus::Code(3),
+                        oom_kills: 0,
                     })
                     .write_to(&mut agent)
                     .expect("exit");
@@ -342,7 +345,8 @@ fn an_exec_session_is_relayed_and_only_client_frames_reach_the_agent() {
     assert_eq!(
         from_agent[2],
         Message::Control(Control::Exited {
-            status: ExitStatus::Code(3)
+            status: ExitStatus::Code(3),
+            oom_kills: 0,
         })
     );
     drop(session);
@@ -431,7 +435,8 @@ fn an_attached_client_gets_the_output_then_the_exit_and_its_input_reaches_the_vm
             Message::Data(Stream::Stdout, b"out".to_vec()),
             Message::Data(Stream::Stderr, b"err".to_vec()),
             Message::Control(Control::Exited {
-                status: ExitStatus::Code(7)
+                status: ExitStatus::Code(7),
+                oom_kills: 0,
             }),
         ]
     );

@@ -142,11 +142,14 @@ impl Handler for VmControl {
             _ => LiveState::Starting,
         };
         let pid = std::process::id();
+        let shares = crate::vmm::devices::virtio::fs::share_bytes();
         Ok(LiveStatus {
             state,
             pid,
             vmm_pid: pid,
             uptime_secs: started.map_or(0, |(_, at)| at.elapsed().as_secs()),
+            share_read_bytes: shares.read,
+            share_written_bytes: shares.written,
         })
     }
 

@@ -41,6 +41,17 @@ pub enum BuildError {
         /// Why.
         source: std::io::Error,
     },
+    /// The image to build from cannot be built on.
+    #[error("image build --from {image}: {why}")]
+    Base {
+        /// The image.
+        image: String,
+        /// Why.
+        why: String,
+    },
+    /// The build pod's writes cannot become a layer.
+    #[error("image build: {0}")]
+    Upper(Box<super::upper_layer::UpperError>),
 }
 
 /// What the image runs, as the build spec gives it (every field optional).
@@ -134,7 +145,26 @@ pub fn write_layout(dir: &Path, spec: &BuildSpec, layout: &Path) -> Result<Strin
     let (layer, diff_id) = layer(dir)?;
     let layer_digest = put_blob(&blobs, &layer)?;
     let config = serde_json::to_vec(&spec.config(&diff_id)).map_err(json_error(layout))?;
-    let config_digest = put_blob(&blobs, &config)?;
+    let layers = vec![json!({
+        "mediaType": LAYER_MEDIA_TYPE,
+        "digest": layer_digest,
+        "size": layer.len(),
+    })];
+    finish_layout(layout, &config, layers)
+}
+
+/// The media type of the layers podvm builds.
+pub(crate) const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+/// Writes `config` and the manifest of it and `layers` (their descriptors, blobs already in
+/// `layout`) as blobs, then `index.json` and `oci-layout`; returns the manifest's digest.
+pub(crate) fn finish_layout(
+    layout: &Path,
+    config: &[u8],
+    layers: Vec<serde_json::Value>,
+) -> Result<String, BuildError> {
+    let blobs = layout.join("blobs/sha256");
+    let config_digest = put_blob(&blobs, config)?;
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -143,11 +173,7 @@ pub fn write_layout(dir: &Path, spec: &BuildSpec, layout: &Path) -> Result<Strin
             "digest": config_digest,
             "size": config.len(),
         },
-        "layers": [{
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "digest": layer_digest,
-            "size": layer.len(),
-        }],
+        "layers": layers,
     });
     let manifest = serde_json::to_vec(&manifest).map_err(json_error(layout))?;
     let manifest_digest = put_blob(&blobs, &manifest)?;
@@ -228,25 +254,25 @@ fn append_tree(tar: &mut tar::Builder<Vec<u8>>, top: &Path, at: &Path) -> Result
 }
 
 /// Writes `bytes` as a blob named by its digest; returns `sha256:…`.
-fn put_blob(blobs: &Path, bytes: &[u8]) -> Result<String, BuildError> {
+pub(crate) fn put_blob(blobs: &Path, bytes: &[u8]) -> Result<String, BuildError> {
     let digest = sha256(bytes);
     let path = blobs.join(digest.trim_start_matches("sha256:"));
     std::fs::write(&path, bytes).map_err(write_error(&path))?;
     Ok(digest)
 }
 
-fn sha256(bytes: &[u8]) -> String {
+pub(crate) fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
-fn write_error(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
+pub(crate) fn write_error(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
     move |source| BuildError::Write {
         path: path.to_path_buf(),
         source,
     }
 }
 
-fn json_error(path: &Path) -> impl FnOnce(serde_json::Error) -> BuildError + '_ {
+pub(crate) fn json_error(path: &Path) -> impl FnOnce(serde_json::Error) -> BuildError + '_ {
     move |err| BuildError::Write {
         path: path.to_path_buf(),
         source: err.into(),

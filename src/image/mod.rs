@@ -12,6 +12,7 @@ pub mod aci;
 pub mod acname;
 pub mod auth;
 pub mod build;
+pub mod build_from;
 pub mod config;
 pub mod dirfd;
 pub mod discovery;
@@ -27,6 +28,7 @@ pub mod render;
 pub mod safepath;
 pub mod signature;
 pub mod trust;
+pub mod upper_layer;
 
 use std::path::PathBuf;
 

@@ -17,6 +17,7 @@ pub mod ports;
 pub mod setup;
 pub mod spec;
 pub mod state;
+pub mod stats;
 pub mod tc;
 
 use std::path::PathBuf;

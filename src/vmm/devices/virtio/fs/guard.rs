@@ -434,8 +434,11 @@ where
         _flags: u32,
     ) -> io::Result<usize> {
         let flags = self.flags_of(Into::<u64>::into(handle))?;
-        self.inner
-            .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
+        let read = self
+            .inner
+            .read(ctx, inode, handle, w, size, offset, lock_owner, flags)?;
+        super::counters::count_read(read);
+        Ok(read)
     }
 
     fn write(
@@ -453,7 +456,7 @@ where
     ) -> io::Result<usize> {
         self.writable()?;
         let flags = self.flags_of(Into::<u64>::into(handle))?;
-        self.inner.write(
+        let written = self.inner.write(
             ctx,
             inode,
             handle,
@@ -464,7 +467,9 @@ where
             delayed_write,
             flags,
             fuse_flags,
-        )
+        )?;
+        super::counters::count_written(written);
+        Ok(written)
     }
 
     fn flush(

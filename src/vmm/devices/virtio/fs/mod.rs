@@ -7,6 +7,7 @@
 //! - `guard.rs`: the file system the guest talks to: a passthrough of the shared directory
 //!   wrapped by [`Guard`], which keeps the guest inside it and enforces read-only shares.
 //! - `event_handler.rs`: what wakes the worker thread: the queue kicks.
+//! - `counters.rs`: the bytes the guest read and wrote, for the pod's accounting.
 //!
 //! Confinement: the passthrough server resolves one path component at a time with
 //! `openat(O_PATH | O_NOFOLLOW)` relative to a directory it already holds and never follows
@@ -18,6 +19,7 @@
 //! files the guest creates, chmods or writes, xattrs outside the `user.` namespace
 //! (`trusted.overlay.*`, `security.capability`), and every mutation of a read-only share.
 
+mod counters;
 mod device;
 mod event_handler;
 mod guard;
@@ -25,6 +27,7 @@ mod queue;
 
 use std::path::PathBuf;
 
+pub use self::counters::share_bytes;
 pub use self::device::{Fs, FsError};
 #[doc(hidden)]
 pub use self::{device::passthrough_config, guard::Guard, queue::process_queue, queue::SyncShare};

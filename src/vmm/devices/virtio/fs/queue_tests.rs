@@ -490,10 +490,14 @@ fn the_writeback_cache_is_taken_and_write_only_handles_can_fill_pages() {
     read_args.extend_from_slice(&5u32.to_le_bytes()); // size
     read_args.extend_from_slice(&[0u8; 20]); // read_flags, lock_owner, flags, padding
     let read = request(FUSE_READ, 4, node, &read_args);
+    let before = super::super::share_bytes();
     assert_eq!(
         serve_one(&mem, &mock, &mut queue, &server, 3, read),
         (21, 0, 4)
     );
+    // (the counters are the process's: other tests may add to them meanwhile)
+    let after = super::super::share_bytes();
+    assert!(after.read >= before.read + 5, "{before:?} {after:?}");
     let mut data = [0u8; 5];
     let addr = GuestAddress(0x10_0000 + 3 * 0x1_0000 + 0x8000 + 16);
     mem.read_slice(&mut data, addr).expect("read data");
