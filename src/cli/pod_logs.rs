@@ -30,13 +30,17 @@ pub struct LogsArgs {
 /// Runs `podvm logs`: the app's stdout to stdout and its stderr to stderr.
 pub fn logs(data_dir: &Path, args: LogsArgs) -> Result<ExitCode, PodError> {
     let pods = PodStore::open(data_dir)?;
-    let pod = pods.find(&args.uuid)?;
-    let manifest = pods.manifest(&pod)?;
-    let app = crate::pod::select_app(&pod.uuid, &manifest, args.app.as_deref())?
-        .name
-        .clone();
+    // Read where the pod is when it is read: a concurrent `gc` may move it meanwhile.
+    let (pod, app, opened) = pods.read_settled(&args.uuid, |pod| {
+        let manifest = pods.manifest(pod)?;
+        let app = crate::pod::select_app(&pod.uuid, &manifest, args.app.as_deref())?
+            .name
+            .clone();
+        let opened = File::open(logs::path(&pod.dir, &app));
+        Ok((pod.clone(), app, opened))
+    })?;
     let path = logs::path(&pod.dir, &app);
-    let Ok(file) = File::open(&path) else {
+    let Ok(file) = opened else {
         eprintln!("podvm: pod {} app {app} has no output yet", pod.uuid);
         return Ok(ExitCode::SUCCESS);
     };

@@ -422,7 +422,9 @@ pub fn status(data_dir: &Path, args: StatusArgs) -> Result<ExitCode, PodError> {
     if let Some(limit) = args.wait {
         pod = wait_for(&pods, &pod.uuid, limit, is_final)?;
     }
-    let mut view = view(&pods, &pod)?;
+    // Read where the pod is when it is read: a concurrent `gc` may move it meanwhile.
+    let (pod, mut view) =
+        pods.read_settled(&pod.uuid, |pod| Ok((pod.clone(), view(&pods, pod)?)))?;
     add_live(&mut view, &pod);
     if args.format == "json" {
         println!(

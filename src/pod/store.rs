@@ -106,7 +106,7 @@ impl PodStore {
                 });
             }
         }
-        Ok(pods)
+        Ok(latest_of_each(pods))
     }
 
     /// The one pod whose uuid starts with `prefix`.
@@ -126,6 +126,26 @@ impl PodStore {
             });
         }
         Ok(matches.remove(0))
+    }
+
+    /// Runs `read` on the pod `prefix` names, again if the pod moved to another state directory
+    /// while it read (another podvm ended it or collected it), so the result describes one place.
+    ///
+    /// Pods only move forward through [`STATE_DIRS`], so this reads at most once per state.
+    pub fn read_settled<T>(
+        &self,
+        prefix: &str,
+        mut read: impl FnMut(&Pod) -> Result<T>,
+    ) -> Result<T> {
+        let mut attempts = STATE_DIRS.len();
+        loop {
+            let pod = self.find(prefix)?;
+            let result = read(&pod);
+            attempts -= 1;
+            if attempts == 0 || pod.dir.is_dir() {
+                return result;
+            }
+        }
     }
 
     /// Moves `pod` to state directory `to` by an atomic rename; locks stay held.
@@ -231,9 +251,80 @@ fn write_json<T: Serialize>(pod: &Pod, name: &str, value: &T) -> Result<()> {
     crate::private::write_atomic(&path, &bytes).map_err(io_err("cannot write", &path))
 }
 
+/// Keeps one entry per uuid: the one in the latest state directory.
+///
+/// The directories are read one after another while other podvm processes move pods forward
+/// (run → exited-garbage → garbage), so a pod moved during the scan shows up in its old and its
+/// new directory; the later one is where it is now.
+fn latest_of_each(pods: Vec<Pod>) -> Vec<Pod> {
+    let mut latest: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (index, pod) in pods.iter().enumerate() {
+        latest.insert(pod.uuid.clone(), index);
+    }
+    pods.into_iter()
+        .enumerate()
+        .filter(|(index, pod)| latest.get(&pod.uuid) == Some(index))
+        .map(|(_, pod)| pod)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pod_in(state_dir: &'static str, uuid: &str) -> Pod {
+        Pod {
+            uuid: uuid.to_string(),
+            dir: PathBuf::from(state_dir).join(uuid),
+            state: PodState::from_dir(state_dir, false).expect("known state dir"),
+            state_dir,
+        }
+    }
+
+    #[test]
+    fn a_pod_moved_while_read_is_read_again_where_it_went() {
+        let data = tempfile::tempdir().expect("tempdir");
+        let store = PodStore::open(data.path()).expect("open");
+        let (pod, held) = store.create().expect("create");
+        let run = store.transition(&pod, "run").expect("to run");
+        drop(held);
+        let mut reads = Vec::new();
+        let read = store
+            .read_settled(&run.uuid, |found| {
+                reads.push(found.state_dir);
+                if found.state_dir == "run" {
+                    // A concurrent `gc` marks the pod while this reads it.
+                    store.mark_garbage(found, 1).expect("mark");
+                }
+                Ok(found.state_dir)
+            })
+            .expect("read");
+        assert_eq!(read, "exited-garbage");
+        assert_eq!(reads, vec!["run", "exited-garbage"]);
+    }
+
+    #[test]
+    fn a_pod_moved_during_the_scan_is_listed_once_where_it_went() {
+        // `gc` moved pod "b" from run to exited-garbage between the reads of the two directories.
+        let scanned = vec![
+            pod_in("run", "a"),
+            pod_in("run", "b"),
+            pod_in("exited-garbage", "b"),
+            pod_in("exited-garbage", "c"),
+        ];
+        let listed: Vec<(String, &str)> = latest_of_each(scanned)
+            .into_iter()
+            .map(|pod| (pod.uuid, pod.state_dir))
+            .collect();
+        assert_eq!(
+            listed,
+            vec![
+                ("a".to_string(), "run"),
+                ("b".to_string(), "exited-garbage"),
+                ("c".to_string(), "exited-garbage"),
+            ]
+        );
+    }
 
     #[test]
     fn lifecycle_by_rename_with_lock_held() {
