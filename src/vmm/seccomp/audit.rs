@@ -3,7 +3,8 @@
 //! reads it for a pod whose podvm process died without recording the end.
 //!
 //! With auditd running the record goes to the audit log instead and the pod reads as `killed`.
-//! A pid is only trusted together with the kill record's signal (SIGSYS) and executable name.
+//! A pid is only trusted together with the kill record's signal (SIGSYS) and executable name
+//! (`podvm`, or a test build `podvm-*`).
 
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
@@ -76,7 +77,10 @@ fn parse_record(record: &str, pid: u32) -> Option<Kill> {
             .iter()
             .find_map(|field| field.strip_prefix(key)?.strip_prefix('='))
     };
-    let from_podvm = field("exe").is_some_and(|exe| exe.trim_matches('"').ends_with("podvm"));
+    let from_podvm = field("exe").is_some_and(|exe| {
+        let name = exe.trim_matches('"').rsplit('/').next().unwrap_or_default();
+        name.starts_with("podvm")
+    });
     if field("pid")? != pid.to_string() || field("sig")? != "31" || !from_podvm {
         return None;
     }

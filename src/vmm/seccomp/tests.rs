@@ -79,8 +79,11 @@ fn the_mode_switch_is_kill_unless_log_or_the_named_unsafe_off() {
     assert_eq!(Mode::parse(Some("0")), Mode::Kill);
 }
 
+/// What a filtered child runs; its result is the child's exit code.
+type ChildBody = fn() -> i32;
+
 /// How a forked child that installed the vCPU filter and ran `body` ended.
-fn in_filtered_child(body: fn() -> i32) -> nix::sys::wait::WaitStatus {
+fn in_filtered_child(body: ChildBody) -> nix::sys::wait::WaitStatus {
     // SAFETY: the child only calls async-signal-safe functions and the filter installation
     // (no locks held across the fork in this single-purpose helper), then _exit.
     match unsafe { nix::unistd::fork() }.expect("fork") {
@@ -136,7 +139,7 @@ fn a_thread_with_the_vcpu_filter_does_its_calls_and_is_killed_on_a_forbidden_one
     );
 
     // Attack: code run on a vCPU thread tries to open a host file, create a socket, exec.
-    let forbidden: [(&str, fn() -> i32); 3] = [
+    let forbidden: [(&str, ChildBody); 3] = [
         ("openat", || {
             // SAFETY: a NUL-terminated path; the descriptor, if any, is left to the exit.
             unsafe { libc::open(c"/etc/passwd".as_ptr(), libc::O_RDONLY) }
