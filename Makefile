@@ -17,8 +17,14 @@ STATIC  := RUSTFLAGS="-C target-feature=+crt-static"
 
 all: binaries kernel
 
+# The test variant with the seccomp trigger (src/vmm/seccomp/trigger.rs) is built first and
+# installed under out/test only; the shipped podvm is built last, without the feature, and
+# checked not to contain the trigger.
 binaries:
+	$(STATIC) $(CARGO) build --release --target $(TARGET) -p podvm --features seccomp-test-trigger
+	install -D -m 0755 target/$(TARGET)/release/podvm $(OUT)/test/podvm-seccomp-trigger
 	$(STATIC) $(CARGO) build --release --target $(TARGET) -p podvm -p podvm-agent -p podvm-probe -p podvm-shim
+	! grep -q PODVM_SECCOMP_TEST_TRIGGER target/$(TARGET)/release/podvm
 	install -D -m 0755 target/$(TARGET)/release/podvm $(OUT)/bin/podvm
 	install -D -m 0755 target/$(TARGET)/release/podvm-agent $(OUT)/lib/podvm/podvm-agent
 	install -D -m 0755 target/$(TARGET)/release/podvm-probe $(OUT)/test/podvm-probe

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::artifacts;
 use crate::vmm::host::{self, KvmKind};
+use crate::vmm::seccomp::{Mode, MODE_ENV};
 
 /// Flags of `podvm check`.
 #[derive(Debug, Args)]
@@ -34,6 +35,8 @@ struct Finding {
 #[derive(Debug, Serialize)]
 struct Report {
     findings: Vec<Finding>,
+    /// The seccomp mode of the VMM's threads in pods started with this environment.
+    seccomp: &'static str,
     pods_can_run: bool,
     verdict: String,
 }
@@ -80,6 +83,7 @@ fn build_report() -> Report {
             false,
         ),
         cgroup_finding(),
+        seccomp_finding(),
         cni_finding(),
         artifact_finding("guest kernel", artifacts::kernel()),
         artifact_finding("guest agent", artifacts::agent()),
@@ -97,6 +101,7 @@ fn build_report() -> Report {
     };
     Report {
         findings,
+        seccomp: Mode::current().as_str(),
         pods_can_run,
         verdict,
     }
@@ -152,6 +157,39 @@ fn cgroup_finding() -> Finding {
         name: "cgroup v2",
         ok,
         required: false,
+        detail,
+    }
+}
+
+/// The seccomp mode of the VMM's threads, and whether the kernel has the actions it needs.
+fn seccomp_finding() -> Finding {
+    let mode = Mode::current();
+    let actions =
+        std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail").unwrap_or_default();
+    let needed = match mode {
+        Mode::Kill => Some("kill_process"),
+        Mode::Log => Some("log"),
+        Mode::Off => None,
+    };
+    let ok = needed.is_none_or(|action| actions.split_whitespace().any(|a| a == action));
+    let detail = match (mode, ok) {
+        (_, false) => format!(
+            "{}: the kernel lacks the seccomp action it needs (actions_avail: {})",
+            mode.as_str(),
+            actions.trim()
+        ),
+        (Mode::Kill, true) => "kill: each VMM thread kind has its filter".to_string(),
+        (Mode::Log, true) => {
+            format!("log ({MODE_ENV}=log): forbidden calls are logged, not fatal (debugging)")
+        }
+        (Mode::Off, true) => format!("off ({MODE_ENV}=unsafe-off): the VMM runs unfiltered"),
+    };
+    // Without the action its mode needs no VM starts (the filters fail closed); log and off
+    // only warn.
+    Finding {
+        name: "seccomp",
+        ok: ok && mode == Mode::Kill,
+        required: !ok,
         detail,
     }
 }

@@ -187,6 +187,12 @@ fn killed(uuid: &str, pid: Option<u32>) -> (EndCause, String) {
         Some(pid) => format!("the pod's podvm process {pid}, which ran its VM,"),
         None => "the pod's podvm process, which ran its VM,".to_string(),
     };
+    if let Some(kill) = pid.and_then(crate::vmm::seccomp::audit::find_kill) {
+        return (
+            EndCause::Seccomp,
+            format!("killed by SIGSYS (seccomp): {process} was killed because {kill}"),
+        );
+    }
     match cgroup::oom_kills(uuid).filter(|&kills| kills > 0) {
         Some(kills) => (
             EndCause::OomKilled,

@@ -406,6 +406,7 @@ fn run_pod(
     status.started = Some(now());
     status.pid = Some(std::process::id());
     status.unlimited = cgroup.is_none();
+    status.seccomp = Some(crate::vmm::seccomp::Mode::current().as_str().to_string());
     pods.write_status(&pod, &status)?;
 
     let relay = match detached {

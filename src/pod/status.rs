@@ -69,6 +69,10 @@ pub struct PodStatus {
     /// is not in a pod cgroup.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unlimited: bool,
+    /// The seccomp mode of the pod's VMM threads (`kill`, `log` or `off`), recorded when its
+    /// VM started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp: Option<String>,
     /// What the pod used, recorded when its VM ended (`status` reads a running pod's live).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<PodUsage>,
@@ -156,6 +160,8 @@ pub enum EndCause {
     OomKilled,
     /// Stopped at its `run --timeout`.
     Timeout,
+    /// The VMM was killed by its seccomp filter (SIGSYS): a VMM thread made a forbidden call.
+    Seccomp,
 }
 
 impl EndCause {
@@ -170,6 +176,7 @@ impl EndCause {
             EndCause::Killed => "killed",
             EndCause::OomKilled => "oom-killed",
             EndCause::Timeout => "timeout",
+            EndCause::Seccomp => "seccomp",
         }
     }
 }
@@ -203,6 +210,7 @@ mod tests {
             EndCause::Killed,
             EndCause::OomKilled,
             EndCause::Timeout,
+            EndCause::Seccomp,
         ] {
             let json = serde_json::to_string(&cause).expect("serialize");
             assert_eq!(json, format!("\"{}\"", cause.name()));

@@ -12,6 +12,7 @@ pub mod host;
 pub mod memory;
 pub mod mptable;
 pub mod ratelog;
+pub mod seccomp;
 pub mod stats;
 pub mod vcpu;
 
@@ -263,7 +264,8 @@ fn attach_virtio(
     nets: Vec<devices::virtio::net::Net>,
 ) -> Result<devices::virtio::MmioBus, VmmError> {
     let mut mmio = devices::virtio::MmioBus::new();
-    mmio.attach(vm, guest_memory, Box::new(devices::virtio::rng::Rng::new()))?;
+    let rng = devices::virtio::rng::Rng::new().map_err(devices::DeviceError::from)?;
+    mmio.attach(vm, guest_memory, Box::new(rng))?;
     mmio.attach(vm, guest_memory, Box::new(vsock))?;
     for share in shares {
         mmio.attach(vm, guest_memory, Box::new(share))?;

@@ -1,5 +1,6 @@
 //! vCPU threads: each runs KVM_RUN in a loop, routes port I/O to the bus, and reports how the
 //! guest ended. The VMM stops them by setting a flag and kicking them out of KVM_RUN with a signal.
+//! Each thread installs the vCPU seccomp filter ([`super::seccomp`]) before its first KVM_RUN.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
@@ -12,6 +13,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use super::devices::virtio::MmioBus;
 use super::devices::PioBus;
+use super::seccomp::{self, ThreadKind};
 
 /// The buses a vCPU routes its I/O exits to.
 #[derive(Clone)]
@@ -73,7 +75,21 @@ pub fn spawn(
         .name(format!("vcpu{cpu}"))
         .spawn(move || {
             live.register_vcpu_thread();
-            if let Some(event) = run_loop(&mut vcpu, cpu, &buses, &stop) {
+            // Filtered before the first KVM_RUN: the guest reaches nothing of this thread
+            // before. A filter that cannot be installed stops the VM (fail closed).
+            let thread = format!("vcpu{cpu}");
+            let event = match seccomp::install(ThreadKind::Vcpu, &thread) {
+                Ok(()) => {
+                    #[cfg(feature = "seccomp-test-trigger")]
+                    seccomp::trigger::fire(seccomp::trigger::Site::Vcpu);
+                    run_loop(&mut vcpu, cpu, &buses, &stop)
+                }
+                Err(err) => Some(VcpuEvent::Failed {
+                    cpu,
+                    reason: err.to_string(),
+                }),
+            };
+            if let Some(event) = event {
                 // The receiver only disappears once the VMM is tearing down anyway.
                 let _ = events.send(event);
             }

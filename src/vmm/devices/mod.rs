@@ -10,6 +10,9 @@ pub use serial::{SerialPort, COM1_BASE, COM1_IRQ};
 /// Errors from device setup.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
+    /// A device's worker thread could not be started (or filtered).
+    #[error(transparent)]
+    Worker(#[from] virtio::worker::WorkerError),
     /// An eventfd could not be created.
     #[error("cannot create an eventfd for {device}: {source}")]
     EventFd {

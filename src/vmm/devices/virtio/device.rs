@@ -10,7 +10,8 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::interrupt::Interrupt;
-use super::worker::{Kicks, Serve, Worker};
+use super::worker::{Kicks, Serve, Worker, WorkerError};
+use crate::vmm::seccomp::ThreadKind;
 
 /// What a device gets when the driver sets DRIVER_OK.
 pub struct Activation {
@@ -107,33 +108,39 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
 /// Whether the device runs. Guest memory and the queues reach a device only in its
 /// [`Activation`], which is handed to the worker: an inactive device has nothing to touch
 /// guest memory with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DeviceState {
     Inactive,
-    Active(Worker),
+    Active,
 }
 
 /// The part of a virtio device that is the same for every device: its activation state, the
 /// check of the driver's queues, the worker thread, and reset.
 pub struct DeviceCore {
     name: &'static str,
-    worker_name: String,
+    worker: Worker,
     state: DeviceState,
 }
 
 impl DeviceCore {
-    /// The inactive core of device `name`, whose worker thread is called `name` too.
-    pub fn new(name: &'static str) -> Self {
-        Self::with_worker_name(name, name.into())
+    /// The inactive core of device `name`, whose worker thread is called `name` too and
+    /// filtered as `kind`. The thread starts now (see [`Worker`]).
+    pub fn new(name: &'static str, kind: ThreadKind) -> Result<Self, WorkerError> {
+        Self::with_worker_name(name, name.into(), kind)
     }
 
     /// Like [`new`](Self::new), with the worker thread called `worker_name` (when several
     /// devices share a name).
-    pub fn with_worker_name(name: &'static str, worker_name: String) -> Self {
-        Self {
+    pub fn with_worker_name(
+        name: &'static str,
+        worker_name: String,
+        kind: ThreadKind,
+    ) -> Result<Self, WorkerError> {
+        Ok(Self {
             name,
-            worker_name,
+            worker: Worker::spawn(worker_name, kind)?,
             state: DeviceState::Inactive,
-        }
+        })
     }
 
     /// The device's name, for logs and errors.
@@ -144,7 +151,7 @@ impl DeviceCore {
     /// Whether the device runs.
     #[cfg(test)]
     pub fn is_active(&self) -> bool {
-        matches!(self.state, DeviceState::Active(_))
+        self.state == DeviceState::Active
     }
 
     /// Starts the device. First every queue in `required` must be ready and inside guest memory
@@ -165,14 +172,14 @@ impl DeviceCore {
         self.reset();
         self.check_queues(&activation, required)?;
         let serve = start(activation)?;
-        let worker = Worker::spawn(self.worker_name.clone(), serve).map_err(|source| {
-            ActivateError::Backend {
+        self.worker
+            .start(serve)
+            .map_err(|source| ActivateError::Backend {
                 device: self.name,
                 what: "cannot start the worker thread".into(),
                 source,
-            }
-        })?;
-        self.state = DeviceState::Active(worker);
+            })?;
+        self.state = DeviceState::Active;
         Ok(())
     }
 
@@ -198,8 +205,8 @@ impl DeviceCore {
         Ok(())
     }
 
-    /// Stops the device if it runs: its worker thread is stopped and joined, and with it go the
-    /// queues and guest memory. Resetting an inactive device does nothing.
+    /// Stops the device if it runs: its worker thread stops serving and drops what it served,
+    /// and with it go the queues and guest memory. Resetting an inactive device does nothing.
     pub fn reset(&mut self) {
         self.reset_with(|| {});
     }
@@ -207,11 +214,9 @@ impl DeviceCore {
     /// Like [`reset`](Self::reset), calling `teardown` (e.g. to detach a vhost backend) before
     /// the worker stops; an inactive device does not call it.
     pub fn reset_with(&mut self, teardown: impl FnOnce()) {
-        if let DeviceState::Active(mut worker) =
-            std::mem::replace(&mut self.state, DeviceState::Inactive)
-        {
+        if std::mem::replace(&mut self.state, DeviceState::Inactive) == DeviceState::Active {
             teardown();
-            worker.stop();
+            self.worker.stop();
         }
     }
 }

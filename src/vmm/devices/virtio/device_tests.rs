@@ -90,7 +90,7 @@ fn assert_not_served_anymore(kick: &EventFd) {
 #[test]
 fn activate_reset_and_activate_again_serves_the_fresh_queues() {
     let mem = memory();
-    let mut core = DeviceCore::new(NAME);
+    let mut core = DeviceCore::new(NAME, ThreadKind::Rng).expect("core");
 
     let (first, first_kicks) = activation(&mem, vec![queue_at(&mem, 0x1_0000)]);
     let (report, served) = mpsc::channel();
@@ -143,7 +143,7 @@ fn refused(
 #[test]
 fn a_queue_not_ready_or_outside_guest_memory_is_refused_with_device_and_queue_named() {
     let mem = memory();
-    let mut core = DeviceCore::new(NAME);
+    let mut core = DeviceCore::new(NAME, ThreadKind::Rng).expect("core");
 
     let unready = Queue::new(16).expect("queue");
     let (bad, _kicks) = activation(&mem, vec![queue_at(&mem, 0x1_0000), unready]);
@@ -189,7 +189,8 @@ impl Serve for Unwatchable {
 #[test]
 fn a_backend_or_worker_that_fails_to_start_is_an_error_and_leaves_the_device_inactive() {
     let mem = memory();
-    let mut core = DeviceCore::with_worker_name(NAME, "test-worker".into());
+    let mut core =
+        DeviceCore::with_worker_name(NAME, "test-worker".into(), ThreadKind::Rng).expect("core");
 
     let (ok, _kicks) = activation(&mem, vec![queue_at(&mem, 0x1_0000)]);
     let err = core
@@ -234,7 +235,7 @@ fn a_backend_or_worker_that_fails_to_start_is_an_error_and_leaves_the_device_ina
 
 #[test]
 fn reset_of_an_inactive_device_is_a_no_op() {
-    let mut core = DeviceCore::new(NAME);
+    let mut core = DeviceCore::new(NAME, ThreadKind::Rng).expect("core");
     let torn_down = Cell::new(false);
     core.reset_with(|| torn_down.set(true));
     core.reset();
@@ -246,7 +247,7 @@ fn reset_of_an_inactive_device_is_a_no_op() {
 #[test]
 fn reset_tears_the_backend_down_while_the_worker_runs_then_joins_it() {
     let mem = memory();
-    let mut core = DeviceCore::new(NAME);
+    let mut core = DeviceCore::new(NAME, ThreadKind::Rng).expect("core");
     let (first, kicks) = activation(&mem, vec![queue_at(&mem, 0x1_0000)]);
     let (report, served) = mpsc::channel();
     core.activate(first, 0..1, start_serving(report))

@@ -3,15 +3,21 @@
 //! the guest or a backend signalled something, or when it is told to stop.
 //!
 //! Devices do not spawn workers themselves: the device core
-//! ([`DeviceCore`](super::device::DeviceCore)) starts one at activation and stops it at reset.
+//! ([`DeviceCore`](super::device::DeviceCore)) starts its thread with the device (before the
+//! guest runs, so that it is never a child of a filtered vCPU thread), which installs its
+//! seccomp filter ([`crate::vmm::seccomp`]) and then waits; activation hands it what to serve
+//! and reset takes it back.
 
 use std::cell::Cell;
 use std::ops::ControlFlow;
 use std::os::fd::AsRawFd;
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::vmm::seccomp::{self, ThreadKind};
 
 /// Epoll token of the stop eventfd; the tokens of a [`Serve`] are below it.
 const STOP_TOKEN: u64 = u64::MAX;
@@ -111,39 +117,118 @@ impl<F: FnMut(usize) + Send + 'static> Serve for Kicks<F> {
     }
 }
 
-/// A running worker thread; stopping it (or dropping it) joins the thread.
+/// Why a device's worker thread could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The thread, or a descriptor it needs, could not be created.
+    #[error("cannot start the worker thread {thread}: {source}")]
+    Start {
+        /// The thread's name.
+        thread: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The thread could not install its seccomp filter (it ended at once: fail closed).
+    #[error(transparent)]
+    Seccomp(#[from] crate::vmm::seccomp::SeccompError),
+}
+
+/// What a worker thread is handed at each activation: its epoll set and what it serves.
+struct Job {
+    watch: Watch,
+    serve: Box<dyn Serve>,
+}
+
+/// A device's worker thread. It starts with the device, before the guest runs, installs the
+/// seccomp filter of its kind, then waits for activations: each one is served until it is
+/// stopped or its [`Serve`] breaks. Dropping the worker ends the thread and joins it.
 pub struct Worker {
+    name: String,
     stop: EventFd,
+    jobs: Option<mpsc::Sender<Job>>,
+    done: mpsc::Receiver<()>,
+    serving: bool,
     handle: Option<JoinHandle<()>>,
 }
 
 impl Worker {
-    /// Starts thread `name` serving what `serve` watches until it is stopped or `serve` breaks.
-    pub fn spawn<S: Serve>(name: String, mut serve: S) -> std::io::Result<Self> {
-        let stop = EventFd::new(EFD_NONBLOCK)?;
-        let watch = Watch::new()?;
-        watch.epoll.ctl(
-            ControlOperation::Add,
-            stop.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, STOP_TOKEN),
-        )?;
-        serve.watch(&watch)?;
-        let stop_in_thread = stop.try_clone()?;
-        let handle = std::thread::Builder::new().name(name).spawn(move || {
-            run(&watch, &stop_in_thread, &mut serve);
-        })?;
+    /// Starts thread `name`, filtered as `kind`; returns once the filter is in.
+    pub fn spawn(name: String, kind: ThreadKind) -> Result<Self, WorkerError> {
+        let start_error = |source| WorkerError::Start {
+            thread: name.clone(),
+            source,
+        };
+        let stop = EventFd::new(EFD_NONBLOCK).map_err(start_error)?;
+        let stop_in_thread = stop.try_clone().map_err(start_error)?;
+        let (jobs, jobs_in_thread) = mpsc::channel::<Job>();
+        let (done_in_thread, done) = mpsc::channel();
+        let (ready_in_thread, ready) = mpsc::channel();
+        let thread_name = name.clone();
+        let handle = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                let installed = seccomp::install(kind, &thread_name);
+                let ok = installed.is_ok();
+                let _ = ready_in_thread.send(installed);
+                if ok {
+                    serve_jobs(&jobs_in_thread, &stop_in_thread, &done_in_thread);
+                }
+            })
+            .map_err(start_error)?;
+        let installed = ready.recv().unwrap_or_else(|_| {
+            Err(seccomp::SeccompError::Install {
+                thread: name.clone(),
+                source: seccompiler::Error::EmptyFilter,
+            })
+        });
+        if let Err(err) = installed {
+            let _ = handle.join();
+            return Err(err.into());
+        }
         Ok(Self {
+            name,
             stop,
+            jobs: Some(jobs),
+            done,
+            serving: false,
             handle: Some(handle),
         })
     }
 
-    /// Tells the thread to stop and waits for it.
+    /// Stops what the thread serves now, if anything, then has it serve `serve` until it is
+    /// stopped or `serve` breaks.
+    pub fn start<S: Serve>(&mut self, serve: S) -> std::io::Result<()> {
+        self.stop();
+        let watch = Watch::new()?;
+        watch.epoll.ctl(
+            ControlOperation::Add,
+            self.stop.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, STOP_TOKEN),
+        )?;
+        serve.watch(&watch)?;
+        let job = Job {
+            watch,
+            serve: Box::new(serve),
+        };
+        let sent = self.jobs.as_ref().map(|jobs| jobs.send(job).is_ok());
+        if sent != Some(true) {
+            return Err(std::io::Error::other(format!(
+                "the worker thread {} has ended",
+                self.name
+            )));
+        }
+        self.serving = true;
+        Ok(())
+    }
+
+    /// Stops what the thread serves and waits until it has dropped it (and with it the queues
+    /// and guest memory); the thread stays, waiting for the next activation.
     pub fn stop(&mut self) {
-        if let Some(handle) = self.handle.take() {
+        if std::mem::take(&mut self.serving) {
             // If the write fails the eventfd counter is saturated, which also wakes the thread.
             let _ = self.stop.write(1);
-            let _ = handle.join();
+            // An error means the thread is gone, and what it served with it.
+            let _ = self.done.recv();
         }
     }
 }
@@ -151,10 +236,34 @@ impl Worker {
 impl Drop for Worker {
     fn drop(&mut self) {
         self.stop();
+        // Closing the channel ends the thread's wait for jobs.
+        self.jobs = None;
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
     }
 }
 
-fn run<S: Serve>(watch: &Watch, stop: &EventFd, serve: &mut S) {
+/// The thread's life after its filter is in: each job is served to its end, dropped, and
+/// reported done.
+fn serve_jobs(jobs: &mpsc::Receiver<Job>, stop: &EventFd, done: &mpsc::Sender<()>) {
+    let mut first = true;
+    for job in jobs {
+        if std::mem::take(&mut first) {
+            #[cfg(feature = "seccomp-test-trigger")]
+            seccomp::trigger::fire(seccomp::trigger::Site::Worker);
+        }
+        // A stop meant for the previous job, which had ended on its own, is not for this one.
+        let _ = stop.read();
+        let Job { watch, mut serve } = job;
+        run(&watch, stop, serve.as_mut());
+        drop(serve);
+        drop(watch);
+        let _ = done.send(());
+    }
+}
+
+fn run(watch: &Watch, stop: &EventFd, serve: &mut dyn Serve) {
     let mut events = vec![EpollEvent::default(); watch.count.get() + 1];
     loop {
         let count = match watch.epoll.wait(-1, &mut events) {
@@ -194,11 +303,12 @@ mod tests {
         let kicks = Kicks::new(fds, move |index| {
             let _ = tx.send(index);
         });
-        let mut worker = Worker::spawn("test-worker".into(), kicks).expect("spawn");
+        let mut worker = spawn("test-worker");
+        worker.start(kicks).expect("start");
         second.write(1).expect("kick");
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)).expect("woken"), 1);
         worker.stop();
-        // Joined: the thread is gone and took the handler (and its sender) with it.
+        // Stopped: the thread dropped the handler (and its sender) before stop returned.
         assert_eq!(rx.try_recv(), Err(mpsc::TryRecvError::Disconnected));
     }
 
@@ -231,7 +341,8 @@ mod tests {
             fd: fd.try_clone().expect("clone"),
             woken,
         };
-        let _worker = Worker::spawn("test-pause".into(), serve).expect("spawn");
+        let mut worker = spawn("test-pause");
+        worker.start(serve).expect("start");
         wakes
             .recv_timeout(Duration::from_secs(5))
             .expect("woken once");
@@ -252,17 +363,34 @@ mod tests {
     }
 
     #[test]
-    fn a_serve_that_breaks_ends_the_thread_and_stop_still_returns() {
+    fn a_serve_that_breaks_ends_its_job_and_the_thread_serves_the_next_one() {
         let fd = EventFd::new(EFD_NONBLOCK).expect("eventfd");
-        let mut worker =
-            Worker::spawn("test-quit".into(), Quit(fd.try_clone().expect("clone"))).expect("spawn");
+        let mut worker = spawn("test-quit");
+        worker
+            .start(Quit(fd.try_clone().expect("clone")))
+            .expect("start");
         fd.write(1).expect("kick");
-        let handle = worker.handle.as_ref().expect("running");
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !handle.is_finished() {
-            assert!(std::time::Instant::now() < deadline, "thread did not end");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        worker.stop();
+        // The job ended on its own: done is reported, and stop returns at once.
+        worker
+            .done
+            .recv_timeout(Duration::from_secs(5))
+            .expect("done");
+        worker.serving = false;
+        let (tx, rx) = mpsc::channel();
+        let again = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+        let kick = again.try_clone().expect("clone");
+        worker
+            .start(Kicks::new(vec![again], move |index| {
+                let _ = tx.send(index);
+            }))
+            .expect("start again");
+        kick.write(1).expect("kick");
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).expect("woken"), 0);
+        drop(worker);
+        assert_eq!(rx.try_recv(), Err(mpsc::TryRecvError::Disconnected));
+    }
+
+    fn spawn(name: &str) -> Worker {
+        Worker::spawn(name.into(), ThreadKind::Rng).expect("spawn")
     }
 }

@@ -12,6 +12,7 @@ use super::super::{read_config_bytes, ActivateError, Activation, DeviceCore, Vir
 use super::guard::Guard;
 use super::queue::{FsServer, ShareRoot};
 use super::{event_handler, FsShare};
+use crate::vmm::seccomp::ThreadKind;
 
 /// virtio device id of a file system device.
 pub const DEVICE_TYPE: u32 = 26;
@@ -32,6 +33,9 @@ const FEATURES: u64 = (1 << RING_INDIRECT_DESC) | (1 << RING_EVENT_IDX);
 /// Errors while creating a virtio-fs device.
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
+    /// The device's worker thread could not be started (or filtered).
+    #[error("virtio-fs: {0}")]
+    Worker(#[from] super::super::worker::WorkerError),
     /// The tag does not fit the config space.
     #[error("virtio-fs tag {tag:?}: must be 1 to {TAG_LEN} bytes without NUL")]
     Tag {
@@ -91,7 +95,11 @@ impl Fs {
             config,
             server: Arc::new(Server::new(Guard::new(passthrough, share.read_only))),
             root: Arc::new(ShareRoot(root_dir.into())),
-            core: DeviceCore::with_worker_name("virtio-fs", format!("virtio-fs-{}", share.tag)),
+            core: DeviceCore::with_worker_name(
+                "virtio-fs",
+                format!("virtio-fs-{}", share.tag),
+                ThreadKind::Fs,
+            )?,
         })
     }
 }

@@ -6,6 +6,7 @@ use super::super::worker::Serve;
 use super::super::{read_config_bytes, ActivateError, Activation, DeviceCore, VirtioDevice};
 use super::tap::{offload, Tap, TapError};
 use super::{event_handler, format_mac, vhost_net, NetConfig, QUEUE_SIZES};
+use crate::vmm::seccomp::ThreadKind;
 
 /// Environment variable choosing the backend: `vhost`, `userspace`, or unset for vhost-net with
 /// the userspace fallback when /dev/vhost-net is absent or not accessible.
@@ -59,6 +60,9 @@ const OFFERED_FEATURES: [u32; 10] = [
 /// Errors while creating the network device.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
+    /// The device's worker thread could not be started (or filtered).
+    #[error("virtio-net: {0}")]
+    Worker(#[from] super::super::worker::WorkerError),
     /// /dev/vhost-net is missing or not usable.
     #[error(
         "cannot set up vhost-net for tap {tap} ({what}): {source}; load the vhost_net module \
@@ -121,7 +125,7 @@ impl Net {
             mac: config.mac,
             tap,
             backend,
-            core: DeviceCore::new("virtio-net"),
+            core: DeviceCore::new("virtio-net", ThreadKind::Net)?,
         })
     }
 }

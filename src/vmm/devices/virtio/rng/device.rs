@@ -2,6 +2,8 @@
 
 use super::super::{read_config_bytes, ActivateError, Activation, DeviceCore, VirtioDevice};
 use super::event_handler;
+use crate::vmm::devices::virtio::worker::WorkerError;
+use crate::vmm::seccomp::ThreadKind;
 
 /// virtio device id of an entropy source.
 pub const DEVICE_TYPE: u32 = 4;
@@ -14,17 +16,12 @@ pub struct Rng {
 }
 
 impl Rng {
-    /// An inactive device; it starts when the driver sets DRIVER_OK.
-    pub fn new() -> Self {
-        Self {
-            core: DeviceCore::new("virtio-rng"),
-        }
-    }
-}
-
-impl Default for Rng {
-    fn default() -> Self {
-        Self::new()
+    /// An inactive device (its worker thread waiting); it starts when the driver sets
+    /// DRIVER_OK.
+    pub fn new() -> Result<Self, WorkerError> {
+        Ok(Self {
+            core: DeviceCore::new("virtio-rng", ThreadKind::Rng)?,
+        })
     }
 }
 
@@ -96,7 +93,7 @@ mod tests {
     fn the_driver_can_reset_and_start_the_device_again_on_new_queues() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).expect("memory");
         let write = u16::try_from(VRING_DESC_F_WRITE).expect("a flag bit");
-        let mut rng = Rng::new();
+        let mut rng = Rng::new().expect("rng");
         for base in [0x1_0000, 0x2_0000] {
             let mock = MockSplitQueue::create(&mem, GuestAddress(base), 16);
             let request = RawDescriptor::from(Descriptor::new(0x30_0000, 32, write, 0));
@@ -120,7 +117,7 @@ mod tests {
     #[test]
     fn an_unready_queue_is_refused_with_the_device_named() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1_0000)]).expect("memory");
-        let mut rng = Rng::new();
+        let mut rng = Rng::new().expect("rng");
         let err = rng
             .activate(Activation {
                 mem,

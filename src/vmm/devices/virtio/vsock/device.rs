@@ -11,6 +11,7 @@ use super::super::worker::Serve;
 use super::super::{
     read_config_bytes, vhost_setup, ActivateError, Activation, DeviceCore, VirtioDevice,
 };
+use crate::vmm::seccomp::ThreadKind;
 
 /// virtio device id of a socket device.
 pub const DEVICE_TYPE: u32 = 19;
@@ -26,6 +27,9 @@ const CID_ATTEMPTS: usize = 32;
 /// Errors while creating the vsock device.
 #[derive(Debug, thiserror::Error)]
 pub enum VsockError {
+    /// The device's worker thread could not be started (or filtered).
+    #[error("virtio-vsock: {0}")]
+    Worker(#[from] super::super::worker::WorkerError),
     /// /dev/vhost-vsock is missing or not usable.
     #[error(
         "cannot set up vhost-vsock ({what}): {source}; load the vhost_vsock module \
@@ -63,7 +67,7 @@ impl Vsock {
         Ok(Self {
             cid,
             backend,
-            core: DeviceCore::new("virtio-vsock"),
+            core: DeviceCore::new("virtio-vsock", ThreadKind::Vsock)?,
         })
     }
 
