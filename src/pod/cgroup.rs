@@ -213,18 +213,18 @@ fn is_unit(cgroup: &Path, suffix: &str) -> bool {
 /// The cgroup a rootless podvm in `own` puts its pods below: `own`, or its parent when `own`
 /// is the [`ROOTLESS_LEAF`] an earlier pod moved the delegated cgroup's processes to (a shell in
 /// the scope, and every podvm it starts afterwards, are there).
-fn rootless_home(own: PathBuf) -> PathBuf {
+fn rootless_home(own: PathBuf, euid: u32) -> PathBuf {
     let in_leaf = own.file_name() == Some(std::ffi::OsStr::new(ROOTLESS_LEAF));
-    match (in_leaf && !nix::unistd::geteuid().is_root(), own.parent()) {
+    match (in_leaf && euid != 0, own.parent()) {
         (true, Some(parent)) => parent.to_path_buf(),
         _ => own,
     }
 }
 
-/// Whether pods' cgroups go below `home`, podvm's own cgroup, rather than in the shared group.
-fn below_home(home: &Path) -> Result<bool> {
+/// Whether pods' cgroups go below `home`, podvm's own cgroup, for a podvm running as `euid`,
+/// rather than in the shared group.
+fn below_home(home: &Path, euid: u32) -> Result<bool> {
     use std::os::unix::fs::MetadataExt as _;
-    let euid = nix::unistd::geteuid().as_raw();
     let owner = || {
         Ok(fs::metadata(home)
             .map_err(io_err("cannot read", home))?
@@ -327,14 +327,15 @@ pub struct PodCgroup {
 impl PodCgroup {
     /// Creates pod `uuid`'s cgroup with `limits` and moves this whole process into it.
     pub fn enter(uuid: &str, limits: CgroupLimits) -> Result<PodCgroup> {
-        let home = rootless_home(own_cgroup()?);
-        let below_home = below_home(&home)?;
+        let euid = nix::unistd::geteuid().as_raw();
+        let home = rootless_home(own_cgroup()?, euid);
+        let below_home = below_home(&home, euid)?;
         let dir = dir_for(&home, below_home, uuid);
         if !below_home {
             prepare_podvm_group()?;
         }
         create_dir(&dir)?;
-        let rootless = below_home && !nix::unistd::geteuid().is_root();
+        let rootless = below_home && euid != 0;
         let mut cgroup = PodCgroup {
             dir,
             home,
