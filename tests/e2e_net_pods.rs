@@ -19,6 +19,7 @@ const IMAGE: &str = "oci:busybox-layout:latest";
 const IP: &str = "/usr/sbin/ip";
 const TC: &str = "/usr/sbin/tc";
 const IPTABLES_SAVE: &str = "/usr/sbin/iptables-save";
+const IPT: &str = "/usr/sbin/iptables";
 
 /// Shell that waits until `file` says `started`.
 fn wait_started(file: &str) -> String {
@@ -144,6 +145,25 @@ fn batch() -> Option<Batch> {
                 wait = wait_started("h.out"),
                 after = leftovers("after"),
                 get = HTTP_GET,
+            ),
+        )
+        .check(
+            "spoofing",
+            &format!(
+                "{IPT} -N podvm-spoof-test; {IPT} -I INPUT -i podvm0 -p udp -j podvm-spoof-test; \
+                 for p in 18096 18097 18098; do {IPT} -A podvm-spoof-test -p udp --dport $p; done; \
+                 {PODVM} run --uuid-file-save s.uuid --volume probe,kind=host,source=$PWD/test {IMAGE} \
+                   --mount volume=probe,target=/probe --exec /bin/sh -- -c \
+                   'ip=$(ip -4 addr show eth0 | awk \"/inet /{{print \\$2}}\" | cut -d/ -f1); mac=$(cat /sys/class/net/eth0/address); \
+                    ping -c 1 -W 2 172.16.28.1 >/dev/null; echo guest=$ip,$mac; \
+                    for i in 1 2 3; do \
+                      /probe/podvm-probe udp-frame eth0 $mac $ip 172.16.28.1 18096 own; \
+                      /probe/podvm-probe udp-frame eth0 $mac 172.16.28.250 172.16.28.1 18097 spoofed-ip; \
+                      /probe/podvm-probe udp-frame eth0 02:de:ad:be:ef:01 $ip 172.16.28.1 18098 spoofed-mac; \
+                    done 2>&1 | sort | uniq -c'; echo rc=$?; \
+                 {IPT} -L podvm-spoof-test -v -x -n | awk '/dpt:/ {{print $NF, \"packets=\" $1}}'; \
+                 echo neigh-spoofed=$({IP} neigh show 172.16.28.250 dev podvm0 | wc -l); \
+                 {IPT} -D INPUT -i podvm0 -p udp -j podvm-spoof-test; {IPT} -F podvm-spoof-test; {IPT} -X podvm-spoof-test"
             ),
         );
     Some(batch)
@@ -319,4 +339,36 @@ fn default_restricted_reaches_the_host_only() {
         "{result:?}"
     );
     assert!(out.contains("after: netns=0 veths=0 nat=0"), "{result:?}");
+}
+
+#[test]
+fn a_guest_cannot_send_from_another_address_or_mac() {
+    // The attack: a guest (root in the pod, CAP_NET_RAW) writes raw Ethernet frames with a
+    // source IP it was not given (another pod's, 172.16.28.250) and with a forged source MAC.
+    // Host side: the host's INPUT counters see only the frames with the pod's own MAC and IP.
+    let Some(result) = check("spoofing") else {
+        return;
+    };
+    let out = &result.stdout;
+    assert!(out.contains("rc=0"), "{result:?}");
+    for port in ["18096", "18097", "18098"] {
+        assert!(
+            out.lines()
+                .any(|line| line.trim_start().starts_with("3 sent") && line.ends_with(port)),
+            "the probe sent its 3 frames to port {port}: {result:?}"
+        );
+    }
+    let packets = |port: &str| -> u64 {
+        out.lines()
+            .find_map(|line| line.strip_prefix(&format!("dpt:{port} packets=")))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no counter for port {port}: {result:?}"))
+    };
+    assert!(
+        packets("18096") >= 1,
+        "the pod's own frames reach the host (else the test shows nothing): {result:?}"
+    );
+    assert_eq!(packets("18097"), 0, "spoofed source IP: {result:?}");
+    assert_eq!(packets("18098"), 0, "spoofed source MAC: {result:?}");
+    assert!(out.contains("neigh-spoofed=0"), "{result:?}");
 }

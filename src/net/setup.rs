@@ -164,13 +164,13 @@ fn make(
     if !mappings.is_empty() && ports_on.is_none() {
         eprintln!("podvm: pod {uuid}: no network has the portmap plugin: --port has no effect");
     }
-    connect_taps(uuid, &netns_path, configs.len())?;
+    connect_taps(uuid, &netns_path, &results)?;
     Ok((netns_path, results))
 }
 
 /// In the netns: for each network, the stable MAC on its interface, a persistent tap, and the
-/// redirect between them.
-fn connect_taps(uuid: &str, netns_path: &Path, count: usize) -> Result<(), NetError> {
+/// redirect between them that lets only the guest's own MAC and addresses out.
+fn connect_taps(uuid: &str, netns_path: &Path, results: &[CniResult]) -> Result<(), NetError> {
     let link_err = |source| NetError::Link {
         uuid: uuid.into(),
         source,
@@ -179,20 +179,24 @@ fn connect_taps(uuid: &str, netns_path: &Path, count: usize) -> Result<(), NetEr
         uuid: uuid.into(),
         source,
     };
+    let tc_err = |source| NetError::Tc {
+        uuid: uuid.into(),
+        source,
+    };
     netns::run_in(netns_path, netns_err, || {
-        for index in 0..count {
+        for (index, result) in results.iter().enumerate() {
             let (ifname, tap) = (if_name(index), tap_name(index));
-            link::set_mac(&ifname, link::pod_mac(uuid, index)).map_err(link_err)?;
+            let mac = link::pod_mac(uuid, index);
+            let guest = tc::GuestIdentity::from_cidrs(mac, &addresses_of(result, &ifname))
+                .map_err(tc_err)?;
+            link::set_mac(&ifname, mac).map_err(link_err)?;
             link::create_tap(&tap).map_err(link_err)?;
             link::set_up(&tap, true).map_err(link_err)?;
             let (veth, tap) = (
                 link::index(&ifname).map_err(link_err)?,
                 link::index(&tap).map_err(link_err)?,
             );
-            tc::redirect_both_ways(veth, tap).map_err(|source| NetError::Tc {
-                uuid: uuid.into(),
-                source,
-            })?;
+            tc::connect_guarded(veth, tap, &guest).map_err(tc_err)?;
         }
         Ok(())
     })
@@ -218,6 +222,20 @@ fn tap_name(index: usize) -> String {
     format!("tap{index}")
 }
 
+/// The addresses (CIDR) CNI gave interface `ifname` (or gave without naming an interface).
+fn addresses_of(result: &CniResult, ifname: &str) -> Vec<String> {
+    result
+        .ips
+        .iter()
+        .filter(|ip| {
+            ip.interface
+                .and_then(|i| result.interfaces.get(i))
+                .is_none_or(|iface| iface.name == ifname)
+        })
+        .map(|ip| ip.address.clone())
+        .collect()
+}
+
 /// The guest's interfaces (named as in the netns, with the pod's MACs and the CNI addresses of
 /// the netns-side interface) and routes (a route without a gateway takes the gateway of the
 /// address of its family, as the CNI IPAM convention is).
@@ -225,16 +243,7 @@ fn guest_network(taps: &[Tap], results: &[CniResult]) -> GuestNetwork {
     let mut network = GuestNetwork::default();
     for (index, (tap, result)) in taps.iter().zip(results).enumerate() {
         let ifname = if_name(index);
-        let addresses = result
-            .ips
-            .iter()
-            .filter(|ip| {
-                ip.interface
-                    .and_then(|i| result.interfaces.get(i))
-                    .is_none_or(|iface| iface.name == ifname)
-            })
-            .map(|ip| ip.address.clone())
-            .collect();
+        let addresses = addresses_of(result, &ifname);
         network.interfaces.push(GuestInterface {
             mac: podvm_protocol::mac::format_mac(&tap.mac),
             name: Some(ifname),

@@ -106,7 +106,7 @@ INIT
 # Modules an L1 host for microVMs wants (those built in are skipped), with deps, in load order.
 MODS="virtio_pci virtio_blk crc32c_generic crc32c-intel ext4 kvm-amd tun tap overlay bridge veth vhost_vsock vhost_net
   fuse nf_tables nft_chain_nat nft_nat nft_masq nft_ct br_netfilter
-  sch_ingress cls_u32 act_mirred nft_compat xt_MASQUERADE xt_comment xt_multiport xt_addrtype
+  sch_ingress cls_u32 act_mirred act_gact nft_compat xt_MASQUERADE xt_comment xt_multiport xt_addrtype
   xt_mark xt_conntrack xt_nat xt_tcpudp"
 declare -A SEEN; ORDER=()
 add_mod() {

@@ -20,8 +20,11 @@
 //! * `sandbox-demo DIR BUSYBOX_ROOT LAYERS_ROOT`: drives podvm's runtime library directly (a
 //!   sandbox, two containers added at different times, exec, signal, wait, stats, stop); see
 //!   `sandbox_demo.rs`.
+//! * `udp-frame IFACE SRC_MAC SRC_IP DST_IP PORT PAYLOAD`: send a UDP datagram as a hand-made
+//!   Ethernet frame with any source MAC and address (a spoofing guest); see `udp_frame.rs`.
 
 mod sandbox_demo;
+mod udp_frame;
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -43,6 +46,9 @@ fn main() -> ExitCode {
         },
         ["sum", file] => sum(file).map(|s| println!("sum={s:016x}")),
         ["kvm-hold"] => kvm_hold(),
+        ["udp-frame", iface, mac, src, dst, port, payload] => {
+            udp_frame::run(iface, mac, src, dst, port, payload)
+        }
         ["sandbox-demo", dir, busybox, layers] => sandbox_demo::run(dir, busybox, layers),
         ["vsock-sink", port] => match port.parse::<u32>() {
             Ok(port) => vsock_sink(port),
@@ -54,7 +60,8 @@ fn main() -> ExitCode {
         _ => {
             eprintln!(
                 "usage: podvm-probe xattr FILE | mmap-write FILE SIZE | sum FILE | kvm-hold | \
-                 vsock-sink PORT | sandbox-demo DIR BUSYBOX_ROOT LAYERS_ROOT"
+                 vsock-sink PORT | sandbox-demo DIR BUSYBOX_ROOT LAYERS_ROOT | \
+                 udp-frame IFACE SRC_MAC SRC_IP DST_IP PORT PAYLOAD"
             );
             return ExitCode::from(2);
         }
