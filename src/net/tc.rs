@@ -301,7 +301,13 @@ fn ingress_qdisc(ifindex: u32) -> Vec<u8> {
 /// `tc filter add dev FROM parent ffff: protocol all u32 match u8 0 0 action mirred egress
 /// redirect dev TO`.
 fn redirect_filter(from: u32, to: u32) -> Vec<u8> {
-    filter(from, FILTER_PRIO, ETH_P_ALL, &[Key::ANY], Action::Redirect(to))
+    filter(
+        from,
+        FILTER_PRIO,
+        ETH_P_ALL,
+        &[Key::ANY],
+        Action::Redirect(to),
+    )
 }
 
 /// `tc filter add dev FROM parent ffff: prio PRIO protocol PROTOCOL u32 KEYS... action ...`.
@@ -507,7 +513,10 @@ mod tests {
         ];
         assert_eq!(filters.len(), 2, "IPv4 and ARP, no IPv6: {filters:?}");
         assert_eq!(filters[0].0, ETH_P_IP);
-        assert_eq!(filters[0].1, [mac[0], mac[1], Key::exact(12, [172, 16, 28, 5])]);
+        assert_eq!(
+            filters[0].1,
+            [mac[0], mac[1], Key::exact(12, [172, 16, 28, 5])]
+        );
         assert_eq!(filters[1].0, ETH_P_ARP);
         assert_eq!(
             filters[1].1,
@@ -523,23 +532,28 @@ mod tests {
 
     #[test]
     fn a_v6_guest_may_also_send_from_link_local_and_unspecified() {
-        let guest =
-            GuestIdentity::from_cidrs(MAC, &["fd00::5/64".into()]).expect("parse");
+        let guest = GuestIdentity::from_cidrs(MAC, &["fd00::5/64".into()]).expect("parse");
         let filters = guest_filters(&guest);
         assert_eq!(filters.len(), 3, "{filters:?}");
         assert!(filters.iter().all(|(protocol, _)| *protocol == ETH_P_IPV6));
-        assert_eq!(filters[1].1[2..], [
-            Key::exact(8, [0xfd, 0, 0, 0]),
-            Key::exact(12, [0; 4]),
-            Key::exact(16, [0; 4]),
-            Key::exact(20, [0, 0, 0, 5]),
-        ]);
-        assert_eq!(filters[2].1[2..], [
-            Key::exact(8, [0; 4]),
-            Key::exact(12, [0; 4]),
-            Key::exact(16, [0; 4]),
-            Key::exact(20, [0; 4]),
-        ]);
+        assert_eq!(
+            filters[1].1[2..],
+            [
+                Key::exact(8, [0xfd, 0, 0, 0]),
+                Key::exact(12, [0; 4]),
+                Key::exact(16, [0; 4]),
+                Key::exact(20, [0, 0, 0, 5]),
+            ]
+        );
+        assert_eq!(
+            filters[2].1[2..],
+            [
+                Key::exact(8, [0; 4]),
+                Key::exact(12, [0; 4]),
+                Key::exact(16, [0; 4]),
+                Key::exact(20, [0; 4]),
+            ]
+        );
     }
 
     #[test]
@@ -567,7 +581,10 @@ mod tests {
         // The last attribute is TCA_GACT_PARMS: a tc_gen whose action is TC_ACT_SHOT.
         let parms = &msg[msg.len() - 24..];
         assert_eq!((u16_at(parms, 0), u16_at(parms, 2)), (24, TCA_GACT_PARMS));
-        assert_eq!(i32::from_ne_bytes(parms[12..16].try_into().expect("4")), TC_ACT_SHOT);
+        assert_eq!(
+            i32::from_ne_bytes(parms[12..16].try_into().expect("4")),
+            TC_ACT_SHOT
+        );
     }
 
     #[test]

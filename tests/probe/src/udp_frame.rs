@@ -57,7 +57,14 @@ fn checksum(header: &[u8]) -> u16 {
 }
 
 /// Ethernet + IPv4 + UDP (no UDP checksum, allowed over IPv4) around `payload`.
-fn frame(dst_mac: [u8; 6], src_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, port: u16, payload: &[u8]) -> Vec<u8> {
+fn frame(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    port: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     let udp_len = u16::try_from(8 + payload.len()).expect("small payload");
     let total = udp_len + 20;
     let mut frame = Vec::with_capacity(14 + usize::from(total));
@@ -119,12 +126,26 @@ fn send(iface: &str, frame: &[u8]) -> io::Result<()> {
 }
 
 /// The `udp-frame` subcommand.
-pub fn run(iface: &str, src_mac: &str, src: &str, dst: &str, port: &str, payload: &str) -> io::Result<()> {
+pub fn run(
+    iface: &str,
+    src_mac: &str,
+    src: &str,
+    dst: &str,
+    port: &str,
+    payload: &str,
+) -> io::Result<()> {
     let (src_mac, src, dst) = (parse_mac(src_mac)?, parse_ip(src)?, parse_ip(dst)?);
     let port: u16 = port
         .parse()
         .map_err(|err| invalid(format!("port {port}: {err}")))?;
-    let frame = frame(neighbour_mac(dst)?, src_mac, src, dst, port, payload.as_bytes());
+    let frame = frame(
+        neighbour_mac(dst)?,
+        src_mac,
+        src,
+        dst,
+        port,
+        payload.as_bytes(),
+    );
     send(iface, &frame)?;
     println!("sent {} bytes from {src} to {dst}:{port}", frame.len());
     Ok(())
@@ -136,9 +157,19 @@ mod tests {
 
     #[test]
     fn the_ip_header_checksums_to_zero() {
-        let f = frame([1; 6], [2; 6], Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 1), 9, b"x");
+        let f = frame(
+            [1; 6],
+            [2; 6],
+            Ipv4Addr::new(10, 0, 0, 2),
+            Ipv4Addr::new(10, 0, 0, 1),
+            9,
+            b"x",
+        );
         assert_eq!(checksum(&f[14..34]), 0);
         assert_eq!(f.len(), 14 + 20 + 8 + 1);
-        assert_eq!(parse_mac("02:aa:bb:cc:dd:ee").expect("mac"), [2, 0xaa, 0xbb, 0xcc, 0xdd, 0xee]);
+        assert_eq!(
+            parse_mac("02:aa:bb:cc:dd:ee").expect("mac"),
+            [2, 0xaa, 0xbb, 0xcc, 0xdd, 0xee]
+        );
     }
 }
