@@ -449,7 +449,25 @@ mod host_tests {
             config_dir: Some(net_d),
             ..Default::default()
         };
-        let network = setup(dir.path(), &uuid, &request, &[]).expect("setup");
+        let network = match setup(dir.path(), &uuid, &request, &[]) {
+            Ok(network) => network,
+            Err(NetError::Tc {
+                source: tc::TcError::NoDropAction { .. },
+                ..
+            }) => {
+                // This host's kernel (e.g. a minimal one without modules) has no tc gact.
+                eprintln!(
+                    "skipped the connected checks: this kernel has no tc gact action; \
+                     checking that the refused setup leaves nothing once torn down"
+                );
+                teardown(dir.path(), &uuid).expect("teardown");
+                assert!(!state::path(dir.path()).exists());
+                assert_eq!(nat_rules_of(&uuid), 0);
+                assert!(!std::path::Path::new(&format!("/run/netns/podvm-{uuid}")).exists());
+                return;
+            }
+            Err(other) => panic!("setup: {other:?}"),
+        };
         let rules = nat_rules_of(&uuid);
         assert!(
             rules >= 2,
@@ -471,10 +489,13 @@ mod host_tests {
             &netns,
             "tc filter show dev eth0 ingress; tc filter show dev tap0 ingress",
         );
-        assert_eq!(filters.matches("mirred").count(), 2, "{filters}");
+        assert_eq!(
+            filters.matches("Redirect to device eth0").count(),
+            2,
+            "IPv4 and ARP of the guest's own address: {filters}"
+        );
         assert!(
-            filters.contains("Redirect to device tap0")
-                && filters.contains("Redirect to device eth0"),
+            filters.contains("Redirect to device tap0") && filters.contains("gact action drop"),
             "{filters}"
         );
         assert_eq!(

@@ -70,6 +70,15 @@ pub enum TcError {
         /// The kernel's answer.
         source: std::io::Error,
     },
+    /// The kernel has no tc `gact` action, so spoofed frames could not be dropped.
+    #[error(
+        "this kernel cannot drop the frames a guest must not send (tc action gact: {source}); \
+         load it with `modprobe act_gact` (podvm connects no guest it cannot confine)"
+    )]
+    NoDropAction {
+        /// The kernel's answer.
+        source: std::io::Error,
+    },
     /// An address of the pod's interface is not an IP address (with an optional prefix).
     #[error("the pod's interface address {address:?} is not an IP address")]
     BadAddress {
@@ -129,16 +138,25 @@ impl GuestIdentity {
 /// the veth, the rest is dropped.
 pub fn connect_guarded(veth: u32, tap: u32, guest: &GuestIdentity) -> Result<(), TcError> {
     let socket = Netlink::open()?;
-    socket.request("add an ingress qdisc", veth, &ingress_qdisc(veth))?;
-    socket.request("add a redirect filter", veth, &redirect_filter(veth, tap))?;
     socket.request("add an ingress qdisc", tap, &ingress_qdisc(tap))?;
-    let allowed = guest_filters(guest);
-    for (prio, (protocol, keys)) in (FILTER_PRIO..).zip(&allowed) {
+    // The drop first: a kernel that cannot drop gets no guest connected at all.
+    let drop = filter(tap, DROP_PRIO, ETH_P_ALL, &[Key::ANY], Action::Drop);
+    socket
+        .request("add the filter dropping spoofed frames", tap, &drop)
+        .map_err(|err| match err {
+            TcError::Refused { source, .. }
+                if matches!(source.raw_os_error(), Some(libc::ENOENT | libc::EOPNOTSUPP)) =>
+            {
+                TcError::NoDropAction { source }
+            }
+            other => other,
+        })?;
+    for (prio, (protocol, keys)) in (FILTER_PRIO..).zip(&guest_filters(guest)) {
         let filter = filter(tap, prio, *protocol, keys, Action::Redirect(veth));
         socket.request("add an anti-spoofing filter", tap, &filter)?;
     }
-    let drop = filter(tap, DROP_PRIO, ETH_P_ALL, &[Key::ANY], Action::Drop);
-    socket.request("add the filter dropping spoofed frames", tap, &drop)
+    socket.request("add an ingress qdisc", veth, &ingress_qdisc(veth))?;
+    socket.request("add a redirect filter", veth, &redirect_filter(veth, tap))
 }
 
 /// One u32 match: the 4 bytes at `off` (from the network header; negative reaches into the
