@@ -20,11 +20,12 @@
 //! * `sandbox-demo DIR BUSYBOX_ROOT LAYERS_ROOT`: drives podvm's runtime library directly (a
 //!   sandbox, two containers added at different times, exec, signal, wait, stats, stop); see
 //!   `sandbox_demo.rs`.
-//! * `udp-frame IFACE SRC_MAC SRC_IP DST_IP PORT PAYLOAD`: send a UDP datagram as a hand-made
-//!   Ethernet frame with any source MAC and address (a spoofing guest); see `udp_frame.rs`.
+//! * `udp-raw SRC_IP DST_IP PORT PAYLOAD`: send a UDP datagram from any source address through a
+//!   raw IP socket (a spoofing guest); see `udp_raw.rs`.
+//! * `set-mac IFACE MAC`: give a NIC another MAC (a spoofing guest).
 
 mod sandbox_demo;
-mod udp_frame;
+mod udp_raw;
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -46,9 +47,8 @@ fn main() -> ExitCode {
         },
         ["sum", file] => sum(file).map(|s| println!("sum={s:016x}")),
         ["kvm-hold"] => kvm_hold(),
-        ["udp-frame", iface, mac, src, dst, port, payload] => {
-            udp_frame::run(iface, mac, src, dst, port, payload)
-        }
+        ["udp-raw", src, dst, port, payload] => udp_raw::run(src, dst, port, payload),
+        ["set-mac", iface, mac] => udp_raw::set_mac(iface, mac),
         ["sandbox-demo", dir, busybox, layers] => sandbox_demo::run(dir, busybox, layers),
         ["vsock-sink", port] => match port.parse::<u32>() {
             Ok(port) => vsock_sink(port),
@@ -61,7 +61,7 @@ fn main() -> ExitCode {
             eprintln!(
                 "usage: podvm-probe xattr FILE | mmap-write FILE SIZE | sum FILE | kvm-hold | \
                  vsock-sink PORT | sandbox-demo DIR BUSYBOX_ROOT LAYERS_ROOT | \
-                 udp-frame IFACE SRC_MAC SRC_IP DST_IP PORT PAYLOAD"
+                 udp-raw SRC_IP DST_IP PORT PAYLOAD | set-mac IFACE MAC"
             );
             return ExitCode::from(2);
         }
