@@ -137,6 +137,8 @@ pub enum WorkerError {
 struct Job {
     watch: Watch,
     serve: Box<dyn Serve>,
+    /// This job's own stop: a stop can never be taken for another job's.
+    stop: EventFd,
 }
 
 /// A device's worker thread. It starts with the device, before the guest runs, installs the
@@ -144,7 +146,8 @@ struct Job {
 /// stopped or its [`Serve`] breaks. Dropping the worker ends the thread and joins it.
 pub struct Worker {
     name: String,
-    stop: EventFd,
+    /// The stop of the job being served, if any.
+    stop: Option<EventFd>,
     jobs: Option<mpsc::Sender<Job>>,
     done: mpsc::Receiver<()>,
     serving: bool,
@@ -158,8 +161,6 @@ impl Worker {
             thread: name.clone(),
             source,
         };
-        let stop = EventFd::new(EFD_NONBLOCK).map_err(start_error)?;
-        let stop_in_thread = stop.try_clone().map_err(start_error)?;
         let (jobs, jobs_in_thread) = mpsc::channel::<Job>();
         let (done_in_thread, done) = mpsc::channel();
         let (ready_in_thread, ready) = mpsc::channel();
@@ -171,7 +172,7 @@ impl Worker {
                 let ok = installed.is_ok();
                 let _ = ready_in_thread.send(installed);
                 if ok {
-                    serve_jobs(&jobs_in_thread, &stop_in_thread, &done_in_thread);
+                    serve_jobs(&jobs_in_thread, &done_in_thread);
                 }
             })
             .map_err(start_error)?;
@@ -187,7 +188,7 @@ impl Worker {
         }
         Ok(Self {
             name,
-            stop,
+            stop: None,
             jobs: Some(jobs),
             done,
             serving: false,
@@ -199,16 +200,18 @@ impl Worker {
     /// stopped or `serve` breaks.
     pub fn start<S: Serve>(&mut self, serve: S) -> std::io::Result<()> {
         self.stop();
+        let stop = EventFd::new(EFD_NONBLOCK)?;
         let watch = Watch::new()?;
         watch.epoll.ctl(
             ControlOperation::Add,
-            self.stop.as_raw_fd(),
+            stop.as_raw_fd(),
             EpollEvent::new(EventSet::IN, STOP_TOKEN),
         )?;
         serve.watch(&watch)?;
         let job = Job {
             watch,
             serve: Box::new(serve),
+            stop: stop.try_clone()?,
         };
         let sent = self.jobs.as_ref().map(|jobs| jobs.send(job).is_ok());
         if sent != Some(true) {
@@ -218,15 +221,20 @@ impl Worker {
             )));
         }
         self.serving = true;
+        self.stop = Some(stop);
         Ok(())
     }
 
     /// Stops what the thread serves and waits until it has dropped it (and with it the queues
     /// and guest memory); the thread stays, waiting for the next activation.
     pub fn stop(&mut self) {
+        let stop = self.stop.take();
         if std::mem::take(&mut self.serving) {
             // If the write fails the eventfd counter is saturated, which also wakes the thread.
-            let _ = self.stop.write(1);
+            // A job that ended on its own has reported done already; its stop goes unread.
+            if let Some(stop) = stop {
+                let _ = stop.write(1);
+            }
             // An error means the thread is gone, and what it served with it.
             let _ = self.done.recv();
         }
@@ -246,17 +254,19 @@ impl Drop for Worker {
 
 /// The thread's life after its filter is in: each job is served to its end, dropped, and
 /// reported done.
-fn serve_jobs(jobs: &mpsc::Receiver<Job>, stop: &EventFd, done: &mpsc::Sender<()>) {
+fn serve_jobs(jobs: &mpsc::Receiver<Job>, done: &mpsc::Sender<()>) {
     let mut first = true;
     for job in jobs {
         if std::mem::take(&mut first) {
             #[cfg(feature = "seccomp-test-trigger")]
             seccomp::trigger::fire(seccomp::trigger::Site::Worker);
         }
-        // A stop meant for the previous job, which had ended on its own, is not for this one.
-        let _ = stop.read();
-        let Job { watch, mut serve } = job;
-        run(&watch, stop, serve.as_mut());
+        let Job {
+            watch,
+            mut serve,
+            stop,
+        } = job;
+        run(&watch, &stop, serve.as_mut());
         drop(serve);
         drop(watch);
         let _ = done.send(());
@@ -388,6 +398,43 @@ mod tests {
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)).expect("woken"), 0);
         drop(worker);
         assert_eq!(rx.try_recv(), Err(mpsc::TryRecvError::Disconnected));
+    }
+
+    /// Watches one fd that never fires: served until stopped.
+    struct Idle(EventFd);
+
+    impl Serve for Idle {
+        fn watch(&self, watch: &Watch) -> std::io::Result<()> {
+            watch.add(&self.0, 0)
+        }
+
+        fn serve(&mut self, _token: u64, _watch: &Watch) -> ControlFlow<()> {
+            ControlFlow::Continue(())
+        }
+    }
+
+    #[test]
+    fn a_stop_right_after_a_start_stops_that_job() {
+        // A stop written before the thread took the job from its channel must stop that job (a
+        // device reset right after its activation); it once was taken for a stale one and the
+        // job, and the stop waiting for it, ran forever.
+        let (finished, cycles) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut worker = spawn("test-restart");
+            for cycle in 0..500 {
+                let fd = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+                worker.start(Idle(fd)).expect("start");
+                worker.stop();
+                let _ = finished.send(cycle);
+            }
+        });
+        for cycle in 0..500 {
+            assert_eq!(
+                cycles.recv_timeout(Duration::from_secs(20)),
+                Ok(cycle),
+                "start + stop cycle {cycle} returned"
+            );
+        }
     }
 
     fn spawn(name: &str) -> Worker {
