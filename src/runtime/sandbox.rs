@@ -591,7 +591,7 @@ fn start_vm(
                     let _ = handle_tx.send(handle);
                 })),
             };
-            let result = vmm::run(vm_config, outputs);
+            let result = vmm::process::run(vm_config, outputs);
             ended.vm_ended();
             result
         })
