@@ -9,7 +9,7 @@
 //! supervisor's end of the socket closing) into a power-off, and send the end report.
 
 use std::fs::File;
-use std::io::{LineWriter, Read};
+use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -128,12 +128,7 @@ fn run(start: StartVm, fds: Vec<OwnedFd>, socket: &Arc<OwnedFd>) -> EndReport {
     };
     let socket = socket.clone();
     let on_start = Box::new(move |handle: VmHandle| started(handle, socket));
-    match vmm::run_vm(
-        config,
-        resources,
-        Box::new(LineWriter::new(console)),
-        on_start,
-    ) {
+    match vmm::run_vm(config, resources, Box::new(console), on_start) {
         Ok(mut stats) => EndReport {
             guest_end: stats.guest_end.take(),
             stats,
