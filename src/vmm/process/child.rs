@@ -9,7 +9,6 @@
 //! supervisor's end of the socket closing) into a power-off, and send the end report.
 
 use std::fs::File;
-use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -149,8 +148,10 @@ fn failed(message: String) -> EndReport {
     }
 }
 
-/// The initramfs from its memfd (no larger than the guest's memory).
-fn read_initramfs(mut file: File, memory_mib: u64) -> Result<Vec<u8>, String> {
+/// The initramfs from its memfd (no larger than the guest's memory), read from its start (the
+/// file offset is shared with the supervisor, which left it at the end).
+fn read_initramfs(file: File, memory_mib: u64) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::FileExt;
     let len = file
         .metadata()
         .map_err(|err| format!("cannot stat the initramfs: {err}"))?
@@ -160,8 +161,9 @@ fn read_initramfs(mut file: File, memory_mib: u64) -> Result<Vec<u8>, String> {
             "the initramfs ({len} bytes) is larger than the guest's memory"
         ));
     }
-    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-    file.read_to_end(&mut bytes)
+    let len = usize::try_from(len).map_err(|_| "the initramfs is too large".to_string())?;
+    let mut bytes = vec![0u8; len];
+    file.read_exact_at(&mut bytes, 0)
         .map_err(|err| format!("cannot read the initramfs: {err}"))?;
     Ok(bytes)
 }
@@ -200,4 +202,18 @@ fn follow(socket: BorrowedFd<'_>, handle: &VmHandle) {
         }
     }
     handle.kill();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_initramfs_is_read_whole_from_the_supervisor_s_memfd() {
+        let bytes: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+        let memfd = super::super::sealed_memfd(&bytes).expect("memfd");
+        assert_eq!(read_initramfs(memfd, 1).expect("read"), bytes);
+        let memfd = super::super::sealed_memfd(&vec![0u8; (1 << 20) + 1]).expect("memfd");
+        assert!(read_initramfs(memfd, 1).is_err(), "larger than the guest");
+    }
 }
