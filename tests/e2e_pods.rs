@@ -177,7 +177,7 @@ fn batch() -> Option<Batch> {
                  kill -9 $pid; wait $pid; echo rc=$?; \
                  {PODVM} status $(cat k.uuid) | grep -E 'state=|reason='; \
                  {PODVM} gc --grace-period 0s >/dev/null; \
-                 echo pods-left=$(find state/pods -mindepth 2 -maxdepth 2 | wc -l); echo vm-procs=$(ps | grep -c '[p]odvm run'); \
+                 echo pods-left=$(find state/pods -mindepth 2 -maxdepth 2 | wc -l); echo vm-procs=$(ps | grep -c -e '[p]odvm run' -e '[_]_vmm'); \
                  [ -e $cg ] || echo cgroup-gone"
             ),
         )
