@@ -166,6 +166,8 @@ pub fn run(config: VmConfig, outputs: VmOutputs) -> Result<VmStats, VmmError> {
         console_tx.as_fd(),
     ];
     if let Err(err) = wire::send(socket.as_fd(), &start, &fds) {
+        // It waits for this message on a socket that stays open: it would never end by itself.
+        let _ = child.kill();
         reap(&mut child);
         return Err(ProcessError::from(err).into());
     }

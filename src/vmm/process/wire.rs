@@ -117,18 +117,25 @@ pub fn send(
     let rights = [ControlMessage::ScmRights(&raw)];
     let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &rights };
     let iov = [IoSlice::new(&bytes)];
-    sendmsg::<()>(
-        socket.as_raw_fd(),
-        &iov,
-        cmsgs,
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    )
-    .map_err(|source| WireError::Socket {
-        what: "send",
-        source,
-    })?;
-    Ok(())
+    loop {
+        match sendmsg::<()>(
+            socket.as_raw_fd(),
+            &iov,
+            cmsgs,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            // A signal handler of the supervisor's (its relay) interrupted it: nothing was sent.
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(source) => {
+                return Err(WireError::Socket {
+                    what: "send",
+                    source,
+                })
+            }
+            Ok(_) => return Ok(()),
+        }
+    }
 }
 
 /// Receives one message and its descriptors; `None` at EOF.
