@@ -137,6 +137,16 @@ pub enum LaunchError {
 }
 
 impl LaunchError {
+    /// Whether the VMM process was killed by a signal (SIGKILL, the OOM killer's included).
+    pub fn vmm_killed(&self) -> bool {
+        matches!(
+            self,
+            LaunchError::Vmm(vmm::VmmError::Process(
+                vmm::process::ProcessError::Killed { .. }
+            ))
+        )
+    }
+
     /// What ended the guest, when the launch failed because of the guest or the VMM.
     pub fn cause(&self) -> Option<EndCause> {
         match self {
@@ -237,12 +247,12 @@ pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
         agent: Box::new(link.with_writer(writer)),
         on_start: Some(Box::new(move |handle: VmHandle| {
             if let Some(vm_control) = started {
-                vm_control.vm_started(handle.cid());
+                vm_control.vm_started(handle.cid(), handle.pid());
             }
             *lock_any(&vm) = Some(handle);
         })),
     };
-    let run = vmm::run(config, outputs);
+    let run = vmm::process::run(config, outputs);
     let timed_out = relay.finish();
     if let Some(vm_control) = vm_control {
         let exit = agent_link::lock(&report).exit;

@@ -517,6 +517,8 @@ fn run_pod(
     // (the network, released after this function, still has its taps)
     usage.add_net_bytes(&pod.dir);
     status.usage = Some(usage);
+    // Read before the cgroup goes: the kernel's OOM killer picks the VMM process.
+    let oom_kills = crate::pod::cgroup::oom_kills(&pod.uuid).filter(|&kills| kills > 0);
     let copied_out = copy_out(vm, rootfs.first());
     drop(cgroup);
     status.finished = Some(now());
@@ -558,6 +560,13 @@ fn run_pod(
         Err(source) => {
             status.reason = Some(source.to_string());
             status.cause = source.cause();
+            if let Some(kills) = oom_kills.filter(|_| source.vmm_killed()) {
+                status.reason = Some(format!(
+                    "killed by the kernel's OOM killer: {source} in the pod's cgroup, which \
+                     reached its memory limit (memory.events: oom_kill {kills})"
+                ));
+                status.cause = Some(EndCause::OomKilled);
+            }
             pods.write_status(&pod, &status)?;
             Err(RunError::Launch {
                 uuid: pod.uuid,

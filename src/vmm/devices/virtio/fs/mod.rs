@@ -33,7 +33,7 @@ pub use self::device::{Fs, FsError};
 pub use self::{device::passthrough_config, guard::Guard, queue::process_queue, queue::SyncShare};
 
 /// One shared host directory: what the guest mounts with `mount -t virtiofs <tag> <dir>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FsShare {
     /// The mount tag the guest uses (1 to 36 bytes, no NUL).
     pub tag: String,
