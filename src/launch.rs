@@ -147,8 +147,25 @@ impl LaunchError {
         )
     }
 
+    /// The VMM process's pid when its seccomp filter killed it (it died of SIGSYS, which
+    /// only a filter's SECCOMP_RET_KILL_PROCESS sends it: no one else may signal it but its
+    /// supervisor and root).
+    pub fn vmm_killed_by_seccomp(&self) -> Option<u32> {
+        match self {
+            LaunchError::Vmm(vmm::VmmError::Process(vmm::process::ProcessError::Killed {
+                pid,
+                signo: libc::SIGSYS,
+                ..
+            })) => Some(*pid),
+            _ => None,
+        }
+    }
+
     /// What ended the guest, when the launch failed because of the guest or the VMM.
     pub fn cause(&self) -> Option<EndCause> {
+        if self.vmm_killed_by_seccomp().is_some() {
+            return Some(EndCause::Seccomp);
+        }
         match self {
             LaunchError::NoStatus { cause, .. } => Some(*cause),
             LaunchError::Vmm(_) | LaunchError::GuestFailed { .. } => Some(EndCause::VmmError),

@@ -165,7 +165,7 @@ fn seccomp_threads_check() -> String {
          echo detach-rc=$?; u=$(cat threads.uuid); \
          for i in $(seq 900); do {PODVM} logs $u 2>/dev/null | grep -q ready && break; \
            sleep 0.2; done; \
-         pid=$({PODVM} status $u | sed -n 's/^pid=//p'); \
+         pid=$({PODVM} status $u | sed -n 's/^vmm-pid=//p'); \
          for t in /proc/$pid/task/*; do \
            echo \"thread $(cat $t/comm) $(grep '^Seccomp:' $t/status | tr -d '\\t ')\"; done; \
          echo \"status-seccomp=$({PODVM} status --format json $u | tr -d '\\n ' \

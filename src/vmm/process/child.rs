@@ -110,11 +110,14 @@ fn close_other_fds() -> Result<(), ChildError> {
 /// Runs the VM of `start` with its descriptors: the end report.
 fn run(start: StartVm, fds: Vec<OwnedFd>, socket: &Arc<OwnedFd>) -> EndReport {
     let mut fds = fds.into_iter().map(File::from);
-    let (Some(kvm), Some(kernel), Some(initramfs), Some(console)) =
-        (fds.next(), fds.next(), fds.next(), fds.next())
+    let (Some(kvm), Some(kernel), Some(initramfs), Some(console), Some(counters)) =
+        (fds.next(), fds.next(), fds.next(), fds.next(), fds.next())
     else {
         return failed("the supervisor sent too few descriptors".into());
     };
+    if let Err(message) = count_shares_in(counters) {
+        return failed(message);
+    }
     let mut config = start.config;
     match read_initramfs(initramfs, config.memory_mib) {
         Ok(bytes) => config.initramfs = Arc::new(bytes),
@@ -146,6 +149,13 @@ fn failed(message: String) -> EndReport {
         failure: Some(Failure::Vmm { message }),
         ..EndReport::default()
     }
+}
+
+/// Counts the shares' bytes into the supervisor's page.
+fn count_shares_in(file: File) -> Result<(), String> {
+    use crate::vmm::devices::virtio::fs::{share_in, SharedCounters};
+    let page = SharedCounters::map(file).map_err(|err| err.to_string())?;
+    share_in(page).map_err(|_| "the share counters were set up twice".to_string())
 }
 
 /// The initramfs from its memfd (no larger than the guest's memory), read from its start (the

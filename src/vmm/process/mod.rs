@@ -83,6 +83,8 @@ pub enum ProcessError {
         pid: u32,
         /// The signal's name (`SIGKILL`, `SIGSYS`, ...).
         signal: String,
+        /// Its number.
+        signo: i32,
     },
     /// The VMM process exited without reporting the VM's end.
     #[error("the VMM process (pid {pid}) exited with code {code} without reporting the VM's end")]
@@ -139,6 +141,7 @@ pub fn run(config: VmConfig, outputs: VmOutputs) -> Result<VmStats, VmmError> {
     let kvm = host::open_kvm()?;
     let kernel = boot::open_kernel(&config.kernel)?;
     let initramfs = sealed_memfd(&config.initramfs)?;
+    let counters = share_counters()?;
     let (console_rx, console_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| setup("make a pipe")(e.into()))?;
     let listener = AgentListener::bind()?;
@@ -164,6 +167,7 @@ pub fn run(config: VmConfig, outputs: VmOutputs) -> Result<VmStats, VmmError> {
         kernel.as_fd(),
         initramfs.as_fd(),
         console_tx.as_fd(),
+        counters.as_fd(),
     ];
     if let Err(err) = wire::send(socket.as_fd(), &start, &fds) {
         // It waits for this message on a socket that stays open: it would never end by itself.
@@ -171,7 +175,7 @@ pub fn run(config: VmConfig, outputs: VmOutputs) -> Result<VmStats, VmmError> {
         reap(&mut child);
         return Err(ProcessError::from(err).into());
     }
-    drop((kvm, kernel, initramfs, console_tx));
+    drop((kvm, kernel, initramfs, console_tx, counters));
     let console = copy_console(File::from(console_rx), outputs.console);
     let stderr = child.stderr.take().map(pass_stderr);
     let switch = Arc::new(KillSwitch {
@@ -298,6 +302,7 @@ fn outcome(
             Some(signo) => Err(ProcessError::Killed {
                 pid,
                 signal: signal_name(signo),
+                signo,
             }
             .into()),
             None => Err(ProcessError::Exited {
@@ -376,6 +381,22 @@ fn readable(socket: &OwnedFd, timeout: Duration) -> Result<bool, ProcessError> {
             source: errno.into(),
         }),
     }
+}
+
+/// The page the VMM process counts the shares' bytes into, made this process's counters (read
+/// by `status` and at the VM's end): its memfd, for the VMM process.
+fn share_counters() -> Result<File, ProcessError> {
+    use crate::vmm::devices::virtio::fs::{share_in, SharedCounters};
+    let page = SharedCounters::create().map_err(|err| ProcessError::Failed(err.to_string()))?;
+    let file = page
+        .file()
+        .try_clone()
+        .map_err(setup("share the counters' page"))?;
+    // A supervisor runs one VM; a second would count into a page nobody reads.
+    if share_in(page).is_err() {
+        eprintln!("podvm: this process already follows a VM's share counters");
+    }
+    Ok(file)
 }
 
 /// The initramfs in a memfd sealed against any change, for the VMM process to read.

@@ -21,7 +21,8 @@ pub const MAX_FDS: usize = 8;
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToVmm {
     /// The VM to run (the first message, and only once). Its descriptors, in this order:
-    /// /dev/kvm, the kernel, the initramfs (a sealed memfd), the console's pipe.
+    /// /dev/kvm, the kernel, the initramfs (a sealed memfd), the console's pipe, the share
+    /// counters' page (a memfd sealed against resizing).
     Start(Box<StartVm>),
     /// Stop the VM at once, as if the guest had powered off.
     Kill,
@@ -37,7 +38,7 @@ pub struct StartVm {
 }
 
 /// The descriptors of [`ToVmm::Start`], in their order.
-pub const START_FDS: usize = 4;
+pub const START_FDS: usize = 5;
 
 /// From the VMM process to the supervisor.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -27,7 +27,7 @@ mod queue;
 
 use std::path::PathBuf;
 
-pub use self::counters::share_bytes;
+pub use self::counters::{share_bytes, share_in, SharedCounters};
 pub use self::device::{Fs, FsError};
 #[doc(hidden)]
 pub use self::{device::passthrough_config, guard::Guard, queue::process_queue, queue::SyncShare};
