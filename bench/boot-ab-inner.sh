@@ -8,7 +8,8 @@ cd /payload
 i=0
 while [ $i -lt $runs ]; do
   for b in podvm-a podvm; do
-    t0=$(now); $b boot --initrd-dir rootfs -- /bin/true >/dev/null 2>>$res/$b.err; rc=$?; t1=$(now)
+    trace=0; [ "$b" = podvm ] && trace=${BOOT_AB_TRACE:-0}
+    t0=$(now); PODVM_TRACE=$trace $b boot --initrd-dir rootfs -- /bin/true >/dev/null 2>>$res/$b.err; rc=$?; t1=$(now)
     echo "$(( (t1 - t0) * 10 )) $rc" >> $res/$b.txt
   done
   i=$((i + 1))

@@ -203,11 +203,14 @@ pub fn foreign_boot_media(plan: &LaunchPlan) -> Result<(Vec<u8>, String), Launch
 
 /// Runs the plan's workload in a VM until it ends.
 pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
+    // First: its exec and start-up overlap what follows (it waits for its VM).
+    let spawned = vmm::process::Spawned::start().map_err(LaunchError::Vmm)?;
     let kernel = match &plan.kernel {
         Some(path) => path.clone(),
         None => artifacts::kernel()?,
     };
     let (initramfs, cmdline) = boot_media(plan)?;
+    vmm::process::trace::mark("media packed");
     let config = VmConfig {
         kernel,
         kernel_chosen_by_user: plan.kernel.is_some(),
@@ -269,7 +272,7 @@ pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
             *lock_any(&vm) = Some(handle);
         })),
     };
-    let run = vmm::process::run(config, outputs);
+    let run = vmm::process::run_in(spawned, config, outputs);
     let timed_out = relay.finish();
     if let Some(vm_control) = vm_control {
         let exit = agent_link::lock(&report).exit;

@@ -19,10 +19,10 @@
 //!   (`out/test/podvm-seccomp-trigger`, cargo feature `seccomp-test-trigger`) makes a vCPU
 //!   thread call execve(2) or open a host file, or a device worker create a socket: the process
 //!   dies of SIGSYS, `status` names the cause `seccomp` with the thread and the call, and `gc`
-//!   leaves nothing of the pod (directory, cgroup, mounts). Before that, a running pod's VMM
-//!   threads are read from /proc: every vCPU and device worker thread is filtered
-//!   (`Seccomp: 2`); the supervisor's own threads are not yet (the VMM is not a process of its
-//!   own), which the check prints.
+//!   leaves nothing of the pod (directory, cgroup, mounts); the supervisor learns the SIGSYS by
+//!   reaping its VMM process. Before that, a running pod's VMM process's threads are read from
+//!   /proc: every vCPU and device worker thread is filtered (`Seccomp: 2`); its main and
+//!   control threads are not yet, which the check prints.
 //!
 //! Before it dies each app writes a marker line to the console (`/dev/kmsg` at KERN_EMERG, shown
 //! even on a quiet console). All checks in ONE nested L1 boot (or directly on a host with real
@@ -492,13 +492,13 @@ fn every_vcpu_and_device_thread_of_a_running_pod_is_filtered() {
             assert_eq!(*seccomp, "Seccomp:2", "thread {name} is filtered: {result}");
         }
     }
-    // Not yet filtered (the VMM is not a process of its own): say what they are.
+    // Not yet filtered (the VMM process's main and control threads): say what they are.
     let unfiltered: Vec<&str> = threads
         .iter()
         .filter(|(name, seccomp)| !vmm(name) && *seccomp != "Seccomp:2")
         .map(|(name, _)| *name)
         .collect();
-    println!("NOTE: the supervisor's threads, unfiltered this session: {unfiltered:?}");
+    println!("NOTE: the VMM process's threads, unfiltered this session: {unfiltered:?}");
     assert_eq!(out.value("status-seccomp"), "kill", "{result}");
     assert_eq!(out.value("check-seccomp"), "kill", "{result}");
 }

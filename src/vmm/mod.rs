@@ -208,9 +208,17 @@ pub struct VmResources {
     pub kvm: File,
     /// The guest kernel (checked to be an ELF by [`boot::open_kernel`]).
     pub kernel: File,
+    /// The initramfs (the VMM process maps the supervisor's memfd; `config.initramfs` is not
+    /// used).
+    pub initramfs: Box<dyn InitramfsBytes>,
     /// The vsock port the supervisor listens on for the agent (`podvm.agent_port=`).
     pub agent_port: u32,
 }
+
+/// The bytes of an initramfs the VMM loads (a mapping of the supervisor's memfd).
+pub trait InitramfsBytes: AsRef<[u8]> + Send + std::fmt::Debug {}
+
+impl<T: AsRef<[u8]> + Send + std::fmt::Debug> InitramfsBytes for T {}
 
 /// Builds the VM described by `config` from `resources` and runs it until the guest shuts down
 /// (in the VMM process; callers use [`process::run`]). `console` gets COM1's bytes; `on_start`
@@ -218,7 +226,7 @@ pub struct VmResources {
 ///
 /// Returns the memory figures measured just before teardown.
 pub fn run_vm(
-    mut config: VmConfig,
+    config: VmConfig,
     resources: VmResources,
     console: Box<dyn Write + Send>,
     on_start: Box<dyn FnOnce(VmHandle) + Send>,
@@ -247,12 +255,12 @@ pub fn run_vm(
         &guest_memory,
         &config.kernel,
         resources.kernel,
-        &config.initramfs,
+        (*resources.initramfs).as_ref(),
         &cmdline,
     )?;
-    // In guest memory now: the VMM's own copy goes (the guest's stays resident until its
+    // In guest memory now: the VMM's mapping goes (the guest's copy stays resident until its
     // kernel has unpacked and freed it).
-    config.initramfs = Arc::default();
+    drop(resources.initramfs);
     mptable::write(&guest_memory, config.vcpus)?;
     let bus = Arc::new(Mutex::new(devices::PioBus::new(&vm, console)?));
     let cpuid = cpu::supported_cpuid(&kvm)?;

@@ -66,6 +66,7 @@ pub fn main_if_asked() -> Option<ExitCode> {
 
 /// The VMM process's life; `args` follow the subcommand.
 pub fn main(args: &[String]) -> Result<(), ChildError> {
+    super::trace::mark_vmm("exec");
     let parent = match args {
         [flag, pid] if flag == "--parent" => pid.parse::<u32>().map_err(|_| ChildError::Usage)?,
         _ => return Err(ChildError::Usage),
@@ -80,6 +81,9 @@ pub fn main(args: &[String]) -> Result<(), ChildError> {
         return Err(ChildError::Orphan(parent));
     }
     close_other_fds()?;
+    // Its threads are named for what they run; the main thread would be `exe` (the name it
+    // was executed by, /proc/self/exe).
+    let _ = nix::sys::prctl::set_name(c"podvm-vmm");
     // SAFETY: the supervisor put its socket on SOCKET_FD (see `super::spawn`) and nothing in
     // this process owns it yet.
     let socket = Arc::new(unsafe { OwnedFd::from_raw_fd(SOCKET_FD) });
@@ -87,7 +91,9 @@ pub fn main(args: &[String]) -> Result<(), ChildError> {
         Some((ToVmm::Start(start), fds)) if fds.len() == wire::START_FDS => (start, fds),
         _ => return Err(ChildError::BadStart),
     };
+    super::trace::mark_vmm("start received");
     let report = run(*start, fds, &socket);
+    super::trace::mark_vmm("vm ended");
     wire::send(socket.as_fd(), &FromVmm::Ended(report), &[])?;
     Ok(())
 }
@@ -118,14 +124,15 @@ fn run(start: StartVm, fds: Vec<OwnedFd>, socket: &Arc<OwnedFd>) -> EndReport {
     if let Err(message) = count_shares_in(counters) {
         return failed(message);
     }
-    let mut config = start.config;
-    match read_initramfs(initramfs, config.memory_mib) {
-        Ok(bytes) => config.initramfs = Arc::new(bytes),
+    let config = start.config;
+    let initramfs = match MappedInitramfs::map(&initramfs, config.memory_mib) {
+        Ok(map) => map,
         Err(message) => return failed(message),
-    }
+    };
     let resources = VmResources {
         kvm,
         kernel,
+        initramfs: Box::new(initramfs),
         agent_port: start.agent_port,
     };
     let socket = socket.clone();
@@ -158,24 +165,84 @@ fn count_shares_in(file: File) -> Result<(), String> {
     share_in(page).map_err(|_| "the share counters were set up twice".to_string())
 }
 
-/// The initramfs from its memfd (no larger than the guest's memory), read from its start (the
-/// file offset is shared with the supervisor, which left it at the end).
-fn read_initramfs(file: File, memory_mib: u64) -> Result<Vec<u8>, String> {
-    use std::os::unix::fs::FileExt;
-    let len = file
-        .metadata()
-        .map_err(|err| format!("cannot stat the initramfs: {err}"))?
-        .len();
-    if len > memory_mib.saturating_mul(1 << 20) {
-        return Err(format!(
-            "the initramfs ({len} bytes) is larger than the guest's memory"
-        ));
+/// The initramfs memfd mapped read-only (no larger than the guest's memory): the VMM copies
+/// it into guest memory straight from the supervisor's pages.
+#[derive(Debug)]
+struct MappedInitramfs {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a read-only mapping of a sealed memfd (no one can write or shrink it), owned by the
+// value and unmapped once in Drop.
+unsafe impl Send for MappedInitramfs {}
+
+impl MappedInitramfs {
+    fn map(file: &File, memory_mib: u64) -> Result<Self, String> {
+        use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+        use std::os::fd::AsRawFd;
+        let len = file
+            .metadata()
+            .map_err(|err| format!("cannot stat the initramfs: {err}"))?
+            .len();
+        if len > memory_mib.saturating_mul(1 << 20) {
+            return Err(format!(
+                "the initramfs ({len} bytes) is larger than the guest's memory"
+            ));
+        }
+        // A memfd that could still shrink would fault the VMM while it reads it.
+        let seals = fcntl(file.as_raw_fd(), FcntlArg::F_GET_SEALS)
+            .map_err(|err| format!("cannot read the initramfs's seals: {err}"))?;
+        let needed = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_WRITE;
+        if !SealFlag::from_bits_truncate(seals).contains(needed) {
+            return Err("the initramfs memfd is not sealed".into());
+        }
+        let len = usize::try_from(len).map_err(|_| "the initramfs is too large".to_string())?;
+        if len == 0 {
+            return Ok(Self {
+                ptr: std::ptr::NonNull::dangling(),
+                len,
+            });
+        }
+        // SAFETY: a new private read-only mapping of `len` bytes of a file that long, sealed
+        // against shrinking and writes; no existing memory is affected.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(format!(
+                "cannot map the initramfs: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let ptr = std::ptr::NonNull::new(ptr.cast::<u8>())
+            .ok_or_else(|| "cannot map the initramfs: a null mapping".to_string())?;
+        Ok(Self { ptr, len })
     }
-    let len = usize::try_from(len).map_err(|_| "the initramfs is too large".to_string())?;
-    let mut bytes = vec![0u8; len];
-    file.read_exact_at(&mut bytes, 0)
-        .map_err(|err| format!("cannot read the initramfs: {err}"))?;
-    Ok(bytes)
+}
+
+impl AsRef<[u8]> for MappedInitramfs {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `ptr` maps `len` readable bytes that nothing writes (sealed), valid until
+        // Drop; a dangling pointer only for `len` 0.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for MappedInitramfs {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: unmaps exactly the mapping made in `map`; no slice of it outlives self.
+            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        }
+    }
 }
 
 /// The VM is built: tell the supervisor, and stop it when the supervisor asks (or is gone).
@@ -219,11 +286,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_initramfs_is_read_whole_from_the_supervisor_s_memfd() {
+    fn the_initramfs_is_mapped_whole_from_the_supervisor_s_memfd() {
         let bytes: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
         let memfd = super::super::sealed_memfd(&bytes).expect("memfd");
-        assert_eq!(read_initramfs(memfd, 1).expect("read"), bytes);
+        let map = MappedInitramfs::map(&memfd, 1).expect("map");
+        assert_eq!(map.as_ref(), bytes.as_slice());
         let memfd = super::super::sealed_memfd(&vec![0u8; (1 << 20) + 1]).expect("memfd");
-        assert!(read_initramfs(memfd, 1).is_err(), "larger than the guest");
+        assert!(
+            MappedInitramfs::map(&memfd, 1).is_err(),
+            "larger than the guest"
+        );
+        let unsealed = tempfile::tempfile().expect("file");
+        unsealed.set_len(10).expect("size");
+        assert!(MappedInitramfs::map(&unsealed, 1).is_err(), "not sealed");
     }
 }

@@ -25,6 +25,7 @@
 //! passthrough file system opens its root by path).
 
 pub mod child;
+pub mod trace;
 pub mod wire;
 
 use std::fs::File;
@@ -130,12 +131,61 @@ impl KillSwitch {
     }
 }
 
+/// A VMM process started ahead of its VM ([`Spawned::start`]), so that its exec and start-up
+/// overlap the supervisor's preparation (the initramfs, the console log, the relay); it waits
+/// for its VM on its socket. Dropped unused, it is killed and reaped.
+#[derive(Debug)]
+pub struct Spawned {
+    child: Option<Child>,
+    socket: OwnedFd,
+}
+
+impl Spawned {
+    /// Starts a VMM process that dies with the calling thread: the thread must be the one that
+    /// [`run_in`]s it (it blocks there for the VM's whole life).
+    pub fn start() -> Result<Self, VmmError> {
+        trace::mark("spawn");
+        let (socket, child_socket) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| setup("make a socketpair")(e.into()))?;
+        let child = spawn(child_socket)?;
+        trace::mark("spawned");
+        Ok(Self {
+            child: Some(child),
+            socket,
+        })
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // It waits for a start message on a socket that stays open until it is reaped.
+            let _ = child.kill();
+            reap(&mut child);
+        }
+    }
+}
+
 /// Runs the VM described by `config` in a VMM process of its own until the guest shuts down;
 /// the guest's console and agent channel go to `outputs` (see the module docs). Blocks for the
 /// VM's whole life in the calling thread (the VMM process dies with it).
 ///
 /// Returns the VMM process's memory figures measured just before teardown.
 pub fn run(config: VmConfig, outputs: VmOutputs) -> Result<VmStats, VmmError> {
+    run_in(Spawned::start()?, config, outputs)
+}
+
+/// [`run`] in a VMM process started earlier by this thread.
+pub fn run_in(
+    mut spawned: Spawned,
+    config: VmConfig,
+    outputs: VmOutputs,
+) -> Result<VmStats, VmmError> {
     super::check_host(&config)?;
     super::check_resources(&config)?;
     let kvm = host::open_kvm()?;
@@ -145,14 +195,14 @@ pub fn run(config: VmConfig, outputs: VmOutputs) -> Result<VmStats, VmmError> {
     let (console_rx, console_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| setup("make a pipe")(e.into()))?;
     let listener = AgentListener::bind()?;
-    let (socket, child_socket) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| setup("make a socketpair")(e.into()))?;
-    let mut child = spawn(child_socket)?;
+    let Some(mut child) = spawned.child.take() else {
+        return Err(ProcessError::Failed("the VMM process was already used".into()).into());
+    };
+    let socket = spawned
+        .socket
+        .try_clone()
+        .map_err(setup("share the socket"))?;
+    drop(spawned);
     let pid = child.id();
     let socket = Arc::new(socket);
     let start = ToVmm::Start(Box::new(StartVm {
@@ -169,6 +219,7 @@ pub fn run(config: VmConfig, outputs: VmOutputs) -> Result<VmStats, VmmError> {
         console_tx.as_fd(),
         counters.as_fd(),
     ];
+    trace::mark("send start");
     if let Err(err) = wire::send(socket.as_fd(), &start, &fds) {
         // It waits for this message on a socket that stays open: it would never end by itself.
         let _ = child.kill();
@@ -195,6 +246,7 @@ pub fn run(config: VmConfig, outputs: VmOutputs) -> Result<VmStats, VmmError> {
         let _ = child.kill();
     }
     let status = reap(&mut child);
+    trace::mark("reaped");
     if let Some(reader) = follower.reader.take() {
         reader.finish();
     }
@@ -235,9 +287,11 @@ impl Follower {
                 None => return Ok(report),
                 Some((_, fds)) if !fds.is_empty() => return Err(self.broke("sent descriptors")),
                 Some((FromVmm::Started { cid, guest_starts }, _)) => {
+                    trace::mark("started");
                     self.started(cid, guest_starts)?
                 }
                 Some((FromVmm::Ended(end), _)) => {
+                    trace::mark("ended");
                     if report.replace(end).is_some() {
                         return Err(self.broke("ended twice"));
                     }

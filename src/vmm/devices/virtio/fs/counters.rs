@@ -78,7 +78,8 @@ impl SharedCounters {
         )
         .map_err(|e| page_error("make")(e.into()))?;
         let file = File::from(fd);
-        file.set_len(PAGE_BYTES as u64).map_err(page_error("size"))?;
+        file.set_len(PAGE_BYTES as u64)
+            .map_err(page_error("size"))?;
         let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
         fcntl(file.as_raw_fd(), FcntlArg::F_ADD_SEALS(seals))
             .map_err(|e| page_error("seal")(e.into()))?;
