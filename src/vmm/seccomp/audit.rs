@@ -1,6 +1,8 @@
 //! Finding out that a process was killed by its seccomp filter: the kernel logs each kill as an
-//! audit record (`type=1326`, `sig=31`) in its log, which `/dev/kmsg` gives root. `podvm status`
-//! reads it for a pod whose podvm process died without recording the end.
+//! audit record (`type=1326`, `sig=31`) in its log, which `/dev/kmsg` gives root. The supervisor
+//! that reaped its VMM process dead of SIGSYS reads it for the thread and the call
+//! ([`await_kill`]); `podvm status` reads it for a pod whose podvm process died without
+//! recording the end.
 //!
 //! With auditd running the record goes to the audit log instead and the pod reads as `killed`.
 //! A pid is only trusted together with the kill record's signal (SIGSYS) and executable name
