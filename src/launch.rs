@@ -137,8 +137,35 @@ pub enum LaunchError {
 }
 
 impl LaunchError {
+    /// Whether the VMM process was killed by a signal (SIGKILL, the OOM killer's included).
+    pub fn vmm_killed(&self) -> bool {
+        matches!(
+            self,
+            LaunchError::Vmm(vmm::VmmError::Process(
+                vmm::process::ProcessError::Killed { .. }
+            ))
+        )
+    }
+
+    /// The VMM process's pid when its seccomp filter killed it (it died of SIGSYS, which
+    /// only a filter's SECCOMP_RET_KILL_PROCESS sends it: no one else may signal it but its
+    /// supervisor and root).
+    pub fn vmm_killed_by_seccomp(&self) -> Option<u32> {
+        match self {
+            LaunchError::Vmm(vmm::VmmError::Process(vmm::process::ProcessError::Killed {
+                pid,
+                signo: libc::SIGSYS,
+                ..
+            })) => Some(*pid),
+            _ => None,
+        }
+    }
+
     /// What ended the guest, when the launch failed because of the guest or the VMM.
     pub fn cause(&self) -> Option<EndCause> {
+        if self.vmm_killed_by_seccomp().is_some() {
+            return Some(EndCause::Seccomp);
+        }
         match self {
             LaunchError::NoStatus { cause, .. } => Some(*cause),
             LaunchError::Vmm(_) | LaunchError::GuestFailed { .. } => Some(EndCause::VmmError),
@@ -176,11 +203,14 @@ pub fn foreign_boot_media(plan: &LaunchPlan) -> Result<(Vec<u8>, String), Launch
 
 /// Runs the plan's workload in a VM until it ends.
 pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
+    // First: its exec and start-up overlap what follows (it waits for its VM).
+    let spawned = vmm::process::Spawned::start().map_err(LaunchError::Vmm)?;
     let kernel = match &plan.kernel {
         Some(path) => path.clone(),
         None => artifacts::kernel()?,
     };
     let (initramfs, cmdline) = boot_media(plan)?;
+    vmm::process::trace::mark("media packed");
     let config = VmConfig {
         kernel,
         kernel_chosen_by_user: plan.kernel.is_some(),
@@ -237,12 +267,12 @@ pub fn launch(plan: &LaunchPlan) -> Result<LaunchOutcome, LaunchError> {
         agent: Box::new(link.with_writer(writer)),
         on_start: Some(Box::new(move |handle: VmHandle| {
             if let Some(vm_control) = started {
-                vm_control.vm_started(handle.cid());
+                vm_control.vm_started(handle.cid(), handle.pid());
             }
             *lock_any(&vm) = Some(handle);
         })),
     };
-    let run = vmm::run(config, outputs);
+    let run = vmm::process::run_in(spawned, config, outputs);
     let timed_out = relay.finish();
     if let Some(vm_control) = vm_control {
         let exit = agent_link::lock(&report).exit;

@@ -134,6 +134,16 @@ fn a_killed_shim_is_cleaned_up_by_its_delete_subcommand() {
         "one shim for the one task: {out}"
     );
     assert_eq!(
+        value(out, "t4-vmms"),
+        "1",
+        "its VM in a VMM process of its own, started from the shim's executable: {out}"
+    );
+    assert_eq!(
+        value(out, "t4-vmms-left-after-shim-kill"),
+        "0",
+        "the VMM process died with its shim: {out}"
+    );
+    assert_eq!(
         value(out, "t4-after-shim-kill"),
         "",
         "containerd dropped the task of the dead shim: {out}"

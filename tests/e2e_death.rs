@@ -10,17 +10,19 @@
 //!   `reboot -f`: podvm's guests boot with `reboot=t`, so the kernel loads an empty IDT and
 //!   raises int3, the CPU triple-faults and KVM reports a shutdown, with nothing from the kernel
 //!   on the console.
-//! - **VMM killed**: `kill -9` of the `podvm run` process that runs the pod (the VMM is
-//!   in-process), found by `podvm status`'s pid.
+//! - **VMM killed**: `kill -9` of the pod's VMM process (a child of its supervisor, found by
+//!   `podvm status`'s vmm-pid): the supervisor records the end, naming the signal.
+//! - **Supervisor killed**: `kill -9` of the `podvm` process that supervises the pod (found by
+//!   `podvm status`'s pid): its VMM process dies with it, and `status` says the pod was killed.
 //!
 //! - **VMM killed by its seccomp filter** (issue 14): the test build of podvm
 //!   (`out/test/podvm-seccomp-trigger`, cargo feature `seccomp-test-trigger`) makes a vCPU
 //!   thread call execve(2) or open a host file, or a device worker create a socket: the process
 //!   dies of SIGSYS, `status` names the cause `seccomp` with the thread and the call, and `gc`
-//!   leaves nothing of the pod (directory, cgroup, mounts). Before that, a running pod's VMM
-//!   threads are read from /proc: every vCPU and device worker thread is filtered
-//!   (`Seccomp: 2`); the supervisor's own threads are not yet (the VMM is not a process of its
-//!   own), which the check prints.
+//!   leaves nothing of the pod (directory, cgroup, mounts); the supervisor learns the SIGSYS by
+//!   reaping its VMM process. Before that, a running pod's VMM process's threads are read from
+//!   /proc: every vCPU and device worker thread is filtered (`Seccomp: 2`); its main and
+//!   control threads are not yet, which the check prints.
 //!
 //! Before it dies each app writes a marker line to the console (`/dev/kmsg` at KERN_EMERG, shown
 //! even on a quiet console). All checks in ONE nested L1 boot (or directly on a host with real
@@ -118,29 +120,36 @@ fn triple_fault_check() -> String {
     format!("{}; {}", run_app("triple", &script), report("triple", true))
 }
 
-/// The VMM killed: a detached pod (its supervisor, `podvm supervise`, is the VMM process), with
-/// `podvm attach` following it; the app writes its marker and sleeps; once the marker is on the
-/// console and in the app's log, the VMM process (pid from `podvm status`) gets SIGKILL. The
-/// error is `attach`'s.
-fn kill_check() -> String {
+/// A detached pod (its supervisor is `podvm supervise`, its VM runs in the supervisor's child
+/// `podvm __vmm`) with `podvm attach` following it; the app writes its marker and sleeps; once
+/// the marker is on the console and in the app's log, `target` (`vmm-pid` or `pid` in
+/// `podvm status`) gets SIGKILL. The error is `attach`'s; `vmm-left` says whether the VMM
+/// process is still there (after at most 10 s: it dies with its supervisor).
+fn kill_check(id: &str, target: &str) -> String {
     let script = format!(
         "echo \"<0>{}\" >/dev/kmsg; echo ready; exec sleep 600",
         marker("VMM kill")
     );
     format!(
-        "{PODVM} run --detach --uuid-file-save kill.uuid {IMAGE} --memory {MEMORY} --exec \
-         /bin/sh -- -c '{script}' >kill.run.out 2>kill.run.err; echo detach-rc=$?; \
-         u=$(cat kill.uuid); \
-         {PODVM} attach --sig-proxy=false $u >kill.out 2>kill.err & attach=$!; \
+        "{PODVM} run --detach --uuid-file-save {id}.uuid {IMAGE} --memory {MEMORY} --exec \
+         /bin/sh -- -c '{script}' >{id}.run.out 2>{id}.run.err; echo detach-rc=$?; \
+         u=$(cat {id}.uuid); \
+         {PODVM} attach --sig-proxy=false $u >{id}.out 2>{id}.err & attach=$!; \
          for i in $(seq 900); do \
            {PODVM} logs $u 2>/dev/null | grep -q ready && \
            grep -q 'podvm-death:' state/pods/run/$u/console.log 2>/dev/null && break; \
            sleep 0.2; done; \
          echo \"before=$({PODVM} status $u | grep '^state=')\"; \
-         pid=$({PODVM} status $u | sed -n 's/^pid=//p'); \
-         echo \"vmm-cmd=$(tr '\\0' ' ' </proc/$pid/cmdline)\"; \
-         kill -9 \"$pid\"; wait $attach; echo attach-rc=$?; {}",
-        report("kill", false)
+         sp=$({PODVM} status $u | sed -n 's/^pid=//p'); \
+         vp=$({PODVM} status $u | sed -n 's/^vmm-pid=//p'); \
+         echo \"supervisor-cmd=$(tr '\\0' ' ' </proc/$sp/cmdline)\"; \
+         echo \"vmm-cmd=$(tr '\\0' ' ' </proc/$vp/cmdline)\"; \
+         echo vmm-separate=$([ -n \"$vp\" ] && [ \"$vp\" != \"$sp\" ] && echo yes || echo no); \
+         pid=$({PODVM} status $u | sed -n 's/^{target}=//p'); \
+         kill -9 \"$pid\"; wait $attach; echo attach-rc=$?; \
+         for i in $(seq 50); do test -e /proc/$vp || break; sleep 0.2; done; \
+         echo vmm-left=$(test -e /proc/$vp && echo yes || echo no); {}",
+        report(id, false)
     )
 }
 
@@ -156,7 +165,7 @@ fn seccomp_threads_check() -> String {
          echo detach-rc=$?; u=$(cat threads.uuid); \
          for i in $(seq 900); do {PODVM} logs $u 2>/dev/null | grep -q ready && break; \
            sleep 0.2; done; \
-         pid=$({PODVM} status $u | sed -n 's/^pid=//p'); \
+         pid=$({PODVM} status $u | sed -n 's/^vmm-pid=//p'); \
          for t in /proc/$pid/task/*; do \
            echo \"thread $(cat $t/comm) $(grep '^Seccomp:' $t/status | tr -d '\\t ')\"; done; \
          echo \"status-seccomp=$({PODVM} status --format json $u | tr -d '\\n ' \
@@ -197,7 +206,8 @@ fn batch() -> Option<Batch> {
         .check("fetch", &format!("{PODVM} fetch {IMAGE}"))
         .check("panic", &panic_check())
         .check("triple_fault", &triple_fault_check())
-        .check("vmm_killed", &kill_check())
+        .check("vmm_killed", &kill_check("kill", "vmm-pid"))
+        .check("supervisor_killed", &kill_check("supkill", "pid"))
         .payload_file(
             support::artifacts::out_dir().join("test/podvm-seccomp-trigger"),
             "test/podvm-seccomp-trigger",
@@ -377,7 +387,7 @@ fn a_triple_fault_is_named_with_the_last_console_line() {
 }
 
 #[test]
-fn a_killed_vmm_is_named_killed_with_the_last_console_line() {
+fn a_killed_vmm_process_is_named_by_its_signal_with_the_last_console_line() {
     let Some(result) = check("vmm_killed") else {
         return;
     };
@@ -385,14 +395,61 @@ fn a_killed_vmm_is_named_killed_with_the_last_console_line() {
     assert_eq!(out.value("detach-rc"), "0", "{result}");
     assert_eq!(out.value("before"), "state=running", "{result}");
     assert!(
-        out.value("vmm-cmd").contains(" supervise "),
-        "status names the pod's VMM process, its supervisor: {result}"
+        out.value("supervisor-cmd").contains(" supervise "),
+        "status's pid is the pod's supervisor: {result}"
+    );
+    assert!(
+        out.value("vmm-cmd").contains(" __vmm --parent "),
+        "status's vmm-pid is the pod's VMM process: {result}"
+    );
+    assert_eq!(out.value("vmm-separate"), "yes", "{result}");
+    let reason = "the VMM process (pid ";
+    let died = assert_died(result, None, "vmm-error", reason);
+    let json = died.json("status-json");
+    let full_reason = json["reason"].as_str().unwrap_or_default();
+    assert!(
+        full_reason.contains(") was killed by SIGKILL"),
+        "the reason names the signal: {result}"
+    );
+    let last = died.value("console-last");
+    assert!(last.ends_with(&marker("VMM kill")), "{result}");
+    assert_ne!(died.value("attach-rc"), "0", "{result}");
+    assert_eq!(died.value("vmm-left"), "no", "{result}");
+    let err = died.get("run-err");
+    assert!(
+        err.contains("ended without an exit status: the VMM process (pid ")
+            && err.contains("was killed by SIGKILL")
+            && err.contains("(cause: vmm-error)"),
+        "attach's error names the cause and the signal: {result}"
+    );
+    assert!(
+        err.contains(&format!("the guest's last console line: {last}")),
+        "attach's error shows the guest's last console line: {result}"
+    );
+}
+
+#[test]
+fn a_killed_supervisor_takes_its_vmm_process_along_and_is_named_killed() {
+    let Some(result) = check("supervisor_killed") else {
+        return;
+    };
+    let out = Sections { result };
+    assert_eq!(out.value("detach-rc"), "0", "{result}");
+    assert_eq!(out.value("before"), "state=running", "{result}");
+    assert!(
+        out.value("vmm-cmd").contains(" __vmm --parent "),
+        "{result}"
     );
     let reason = "killed: the pod's podvm process";
     let died = assert_died(result, None, "killed", reason);
     let last = died.value("console-last");
     assert!(last.ends_with(&marker("VMM kill")), "{result}");
     assert_ne!(died.value("attach-rc"), "0", "{result}");
+    assert_eq!(
+        died.value("vmm-left"),
+        "no",
+        "the VMM process died with its supervisor: {result}"
+    );
     let err = died.get("run-err");
     assert!(
         err.contains("ended without an exit status: killed: the pod's podvm process")
@@ -435,13 +492,13 @@ fn every_vcpu_and_device_thread_of_a_running_pod_is_filtered() {
             assert_eq!(*seccomp, "Seccomp:2", "thread {name} is filtered: {result}");
         }
     }
-    // Not yet filtered (the VMM is not a process of its own): say what they are.
+    // Not yet filtered (the VMM process's main and control threads): say what they are.
     let unfiltered: Vec<&str> = threads
         .iter()
         .filter(|(name, seccomp)| !vmm(name) && *seccomp != "Seccomp:2")
         .map(|(name, _)| *name)
         .collect();
-    println!("NOTE: the supervisor's threads, unfiltered this session: {unfiltered:?}");
+    println!("NOTE: the VMM process's threads, unfiltered this session: {unfiltered:?}");
     assert_eq!(out.value("status-seccomp"), "kill", "{result}");
     assert_eq!(out.value("check-seccomp"), "kill", "{result}");
 }

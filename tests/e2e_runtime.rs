@@ -3,8 +3,8 @@
 //! `podvm::runtime` to create a sandbox, add a busybox container and later a `layers` one
 //! (each rootfs a rendered image tree on the host), exec in each, signal one, wait for both,
 //! read stats, remove both and stop; the checks then look that nothing is left: no mounts, no
-//! sandbox directory, no threads, no process. The podvm binary only fetches and renders the
-//! two images. All in ONE nested L1 boot (or directly on a host with real KVM).
+//! sandbox directory, no threads, no process (the probe's nor its VMM process's). The podvm
+//! binary only fetches and renders the two images. All in ONE nested L1 boot (or directly on a host with real KVM).
 
 mod support;
 
@@ -51,6 +51,7 @@ fn batch() -> Option<Batch> {
              echo mounts-left=$(grep -c \" $(pwd -P)/sbx\" /proc/self/mountinfo); \
              echo sbx-left=$(test -e sbx && echo yes || echo no); \
              echo probes-left=$(grep -la '[s]andbox-demo' /proc/[0-9]*/cmdline 2>/dev/null | wc -l); \
+             echo vmms-left=$(grep -la '[_]_vmm' /proc/[0-9]*/cmdline 2>/dev/null | wc -l); \
              echo images-intact=$(test -e ly-root/hello.txt && test ! -e ly-root/ly-release && echo yes)",
             Duration::from_secs(240),
         );
@@ -176,6 +177,7 @@ fn nothing_is_left_after_stop() {
         ("mounts-left", "0"),
         ("sbx-left", "no"),
         ("probes-left", "0"),
+        ("vmms-left", "0"),
         ("images-intact", "yes"),
     ] {
         assert_eq!(value(out, key).trim(), want, "{key}: {result}");

@@ -71,7 +71,12 @@ impl Shim for PodvmShim {
     }
 }
 
-fn main() {
+fn main() -> std::process::ExitCode {
+    // The runtime starts each sandbox's VMM process from this executable (`__vmm`): it runs
+    // here, before containerd-shim reads its own arguments.
+    if let Some(code) = podvm::runtime::vmm_main_if_asked() {
+        return code;
+    }
     let config = Config {
         // The runtime waits for the processes it starts itself: a reaper calling waitpid(-1)
         // on SIGCHLD would take their exit statuses away.
@@ -80,4 +85,5 @@ fn main() {
         ..Config::default()
     };
     containerd_shim::run::<PodvmShim>(RUNTIME_ID, Some(config));
+    std::process::ExitCode::SUCCESS
 }

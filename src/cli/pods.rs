@@ -190,7 +190,7 @@ fn killed(uuid: &str, pid: Option<u32>) -> (EndCause, String) {
     if let Some(kill) = pid.and_then(crate::vmm::seccomp::audit::find_kill) {
         return (
             EndCause::Seccomp,
-            format!("killed by SIGSYS (seccomp): {process} was killed because {kill}"),
+            crate::vmm::seccomp::audit::reason(&process, Some(&kill)),
         );
     }
     match cgroup::oom_kills(uuid).filter(|&kills| kills > 0) {

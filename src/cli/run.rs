@@ -35,7 +35,7 @@ use crate::pod::logs::{self, AppLog};
 use crate::pod::manifest::RuntimeApp;
 use crate::pod::resources;
 use crate::pod::rootfs::AppRootfs;
-use crate::pod::status::{now, AppExit, EndCause, PodUsage};
+use crate::pod::status::{now, AppExit, EndCause, PodStatus, PodUsage};
 use crate::pod::volumes::{self, Volume, VolumeKind};
 use crate::pod::{Pod, PodError, PodState, PodStore};
 use crate::relay::RelayOptions;
@@ -517,6 +517,8 @@ fn run_pod(
     // (the network, released after this function, still has its taps)
     usage.add_net_bytes(&pod.dir);
     status.usage = Some(usage);
+    // Read before the cgroup goes: the kernel's OOM killer picks the VMM process.
+    let oom_kills = crate::pod::cgroup::oom_kills(&pod.uuid).filter(|&kills| kills > 0);
     let copied_out = copy_out(vm, rootfs.first());
     drop(cgroup);
     status.finished = Some(now());
@@ -558,6 +560,16 @@ fn run_pod(
         Err(source) => {
             status.reason = Some(source.to_string());
             status.cause = source.cause();
+            if let Some(vmm_pid) = source.vmm_killed_by_seccomp() {
+                return seccomp_killed(&pods, &pod, status, vmm_pid, source);
+            }
+            if let Some(kills) = oom_kills.filter(|_| source.vmm_killed()) {
+                status.reason = Some(format!(
+                    "killed by the kernel's OOM killer: {source} in the pod's cgroup, which \
+                     reached its memory limit (memory.events: oom_kill {kills})"
+                ));
+                status.cause = Some(EndCause::OomKilled);
+            }
             pods.write_status(&pod, &status)?;
             Err(RunError::Launch {
                 uuid: pod.uuid,
@@ -565,6 +577,31 @@ fn run_pod(
             })
         }
     }
+}
+
+/// The exit code of a `podvm run` whose VMM its seccomp filter killed: as a shell reports a
+/// command killed by SIGSYS.
+pub const EXIT_SECCOMP: u8 = 128 + libc::SIGSYS as u8;
+
+/// Records that the pod's VMM process `vmm_pid` was killed by its seccomp filter (seen by
+/// reaping it: SIGSYS), with the thread and call from the kernel's log when it has them, and
+/// ends `podvm run` with [`EXIT_SECCOMP`].
+fn seccomp_killed(
+    pods: &PodStore,
+    pod: &Pod,
+    mut status: PodStatus,
+    vmm_pid: u32,
+    source: LaunchError,
+) -> Result<ExitCode, RunError> {
+    use crate::vmm::seccomp::audit;
+    let kill = audit::await_kill(vmm_pid);
+    let process = format!("the pod's VMM process {vmm_pid}");
+    let reason = audit::reason(&process, kill.as_ref());
+    status.reason = Some(reason.clone());
+    status.cause = Some(EndCause::Seccomp);
+    pods.write_status(pod, &status)?;
+    eprintln!("podvm: pod {}: {reason}\n{source}", pod.uuid);
+    Ok(ExitCode::from(EXIT_SECCOMP))
 }
 
 /// `--copy-out`s from the app's root once its VM has ended; all are tried, the first failure

@@ -101,7 +101,7 @@ pub struct LiveStatus {
     pub state: LiveState,
     /// The supervisor's pid (the process serving the socket and holding the pod's lock).
     pub pid: u32,
-    /// The pid of the process running the VMM (today the supervisor itself).
+    /// The pid of the VMM process (the supervisor's own until the VMM process runs).
     pub vmm_pid: u32,
     /// Seconds the VM has been running (0 before it started).
     pub uptime_secs: u64,

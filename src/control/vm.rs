@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,8 @@ pub struct VmControl {
     /// The guest's vsock CID and when the VM started, once it did.
     started: Mutex<Option<(u32, Instant)>>,
     stopping: AtomicBool,
+    /// The VMM process's pid (0 until it runs).
+    vmm_pid: AtomicU32,
 }
 
 impl VmControl {
@@ -66,6 +68,7 @@ impl VmControl {
             feeds_stdin: false,
             started: Mutex::new(None),
             stopping: AtomicBool::new(false),
+            vmm_pid: AtomicU32::new(0),
         }
     }
 
@@ -93,9 +96,10 @@ impl VmControl {
         Ok((server, control))
     }
 
-    /// The VM was built: its guest has vsock CID `cid`.
-    pub fn vm_started(&self, cid: u32) {
+    /// The VM was built: its guest has vsock CID `cid`, its VMM process is `vmm_pid`.
+    pub fn vm_started(&self, cid: u32, vmm_pid: u32) {
         *self.lock_started() = Some((cid, Instant::now()));
+        self.vmm_pid.store(vmm_pid, Ordering::SeqCst);
     }
 
     /// The VM ended, its app with `status` if known: attached clients get it last.
@@ -142,11 +146,17 @@ impl Handler for VmControl {
             _ => LiveState::Starting,
         };
         let pid = std::process::id();
+        // Counted by the VMM process, in a page it shares with this supervisor.
         let shares = crate::vmm::devices::virtio::fs::share_bytes();
+        // Before the VMM process runs, the supervisor stands for it.
+        let vmm_pid = match self.vmm_pid.load(Ordering::SeqCst) {
+            0 => pid,
+            vmm_pid => vmm_pid,
+        };
         Ok(LiveStatus {
             state,
             pid,
-            vmm_pid: pid,
+            vmm_pid,
             uptime_secs: started.map_or(0, |(_, at)| at.elapsed().as_secs()),
             share_read_bytes: shares.read,
             share_written_bytes: shares.written,

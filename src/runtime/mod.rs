@@ -7,6 +7,9 @@
 //! library never prints, reads stdin or installs signal handlers: output goes to the sinks the
 //! caller passes ([`Io`]).
 //!
+//! Each sandbox's VM runs in a VMM process of its own (see `crate::vmm::process`), started
+//! from the caller's executable: a front end calls [`vmm_main_if_asked`] first in `main`.
+//!
 //! # Containers' roots: one share per sandbox
 //!
 //! A sandbox has ONE virtio-fs share (tag `containers`) made at boot, with a directory per
@@ -45,3 +48,10 @@ pub mod share;
 pub use config::{ContainerConfig, ContainerStatus, ExecConfig, Io, SandboxConfig, SandboxStats};
 pub use podvm_protocol::{AppLimits, ExitStatus, ProcessSpec};
 pub use sandbox::{Sandbox, SandboxError};
+
+/// Runs a sandbox's VMM process when this process was started as one (`argv[1]` is
+/// `__vmm`), returning its exit code; `None` otherwise. A sandbox starts its VMM from its own
+/// executable, so a front end that embeds the runtime calls this first in `main`.
+pub fn vmm_main_if_asked() -> Option<std::process::ExitCode> {
+    crate::vmm::process::child::main_if_asked()
+}

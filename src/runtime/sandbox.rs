@@ -523,7 +523,8 @@ type Started = (
     Arc<HostWriter>,
 );
 
-/// Starts the VM in a thread of its own; returns once it is built (not yet booted).
+/// Starts the VM: a thread of its own starts the VM's VMM process and follows it to its end
+/// (the VMM process dies with that thread); returns once the VM is built (not yet booted).
 fn start_vm(
     config: &SandboxConfig,
     share: &ContainerShare,
@@ -591,7 +592,7 @@ fn start_vm(
                     let _ = handle_tx.send(handle);
                 })),
             };
-            let result = vmm::run(vm_config, outputs);
+            let result = vmm::process::run(vm_config, outputs);
             ended.vm_ended();
             result
         })

@@ -1,6 +1,7 @@
 //! Host end of the agent channel over vsock.
 //!
-//! Before the guest boots, the VMM binds a listening AF_VSOCK socket on a port the host kernel
+//! Before the guest boots, the VMM's supervisor (see [`super::process`]) binds a listening
+//! AF_VSOCK socket on a port the host kernel
 //! picks (so VMs never clash) and passes it to the guest as `podvm.agent_port=<port>` on the
 //! kernel command line; the agent connects to the host (CID 2) on that port. A reader thread
 //! accepts only a connection from this VM's CID and feeds every byte to the agent sink (the

@@ -99,14 +99,15 @@ pub struct LoadedKernel {
     pub entry: GuestAddress,
 }
 
-/// Loads kernel, initramfs and command line and writes the PVH start info.
+/// Loads kernel (`file`, opened by [`open_kernel`]; `kernel` names it in errors), initramfs
+/// and command line and writes the PVH start info.
 pub fn load(
     memory: &GuestMemoryMmap,
     kernel: &Path,
+    mut file: File,
     initramfs: &[u8],
     cmdline: &str,
 ) -> Result<LoadedKernel, BootError> {
-    let mut file = open_kernel(kernel)?;
     let loaded = Elf::load(memory, None, &mut file, Some(GuestAddress(HIGH_RAM_START))).map_err(
         |source| BootError::KernelLoad {
             path: kernel.to_path_buf(),
@@ -123,8 +124,9 @@ pub fn load(
     Ok(LoadedKernel { entry })
 }
 
-/// Opens the kernel and tells apart "missing", "bzImage" and "not a kernel" with clear errors.
-fn open_kernel(path: &Path) -> Result<File, BootError> {
+/// Opens the kernel and tells apart "missing", "bzImage" and "not a kernel" with clear errors
+/// (in the supervisor, which hands the file to the VMM process).
+pub fn open_kernel(path: &Path) -> Result<File, BootError> {
     let read_error = |source| BootError::KernelRead {
         path: path.to_path_buf(),
         source,

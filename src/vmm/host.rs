@@ -68,8 +68,13 @@ fn kvm_kind_in(modules: &Path) -> KvmKind {
 
 /// Checks that /dev/kvm can be opened read-write.
 pub fn check_kvm_access() -> Result<(), HostError> {
+    open_kvm().map(drop)
+}
+
+/// Opens /dev/kvm read-write (close-on-exec), with the errors that explain a failure.
+pub fn open_kvm() -> Result<std::fs::File, HostError> {
     match OpenOptions::new().read(true).write(true).open(KVM_DEVICE) {
-        Ok(_) => Ok(()),
+        Ok(file) => Ok(file),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Err(HostError::NoKvm),
         Err(err) if err.kind() == io::ErrorKind::PermissionDenied => Err(HostError::NoPermission),
         Err(err) => Err(HostError::Open(err)),

@@ -1,7 +1,13 @@
-//! The in-process VMM: builds a KVM microVM from a plain [`VmConfig`] and runs it to the end.
+//! The VMM: builds a KVM microVM from a plain [`VmConfig`] and runs it to the end.
 //!
-//! [`run`] is the composition root and reads top to bottom: check the host, create the VM and
-//! its memory, load the kernel, describe the CPUs, attach the devices, start the vCPUs, wait.
+//! The VMM runs in a process of its own, one per VM ([`process`]): its supervisor (the podvm
+//! process of the pod or sandbox, which keeps everything privileged: CNI, cgroups, mounts, the
+//! agent's vsock listener) starts `podvm __vmm` with the VM description and the opened
+//! resources, and follows it to its end report. [`process::run`] is the entry callers use.
+//!
+//! [`run_vm`] (in the VMM process) is the composition root and reads top to bottom: create the
+//! VM and its memory, load the kernel, describe the CPUs, attach the devices, start the vCPUs,
+//! wait.
 
 pub mod agent_vsock;
 pub mod boot;
@@ -11,11 +17,13 @@ pub mod devices;
 pub mod host;
 pub mod memory;
 pub mod mptable;
+pub mod process;
 pub mod ratelog;
 pub mod seccomp;
 pub mod stats;
 pub mod vcpu;
 
+use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -32,8 +40,9 @@ pub const MAX_VCPUS: u8 = 64;
 /// Address KVM needs for the TSS of real-mode emulation on Intel.
 const TSS_ADDRESS: usize = 0xfffb_d000;
 
-/// Everything needed to build and boot one microVM.
-#[derive(Debug, Clone)]
+/// Everything needed to build and boot one microVM (plain data: it is sent to the VMM process
+/// as JSON, the initramfs apart as a sealed memfd).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct VmConfig {
     /// The guest kernel (ELF vmlinux with a PVH entry).
     pub kernel: PathBuf,
@@ -43,6 +52,7 @@ pub struct VmConfig {
     pub cmdline: String,
     /// The initramfs, a newc cpio archive (shared with other VMs of this process; let go once
     /// it is in guest memory).
+    #[serde(skip)]
     pub initramfs: Arc<Vec<u8>>,
     /// Guest memory in MiB.
     pub memory_mib: u64,
@@ -54,7 +64,7 @@ pub struct VmConfig {
     pub nets: Vec<devices::virtio::net::NetConfig>,
 }
 
-/// Where the guest's byte streams go.
+/// Where the guest's byte streams go (in the supervisor, see [`process::run`]).
 pub struct VmOutputs {
     /// The console (COM1).
     pub console: Box<dyn Write + Send>,
@@ -64,13 +74,23 @@ pub struct VmOutputs {
     pub on_start: Option<Box<dyn FnOnce(VmHandle) + Send>>,
 }
 
-/// The running VM as other threads see it: its vsock CID, its live figures, and a way to stop
-/// it hard.
+/// The running VM as other threads see it: its vsock CID, its VMM process, its live figures,
+/// and a way to stop it hard.
 #[derive(Debug, Clone)]
 pub struct VmHandle {
     cid: u32,
-    events: mpsc::Sender<VcpuEvent>,
+    pid: u32,
+    stop: Stopper,
     live: Arc<stats::LiveSource>,
+}
+
+/// How a [`VmHandle`] stops its VM.
+#[derive(Debug, Clone)]
+enum Stopper {
+    /// In the VMM process: the vCPUs' event channel.
+    Vcpus(mpsc::Sender<VcpuEvent>),
+    /// In the supervisor: a message to the VMM process (SIGKILL if it does not end).
+    Process(Arc<process::KillSwitch>),
 }
 
 impl VmHandle {
@@ -79,14 +99,29 @@ impl VmHandle {
         self.cid
     }
 
+    /// The pid of the VMM process running the VM.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// The VM's memory and vCPU time now.
     pub fn stats(&self) -> LiveStats {
         self.live.sample()
     }
 
+    /// Where the guest RAM regions are mapped in the VMM process.
+    pub fn guest_starts(&self) -> &[u64] {
+        self.live.guest_starts()
+    }
+
     /// Stops the VM at once, as if the guest had powered off (its processes get no warning).
     pub fn kill(&self) {
-        let _ = self.events.send(VcpuEvent::Shutdown { state: None });
+        match &self.stop {
+            Stopper::Vcpus(events) => {
+                let _ = events.send(VcpuEvent::Shutdown { state: None });
+            }
+            Stopper::Process(switch) => switch.kill(),
+        }
     }
 }
 
@@ -145,6 +180,9 @@ pub enum VmmError {
     /// A vCPU could not be configured.
     #[error(transparent)]
     Cpu(#[from] cpu::CpuError),
+    /// The VMM process could not be started, or ended without its report.
+    #[error(transparent)]
+    Process(#[from] process::ProcessError),
     /// A vCPU thread could not be started.
     #[error("cannot start the thread of vCPU {cpu}: {source}")]
     Thread {
@@ -163,22 +201,43 @@ pub enum VmmError {
     },
 }
 
-/// Builds the VM described by `config` and runs it until the guest shuts down.
+/// What the VMM process is handed opened by its supervisor.
+#[derive(Debug)]
+pub struct VmResources {
+    /// /dev/kvm.
+    pub kvm: File,
+    /// The guest kernel (checked to be an ELF by [`boot::open_kernel`]).
+    pub kernel: File,
+    /// The initramfs (the VMM process maps the supervisor's memfd; `config.initramfs` is not
+    /// used).
+    pub initramfs: Box<dyn InitramfsBytes>,
+    /// The vsock port the supervisor listens on for the agent (`podvm.agent_port=`).
+    pub agent_port: u32,
+}
+
+/// The bytes of an initramfs the VMM loads (a mapping of the supervisor's memfd).
+pub trait InitramfsBytes: AsRef<[u8]> + Send + std::fmt::Debug {}
+
+impl<T: AsRef<[u8]> + Send + std::fmt::Debug> InitramfsBytes for T {}
+
+/// Builds the VM described by `config` from `resources` and runs it until the guest shuts down
+/// (in the VMM process; callers use [`process::run`]). `console` gets COM1's bytes; `on_start`
+/// is called once the VM is built, before its vCPUs start.
 ///
 /// Returns the memory figures measured just before teardown.
-pub fn run(mut config: VmConfig, outputs: VmOutputs) -> Result<VmStats, VmmError> {
-    check_host(&config)?;
+pub fn run_vm(
+    config: VmConfig,
+    resources: VmResources,
+    console: Box<dyn Write + Send>,
+    on_start: Box<dyn FnOnce(VmHandle) + Send>,
+) -> Result<VmStats, VmmError> {
     check_resources(&config)?;
-    let kvm = Kvm::new().map_err(|source| VmmError::Kvm {
-        what: "open /dev/kvm",
-        source,
-    })?;
+    let kvm = kvm_from_file(resources.kvm);
     let vm = create_vm(&kvm)?;
     let guest_memory = memory::create(config.memory_mib)?;
     memory::register(&vm, &guest_memory)?;
     let vsock = devices::virtio::vsock::Vsock::new(&guest_memory)?;
     let guest_cid = vsock.cid();
-    let agent_listener = agent_vsock::AgentListener::bind()?;
     // The passthrough file system clears the process umask when the guest mounts a share (it
     // applies the guest's umask itself); podvm's own files after the VM need it back.
     let umask = current_umask();
@@ -190,26 +249,30 @@ pub fn run(mut config: VmConfig, outputs: VmOutputs) -> Result<VmStats, VmmError
         config.cmdline,
         mmio.cmdline(),
         podvm_protocol::AGENT_PORT_PARAM,
-        agent_listener.port()
+        resources.agent_port
     );
-    let kernel = boot::load(&guest_memory, &config.kernel, &config.initramfs, &cmdline)?;
-    // In guest memory now: the VMM's own copy goes (the guest's stays resident until its
+    let kernel = boot::load(
+        &guest_memory,
+        &config.kernel,
+        resources.kernel,
+        (*resources.initramfs).as_ref(),
+        &cmdline,
+    )?;
+    // In guest memory now: the VMM's mapping goes (the guest's copy stays resident until its
     // kernel has unpacked and freed it).
-    config.initramfs = Arc::default();
+    drop(resources.initramfs);
     mptable::write(&guest_memory, config.vcpus)?;
-    let bus = Arc::new(Mutex::new(devices::PioBus::new(&vm, outputs.console)?));
-    let agent_reader = agent_listener.serve(guest_cid, outputs.agent)?;
+    let bus = Arc::new(Mutex::new(devices::PioBus::new(&vm, console)?));
     let cpuid = cpu::supported_cpuid(&kvm)?;
     let stop = Arc::new(AtomicBool::new(false));
     let (events_tx, events_rx) = mpsc::channel();
     let live = Arc::new(stats::LiveSource::new(&guest_memory));
-    if let Some(on_start) = outputs.on_start {
-        on_start(VmHandle {
-            cid: guest_cid,
-            events: events_tx.clone(),
-            live: live.clone(),
-        });
-    }
+    on_start(VmHandle {
+        cid: guest_cid,
+        pid: std::process::id(),
+        stop: Stopper::Vcpus(events_tx.clone()),
+        live: live.clone(),
+    });
     let mut threads = Vec::with_capacity(usize::from(config.vcpus));
     for index in 0..config.vcpus {
         let vcpu = vm
@@ -239,7 +302,6 @@ pub fn run(mut config: VmConfig, outputs: VmOutputs) -> Result<VmStats, VmmError
     let ended = events_rx.recv();
     let stats = stats::measure(&guest_memory);
     vcpu::stop_all(threads, &stop);
-    agent_reader.finish();
     mmio.shutdown();
     nix::sys::stat::umask(umask);
     bus.lock()
@@ -253,6 +315,14 @@ pub fn run(mut config: VmConfig, outputs: VmOutputs) -> Result<VmStats, VmmError
         }),
         Err(_) => Ok(stats),
     }
+}
+
+/// KVM over the /dev/kvm the supervisor opened.
+fn kvm_from_file(file: File) -> Kvm {
+    use std::os::fd::IntoRawFd;
+    // SAFETY: the descriptor is an open /dev/kvm (opened by the supervisor, checked by
+    // `host::open_kvm`) that nothing else owns: `into_raw_fd` gave up the File's ownership.
+    unsafe { <Kvm as std::os::fd::FromRawFd>::from_raw_fd(file.into_raw_fd()) }
 }
 
 /// The virtio devices, in window/GSI order (see [`devices::virtio`]).
@@ -313,7 +383,8 @@ fn create_nets(
         .collect()
 }
 
-fn check_host(config: &VmConfig) -> Result<(), VmmError> {
+/// The host checks the supervisor makes before it starts a VMM process.
+pub(crate) fn check_host(config: &VmConfig) -> Result<(), VmmError> {
     host::check_kvm_access()?;
     if host::kvm_kind() == host::KvmKind::Pvm && !config.kernel_chosen_by_user {
         return Err(VmmError::PvmHost);
@@ -321,7 +392,8 @@ fn check_host(config: &VmConfig) -> Result<(), VmmError> {
     Ok(())
 }
 
-fn check_resources(config: &VmConfig) -> Result<(), VmmError> {
+/// The VM's size is one this host can give.
+pub(crate) fn check_resources(config: &VmConfig) -> Result<(), VmmError> {
     let mib = config.memory_mib;
     if mib < memory::MIN_MEMORY_MIB {
         let reason = format!("a VM needs at least {} MiB", memory::MIN_MEMORY_MIB);

@@ -1,15 +1,18 @@
 //! Memory accounting of the VMM process: how much of its resident memory is guest RAM and how
-//! much is the VMM's own overhead (read from /proc/self/smaps and /proc/self/status).
+//! much is the VMM's own overhead (read from /proc/PID/smaps and /proc/PID/status: the VMM
+//! process's own at the end, its supervisor's view of it while it runs).
 
-use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
 use vm_memory::{GuestMemory, GuestMemoryMmap};
 
 /// Memory figures taken just before the VM is torn down.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct VmStats {
-    /// Peak resident set of the whole podvm process (VmHWM), KiB.
+    /// Peak resident set of the VMM process (VmHWM), KiB.
     pub process_peak_rss_kib: u64,
-    /// Current resident set of the whole podvm process (VmRSS), KiB.
+    /// Current resident set of the VMM process (VmRSS), KiB.
     pub process_rss_kib: u64,
     /// Guest RAM pages the guest touched (resident in the guest mappings), KiB.
     pub guest_resident_kib: u64,
@@ -23,18 +26,22 @@ pub struct VmStats {
 
 /// Measures the process and the guest mappings of `memory`.
 pub fn measure(memory: &GuestMemoryMmap) -> VmStats {
-    measure_regions(&guest_starts(memory))
+    measure_regions(Path::new(SELF), &guest_starts(memory))
 }
+
+/// This process in /proc.
+const SELF: &str = "/proc/self";
 
 /// The host addresses where the guest RAM regions of `memory` are mapped.
 fn guest_starts(memory: &GuestMemoryMmap) -> Vec<u64> {
     memory.iter().map(|region| region.as_ptr() as u64).collect()
 }
 
-/// Measures the process and the guest mappings starting at `guest_starts`.
-fn measure_regions(guest_starts: &[u64]) -> VmStats {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+/// Measures the process at `proc_dir` (`/proc/PID`) and its guest mappings starting at
+/// `guest_starts`.
+fn measure_regions(proc_dir: &Path, guest_starts: &[u64]) -> VmStats {
+    let status = std::fs::read_to_string(proc_dir.join("status")).unwrap_or_default();
+    let smaps = std::fs::read_to_string(proc_dir.join("smaps")).unwrap_or_default();
     let process_rss_kib = status_field(&status, "VmRSS:");
     let guest_resident_kib = guest_rss_kib(&smaps, guest_starts);
     VmStats {
@@ -46,12 +53,15 @@ fn measure_regions(guest_starts: &[u64]) -> VmStats {
     }
 }
 
-/// What a running VM's figures are read from while it runs: where its guest RAM is mapped and
-/// which threads are its vCPUs (each records its own thread id when it starts).
-#[derive(Debug, Default)]
+/// What a running VM's figures are read from while it runs: its VMM process, where its guest
+/// RAM is mapped there and which threads are its vCPUs (in the VMM process each records its
+/// own thread id when it starts; seen from the supervisor, they are the threads named
+/// `vcpuN`).
+#[derive(Debug)]
 pub struct LiveSource {
+    proc_dir: PathBuf,
     guest_starts: Vec<u64>,
-    vcpu_tids: std::sync::Mutex<Vec<libc::pid_t>>,
+    vcpu_tids: Option<std::sync::Mutex<Vec<libc::pid_t>>>,
 }
 
 /// A VM's figures while it runs.
@@ -69,44 +79,90 @@ impl LiveSource {
     /// A source for the VM whose guest RAM is `memory`.
     pub fn new(memory: &GuestMemoryMmap) -> Self {
         Self {
+            proc_dir: PathBuf::from(SELF),
             guest_starts: guest_starts(memory),
-            vcpu_tids: std::sync::Mutex::new(Vec::new()),
+            vcpu_tids: Some(std::sync::Mutex::new(Vec::new())),
         }
+    }
+
+    /// A source for the VM run by VMM process `pid`, whose guest RAM is mapped at
+    /// `guest_starts` there.
+    pub fn of_process(pid: u32, guest_starts: Vec<u64>) -> Self {
+        Self {
+            proc_dir: PathBuf::from(format!("/proc/{pid}")),
+            guest_starts,
+            vcpu_tids: None,
+        }
+    }
+
+    /// Where the guest RAM regions are mapped in the VMM process.
+    pub fn guest_starts(&self) -> &[u64] {
+        &self.guest_starts
     }
 
     /// Records the calling thread as one of the VM's vCPUs.
     pub fn register_vcpu_thread(&self) {
         // SAFETY: gettid has no preconditions and cannot fail.
         let tid = unsafe { libc::gettid() };
-        self.tids().push(tid);
+        if let Some(tids) = &self.vcpu_tids {
+            lock_tids(tids).push(tid);
+        }
     }
 
     /// The VM's figures now (a vCPU thread that ended counts no more).
     pub fn sample(&self) -> LiveStats {
-        let tids = self.tids().clone();
+        let tids = match &self.vcpu_tids {
+            Some(tids) => lock_tids(tids).clone(),
+            None => vcpu_threads(&self.proc_dir),
+        };
         // SAFETY: sysconf has no preconditions; it returns -1 for an unknown name.
         let ticks = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
             .ok()
             .filter(|ticks| *ticks > 0)
             .unwrap_or(100);
-        let cpu_ticks: u64 = tids.iter().filter_map(|tid| thread_cpu_ticks(*tid)).sum();
+        let cpu_ticks: u64 = tids
+            .iter()
+            .filter_map(|tid| thread_cpu_ticks(&self.proc_dir, *tid))
+            .sum();
         LiveStats {
-            memory: measure_regions(&self.guest_starts),
+            memory: measure_regions(&self.proc_dir, &self.guest_starts),
             vcpu_time_ms: cpu_ticks * 1000 / ticks,
             vcpus: tids.len(),
         }
     }
-
-    fn tids(&self) -> std::sync::MutexGuard<'_, Vec<libc::pid_t>> {
-        self.vcpu_tids
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
 }
 
-/// utime + stime of thread `tid` of this process, in clock ticks; `None` once it ended.
-fn thread_cpu_ticks(tid: libc::pid_t) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+fn lock_tids(
+    tids: &std::sync::Mutex<Vec<libc::pid_t>>,
+) -> std::sync::MutexGuard<'_, Vec<libc::pid_t>> {
+    tids.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The threads of the process at `proc_dir` named `vcpuN` (see `vcpu.rs`).
+fn vcpu_threads(proc_dir: &Path) -> Vec<libc::pid_t> {
+    let Ok(tasks) = std::fs::read_dir(proc_dir.join("task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|task| task.ok())
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|comm| comm.strip_prefix("vcpu").is_some_and(is_index))
+        })
+        .filter_map(|task| task.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// `N\n` of a `vcpuN` thread name.
+fn is_index(rest: &str) -> bool {
+    let digits = rest.trim_end();
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// utime + stime of thread `tid` of the process at `proc_dir`, in clock ticks; `None` once it
+/// ended.
+fn thread_cpu_ticks(proc_dir: &Path, tid: libc::pid_t) -> Option<u64> {
+    let stat = std::fs::read_to_string(proc_dir.join(format!("task/{tid}/stat"))).ok()?;
     cpu_ticks_of_stat(&stat)
 }
 
@@ -191,6 +247,30 @@ mod tests {
         let sample = source.sample();
         assert_eq!(sample.vcpus, 1);
         assert!(sample.memory.process_rss_kib > 0, "{sample:?}");
+    }
+
+    #[test]
+    fn another_process_s_vcpus_are_its_threads_named_vcpu_n() {
+        let memory = crate::vmm::memory::create(64).expect("alloc");
+        let starts = guest_starts(&memory);
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (running_tx, running) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("vcpu7".into())
+            .spawn(move || {
+                // Named by now: the name is set before the thread's closure runs.
+                let _ = running_tx.send(());
+                let _ = rx.recv();
+            })
+            .expect("spawn");
+        running.recv().expect("the thread runs");
+        let source = LiveSource::of_process(std::process::id(), starts);
+        let sample = source.sample();
+        drop(tx);
+        thread.join().expect("join");
+        assert_eq!(sample.vcpus, 1, "{sample:?}");
+        assert!(sample.memory.process_rss_kib > 0, "{sample:?}");
+        assert!(!is_index("") && is_index("12\n") && !is_index("-x"));
     }
 
     #[test]

@@ -94,11 +94,21 @@ ctr container rm t2 >"$W/crm.out" 2>&1; echo "t2-container-rm-rc=$?"; lines t2-c
 ctr run -d $RT $IMG t4 sh -c 'while :; do sleep 1; done' >"$W/t4.out" 2>"$W/t4.err"
 echo "t4-run-rc=$?"; lines t4-run-err "$W/t4.err"
 until_true 120 is_state t4 RUNNING; echo "t4-running=$(state_of t4)"
-shim_pids() {
-  grep -la '[c]ontainerd-shim-podvm' /proc/[0-9]*/cmdline 2>/dev/null | sed 's|/proc/||; s|/cmdline||'
+# The task's VM runs in a VMM process started from the shim's executable (`__vmm`): counted
+# apart; it dies with its shim.
+shim_procs() {
+  for f in $(grep -la '[c]ontainerd-shim-podvm' /proc/[0-9]*/cmdline 2>/dev/null); do
+    if grep -qa __vmm "$f"; then echo "vmm $f"; else echo "shim $f"; fi
+  done | sed 's|/proc/||; s|/cmdline||'
 }
+shim_pids() { shim_procs | sed -n 's/^shim //p'; }
+vmm_pids() { shim_procs | sed -n 's/^vmm //p'; }
 echo "t4-shims=$(shim_pids | wc -l)"
+echo "t4-vmms=$(vmm_pids | wc -l)"
 kill -9 $(shim_pids)
+# (a zombie's cmdline is empty: one not reaped yet is not counted)
+no_vmms() { [ "$(vmm_pids | wc -l)" -eq 0 ]; }
+until_true 30 no_vmms; echo "t4-vmms-left-after-shim-kill=$(vmm_pids | wc -l)"
 t4_gone() { [ -z "$(state_of t4)" ]; }
 until_true 60 t4_gone; echo "t4-after-shim-kill=$(state_of t4)"
 ctr container rm t4 >"$W/t4rm.out" 2>&1; echo "t4-container-rm-rc=$?"; lines t4-container-rm "$W/t4rm.out"

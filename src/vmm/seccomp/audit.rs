@@ -1,6 +1,8 @@
 //! Finding out that a process was killed by its seccomp filter: the kernel logs each kill as an
-//! audit record (`type=1326`, `sig=31`) in its log, which `/dev/kmsg` gives root. `podvm status`
-//! reads it for a pod whose podvm process died without recording the end.
+//! audit record (`type=1326`, `sig=31`) in its log, which `/dev/kmsg` gives root. The supervisor
+//! that reaped its VMM process dead of SIGSYS reads it for the thread and the call
+//! ([`await_kill`]); `podvm status` reads it for a pod whose podvm process died without
+//! recording the end.
 //!
 //! With auditd running the record goes to the audit log instead and the pod reads as `killed`.
 //! A pid is only trusted together with the kill record's signal (SIGSYS) and executable name
@@ -60,6 +62,41 @@ pub fn find_kill(pid: u32) -> Option<Kill> {
         }
     }
     found
+}
+
+/// How long [`await_kill`] waits for the kernel's record of a kill it knows happened.
+pub const RECORD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often it reads the kernel log meanwhile.
+const RECORD_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// [`find_kill`] for a process known to have died of SIGSYS (its parent reaped it): the
+/// kernel's audit thread may log the record a moment after the death, so it is looked for up
+/// to [`RECORD_WAIT`]. `None`: not logged (auditd took it, or no audit in the kernel).
+pub fn await_kill(pid: u32) -> Option<Kill> {
+    let deadline = std::time::Instant::now() + RECORD_WAIT;
+    loop {
+        if let Some(kill) = find_kill(pid) {
+            return Some(kill);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(RECORD_POLL);
+    }
+}
+
+/// Why the pod ended, for a VMM process `pid` (described as `process`) that died of SIGSYS:
+/// the thread and call from the kernel's record when it has one (`kill`).
+pub fn reason(process: &str, kill: Option<&Kill>) -> String {
+    match kill {
+        Some(kill) => {
+            format!("killed by SIGSYS (seccomp): {process} was killed because {kill}")
+        }
+        None => format!(
+            "killed by SIGSYS (seccomp): {process} was killed by its seccomp filter (the \
+             kernel's log has no record naming the thread and call)"
+        ),
+    }
 }
 
 /// The kill in one kernel log record, if it is a seccomp kill of `pid` by podvm.

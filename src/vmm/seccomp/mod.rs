@@ -19,19 +19,20 @@
 //! The filters are data (groups of system calls, each with the code path that needs it and
 //! argument checks where they are cheap: KVM and vhost ioctl numbers, fcntl commands), compiled
 //! with `seccompiler` when the thread starts. A call outside them kills the whole process
-//! (SECCOMP_RET_KILL_PROCESS): the kernel logs it (`audit: type=1326 ... sig=31 syscall=N`) and
-//! `podvm status` names it (cause `seccomp`). A filter that cannot be installed stops the VM
-//! with an error naming the thread (fail closed). Filters are per thread, never TSYNC: the
-//! supervisor's threads in the same process (control socket, agent channel, relays, CNI) stay
-//! unfiltered until the VMM has a process of its own.
+//! (SECCOMP_RET_KILL_PROCESS), i.e. the VMM process (`crate::vmm::process`): its supervisor
+//! reaps it and sees SIGSYS, so the pod's cause is `seccomp`; the kernel's log
+//! (`audit: type=1326 ... sig=31 syscall=N`, [`audit`]) adds the thread and the call. A filter
+//! that cannot be installed stops the VM with an error naming the thread (fail closed). Filters
+//! are per thread, never TSYNC: each kind has its own.
 //!
 //! **Debug switch:** `PODVM_SECCOMP=log` makes a forbidden call logged (SECCOMP_RET_LOG)
 //! instead of fatal, to find what a new code path needs (`dmesg | grep type=1326`; `comm=` is
 //! the thread). `PODVM_SECCOMP=unsafe-off` installs nothing (plain `off` is refused as unknown,
 //! and unknown values mean `kill`). `podvm check` and `status --format json` show the mode.
 //!
-//! **Left for issue 14:** the VMM in a process of its own (then one filter for its main loop
-//! and TSYNC), namespaces and pivot_root, an unprivileged uid, no capabilities, rlimits.
+//! **Left for issue 14:** filters for the VMM process's main thread (`podvm-vmm`: it builds the
+//! VM, then waits for its end and tears it down) and its `vmm-control` thread, namespaces and
+//! pivot_root, an unprivileged uid, no capabilities, rlimits.
 
 pub mod audit;
 mod common;

@@ -34,6 +34,10 @@ use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // The runtime library's sandboxes start their VMM processes from this executable.
+    if let Some(code) = podvm::runtime::vmm_main_if_asked() {
+        return code;
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match words.as_slice() {

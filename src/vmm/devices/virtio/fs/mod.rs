@@ -27,13 +27,13 @@ mod queue;
 
 use std::path::PathBuf;
 
-pub use self::counters::share_bytes;
+pub use self::counters::{share_bytes, share_in, SharedCounters};
 pub use self::device::{Fs, FsError};
 #[doc(hidden)]
 pub use self::{device::passthrough_config, guard::Guard, queue::process_queue, queue::SyncShare};
 
 /// One shared host directory: what the guest mounts with `mount -t virtiofs <tag> <dir>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FsShare {
     /// The mount tag the guest uses (1 to 36 bytes, no NUL).
     pub tag: String,

@@ -40,7 +40,7 @@ const QUEUE_SIZES: [u16; 2] = [256, 256];
 const VNET_HDR_LEN: usize = 12;
 
 /// One guest NIC: a tap device on the host and the guest's MAC.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NetConfig {
     /// The tap's interface name (opened with TUNSETIFF; created if absent).
     pub tap: String,
