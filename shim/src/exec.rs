@@ -24,6 +24,8 @@ pub const MAX_ENTRY_BYTES: usize = 32 << 10;
 /// The most bytes of all arguments, environment entries and the working directory together
 /// (the agent's frames carry at most 1 MiB).
 pub const MAX_TOTAL_BYTES: usize = 256 << 10;
+/// The most supplementary groups of an exec.
+pub const MAX_GIDS: usize = 256;
 /// The most exec processes a task holds at once (not yet deleted).
 pub const MAX_EXECS: usize = 64;
 /// The most bytes of an exec id (containerd's identifiers have at most 76).
@@ -172,16 +174,10 @@ fn translate(id: &str, process: &Process, terminal: bool) -> Result<ExecSpec, Ex
         ));
     }
     let user = process.user();
-    if user
-        .additional_gids()
-        .as_ref()
-        .is_some_and(|gids| !gids.is_empty())
-    {
-        return Err(refused(
-            id,
-            "user.additionalGids",
-            "supplementary groups of an exec are not supported yet".into(),
-        ));
+    let supplementary_gids = user.additional_gids().clone().unwrap_or_default();
+    if supplementary_gids.len() > MAX_GIDS {
+        let why = format!("{} groups, more than {MAX_GIDS}", supplementary_gids.len());
+        return Err(refused(id, "user.additionalGids", why));
     }
     Ok(ExecSpec {
         config: ExecConfig {
@@ -190,6 +186,7 @@ fn translate(id: &str, process: &Process, terminal: bool) -> Result<ExecSpec, Ex
             workdir: (!cwd.is_empty()).then_some(cwd),
             user: Some(user.uid().to_string()),
             group: Some(user.gid().to_string()),
+            supplementary_gids,
             tty: terminal,
         },
     })
@@ -252,7 +249,7 @@ mod tests {
     fn spec(args: &[String], env: &[String]) -> Any {
         let json = serde_json::json!({
             "args": args, "env": env, "cwd": "/tmp",
-            "user": {"uid": 1000, "gid": 100}, "terminal": false
+            "user": {"uid": 1000, "gid": 100, "additionalGids": [10, 27]}, "terminal": false
         });
         any(&json.to_string())
     }
@@ -267,6 +264,7 @@ mod tests {
         assert_eq!(parsed.config.workdir.as_deref(), Some("/tmp"));
         assert_eq!(parsed.config.user.as_deref(), Some("1000"));
         assert_eq!(parsed.config.group.as_deref(), Some("100"));
+        assert_eq!(parsed.config.supplementary_gids, [10, 27]);
         assert!(!parsed.config.tty);
     }
 

@@ -373,6 +373,7 @@ impl Sandbox {
             user: exec.user,
             group: exec.group,
             tty: exec.tty,
+            supplementary_gids: exec.supplementary_gids,
             app: Some(id.to_string()),
         };
         Message::Control(Control::Exec(request))
