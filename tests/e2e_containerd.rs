@@ -251,7 +251,7 @@ fn an_exec_prints_its_output_and_exits_with_its_code() {
 }
 
 #[test]
-fn an_exec_with_a_terminal_runs_on_a_pts() {
+fn an_exec_with_a_terminal_runs_on_a_pts_of_the_clients_size() {
     let Some(out) = output() else { return };
     eprintln!(
         "e2: {:?} err={:?}",
@@ -262,8 +262,20 @@ fn an_exec_with_a_terminal_runs_on_a_pts() {
     assert!(
         values(out, "e2-out")
             .iter()
-            .any(|line| line.trim().starts_with("/dev/pts/")),
+            .any(|line| line.contains("/dev/pts/")),
         "tty prints its terminal: {out}"
+    );
+    assert!(
+        values(out, "e2-out")
+            .iter()
+            .any(|line| line.trim() == "24 80"),
+        "ctr's terminal size (ResizePty) reached the exec's pty: {out}"
+    );
+    assert!(
+        !values(out, "e2-out")
+            .iter()
+            .any(|line| line.contains("ERRO")),
+        "{out}"
     );
 }
 

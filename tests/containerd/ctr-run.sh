@@ -98,10 +98,12 @@ start=$(date +%s)
 ctr task exec --exec-id e1 t2 sh -c 'echo x; exit 4' </dev/null >"$W/e1.out" 2>"$W/e1.err"
 echo "e1-rc=$?"; echo "e1-secs=$(( $(date +%s) - start ))"
 lines e1-out "$W/e1.out"; lines e1-err "$W/e1.err"
-# A terminal: ctr -t needs one of its own, which util-linux script gives it.
+# A terminal: ctr -t needs one of its own, which util-linux script gives it (24x80); ctr passes
+# its size on (ResizePty) once the exec started, which the exec waits for (at most 10 s).
 [ -e /dev/pts/ptmx ] || { mkdir -p /dev/pts; mount -t devpts -o ptmxmode=0666 devpts /dev/pts; }
 [ -e /dev/ptmx ] || ln -s pts/ptmx /dev/ptmx
-/usr/bin/script -qec "/usr/bin/ctr --address $W/containerd.sock task exec -t --exec-id e2 t2 tty" /dev/null \
+sized='tty; i=0; while [ "$(stty size)" = "0 0" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; stty size'
+/usr/bin/script -qec "stty rows 24 cols 80; /usr/bin/ctr --address $W/containerd.sock task exec -t --exec-id e2 t2 sh -c '$sized'" /dev/null \
   </dev/null >"$W/e2.out" 2>"$W/e2.err"
 echo "e2-rc=$?"; tr -d '\r' <"$W/e2.out" >"$W/e2.txt"; lines e2-out "$W/e2.txt"; lines e2-err "$W/e2.err"
 # A long exec shows in ctr task ps, and is signalled by its exec id.
