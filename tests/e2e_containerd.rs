@@ -2,7 +2,9 @@
 //! own config, root and state under the run directory, runs busybox tasks (imported from a
 //! docker archive with `ctr images import`) with `--runtime io.containerd.podvm.v2`, i.e.
 //! `containerd-shim-podvm-v2` from the payload's bin/, each task in a microVM of its own, and
-//! kills one task's shim to see containerd's cleanup through the shim's `delete`. All in
+//! kills one task's shim to see containerd's cleanup through the shim's `delete`; runs exec
+//! processes in a task (with and without a terminal, detached, refused) and restarts
+//! containerd under a running task. All in
 //! ONE nested L1 boot (or directly on a host with real KVM); the work is done by
 //! `tests/containerd/ctr-run.sh`, whose `key=value` lines this file checks.
 
@@ -23,6 +25,8 @@ use support::nested::{Batch, CheckResult};
 const CONTAINERD: &str = "/usr/bin/containerd";
 const CTR: &str = "/usr/bin/ctr";
 const SHIM: &str = "containerd-shim-podvm-v2";
+/// util-linux `script`: gives `ctr task exec -t` a terminal of its own.
+const SCRIPT: &str = "/usr/bin/script";
 
 static RESULTS: E2e = E2e::new("ctr");
 
@@ -36,7 +40,7 @@ fn batch() -> Option<Batch> {
     if registry_support::skip() {
         return None;
     }
-    for tool in [CONTAINERD, CTR] {
+    for tool in [CONTAINERD, CTR, SCRIPT] {
         if !Path::new(tool).is_file() {
             artifacts::skip(&format!(
                 "{tool} is missing: install Debian's containerd (make deps)"
@@ -53,6 +57,7 @@ fn batch() -> Option<Batch> {
     let batch = e2e::batch("e2e-containerd")?
         .host_tool(CONTAINERD)
         .host_tool(CTR)
+        .host_tool(SCRIPT)
         .payload_file(&shim, format!("bin/{SHIM}"))
         .payload_file(fixtures.docker_archive(), "busybox-docker.tar")
         .payload_executable("bin/ctr-run.sh", include_str!("containerd/ctr-run.sh"))
@@ -238,4 +243,112 @@ fn nothing_is_left_once_the_tasks_are_removed() {
         "no mount under the dirs: {out}"
     );
     assert_eq!(value(out, "bundles-left"), "0", "no task bundle: {out}");
+}
+
+#[test]
+fn an_exec_prints_its_output_and_exits_with_its_code() {
+    let Some(out) = output() else { return };
+    eprintln!(
+        "e1: rc={} out={:?} err={:?} in {}s",
+        value(out, "e1-rc"),
+        values(out, "e1-out"),
+        values(out, "e1-err"),
+        value(out, "e1-secs")
+    );
+    assert_eq!(values(out, "e1-out"), ["x"], "{out}");
+    assert_eq!(value(out, "e1-rc"), "4", "{out}");
+    assert!(values(out, "e1-err").is_empty(), "{out}");
+}
+
+#[test]
+fn an_exec_with_a_terminal_runs_on_a_pts_of_the_clients_size() {
+    let Some(out) = output() else { return };
+    eprintln!(
+        "e2: {:?} err={:?}",
+        values(out, "e2-out"),
+        values(out, "e2-err")
+    );
+    assert_eq!(value(out, "e2-rc"), "0", "{out}");
+    assert!(
+        values(out, "e2-out")
+            .iter()
+            .any(|line| line.contains("/dev/pts/")),
+        "tty prints its terminal: {out}"
+    );
+    assert!(
+        values(out, "e2-out")
+            .iter()
+            .any(|line| line.trim() == "24 80"),
+        "ctr's terminal size (ResizePty) reached the exec's pty: {out}"
+    );
+    assert!(
+        !values(out, "e2-out")
+            .iter()
+            .any(|line| line.contains("ERRO")),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_long_exec_shows_in_ps_and_is_killed_by_its_exec_id() {
+    let Some(out) = output() else { return };
+    eprintln!("e3 ps: {:?}", values(out, "e3-ps"));
+    assert_eq!(value(out, "e3-rc"), "0", "{out}");
+    assert_eq!(value(out, "e3-ps-rc"), "0", "{out}");
+    assert!(
+        values(out, "e3-ps").iter().any(|line| line.contains("e3")),
+        "{out}"
+    );
+    assert_eq!(value(out, "e3-kill-rc"), "0", "{out}");
+    assert_eq!(
+        value(out, "e3-gone"),
+        "0",
+        "gone from ps once killed: {out}"
+    );
+}
+
+#[test]
+fn containerd_gets_the_exec_events_in_order() {
+    let Some(out) = output() else { return };
+    assert_eq!(value(out, "exec-events-subscribed"), "0", "{out}");
+    assert_eq!(
+        values(out, "e1-event"),
+        ["/tasks/exec-added", "/tasks/exec-started", "/tasks/exit"],
+        "{out}"
+    );
+}
+
+/// Attack: an exec whose spec has more arguments than the shim takes (a client making the
+/// shim and the agent hold huge specs). Refused with an error naming the field; no exec was
+/// added (no event) and nothing runs (not in ps).
+#[test]
+fn an_exec_with_too_many_arguments_is_refused_and_nothing_starts() {
+    let Some(out) = output() else { return };
+    eprintln!("e4 err: {:?}", values(out, "e4-err"));
+    assert_ne!(value(out, "e4-rc"), "0", "{out}");
+    assert!(
+        values(out, "e4-err")
+            .iter()
+            .any(|line| line.contains("process.args") && line.contains("more than 1024")),
+        "{out}"
+    );
+    assert!(values(out, "e4-out").is_empty(), "{out}");
+    assert_eq!(value(out, "e4-in-ps"), "0", "{out}");
+    assert_eq!(value(out, "e4-events"), "0", "{out}");
+}
+
+#[test]
+fn a_task_survives_a_containerd_restart_and_is_killed_and_removed_after() {
+    let Some(out) = output() else { return };
+    eprintln!("t5 kill: {:?}", values(out, "t5-kill"));
+    eprintln!("t5 rm: {:?}", values(out, "t5-rm"));
+    assert_eq!(value(out, "t5-run-rc"), "0", "{out}");
+    assert_eq!(value(out, "t5-running"), "RUNNING", "{out}");
+    assert_eq!(value(out, "t5-containerd-back"), "0", "{out}");
+    assert_eq!(value(out, "t5-after-restart"), "RUNNING", "{out}");
+    assert_eq!(value(out, "t5-shims"), "1", "the shim kept running: {out}");
+    assert_eq!(value(out, "t5-kill-rc"), "0", "{out}");
+    assert_eq!(value(out, "t5-after-kill"), "STOPPED", "{out}");
+    assert_eq!(value(out, "t5-rm-rc"), "0", "{out}");
+    assert_eq!(value(out, "t5-container-rm-rc"), "0", "{out}");
 }

@@ -99,7 +99,7 @@ impl<'a> Job<'a> {
             app: "exec",
             limits: AppLimits::default(),
             security,
-            supplementary_gids: &[],
+            supplementary_gids: &request.supplementary_gids,
         }
     }
 }

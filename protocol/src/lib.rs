@@ -660,6 +660,10 @@ pub struct ExecRequest {
     /// Run on a pty.
     #[serde(default)]
     pub tty: bool,
+    /// Groups the process is in besides its user's, as in [`BootSpec::supplementary_gids`]
+    /// (left out of the frame when empty: older agents get the frame they knew).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub supplementary_gids: Vec<u32>,
     /// The app or container whose root the command runs in (its [`RootfsSpec::app`],
     /// [`AppSpec::name`] or [`ContainerSpec::id`]); the pod's first app when absent.
     #[serde(default)]
@@ -1046,6 +1050,7 @@ mod tests {
                 group: Some("7".into()),
                 tty: true,
                 app: Some("db".into()),
+                supplementary_gids: vec![10],
             })),
             Message::Control(Control::App { name: "web".into() }),
             Message::Control(Control::Shutdown { grace_ms: 5 }),

@@ -9,6 +9,8 @@
 
 mod cleanup;
 mod events;
+mod exec;
+mod exec_service;
 mod metrics;
 mod rootfs;
 mod service;

@@ -1,6 +1,8 @@
 //! The task API v2 service containerd 1.6 calls (`containerd.task.v2.Task`): Create, Start,
 //! Wait, Kill, Delete, State, Pids, Connect, Shutdown, CloseIO and Stats on the shim's one
-//! task; Exec, ResizePty, Pause, Resume, Checkpoint and Update answer "not supported yet".
+//! task; Exec, and Start, Wait, Kill, Delete, State, ResizePty and CloseIO with an exec id, on
+//! its exec processes ([`crate::exec_service`]); Pause, Resume, Checkpoint, Update and a
+//! terminal for the task's own process answer "not supported yet".
 //!
 //! The task's pid, as containerd sees it, is the shim's: the VM (vCPUs and devices) runs in it.
 
@@ -30,8 +32,8 @@ const ENDING_SIGNALS: [u32; 5] = [1, 2, 3, 9, 15];
 
 /// The task service.
 pub struct Service {
-    slot: Arc<Slot>,
-    events: Arc<EventQueue>,
+    pub(crate) slot: Arc<Slot>,
+    pub(crate) events: Arc<EventQueue>,
     exit: Arc<ExitSignal>,
 }
 
@@ -46,27 +48,23 @@ impl Service {
     }
 }
 
-fn pid() -> u32 {
+/// The pid containerd sees for the task and its execs: the shim's (the VM runs in it).
+pub(crate) fn pid() -> u32 {
     std::process::id()
 }
 
-fn no_exec(exec_id: &str) -> Result<(), TaskError> {
-    if exec_id.is_empty() {
-        Ok(())
-    } else {
-        Err(TaskError::Unimplemented("exec"))
-    }
-}
-
 /// The task `id`, checked against the shim's.
-fn the_task<'a>(task: &'a mut Option<Task>, id: &str) -> Result<&'a mut Task, TaskError> {
+pub(crate) fn the_task<'a>(
+    task: &'a mut Option<Task>,
+    id: &str,
+) -> Result<&'a mut Task, TaskError> {
     match task {
         Some(task) if task.id == id => Ok(task),
         _ => Err(TaskError::NotFound(format!("task {id}"))),
     }
 }
 
-fn event<E: Event + Send + 'static>(
+pub(crate) fn event<E: Event + Send + 'static>(
     event: E,
 ) -> Box<dyn containerd_shim::protos::protobuf::MessageDyn + Send> {
     Box::new(event)
@@ -106,7 +104,9 @@ impl containerd_shim::Task for Service {
     }
 
     fn start(&self, _: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
-        no_exec(&req.exec_id)?;
+        if !req.exec_id.is_empty() {
+            return Ok(self.exec_start(&req.id, &req.exec_id)?);
+        }
         let mut slot = self.slot.lock();
         let task = the_task(&mut slot, &req.id)?;
         if task.phase != Phase::Created {
@@ -148,7 +148,9 @@ impl containerd_shim::Task for Service {
     }
 
     fn wait(&self, _: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
-        no_exec(&req.exec_id)?;
+        if !req.exec_id.is_empty() {
+            return Ok(self.exec_wait(&req.id, &req.exec_id)?);
+        }
         let slot = self.slot.lock();
         let mut slot = self.slot.wait_exit(slot);
         let task = the_task(&mut slot, &req.id)?;
@@ -163,7 +165,10 @@ impl containerd_shim::Task for Service {
     }
 
     fn kill(&self, _: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
-        no_exec(&req.exec_id)?;
+        if !req.exec_id.is_empty() {
+            self.exec_kill(&req.id, &req.exec_id, req.signal)?;
+            return Ok(Empty::default());
+        }
         let mut slot = self.slot.lock();
         let task = the_task(&mut slot, &req.id)?;
         match task.phase {
@@ -196,7 +201,9 @@ impl containerd_shim::Task for Service {
     }
 
     fn delete(&self, _: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
-        no_exec(&req.exec_id)?;
+        if !req.exec_id.is_empty() {
+            return Ok(self.exec_delete(&req.id, &req.exec_id)?);
+        }
         let mut slot = self.slot.lock();
         let task = the_task(&mut slot, &req.id)?;
         let (status, at) = match &task.phase {
@@ -236,7 +243,9 @@ impl containerd_shim::Task for Service {
     }
 
     fn state(&self, _: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
-        no_exec(&req.exec_id)?;
+        if !req.exec_id.is_empty() {
+            return Ok(self.exec_state(&req.id, &req.exec_id)?);
+        }
         let mut slot = self.slot.lock();
         let task = the_task(&mut slot, &req.id)?;
         let (status, exit_status, exited_at) = match &task.phase {
@@ -261,12 +270,23 @@ impl containerd_shim::Task for Service {
 
     fn pids(&self, _: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
         let mut slot = self.slot.lock();
-        the_task(&mut slot, &req.id)?;
+        let task = the_task(&mut slot, &req.id)?;
+        let mut processes = vec![ProcessInfo {
+            pid: pid(),
+            ..ProcessInfo::default()
+        }];
+        // Each running exec, named by its exec id (it runs in the same VM: the same pid).
+        for (exec_id, exec) in &task.execs {
+            if exec.phase == Phase::Running {
+                processes.push(ProcessInfo {
+                    pid: pid(),
+                    info: MessageField::some(crate::exec::process_details(exec_id)),
+                    ..ProcessInfo::default()
+                });
+            }
+        }
         Ok(PidsResponse {
-            processes: vec![ProcessInfo {
-                pid: pid(),
-                ..ProcessInfo::default()
-            }],
+            processes,
             ..PidsResponse::default()
         })
     }
@@ -288,8 +308,10 @@ impl containerd_shim::Task for Service {
     }
 
     fn close_io(&self, _: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
+        if !req.exec_id.is_empty() {
+            return Ok(self.exec_close_io(&req)?);
+        }
         // The container's stdin is not forwarded (it reads end-of-file already).
-        no_exec(&req.exec_id)?;
         let mut slot = self.slot.lock();
         the_task(&mut slot, &req.id)?;
         Ok(Empty::default())
@@ -310,12 +332,16 @@ impl containerd_shim::Task for Service {
         })
     }
 
-    fn exec(&self, _: &TtrpcContext, _req: ExecProcessRequest) -> TtrpcResult<Empty> {
-        Err(TaskError::Unimplemented("exec").into())
+    fn exec(&self, _: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
+        self.exec_add(&req)?;
+        Ok(Empty::default())
     }
 
-    fn resize_pty(&self, _: &TtrpcContext, _req: ResizePtyRequest) -> TtrpcResult<Empty> {
-        Err(TaskError::Unimplemented("a terminal").into())
+    fn resize_pty(&self, _: &TtrpcContext, req: ResizePtyRequest) -> TtrpcResult<Empty> {
+        if req.exec_id.is_empty() {
+            return Err(TaskError::Unimplemented("a terminal for the task's process").into());
+        }
+        Ok(self.exec_resize(&req)?)
     }
 }
 

@@ -5,9 +5,11 @@
 //! end-of-file.
 
 use std::fs::File;
-use std::io::{self, Write};
-use std::os::fd::AsFd;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 
@@ -106,6 +108,80 @@ pub fn open_output(stream: &'static str, path: &str) -> Result<FifoSink, StdioEr
     })
 }
 
+/// How long a read of stdin waits for data before it looks whether it should stop.
+const STDIN_POLL_MS: i32 = 200;
+
+/// A stdin FIFO read until its writer closes it, or until the process it feeds ended (its
+/// `stop` flag): reads then give end-of-file.
+#[derive(Debug)]
+pub struct FifoSource {
+    file: File,
+    stop: Arc<AtomicBool>,
+}
+
+impl Read for FifoSource {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return Ok(0);
+            }
+            let mut pollfd = libc::pollfd {
+                fd: self.file.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll reads and writes the one pollfd, valid for the call.
+            let ready = unsafe { libc::poll(&mut pollfd, 1, STDIN_POLL_MS) };
+            if ready < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            if ready == 0 {
+                continue;
+            }
+            // A FIFO reports no hang-up before its first writer came (Linux), so a read here
+            // that gives 0 is the writer's close.
+            match self.file.read(buf) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Opens the stdin FIFO `path` for reading (non-blocking: its writer may come later); an
+/// empty path gives `None` (stdin closed at once). Reads stop once `stop` is set.
+pub fn open_input(path: &str, stop: Arc<AtomicBool>) -> Result<Option<FifoSource>, StdioError> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let stream = "stdin";
+    if path.contains("://") {
+        return Err(StdioError::Uri {
+            stream,
+            path: path.to_string(),
+        });
+    }
+    let failed = |source| StdioError::Open {
+        stream,
+        path: path.to_string(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(failed)?;
+    let meta = file.metadata().map_err(failed)?;
+    if !meta.file_type().is_fifo() {
+        return Err(failed(io::Error::other("not a FIFO")));
+    }
+    Ok(Some(FifoSource { file, stop }))
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Read;
@@ -150,5 +226,33 @@ mod tests {
         assert!(err.to_string().contains("not a FIFO"), "{err}");
         let err = open_output("stdout", "binary:///bin/logger").expect_err("uri");
         assert!(matches!(err, StdioError::Uri { .. }), "{err}");
+    }
+
+    #[test]
+    fn stdin_waits_for_its_writer_reads_until_it_closes_and_stops_when_told() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = fifo(dir.path());
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut source = open_input(&path, stop.clone())
+            .expect("open")
+            .expect("a path");
+        let writer_path = path.clone();
+        let writer = std::thread::spawn(move || {
+            let mut w = std::fs::OpenOptions::new()
+                .write(true)
+                .open(writer_path)
+                .expect("writer");
+            w.write_all(b"in").expect("write");
+        });
+        let mut got = Vec::new();
+        source.read_to_end(&mut got).expect("read");
+        assert_eq!(got, b"in");
+        writer.join().expect("join");
+        let mut waiting = open_input(&path, stop.clone())
+            .expect("open")
+            .expect("a path");
+        stop.store(true, Ordering::SeqCst);
+        assert_eq!(waiting.read(&mut [0u8; 4]).expect("stopped"), 0);
+        assert!(open_input("", stop).expect("empty").is_none());
     }
 }

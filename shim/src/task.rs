@@ -2,6 +2,7 @@
 //! the container added), its phase (created, running, exited), the thread that waits for its
 //! process, and the teardown that Delete (or a failed Create) runs.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -9,9 +10,12 @@ use std::thread::JoinHandle;
 use containerd_shim::api::CreateTaskRequest;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::ttrpc;
-use podvm::runtime::{ContainerConfig, ExitStatus, Io, Sandbox, SandboxConfig, SandboxError};
+use podvm::runtime::{
+    ContainerConfig, ExecError, ExitStatus, Io, Sandbox, SandboxConfig, SandboxError,
+};
 use sha2::{Digest, Sha256};
 
+use crate::exec::{Exec, ExecSpecError, MAX_EXECS};
 use crate::rootfs::{self, RootfsError};
 use crate::spec::{self, SpecError};
 use crate::stdio::{self, StdioError};
@@ -71,6 +75,25 @@ pub enum TaskError {
         /// Why not.
         why: &'static str,
     },
+    /// An exec's request is refused.
+    #[error("task {id}: {source}")]
+    ExecSpec {
+        /// The task.
+        id: String,
+        /// Why.
+        source: ExecSpecError,
+    },
+    /// The task holds [`MAX_EXECS`] exec processes already.
+    #[error("task {0}: it holds {MAX_EXECS} exec processes already: delete some first")]
+    TooManyExecs(String),
+    /// An exec process failed.
+    #[error("task {id}: {source}")]
+    Exec {
+        /// The task.
+        id: String,
+        /// Why.
+        source: ExecError,
+    },
     /// Not supported yet.
     #[error("{0} is not supported yet by the podvm shim")]
     Unimplemented(&'static str),
@@ -83,8 +106,13 @@ impl From<TaskError> for ttrpc::Error {
             TaskError::AlreadyExists(..) => ttrpc::Code::ALREADY_EXISTS,
             TaskError::Phase { .. } => ttrpc::Code::FAILED_PRECONDITION,
             TaskError::Unimplemented(_) => ttrpc::Code::UNIMPLEMENTED,
-            TaskError::Spec { .. } | TaskError::Stdio { .. } => ttrpc::Code::INVALID_ARGUMENT,
-            TaskError::Rootfs { .. } | TaskError::Sandbox { .. } => ttrpc::Code::INTERNAL,
+            TaskError::Spec { .. } | TaskError::Stdio { .. } | TaskError::ExecSpec { .. } => {
+                ttrpc::Code::INVALID_ARGUMENT
+            }
+            TaskError::TooManyExecs(_) => ttrpc::Code::RESOURCE_EXHAUSTED,
+            TaskError::Rootfs { .. } | TaskError::Sandbox { .. } | TaskError::Exec { .. } => {
+                ttrpc::Code::INTERNAL
+            }
         };
         log::error!("{err}");
         ttrpc::Error::RpcStatus(ttrpc::get_status(code, err.to_string()))
@@ -131,6 +159,8 @@ pub struct Task {
     pub io: Option<Io>,
     /// The thread waiting for its process.
     pub monitor: Option<JoinHandle<()>>,
+    /// Its exec processes by exec id, until deleted.
+    pub execs: BTreeMap<String, Exec>,
 }
 
 /// The task behind a lock, and the condition Wait sleeps on until it exits.
@@ -149,6 +179,18 @@ impl Slot {
     /// Wakes the waiters after the phase changed to exited.
     pub fn notify_exit(&self) {
         self.exited.notify_all();
+    }
+
+    /// Waits, with the lock held in `guard`, until `done` holds.
+    pub fn wait_until<'a>(
+        &'a self,
+        mut guard: MutexGuard<'a, Option<Task>>,
+        mut done: impl FnMut(&Option<Task>) -> bool,
+    ) -> MutexGuard<'a, Option<Task>> {
+        while !done(&guard) {
+            guard = self.exited.wait(guard).unwrap_or_else(|p| p.into_inner());
+        }
+        guard
     }
 
     /// Waits, with the lock held in `guard`, until the task has exited or is gone.
@@ -229,6 +271,7 @@ pub fn create(req: &CreateTaskRequest) -> Result<Task, TaskError> {
         sandbox: Some(Arc::new(sandbox)),
         io: Some(io),
         monitor: None,
+        execs: BTreeMap::new(),
     })
 }
 
@@ -265,6 +308,10 @@ fn boot(
 /// Tears a task down once its process ended (or never started): joins its waiting thread,
 /// removes the container, stops the VM, unmounts the rootfs. The first error, after doing all.
 pub fn teardown(task: &mut Task) -> Result<(), TaskError> {
+    for exec in task.execs.values() {
+        exec.stdin_stop
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
     if let Some(monitor) = task.monitor.take() {
         let _ = monitor.join();
     }

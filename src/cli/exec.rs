@@ -68,6 +68,7 @@ pub fn run(args: ExecArgs) -> Result<ExitCode, ExecCmdError> {
         group: args.group,
         tty: args.tty,
         app: None,
+        supplementary_gids: Vec::new(),
     };
     let options = RelayOptions::for_cli(args.interactive, args.tty, args.stop_timeout);
     let session = control::client::open_exec(&args.exec_info, request)?;

@@ -58,6 +58,7 @@ pub fn enter(data_dir: &Path, args: EnterArgs) -> Result<ExitCode, SessionError>
         group: None,
         tty,
         app: Some(app.name.clone()),
+        supplementary_gids: Vec::new(),
     };
     let options = RelayOptions::for_cli(false, tty, ENTER_STOP_TIMEOUT);
     let socket = pod.dir.join(control::SOCKET_FILE);

@@ -75,6 +75,10 @@ pub struct ExecConfig {
     pub user: Option<String>,
     /// Group, a name or number; the user's when absent.
     pub group: Option<String>,
+    /// Groups besides the user's.
+    pub supplementary_gids: Vec<u32>,
+    /// Run on a terminal of its own in the guest (its output is one stream: stdout).
+    pub tty: bool,
 }
 
 /// Where a process's output goes (the caller's sinks; nothing is printed by the runtime).

@@ -1,7 +1,7 @@
 //! The runtime library: live sandboxes. A front end (the CLI, a test driver, later a shim)
 //! creates a [`Sandbox`] from a plain [`SandboxConfig`], which boots a microVM with the guest
 //! agent and no workload, then adds containers to it while it runs ([`Sandbox::add_container`],
-//! [`Sandbox::start`], [`Sandbox::wait`], [`Sandbox::signal`], [`Sandbox::exec`],
+//! [`Sandbox::start`], [`Sandbox::wait`], [`Sandbox::signal`], [`Sandbox::exec`], [`Sandbox::exec_start`],
 //! [`Sandbox::remove`]), reads its [`Sandbox::stats`], and [`Sandbox::stop`]s it, which removes
 //! everything it made on the host. Plain structs in, typed errors ([`SandboxError`]) out; the
 //! library never prints, reads stdin or installs signal handlers: output goes to the sinks the
@@ -41,11 +41,13 @@
 
 pub(crate) mod boot;
 pub mod config;
+pub mod exec;
 pub mod sandbox;
 pub mod session;
 pub mod share;
 
 pub use config::{ContainerConfig, ContainerStatus, ExecConfig, Io, SandboxConfig, SandboxStats};
+pub use exec::{ExecError, ExecProcess};
 pub use podvm_protocol::{AppLimits, ExitStatus, ProcessSpec};
 pub use sandbox::{Sandbox, SandboxError};
 

@@ -3,7 +3,7 @@
 //! everything it made on the host.
 
 use std::collections::BTreeMap;
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
@@ -19,9 +19,10 @@ use super::boot;
 use super::config::{
     ContainerConfig, ContainerStatus, ExecConfig, Io, SandboxConfig, SandboxStats,
 };
-use super::session::{self, Events, SessionError, Waited};
+use super::exec::ExecProcess;
+use super::session::{Events, SessionError, Waited};
 use super::share::{ContainerRoot, ContainerShare, ShareError, SHARE_TAG};
-use crate::agent_link::{self, AgentLink, HostWriter};
+use crate::agent_link::{AgentLink, HostWriter};
 use crate::vmm::devices::virtio::fs::FsShare;
 use crate::vmm::{self, VmConfig, VmHandle, VmOutputs, VmStats, VmmError};
 use crate::{artifacts, initramfs};
@@ -339,8 +340,24 @@ impl Sandbox {
     }
 
     /// Runs a command in a container's root until it ends; its output goes to `io`, its stdin
-    /// is closed.
+    /// is closed ([`Self::exec_start`] and [`ExecProcess::wait`]).
     pub fn exec(&self, id: &str, exec: ExecConfig, io: Io) -> Result<ExitStatus, SandboxError> {
+        let process = self.exec_start(id, exec, io, None)?;
+        process.wait(None).map_err(|err| SandboxError::Exec {
+            id: id.to_string(),
+            reason: err.to_string(),
+        })
+    }
+
+    /// Starts a command in a container's root and returns at once with its handle; its
+    /// output goes to `io`, its stdin comes from `stdin` (closed at once when `None`).
+    pub fn exec_start(
+        &self,
+        id: &str,
+        exec: ExecConfig,
+        io: Io,
+        stdin: Option<Box<dyn Read + Send>>,
+    ) -> Result<ExecProcess, SandboxError> {
         self.status(id)?;
         let failed = |reason: String| SandboxError::Exec {
             id: id.to_string(),
@@ -355,30 +372,15 @@ impl Sandbox {
             workdir: exec.workdir,
             user: exec.user,
             group: exec.group,
-            tty: false,
+            tty: exec.tty,
+            supplementary_gids: exec.supplementary_gids,
             app: Some(id.to_string()),
         };
-        for message in [Control::Exec(request), Control::StdinClose] {
-            Message::Control(message)
-                .write_to(&mut &stream)
-                .map_err(|err| failed(format!("cannot send the request: {err}")))?;
-        }
-        let (mut link, report) = AgentLink::new(io.stdout, io.stderr);
-        let pumped = session::pump(stream, &mut link);
-        drop(link);
-        let report = agent_link::lock(&report).clone();
-        if let Some(status) = report.exit {
-            return Ok(status);
-        }
-        let mut reasons = report.agent_errors;
-        reasons.extend(report.protocol_error);
-        if let Err(err) = pumped {
-            reasons.push(format!("its output could not be delivered: {err}"));
-        }
-        if reasons.is_empty() {
-            reasons.push("the agent closed the session without an exit status".into());
-        }
-        Err(failed(reasons.join("; ")))
+        Message::Control(Control::Exec(request))
+            .write_to(&mut &stream)
+            .map_err(|err| failed(format!("cannot send the request: {err}")))?;
+        ExecProcess::start(id, stream, io, stdin)
+            .map_err(|err| failed(format!("cannot start its threads: {err}")))
     }
 
     /// Removes a container that is not running: the agent unmounts and forgets it, then its

@@ -84,6 +84,45 @@ until_true 120 is_state t2 RUNNING; echo "t2-running=$(state_of t2) after $(( $(
 ctr task ls >"$W/ls.out" 2>&1; lines t2-ls "$W/ls.out"
 ctr task ps t2 >"$W/ps.out" 2>&1; echo "t2-ps-rc=$?"; lines t2-ps "$W/ps.out"
 ctr task metrics t2 >"$W/metrics.out" 2>&1; echo "t2-metrics-rc=$?"; lines t2-metrics "$W/metrics.out"
+# 3b. Exec processes in t2 (issue 15), while `ctr events` records the exec events.
+/usr/bin/ctr --address "$W/containerd.sock" events >"$W/xevents.out" 2>&1 &
+xevents=$!
+xn=0
+xsubscribed() {
+  xn=$((xn + 1)); ctr namespaces create "xprobe$xn" 2>/dev/null
+  grep -q /namespaces/create "$W/xevents.out"
+}
+until_true 30 xsubscribed
+echo "exec-events-subscribed=$?"
+start=$(date +%s)
+ctr task exec --exec-id e1 t2 sh -c 'echo x; exit 4' </dev/null >"$W/e1.out" 2>"$W/e1.err"
+echo "e1-rc=$?"; echo "e1-secs=$(( $(date +%s) - start ))"
+lines e1-out "$W/e1.out"; lines e1-err "$W/e1.err"
+# A terminal: ctr -t needs one of its own, which util-linux script gives it (24x80); ctr passes
+# its size on (ResizePty) once the exec started, which the exec waits for (at most 10 s).
+[ -e /dev/pts/ptmx ] || { mkdir -p /dev/pts; mount -t devpts -o ptmxmode=0666 devpts /dev/pts; }
+[ -e /dev/ptmx ] || ln -s pts/ptmx /dev/ptmx
+sized='tty; i=0; while [ "$(stty size)" = "0 0" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; stty size'
+/usr/bin/script -qec "stty rows 24 cols 80; /usr/bin/ctr --address $W/containerd.sock task exec -t --exec-id e2 t2 sh -c '$sized'" /dev/null \
+  </dev/null >"$W/e2.out" 2>"$W/e2.err"
+echo "e2-rc=$?"; tr -d '\r' <"$W/e2.out" >"$W/e2.txt"; lines e2-out "$W/e2.txt"; lines e2-err "$W/e2.err"
+# A long exec shows in ctr task ps, and is signalled by its exec id.
+ctr task exec -d --exec-id e3 t2 sleep 600 </dev/null >"$W/e3.out" 2>&1; echo "e3-rc=$?"; lines e3-out "$W/e3.out"
+ctr task ps t2 >"$W/xps.out" 2>&1; echo "e3-ps-rc=$?"; lines e3-ps "$W/xps.out"
+ctr task kill -s KILL --exec-id e3 t2 >"$W/e3k.out" 2>&1; echo "e3-kill-rc=$?"; lines e3-kill "$W/e3k.out"
+e3_gone() { ctr task ps t2 >"$W/xps3.out" 2>&1 && ! grep -q e3 "$W/xps3.out"; }
+until_true 30 e3_gone; echo "e3-gone=$?"
+# Attack: an exec with more arguments than the shim takes is refused; nothing starts.
+ctr task exec --exec-id e4 t2 echo $(seq 1100) </dev/null >"$W/e4.out" 2>"$W/e4.err"
+echo "e4-rc=$?"; lines e4-out "$W/e4.out"; lines e4-err "$W/e4.err"
+ctr task ps t2 >"$W/xps2.out" 2>&1; echo "e4-in-ps=$(grep -c e4 "$W/xps2.out")"
+e1_exited() { grep -q '/tasks/exit.*"e1"' "$W/xevents.out"; }
+until_true 30 e1_exited
+kill "$xevents"; wait "$xevents" 2>/dev/null
+grep '"e1"' "$W/xevents.out" \
+  | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^\/tasks\//) { print "e1-event=" $i; break } }'
+grep '"e1"' "$W/xevents.out" | sed 's/^/e1-event-line=/'
+echo "e4-events=$(grep -c '"e4"' "$W/xevents.out")"
 ctr task kill t2 >"$W/kill.out" 2>&1; echo "t2-kill-rc=$?"; lines t2-kill "$W/kill.out"
 until_true 60 is_state t2 STOPPED; echo "t2-after-kill=$(state_of t2)"
 ctr task rm t2 >"$W/rm.out" 2>&1; echo "t2-rm-rc=$?"; lines t2-rm "$W/rm.out"
@@ -112,6 +151,22 @@ until_true 30 no_vmms; echo "t4-vmms-left-after-shim-kill=$(vmm_pids | wc -l)"
 t4_gone() { [ -z "$(state_of t4)" ]; }
 until_true 60 t4_gone; echo "t4-after-shim-kill=$(state_of t4)"
 ctr container rm t4 >"$W/t4rm.out" 2>&1; echo "t4-container-rm-rc=$?"; lines t4-container-rm "$W/t4rm.out"
+# 5. containerd killed (SIGKILL) and started again with the same config while t5 runs: the
+# shim keeps running, containerd finds the task again, and kill and rm work.
+ctr run -d $RT $IMG t5 sh -c 'while :; do sleep 1; done' >"$W/t5.out" 2>"$W/t5.err"
+echo "t5-run-rc=$?"; lines t5-run-err "$W/t5.err"
+until_true 120 is_state t5 RUNNING; echo "t5-running=$(state_of t5)"
+kill -9 "$ctd"; wait "$ctd" 2>/dev/null
+/usr/bin/containerd --config "$W/config.toml" >"$W/containerd2.log" 2>&1 &
+ctd=$!
+until_true 60 ctr version >/dev/null 2>&1; echo "t5-containerd-back=$?"
+until_true 30 is_state t5 RUNNING; echo "t5-after-restart=$(state_of t5)"
+echo "t5-shims=$(grep -la '[c]ontainerd-shim-podvm' /proc/[0-9]*/cmdline 2>/dev/null | wc -l)"
+ctr task kill -s KILL t5 >"$W/t5k.out" 2>&1; echo "t5-kill-rc=$?"; lines t5-kill "$W/t5k.out"
+until_true 60 is_state t5 STOPPED; echo "t5-after-kill=$(state_of t5)"
+ctr task rm t5 >"$W/t5rm.out" 2>&1; echo "t5-rm-rc=$?"; lines t5-rm "$W/t5rm.out"
+ctr container rm t5 >"$W/t5crm.out" 2>&1; echo "t5-container-rm-rc=$?"
+lines containerd2-log-podvm "$W/containerd2.log" | grep -i 'error\|podvm\|shim' | tail -n 20
 echo "tasks-after=$(ctr task ls -q | wc -l)"
 
 # Leftovers, once the shims had the time to exit.
