@@ -282,8 +282,13 @@ pub fn runtime_base() -> PathBuf {
 /// `passt` in PATH, else /usr/bin/passt.
 fn find_program() -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin")])
+    find_in(&path, Path::new("/usr/bin"))
+}
+
+/// An executable `passt` in the directories of `path` (a PATH value), else in `fallback`.
+fn find_in(path: &std::ffi::OsStr, fallback: &Path) -> Option<PathBuf> {
+    std::env::split_paths(path)
+        .chain([fallback.to_path_buf()])
         .map(|dir| dir.join("passt"))
         .find(|candidate| {
             use std::os::unix::fs::PermissionsExt;
@@ -423,6 +428,23 @@ mod tests {
         }
         let routed = strings(&arguments(Path::new("/r/s"), Path::new("/r/l"), true, &[]));
         assert!(!routed.iter().any(|a| a == "--interface"), "{routed:?}");
+    }
+
+    #[test]
+    fn a_missing_passt_is_found_missing_and_the_error_names_the_package() {
+        let empty = tempfile::tempdir().expect("tempdir");
+        let path = std::env::join_paths([empty.path()]).expect("path");
+        assert_eq!(find_in(&path, empty.path()), None);
+        let text = PasstError::Missing { uuid: "u".into() }.to_string();
+        assert!(text.contains("apt-get install passt"), "{text}");
+        assert!(text.contains("--net=none"), "{text}");
+        // An executable named passt is found, a non-executable one is not.
+        let bin = empty.path().join("passt");
+        std::fs::write(&bin, "").expect("file");
+        assert_eq!(find_in(&path, Path::new("/nonexistent")), None);
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        assert_eq!(find_in(&path, Path::new("/nonexistent")), Some(bin));
     }
 
     #[test]

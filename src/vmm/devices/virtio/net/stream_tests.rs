@@ -54,12 +54,10 @@ fn frames_split_anywhere_are_reassembled() {
         };
         let mut decoder = Decoder::new(1514);
         for want in frames {
-            let got = loop {
-                match decoder.next_frame(&mut src) {
-                    Ok(frame) => break frame.to_vec(),
-                    Err(err) => panic!("chunk {chunk}: {err}"),
-                }
-            };
+            let got = decoder
+                .next_frame(&mut src)
+                .unwrap_or_else(|err| panic!("chunk {chunk}: {err}"))
+                .to_vec();
             assert_eq!(got, want, "chunk {chunk}");
         }
         let end = decoder.next_frame(&mut src).expect_err("nothing more");
