@@ -24,25 +24,27 @@ const IMAGE: &str = "oci:busybox-layout:latest";
 const USER_DATA: &str = "/home/rl/.local/share/podvm";
 /// setpriv from util-linux (busybox's cannot change uids), brought into L1.
 const SETPRIV: &str = "/usr/bin/setpriv";
+/// util-linux's unshare (a private mount namespace for as-user.sh's chroot).
+const UNSHARE: &str = "/usr/bin/unshare";
 /// Debian's passt, brought into L1 (rootless networking).
 const PASST: &str = "/usr/bin/passt";
 /// The page served on L1's loopback, fetched by the guest through passt.
 const PAGE: &str = "hello through passt";
 
 /// As root: busybox httpd on L1's loopback serving a page and 600 kB whose checksum is printed
-/// (files in /payload, outside the -xdev scan of `host_untouched`), waited for; then as the
+/// (files in the payload's results, outside the -xdev scan of `host_untouched`), waited for; then as the
 /// user a pod with the default network fetches both from passt's gateway address, which passt
 /// maps to the host's loopback. Afterwards: passt processes and passt directories left.
 fn passt_check() -> String {
     format!(
-        "mkdir -p /payload/www && echo '{PAGE}' > /payload/www/page && seq 1 100000 > /payload/www/big; \
-         echo host-md5=$(md5sum < /payload/www/big | cut -c1-32); \
-         httpd -f -p 127.0.0.1:18080 -h /payload/www & h=$!; \
+        "mkdir -p /payload/results/www && echo '{PAGE}' > /payload/results/www/page && seq 1 100000 > /payload/results/www/big; \
+         echo host-md5=$(md5sum < /payload/results/www/big | cut -c1-32); \
+         httpd -f -p 127.0.0.1:18080 -h /payload/results/www & h=$!; \
          for i in $(seq 100); do wget -qO- http://127.0.0.1:18080/page >/dev/null 2>&1 && break; sleep 0.1; done; \
          {AS_USER} run {IMAGE} --exec /bin/sh -- -c \
            'wget -qO- http://10.0.2.2:18080/page; echo guest-md5=$(wget -qO- http://10.0.2.2:18080/big | md5sum | cut -c1-32)'; \
-         echo rc=$?; kill $h; \
-         for p in /proc/[0-9]*; do [ \"$(cat $p/comm 2>/dev/null)\" = passt ] && echo passt-left ${{p#/proc/}}; done; \
+         echo rc=$?; kill $h; rm -rf /payload/results/www; \
+         for p in /proc/[0-9]*; do case \"$(cat $p/comm 2>/dev/null)\" in passt*) echo passt-left ${{p#/proc/}};; esac; done; \
          ls /home/rl/run | grep passt | sed 's/^/dir-left /'; echo end"
     )
 }
@@ -74,6 +76,7 @@ fn batch() -> Option<Batch> {
             .payload_executable("bin/as-user.sh", include_str!("rootless/as-user.sh"))
             .host_tool(SETPRIV)
             .host_tool(PASST)
+            .host_tool(UNSHARE)
             .check("setup", &format!("{AS_USER} setup && {AS_USER} fetch {IMAGE} >/dev/null"))
             .check(
                 "run",

@@ -122,6 +122,13 @@ impl Passt {
 impl Drop for Passt {
     fn drop(&mut self) {
         if let Ok(child) = self.child.get_mut() {
+            // A passt that died on its own with an error says why (the log goes with the dir).
+            if let Ok(Some(status)) = child.try_wait() {
+                if !status.success() {
+                    let log = log_tail(&self.dir.join("passt.log"));
+                    eprintln!("podvm: passt exited early ({status}); its log says: {log}");
+                }
+            }
             stop(child);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
