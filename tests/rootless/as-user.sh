@@ -11,9 +11,10 @@
 #                           --dir: the user's default data dir
 #
 # L1's / is the initramfs (rootfs), where pivot_root(2) is refused; passt sandboxes itself with
-# pivot_root and would exit. So podvm runs in a private mount namespace chrooted into a
-# recursive bind of / (made by setup at /run/rl-root): the same files, but a root that is a
-# mount of its own, as on a host booted from a disk.
+# pivot_root and would exit. So podvm runs in a private mount namespace whose / is a recursive
+# bind of L1's / moved over it (switch_root's way: chdir, MS_MOVE onto /, chroot .; a plain
+# chroot would forbid passt's user namespace): the same files, but a root that is a mount of
+# its own, as on a host booted from a disk.
 USER_ID=4242
 KVM_GID=4243
 HOME_DIR=/home/rl
@@ -52,7 +53,8 @@ done
 # A subshell joins the scope, as a shell started by `systemd-run --user --scope` is in it, then
 # becomes podvm as the user. Once a pod made the scope hand controllers to its children, the
 # scope's processes are in its leaf podvm-init (see src/pod/cgroup.rs), and so is the shell.
-/usr/bin/unshare -m /bin/sh -c 'mount -o rbind / /run/rl-root && exec chroot /run/rl-root "$@"' rooted \
+/usr/bin/unshare -m /bin/sh -c 'mount -o rbind / /run/rl-root && cd /run/rl-root &&
+  mount -o move /run/rl-root / && exec chroot . "$@"' rooted \
   /payload/bin/as-user.sh __rooted "$PWD" \
   sh -c '[ -z "$1" ] || echo $$ 2>/dev/null > "$1/cgroup.procs" || echo $$ > "$1/podvm-init/cgroup.procs"
   shift; exec "$@"' as-user "$scope" \
