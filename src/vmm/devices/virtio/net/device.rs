@@ -194,7 +194,10 @@ fn start(
             let stream = stream
                 .try_clone()
                 .map_err(|source| backend_error("cannot duplicate the stream socket", source))?;
-            let port = StreamPort::new(stream, MAX_FRAME - VNET_HDR_LEN);
+            // As a File, reads are read(2) (a UnixStream's are recvfrom(2)): the net worker's
+            // seccomp filter allows the same calls as for a tap.
+            let file = std::fs::File::from(std::os::fd::OwnedFd::from(stream));
+            let port = StreamPort::new(file, MAX_FRAME - VNET_HDR_LEN);
             return Ok(Box::new(event_handler::Frames::new(activation, port)));
         }
     };
