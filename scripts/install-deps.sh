@@ -15,6 +15,8 @@ packages=(
   # pod networking: CNI plugins (bridge, host-local, portmap, ...), the iptables they call, and
   # ip/tc (iproute2) for the network E2E checks
   containernetworking-plugins iptables iproute2
+  # rootless pod networking (src/net/passt.rs) and its E2E check in tests/e2e_rootless.rs
+  passt
   # podvm as a systemd service (tests/e2e_systemd.rs): systemd, journald, D-Bus, carried into L1
   systemd dbus util-linux
   # the containerd shim's E2E test (tests/e2e_containerd.rs): Debian's containerd 1.6 and ctr

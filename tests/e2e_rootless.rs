@@ -1,8 +1,10 @@
 //! End-to-end test of rootless podvm (issue 17): an ordinary user in group kvm, with a cgroup
 //! scope delegated to it as systemd gives one, fetches, runs, enters, stops, reads logs and
 //! removes pods with its store in its own home, and nothing outside its directories changes.
-//! What it cannot have yet (pod networks) and what its host lacks (group kvm, a delegated
-//! cgroup) are clear errors saying what to do. All in ONE nested L1 boot (or directly on a host
+//! Its pods' default network is passt's (a passt of the user per pod, the VM's NIC on passt's
+//! socket): a guest fetches a page from a server on the host's loopback through it, and no
+//! passt is left after the pod. What it cannot have (CNI networks) and what its host lacks
+//! (group kvm, a delegated cgroup) are clear errors saying what to do. All in ONE nested L1 boot (or directly on a host
 //! with real KVM); `tests/rootless/as-user.sh` sets the user up and runs podvm as it.
 
 mod support;
@@ -22,6 +24,30 @@ const IMAGE: &str = "oci:busybox-layout:latest";
 const USER_DATA: &str = "/home/rl/.local/share/podvm";
 /// setpriv from util-linux (busybox's cannot change uids), brought into L1.
 const SETPRIV: &str = "/usr/bin/setpriv";
+/// util-linux's unshare (a private mount namespace for as-user.sh's chroot).
+const UNSHARE: &str = "/usr/bin/unshare";
+/// Debian's passt, brought into L1 (rootless networking).
+const PASST: &str = "/usr/bin/passt";
+/// The page served on L1's loopback, fetched by the guest through passt.
+const PAGE: &str = "hello through passt";
+
+/// As root: busybox httpd on L1's loopback serving a page and 600 kB whose checksum is printed
+/// (files in the payload's results, outside the -xdev scan of `host_untouched`), waited for; then as the
+/// user a pod with the default network fetches both from passt's gateway address, which passt
+/// maps to the host's loopback. Afterwards: passt processes and passt directories left.
+fn passt_check() -> String {
+    format!(
+        "mkdir -p /payload/results/www && echo '{PAGE}' > /payload/results/www/page && seq 1 100000 > /payload/results/www/big; \
+         echo host-md5=$(md5sum < /payload/results/www/big | cut -c1-32); \
+         httpd -f -p 127.0.0.1:18080 -h /payload/results/www & h=$!; \
+         for i in $(seq 100); do wget -qO- http://127.0.0.1:18080/page >/dev/null 2>&1 && break; sleep 0.1; done; \
+         {AS_USER} run {IMAGE} --exec /bin/sh -- -c \
+           'wget -qO- http://10.0.2.2:18080/page; echo guest-md5=$(wget -qO- http://10.0.2.2:18080/big | md5sum | cut -c1-32)'; \
+         echo rc=$?; kill $h; rm -rf /payload/results/www; \
+         for p in /proc/[0-9]*; do case \"$(cat $p/comm 2>/dev/null)\" in passt*) echo passt-left ${{p#/proc/}};; esac; done; \
+         ls /home/rl/run | grep passt | sed 's/^/dir-left /'; echo end"
+    )
+}
 
 static RESULTS: E2e = E2e::new("setup");
 
@@ -49,6 +75,8 @@ fn batch() -> Option<Batch> {
             .payload_dir(fixtures.layout("busybox"), "busybox-layout")
             .payload_executable("bin/as-user.sh", include_str!("rootless/as-user.sh"))
             .host_tool(SETPRIV)
+            .host_tool(PASST)
+            .host_tool(UNSHARE)
             .check("setup", &format!("{AS_USER} setup && {AS_USER} fetch {IMAGE} >/dev/null"))
             .check(
                 "run",
@@ -72,9 +100,10 @@ fn batch() -> Option<Batch> {
                      echo pod-dirs-left=$(find {USER_DATA}/pods -mindepth 2 -maxdepth 2 | wc -l)"
                 ),
             )
+            .check("passt_network", &passt_check())
             .check(
                 "network_needs_root",
-                &format!("{AS_USER} run {IMAGE} --exec /bin/true; echo rc=$?"),
+                &format!("{AS_USER} run --net=default-restricted {IMAGE} --exec /bin/true; echo rc=$?"),
             )
             .check(
                 "no_delegated_cgroup",
@@ -174,8 +203,32 @@ fn refused_saying(name: &str, what: &[&str]) {
 }
 
 #[test]
-fn a_rootless_pod_network_is_refused_naming_net_none() {
-    refused_saying("network_needs_root", &["needs root", "--net=none"]);
+fn a_rootless_pod_fetches_from_the_hosts_loopback_through_passt_and_leaves_no_passt() {
+    let Some(result) = check("passt_network") else {
+        return;
+    };
+    let out = lines(result);
+    assert!(out.contains(&PAGE), "the page, byte-exact: {result}");
+    let host = out
+        .iter()
+        .find_map(|l| l.strip_prefix("host-md5="))
+        .unwrap_or_else(|| panic!("host checksum: {result}"));
+    assert!(
+        out.contains(&format!("guest-md5={host}").as_str()),
+        "600 kB through passt intact: {result}"
+    );
+    assert!(out.contains(&"rc=0"), "{result}");
+    assert!(
+        !out.iter()
+            .any(|l| l.starts_with("passt-left") || l.starts_with("dir-left")),
+        "passt and its directory go with the pod: {result}"
+    );
+    assert_eq!(out.last().copied(), Some("end"), "{result}");
+}
+
+#[test]
+fn a_rootless_cni_network_is_refused_naming_passt_and_net_none() {
+    refused_saying("network_needs_root", &["needs root", "passt", "--net=none"]);
 }
 
 #[test]

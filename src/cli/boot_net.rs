@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::Args;
 use podvm_protocol::{GuestInterface, GuestNetwork, GuestRoute};
 
-use crate::vmm::devices::virtio::net::{format_mac, parse_mac, NetConfig};
+use crate::vmm::devices::virtio::net::{format_mac, parse_mac, NetBackend, NetConfig};
 
 /// Name the guest interface gets.
 pub const GUEST_IFNAME: &str = "eth0";
@@ -77,8 +77,10 @@ impl NetArgs {
             None => random_mac().map_err(NetArgsError::Random)?,
         };
         let nic = NetConfig {
-            tap: tap.clone(),
-            netns: self.tap_netns.clone(),
+            backend: NetBackend::Tap {
+                name: tap.clone(),
+                netns: self.tap_netns.clone(),
+            },
             mac,
         };
         let network = GuestNetwork {
@@ -165,8 +167,10 @@ mod tests {
         assert_eq!(
             nics,
             [NetConfig {
-                tap: "tap7".into(),
-                netns: None,
+                backend: NetBackend::Tap {
+                    name: "tap7".into(),
+                    netns: None,
+                },
                 mac: [2, 0, 0, 0, 0, 9]
             }]
         );

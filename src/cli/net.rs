@@ -11,7 +11,7 @@ use crate::net::spec::{self, DnsRequest, SpecError};
 use crate::net::{self, config, NetError, NetRequest, PodNetwork, NET_ANNOTATION};
 use crate::pod::manifest::{NameValue, PodManifest};
 use crate::pod::{Pod, PodError, PodStore};
-use crate::vmm::devices::virtio::net::NetConfig;
+use crate::vmm::devices::virtio::net::{NetBackend, NetConfig};
 
 /// Network flags (rkt's), shared by `run` and `prepare`.
 #[derive(Debug, Clone, Args)]
@@ -133,17 +133,23 @@ pub fn setup(
     Ok((network, release))
 }
 
-/// The VM's NICs: one virtio-net device on each tap of the pod's netns, with the tap's MAC.
+/// The VM's NICs: one virtio-net device on each tap of the pod's netns, with the tap's MAC; or
+/// (rootless) one on passt's socket.
 pub fn vm_nets(network: &PodNetwork) -> Vec<NetConfig> {
-    network
-        .taps
-        .iter()
-        .map(|tap| NetConfig {
-            tap: tap.name.clone(),
+    let taps = network.taps.iter().map(|tap| NetConfig {
+        backend: NetBackend::Tap {
+            name: tap.name.clone(),
             netns: network.netns.clone(),
-            mac: tap.mac,
-        })
-        .collect()
+        },
+        mac: tap.mac,
+    });
+    let stream = network.stream.iter().map(|nic| NetConfig {
+        backend: NetBackend::UnixStream {
+            path: nic.passt.socket().to_path_buf(),
+        },
+        mac: nic.mac,
+    });
+    taps.chain(stream).collect()
 }
 
 /// Undoes the network of `pod` (nothing if it has none); the error keeps the pod for a later

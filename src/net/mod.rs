@@ -7,12 +7,17 @@
 //! [`setup::setup`] makes all of it and [`setup::teardown`] undoes it, driven by a record in the
 //! pod directory written before each step ([`state`]), so a pod whose podvm was killed is
 //! cleaned by `gc`. `--net=host` is refused: a VM has its own kernel and network stack.
+//!
+//! An ordinary user's pod (no root: no CNI, namespaces or taps) gets the default network from
+//! passt instead ([`passt`]): a passt process of the user per pod, which the VM's NIC reaches
+//! over a UNIX stream socket.
 
 pub mod cni;
 pub mod config;
 pub mod dns;
 pub mod link;
 pub mod netns;
+pub mod passt;
 pub mod ports;
 pub mod setup;
 pub mod spec;
@@ -21,6 +26,7 @@ pub mod stats;
 pub mod tc;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use podvm_protocol::GuestNetwork;
 
@@ -46,10 +52,10 @@ pub enum NetError {
         /// Why.
         source: ports::PortError,
     },
-    /// An ordinary user asked for networks: CNI, namespaces and taps need root.
+    /// An ordinary user asked for CNI networks: CNI, namespaces and taps need root.
     #[error(
         "pod {uuid}: network {} needs root (CNI plugins, a network namespace, taps); a \
-         rootless pod runs with --net=none (user-mode networking is not there yet)",
+         rootless pod runs with the default network (user-mode, through passt) or --net=none",
         networks.join(",")
     )]
     Rootless {
@@ -58,6 +64,9 @@ pub enum NetError {
         /// The networks asked for.
         networks: Vec<String>,
     },
+    /// passt (rootless networking) failed.
+    #[error(transparent)]
+    Passt(#[from] passt::PasstError),
     /// A CNI plugin failed.
     #[error("pod {uuid}: {source}")]
     Cni {
@@ -133,6 +142,17 @@ pub struct PodNetwork {
     pub resolv_conf: Option<String>,
     /// Extra /etc/hosts lines.
     pub hosts_entries: Vec<String>,
+    /// A rootless pod's NIC on passt (then there is no netns and no tap).
+    pub stream: Option<StreamNic>,
+}
+
+/// A guest NIC whose frames go to passt over a UNIX stream socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamNic {
+    /// The pod's passt (stopped when the last handle drops).
+    pub passt: Arc<passt::Passt>,
+    /// The guest NIC's MAC (stable per pod).
+    pub mac: [u8; 6],
 }
 
 /// The pod's network request from its manifest annotation (absent: the default network).

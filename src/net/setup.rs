@@ -14,7 +14,7 @@ use super::cni::{self, CniResult, Invocation};
 use super::ports::{self, PortMapping};
 use super::spec::NetRequest;
 use super::state::{self, Attachment, NetState};
-use super::{config, dns, link, netns, tc, NetError, PodNetwork, Tap};
+use super::{config, dns, link, netns, passt, tc, NetError, PodNetwork, StreamNic, Tap};
 use crate::image::config::Port;
 
 /// What `status` shows of one network of a running pod.
@@ -48,10 +48,7 @@ pub fn setup(
         });
     }
     if !nix::unistd::geteuid().is_root() {
-        return Err(NetError::Rootless {
-            uuid: uuid.into(),
-            networks: request.networks.iter().map(|n| n.name.clone()).collect(),
-        });
+        return rootless(uuid, request, image_ports, resolv_conf(&[]));
     }
     // A record left by a podvm killed during an earlier attempt is undone first.
     teardown(pod_dir, uuid)?;
@@ -98,6 +95,41 @@ pub fn setup(
         taps,
         resolv_conf: resolv_conf(&results),
         hosts_entries: request.hosts_entries.clone(),
+        stream: None,
+    })
+}
+
+/// An ordinary user's pod: the default network through passt (see [`super::passt`]); any
+/// other network needs root.
+fn rootless(
+    uuid: &str,
+    request: &NetRequest,
+    image_ports: &[Port],
+    resolv_conf: Option<String>,
+) -> Result<PodNetwork, NetError> {
+    let only_default = matches!(request.networks.as_slice(), [net] if net.name == "default" && net.args.is_empty());
+    if !only_default {
+        return Err(NetError::Rootless {
+            uuid: uuid.into(),
+            networks: request.networks.iter().map(|n| n.name.clone()).collect(),
+        });
+    }
+    let mappings =
+        ports::resolve(&request.ports, image_ports).map_err(|source| NetError::Port {
+            uuid: uuid.into(),
+            source,
+        })?;
+    let passt = passt::start(uuid, &passt::runtime_base(), &mappings)?;
+    let mac = link::pod_mac(uuid, 0);
+    Ok(PodNetwork {
+        guest: Some(passt::guest_network(&mac)),
+        resolv_conf,
+        hosts_entries: request.hosts_entries.clone(),
+        stream: Some(StreamNic {
+            passt: std::sync::Arc::new(passt),
+            mac,
+        }),
+        ..Default::default()
     })
 }
 

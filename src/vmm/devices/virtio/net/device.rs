@@ -1,11 +1,18 @@
 //! The virtio-net device: features, config space (the MAC), the backend choice and activation.
 
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
 use vm_memory::GuestMemoryMmap;
 
 use super::super::worker::Serve;
 use super::super::{read_config_bytes, ActivateError, Activation, DeviceCore, VirtioDevice};
+use super::stream::StreamPort;
 use super::tap::{offload, Tap, TapError};
-use super::{event_handler, format_mac, vhost_net, NetConfig, QUEUE_SIZES};
+use super::userspace::MAX_FRAME;
+use super::{
+    event_handler, format_mac, vhost_net, NetBackend, NetConfig, QUEUE_SIZES, VNET_HDR_LEN,
+};
 use crate::vmm::seccomp::ThreadKind;
 
 /// Environment variable choosing the backend: `vhost`, `userspace`, or unset for vhost-net with
@@ -79,6 +86,17 @@ pub enum NetError {
     /// The tap could not be opened.
     #[error(transparent)]
     Tap(#[from] TapError),
+    /// The user-mode network stack's socket could not be connected.
+    #[error(
+        "cannot connect to the user-mode network (passt) at {path}: {source}; is its passt \
+         process still running?"
+    )]
+    Stream {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The backend variable has an unknown value.
     #[error("{BACKEND_ENV}={value}: expected `vhost` or `userspace` (or leave it unset)")]
     BackendChoice {
@@ -105,37 +123,64 @@ enum Backend {
     Userspace,
 }
 
-/// One virtio-net NIC backed by a tap and vhost-net (or, without it, a userspace worker).
+/// The host side of the NIC, opened.
+enum Host {
+    /// A tap, with whoever moves its frames.
+    Tap {
+        /// The tap.
+        tap: Tap,
+        /// vhost-net or the userspace worker.
+        backend: Backend,
+    },
+    /// A connected stream socket to passt, served by the userspace worker.
+    Stream(UnixStream),
+}
+
+/// One virtio-net NIC backed by a tap and vhost-net (or, without it, a userspace worker), or by
+/// a stream socket to a user-mode network stack.
 pub struct Net {
     mac: [u8; 6],
-    tap: Tap,
-    backend: Backend,
+    host: Host,
     core: DeviceCore,
 }
 
 impl Net {
-    /// Opens the tap of `config` and the backend: /dev/vhost-net, or the userspace one when
-    /// vhost-net is unavailable or [`BACKEND_ENV`] asks for it.
+    /// Opens the host side of `config`: a tap and /dev/vhost-net, or the userspace backend when
+    /// vhost-net is unavailable or [`BACKEND_ENV`] asks for it; or connects the stream socket.
     pub fn new(mem: &GuestMemoryMmap, config: &NetConfig) -> Result<Self, NetError> {
         check_mac(config)?;
-        let tap = Tap::open(&config.tap, config.netns.as_deref())?;
-        let choice = std::env::var(BACKEND_ENV).unwrap_or_default();
-        let backend = open_backend(mem, &config.tap, &choice)?;
+        let host = match &config.backend {
+            NetBackend::Tap { name, netns } => {
+                let tap = Tap::open(name, netns.as_deref())?;
+                let choice = std::env::var(BACKEND_ENV).unwrap_or_default();
+                let backend = open_backend(mem, name, &choice)?;
+                Host::Tap { tap, backend }
+            }
+            NetBackend::UnixStream { path } => Host::Stream(connect(path)?),
+        };
         Ok(Self {
             mac: config.mac,
-            tap,
-            backend,
+            host,
             core: DeviceCore::new("virtio-net", ThreadKind::Net)?,
         })
     }
 }
 
-/// Gives the tap the offloads the driver accepted and starts `backend`; returns what the worker
-/// does.
+/// Connects to the stream socket at `path`, non-blocking.
+fn connect(path: &Path) -> Result<UnixStream, NetError> {
+    let stream_error = |source| NetError::Stream {
+        path: path.to_path_buf(),
+        source,
+    };
+    let stream = UnixStream::connect(path).map_err(stream_error)?;
+    stream.set_nonblocking(true).map_err(stream_error)?;
+    Ok(stream)
+}
+
+/// Starts the worker for `host`; returns what it does.
 fn start(
     name: &'static str,
-    tap: &Tap,
-    backend: &Backend,
+    host: &Host,
     activation: Activation,
 ) -> Result<Box<dyn Serve>, ActivateError> {
     let backend_error = |what: &str, source| ActivateError::Backend {
@@ -143,6 +188,20 @@ fn start(
         what: what.into(),
         source,
     };
+    let (tap, backend) = match host {
+        Host::Tap { tap, backend } => (tap, backend),
+        Host::Stream(stream) => {
+            let stream = stream
+                .try_clone()
+                .map_err(|source| backend_error("cannot duplicate the stream socket", source))?;
+            // As a File, reads are read(2) (a UnixStream's are recvfrom(2)): the net worker's
+            // seccomp filter allows the same calls as for a tap.
+            let file = std::fs::File::from(std::os::fd::OwnedFd::from(stream));
+            let port = StreamPort::new(file, MAX_FRAME - VNET_HDR_LEN);
+            return Ok(Box::new(event_handler::Frames::new(activation, port)));
+        }
+    };
+    // The tap gets the offloads the driver accepted.
     tap.set_offload(tap_offloads(activation.acked_features))
         .map_err(|err| {
             let source = std::io::Error::other(err.to_string());
@@ -208,7 +267,7 @@ fn check_mac(config: &NetConfig) -> Result<(), NetError> {
     match why {
         Some(why) => Err(NetError::Mac {
             mac: format_mac(&config.mac),
-            tap: config.tap.clone(),
+            tap: config.backend.describe(),
             why,
         }),
         None => Ok(()),
@@ -250,9 +309,12 @@ impl VirtioDevice for Net {
     }
 
     fn features(&self) -> u64 {
-        match self.backend {
-            Backend::Vhost(_) => offered_features(&OFFERED_FEATURES),
-            Backend::Userspace => offered_features(&USERSPACE_FEATURES),
+        match self.host {
+            Host::Tap {
+                backend: Backend::Vhost(_),
+                ..
+            } => offered_features(&OFFERED_FEATURES),
+            _ => offered_features(&USERSPACE_FEATURES),
         }
     }
 
@@ -265,14 +327,18 @@ impl VirtioDevice for Net {
         let name = self.core.name();
         self.core
             .activate(activation, 0..QUEUE_SIZES.len(), |activation| {
-                start(name, &self.tap, &self.backend, activation)
+                start(name, &self.host, activation)
             })
     }
 
     fn reset(&mut self) {
         self.core.reset_with(|| {
-            if let Backend::Vhost(vhost) = &self.backend {
-                vhost_net::stop(vhost, self.tap.name());
+            if let Host::Tap {
+                tap,
+                backend: Backend::Vhost(vhost),
+            } = &self.host
+            {
+                vhost_net::stop(vhost, tap.name());
             }
         });
     }
@@ -284,8 +350,10 @@ mod tests {
 
     fn config(mac: [u8; 6]) -> NetConfig {
         NetConfig {
-            tap: "tap0".into(),
-            netns: None,
+            backend: NetBackend::Tap {
+                name: "tap0".into(),
+                netns: None,
+            },
             mac,
         }
     }

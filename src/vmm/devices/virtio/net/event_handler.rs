@@ -1,8 +1,10 @@
-//! What wakes virtio-net's userspace backend: the rx and tx kicks, and the tap having frames.
-//! (With vhost-net the worker only relays vhost's call eventfds.)
+//! What wakes virtio-net's userspace backend: the rx and tx kicks, and the frame port (a tap,
+//! or the stream socket to passt) having frames. (With vhost-net the worker only relays
+//! vhost's call eventfds.)
 
-use std::fs::File;
+use std::io::{Read, Write};
 use std::ops::ControlFlow;
+use std::os::fd::AsRawFd;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -16,23 +18,29 @@ const RX_KICK: u64 = 0;
 const TX_KICK: u64 = 1;
 const TAP: u64 = 2;
 
-/// What the worker does: moves frames between the tap and the rx/tx queues.
-pub struct Frames {
+/// Where the userspace worker reads and writes frames, each behind a virtio-net header: a tap,
+/// or a [`StreamPort`](super::stream::StreamPort). Reads and writes do not block.
+pub trait FramePort: Read + Write + AsRawFd + Send + 'static {}
+
+impl<T: Read + Write + AsRawFd + Send + 'static> FramePort for T {}
+
+/// What the worker does: moves frames between the port and the rx/tx queues.
+pub struct Frames<P> {
     mem: GuestMemoryMmap,
     rx_queue: Queue,
     tx_queue: Queue,
     rx_kick: EventFd,
     tx_kick: EventFd,
-    tap: File,
+    tap: P,
     interrupt: Interrupt,
     rx: Rx,
     tap_paused: bool,
 }
 
-impl Frames {
+impl<P: FramePort> Frames<P> {
     /// Serves the rx (0) and tx (1) queues of `activation`, which the device core checked, from
-    /// `tap`.
-    pub fn new(activation: Activation, tap: File) -> Self {
+    /// `tap` (a tap or another frame port).
+    pub fn new(activation: Activation, tap: P) -> Self {
         const CHECKED: &str = "the device core checked that the rx and tx queues exist";
         let Activation {
             mem,
@@ -75,7 +83,7 @@ impl Frames {
     }
 }
 
-impl Serve for Frames {
+impl<P: FramePort> Serve for Frames<P> {
     fn watch(&self, watch: &Watch) -> std::io::Result<()> {
         watch.add(&self.rx_kick, RX_KICK)?;
         watch.add(&self.tx_kick, TX_KICK)?;

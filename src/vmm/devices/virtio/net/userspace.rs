@@ -14,7 +14,7 @@ use super::super::SignalGuest;
 use super::VNET_HDR_LEN;
 
 /// Largest frame the tap hands over or takes (64 KiB plus the header).
-const MAX_FRAME: usize = 65_536 + VNET_HDR_LEN;
+pub(super) const MAX_FRAME: usize = 65_536 + VNET_HDR_LEN;
 /// Offset of `num_buffers` in the header.
 const NUM_BUFFERS_OFFSET: usize = 10;
 
@@ -28,7 +28,7 @@ pub enum UserspaceError {
     #[error("virtio-net: buffer outside guest memory: {0}")]
     Memory(#[from] vm_memory::GuestMemoryError),
     /// The tap failed.
-    #[error("virtio-net: tap I/O failed: {0}")]
+    #[error("virtio-net: tap or stream I/O failed: {0}")]
     Tap(std::io::Error),
     /// The interrupt could not be raised.
     #[error("virtio-net: cannot interrupt the guest: {0}")]
