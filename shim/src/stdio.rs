@@ -72,12 +72,7 @@ pub fn open_output(stream: &'static str, path: &str) -> Result<FifoSink, StdioEr
     if path.is_empty() {
         return Ok(FifoSink { file: None, stream });
     }
-    if path.contains("://") {
-        return Err(StdioError::Uri {
-            stream,
-            path: path.to_string(),
-        });
-    }
+    refuse_uri(stream, path)?;
     let failed = |source| StdioError::Open {
         stream,
         path: path.to_string(),
@@ -152,6 +147,17 @@ impl Read for FifoSource {
     }
 }
 
+/// Refuses a stdio `path` that is a URI (a logging binary or file URI): only FIFOs are served.
+fn refuse_uri(stream: &'static str, path: &str) -> Result<(), StdioError> {
+    match path.contains("://") {
+        true => Err(StdioError::Uri {
+            stream,
+            path: path.to_string(),
+        }),
+        false => Ok(()),
+    }
+}
+
 /// Opens the stdin FIFO `path` for reading (non-blocking: its writer may come later); an
 /// empty path gives `None` (stdin closed at once). Reads stop once `stop` is set.
 pub fn open_input(path: &str, stop: Arc<AtomicBool>) -> Result<Option<FifoSource>, StdioError> {
@@ -159,12 +165,7 @@ pub fn open_input(path: &str, stop: Arc<AtomicBool>) -> Result<Option<FifoSource
         return Ok(None);
     }
     let stream = "stdin";
-    if path.contains("://") {
-        return Err(StdioError::Uri {
-            stream,
-            path: path.to_string(),
-        });
-    }
+    refuse_uri(stream, path)?;
     let failed = |source| StdioError::Open {
         stream,
         path: path.to_string(),
