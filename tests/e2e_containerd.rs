@@ -347,6 +347,7 @@ fn a_task_survives_a_containerd_restart_and_is_killed_and_removed_after() {
     assert_eq!(value(out, "t5-containerd-back"), "0", "{out}");
     assert_eq!(value(out, "t5-after-restart"), "RUNNING", "{out}");
     assert_eq!(value(out, "t5-shims"), "1", "the shim kept running: {out}");
+    assert_eq!(value(out, "t5-vmms"), "1", "its VM kept running: {out}");
     assert_eq!(value(out, "t5-kill-rc"), "0", "{out}");
     assert_eq!(value(out, "t5-after-kill"), "STOPPED", "{out}");
     assert_eq!(value(out, "t5-rm-rc"), "0", "{out}");

@@ -161,7 +161,8 @@ kill -9 "$ctd"; wait "$ctd" 2>/dev/null
 ctd=$!
 until_true 60 ctr version >/dev/null 2>&1; echo "t5-containerd-back=$?"
 until_true 30 is_state t5 RUNNING; echo "t5-after-restart=$(state_of t5)"
-echo "t5-shims=$(grep -la '[c]ontainerd-shim-podvm' /proc/[0-9]*/cmdline 2>/dev/null | wc -l)"
+echo "t5-shims=$(shim_pids | wc -l)"
+echo "t5-vmms=$(vmm_pids | wc -l)"
 ctr task kill -s KILL t5 >"$W/t5k.out" 2>&1; echo "t5-kill-rc=$?"; lines t5-kill "$W/t5k.out"
 until_true 60 is_state t5 STOPPED; echo "t5-after-kill=$(state_of t5)"
 ctr task rm t5 >"$W/t5rm.out" 2>&1; echo "t5-rm-rc=$?"; lines t5-rm "$W/t5rm.out"
