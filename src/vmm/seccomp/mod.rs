@@ -201,6 +201,7 @@ pub fn install(kind: ThreadKind, thread: &str) -> Result<(), SeccompError> {
 pub fn install_in_mode(kind: ThreadKind, mode: Mode, thread: &str) -> Result<(), SeccompError> {
     match compile(kind, mode, thread)? {
         Some(program) => {
+            keep_malloc_from_opening_files();
             seccompiler::apply_filter(&program).map_err(|source| SeccompError::Install {
                 thread: thread.to_string(),
                 source,
@@ -208,6 +209,16 @@ pub fn install_in_mode(kind: ThreadKind, mode: Mode, thread: &str) -> Result<(),
         }
         None => Ok(()),
     }
+}
+
+/// Turns off glibc's trimming of freed heap memory, for the whole process. The first time glibc
+/// shrinks a thread arena's heap after a free it opens `/proc/sys/vm/overcommit_memory`
+/// (`check_may_shrink_heap`, answer cached): in a filtered thread that open is a kill (seen as
+/// SIGSYS on `openat` in a virtio-net worker after a 600 kB transfer). Freed memory then stays in
+/// the heaps for reuse instead of going back to the kernel; whole thread heaps are still unmapped.
+fn keep_malloc_from_opening_files() {
+    // SAFETY: mallopt only sets an allocator parameter; a positive trim threshold is valid.
+    unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX) };
 }
 
 /// The groups as seccompiler's map: a call allowed unconditionally by one group is allowed
