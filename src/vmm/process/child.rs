@@ -81,6 +81,7 @@ pub fn main(args: &[String]) -> Result<(), ChildError> {
         return Err(ChildError::Orphan(parent));
     }
     close_other_fds()?;
+    ignore_signals_meant_for_the_supervisor()?;
     // Its threads are named for what they run; the main thread would be `exe` (the name it
     // was executed by, /proc/self/exe).
     let _ = nix::sys::prctl::set_name(c"podvm-vmm");
@@ -95,6 +96,31 @@ pub fn main(args: &[String]) -> Result<(), ChildError> {
     let report = run(*start, fds, &socket);
     super::trace::mark_vmm("vm ended");
     wire::send(socket.as_fd(), &FromVmm::Ended(report), &[])?;
+    Ok(())
+}
+
+/// Signals that a service manager or a user sends to every process of the pod's cgroup or
+/// unit (`systemctl stop` sends SIGTERM to each, `systemctl kill -s HUP` HUP): they are meant
+/// for the supervisor, which stops the VM gracefully or passes them to the app; the VMM
+/// process ends when its supervisor says so (or SIGKILL).
+const SUPERVISOR_SIGNALS: [nix::sys::signal::Signal; 6] = {
+    use nix::sys::signal::Signal::*;
+    [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2]
+};
+
+/// Ignores [`SUPERVISOR_SIGNALS`]: such a signal killed the VMM process under it before the
+/// supervisor could stop the guest (e2e_systemd: `systemctl stop` ended the pod with 125).
+fn ignore_signals_meant_for_the_supervisor() -> Result<(), ChildError> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    for signal in SUPERVISOR_SIGNALS {
+        // SAFETY: SIG_IGN installs no handler code; nothing in this process relies on the
+        // signal's former disposition.
+        unsafe { sigaction(signal, &ignore) }.map_err(|errno| ChildError::Setup {
+            what: "ignore the supervisor's signals",
+            source: errno.into(),
+        })?;
+    }
     Ok(())
 }
 
