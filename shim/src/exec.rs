@@ -10,8 +10,8 @@ use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use oci_spec::runtime::Process;
 use podvm::runtime::{ExecConfig, ExecProcess, Io};
 
+use crate::phase::{Phase, StdioPaths};
 use crate::stdio::FifoSource;
-use crate::task::{Phase, StdioPaths};
 
 /// The most bytes an exec's process spec (JSON) may have.
 pub const MAX_SPEC_BYTES: usize = 1 << 20;

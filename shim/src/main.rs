@@ -12,6 +12,7 @@ mod events;
 mod exec;
 mod exec_service;
 mod metrics;
+mod phase;
 mod rootfs;
 mod service;
 mod spec;

@@ -8,7 +8,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use containerd_shim::api::CreateTaskRequest;
-use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::ttrpc;
 use podvm::runtime::{
     ContainerConfig, ExecError, ExitStatus, Io, Sandbox, SandboxConfig, SandboxError,
@@ -119,27 +118,7 @@ impl From<TaskError> for ttrpc::Error {
     }
 }
 
-/// Where the task is in its life.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Phase {
-    /// Created; its process not started.
-    Created,
-    /// Its process runs.
-    Running,
-    /// Its process ended with this status (128+N for signal N) at this time.
-    Exited(u32, Timestamp),
-}
-
-/// The stdio paths containerd gave.
-#[derive(Debug, Clone, Default)]
-pub struct StdioPaths {
-    /// stdin (not forwarded yet).
-    pub stdin: String,
-    /// stdout.
-    pub stdout: String,
-    /// stderr.
-    pub stderr: String,
-}
+pub use crate::phase::{Phase, StdioPaths};
 
 /// The shim's one task.
 pub struct Task {
