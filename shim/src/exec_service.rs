@@ -17,9 +17,10 @@ use containerd_shim::util::timestamp;
 use podvm::runtime::{ExecProcess, Io, SandboxError};
 
 use crate::exec::{self, Exec, MAX_EXECS};
+use crate::phase::{Phase, StdioPaths};
 use crate::service::{event, pid, the_task, Service};
 use crate::stdio;
-use crate::task::{self, Phase, StdioPaths, Task, TaskError, LOST_EXIT_STATUS};
+use crate::task::{self, Task, TaskError, LOST_EXIT_STATUS};
 
 /// Exec `exec_id` of `task`.
 fn the_exec<'a>(task: &'a mut Task, exec_id: &str) -> Result<&'a mut Exec, TaskError> {

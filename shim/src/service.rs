@@ -25,7 +25,8 @@ use podvm::runtime::{ContainerStatus, Sandbox, SandboxError};
 
 use crate::events::EventQueue;
 use crate::metrics;
-use crate::task::{self, Phase, Slot, Task, TaskError, LOST_EXIT_STATUS};
+use crate::phase::Phase;
+use crate::task::{self, Slot, Task, TaskError, LOST_EXIT_STATUS};
 
 /// Signals that end a task whose process was never started.
 const ENDING_SIGNALS: [u32; 5] = [1, 2, 3, 9, 15];

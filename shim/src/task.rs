@@ -15,6 +15,7 @@ use podvm::runtime::{
 use sha2::{Digest, Sha256};
 
 use crate::exec::{Exec, ExecSpecError, MAX_EXECS};
+use crate::phase::{Phase, StdioPaths};
 use crate::rootfs::{self, RootfsError};
 use crate::spec::{self, SpecError};
 use crate::stdio::{self, StdioError};
@@ -117,8 +118,6 @@ impl From<TaskError> for ttrpc::Error {
         ttrpc::Error::RpcStatus(ttrpc::get_status(code, err.to_string()))
     }
 }
-
-pub use crate::phase::{Phase, StdioPaths};
 
 /// The shim's one task.
 pub struct Task {
