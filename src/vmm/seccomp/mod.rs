@@ -216,9 +216,13 @@ pub fn install_in_mode(kind: ThreadKind, mode: Mode, thread: &str) -> Result<(),
 /// (`check_may_shrink_heap`, answer cached): in a filtered thread that open is a kill (seen as
 /// SIGSYS on `openat` in a virtio-net worker after a 600 kB transfer). Freed memory then stays in
 /// the heaps for reuse instead of going back to the kernel; whole thread heaps are still unmapped.
+/// The setting is the process's: the first filter installed makes it.
 fn keep_malloc_from_opening_files() {
-    // SAFETY: mallopt only sets an allocator parameter; a positive trim threshold is valid.
-    unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX) };
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: mallopt only sets an allocator parameter; a positive trim threshold is valid.
+        unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX) };
+    });
 }
 
 /// The groups as seccompiler's map: a call allowed unconditionally by one group is allowed
